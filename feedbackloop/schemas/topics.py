@@ -1,0 +1,43 @@
+"""Topic names. Every event of every kind enters on one raw topic, keyed by interaction id, so
+an interaction and its feedback share a partition and keep their order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Topics"]
+
+
+@dataclass(frozen=True)
+class Topics:
+    """All topic names under one prefix (``Settings.topic_prefix``)."""
+
+    prefix: str = "feedbackloop."
+
+    @property
+    def events(self) -> str:
+        """Raw events from SDKs and the HTTP collector (all kinds, JSON)."""
+        return f"{self.prefix}events"
+
+    @property
+    def enriched(self) -> str:
+        """Validated events; feedback / implicit / outcome joined with request context."""
+        return f"{self.prefix}enriched"
+
+    @property
+    def aggregates(self) -> str:
+        """Per-variant window aggregates (sufficient statistics)."""
+        return f"{self.prefix}aggregates"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}alerts"
+
+    @property
+    def dead_letters(self) -> str:
+        """Anything that failed validation or processing, with the original bytes and reason."""
+        return f"{self.prefix}deadletter"
+
+    def all(self) -> list[str]:
+        return [self.events, self.enriched, self.aggregates, self.alerts, self.dead_letters]
