@@ -1,6 +1,14 @@
 """The event contract shared by every part of feedbackloop."""
 
+from feedbackloop.schemas.aggregates import SESSION_SKETCH_K, WindowAggregate, session_hash
+from feedbackloop.schemas.alerts import Alert, AlertDimension
 from feedbackloop.schemas.deadletter import DeadLetter
+from feedbackloop.schemas.enriched import (
+    DerivedAttributes,
+    EnrichedEvent,
+    LengthBucket,
+    RequestContext,
+)
 from feedbackloop.schemas.events import (
     EVENT_TYPES,
     MAX_TEXT_CHARS,
@@ -22,6 +30,15 @@ from feedbackloop.schemas.serialization import MAX_EVENT_BYTES, decode, decode_d
 from feedbackloop.schemas.topics import Topics
 
 __all__ = [
+    "Alert",
+    "AlertDimension",
+    "DerivedAttributes",
+    "EnrichedEvent",
+    "LengthBucket",
+    "RequestContext",
+    "SESSION_SKETCH_K",
+    "WindowAggregate",
+    "session_hash",
     "DeadLetter",
     "EVENT_TYPES",
     "MAX_EVENT_BYTES",

@@ -1,0 +1,61 @@
+"""Alerts: a detected drop in satisfaction, on ``Topics.alerts`` (JSON, keyed by detector key).
+
+The detection rule (a one-sided Bernoulli CUSUM with a documented false-alarm bound) is
+described in docs/ARCHITECTURE.md, "Stream jobs / Satisfaction-drop alerts".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+__all__ = ["ALERT_SCHEMA_VERSION", "Alert", "AlertDimension"]
+
+ALERT_SCHEMA_VERSION = 1
+
+#: Which slice a detector watches: one experiment arm, or one prompt version.
+AlertDimension = Literal["variant", "prompt_version"]
+
+
+class Alert(BaseModel):
+    """What dropped, from what to what, on how many samples, and since when."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alert_schema_version: int = ALERT_SCHEMA_VERSION
+    alert_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    alert_type: Literal["satisfaction_drop"] = "satisfaction_drop"
+    #: Satisfaction = thumbs up / (thumbs up + thumbs down).
+    metric: Literal["satisfaction_rate"] = "satisfaction_rate"
+    dimension: AlertDimension
+    #: Stable id of the detector, e.g. ``variant:app|exp|arm`` (the Kafka key).
+    detector_key: str
+    app_id: str
+    experiment: str | None = None
+    variant: str | None = None
+    prompt_version: str | None = None
+
+    #: Trailing baseline the detector compared against, and its sample size.
+    baseline_rate: float
+    baseline_n: int
+    #: Observed rate since the change began (the CUSUM run), and its sample size.
+    recent_rate: float
+    recent_n: int
+    recent_successes: int
+    #: Event time of the first window of the run: the estimated start of the drop.
+    since: AwareDatetime
+    #: Event time (end of the window) at which the statistic crossed the threshold.
+    detected_at: AwareDatetime
+    emitted_at: AwareDatetime = Field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+
+    #: The CUSUM statistic, its threshold h, the designed-for drop and the resulting
+    #: in-control average run length bound (observations between false alarms >= e^h).
+    statistic: float
+    threshold: float
+    design_drop: float
+    arl0_observations: float
+    #: One human-readable line (also the Slack text).
+    message: str
