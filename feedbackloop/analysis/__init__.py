@@ -1,0 +1,130 @@
+"""Analysis: pure statistics over sufficient statistics, and (later) failures, impact, exports.
+
+The statistics need the ``analysis`` extra (numpy, scipy): ``pip install 'feedbackloop[analysis]'``.
+"""
+
+from __future__ import annotations
+
+from feedbackloop.analysis.bayesian import (
+    BayesianResult,
+    beta_binomial,
+    expected_loss,
+    prob_beta_greater,
+)
+from feedbackloop.analysis.comparison import (
+    CountComparison,
+    VariantSummary,
+    compare_counts,
+    format_comparison,
+)
+from feedbackloop.analysis.decision import Decision, Verdict, decide
+from feedbackloop.analysis.means import (
+    MeanComparison,
+    RankTestResult,
+    mann_whitney,
+    welch_ttest,
+)
+from feedbackloop.analysis.multiple import AdjustedPValues, benjamini_hochberg, holm
+from feedbackloop.analysis.power import (
+    PowerStatus,
+    SampleSize,
+    cohens_h,
+    power_status,
+    power_two_sample,
+    required_sample_size,
+    required_sample_size_means,
+    required_sample_size_proportions,
+)
+from feedbackloop.analysis.proportions import (
+    chi_square_test,
+    fisher_exact_test,
+    newcombe_interval,
+    relative_lift_interval,
+    small_counts,
+    two_proportion_ztest,
+    wilson_interval,
+)
+from feedbackloop.analysis.ratio_metrics import RatioComparison, ratio_ztest
+from feedbackloop.analysis.results import ErrorCode, Estimate, TestResult, to_jsonable
+from feedbackloop.analysis.sequential import (
+    DEFAULT_TAU,
+    SequentialResult,
+    always_valid_p_values,
+    confidence_sequence_halfwidth,
+    msprt_p_value,
+    sequential_test,
+    sequential_test_means,
+    sequential_test_proportions,
+    sequential_test_ratios,
+)
+from feedbackloop.analysis.srm import DEFAULT_SRM_THRESHOLD, SrmResult, sample_ratio_mismatch
+from feedbackloop.analysis.sufficient import BinaryStats, InvalidStatistics, MeanStats, RatioStats
+
+__all__ = [
+    # sufficient statistics
+    "BinaryStats",
+    "MeanStats",
+    "RatioStats",
+    "InvalidStatistics",
+    # result types
+    "ErrorCode",
+    "Estimate",
+    "TestResult",
+    "to_jsonable",
+    # binary metrics
+    "two_proportion_ztest",
+    "chi_square_test",
+    "fisher_exact_test",
+    "small_counts",
+    "wilson_interval",
+    "newcombe_interval",
+    "relative_lift_interval",
+    # numeric metrics
+    "MeanComparison",
+    "welch_ttest",
+    "RankTestResult",
+    "mann_whitney",
+    # ratio metrics, session as unit
+    "RatioComparison",
+    "ratio_ztest",
+    # power
+    "SampleSize",
+    "PowerStatus",
+    "cohens_h",
+    "power_two_sample",
+    "required_sample_size",
+    "required_sample_size_proportions",
+    "required_sample_size_means",
+    "power_status",
+    # sample-ratio mismatch
+    "DEFAULT_SRM_THRESHOLD",
+    "SrmResult",
+    "sample_ratio_mismatch",
+    # sequential
+    "DEFAULT_TAU",
+    "SequentialResult",
+    "msprt_p_value",
+    "confidence_sequence_halfwidth",
+    "always_valid_p_values",
+    "sequential_test",
+    "sequential_test_proportions",
+    "sequential_test_means",
+    "sequential_test_ratios",
+    # multiple testing
+    "AdjustedPValues",
+    "holm",
+    "benjamini_hochberg",
+    # Bayesian
+    "BayesianResult",
+    "beta_binomial",
+    "prob_beta_greater",
+    "expected_loss",
+    # decision and the full comparison
+    "Verdict",
+    "Decision",
+    "decide",
+    "VariantSummary",
+    "CountComparison",
+    "compare_counts",
+    "format_comparison",
+]
