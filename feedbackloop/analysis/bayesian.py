@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import special, stats
+from scipy import integrate, special, stats
 
 from feedbackloop.analysis.results import ErrorCode
 from feedbackloop.analysis.sufficient import BinaryStats
@@ -63,12 +63,25 @@ def _miller_sum(a: float, b: float, c: float, d: float) -> float:
     return float(np.exp(log_terms).sum())
 
 
+def _by_quadrature(a: float, b: float, c: float, d: float) -> float:
+    """``P(X > Y) = int f_Y(s) (1 - F_X(s)) ds`` over where both densities have mass."""
+    x, y = stats.beta(a, b), stats.beta(c, d)
+    lo = min(x.ppf(1e-15), y.ppf(1e-15))
+    hi = max(x.isf(1e-15), y.isf(1e-15))
+    value = integrate.quad(
+        lambda s: float(y.pdf(s) * x.sf(s)), lo, hi, epsabs=1e-12, epsrel=1e-10, limit=200
+    )[0]
+    return float(min(1.0, max(0.0, value)))
+
+
 def prob_beta_greater(a: float, b: float, c: float, d: float) -> tuple[float, str]:
     """``P(X > Y)`` for independent ``X ~ Beta(a, b)``, ``Y ~ Beta(c, d)`` and the method used.
 
     Uses whichever of four equivalent forms of Miller's sum has the fewest terms (by symmetry
-    ``P(X > Y) = 1 - P(Y > X) = P(1-Y > 1-X)``). Falls back to a normal approximation of both
-    posteriors when every form needs more than two million terms or no parameter is integral.
+    ``P(X > Y) = 1 - P(Y > X) = P(1-Y > 1-X)``). Miller's sum needs an integral parameter; with
+    none (non-integer prior) the integral is computed numerically. When every form needs more
+    than two million terms both posteriors are normal to far better than display precision,
+    and a normal approximation is used.
     """
     options = []
     if _is_int(a):
@@ -83,6 +96,8 @@ def prob_beta_greater(a: float, b: float, c: float, d: float) -> tuple[float, st
     if options:
         _, fn = min(options, key=lambda o: o[0])
         return min(1.0, max(0.0, fn())), "closed form (Miller 2015)"
+    if max(a + b, c + d) <= _MAX_TERMS:
+        return _by_quadrature(a, b, c, d), "numerical integration"
     mean_x, var_x = a / (a + b), a * b / ((a + b) ** 2 * (a + b + 1))
     mean_y, var_y = c / (c + d), c * d / ((c + d) ** 2 * (c + d + 1))
     return (
