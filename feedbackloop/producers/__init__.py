@@ -1,0 +1,14 @@
+"""The client SDK an app embeds: events to Kafka without ever blocking or crashing the app."""
+
+from feedbackloop.producers.assignment import BUCKETS, Experiment, assign_variant, bucket_of
+from feedbackloop.producers.client import FeedbackClient
+from feedbackloop.producers.delivery import DeliveryStats
+
+__all__ = [
+    "BUCKETS",
+    "DeliveryStats",
+    "Experiment",
+    "FeedbackClient",
+    "assign_variant",
+    "bucket_of",
+]
