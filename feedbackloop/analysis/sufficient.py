@@ -19,6 +19,10 @@ from feedbackloop.errors import FeedbackLoopError
 __all__ = ["InvalidStatistics", "BinaryStats", "MeanStats", "RatioStats"]
 
 
+# Raw-moment arithmetic loses ~12 of float64's ~16 digits in the worst realistic case.
+_RELATIVE_FLOOR = 1e-12
+
+
 class InvalidStatistics(FeedbackLoopError, ValueError):
     """Sufficient statistics that cannot describe any sample (negative counts, successes > n).
 
@@ -110,12 +114,18 @@ class MeanStats:
     def variance(self) -> float:
         """Unbiased sample variance (ddof=1); ``nan`` when ``n < 2``.
 
-        Computed from raw moments, so it is clamped at 0: catastrophic cancellation can make
-        ``sum_squares - sum**2/n`` slightly negative for constant data.
+        Computed from raw moments, which cannot reliably resolve a variance below about 1e-12
+        of the mean square (a standard deviation under ~1e-6 of the mean): cancellation in
+        ``sum_squares - sum**2/n`` leaves rounding noise of either sign for constant data.
+        Anything under that floor is reported as exactly 0, so constant data is recognised as
+        zero-variance instead of yielding a huge t statistic.
         """
         if self.n < 2:
             return math.nan
-        return max(0.0, (self.sum_squares - self.sum * self.sum / self.n) / (self.n - 1))
+        centered = self.sum_squares - self.sum * self.sum / self.n
+        if centered <= _RELATIVE_FLOOR * self.sum_squares:
+            return 0.0
+        return centered / (self.n - 1)
 
     @property
     def std(self) -> float:
@@ -184,7 +194,11 @@ class RatioStats:
         s_nn = self._cov(self.sum_den_sq, self.sum_den, self.sum_den)
         s_yn = self._cov(self.sum_num_den, self.sum_num, self.sum_den)
         mean_den = self.sum_den / self.n
-        return max(0.0, (s_yy - 2.0 * r * s_yn + r * r * s_nn) / (self.n * mean_den * mean_den))
+        spread = s_yy - 2.0 * r * s_yn + r * r * s_nn
+        # Same cancellation floor as MeanStats.variance: sessions all at the same ratio.
+        if spread <= _RELATIVE_FLOOR * (abs(s_yy) + r * r * abs(s_nn)):
+            return 0.0
+        return spread / (self.n * mean_den * mean_den)
 
     def __add__(self, other: RatioStats) -> RatioStats:
         return RatioStats(
