@@ -134,6 +134,109 @@ def stats_compare(
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_comparison(result))
 
 
+# --- db / sink / sql: ClickHouse storage and analyst access (feedbackloop.sinks) ----------
+
+
+@cli.group()
+def db() -> None:
+    """ClickHouse schema."""
+
+
+@db.command("migrate")
+@click.option("--target", type=int, default=None, help="Stop at this migration version.")
+@click.option("--ttl-days", type=click.IntRange(min=0), default=None,
+              envvar="FEEDBACKLOOP_TTL_DAYS",
+              help="Drop event partitions older than this many days (0 removes the TTL).")
+@click.pass_context
+def db_migrate(ctx: click.Context, target: int | None, ttl_days: int | None) -> None:
+    """Apply pending schema migrations (idempotent)."""
+    from feedbackloop.infra import get_client
+    from feedbackloop.sinks import applied_migrations, migrate
+
+    s = settings_of(ctx)
+    client = get_client(s.clickhouse_dsn)
+    try:
+        applied = migrate(client, s.clickhouse_database, target=target, ttl_days=ttl_days)
+        current = max(applied_migrations(client, s.clickhouse_database), default=0)
+    finally:
+        client.close()
+    what = ", ".join(map(str, applied)) if applied else "nothing to apply"
+    click.echo(f"{s.clickhouse_database}: {what}; schema version {current}")
+
+
+@cli.group()
+def sink() -> None:
+    """The ClickHouse writer."""
+
+
+@sink.command("run")
+@click.option("--raw/--no-raw", default=False, envvar="FEEDBACKLOOP_SINK_RAW",
+              help="Also store the raw events topic (when the stream jobs are not running).")
+@click.option("--group-id", default="feedbackloop-sink", show_default=True,
+              envvar="FEEDBACKLOOP_SINK_GROUP_ID", help="Kafka consumer group.")
+@click.option("--max-rows", type=click.IntRange(min=1), default=50_000, show_default=True,
+              envvar="FEEDBACKLOOP_SINK_MAX_ROWS", help="Rows per insert, at most.")
+@click.option("--max-age", type=click.FloatRange(min=0, min_open=True), default=0.5,
+              show_default=True, envvar="FEEDBACKLOOP_SINK_MAX_AGE",
+              help="Seconds a row may wait for its batch to be written.")
+@click.option("--no-query-endpoint", is_flag=True,
+              help="Do not serve `feedbackloop sql` from this process.")
+@click.pass_context
+def sink_run(ctx: click.Context, raw: bool, group_id: str, max_rows: int, max_age: float,
+             no_query_endpoint: bool) -> None:
+    """Consume the topics into ClickHouse until Ctrl-C / SIGTERM (flushes on exit)."""
+    import logging
+    import signal
+
+    from feedbackloop.infra import EmbeddedBroker
+    from feedbackloop.sinks import SinkConfig, SinkWorker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    s = settings_of(ctx)
+    config = SinkConfig(raw=raw, group_id=group_id, max_rows=max_rows, max_age_s=max_age,
+                        query_endpoint=not no_query_endpoint)
+    broker = None
+    if s.embedded_broker:
+        broker = EmbeddedBroker(host=s.broker_host, port=s.broker_port, storage=s.broker_storage,
+                                binary=s.broker_binary)
+        broker.start()
+        s = s.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
+    worker = SinkWorker(s, config)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: worker.stop())
+    try:
+        worker.run(ready=lambda: click.echo(f"sink running; topics: {', '.join(worker.topic_names)}"))
+    finally:
+        if broker is not None:
+            broker.stop()
+    st = worker.sink.stats
+    click.echo(f"sink stopped: {st.messages} messages, rows {st.rows}, "
+               f"{st.dead_letters} dead letters")
+
+
+@cli.command("sql")
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True, help="Output format.")
+@click.option("--max-rows", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Print at most this many rows.")
+@click.option("--url", default=None, envvar="FEEDBACKLOOP_SQL_URL",
+              help="ClickHouse URL to query (use a read-only user). Default: the running sink's "
+              "endpoint if any, else the configured ClickHouse.")
+@click.pass_context
+def sql_command(ctx: click.Context, query: str, fmt: str, max_rows: int, url: str | None) -> None:
+    """Run one read-only query (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS).
+
+    \b
+    Example:
+      feedbackloop sql "SELECT variant, count() FROM feedback FINAL GROUP BY variant"
+    """
+    from feedbackloop.sinks import format_result, run_query
+
+    res = run_query(settings_of(ctx), query, url=url, max_rows=max_rows)
+    click.echo(format_result(res, fmt))
+
+
 def main() -> None:
     cli(prog_name="feedbackloop")
 

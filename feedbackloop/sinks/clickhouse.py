@@ -1,0 +1,328 @@
+"""The ClickHouse sink: one columnar insert per (batch, table), retried, never dropped.
+
+Exactly-once *effect* by event id, from two mechanisms (docs/ARCHITECTURE.md, "Storage"):
+
+* every insert carries ``insert_deduplication_token = <topic>/<partition>/<first>-<last>/<table>``,
+  so retrying a batch whose insert actually succeeded (an ambiguous timeout) is dropped by
+  ClickHouse itself (needs ``non_replicated_deduplication_window``, set by the migrations);
+* the tables are ``ReplacingMergeTree`` keyed by event id, so a replay with *different*
+  batch boundaries (restart after a crash between insert and commit, a rebalance) collapses
+  at merge time; queries read ``FINAL`` (or ``argMax``/``uniqExact(event_id)``) until then.
+
+Errors are split in two. A *transient* one (connection refused, timeout, too many parts,
+memory, anything unknown) raises :class:`BackPressure`: the caller pauses and retries the same
+batch. A *rejection* (the data itself is refused: a value out of a column's range, a violated
+constraint) bisects the insert until the offending rows are isolated; those go to the
+``dead_letters`` table with the reason, the rest is inserted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from feedbackloop.errors import BackPressure, ClickHouseError, SchemaError
+from feedbackloop.schemas import DeadLetter, Topics
+from feedbackloop.sinks.base import BatchingSink, SinkBatch, retry_delay
+from feedbackloop.sinks.rows import COLUMNS, DEAD_LETTERS, Row, TopicRouter, dead_letter_row
+
+__all__ = ["ClickHouseSink", "SinkMessage", "is_rejection", "SinkStats"]
+
+log = logging.getLogger(__name__)
+
+# Server error codes that mean "this data is refused", so retrying the same rows cannot help.
+# Anything else is treated as transient: retried forever rather than dropped.
+_REJECTION_CODES = frozenset(
+    {
+        6,  # CANNOT_PARSE_TEXT
+        27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+        38,  # CANNOT_PARSE_DATE
+        41,  # CANNOT_PARSE_DATETIME
+        53,  # TYPE_MISMATCH
+        69,  # ARGUMENT_OUT_OF_BOUND
+        70,  # CANNOT_CONVERT_TYPE
+        72,  # CANNOT_PARSE_NUMBER
+        117,  # INCORRECT_DATA
+        131,  # TOO_LARGE_STRING_SIZE
+        321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+        376,  # CANNOT_PARSE_UUID
+        469,  # VIOLATED_CONSTRAINT
+    }
+)
+
+
+class SinkMessage(NamedTuple):
+    """What the sink keeps of one Kafka message (the item type of its batches)."""
+
+    value: bytes | None
+    key: bytes | None = None
+    headers: Any = None
+    #: Kafka timestamp in ms (0 if unknown); stamps the sink's own dead letters so that a
+    #: replayed message produces an identical dead-letter row.
+    timestamp_ms: int = 0
+    #: The message's offset (-1: unknown, then counted from the batch's first offset).
+    offset: int = -1
+
+
+@dataclass
+class SinkStats:
+    """Counters since start (read by the worker's status line and the tests)."""
+
+    messages: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    dead_letters: int = 0
+    rejected_rows: int = 0
+    inserts: int = 0
+    transient_errors: int = 0
+    insert_seconds: float = 0.0
+
+
+@dataclass
+class _Prepared:
+    """A batch converted once into rows per table; survives retries of the same batch."""
+
+    rows: dict[str, list[tuple[Row, int]]]  # table -> (row, index of its message in the batch)
+    done: set[str] = field(default_factory=set)
+
+
+def _error_code(e: BaseException) -> int | None:
+    code = getattr(e, "code", None)
+    if isinstance(code, int):
+        return code
+    from clickhouse_connect.driver.exceptions import _error_code_from_message
+
+    return _error_code_from_message(str(e))
+
+
+def is_rejection(e: BaseException) -> bool:
+    """True when ``e`` says the inserted data itself is invalid (retrying cannot help)."""
+    # clickhouse-connect serializes columns in Python: a value that does not fit the column
+    # type fails there (struct.error for an out-of-range integer, ValueError for a bad UUID).
+    if isinstance(e, (struct.error, OverflowError, ValueError, TypeError, UnicodeError)):
+        return True
+    from clickhouse_connect.driver.exceptions import DatabaseError, DataError
+
+    if isinstance(e, DataError):
+        return True
+    if isinstance(e, DatabaseError):
+        return _error_code(e) in _REJECTION_CODES
+    cause = e.__cause__ or e.__context__
+    return cause is not None and cause is not e and is_rejection(cause)
+
+
+class ClickHouseSink(BatchingSink):
+    """Writes batches of Kafka messages to the tables of ``database``.
+
+    ``client_factory`` makes a clickhouse-connect client (default:
+    :func:`feedbackloop.infra.get_client` on ``dsn``); it is called lazily, and again after a
+    transient failure, so a restarted server or a re-opened chDB is picked up.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        database: str,
+        topics: Topics,
+        *,
+        max_rows: int = 50_000,
+        max_age_s: float = 0.5,
+        client_factory: Callable[[], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(max_rows=max_rows, max_age_s=max_age_s)
+        self.dsn = dsn
+        self.database = database
+        self.router = TopicRouter(topics)
+        self.stats = SinkStats()
+        self._client_factory = client_factory
+        self._client: Any = None
+        self._contexts: dict[str, Any] = {}
+        self._failures = 0
+        self._clock = clock
+
+    # --- connection --------------------------------------------------------------------------
+    def setup(self) -> None:
+        self._connect()
+
+    def _connect(self) -> Any:
+        if self._client is None:
+            if self._client_factory is not None:
+                self._client = self._client_factory()
+            else:
+                from feedbackloop.infra import get_client
+
+                self._client = get_client(self.dsn)
+            self._contexts = {}
+        return self._client
+
+    def _drop_client(self) -> None:
+        client, self._client, self._contexts = self._client, None, {}
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # already broken; closing is best effort
+                log.debug("closing a failed ClickHouse client raised", exc_info=True)
+
+    def close(self) -> None:
+        self._drop_client()
+
+    @property
+    def client(self) -> Any:
+        """The current client (connecting if needed); shared with the query endpoint."""
+        return self._connect()
+
+    # --- writing -----------------------------------------------------------------------------
+    def write(self, batch: SinkBatch) -> None:
+        if batch.state is None:
+            batch.state = self._prepare(batch)
+        prep: _Prepared = batch.state
+        # Dead letters last: rows rejected by the other tables are added to them on the way.
+        order = [t for t in prep.rows if t != DEAD_LETTERS] + [DEAD_LETTERS]
+        for table in order:
+            if table in prep.done or not prep.rows.get(table):
+                continue
+            rejected = self._insert_all(table, prep.rows[table], f"{batch.key}/{table}")
+            prep.done.add(table)
+            n = len(prep.rows[table]) - len(rejected)
+            self.stats.rows[table] = self.stats.rows.get(table, 0) + n
+            for (_row, idx), reason in rejected:
+                self.stats.rejected_rows += 1
+                prep.rows.setdefault(DEAD_LETTERS, []).append(
+                    (self._rejected_row(batch, idx, table, reason), idx)
+                )
+        self.stats.messages += len(batch)
+        self.stats.dead_letters += len(prep.rows.get(DEAD_LETTERS, ()))
+        self._failures = 0
+
+    def _prepare(self, batch: SinkBatch) -> _Prepared:
+        rows: dict[str, list[tuple[Row, int]]] = {}
+        for idx, msg in enumerate(batch.items):
+            offset = _offset_of(batch, idx)
+            try:
+                routed = self.router.route(
+                    batch.topic, batch.partition, offset, msg.value, msg.key, msg.headers
+                )
+            except SchemaError as e:
+                dl = DeadLetter(
+                    reason=e.reason,
+                    error=str(e),
+                    payload=msg.value or b"",
+                    key=msg.key,
+                    source="sink",
+                    source_topic=batch.topic,
+                    source_partition=batch.partition,
+                    source_offset=offset,
+                    failed_at=_kafka_time(msg.timestamp_ms),
+                )
+                rows.setdefault(DEAD_LETTERS, []).append(
+                    (dead_letter_row(dl, (batch.topic, batch.partition, offset)), idx)
+                )
+                continue
+            for table, row in routed.rows:
+                rows.setdefault(table, []).append((row, idx))
+        return _Prepared(rows)
+
+    def _rejected_row(self, batch: SinkBatch, idx: int, table: str, reason: str) -> Row:
+        msg: SinkMessage = batch.items[idx]
+        offset = _offset_of(batch, idx)
+        dl = DeadLetter(
+            reason="clickhouse_rejected",
+            error=f"{table}: {reason}",
+            payload=msg.value or b"",
+            key=msg.key,
+            source="sink",
+            source_topic=batch.topic,
+            source_partition=batch.partition,
+            source_offset=offset,
+            failed_at=_kafka_time(msg.timestamp_ms),
+        )
+        return dead_letter_row(dl, (batch.topic, batch.partition, offset))
+
+    def _insert_all(
+        self, table: str, rows: list[tuple[Row, int]], token: str
+    ) -> list[tuple[tuple[Row, int], str]]:
+        """Insert ``rows``; return the ones ClickHouse rejects (with the reason), bisecting."""
+        try:
+            self._insert(table, [r for r, _ in rows], token)
+            return []
+        except Exception as e:
+            if not is_rejection(e):
+                self._transient(table, e)
+            if len(rows) == 1:
+                log.warning("%s rejected a row: %s", table, _short(e))
+                if table == DEAD_LETTERS:
+                    # Nowhere further to put it; keep the reason in the log at least.
+                    log.error("dead letter row rejected, payload logged instead: %r", rows[0][0])
+                    return []
+                return [(rows[0], _short(e))]
+            mid = len(rows) // 2
+            return self._insert_all(table, rows[:mid], f"{token}/a") + self._insert_all(
+                table, rows[mid:], f"{token}/b"
+            )
+
+    def _insert(self, table: str, rows: list[Row], token: str) -> None:
+        client = self._connect()
+        ctx = self._contexts.get(table)
+        if ctx is None:
+            # One insert context per table, reused: the column types are looked up once.
+            ctx = client.create_insert_context(
+                table=table,
+                database=self.database,
+                column_names=list(COLUMNS[table]),
+                column_oriented=True,
+            )
+            self._contexts[table] = ctx
+        ctx.settings.update(
+            {
+                # Synchronous insert: chDB defaults to async_insert=1, which would bypass
+                # the block-level deduplication that the token relies on.
+                "async_insert": 0,
+                "insert_deduplicate": 1,
+                "insert_deduplication_token": token,
+            }
+        )
+        ctx.data = list(zip(*rows, strict=True))
+        t0 = self._clock()
+        try:
+            client.insert(context=ctx)
+        finally:
+            ctx.data = None
+        self.stats.inserts += 1
+        self.stats.insert_seconds += self._clock() - t0
+
+    def _transient(self, table: str, e: Exception) -> None:
+        self._failures += 1
+        self.stats.transient_errors += 1
+        delay = retry_delay(self._failures - 1)
+        log.warning(
+            "insert into %s failed (attempt %d), retrying in %.1f s: %s",
+            table,
+            self._failures,
+            delay,
+            _short(e),
+        )
+        self._drop_client()
+        err = ClickHouseError(f"insert into {table} failed: {_short(e)}", code=_error_code(e))
+        raise BackPressure(str(err), retry_after=delay) from e
+
+
+def _offset_of(batch: SinkBatch, idx: int) -> int:
+    # Offsets within a partition need not be contiguous (transaction markers, compaction).
+    off = batch.items[idx].offset
+    return off if off >= 0 else batch.first_offset + idx
+
+
+def _kafka_time(timestamp_ms: int) -> dt.datetime:
+    if timestamp_ms > 0:
+        return dt.datetime.fromtimestamp(timestamp_ms / 1000, dt.timezone.utc)
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _short(e: BaseException, limit: int = 500) -> str:
+    text = f"{type(e).__name__}: {e}".replace("\n", " ")
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,371 @@
+"""From Kafka messages to ClickHouse rows: which table, which columns, in which order.
+
+Pure functions, no I/O: :func:`rows_for` turns one message value into ``(table, row)`` pairs
+(or a dead letter), and the column tuples below are exactly what the sink inserts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from feedbackloop.errors import SchemaError
+from feedbackloop.schemas import (
+    Alert,
+    DeadLetter,
+    EnrichedEvent,
+    Feedback,
+    Implicit,
+    Interaction,
+    Outcome,
+    Topics,
+    WindowAggregate,
+    decode,
+)
+from feedbackloop.schemas.serialization import format_validation_error
+
+__all__ = [
+    "COLUMNS",
+    "DEAD_LETTERS",
+    "Row",
+    "Routed",
+    "TopicRouter",
+    "dead_letter_row",
+]
+
+Row = tuple[Any, ...]
+
+_TRACE = ("kafka_topic", "kafka_partition", "kafka_offset")
+_ENVELOPE = ("event_id", "occurred_at", "app_id", "session_id", "user_id", "schema_version")
+_CONTEXT = (
+    "enrichment",
+    "orphaned",
+    "waited_ms",
+    "interaction_occurred_at",
+    "model",
+    "prompt_version",
+    "experiment",
+    "variant",
+    "shadow",
+    "latency_ms",
+    "input_language",
+    "input_has_code",
+    "response_has_code",
+    "input_length_bucket",
+)
+
+#: The columns the sink inserts into each table, in row order (defaults fill the rest).
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "interactions": (
+        *_ENVELOPE,
+        "interaction_id",
+        "model",
+        "prompt_version",
+        "experiment",
+        "variant",
+        "system_prompt",
+        "user_input",
+        "response",
+        "latency_ms",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "metadata",
+        "shadow",
+        "input_language",
+        "input_has_code",
+        "response_has_code",
+        "input_chars",
+        "response_chars",
+        "input_length_bucket",
+        *_TRACE,
+        "_version",
+    ),
+    "feedback": (
+        *_ENVELOPE,
+        "interaction_id",
+        "kind",
+        "thumbs",
+        "rating",
+        "text",
+        "category",
+        *_CONTEXT,
+        *_TRACE,
+        "_version",
+    ),
+    "implicit": (
+        *_ENVELOPE,
+        "interaction_id",
+        "signal",
+        "edited_text",
+        "edit_distance",
+        "dwell_ms",
+        "copied_chars",
+        *_CONTEXT,
+        *_TRACE,
+        "_version",
+    ),
+    "outcomes": (
+        *_ENVELOPE,
+        "interaction_id",
+        "outcome",
+        "value",
+        "time_to_outcome_ms",
+        *_CONTEXT,
+        *_TRACE,
+        "_version",
+    ),
+    "window_aggregates": (
+        *(n for n in WindowAggregate.model_fields if n != "aggregate_schema_version"),
+        *_TRACE,
+    ),
+    "alerts": (*(n for n in Alert.model_fields if n != "alert_schema_version"), *_TRACE),
+    "dead_letters": (
+        "failed_at",
+        "reason",
+        "error",
+        "source",
+        "source_topic",
+        "source_partition",
+        "source_offset",
+        "key",
+        "payload",
+        *_TRACE,
+    ),
+}
+
+DEAD_LETTERS = "dead_letters"
+
+# _version = rank * 10**13 + enrichment time in ms (see migrations._ENVELOPE's comment).
+_RANK_RAW, _RANK_NO_CONTEXT, _RANK_ENRICHED = 0, 1, 2
+_RANK_STEP = 10**13
+_NO_CONTEXT: tuple[Any, ...] = ("raw", False, 0.0, None, "", "", "", "", False, None, "und")
+_NO_CONTEXT += (False, False, "")
+
+
+@dataclass(frozen=True)
+class Routed:
+    """The rows one Kafka message becomes: ``(table, row)`` pairs, all or nothing."""
+
+    rows: tuple[tuple[str, Row], ...]
+
+
+def _ms(t: dt.datetime) -> int:
+    return int(t.timestamp() * 1000)
+
+
+def _envelope(e: Interaction | Feedback | Implicit | Outcome) -> Row:
+    return (e.event_id, e.occurred_at, e.app_id, e.session_id, e.user_id or "", e.schema_version)
+
+
+def _interaction(
+    e: Interaction, derived: Any, trace: Row, version: int
+) -> tuple[str, Row]:
+    # Metadata values are str/int/float/bool/None; the Map column keeps them as JSON text
+    # so that 1, "1" and true stay distinguishable.
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in e.metadata.items()}
+    if derived is not None:
+        d: Row = (
+            derived.input_language,
+            derived.input_has_code,
+            derived.response_has_code,
+            derived.input_chars,
+            derived.response_chars,
+            derived.input_length_bucket,
+        )
+    else:
+        d = ("und", False, False, len(e.user_input), len(e.response), "")
+    return "interactions", (
+        *_envelope(e),
+        e.interaction_id,
+        e.model,
+        e.prompt_version or "",
+        e.experiment or "",
+        e.variant or "",
+        e.system_prompt,
+        e.user_input,
+        e.response,
+        e.latency_ms,
+        e.input_tokens,
+        e.output_tokens,
+        e.cost_usd,
+        meta,
+        e.shadow,
+        *d,
+        *trace,
+        version,
+    )
+
+
+def _context(enriched: EnrichedEvent | None) -> Row:
+    if enriched is None:
+        return _NO_CONTEXT
+    c, d = enriched.context, enriched.derived
+    if c is None:
+        label = "orphaned" if enriched.orphaned else "none"
+        return (label, enriched.orphaned, enriched.waited_ms, *_NO_CONTEXT[3:])
+    return (
+        "enriched",
+        enriched.orphaned,
+        enriched.waited_ms,
+        c.interaction_occurred_at,
+        c.model,
+        c.prompt_version or "",
+        c.experiment or "",
+        c.variant or "",
+        c.shadow,
+        c.latency_ms,
+        d.input_language if d else "und",
+        d.input_has_code if d else False,
+        d.response_has_code if d else False,
+        d.input_length_bucket if d else "",
+    )
+
+
+def _event_rows(
+    e: Interaction | Feedback | Implicit | Outcome,
+    enriched: EnrichedEvent | None,
+    trace: Row,
+) -> tuple[str, Row]:
+    if enriched is None:
+        version = _RANK_RAW * _RANK_STEP
+    else:
+        has_context = enriched.context is not None or isinstance(e, Interaction)
+        rank = _RANK_ENRICHED if has_context else _RANK_NO_CONTEXT
+        version = rank * _RANK_STEP + _ms(enriched.enriched_at)
+    if isinstance(e, Interaction):
+        return _interaction(e, enriched.derived if enriched else None, trace, version)
+    ctx = _context(enriched)
+    if isinstance(e, Feedback):
+        return "feedback", (
+            *_envelope(e),
+            e.interaction_id,
+            e.kind.value,
+            e.thumbs or 0,
+            e.rating,
+            e.text or "",
+            e.category.value if e.category else "",
+            *ctx,
+            *trace,
+            version,
+        )
+    if isinstance(e, Implicit):
+        return "implicit", (
+            *_envelope(e),
+            e.interaction_id,
+            e.signal.value,
+            e.edited_text or "",
+            e.edit_distance,
+            e.dwell_ms,
+            e.copied_chars,
+            *ctx,
+            *trace,
+            version,
+        )
+    return "outcomes", (
+        *_envelope(e),
+        e.interaction_id,
+        e.outcome,
+        e.value,
+        e.time_to_outcome_ms,
+        *ctx,
+        *trace,
+        version,
+    )
+
+
+def dead_letter_row(dl: DeadLetter, trace: Row) -> Row:
+    """The ``dead_letters`` row of ``dl``; ``trace`` is where the dead letter itself was read."""
+    return (
+        dl.failed_at or dt.datetime.now(dt.timezone.utc),
+        dl.reason,
+        dl.error,
+        dl.source,
+        dl.source_topic or "",
+        -1 if dl.source_partition is None else dl.source_partition,
+        -1 if dl.source_offset is None else dl.source_offset,
+        (dl.key or b"").decode("utf-8", "replace"),
+        dl.payload.decode("utf-8", "replace"),
+        *trace,
+    )
+
+
+class TopicRouter:
+    """Knows, per topic, how a message value becomes rows.
+
+    An undecodable message raises :class:`SchemaError` (with ``reason``); the sink turns it
+    into a dead-letter row.
+    """
+
+    def __init__(self, topics: Topics) -> None:
+        self.topics = topics
+        self._decoders: dict[str, Callable[[bytes, bytes | None, Any, Row], Routed]] = {
+            topics.events: self._raw,
+            topics.enriched: self._enriched,
+            topics.aggregates: self._aggregate,
+            topics.alerts: self._alert,
+            topics.dead_letters: self._dead_letter,
+        }
+
+    def knows(self, topic: str) -> bool:
+        return topic in self._decoders
+
+    def route(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Any = None,
+    ) -> Routed:
+        """Rows for one message; raises :class:`SchemaError` if it cannot be understood."""
+        if value is None:
+            raise SchemaError("empty_message", "message has no value (tombstone?)")
+        trace = (topic, partition, offset)
+        try:
+            decoder = self._decoders[topic]
+        except KeyError:
+            raise SchemaError("unknown_topic", f"the sink does not know topic {topic!r}") from None
+        return decoder(value, key, headers, trace)
+
+    @staticmethod
+    def _raw(value: bytes, key: bytes | None, headers: Any, trace: Row) -> Routed:
+        return Routed((_event_rows(decode(value), None, trace),))
+
+    @staticmethod
+    def _enriched(value: bytes, key: bytes | None, headers: Any, trace: Row) -> Routed:
+        ev = _validate(EnrichedEvent, value)
+        return Routed((_event_rows(ev.event, ev, trace),))
+
+    @staticmethod
+    def _aggregate(value: bytes, key: bytes | None, headers: Any, trace: Row) -> Routed:
+        agg = _validate(WindowAggregate, value)
+        fields = COLUMNS["window_aggregates"][: -len(_TRACE)]
+        return Routed((("window_aggregates", (*(getattr(agg, f) for f in fields), *trace)),))
+
+    @staticmethod
+    def _alert(value: bytes, key: bytes | None, headers: Any, trace: Row) -> Routed:
+        alert = _validate(Alert, value)
+        fields = COLUMNS["alerts"][: -len(_TRACE)]
+        row = tuple("" if (v := getattr(alert, f)) is None else v for f in fields)
+        return Routed((("alerts", (*row, *trace)),))
+
+    @staticmethod
+    def _dead_letter(value: bytes, key: bytes | None, headers: Any, trace: Row) -> Routed:
+        dl = DeadLetter.from_message(value, key, headers)
+        return Routed(((DEAD_LETTERS, dead_letter_row(dl, trace)),))
+
+
+def _validate(model: Any, value: bytes) -> Any:
+    try:
+        return model.model_validate_json(value)
+    except ValidationError as e:
+        raise SchemaError("validation_error", format_validation_error(e, model.__name__)) from e
+    except ValueError as e:  # pragma: no cover - pydantic reports JSON errors as ValidationError
+        raise SchemaError("invalid_json", str(e)) from e

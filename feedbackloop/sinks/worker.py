@@ -1,0 +1,261 @@
+"""The sink worker: consume topics, batch, insert into ClickHouse, then commit offsets.
+
+Order of effects per flush, the whole reliability story in four lines:
+
+1. every pending batch is inserted (``ClickHouseSink.write``), retried with back-off while
+   ClickHouse is unavailable; consumption is paused meanwhile (memory stays bounded, and
+   the consumer keeps polling so the group does not evict it);
+2. only then are the batches' offsets committed (``enable.auto.commit`` is off);
+3. a crash before 2 replays those messages after restart, and ReplacingMergeTree plus the
+   insert tokens make the replay harmless;
+4. on shutdown (Ctrl-C / SIGTERM) the worker flushes and commits before it exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from feedbackloop.config import Settings
+from feedbackloop.errors import BackPressure, BrokerError
+from feedbackloop.schemas import Topics
+from feedbackloop.sinks.clickhouse import ClickHouseSink, SinkMessage
+from feedbackloop.sinks.migrations import migrate
+
+__all__ = ["SinkConfig", "SinkWorker", "default_topics"]
+
+log = logging.getLogger(__name__)
+
+
+def default_topics(topics: Topics, raw: bool = False) -> tuple[str, ...]:
+    """What the sink consumes: the stream jobs' outputs, plus the raw topic if ``raw``.
+
+    Without the stream jobs running, ``raw=True`` stores validated raw events directly (no
+    request context on feedback). Both at once is safe: an enriched copy of an event
+    replaces the raw copy (see ``_version`` in the migrations).
+    """
+    names = [topics.enriched, topics.aggregates, topics.alerts, topics.dead_letters]
+    if raw:
+        names.insert(0, topics.events)
+    return tuple(names)
+
+
+@dataclass
+class SinkConfig:
+    """How the sink worker batches and what it reads."""
+
+    #: Topic names to consume; empty means :func:`default_topics`.
+    topics: tuple[str, ...] = ()
+    raw: bool = False
+    group_id: str = "feedbackloop-sink"
+    #: A batch per (topic, partition) is written at this many rows, or ...
+    max_rows: int = 50_000
+    #: ... when its oldest row waited this long. ClickHouse likes about one insert per
+    #: second per table; half a second keeps send-to-visible latency well under 2 s.
+    max_age_s: float = 0.5
+    #: Messages fetched per consume() call.
+    poll_batch: int = 10_000
+    #: Apply pending migrations at start.
+    migrate: bool = True
+    #: Serve read-only analyst queries on 127.0.0.1 (needed with embedded chDB, where no
+    #: other process may open the data directory while the worker runs).
+    query_endpoint: bool = True
+    #: Extra librdkafka consumer settings.
+    consumer_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+class SinkWorker:
+    """Runs one consumer and one :class:`ClickHouseSink` until :meth:`stop` is called."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: SinkConfig | None = None,
+        *,
+        client_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = config or SinkConfig()
+        self.topics = Topics(settings.topic_prefix)
+        self.sink = ClickHouseSink(
+            settings.clickhouse_dsn,
+            settings.clickhouse_database,
+            self.topics,
+            max_rows=self.config.max_rows,
+            max_age_s=self.config.max_age_s,
+            client_factory=client_factory,
+        )
+        self._stop = threading.Event()
+        self._consumer: Any = None
+        self._paused: list[Any] = []
+        self.endpoint: Any = None
+
+    @property
+    def topic_names(self) -> tuple[str, ...]:
+        return self.config.topics or default_topics(self.topics, self.config.raw)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to flush, commit and return (safe from a signal handler)."""
+        self._stop.set()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Consume until :meth:`stop`; flush and commit on the way out."""
+        from confluent_kafka import Consumer, KafkaException
+
+        from feedbackloop.infra import ensure_topics
+
+        kafka = self.settings.kafka_client_config()
+        ensure_topics(kafka, self.topic_names, self.settings.topic_partitions)
+        self._setup_storage()
+        conf = {
+            **kafka,
+            "group.id": self.config.group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            # Tansu completes a group join in ~3 s with 6 s sessions, ~23 s with the default.
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+            "fetch.wait.max.ms": 50,
+            "log_level": 3,
+            **self.config.consumer_overrides,
+        }
+        try:
+            self._consumer = Consumer(conf)
+            self._consumer.subscribe(list(self.topic_names), on_revoke=self._on_revoke)
+        except KafkaException as e:
+            raise BrokerError(f"cannot start the sink consumer: {e}") from e
+        if ready is not None:
+            ready()
+        try:
+            self._loop()
+        finally:
+            try:
+                self._flush(final=True)
+            finally:
+                self._consumer.close()
+                self._consumer = None
+                if self.endpoint is not None:
+                    self.endpoint.stop()
+                    self.endpoint = None
+                self.sink.close()
+
+    def _setup_storage(self) -> None:
+        # Retry the first connection too: a server may still be starting.
+        attempt = 0
+        while True:
+            try:
+                self.sink.setup()
+                if self.config.migrate:
+                    migrate(self.sink.client, self.settings.clickhouse_database)
+                break
+            except Exception as e:
+                attempt += 1
+                if attempt >= 5 or self._stop.is_set():
+                    raise
+                log.warning("ClickHouse not ready (%s); retrying", e)
+                self.sink.close()
+                time.sleep(min(5.0, 0.2 * 2**attempt))
+        if self.config.query_endpoint:
+            from feedbackloop.sinks.query import QueryEndpoint
+
+            self.endpoint = QueryEndpoint(self.settings)
+            self.endpoint.start()
+
+    def _loop(self) -> None:
+        consumer, sink, cfg = self._consumer, self.sink, self.config
+        while not self._stop.is_set():
+            wait = sink.time_to_due()
+            timeout = 0.2 if wait is None else max(0.0, min(0.2, wait))
+            msgs = consumer.consume(num_messages=cfg.poll_batch, timeout=timeout)
+            for m in msgs:
+                err = m.error()
+                if err is not None:
+                    # Partition EOF and transient broker errors are reported in-band;
+                    # librdkafka retries on its own.
+                    if not err.retriable() and err.fatal():
+                        raise BrokerError(f"fatal consumer error: {err}")
+                    log.debug("consumer: %s", err)
+                    continue
+                ts = m.timestamp()[1]
+                sink.add(
+                    m.topic(),
+                    m.partition(),
+                    m.offset(),
+                    SinkMessage(m.value(), m.key(), m.headers(), ts if ts > 0 else 0, m.offset()),
+                )
+            if sink.due():
+                self._flush()
+
+    # --- flushing ----------------------------------------------------------------------------
+    def _flush(self, final: bool = False) -> None:
+        """Write every pending batch, retrying while ClickHouse is down; then commit."""
+        while True:
+            try:
+                offsets = self.sink.flush()
+            except BackPressure as bp:
+                if self._stop.is_set():
+                    if final:
+                        # Shutting down during an outage: leave the offsets uncommitted; the
+                        # next run reads those messages again. Nothing is lost or dropped.
+                        log.warning(
+                            "exiting with %d rows not written (offsets not committed): %s",
+                            self.sink.pending,
+                            bp,
+                        )
+                    return
+                self._wait(bp.retry_after)
+                continue
+            self._resume()
+            self._commit(offsets)
+            return
+
+    def _wait(self, seconds: float) -> None:
+        """Back off without leaving the group: pause fetching, keep serving the consumer."""
+        consumer = self._consumer
+        if consumer is not None and not self._paused:
+            self._paused = list(consumer.assignment())
+            if self._paused:
+                consumer.pause(self._paused)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if consumer is not None:
+                # Paused partitions return nothing; the call keeps max.poll.interval happy
+                # and serves rebalance callbacks.
+                msg = consumer.poll(min(0.2, max(0.0, deadline - time.monotonic())))
+                if msg is not None and msg.error() is None:  # pragma: no cover - paused
+                    log.debug("message while paused on %s", msg.topic())
+            else:
+                time.sleep(min(0.2, seconds))
+
+    def _resume(self) -> None:
+        if self._paused and self._consumer is not None:
+            self._consumer.resume(self._paused)
+        self._paused = []
+
+    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        if not offsets or self._consumer is None:
+            return
+        from confluent_kafka import KafkaException, TopicPartition
+
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            self._consumer.commit(offsets=tps, asynchronous=False)
+        except KafkaException as e:
+            # Typically a rebalance in progress. The rows are stored; at worst the next
+            # owner re-reads them and deduplication absorbs it.
+            log.warning("offset commit failed (rows are stored; replay is harmless): %s", e)
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        try:
+            offsets = self.sink.flush()
+        except BackPressure:
+            dropped = self.sink.discard(revoked)
+            log.warning("rebalance during an outage: %d rows left for the next owner", dropped)
+            return
+        self._commit(offsets)
