@@ -57,7 +57,9 @@ def approx(x: float) -> object:
     return pytest.approx(x, abs=TOL, rel=TOL)
 
 
-def _random_pairs(count: int, low: int = 20, high: int = 5000) -> list[tuple[BinaryStats, ...]]:
+def _random_pairs(
+    count: int, low: int = 20, high: int = 5000
+) -> list[tuple[BinaryStats, BinaryStats]]:
     rng = np.random.default_rng(SEED)
     out = []
     for _ in range(count):
@@ -209,7 +211,7 @@ def test_power_and_sample_size_against_statsmodels() -> None:
         # statsmodels' solver stops at ~1e-8 relative; both must give the requested power.
         assert ours.control == pytest.approx(ref, rel=1e-6)
         assert solver.power(h, ours.control, alpha, ratio) == approx(power)
-        n = rng.integers(10, 20000)
+        n = float(rng.integers(10, 20000))
         ratio = rng.uniform(0.5, 2.0)
         assert power_two_sample(h, n, alpha, ratio) == approx(solver.power(h, n, alpha, ratio))
 
