@@ -8,11 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from feedbackloop.errors import ClickHouseError
-from feedbackloop.infra import get_client
-from feedbackloop.schemas import DeadLetter, Interaction, Topics
-from feedbackloop.sinks import ReadOnlyViolation, SinkConfig, migrate, run_query
 from sink_helpers import (
     enrich,
     make_events,
@@ -21,6 +16,11 @@ from sink_helpers import (
     settings_for,
     wait_until,
 )
+
+from feedbackloop.errors import ClickHouseError
+from feedbackloop.infra import get_client
+from feedbackloop.schemas import DeadLetter, Interaction, Topics
+from feedbackloop.sinks import ReadOnlyViolation, SinkConfig, migrate, run_query
 
 pytestmark = pytest.mark.integration
 
@@ -85,3 +85,179 @@ def test_raw_and_enriched_duplicates_count_once(
     assert scalar(ch, db, "SELECT countIf(enrichment != 'enriched') FROM {db}.feedback FINAL") == 0
     assert scalar(ch, db, "SELECT countIf(variant = '') FROM {db}.feedback FINAL") == 0
     assert scalar(ch, db, "SELECT count() FROM {db}.dead_letters") == 0
+
+
+def test_rejected_and_undecodable_messages_become_dead_letters(
+    kafka_bootstrap: str, clickhouse_dsn: str, clickhouse_database: str, topic_prefix: str,
+    tmp_path: Path, ch: Any,
+) -> None:
+    import datetime as dt
+
+    from feedbackloop.schemas import Alert, WindowAggregate
+
+    db = clickhouse_database
+    topics = Topics(topic_prefix)
+    good = [e for e in make_events(40) if isinstance(e, Interaction)]
+    # Valid for the contract (no upper bound) but out of range for the UInt32 column.
+    too_big = good[0].model_copy(update={"event_id": uuid.uuid4(), "input_tokens": 2**40})
+    upstream = DeadLetter(reason="validation_error", error="feedback.rating: too big",
+                          payload=b'{"rating": 7}', source="stream", source_topic=topics.events,
+                          source_partition=1, source_offset=17)
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    agg = {"window_start": now, "window_end": now + dt.timedelta(minutes=1), "app_id": "app1",
+           "experiment": "exp", "variant": "a", "source_partition": 0, "emitted_at": now}
+    alert = Alert(dimension="variant", detector_key="variant:app1|exp|a", app_id="app1",
+                  experiment="exp", variant="a", baseline_rate=0.75, baseline_n=1000,
+                  recent_rate=0.6, recent_n=200, recent_successes=120, since=now,
+                  detected_at=now, statistic=5.1, threshold=5.0, design_drop=0.1,
+                  arl0_observations=150.0, message="satisfaction dropped")
+    s = settings_for(kafka_bootstrap, clickhouse_dsn, db, topic_prefix, tmp_path)
+    cfg = SinkConfig(raw=True, group_id=f"g-{uuid.uuid4().hex[:6]}", max_rows=1000,
+                     max_age_s=0.2, query_endpoint=False)
+    from confluent_kafka import Producer
+
+    with running_worker(s, cfg) as worker:
+        produce(kafka_bootstrap, topics.events,
+                [*good[:20], too_big, b"{not json", b'{"event_type": "nope"}', *good[20:]])
+        p = Producer({"bootstrap.servers": kafka_bootstrap})
+        p.produce(topics.dead_letters, upstream.payload, key=b"k", headers=upstream.headers())
+        for rev, up in ((1, 10), (2, 30), (1, 10)):  # a late revision 1 replay must not win
+            wa = WindowAggregate(revision=rev, thumbs_up=up, thumbs_down=5, **agg)
+            p.produce(topics.aggregates, wa.model_dump_json().encode(), key=b"app1|exp|a")
+        p.produce(topics.alerts, alert.model_dump_json().encode(), key=b"k")
+        p.produce(topics.alerts, alert.model_dump_json().encode(), key=b"k")
+        assert p.flush(30) == 0
+        wait_until(lambda: worker.sink.stats.messages >= len(good) + 3 + 1 + 3 + 2)
+    assert scalar(ch, db, "SELECT count() FROM {db}.interactions FINAL") == len(good)
+    reasons = dict(ch.query(f"SELECT reason, count() FROM {db}.dead_letters FINAL "
+                            "GROUP BY reason").result_rows)
+    assert reasons == {"clickhouse_rejected": 1, "invalid_json": 1, "unknown_event_type": 1,
+                       "validation_error": 1}
+    row = ch.query(f"SELECT error, payload, source_topic, source FROM {db}.dead_letters "
+                   "WHERE reason = 'clickhouse_rejected'").result_rows[0]
+    assert "interactions" in row[0] and str(too_big.event_id) in row[1]
+    assert row[2] == topics.events and row[3] == "sink"
+    assert ch.query(f"SELECT thumbs_up, revision FROM {db}.window_aggregates FINAL"
+                    ).result_rows == [(30, 2)]
+    assert scalar(ch, db, "SELECT count() FROM {db}.alerts FINAL") == 1
+
+
+class _Flaky:
+    """Stands between the sink and chDB: while ``down`` is set, connecting and inserting fail."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.down = threading.Event()
+        self.failures = 0
+
+    def factory(self) -> Any:
+        if self.down.is_set():
+            self.failures += 1
+            raise ClickHouseError("connection refused (injected)")
+        return _FlakyClient(get_client(self.dsn), self)
+
+
+class _FlakyClient:
+    def __init__(self, client: Any, owner: _Flaky) -> None:
+        self._client, self._owner = client, owner
+
+    def insert(self, *args: Any, **kwargs: Any) -> Any:
+        if self._owner.down.is_set():
+            self._owner.failures += 1
+            from clickhouse_connect.driver.exceptions import OperationalError
+
+            raise OperationalError("Connection refused (injected)")
+        return self._client.insert(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+@pytest.mark.fault
+def test_clickhouse_outage_loses_nothing(
+    kafka_bootstrap: str, clickhouse_dsn: str, clickhouse_database: str, topic_prefix: str,
+    tmp_path: Path, ch: Any,
+) -> None:
+    import time
+
+    db = clickhouse_database
+    topics = Topics(topic_prefix)
+    events = [e for e in make_events(900) if isinstance(e, Interaction)]
+    flaky = _Flaky(clickhouse_dsn)
+    s = settings_for(kafka_bootstrap, clickhouse_dsn, db, topic_prefix, tmp_path)
+    cfg = SinkConfig(raw=True, group_id=f"g-{uuid.uuid4().hex[:6]}", max_rows=200,
+                     max_age_s=0.2, query_endpoint=False)
+    count = f"SELECT count() FROM {db}.interactions FINAL"
+    with running_worker(s, cfg, client_factory=flaky.factory) as worker:
+        produce(kafka_bootstrap, topics.events, events[:300])
+        wait_until(lambda: ch.query(count).result_rows[0][0] == 300)
+        flaky.down.set()  # ClickHouse goes away: inserts and reconnects fail
+        produce(kafka_bootstrap, topics.events, events[300:600])
+        wait_until(lambda: flaky.failures >= 3)
+        time.sleep(1.0)
+        assert ch.query(count).result_rows[0][0] == 300
+        flaky.down.clear()  # ... and comes back
+        wait_until(lambda: ch.query(count).result_rows[0][0] == 600, timeout=30)
+        # A closed client (e.g. chDB handle closed under us) is replaced, not fatal.
+        worker.sink.client.close()
+        produce(kafka_bootstrap, topics.events, events[600:])
+        wait_until(lambda: ch.query(count).result_rows[0][0] == len(events), timeout=30)
+        assert worker.sink.stats.transient_errors >= 1
+    assert scalar(ch, db, "SELECT uniqExact(event_id) FROM {db}.interactions") == len(events)
+    assert scalar(ch, db, "SELECT count() FROM {db}.dead_letters") == 0
+
+
+def test_sql_goes_through_the_running_worker_and_refuses_writes(
+    kafka_bootstrap: str, clickhouse_dsn: str, clickhouse_database: str, topic_prefix: str,
+    tmp_path: Path, ch: Any,
+) -> None:
+    from feedbackloop.sinks.query import discovery_path, execute, readonly_client
+
+    db = clickhouse_database
+    events = [e for e in make_events(50) if isinstance(e, Interaction)]
+    s = settings_for(kafka_bootstrap, clickhouse_dsn, db, topic_prefix, tmp_path)
+    cfg = SinkConfig(raw=True, group_id=f"g-{uuid.uuid4().hex[:6]}", max_age_s=0.2)
+    with running_worker(s, cfg):
+        assert discovery_path(s).exists()
+        produce(kafka_bootstrap, Topics(topic_prefix).events, events)
+        res = wait_until(lambda: (r := run_query(s, "SELECT count() AS n FROM interactions FINAL"))
+                         .rows[0][0] == len(events) and r)
+        assert res.columns == ["n"]
+        for bad in (f"INSERT INTO {db}.interactions (app_id) VALUES ('x')",
+                    f"DROP TABLE {db}.interactions", "SELECT 1; DROP TABLE interactions",
+                    f"ALTER TABLE {db}.feedback DELETE WHERE 1"):
+            with pytest.raises(ReadOnlyViolation):
+                run_query(s, bad)
+        # Behind the statement check, the session itself is read-only.
+        ro = readonly_client(clickhouse_dsn, db)
+        with pytest.raises(Exception, match="readonly|READONLY"):
+            ro.command(f"DROP TABLE {db}.interactions")
+        with pytest.raises(ClickHouseError, match="READONLY|readonly"):
+            execute(ro, "SELECT 1 SETTINGS readonly = 0")
+        ro.close()
+    assert not discovery_path(s).exists()
+    assert scalar(ch, db, "SELECT count() FROM {db}.interactions FINAL") == len(events)
+
+
+def test_migrations_are_idempotent_and_incremental(
+    clickhouse_dsn: str, clickhouse_database: str
+) -> None:
+    from feedbackloop.sinks import MIGRATIONS, applied_migrations
+
+    ch = get_client(clickhouse_dsn)
+    db = clickhouse_database
+    try:
+        assert migrate(ch, db, target=1) == [1]  # an "older database"
+        assert applied_migrations(ch, db).keys() == {1}
+        tables = {r[0] for r in ch.query(f"SHOW TABLES FROM {db}").result_rows}
+        assert "interactions" in tables and "feedback_hourly" not in tables
+        latest = max(m.version for m in MIGRATIONS)
+        assert migrate(ch, db) == list(range(2, latest + 1))  # the newer one applies
+        assert migrate(ch, db) == []  # and again: a no-op
+        assert migrate(ch, db, ttl_days=30) == []
+        ddl = ch.command(f"SHOW CREATE TABLE {db}.interactions")
+        assert "TTL" in str(ddl)
+        assert scalar(ch, db, "SELECT count() FROM {db}.schema_migrations FINAL") == latest
+    finally:
+        ch.command(f"DROP DATABASE IF EXISTS {db}")
+        ch.close()
