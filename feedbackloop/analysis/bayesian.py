@@ -51,7 +51,7 @@ def _is_int(x: float) -> bool:
 def _miller_sum(a: float, b: float, c: float, d: float) -> float:
     """P(X > Y), X ~ Beta(a, b), Y ~ Beta(c, d), for integer ``a``.
 
-    Source: Evan Miller (2015), "Formulas for Bayesian A/B Testing", eq. for
+    Source: Evan Miller (2015), "Formulas for Bayesian A/B Testing", the formula for
     ``Pr(p_B > p_A) = sum_{i=0}^{a-1} B(c+i, b+d) / ((b+i) B(1+i, b) B(c, d))``; summed in
     log space.
     """
@@ -109,7 +109,7 @@ def prob_beta_greater(a: float, b: float, c: float, d: float) -> tuple[float, st
 def expected_loss(a: float, b: float, c: float, d: float) -> float:
     """``E[max(X - Y, 0)]`` for independent ``X ~ Beta(a, b)``, ``Y ~ Beta(c, d)``.
 
-    Source: Stucchio (2015), "Bayesian A/B Testing at VWO", §4:
+    Source: Stucchio (2015), "Bayesian A/B Testing at VWO" (expected loss):
     ``E[(X - Y)^+] = a/(a+b) P(X' > Y) - c/(c+d) P(X > Y')`` with
     ``X' ~ Beta(a+1, b)``, ``Y' ~ Beta(c+1, d)`` (since ``x f_{a,b}(x) = a/(a+b) f_{a+1,b}(x)``).
     """
@@ -127,7 +127,7 @@ def beta_binomial(
     """Posterior ``Beta(prior_alpha + successes, prior_beta + failures)`` per variant.
 
     Source: conjugate Beta-binomial model (Gelman et al., *Bayesian Data Analysis*, 3rd ed.,
-    §2.4). The default uniform prior ``Beta(1, 1)`` lets the data speak; with no data the
+    ch. 2). The default uniform prior ``Beta(1, 1)`` lets the data speak; with no data the
     answer is the prior's (probability 0.5), which is honest rather than an error.
     """
     prior = (float(prior_alpha), float(prior_beta))

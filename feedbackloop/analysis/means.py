@@ -75,7 +75,7 @@ def mann_whitney(
 
     For skewed metrics (latency, time to outcome) where a few huge values dominate a t-test.
     Source: Mann & Whitney (1947), Ann. Math. Stat. 18:50; tie-corrected variance from
-    Lehmann, *Nonparametrics* (1975), eq. (1.76):
+    Lehmann, *Nonparametrics* (1975), ch. 1:
     ``Var(U) = n_c n_t / 12 * ((N+1) - sum(t^3 - t) / (N(N-1)))``.
     ``statistic`` is the z-score of ``U_t`` (treatment's U); positive means treatment larger.
     Needs raw values: ranks have no sufficient statistic that a SQL sum could return.

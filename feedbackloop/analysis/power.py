@@ -25,7 +25,7 @@ def cohens_h(p_control: float, p_treatment: float) -> float:
     """Effect size for two proportions on the variance-stabilising arcsine scale.
 
     Source: Cohen, *Statistical Power Analysis for the Behavioral Sciences* (2nd ed., 1988),
-    eq. (6.2.1): ``h = 2 asin(sqrt(p_t)) - 2 asin(sqrt(p_c))``.
+    ch. 6: ``h = 2 asin(sqrt(p_t)) - 2 asin(sqrt(p_c))``.
     """
     return 2.0 * math.asin(math.sqrt(p_treatment)) - 2.0 * math.asin(math.sqrt(p_control))
 
@@ -36,7 +36,7 @@ def power_two_sample(
     """Power of the two-sided two-sample z-test for a standardised effect.
 
     ``n_treatment = ratio * n_control``. Source: Cohen (1988) ch. 2 / Chow, Shao & Wang,
-    *Sample Size Calculations in Clinical Research* (2008) eq. (3.2.3), counting both
+    *Sample Size Calculations in Clinical Research* (2008), two-sample z-test, counting both
     rejection tails: ``Phi(|d| sqrt(m) - z_{a/2}) + Phi(-|d| sqrt(m) - z_{a/2})`` with
     ``m = 1 / (1/n_c + 1/n_t)``.
     """
@@ -134,7 +134,7 @@ def required_sample_size_means(
 ) -> SampleSize:
     """Units per variant to detect an absolute change ``mde`` in a mean with std ``std``.
 
-    Standardised effect ``d = mde / std`` (Cohen 1988, eq. 2.2.1).
+    Standardised effect ``d = mde / std`` (Cohen 1988, ch. 2).
     """
     if not std > 0:
         return SampleSize.failed(

@@ -36,7 +36,7 @@ def two_proportion_ztest(control: BinaryStats, treatment: BinaryStats) -> TestRe
     """Two-sided two-proportion z-test with the pooled variance under H0: p_t = p_c.
 
     Source: Fleiss, Levin & Paik, *Statistical Methods for Rates and Proportions* (3rd ed.,
-    2003), eq. (2.5): ``z = (p_t - p_c) / sqrt(p(1-p)(1/n_t + 1/n_c))``, ``p`` pooled.
+    2003), the pooled z-test: ``z = (p_t - p_c) / sqrt(p(1-p)(1/n_t + 1/n_c))``, ``p`` pooled.
     """
     method = "two-proportion z-test"
     if _empty(control, treatment):
@@ -54,7 +54,7 @@ def two_proportion_ztest(control: BinaryStats, treatment: BinaryStats) -> TestRe
 def chi_square_test(control: BinaryStats, treatment: BinaryStats) -> TestResult:
     """Pearson chi-square test of independence on the 2x2 table, no continuity correction.
 
-    Source: Pearson (1900); Agresti, *Categorical Data Analysis* (3rd ed., 2013), eq. (3.10).
+    Source: Pearson (1900); Agresti, *Categorical Data Analysis* (3rd ed., 2013), ch. 3.
     Without Yates' correction it equals the square of :func:`two_proportion_ztest`; small
     tables go to :func:`fisher_exact_test` instead of being corrected.
     """
@@ -78,7 +78,7 @@ def chi_square_test(control: BinaryStats, treatment: BinaryStats) -> TestResult:
 def fisher_exact_test(control: BinaryStats, treatment: BinaryStats) -> TestResult:
     """Two-sided Fisher exact test, conditional on both margins.
 
-    Source: Fisher (1935); Agresti (2013) section 3.5.1. The p-value sums the hypergeometric
+    Source: Fisher (1935); Agresti (2013) ch. 3. The p-value sums the hypergeometric
     probabilities of every table no more likely than the observed one; a relative tolerance
     of 1e-7 treats floating-point ties as ties (as R's ``fisher.test`` does). The statistic
     reported is the sample odds ratio.

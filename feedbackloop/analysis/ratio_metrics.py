@@ -33,7 +33,7 @@ def ratio_ztest(control: RatioStats, treatment: RatioStats, alpha: float = 0.05)
     """Two-sided z-test for a difference of ratio metrics, sessions as independent units.
 
     Source: Deng, Knoblich & Lu (2018), "Applying the Delta Method in Metric Analytics", KDD,
-    §3 (variance of a ratio of means, see :attr:`RatioStats.variance`);
+    (variance of a ratio of means, see :attr:`RatioStats.variance`);
     ``z = (R_t - R_c) / sqrt(Var(R_t) + Var(R_c))``. Equivalent to a regression with
     cluster-robust (session-clustered) standard errors.
     """

@@ -6,7 +6,7 @@ does not, because ``1 / Lambda_n`` is a p-value at *any* data-dependent stopping
 
 Method (normal mixture mSPRT on the asymptotically normal difference estimate):
 
-* Johari, Koomen, Pekelis & Walsh (2017), "Peeking at A/B Tests", KDD, §4 / Johari,
+* Johari, Koomen, Pekelis & Walsh (2017), "Peeking at A/B Tests", KDD / Johari,
   Pekelis & Walsh (2022), "Always Valid Inference", Operations Research 70(3), the normal
   mSPRT:
   with ``theta_hat ~ N(theta, V)`` and mixing distribution ``theta ~ N(theta_0, tau^2)``,
@@ -87,7 +87,7 @@ def msprt_p_value(
 ) -> np.ndarray:
     """``min(1, 1 / Lambda)`` for z-scores ``z`` at effective sizes ``n_eff`` (vectorised).
 
-    Source: Johari et al. (2017) §4 normal mSPRT, rewritten with ``r = tau^2 / V``:
+    Source: Johari et al. (2017), normal mSPRT, rewritten with ``r = tau^2 / V``:
     ``Lambda = (1 + r)^(-1/2) * exp(r z^2 / (2 (1 + r)))``. Computed in log space so large
     ``z`` does not overflow.
     """

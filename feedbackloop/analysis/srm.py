@@ -14,7 +14,7 @@ from feedbackloop.analysis.results import ErrorCode
 __all__ = ["SrmResult", "sample_ratio_mismatch", "DEFAULT_SRM_THRESHOLD"]
 
 # A mismatch invalidates every other number in a report, so the bar is strict: at 0.001 a
-# healthy experiment is flagged once in a thousand looks (Fabijan et al., KDD 2019, §4).
+# healthy experiment is flagged once in a thousand looks (as Fabijan et al., KDD 2019, advise).
 DEFAULT_SRM_THRESHOLD = 0.001
 
 

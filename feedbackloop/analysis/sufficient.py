@@ -184,7 +184,7 @@ class RatioStats:
         """Delta-method variance of :attr:`ratio` across sessions; ``nan`` when ``n < 2``.
 
         Source: Deng, Knoblich & Lu (2018), "Applying the Delta Method in Metric Analytics",
-        KDD, eq. (4): ``Var(Ybar/Nbar) ~ (s_Y^2 - 2 R s_YN + R^2 s_N^2) / (n * Nbar^2)`` with
+        KDD: ``Var(Ybar/Nbar) ~ (s_Y^2 - 2 R s_YN + R^2 s_N^2) / (n * Nbar^2)`` with
         sample (co)variances across sessions.
         """
         if self.n < 2 or self.sum_den == 0:
