@@ -65,7 +65,9 @@ def enrich(ev: Envelope, interactions: dict[uuid.UUID, Interaction], offset: int
     return e.model_dump_json().encode()
 
 
-def produce(bootstrap: str, topic: str, values: list[Envelope | bytes | tuple[bytes, bytes]]) -> None:
+def produce(
+    bootstrap: str, topic: str, values: list[Envelope | bytes | tuple[bytes, bytes]]
+) -> None:
     from confluent_kafka import Producer
 
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "log_level": 3})

@@ -1,0 +1,252 @@
+"""Pure logic of the sinks: batching bounds, row mapping, error triage, bisecting, read-only."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+
+from feedbackloop.errors import BackPressure, SchemaError
+from feedbackloop.schemas import DeadLetter, Feedback, Interaction, Topics, encode
+from feedbackloop.sinks import (
+    COLUMNS,
+    BatchingSink,
+    ClickHouseSink,
+    QueryResult,
+    ReadOnlyViolation,
+    SinkBatch,
+    SinkMessage,
+    TopicRouter,
+    check_read_only,
+    format_result,
+    is_rejection,
+    retry_delay,
+)
+
+TOPICS = Topics("t.")
+
+
+class Recording(BatchingSink):
+    def __init__(self, fail: int = 0, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.written: list[SinkBatch] = []
+        self.fail = fail
+
+    def write(self, batch: SinkBatch) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise BackPressure("down", retry_after=0.1)
+        self.written.append(batch)
+
+
+def test_batches_per_partition_with_size_bound_and_offsets_after_write() -> None:
+    s = Recording(max_rows=3, max_age_s=10)
+    for off in range(7):
+        s.add("a", 0, off, off)
+    s.add("a", 1, 100, "x")
+    assert s.due()  # two full batches of partition 0 are waiting
+    assert s.pending == 8
+    assert s.flush() == {("a", 0): 7, ("a", 1): 101}
+    assert [(b.partition, b.first_offset, b.last_offset) for b in s.written] == [
+        (0, 0, 2), (0, 3, 5), (0, 6, 6), (1, 100, 100)]
+    assert s.pending == 0 and s.flush() == {}
+
+
+def test_age_bound() -> None:
+    s = Recording(max_rows=100, max_age_s=0.5)
+    s.add("a", 0, 0, 0)
+    start = s._open[("a", 0)].started
+    assert not s.due(now=start + 0.4)
+    assert s.due(now=start + 0.5)
+    assert s.time_to_due(now=start + 0.2) == pytest.approx(0.3)
+
+
+def test_back_pressure_keeps_the_batch_and_commits_nothing_unwritten() -> None:
+    s = Recording(fail=1, max_rows=2, max_age_s=10)
+    for off in range(3):
+        s.add("a", 0, off, off)
+    with pytest.raises(BackPressure):
+        s.flush()
+    assert s.pending == 3  # nothing dropped
+    assert s.flush() == {("a", 0): 3}
+    assert sum(len(b) for b in s.written) == 3
+
+
+def test_discard_on_revoke() -> None:
+    s = Recording(max_rows=10, max_age_s=10)
+    s.add("a", 0, 0, 0)
+    s.add("a", 1, 0, 0)
+    assert s.discard([("a", 0)]) == 1
+    assert s.flush() == {("a", 1): 1}
+
+
+def test_retry_delay_grows_and_caps() -> None:
+    assert [retry_delay(i) for i in range(4)] == [0.1, 0.2, 0.4, 0.8]
+    assert retry_delay(50) == 10.0
+
+
+def _interaction(**kw: Any) -> Interaction:
+    return Interaction(app_id="a", session_id="s", user_input="hi", response="yo", model="m",
+                       **kw)
+
+
+def test_router_maps_events_to_their_tables_in_column_order() -> None:
+    r = TopicRouter(TOPICS)
+    it = _interaction(experiment="e", variant="v", metadata={"n": 1, "s": "x"})
+    (table, row), = r.route(TOPICS.events, 0, 5, encode(it)).rows
+    assert table == "interactions" and len(row) == len(COLUMNS[table])
+    named = dict(zip(COLUMNS[table], row, strict=True))
+    assert named["event_id"] == it.event_id and named["variant"] == "v"
+    assert named["metadata"] == {"n": "1", "s": "x"}
+    assert named["prompt_version"] == ""  # absent: '' (no Nullable in sort keys)
+    assert named["kafka_offset"] == 5 and named["_version"] == 0
+    fb = Feedback(app_id="a", session_id="s", interaction_id=it.interaction_id, kind="thumbs",
+                  thumbs=-1)
+    (table, row), = r.route(TOPICS.events, 0, 6, encode(fb)).rows
+    named = dict(zip(COLUMNS[table], row, strict=True))
+    assert table == "feedback" and named["thumbs"] == -1 and named["enrichment"] == "raw"
+
+
+def test_enriched_rows_outrank_raw_rows() -> None:
+    from feedbackloop.schemas import EnrichedEvent
+
+    it = _interaction()
+    fb = Feedback(app_id="a", session_id="s", interaction_id=it.interaction_id, kind="thumbs",
+                  thumbs=1)
+    r = TopicRouter(TOPICS)
+    raw = r.route(TOPICS.events, 0, 0, encode(fb)).rows[0][1]
+    orphan = EnrichedEvent(event=fb, orphaned=True, source_partition=0, source_offset=0)
+    orow = r.route(TOPICS.enriched, 0, 0, orphan.model_dump_json().encode()).rows[0][1]
+    v = COLUMNS["feedback"].index("_version")
+    assert raw[v] < orow[v]
+    assert orow[COLUMNS["feedback"].index("enrichment")] == "orphaned"
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (b"{", "invalid_json"),
+    (b'{"event_type": "x"}', "unknown_event_type"),
+    (None, "empty_message"),
+])
+def test_router_reasons(value: bytes | None, reason: str) -> None:
+    with pytest.raises(SchemaError) as ei:
+        TopicRouter(TOPICS).route(TOPICS.events, 0, 0, value)
+    assert ei.value.reason == reason
+
+
+def test_router_reads_dead_letter_headers() -> None:
+    dl = DeadLetter(reason="oversized", error="too big", payload=b"x" * 3, source="stream",
+                    source_topic="t.events", source_partition=2, source_offset=9)
+    (table, row), = TopicRouter(TOPICS).route(
+        TOPICS.dead_letters, 0, 1, dl.payload, b"k", dl.headers()).rows
+    named = dict(zip(COLUMNS[table], row, strict=True))
+    assert (named["reason"], named["source_partition"], named["source_offset"]) == (
+        "oversized", 2, 9)
+
+
+def test_error_triage() -> None:
+    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+    assert is_rejection(struct.error("ushort format requires 0 <= number <= 65535"))
+    assert is_rejection(DatabaseError("Code: 469. Constraint ... (VIOLATED_CONSTRAINT)"))
+    assert not is_rejection(DatabaseError("Code: 252. Too many parts (TOO_MANY_PARTS)"))
+    assert not is_rejection(OperationalError("Connection refused"))
+    assert not is_rejection(RuntimeError("something unknown"))  # unknown: retry, never drop
+
+
+class FakeClient:
+    """Rejects rows whose first column is negative; records what was inserted."""
+
+    def __init__(self) -> None:
+        self.inserted: dict[str, list[Any]] = {}
+        self.tokens: list[str] = []
+
+    def create_insert_context(self, table: str, **kw: Any) -> Any:
+        class Ctx:
+            settings: dict[str, Any] = {}
+            data: Any = None
+        c = Ctx()
+        c.settings = {}
+        c.table = table  # type: ignore[attr-defined]
+        return c
+
+    def insert(self, context: Any) -> None:
+        rows = list(zip(*context.data, strict=True))
+        if context.table != "dead_letters" and any(r[-1] == "bad" for r in rows):
+            raise struct.error("value out of range")
+        self.tokens.append(context.settings["insert_deduplication_token"])
+        self.inserted.setdefault(context.table, []).extend(rows)
+
+    def close(self) -> None:
+        pass
+
+
+def test_rejected_rows_are_isolated_by_bisection_and_dead_lettered(monkeypatch: Any) -> None:
+    fake = FakeClient()
+    sink = ClickHouseSink("chdb:///x", "db", TOPICS, client_factory=lambda: fake)
+    msgs = [_interaction() for _ in range(8)]
+    bad = {2, 5}
+
+    real_route = sink.router.route
+
+    def route(topic: str, partition: int, offset: int, value: Any, *a: Any) -> Any:
+        routed = real_route(topic, partition, offset, value, *a)
+        t, row = routed.rows[0]
+        if offset in bad:
+            row = (*row[:-1], "bad")
+        return type(routed)(((t, row),))
+
+    monkeypatch.setattr(sink.router, "route", route)
+    for i, m in enumerate(msgs):
+        sink.add(TOPICS.events, 0, i, SinkMessage(encode(m), None, None, 0, i))
+    assert sink.flush() == {(TOPICS.events, 0): 8}
+    assert len(fake.inserted["interactions"]) == 6
+    dls = fake.inserted["dead_letters"]
+    assert sorted(r[COLUMNS["dead_letters"].index("source_offset")] for r in dls) == [2, 5]
+    assert {r[1] for r in dls} == {"clickhouse_rejected"}
+    assert sink.stats.rejected_rows == 2
+    # Tokens are derived from offsets: a replay of the same batch sends the same tokens.
+    assert fake.tokens[-1] == f"{TOPICS.events}/0/0-7/dead_letters"
+
+
+def test_transient_failure_is_back_pressure_and_reconnects() -> None:
+    calls = {"n": 0}
+
+    def factory() -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionError("refused")
+        return FakeClient()
+
+    sink = ClickHouseSink("chdb:///x", "db", TOPICS, client_factory=factory)
+    sink.add(TOPICS.events, 0, 0, SinkMessage(encode(_interaction())))
+    with pytest.raises(BackPressure) as ei:
+        sink.flush()
+    assert ei.value.retry_after > 0
+    assert sink.flush() == {(TOPICS.events, 0): 1}
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT 1", "  with x as (select 1) select * from x", "-- c\nSHOW TABLES",
+    "DESCRIBE feedback", "EXPLAIN SELECT 1", "SELECT ';' AS semi", "(SELECT 1)",
+])
+def test_read_only_statements_pass(sql: str) -> None:
+    check_read_only(sql)
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO t VALUES (1)", "drop table t", "SELECT 1; DROP TABLE t", "",
+    "ALTER TABLE t DELETE WHERE 1", "SET readonly = 0", "/* x */ TRUNCATE t",
+    "SELECT * FROM t INTO OUTFILE 'x.csv'", "OPTIMIZE TABLE t FINAL", "SYSTEM STOP MERGES",
+])
+def test_writes_are_refused(sql: str) -> None:
+    with pytest.raises(ReadOnlyViolation):
+        check_read_only(sql)
+
+
+def test_formats() -> None:
+    res = QueryResult(["a", "b"], ["String", "Nullable(Float64)"], [["x", 1.5], ["y", None]])
+    table = format_result(res, "table")
+    assert table.splitlines()[0].split() == ["a", "|", "b"] and "(2 rows)" in table
+    assert format_result(res, "csv") == "a,b\nx,1.5\ny,NULL"
+    assert '"b": null' in format_result(res, "json")
