@@ -1,0 +1,226 @@
+"""Sink benchmark: writer throughput beside raw ``client.insert``, and send-to-visible latency.
+
+Run:  .venv/bin/python bench/bench_sink.py [--rows 200000] [--rate 10000] [--seconds 10]
+
+Part 1 (embedded chDB, in-process): the same messages (half interactions, half feedback)
+  * baseline: ``client.insert`` of the already-built rows, columnar, one insert context per
+    table, in batches of the same size;
+  * ours: ``ClickHouseSink.add`` + ``flush`` from the encoded Kafka values: decoding,
+    validation, row building, dedup tokens and the insert.
+Part 2 (embedded Tansu broker + ``feedbackloop sink run`` in a child process with its own chDB):
+  the SDK (``FeedbackClient``) offers ``--rate`` interactions/s for ``--seconds``; latency is
+  ``inserted_at - occurred_at`` of each stored row (ClickHouse stamps ``inserted_at`` when the
+  insert runs, so the row is visible within the insert's duration after it, printed too).
+  Baseline: the same events read straight from Kafka by a plain consumer, in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from feedbackloop.infra import EmbeddedBroker, get_client
+from feedbackloop.schemas import Feedback, Interaction, Topics, encode
+from feedbackloop.sinks import COLUMNS, ClickHouseSink, SinkMessage, TopicRouter, migrate
+
+
+def _messages(n: int) -> list[bytes]:
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=30)
+    out: list[bytes] = []
+    for i in range(n // 2):
+        it = Interaction(
+            app_id="bench", session_id=f"s{i % 997}", occurred_at=now, model="m-large",
+            user_input=f"How do I frobnicate widget {i}? " * 3,
+            response=f"To frobnicate widget {i}, first ... " * 8, prompt_version=f"p{i % 4}",
+            experiment="exp1", variant="ab"[i % 2], latency_ms=float(200 + i % 300),
+            input_tokens=40, output_tokens=120, cost_usd=0.0012, metadata={"tier": "free"},
+        )
+        fb = Feedback(app_id="bench", session_id=it.session_id, interaction_id=it.interaction_id,
+                      occurred_at=now, kind="thumbs", thumbs=1 if i % 3 else -1)
+        out += [encode(it), encode(fb)]
+    return out
+
+
+def bench_writer(n: int, batch: int, workdir: Path) -> tuple[float, float]:
+    topics = Topics("bench.")
+    values = _messages(n)
+    client = get_client(f"chdb:///{workdir / 'chdb'}")
+    for db in ("bench_raw", "bench_sink"):
+        client.command(f"DROP DATABASE IF EXISTS {db}")
+        migrate(client, db)
+
+    # Baseline rows: exactly what the sink would insert, built outside the clock.
+    router = TopicRouter(topics)
+    per_table: dict[str, list[tuple[Any, ...]]] = {}
+    for off, v in enumerate(values):
+        for table, row in router.route(topics.events, 0, off, v).rows:
+            per_table.setdefault(table, []).append(row)
+    contexts = {
+        t: client.create_insert_context(table=t, database="bench_raw",
+                                        column_names=list(COLUMNS[t]), column_oriented=True)
+        for t in per_table
+    }
+    t0 = time.perf_counter()
+    for table, rows in per_table.items():
+        for i in range(0, len(rows), batch):
+            ctx = contexts[table]
+            ctx.data = list(zip(*rows[i : i + batch], strict=True))
+            client.insert(context=ctx)
+    raw_rate = len(values) / (time.perf_counter() - t0)
+
+    sink = ClickHouseSink("", "bench_sink", topics, max_rows=batch, max_age_s=60,
+                          client_factory=lambda: client)
+    t0 = time.perf_counter()
+    for off, v in enumerate(values):
+        sink.add(topics.events, 0, off, SinkMessage(v, None, None, 0, off))
+    sink.flush()
+    ours = len(values) / (time.perf_counter() - t0)
+    counts = [client.command(f"SELECT count() FROM {db}.interactions")
+              for db in ("bench_raw", "bench_sink")]
+    assert counts[0] == counts[1] == n // 2, counts
+    client.close()
+    return ours, raw_rate
+
+
+def _endpoint_query(data_dir: Path, sql: str) -> list[list[Any]]:
+    from feedbackloop.config import Settings
+    from feedbackloop.sinks.query import _live_endpoint, _via_endpoint
+
+    info = _live_endpoint(Settings(data_dir=data_dir))
+    if info is None:
+        raise RuntimeError("no live endpoint")
+    return _via_endpoint(info, sql, 100).rows
+
+
+def bench_latency(rate: int, seconds: float, workdir: Path) -> dict[str, float]:
+    from confluent_kafka import Consumer
+
+    from feedbackloop.config import Settings
+    from feedbackloop.infra import ensure_topics
+    from feedbackloop.producers import FeedbackClient
+
+    prefix = f"lat{uuid.uuid4().hex[:6]}."
+    topics = Topics(prefix)
+    data_dir = workdir / "worker"
+    with EmbeddedBroker(port=0, log_path=workdir / "tansu.log") as broker:
+        bootstrap = broker.bootstrap_servers
+        ensure_topics({"bootstrap.servers": bootstrap}, topics.all(), 4)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FEEDBACKLOOP_")}
+        env.update(FEEDBACKLOOP_BOOTSTRAP_SERVERS=bootstrap, FEEDBACKLOOP_TOPIC_PREFIX=prefix,
+                   FEEDBACKLOOP_DATA_DIR=str(data_dir), FEEDBACKLOOP_CLICKHOUSE_DATABASE="lat")
+        with open(workdir / "worker.log", "wb") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "feedbackloop", "sink", "run", "--raw"],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        try:
+            # Baseline: a plain consumer of the same topic, measuring Kafka's own latency.
+            kafka_lat: list[float] = []
+            stop = threading.Event()
+            consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-raw",
+                                 "auto.offset.reset": "latest", "session.timeout.ms": 6000,
+                                 "fetch.wait.max.ms": 50})
+            consumer.subscribe([topics.events])
+
+            def consume() -> None:
+                while not stop.is_set():
+                    for m in consumer.consume(10_000, 0.1):
+                        if m.error() is None:
+                            ts = m.timestamp()[1]
+                            kafka_lat.append(time.time() * 1000 - ts)
+
+            # Wait for the worker's endpoint (group join, migrations) and the baseline join.
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    _endpoint_query(data_dir, "SELECT 1")
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    consumer.poll(0.2)
+            while not consumer.assignment() and time.monotonic() < deadline:
+                consumer.poll(0.2)
+            th = threading.Thread(target=consume, daemon=True)
+            th.start()
+            time.sleep(3)  # the worker's own group join
+
+            client = FeedbackClient(Settings(bootstrap_servers=bootstrap, topic_prefix=prefix,
+                                             app_id="bench", data_dir=workdir / "sdk"))
+            n = int(rate * seconds)
+            start = time.perf_counter()
+            for i in range(n):
+                due = start + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                client.log_interaction(session_id=f"s{i % 500}", user_input="q" * 80,
+                                       response="a" * 300, model="m", prompt_version="p1",
+                                       latency_ms=250.0)
+            achieved = n / (time.perf_counter() - start)
+            client.flush(30)
+            client.close()
+            deadline = time.monotonic() + 60
+            while _endpoint_query(data_dir, "SELECT count() FROM interactions")[0][0] < n:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("not all events arrived")
+                time.sleep(0.2)
+            stop.set()
+            th.join(5)
+            consumer.close()
+            q = _endpoint_query(
+                data_dir,
+                "SELECT quantiles(0.5, 0.99)(dateDiff('millisecond', occurred_at, inserted_at)), "
+                "count() FROM interactions FINAL",
+            )[0]
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        kafka_lat.sort()
+        k = len(kafka_lat)
+        return {
+            "offered": rate, "achieved": achieved, "p50_ms": q[0][0], "p99_ms": q[0][1],
+            "rows": q[1], "kafka_p50_ms": kafka_lat[k // 2] if k else float("nan"),
+            "kafka_p99_ms": kafka_lat[int(k * 0.99)] if k else float("nan"),
+        }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=200_000, help="Messages for the writer part.")
+    ap.add_argument("--batch", type=int, default=50_000, help="Rows per insert.")
+    ap.add_argument("--rate", type=int, default=10_000, help="Offered events/s (latency part).")
+    ap.add_argument("--seconds", type=float, default=10.0, help="Duration of the latency part.")
+    ap.add_argument("--skip-latency", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-sink-") as tmp:
+        work = Path(tmp)
+        ours, raw = bench_writer(args.rows, args.batch, work)
+        print(f"writer into embedded chDB: {ours:,.0f} rows/s (decode+validate+rows+insert)")
+        print(f"raw client.insert, same rows: {raw:,.0f} rows/s")
+        print(f"ratio: {ours / raw:.2f}  (target: >= 100,000 rows/s)")
+        if not args.skip_latency:
+            r = bench_latency(args.rate, args.seconds, work)
+            print(f"latency SDK send -> in ClickHouse at {r['offered']:,} ev/s offered "
+                  f"({r['achieved']:,.0f} achieved, {r['rows']:,} rows): "
+                  f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms (target p99 < 2000 ms)")
+            print(f"baseline, same events read raw from Kafka: p50 {r['kafka_p50_ms']:.0f} ms, "
+                  f"p99 {r['kafka_p99_ms']:.0f} ms; ratio p99 "
+                  f"{r['p99_ms'] / max(r['kafka_p99_ms'], 1):.1f}x")
+
+
+if __name__ == "__main__":
+    main()
