@@ -1,0 +1,383 @@
+"""The faust application: tables, the batch handler of the raw topic, timers, alert agents.
+
+faust owns group membership, partition assignment (co-partitioning the raw topic with the
+tables' changelogs), table recovery, offset commits and timers. The hot path is the
+:class:`~.pipeline.Pipeline` run per fetched batch (see :mod:`.consumer` for why), writing
+through a librdkafka producer that is flushed before the batch's offsets are acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import faust
+from confluent_kafka import KafkaError, Producer
+
+from feedbackloop.config import Settings
+from feedbackloop.errors import BrokerError, ConfigError
+from feedbackloop.schemas import Alert, Topics, WindowAggregate
+from feedbackloop.stream_jobs.config import StreamConfig
+from feedbackloop.stream_jobs.consumer import FetchTuning, Transport
+from feedbackloop.stream_jobs.detector import SatisfactionDetector, detector_keys
+from feedbackloop.stream_jobs.enrich import InteractionRecord
+from feedbackloop.stream_jobs.pipeline import TABLES, Pipeline, decode_pending
+from feedbackloop.stream_jobs.windows import WindowState
+
+__all__ = ["StreamJobs", "KafkaOutput", "post_webhook"]
+
+log = logging.getLogger(__name__)
+
+
+class StreamApp(faust.App):
+    """faust.App whose transport is our :class:`~.consumer.Transport`."""
+
+    batch_handlers: dict[str, Any]
+    fetch_tuning: FetchTuning | None = None
+
+    def _new_transport(self) -> Any:
+        return Transport(self.conf.broker_consumer, self)
+
+
+class _StateTable(faust.Table):
+    """A table whose changelog holds our own bytes; recovery decodes them into objects."""
+
+    decode_value: Callable[[bytes], Any] = staticmethod(lambda b: b)  # type: ignore[assignment]
+
+    def _to_value(self, v: Any) -> Any:
+        return self.decode_value(v) if isinstance(v, bytes | bytearray) else v
+
+
+class KafkaOutput:
+    """The pipeline's :class:`~.pipeline.Output` on a librdkafka producer."""
+
+    def __init__(self, client_config: dict[str, Any], changelog_topics: dict[str, str]) -> None:
+        self._producer = Producer(
+            {
+                **client_config,
+                "linger.ms": 5,
+                "compression.type": "lz4",
+                "queue.buffering.max.messages": 1_000_000,
+                "queue.buffering.max.kbytes": 1_048_576,
+                "enable.idempotence": False,
+                "log_level": 3,
+            }
+        )
+        self._changelog_topics = changelog_topics
+        self.errors: list[str] = []
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            self.errors.append(str(err))
+
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if headers:
+            kwargs["headers"] = headers
+        while True:
+            try:
+                self._producer.produce(topic, value, key, **kwargs)
+                return
+            except BufferError:
+                self._producer.poll(0.01)  # queue full: let deliveries drain
+
+    def changelog(self, table: str, partition: int, key: bytes, value: bytes | None) -> None:
+        self.produce(self._changelog_topics[table], key, value, partition=partition)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Block until everything produced so far is acknowledged; raise on any failure."""
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            raise BrokerError(f"{remaining} messages not delivered within {timeout:.0f} s")
+        if self.errors:
+            errors, self.errors = self.errors, []
+            raise BrokerError(f"delivery failed: {errors[0]} ({len(errors)} errors)")
+
+
+def post_webhook(url: str, alert: Alert, timeout: float = 5.0) -> None:
+    """POST a Slack-compatible JSON message ({"text": ..., "alert": {...}})."""
+    body = json.dumps({"text": alert.message, "alert": alert.model_dump(mode="json")}).encode()
+    req = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - configured URL
+        resp.read()
+
+
+def _broker_urls(bootstrap: str) -> list[str]:
+    return [f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip()]
+
+
+def _credentials(settings: Settings) -> Any:
+    proto = (settings.kafka_security_protocol or "PLAINTEXT").upper()
+    if proto == "PLAINTEXT":
+        return None
+    if proto in ("SASL_SSL", "SASL_PLAINTEXT") and settings.kafka_sasl_username:
+        import ssl
+
+        secret = settings.kafka_sasl_password
+        password = secret.get_secret_value() if secret else ""
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=password,
+            mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+            ssl_context=ssl.create_default_context() if proto == "SASL_SSL" else None,
+        )
+    if proto == "SSL":
+        import ssl
+
+        return faust.SSLCredentials(ssl.create_default_context())
+    raise ConfigError(f"unsupported kafka_security_protocol {proto!r} for the stream worker")
+
+
+class StreamJobs:
+    """One stream-jobs worker: the faust app, its tables and the pipeline.
+
+    Construct, then either :meth:`run` (blocking, the CLI) or ``async with jobs.running():``
+    (tests, benchmark). Topics are created on start if missing.
+    """
+
+    def __init__(
+        self, settings: Settings, config: StreamConfig | None = None, *, data_dir: Any = None
+    ) -> None:
+        if settings.bootstrap_servers is None:
+            raise ConfigError("the stream worker needs bootstrap_servers (or the embedded broker)")
+        self.settings = settings
+        self.config = config or StreamConfig()
+        self.topics = Topics(settings.topic_prefix)
+        cfg = self.config
+        app_id = f"{settings.topic_prefix}{cfg.app_id}"
+        self.app = StreamApp(
+            app_id,
+            broker=_broker_urls(settings.bootstrap_servers),
+            broker_credentials=_credentials(settings),
+            store="memory://",
+            datadir=str(data_dir or (settings.data_dir / "stream")),
+            topic_partitions=settings.topic_partitions,
+            topic_allow_declare=True,
+            web_enabled=False,
+            consumer_auto_offset_reset="earliest",
+            broker_max_poll_records=cfg.max_poll_records,
+            broker_session_timeout=cfg.session_timeout_s,
+            broker_heartbeat_interval=cfg.heartbeat_interval_s,
+            broker_rebalance_timeout=cfg.rebalance_timeout_s,
+            broker_commit_interval=1.0,
+            table_standby_replicas=0,
+            producer_linger=0.005,
+        )
+        self.app.fetch_tuning = FetchTuning(cfg.fetch_max_wait_ms, cfg.max_partition_fetch_bytes)
+        self._tables = {name: self._state_table(name) for name in TABLES}
+        self._tables["interactions"].decode_value = InteractionRecord.from_bytes
+        self._tables["pending"].decode_value = decode_pending
+        self._tables["windows"].decode_value = WindowState.from_bytes
+        self._tables["watermarks"].decode_value = json.loads
+        self.output = KafkaOutput(
+            settings.kafka_client_config(),
+            {n: t.changelog_topic.get_topic_name() for n, t in self._tables.items()},
+        )
+        self.pipeline = Pipeline(
+            self.topics,
+            cfg,
+            self.output,
+            interactions=self._store("interactions"),
+            pending=self._store("pending"),
+            windows=self._store("windows"),
+            watermarks=self._store("watermarks"),
+        )
+        self.alerts_sent: list[Alert] = []
+        self._wire()
+
+    # --- construction ---------------------------------------------------------------------
+    def _state_table(self, name: str) -> _StateTable:
+        table = _StateTable(
+            self.app,
+            name=name,
+            default=None,
+            beacon=self.app.tables.beacon,
+            partitions=self.settings.topic_partitions,
+            key_serializer="raw",
+            value_serializer="raw",
+            help=f"stream jobs state: {name}",
+        )
+        return self.app.tables.add(table)  # type: ignore[return-value]
+
+    def _store(self, name: str) -> dict[Any, Any]:
+        # The memory store's dict: recovery writes decoded values into it, the pipeline
+        # reads and writes it directly (changelog records go through KafkaOutput).
+        return self._tables[name].data.data  # type: ignore[attr-defined,no-any-return]
+
+    def _wire(self) -> None:
+        app, cfg, topics = self.app, self.config, self.topics
+        events = app.topic(topics.events, key_serializer="raw", value_serializer="raw")
+        # Subscribing the topic is enough: BatchConsumer hands its records to _on_batch.
+        app.topics.add(events)
+        app.batch_handlers = {topics.events: self._on_batch}
+
+        aggregates = app.topic(topics.aggregates, key_serializer="raw", value_serializer="raw")
+        self.satisfaction_topic = app.topic(
+            f"{topics.prefix}stream.satisfaction", key_serializer="raw", value_serializer="json",
+            partitions=self.settings.topic_partitions,
+        )
+        detectors = app.Table(
+            "alert_detectors", default=None, partitions=self.settings.topic_partitions,
+            key_serializer="raw", value_serializer="json",
+        )
+
+        @app.agent(aggregates, name="satisfaction_votes")
+        async def satisfaction_votes(stream: Any) -> None:
+            # Re-key each partial aggregate by detector, so one detector sees all its votes.
+            async for value in stream:
+                agg = WindowAggregate.model_validate_json(value)
+                n = agg.thumbs_up + agg.thumbs_down
+                if n == 0:
+                    continue
+                for key, dim in detector_keys(
+                    agg.app_id, agg.experiment, agg.variant, agg.prompt_version
+                ):
+                    await self.satisfaction_topic.send(
+                        key=key.encode(),
+                        value={
+                            "dim": dim, "app": agg.app_id, "exp": agg.experiment,
+                            "var": agg.variant, "pv": agg.prompt_version,
+                            "start": agg.window_start.timestamp(), "n": n, "s": agg.thumbs_up,
+                        },
+                    )
+
+        alerts_topic = app.topic(topics.alerts, key_serializer="raw", value_serializer="raw")
+
+        @app.agent(self.satisfaction_topic, name="satisfaction_detector")
+        async def satisfaction_detector(stream: Any) -> None:
+            async for event in stream.events():
+                key = event.key.decode() if isinstance(event.key, bytes) else str(event.key)
+                v = event.value
+                det = self._detector(key, v, detectors.get(key.encode()))
+                alert = det.observe(v["start"], v["n"], v["s"])
+                detectors[key.encode()] = _detector_state(det)
+                if alert is not None:
+                    log.warning("ALERT %s", alert.message)
+                    self.alerts_sent.append(alert)
+                    await alerts_topic.send(
+                        key=key.encode(), value=alert.model_dump_json().encode()
+                    )
+                    if cfg.alert_webhook_url:
+                        try:
+                            await asyncio.get_running_loop().run_in_executor(
+                                None, post_webhook, cfg.alert_webhook_url, alert
+                            )
+                        except Exception as e:  # a webhook outage must not stop the stream
+                            log.error("alert webhook POST failed: %s", e)
+
+        @app.timer(interval=cfg.tick_s)
+        async def tick() -> None:
+            self.pipeline.tick(partitions=self._assigned_partitions())
+            await self._flush()
+
+        @app.timer(interval=cfg.retention_sweep_s)
+        async def sweep() -> None:
+            if self.pipeline.sweep():
+                await self._flush()
+
+        @app.on_partitions_revoked.connect
+        async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+            self.pipeline.forget_partitions([tp.partition for tp in revoked
+                                             if tp.topic == topics.events])
+
+    def _detector(self, key: str, v: dict[str, Any], state: Any) -> SatisfactionDetector:
+        cfg = self.config
+        det = SatisfactionDetector(
+            key=key, dimension=v["dim"], app_id=v["app"], window_s=cfg.window_s,
+            design_drop=cfg.alert_design_drop, threshold=cfg.alert_threshold,
+            baseline_windows=cfg.alert_baseline_windows,
+            baseline_lag_windows=cfg.alert_baseline_lag_windows,
+            min_baseline_samples=cfg.alert_min_baseline_samples,
+            min_samples=cfg.alert_min_samples, cooldown_s=cfg.alert_cooldown_s,
+            experiment=v["exp"] or None if v["dim"] == "variant" else None,
+            variant=v["var"] or None if v["dim"] == "variant" else None,
+            prompt_version=v["pv"] or None if v["dim"] == "prompt_version" else None,
+        )
+        if state:
+            det.history = {float(k): list(nv) for k, nv in state["h"].items()}
+            c = det.cusum
+            assert c is not None
+            c.statistic, c.run_n, c.run_successes, c.run_start = state["c"]
+            det.quiet_until = state["q"] if state["q"] is not None else -math.inf
+        return det
+
+    def _assigned_partitions(self) -> list[int]:
+        try:
+            assigned = self.app.consumer.assignment()
+        except Exception:  # not started yet / rebalancing
+            return []
+        return [tp.partition for tp in assigned if tp.topic == self.topics.events]
+
+    # --- hot path -------------------------------------------------------------------------
+    async def _on_batch(self, tp: Any, records: Sequence[Any]) -> None:
+        self.pipeline.process(tp.partition, [(r.key, r.value, r.offset) for r in records])
+        await self._flush()
+
+    async def _flush(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.output.flush)
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def ensure_topics(self) -> None:
+        from feedbackloop.infra import ensure_topics
+
+        ensure_topics(
+            self.settings.kafka_client_config(),
+            [*self.topics.all(), self.satisfaction_topic.get_topic_name()],
+            self.settings.topic_partitions,
+        )
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[StreamJobs]:
+        """Run the worker in this event loop for the duration of the block."""
+        self.ensure_topics()
+        await self.app.start()
+        try:
+            yield self
+        finally:
+            await self.app.stop()
+            await self._flush()
+
+    async def wait_assigned(self, timeout: float = 60.0) -> None:
+        """Wait until the raw topic's partitions are assigned and their tables recovered."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if self._assigned_partitions() and not self.app.rebalancing and (
+                self.app.tables.recovery.completed.is_set()
+            ):
+                return
+            await asyncio.sleep(0.1)
+        raise BrokerError(f"no partitions assigned to the stream worker within {timeout:.0f} s")
+
+    def run(self) -> None:
+        """Run until interrupted (Ctrl-C): the ``feedbackloop worker`` command."""
+        self.ensure_topics()
+        worker = faust.Worker(self.app, loglevel="INFO", quiet=True)
+        worker.execute_from_commandline()
+
+
+def _detector_state(det: SatisfactionDetector) -> dict[str, Any]:
+    c = det.cusum
+    assert c is not None
+    return {
+        "h": {str(k): v for k, v in det.history.items()},
+        "c": [c.statistic, c.run_n, c.run_successes, c.run_start],
+        "q": det.quiet_until if math.isfinite(det.quiet_until) else None,
+    }

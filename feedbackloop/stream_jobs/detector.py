@@ -1,0 +1,185 @@
+"""Satisfaction-drop detection: a one-sided Bernoulli CUSUM against a trailing baseline.
+
+Each observation is one thumbs vote (success = thumbs up). For a baseline rate ``p0`` and the
+smallest drop worth an alert ``d`` (``p1 = p0 - d``), the CUSUM of the log-likelihood ratio
+
+    S_t = max(0, S_{t-1} + x_t ln(p1/p0) + (1 - x_t) ln((1-p1)/(1-p0)))
+
+signals when ``S_t >= h`` (Page 1954; the Bernoulli form is Reynolds & Stoumbos 1999). A
+window's partial aggregate of ``n`` votes with ``s`` up adds ``s ln(p1/p0) + (n-s)
+ln((1-p1)/(1-p0))`` at once (the binomial CUSUM, Gan 1993), so the detector needs only the
+window aggregates.
+
+False alarms: for a CUSUM of the true log-likelihood ratio, the in-control average run
+length satisfies ARL0 >= e^h (Lorden 1971, Theorem 2; Siegmund 1985, ch. II). With
+``h = ln(ARL0)`` the expected number of false alarms is at most one per ARL0 observations;
+``tests/unit/test_stream_detector.py`` measures it on simulated stationary data.
+Guards: no update until the baseline holds ``min_baseline_samples``; no alert before the run
+holds ``min_samples``; after an alert the statistic resets and the detector stays quiet for
+``cooldown_s``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from feedbackloop.schemas.alerts import Alert, AlertDimension
+
+__all__ = ["BernoulliCusum", "CusumStep", "SatisfactionDetector", "cusum_increment"]
+
+
+def cusum_increment(n: int, successes: int, p0: float, p1: float) -> float:
+    """Log-likelihood ratio of H1 (rate p1) over H0 (rate p0) for ``successes`` of ``n``."""
+    return successes * math.log(p1 / p0) + (n - successes) * math.log((1 - p1) / (1 - p0))
+
+
+@dataclass
+class CusumStep:
+    statistic: float
+    alarm: bool
+
+
+@dataclass
+class BernoulliCusum:
+    """Page's CUSUM on batches of Bernoulli votes, with the run since the last zero."""
+
+    threshold: float
+    statistic: float = 0.0
+    run_n: int = 0
+    run_successes: int = 0
+    run_start: float | None = None
+
+    def update(self, n: int, successes: int, p0: float, p1: float, at: float) -> CusumStep:
+        if n <= 0:
+            return CusumStep(self.statistic, False)
+        s = self.statistic + cusum_increment(n, successes, p0, p1)
+        if s <= 0:
+            self.statistic, self.run_n, self.run_successes, self.run_start = 0.0, 0, 0, None
+        else:
+            if self.run_start is None:
+                self.run_start = at
+            self.statistic = s
+            self.run_n += n
+            self.run_successes += successes
+        return CusumStep(self.statistic, self.statistic >= self.threshold)
+
+    def reset(self) -> None:
+        self.statistic, self.run_n, self.run_successes, self.run_start = 0.0, 0, 0, None
+
+
+@dataclass
+class SatisfactionDetector:
+    """One detector (an experiment arm or a prompt version): baseline, CUSUM, cool-down.
+
+    ``observe`` takes the votes of one window (or a partial of it) in event-time order of
+    windows; it returns an :class:`Alert` when the rule fires.
+    """
+
+    key: str
+    dimension: AlertDimension
+    app_id: str
+    window_s: float
+    design_drop: float
+    threshold: float
+    baseline_windows: int
+    baseline_lag_windows: int
+    min_baseline_samples: int
+    min_samples: int
+    cooldown_s: float
+    experiment: str | None = None
+    variant: str | None = None
+    prompt_version: str | None = None
+    #: window_start -> [n, successes]
+    history: dict[float, list[int]] = field(default_factory=dict)
+    cusum: BernoulliCusum | None = None
+    quiet_until: float = -math.inf
+
+    def __post_init__(self) -> None:
+        if self.cusum is None:
+            self.cusum = BernoulliCusum(self.threshold)
+
+    def baseline(self, start: float) -> tuple[int, int]:
+        """Pooled (n, successes) of the windows in [start - (lag+span)w, start - lag*w)."""
+        hi = start - self.baseline_lag_windows * self.window_s
+        lo = hi - self.baseline_windows * self.window_s
+        n = s = 0
+        for ws, (wn, wsucc) in self.history.items():
+            if lo <= ws < hi:
+                n += wn
+                s += wsucc
+        return n, s
+
+    def observe(self, start: float, n: int, successes: int) -> Alert | None:
+        assert self.cusum is not None
+        slot = self.history.setdefault(start, [0, 0])
+        slot[0] += n
+        slot[1] += successes
+        self._prune(start)
+        bn, bs = self.baseline(start)
+        if n <= 0 or bn < self.min_baseline_samples:
+            return None
+        # Keep p0 off 0 and 1 so the log-likelihood ratio stays finite.
+        p0 = min(max(bs / bn, 1e-3), 1 - 1e-3)
+        p1 = max(p0 - self.design_drop, p0 / 10)
+        end = start + self.window_s
+        step = self.cusum.update(n, successes, p0, p1, at=start)
+        if not step.alarm or self.cusum.run_n < self.min_samples or end < self.quiet_until:
+            return None
+        alert = self._alert(p0, bn, end, step.statistic)
+        self.cusum.reset()
+        self.quiet_until = end + self.cooldown_s
+        return alert
+
+    def _prune(self, start: float) -> None:
+        keep = (self.baseline_windows + self.baseline_lag_windows + 2) * self.window_s
+        for ws in [ws for ws in self.history if ws < start - keep]:
+            del self.history[ws]
+
+    def _alert(self, p0: float, bn: int, end: float, statistic: float) -> Alert:
+        assert self.cusum is not None and self.cusum.run_start is not None
+        c = self.cusum
+        recent = c.run_successes / c.run_n
+        since = dt.datetime.fromtimestamp(c.run_start, dt.timezone.utc)
+        what = (
+            f"{self.experiment}/{self.variant}"
+            if self.dimension == "variant"
+            else f"prompt {self.prompt_version}"
+        )
+        msg = (
+            f":warning: [{self.app_id}] satisfaction of {what} dropped from {p0:.1%} "
+            f"(baseline, n={bn}) to {recent:.1%} (n={c.run_n}) since "
+            f"{since:%Y-%m-%d %H:%M} UTC (CUSUM {statistic:.1f} >= {self.threshold:.1f})"
+        )
+        return Alert(
+            dimension=self.dimension,
+            detector_key=self.key,
+            app_id=self.app_id,
+            experiment=self.experiment,
+            variant=self.variant,
+            prompt_version=self.prompt_version,
+            baseline_rate=p0,
+            baseline_n=bn,
+            recent_rate=recent,
+            recent_n=c.run_n,
+            recent_successes=c.run_successes,
+            since=since,
+            detected_at=dt.datetime.fromtimestamp(end, dt.timezone.utc),
+            statistic=statistic,
+            threshold=self.threshold,
+            design_drop=self.design_drop,
+            arl0_observations=math.exp(self.threshold),
+            message=msg,
+        )
+
+
+def detector_keys(
+    app_id: str, experiment: str, variant: str, prompt_version: str
+) -> Iterable[tuple[str, AlertDimension]]:
+    """The detectors a window aggregate feeds: its experiment arm and its prompt version."""
+    if experiment:
+        yield f"variant:{app_id}|{experiment}|{variant}", "variant"
+    if prompt_version:
+        yield f"prompt_version:{app_id}|{prompt_version}", "prompt_version"

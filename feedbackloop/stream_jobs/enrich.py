@@ -1,0 +1,231 @@
+"""Enrichment: derived attributes of an interaction and the JSON of enriched events.
+
+The hot path never builds :class:`~feedbackloop.schemas.EnrichedEvent` models: it splices
+pre-serialized fragments (the validated raw event, the interaction's context and derived
+attributes, serialized once when the interaction arrives) into the same JSON the model
+produces. ``tests/unit/test_stream_enrich.py`` checks that the bytes parse back into the
+model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+from pydantic_core import to_json
+
+from feedbackloop.schemas import Interaction
+from feedbackloop.schemas.enriched import ENRICHED_SCHEMA_VERSION, LENGTH_BUCKETS, LengthBucket
+
+__all__ = [
+    "InteractionRecord",
+    "derive",
+    "detect_language",
+    "enriched_json",
+    "has_code",
+    "interaction_record",
+    "length_bucket",
+]
+
+#: Only the head of a text is inspected: the attributes are for slicing, not for truth.
+_SCAN_CHARS = 2000
+
+_CODE_RE = re.compile(
+    r"```|^\s{4}\S|^\s*(def |class |import |from \S+ import|function |const |let |var |"
+    r"public |#include|SELECT |select |for \(|if \(|while \()|[{};]\s*$|=>|\)\s*\{",
+    re.MULTILINE,
+)
+_WORD_RE = re.compile(r"[a-zà-ÿ']+")
+# A handful of very frequent function words per language: cheap, and right for most inputs
+# longer than a few words. Ties and unknowns give "und".
+_STOPWORD_TEXT = {
+    "en": "the and is are to of in it that you what how do i can this for with",
+    "es": "el la los las de que y es en un una por para cómo qué con no se",
+    "fr": "le la les de des et est un une que qui pour dans comment ce pas je",
+    "de": "der die das und ist ein eine nicht ich wie was zu mit den für auf",
+    "pt": "o a os as de que e é um uma para com não como em do da",
+    "it": "il la di che e è un una per non come con del della sono",
+    "nl": "de het een en is van ik niet dat wat hoe voor met op te",
+}
+_STOPWORDS = {lang: frozenset(text.split(" ")) for lang, text in _STOPWORD_TEXT.items()}
+_SCRIPTS: tuple[tuple[str, int, int], ...] = (
+    ("ru", 0x0400, 0x04FF),  # Cyrillic: Russian is by far the most common
+    ("el", 0x0370, 0x03FF),
+    ("ar", 0x0600, 0x06FF),
+    ("he", 0x0590, 0x05FF),
+    ("hi", 0x0900, 0x097F),
+    ("th", 0x0E00, 0x0E7F),
+    ("ko", 0xAC00, 0xD7AF),
+    ("ja", 0x3040, 0x30FF),  # kana before CJK ideographs: kana means Japanese
+    ("zh", 0x4E00, 0x9FFF),
+)
+
+
+def detect_language(text: str) -> str:
+    """ISO 639-1 code of ``text``'s language from its script or function words; "und"."""
+    head = text[:_SCAN_CHARS]
+    if not head.isascii():
+        counts: dict[str, int] = {}
+        for ch in head:
+            o = ord(ch)
+            if o < 0x0370:
+                continue
+            for lang, lo, hi in _SCRIPTS:
+                if lo <= o <= hi:
+                    counts[lang] = counts.get(lang, 0) + 1
+                    break
+        if counts:
+            if counts.get("ja"):
+                return "ja"
+            best = max(counts, key=counts.__getitem__)
+            if counts[best] * 3 >= len(head.strip()):
+                return best
+    words = _WORD_RE.findall(head.lower())
+    if not words:
+        return "und"
+    scores = {lang: sum(w in sw for w in words) for lang, sw in _STOPWORDS.items()}
+    ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
+    (best, top), (_, second) = ranked[0], ranked[1]
+    return best if top > 0 and top > second else "und"
+
+
+def has_code(text: str) -> bool:
+    """A fenced block, or at least two code-looking lines."""
+    head = text[:_SCAN_CHARS]
+    if "```" in head:
+        return True
+    return len(_CODE_RE.findall(head)) >= 2
+
+
+def length_bucket(chars: int) -> LengthBucket:
+    for name, upper in LENGTH_BUCKETS:
+        if chars <= upper:
+            return name
+    return "xl"
+
+
+def derive(interaction: Interaction) -> dict[str, object]:
+    """The :class:`~feedbackloop.schemas.DerivedAttributes` of an interaction, as a dict."""
+    n_in = len(interaction.user_input)
+    return {
+        "input_language": detect_language(interaction.user_input),
+        "input_has_code": has_code(interaction.user_input),
+        "response_has_code": has_code(interaction.response),
+        "input_chars": n_in,
+        "response_chars": len(interaction.response),
+        "input_length_bucket": length_bucket(n_in),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class InteractionRecord:
+    """What the join keeps per interaction: group, time and pre-serialized context."""
+
+    occurred_at: float  # epoch seconds, event time
+    app_id: str
+    experiment: str
+    variant: str
+    prompt_version: str
+    model: str
+    shadow: bool
+    context_json: bytes
+    derived_json: bytes
+    #: Source partition, where its changelog record lives.
+    partition: int = 0
+
+    @property
+    def group(self) -> tuple[str, str, str, str, str]:
+        return (self.app_id, self.experiment, self.variant, self.prompt_version, self.model)
+
+    def to_bytes(self) -> bytes:
+        """The changelog value (JSON): restored by :meth:`from_bytes` after a restart."""
+        head = to_json(
+            [self.occurred_at, self.app_id, self.experiment, self.variant,
+             self.prompt_version, self.model, self.shadow, self.partition]
+        )
+        return b'{"h":' + head + b',"c":' + self.context_json + b',"d":' + self.derived_json + b"}"
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> InteractionRecord:
+        import json
+
+        obj = json.loads(data)
+        ts, app, exp, var, pv, model, shadow, partition = obj["h"]
+        return cls(
+            ts, app, exp, var, pv, model, shadow,
+            to_json(obj["c"]), to_json(obj["d"]), partition,
+        )
+
+
+def interaction_record(ia: Interaction, partition: int = 0) -> InteractionRecord:
+    """Serialize an interaction's context and derived attributes once, for every join."""
+    ctx = {
+        "interaction_id": str(ia.interaction_id),
+        "interaction_occurred_at": ia.occurred_at,
+        "model": ia.model,
+        "prompt_version": ia.prompt_version,
+        "experiment": ia.experiment,
+        "variant": ia.variant,
+        "system_prompt": ia.system_prompt,
+        "user_input": ia.user_input,
+        "response": ia.response,
+        "latency_ms": ia.latency_ms,
+        "input_tokens": ia.input_tokens,
+        "output_tokens": ia.output_tokens,
+        "cost_usd": ia.cost_usd,
+        "shadow": ia.shadow,
+        "metadata": ia.metadata,
+    }
+    return InteractionRecord(
+        occurred_at=ia.occurred_at.timestamp(),
+        app_id=ia.app_id,
+        experiment=ia.experiment or "",
+        variant=ia.variant or "",
+        prompt_version=ia.prompt_version or "",
+        model=ia.model,
+        shadow=ia.shadow,
+        context_json=to_json(ctx),
+        derived_json=to_json(derive(ia)),
+        partition=partition,
+    )
+
+
+_PREFIX = b'{"enriched_schema_version":%d,"event":' % ENRICHED_SCHEMA_VERSION
+
+
+def enriched_json(
+    raw_event: bytes,
+    *,
+    context_json: bytes | None,
+    derived_json: bytes | None,
+    orphaned: bool,
+    waited_ms: float,
+    partition: int,
+    offset: int,
+    enriched_at: str,
+) -> bytes:
+    """The :class:`~feedbackloop.schemas.EnrichedEvent` JSON, spliced from fragments.
+
+    ``raw_event`` must be the bytes that just passed :func:`~feedbackloop.schemas.decode`
+    (valid JSON of a known event with no extra fields), so the result is valid too.
+    """
+    return b"".join(
+        (
+            _PREFIX,
+            raw_event.strip(),
+            b',"context":',
+            context_json or b"null",
+            b',"derived":',
+            derived_json or b"null",
+            b',"orphaned":true' if orphaned else b',"orphaned":false',
+            b',"waited_ms":%.1f,"source_partition":%d,"source_offset":%d,"enriched_at":"'
+            % (waited_ms, partition, offset),
+            enriched_at.encode(),
+            b'"}',
+        )
+    )
+
+
+def iso_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
