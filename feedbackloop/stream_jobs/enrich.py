@@ -31,10 +31,12 @@ __all__ = [
 #: Only the head of a text is inspected: the attributes are for slicing, not for truth.
 _SCAN_CHARS = 2000
 
-_CODE_RE = re.compile(
-    r"```|^\s{4}\S|^\s*(def |class |import |from \S+ import|function |const |let |var |"
-    r"public |#include|SELECT |select |for \(|if \(|while \()|[{};]\s*$|=>|\)\s*\{",
-    re.MULTILINE,
+#: Substrings typical of code. Two distinct ones (or a fence) make a text "has code": plain
+#: substring tests run in C, several times faster than one regex with alternations.
+_CODE_MARKERS = (
+    "def ", "class ", "import ", "return ", "function ", "const ", "let ", "var ", "=>",
+    "{", "};", ";\n", "#include", "SELECT ", "\n    ", "\n\t", "();", "):\n", "==", "!=",
+    "print(", "console.", "</", "/>",
 )
 _WORD_RE = re.compile(r"[a-zà-ÿ']+")
 # A handful of very frequent function words per language: cheap, and right for most inputs
@@ -48,7 +50,15 @@ _STOPWORD_TEXT = {
     "it": "il la di che e è un una per non come con del della sono",
     "nl": "de het een en is van ik niet dat wat hoe voor met op te",
 }
-_STOPWORDS = {lang: frozenset(text.split(" ")) for lang, text in _STOPWORD_TEXT.items()}
+_LANGS = tuple(_STOPWORD_TEXT)
+#: word -> indices (into _LANGS) of the languages it is a function word of: one dict
+#: look-up per word instead of one set test per word and language.
+_WORD_LANGS: dict[str, tuple[int, ...]] = {}
+for _i, _lang in enumerate(_LANGS):
+    for _w in _STOPWORD_TEXT[_lang].split(" "):
+        _WORD_LANGS[_w] = (*_WORD_LANGS.get(_w, ()), _i)
+#: Language detection reads fewer characters than code detection: a sentence suffices.
+_LANG_CHARS = 400
 _SCRIPTS: tuple[tuple[str, int, int], ...] = (
     ("ru", 0x0400, 0x04FF),  # Cyrillic: Russian is by far the most common
     ("el", 0x0370, 0x03FF),
@@ -81,21 +91,29 @@ def detect_language(text: str) -> str:
             best = max(counts, key=counts.__getitem__)
             if counts[best] * 3 >= len(head.strip()):
                 return best
-    words = _WORD_RE.findall(head.lower())
-    if not words:
+    scores = [0] * len(_LANGS)
+    get = _WORD_LANGS.get
+    for w in _WORD_RE.findall(head[:_LANG_CHARS].lower()):
+        for i in get(w, ()):
+            scores[i] += 1
+    top = max(scores)
+    if top == 0 or scores.count(top) > 1:
         return "und"
-    scores = {lang: sum(w in sw for w in words) for lang, sw in _STOPWORDS.items()}
-    ranked = sorted(scores.items(), key=lambda kv: kv[1], reverse=True)
-    (best, top), (_, second) = ranked[0], ranked[1]
-    return best if top > 0 and top > second else "und"
+    return _LANGS[scores.index(top)]
 
 
 def has_code(text: str) -> bool:
-    """A fenced block, or at least two code-looking lines."""
+    """A fenced block, or at least two distinct code markers in the head of the text."""
     head = text[:_SCAN_CHARS]
     if "```" in head:
         return True
-    return len(_CODE_RE.findall(head)) >= 2
+    found = 0
+    for marker in _CODE_MARKERS:
+        if marker in head:
+            found += 1
+            if found == 2:
+                return True
+    return False
 
 
 def length_bucket(chars: int) -> LengthBucket:
@@ -158,25 +176,22 @@ class InteractionRecord:
         )
 
 
+_INTERACTION_SERIALIZER = Interaction.__pydantic_serializer__
+_CONTEXT_FIELDS = {
+    "occurred_at", "interaction_id", "model", "prompt_version", "experiment", "variant",
+    "system_prompt", "user_input", "response", "latency_ms", "input_tokens", "output_tokens",
+    "cost_usd", "shadow", "metadata",
+}
+
+
 def interaction_record(ia: Interaction, partition: int = 0) -> InteractionRecord:
     """Serialize an interaction's context and derived attributes once, for every join."""
-    ctx = {
-        "interaction_id": str(ia.interaction_id),
-        "interaction_occurred_at": ia.occurred_at,
-        "model": ia.model,
-        "prompt_version": ia.prompt_version,
-        "experiment": ia.experiment,
-        "variant": ia.variant,
-        "system_prompt": ia.system_prompt,
-        "user_input": ia.user_input,
-        "response": ia.response,
-        "latency_ms": ia.latency_ms,
-        "input_tokens": ia.input_tokens,
-        "output_tokens": ia.output_tokens,
-        "cost_usd": ia.cost_usd,
-        "shadow": ia.shadow,
-        "metadata": ia.metadata,
-    }
+    # Serialized straight from the model (pydantic-core, no dict in between); the only
+    # rename is occurred_at, the first included key. An escaped quote inside a text value
+    # can never match the unescaped pattern, so the replace cannot touch user text.
+    ctx = _INTERACTION_SERIALIZER.to_json(ia, include=_CONTEXT_FIELDS).replace(
+        b'{"occurred_at":', b'{"interaction_occurred_at":', 1
+    )
     return InteractionRecord(
         occurred_at=ia.occurred_at.timestamp(),
         app_id=ia.app_id,
@@ -185,7 +200,7 @@ def interaction_record(ia: Interaction, partition: int = 0) -> InteractionRecord
         prompt_version=ia.prompt_version or "",
         model=ia.model,
         shadow=ia.shadow,
-        context_json=to_json(ctx),
+        context_json=ctx,
         derived_json=to_json(derive(ia)),
         partition=partition,
     )
