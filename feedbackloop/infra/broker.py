@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -60,7 +61,9 @@ def wait_for_kafka(bootstrap_servers: str, timeout: float = 30.0) -> None:
         except Exception as e:  # KafkaException while the listener is not up yet
             last = e
             time.sleep(0.1)
-    raise BrokerError(f"no Kafka broker answered at {bootstrap_servers} within {timeout:.0f} s: {last}")
+    raise BrokerError(
+        f"no Kafka broker answered at {bootstrap_servers} within {timeout:.0f} s: {last}"
+    )
 
 
 class EmbeddedBroker:
@@ -130,7 +133,12 @@ class EmbeddedBroker:
             # Own process group: a Ctrl-C in the terminal reaches us, and we stop the broker
             # last, after clients have flushed.
             self._proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         finally:
             out.close()
@@ -159,6 +167,17 @@ class EmbeddedBroker:
             proc.kill()
             proc.wait()
 
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): connections stay open but nothing answers, as with a
+        hung or overloaded broker. For fault-injection tests."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Continue a paused broker (SIGCONT)."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """Stop abruptly (SIGKILL), as a crash would; for fault-injection tests."""
         proc, self._proc = self._proc, None
@@ -176,6 +195,16 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to SIGTERM the broker when our process dies, so a crashed or
+    killed parent never leaves an orphaned broker holding the port."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _port_in_use(host: str, port: int) -> bool:

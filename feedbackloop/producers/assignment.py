@@ -58,7 +58,7 @@ class Experiment:
         k = len(names)
         cap = 1.0 / (k - 1)
         ranges: list[tuple[str, int, int]] = []
-        for i, (name, w) in enumerate(zip(names[1:], weights[1:]), start=1):
+        for i, (name, w) in enumerate(zip(names[1:], weights[1:], strict=True), start=1):
             if w > cap + 1e-9:
                 raise ConfigError(
                     f"experiment {self.name!r}: treatment {name!r} has weight {w:g}, more than "

@@ -175,9 +175,7 @@ class FeedbackClient:
         self._emit(Interaction, fields)
         return iid
 
-    def thumbs(
-        self, interaction_id: uuid.UUID, up: bool | int, **context: Any
-    ) -> uuid.UUID | None:
+    def thumbs(self, interaction_id: uuid.UUID, up: bool | int, **context: Any) -> uuid.UUID | None:
         """Thumbs up (``True`` / ``1``) or down (``False`` / ``-1``) on an interaction."""
         value = up if isinstance(up, int) and not isinstance(up, bool) else (1 if up else -1)
         return self._feedback(interaction_id, FeedbackKind.thumbs, {"thumbs": value}, context)
@@ -296,12 +294,7 @@ class FeedbackClient:
         if producer is not None:
             deadline = time.monotonic() + timeout
             # Give the replay loop a chance to drain the spool too while the broker is up.
-            while (
-                self._spool is not None
-                and self._spool.count
-                and not self._fatal
-                and time.monotonic() < deadline
-            ):
+            while self._spool is not None and self._spool.count and time.monotonic() < deadline:
                 time.sleep(0.05)
             remaining = producer.flush(max(0.0, deadline - time.monotonic()))
             self._stop.set()
@@ -406,7 +399,9 @@ class FeedbackClient:
         if self.strict:
             raise error from err
         self._counters.add("invalid")
-        log.warning("feedbackloop: invalid %s event sent to the dead-letter topic: %s", event_type, error)
+        log.warning(
+            "feedbackloop: invalid %s event sent to the dead-letter topic: %s", event_type, error
+        )
         payload = json.dumps({"event_type": event_type, **fields}, default=str).encode()
         dl = DeadLetter(reason=error.reason, error=str(error), payload=payload, source="sdk")
         self._send(self.topics.dead_letters, None, payload, dl.headers())
@@ -485,6 +480,8 @@ class FeedbackClient:
                 # here on by sending everything through the spool until it has drained.
                 pass
             except Exception as e:  # KafkaException: e.g. fatal producer state
+                if _is_fatal(e):
+                    self._fatal = True
                 log.warning("feedbackloop: produce failed (%s); spooling", e)
         with self._spool_lock:
             self._spooling = True
@@ -503,7 +500,8 @@ class FeedbackClient:
             self._last_full_log = now
             log.error(
                 "feedbackloop: spool %s is full (%d bytes); events are being DROPPED. "
-                "Raise FEEDBACKLOOP_SPOOL_MAX_BYTES or fix the broker connection. Dropped so far: %d",
+                "Raise FEEDBACKLOOP_SPOOL_MAX_BYTES or fix the broker connection. "
+                "Dropped so far: %d",
                 self._spool.path,
                 self._spool.max_bytes,
                 self.stats().dropped,
@@ -515,6 +513,11 @@ class FeedbackClient:
             return
         KafkaError, _ = _kafka_errors()
         code = err.code()
+        if code in _PRODUCER_STATE_ERRORS:
+            # The event is fine; our idempotent producer's id/epoch is not (the broker
+            # restarted without state, or timed-out batches made librdkafka bump the epoch).
+            # Keep the event and start over with a new producer id.
+            self._fatal = True
         if (
             code
             in (
@@ -575,7 +578,11 @@ class FeedbackClient:
                     and len(self._producer) == 0
                 ):
                     self._replay()
-            except Exception:  # the delivery thread must survive anything
+            except Exception as e:  # the delivery thread must survive anything
+                if _is_fatal(e):
+                    # librdkafka does not always report a fatal state through error_cb.
+                    self._fatal = True
+                    continue
                 log.exception("feedbackloop: delivery loop error")
                 time.sleep(0.5)
 
@@ -638,6 +645,30 @@ class FeedbackClient:
     def _backoff(self) -> None:
         self._next_replay = time.monotonic() + self._replay_backoff
         self._replay_backoff = min(self._replay_backoff * 2, 5.0)
+
+
+_PRODUCER_STATE_ERRORS = frozenset(
+    {
+        59,  # UNKNOWN_PRODUCER_ID
+        45,  # OUT_OF_ORDER_SEQUENCE_NUMBER
+        47,  # INVALID_PRODUCER_EPOCH
+        49,  # INVALID_PRODUCER_ID_MAPPING
+        90,  # PRODUCER_FENCED
+    }
+)
+
+
+def _is_fatal(exc: BaseException | None) -> bool:
+    """True if ``exc`` or its cause is librdkafka's fatal producer state (which confluent-kafka
+    may surface wrapped in a SystemError raised from a delivery callback)."""
+    KafkaError, KafkaException = _kafka_errors()
+    while exc is not None:
+        if isinstance(exc, KafkaException) and exc.args:
+            err = exc.args[0]
+            if err.fatal() or err.code() == KafkaError._FATAL:
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _replay_report(acked: list[int], failed: list[int], seq: int, err: Any, _msg: Any) -> None:

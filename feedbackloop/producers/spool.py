@@ -69,7 +69,9 @@ class Spool:
             "CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
             "topic TEXT NOT NULL, key BLOB, value BLOB NOT NULL, headers BLOB)"
         )
-        row = self._db.execute("SELECT count(*), coalesce(sum(length(value)), 0) FROM spool").fetchone()
+        row = self._db.execute(
+            "SELECT count(*), coalesce(sum(length(value)), 0) FROM spool"
+        ).fetchone()
         self._count, self._bytes = int(row[0]), int(row[1])
 
     @property

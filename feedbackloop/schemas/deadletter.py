@@ -7,8 +7,8 @@ original and can be replayed after a fix.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 __all__ = ["DeadLetter", "HEADER_PREFIX"]
 

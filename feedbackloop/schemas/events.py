@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from enum import Enum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import (
     AwareDatetime,
@@ -59,7 +59,7 @@ Identifier = Annotated[
 ]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
-MetadataValue = Union[str, int, float, bool, None]
+MetadataValue = Union[str, int, float, bool, None]  # noqa: UP007 - pydantic needs a runtime alias
 
 
 def utcnow() -> dt.datetime:
@@ -247,7 +247,7 @@ class Outcome(Envelope):
     time_to_outcome_ms: float | None = Field(default=None, ge=0)
 
 
-Event = Annotated[Union[Interaction, Feedback, Implicit, Outcome], Field(discriminator="event_type")]
+Event = Annotated[Interaction | Feedback | Implicit | Outcome, Field(discriminator="event_type")]
 EVENT_TYPES: dict[str, type[Envelope]] = {
     "interaction": Interaction,
     "feedback": Feedback,

@@ -50,7 +50,9 @@ def decode(data: bytes | bytearray | memoryview | str) -> Event:
 def decode_dict(obj: Any) -> Event:
     """Validate an already parsed JSON object (e.g. from the HTTP collector)."""
     if not isinstance(obj, dict):
-        raise SchemaError("validation_error", f"an event is a JSON object, got {type(obj).__name__}")
+        raise SchemaError(
+            "validation_error", f"an event is a JSON object, got {type(obj).__name__}"
+        )
     event_type = obj.get("event_type")
     if event_type not in EVENT_TYPES:
         raise SchemaError(
@@ -71,16 +73,23 @@ def decode_dict(obj: Any) -> Event:
 
 
 def format_validation_error(err: ValidationError, event_type: str | None = None) -> str:
-    """One line per problem: ``feedback.rating: Input should be less than or equal to 5 (got 7)``."""
+    """One line per problem, e.g.
+    ``feedback.rating: Input should be less than or equal to 5 (got 7)``."""
     lines = []
     for item in err.errors(include_url=False):
         # The discriminated union puts the tag first in loc; it is noise for a reader.
-        loc = [str(p) for p in item.get("loc", ()) if p != event_type]
+        loc = [str(p) for p in item.get("loc", ())]
+        if loc and loc[0] == event_type:
+            loc = loc[1:]
         where = ".".join([event_type or "event", *loc]) if loc else (event_type or "event")
         msg = item.get("msg", "invalid")
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         got = item.get("input")
-        shown = "" if item.get("type") in ("missing",) or isinstance(got, dict) else f" (got {got!r:.80})"
+        shown = (
+            ""
+            if item.get("type") in ("missing",) or isinstance(got, dict)
+            else f" (got {got!r:.80})"
+        )
         lines.append(f"{where}: {msg}{shown}")
     return "; ".join(lines)
