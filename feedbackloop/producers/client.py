@@ -27,7 +27,7 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -74,6 +74,8 @@ class FeedbackClient:
     Thread-safe: one client per process is the intended use. ``settings`` default to
     :class:`~feedbackloop.config.Settings` (``FEEDBACKLOOP_*`` env vars); keyword arguments
     override single settings. ``producer_config`` adds or overrides librdkafka properties.
+    ``on_event(event, payload)`` sees every accepted event and its exact bytes before they are
+    sent (an audit tap; its exceptions are logged, never raised).
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class FeedbackClient:
         experiments: Iterable[Experiment] = (),
         strict: bool = False,
         producer_config: Mapping[str, Any] | None = None,
+        on_event: Callable[[Envelope, bytes], None] | None = None,
     ) -> None:
         base = settings or Settings()
         updates = {"bootstrap_servers": bootstrap_servers, "app_id": app_id}
@@ -95,6 +98,7 @@ class FeedbackClient:
         self.strict = strict
         self._spool_path = Path(spool_path) if spool_path else self.settings.spool_path
         self._extra_conf = dict(producer_config or {})
+        self._on_event = on_event
         self._experiments: dict[str, Experiment] = {e.name: e for e in experiments}
         self._assigned: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._sessions: OrderedDict[uuid.UUID, str] = OrderedDict()
@@ -248,6 +252,25 @@ class FeedbackClient:
             context["session_id"] = session_id
         return self._emit(Outcome, self._envelope(interaction_id, context, fields))
 
+    def send(self, event: Envelope) -> bool:
+        """Hand one already validated event (e.g. from the HTTP collector) to Kafka.
+
+        Returns True once it is in librdkafka's queue or the on-disk spool, False if it was
+        dropped (spool full, or the client is closed). Raises :class:`SchemaError` with
+        reason ``oversized`` if its encoding exceeds the message limit.
+        """
+        value = encode(event)
+        if len(value) > MAX_EVENT_BYTES:
+            raise SchemaError("oversized", f"event is {len(value)} bytes (> {MAX_EVENT_BYTES})")
+        self._counters.add("enqueued")
+        return self._send(self.topics.events, event.partition_key, value)
+
+    def send_dead_letter(self, letter: DeadLetter) -> bool:
+        """Send a rejected event to the dead-letter topic (reason and source in headers);
+        True once queued or spooled."""
+        self._counters.add("invalid")
+        return self._send(self.topics.dead_letters, letter.key, letter.payload, letter.headers())
+
     # ------------------------------------------------------------------ experiments
 
     def register_experiment(self, experiment: Experiment) -> None:
@@ -386,6 +409,11 @@ class FeedbackClient:
             )
             return None
         self._counters.add("enqueued")
+        if self._on_event is not None:
+            try:
+                self._on_event(event, value)
+            except Exception:
+                log.exception("feedbackloop: on_event callback failed")
         self._send(self.topics.events, event.partition_key, value)
         return event.event_id
 
@@ -465,16 +493,17 @@ class FeedbackClient:
         key: bytes | None,
         value: bytes,
         headers: list[tuple[str, bytes]] | None = None,
-    ) -> None:
+    ) -> bool:
+        """True once the event is in librdkafka's queue or the spool; False if dropped."""
         if self._closed:
             self._counters.add("dropped")
             log.error("feedbackloop: event sent after close() was dropped (topic %s)", topic)
-            return
+            return False
         self._ensure_started()
         if not self._spooling:
             try:
                 self._producer.produce(topic, value, key, headers=headers)
-                return
+                return True
             except BufferError:
                 # librdkafka's queue is full: the broker is slow or away. Keep order from
                 # here on by sending everything through the spool until it has drained.
@@ -485,15 +514,15 @@ class FeedbackClient:
                 log.warning("feedbackloop: produce failed (%s); spooling", e)
         with self._spool_lock:
             self._spooling = True
-            self._spool_append(topic, key, value, headers)
+            return self._spool_append(topic, key, value, headers)
 
     def _spool_append(
         self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None
-    ) -> None:
+    ) -> bool:
         assert self._spool is not None
         if self._spool.append(topic, key, value, headers):
             self._counters.add("spooled")
-            return
+            return True
         self._counters.add("dropped")
         now = time.monotonic()
         if now - self._last_full_log > 5:
@@ -506,6 +535,7 @@ class FeedbackClient:
                 self._spool.max_bytes,
                 self.stats().dropped,
             )
+        return False
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is None:
