@@ -237,6 +237,138 @@ def sql_command(ctx: click.Context, query: str, fmt: str, max_rows: int, url: st
     click.echo(format_result(res, fmt))
 
 
+# --------------------------------------------------------------------------- foundation
+
+
+def _wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM."""
+    import signal
+    import threading
+
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    while not done.wait(0.5):
+        pass
+
+
+@cli.command("broker")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              envvar="FEEDBACKLOOP_BROKER_PORT", help="Port on 127.0.0.1 (default 9092; 0 = any free port).")
+@click.option("--storage", default=None, envvar="FEEDBACKLOOP_BROKER_STORAGE",
+              help="Tansu storage: memory://tansu/ (default) or postgres://user:pw@host/db.")
+@click.pass_context
+def broker_command(ctx: click.Context, port: int | None, storage: str | None) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu) until Ctrl-C, with our topics."""
+    from feedbackloop.infra import EmbeddedBroker, ensure_topics
+    from feedbackloop.schemas import Topics
+
+    s = settings_of(ctx)
+    broker = EmbeddedBroker(
+        host=s.broker_host,
+        port=s.broker_port if port is None else port,
+        storage=storage or s.broker_storage,
+        binary=s.broker_binary,
+        log_path=s.data_dir / "logs" / "broker.log",
+    )
+    broker.start()
+    try:
+        s = s.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
+        topics = Topics(s.topic_prefix).all()
+        ensure_topics(s.kafka_client_config(), topics, s.topic_partitions)
+        click.echo(f"broker ready on {broker.bootstrap_servers} (tansu, {broker.storage})")
+        click.echo(f"topics: {', '.join(topics)}")
+        click.echo(f"use it with: FEEDBACKLOOP_BOOTSTRAP_SERVERS={broker.bootstrap_servers}")
+        _wait_for_signal()
+    finally:
+        broker.stop()
+        click.echo("broker stopped")
+
+
+@cli.group()
+def schemas() -> None:
+    """The event contract."""
+
+
+@schemas.command("export")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to this file instead of standard output.")
+def schemas_export(output: str | None) -> None:
+    """Print the JSON Schema of every event, for clients in other languages."""
+    from feedbackloop.schemas import event_json_schema_text
+
+    text = event_json_schema_text()
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command("demo")
+@click.option("--duration", type=click.FloatRange(min=1), default=20.0, show_default=True,
+              help="Seconds of simulated traffic.")
+@click.option("--rate", type=click.FloatRange(min=1), default=3000.0, show_default=True,
+              help="Events per second to offer.")
+@click.option("--control-satisfaction", type=click.FloatRange(0, 1), default=0.62,
+              show_default=True, help="True thumbs-up rate of the control variant.")
+@click.option("--effect", type=click.FloatRange(-1, 1), default=0.10, show_default=True,
+              help="True satisfaction of treatment minus control (the planted effect).")
+@click.option("--seed", type=int, default=7, show_default=True, help="Simulator seed.")
+@click.pass_context
+def demo_command(ctx: click.Context, duration: float, rate: float,
+                 control_satisfaction: float, effect: float, seed: int) -> None:
+    """Run the pipeline on embedded defaults with simulated traffic and show the results."""
+    from feedbackloop.demo import run_demo
+    from feedbackloop.simulator import TrafficSpec
+
+    s = settings_of(ctx)
+    treatment = min(1.0, max(0.0, control_satisfaction + effect))
+    spec = TrafficSpec(satisfaction={"control": control_satisfaction, "treatment": treatment},
+                       seed=seed)
+    click.echo("starting the embedded pipeline:")
+
+    def progress(result: object) -> None:
+        from feedbackloop.simulator import SimulationResult
+
+        assert isinstance(result, SimulationResult)
+        click.echo(f"\r  simulating: {result.total:>8,} events sent in {result.elapsed_s or 0:5.1f} s",
+                   nl=False, err=True)
+
+    demo = run_demo(s, duration_s=duration, rate=rate, spec=spec, echo=click.echo,
+                    progress=progress)
+    click.echo()
+    click.echo(format_demo(demo, spec))
+
+
+def format_demo(demo: object, spec: object) -> str:
+    from feedbackloop.analysis import compare_counts
+    from feedbackloop.demo import DemoResult
+    from feedbackloop.simulator import TrafficSpec
+
+    assert isinstance(demo, DemoResult) and isinstance(spec, TrafficSpec)
+    sim = demo.simulation
+    lines = [
+        f"sent through the SDK: {sum(sim.sent.values()):,} events "
+        f"({', '.join(f'{k} {v:,}' for k, v in sorted(sim.sent.items()))}) "
+        f"+ {sim.malformed} malformed, in {sim.elapsed_s:.1f} s "
+        f"({(sum(sim.sent.values()) + sim.malformed) / max(sim.elapsed_s, 1e-9):,.0f} events/s)",
+        f"SDK counters: {', '.join(f'{k} {v:,}' for k, v in demo.sdk_stats.items())}",
+        f"read back from Kafka: {demo.read_back:,} of {sum(sim.sent.values()):,} events by "
+        f"event_id ({demo.missing} missing), {demo.malformed_read} malformed payloads",
+        "",
+        f"experiment {spec.experiment!r}: thumbs-up rate by variant "
+        f"(planted: {', '.join(f'{v} {p:.0%}' for v, p in spec.satisfaction.items())})",
+    ]
+    for variant, (up, rated) in demo.thumbs.items():
+        lines.append(f"  {variant:<10} {up:>7,} / {rated:<7,} = {up / max(rated, 1):.1%}")
+    if set(demo.thumbs) >= {"control", "treatment"}:
+        cmp = compare_counts(control=demo.thumbs["control"], treatment=demo.thumbs["treatment"])
+        lines += ["", cmp.to_text()]
+    return "\n".join(lines)
+
+
 def main() -> None:
     cli(prog_name="feedbackloop")
 

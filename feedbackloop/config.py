@@ -17,7 +17,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "load_settings", "settings_env"]
 
 _TOML_ENV = "FEEDBACKLOOP_CONFIG"
 
@@ -71,6 +71,28 @@ class Settings(BaseSettings):
     producer_compression: str = Field(default="lz4")
     close_timeout_s: float = Field(default=5.0, ge=0)
 
+    # --- Web: HTTP collector and dashboard (feedbackloop.web) ----------------------------
+    web_host: str = Field(default="127.0.0.1", description="Address the web server binds.")
+    web_port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port.")
+    web_public_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="app_id -> public key: write-only, own app_id only; may sit in a browser.",
+    )
+    web_secret_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="app_id -> secret key: reads (dashboard, /api) and writes for that app; "
+        "app_id '*' covers every app. With no keys at all only loopback clients are served.",
+    )
+    web_cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed to call the web server."
+    )
+    web_max_body_bytes: int = Field(default=5_000_000, ge=1024)
+    web_max_batch_events: int = Field(default=1000, ge=1)
+    web_rate_limit_per_s: float = Field(
+        default=1000.0, ge=0, description="Events (writes) or requests (reads) per s per key."
+    )
+    web_rate_limit_burst: int = Field(default=5000, ge=1)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -115,6 +137,22 @@ class Settings(BaseSettings):
         if self.kafka_sasl_password:
             conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
         return conf
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``FEEDBACKLOOP_*`` variables reproducing ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(exclude_defaults=True).items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, (list, dict)):
+            import json
+
+            value = json.dumps(value, default=str)
+        env[f"FEEDBACKLOOP_{name.upper()}"] = str(value)
+    return env
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -15,7 +15,6 @@ from confluent_kafka import Consumer, TopicPartition
 from feedbackloop.config import Settings
 from feedbackloop.infra import EmbeddedBroker, ensure_topics, free_port
 from feedbackloop.producers import FeedbackClient
-from feedbackloop.producers import client as client_module
 from feedbackloop.schemas import Topics, decode
 
 pytestmark = pytest.mark.integration
@@ -44,30 +43,23 @@ def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 30.0) -
     return out
 
 
-def record_sent_bytes(monkeypatch: pytest.MonkeyPatch) -> dict[uuid.UUID, bytes]:
-    """The exact bytes the SDK hands to Kafka, by event_id."""
-    sent: dict[uuid.UUID, bytes] = {}
-    original = client_module.encode
+class Recorder(dict[uuid.UUID, bytes]):
+    """The exact bytes the SDK hands to Kafka, by event_id (the SDK's ``on_event`` tap)."""
 
-    def encode(event: Any) -> bytes:
-        data = original(event)
-        sent[event.event_id] = data
-        return data
-
-    monkeypatch.setattr(client_module, "encode", encode)
-    return sent
+    def __call__(self, event: Any, payload: bytes) -> None:
+        self[event.event_id] = payload
 
 
 def test_every_event_arrives_byte_equal(
-    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
 ) -> None:
     settings = Settings(
         bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, data_dir=tmp_path
     )
     topics = Topics(topic_prefix)
     ensure_topics(settings.kafka_client_config(), topics.all(), 4)
-    sent = record_sent_bytes(monkeypatch)
-    with FeedbackClient(settings) as client:
+    sent = Recorder()
+    with FeedbackClient(settings, on_event=sent) as client:
         for i in range(1000):
             iid = client.log_interaction(
                 session_id=f"s{i % 37}",
@@ -152,14 +144,14 @@ class App:
 
 @pytest.mark.fault
 @pytest.mark.slow
-def test_broker_hangs_while_app_sends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_broker_hangs_while_app_sends(tmp_path: Path) -> None:
     """The broker process is stopped (SIGSTOP) for 6 s while the app keeps sending, then
     continued: every event arrives, duplicates only by event_id, and no call blocked."""
     broker = EmbeddedBroker(port=free_port(), log_path=tmp_path / "tansu.log").start()
     try:
         settings = _outage_settings(broker, tmp_path, "hang.")
-        sent = record_sent_bytes(monkeypatch)
-        client = FeedbackClient(settings)
+        sent = Recorder()
+        client = FeedbackClient(settings, on_event=sent)
         with App(client) as app:
             time.sleep(2)
             broker.pause()
@@ -186,15 +178,15 @@ def test_broker_hangs_while_app_sends(tmp_path: Path, monkeypatch: pytest.Monkey
 
 @pytest.mark.fault
 @pytest.mark.slow
-def test_broker_restarts_without_its_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_broker_restarts_without_its_state(tmp_path: Path) -> None:
     """The broker is killed while the app keeps sending and restarted 5 s later, empty (memory
     storage). Events acknowledged before the kill were read before it; everything the app sent
     from the kill on arrives at the new broker, although it no longer knows the producer id."""
     broker = EmbeddedBroker(port=free_port(), log_path=tmp_path / "tansu.log").start()
     try:
         settings = _outage_settings(broker, tmp_path, "restart.")
-        sent = record_sent_bytes(monkeypatch)
-        client = FeedbackClient(settings)
+        sent = Recorder()
+        client = FeedbackClient(settings, on_event=sent)
         with App(client) as app:
             time.sleep(2)
             # Freeze, then kill: whatever the app sends from the freeze on was never
