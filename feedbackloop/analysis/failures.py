@@ -1,0 +1,144 @@
+"""Failure analysis: judged interactions → slice attributes → ranked failure slices.
+
+The dimensions of a slice (what ``feedbackloop failures`` ranks by):
+
+================  ==========================================================================
+prompt_version    the interaction's prompt version ("(none)" when unset)
+model             the model name
+variant           ``experiment/variant`` for interactions in an experiment
+language          language of the input's prose (py3langid, :mod:`.language`), "und" if unsure
+language_group    the most common language vs ``not-<it>``: "non-English fails more" is
+                  often the finding, and no single other language is big enough to show it
+has_code          "yes" when the input contains code (stored by the stream jobs)
+input_length      the input length bucket (:data:`feedbackloop.schemas.LENGTH_BUCKETS`)
+meta.<key>        each metadata key's value; keys with many values (ids) are left out
+================  ==========================================================================
+
+Derived attributes come from the stored columns when the row was enriched by the stream jobs
+and are recomputed with the same functions (:mod:`feedbackloop.schemas.derive`) when it was
+stored raw.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from feedbackloop.analysis.language import UNDETERMINED, detect_input_language
+from feedbackloop.analysis.negative import NegativeDefinition
+from feedbackloop.analysis.records import JudgedInteraction
+from feedbackloop.analysis.slices import SliceReport, find_failure_slices
+from feedbackloop.errors import ConfigError
+from feedbackloop.schemas.derive import has_code, length_bucket
+
+__all__ = [
+    "POPULATIONS",
+    "Labeled",
+    "analyze_failures",
+    "label_interactions",
+    "matches",
+    "parse_slice",
+]
+
+POPULATIONS = ("all", "with-feedback")
+
+
+@dataclass(frozen=True)
+class Labeled:
+    """An interaction with its slice attributes and whether it counts as negative."""
+
+    interaction: JudgedInteraction
+    attributes: Mapping[str, str]
+    negative: bool
+    signals: tuple[str, ...]
+
+
+def _base_attributes(ji: JudgedInteraction) -> dict[str, str]:
+    enriched = bool(ji.input_length_bucket)
+    code = ji.input_has_code if enriched else has_code(ji.user_input)
+    bucket = ji.input_length_bucket if enriched else length_bucket(ji.input_chars)
+    attrs = {
+        "prompt_version": ji.prompt_version or "(none)",
+        "model": ji.model,
+        "language": detect_input_language(ji.user_input),
+        "has_code": "yes" if code else "no",
+        "input_length": bucket,
+    }
+    if ji.experiment:
+        attrs["variant"] = f"{ji.experiment}/{ji.variant}"
+    for k, v in ji.metadata.items():
+        attrs[f"meta.{k}"] = v
+    return attrs
+
+
+def label_interactions(
+    interactions: Iterable[JudgedInteraction],
+    definition: NegativeDefinition | None = None,
+    *,
+    population: str = "all",
+) -> list[Labeled]:
+    """Attributes and negative flag of each interaction in ``population``.
+
+    ``all`` judges every interaction (one without any signal counts as not negative: the
+    rate is failures per interaction served); ``with-feedback`` keeps only those that got at
+    least one signal (the rate among interactions users reacted to).
+    """
+    if population not in POPULATIONS:
+        raise ConfigError(f"population must be one of {', '.join(POPULATIONS)}")
+    definition = definition or NegativeDefinition()
+    kept = [
+        ji for ji in interactions if population == "all" or ji.signals.any_feedback
+    ]
+    base = [_base_attributes(ji) for ji in kept]
+    langs = Counter(a["language"] for a in base if a["language"] != UNDETERMINED)
+    majority = langs.most_common(1)[0][0] if langs else None
+    out = []
+    for ji, attrs in zip(kept, base, strict=True):
+        if majority is not None:
+            lang = attrs["language"]
+            attrs["language_group"] = (
+                lang if lang in (majority, UNDETERMINED) else f"not-{majority}"
+            )
+        present = definition.present(ji.signals)
+        out.append(Labeled(ji, attrs, definition.is_negative(ji.signals), tuple(present)))
+    return out
+
+
+def analyze_failures(
+    interactions: Iterable[JudgedInteraction],
+    definition: NegativeDefinition | None = None,
+    *,
+    population: str = "all",
+    pairs: bool = True,
+    min_support: int = 30,
+    alpha: float = 0.05,
+    exclude_dimensions: Sequence[str] = (),
+) -> SliceReport:
+    """Rank the failure slices of ``interactions`` (see :mod:`feedbackloop.analysis.slices`)."""
+    labeled = label_interactions(interactions, definition, population=population)
+    drop = set(exclude_dimensions)
+    units = [
+        ({d: v for d, v in lab.attributes.items() if d not in drop}, lab.negative)
+        for lab in labeled
+    ]
+    return find_failure_slices(units, pairs=pairs, min_support=min_support, alpha=alpha)
+
+
+def parse_slice(text: str | None) -> tuple[tuple[str, str], ...]:
+    """``"prompt_version=v1.2 & language=de"`` (``&`` or ``,`` between) → conditions."""
+    if not text:
+        return ()
+    conds = []
+    for part in text.replace("&", ",").split(","):
+        if not part.strip():
+            continue
+        dim, sep, value = part.partition("=")
+        if not sep or not dim.strip():
+            raise ConfigError(f"expected DIMENSION=VALUE in --slice, got {part.strip()!r}")
+        conds.append((dim.strip(), value.strip()))
+    return tuple(conds)
+
+
+def matches(attributes: Mapping[str, str], conditions: Sequence[tuple[str, str]]) -> bool:
+    return all(attributes.get(d) == v for d, v in conditions)
