@@ -6,13 +6,16 @@ exit code 1.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from feedbackloop.config import Settings, load_settings
-from feedbackloop.errors import FeedbackLoopError, MissingDependency
+from feedbackloop.errors import FeedbackLoopError, InfraError, MissingDependency
 
 __all__ = ["main", "cli"]
 
@@ -240,15 +243,15 @@ def sql_command(ctx: click.Context, query: str, fmt: str, max_rows: int, url: st
 # --------------------------------------------------------------------------- foundation
 
 
-def _wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
+def _wait_for_signal(while_true: Callable[[], bool] = lambda: True) -> None:
+    """Block until SIGINT or SIGTERM, or until ``while_true()`` turns false."""
     import signal
     import threading
 
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    while not done.wait(0.5):
+    while not done.wait(1.0) and while_true():
         pass
 
 
@@ -283,6 +286,70 @@ def broker_command(ctx: click.Context, port: int | None, storage: str | None) ->
     finally:
         broker.stop()
         click.echo("broker stopped")
+
+
+@cli.command("up")
+@click.option("--no-web", is_flag=True, help="Do not start the web server.")
+@click.option("--no-stream", is_flag=True,
+              help="Do not start the stream jobs; the sink then stores raw events.")
+@click.pass_context
+def up_command(ctx: click.Context, no_web: bool, no_stream: bool) -> None:
+    """Start the broker (embedded unless configured), stream jobs, sink and web; Ctrl-C stops
+    them in order, each flushing first."""
+    from feedbackloop.demo import status_line
+    from feedbackloop.infra.stack import Stack, default_services
+
+    s = settings_of(ctx)
+    stack = Stack(s, default_services(with_stream=not no_stream, with_web=not no_web),
+                  on_status=lambda st: click.echo(status_line(st)))
+    click.echo("starting feedbackloop:")
+    run = stack.start()
+    click.echo(f"running. Kafka: {run.bootstrap_servers}  ClickHouse: {run.clickhouse_dsn}")
+    click.echo("query with: feedbackloop sql \"SELECT ...\"   stop with: Ctrl-C")
+    try:
+        _wait_for_signal(while_true=stack.healthy)
+    finally:
+        click.echo("stopping (flushing every service):")
+        unhealthy = [st for st in stack.status() if st.state != "ready"]
+        stack.stop()
+    if unhealthy:
+        names = ", ".join(f"{st.name} ({st.detail or st.state}, log: {st.log_path})"
+                          for st in unhealthy)
+        raise InfraError(f"stopped because a service failed: {names}")
+
+
+@cli.command("simulate")
+@click.option("--duration", type=click.FloatRange(min=0.1), default=None,
+              help="Seconds to run (default: until Ctrl-C).")
+@click.option("--rate", type=click.FloatRange(min=1), default=1000.0, show_default=True,
+              help="Target events per second.")
+@click.option("--effect", type=click.FloatRange(-1, 1), default=0.10, show_default=True,
+              help="True satisfaction of treatment minus control.")
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.pass_context
+def simulate_command(ctx: click.Context, duration: float | None, rate: float, effect: float,
+                     seed: int) -> None:
+    """Send simulated traffic through the SDK to the configured broker (a load generator)."""
+    from feedbackloop.producers import FeedbackClient
+    from feedbackloop.simulator import Simulator, TrafficSpec
+
+    s = settings_of(ctx)
+    spec = TrafficSpec(satisfaction={"control": 0.62, "treatment": min(1.0, 0.62 + effect)},
+                       seed=seed)
+    client = FeedbackClient(s)
+    sim = Simulator(client, spec)
+    click.echo(f"simulating {rate:,.0f} events/s to {client.settings.bootstrap_servers or 'embedded'}"
+               f" (Ctrl-C to stop)", err=True)
+    try:
+        sim.run(duration_s=duration if duration is not None else float("inf"), rate=rate,
+                progress=lambda r: click.echo(
+                    f"\r  {r.total:>10,} events in {r.elapsed_s:6.1f} s "
+                    f"({r.total / max(r.elapsed_s, 1e-9):,.0f}/s)", nl=False, err=True))
+    except KeyboardInterrupt:
+        pass
+    stats = client.close()
+    click.echo("", err=True)
+    click.echo(json.dumps({**sim.result.to_dict(), "sdk": dataclasses.asdict(stats)}, indent=2))
 
 
 @cli.group()
@@ -367,6 +434,152 @@ def format_demo(demo: object, spec: object) -> str:
         cmp = compare_counts(control=demo.thumbs["control"], treatment=demo.thumbs["treatment"])
         lines += ["", cmp.to_text()]
     return "\n".join(lines)
+
+
+# --- ab / impact: experiment reports from ClickHouse (feedbackloop.analysis) ---------------
+
+
+class _NamedWeightsType(click.ParamType):
+    """``control=50,treatment=50`` (any scale)."""
+
+    name = "VARIANT=WEIGHT,..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        out: dict[str, float] = {}
+        for item in value.split(","):
+            name, sep, w = item.partition("=")
+            try:
+                weight = float(w)
+            except ValueError:
+                weight = -1.0
+            if not sep or not name.strip() or weight < 0:
+                self.fail(f"expected VARIANT=WEIGHT,... such as control=50,treatment=50, "
+                          f"got {value!r}", param, ctx)
+            out[name.strip()] = weight
+        if len(out) < 2 or sum(out.values()) <= 0:
+            self.fail("need at least two variants and a positive total weight", param, ctx)
+        return out
+
+
+def _scope(experiment: str | None, since: str | None, app: str | None) -> Any:
+    from feedbackloop.analysis.queries import Scope, parse_since
+
+    return Scope(experiment=experiment, since=parse_since(since) if since else None, app_id=app)
+
+
+def _emit(result: Any, as_json: bool) -> None:
+    import json
+
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_text())
+
+
+_since_opt = click.option(
+    "--since", default=None, metavar="7d|24h|ISO",
+    help="Only interactions since this long ago (7d, 24h, 30m, 2w) or this ISO date/time (UTC).")
+_app_opt = click.option("--app", default=None, help="Only this app_id (default: every app).")
+_url_opt = click.option(
+    "--url", default=None, envvar="FEEDBACKLOOP_SQL_URL",
+    help="ClickHouse URL to query (read-only user). Default: the running sink's endpoint, "
+    "else the configured ClickHouse.")
+_alpha_opt = click.option("--alpha", default=0.05, show_default=True,
+                          type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                          help="Significance level (two-sided); intervals are 1 - alpha.")
+_json_opt = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+
+
+@cli.group()
+def ab() -> None:
+    """Experiment reports over the events stored in ClickHouse."""
+
+
+@ab.command("report")
+@click.option("--experiment", "-e", required=True, help="Experiment name.")
+@_since_opt
+@_app_opt
+@click.option("--control", default=None,
+              help="Control variant (default: the one named 'control', else the first).")
+@click.option("--weights", type=_NamedWeightsType(), default=None,
+              help="Configured split for the sample-ratio check, e.g. control=50,treatment=50 "
+              "(default: equal).")
+@_alpha_opt
+@click.option("--power", default=0.8, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Power for the required number of sessions.")
+@click.option("--mde", type=float, default=None,
+              help="Absolute change of the primary metric to plan for (e.g. 0.02); "
+              "default: the observed one.")
+@click.option("--primary", default="satisfaction", show_default=True,
+              help="Metric that decides (e.g. satisfaction, outcome.code_accepted).")
+@click.option("--correction", type=click.Choice(["bh", "holm", "none"]), default="bh",
+              show_default=True, help="Adjustment across treatments x metrics for metric rows.")
+@_url_opt
+@_json_opt
+@click.pass_context
+def ab_report(ctx: click.Context, experiment: str, since: str | None, app: str | None,
+              control: str | None, weights: dict[str, float] | None, alpha: float, power: float,
+              mde: float | None, primary: str, correction: str, url: str | None,
+              as_json: bool) -> None:
+    """Per-variant metrics, differences vs control, SRM, power and a decision.
+
+    \b
+    Example:
+      feedbackloop ab report --experiment new-prompt --since 7d --weights control=50,treatment=50
+    """
+    from feedbackloop.analysis.queries import fetch_experiment, settings_runner
+    from feedbackloop.analysis.report import build_report
+
+    data = fetch_experiment(settings_runner(settings_of(ctx), url), _scope(experiment, since, app))
+    _emit(build_report(data, control=control, weights=weights, alpha=alpha, power=power, mde=mde,
+                       primary=primary, correction=correction), as_json)
+
+
+@ab.command("versions")
+@click.option("--experiment", "-e", default=None, help="Only this experiment's interactions.")
+@_since_opt
+@_app_opt
+@click.option("--bucket", type=click.Choice(["day", "week"]), default="day", show_default=True,
+              help="Time bucket of the trend.")
+@_alpha_opt
+@_url_opt
+@_json_opt
+@click.pass_context
+def ab_versions(ctx: click.Context, experiment: str | None, since: str | None, app: str | None,
+                bucket: str, alpha: float, url: str | None, as_json: bool) -> None:
+    """Satisfaction per prompt_version over time, with intervals (release cycles)."""
+    from feedbackloop.analysis.queries import fetch_version_totals, fetch_versions, settings_runner
+    from feedbackloop.analysis.versions import build_versions
+
+    run, scope = settings_runner(settings_of(ctx), url), _scope(experiment, since, app)
+    _emit(build_versions(fetch_versions(run, scope, bucket), fetch_version_totals(run, scope),
+                         bucket=bucket, alpha=alpha, experiment=experiment,
+                         since=scope.since.isoformat() if scope.since else None), as_json)
+
+
+@cli.command("impact")
+@click.option("--experiment", "-e", required=True, help="Experiment name.")
+@_since_opt
+@_app_opt
+@click.option("--control", default=None,
+              help="Control variant (default: the one named 'control', else the first).")
+@click.option("--outcome", "outcomes", multiple=True,
+              help="Outcome(s) whose time_to_outcome_ms make up a session's time "
+              "(repeatable; default: every timed outcome).")
+@_alpha_opt
+@_url_opt
+@_json_opt
+@click.pass_context
+def impact_command(ctx: click.Context, experiment: str, since: str | None, app: str | None,
+                   control: str | None, outcomes: tuple[str, ...], alpha: float,
+                   url: str | None, as_json: bool) -> None:
+    """Business impact: outcome rates, time to outcome, time saved per session vs control."""
+    from feedbackloop.analysis.impact import build_impact
+    from feedbackloop.analysis.queries import fetch_impact, settings_runner
+
+    data = fetch_impact(settings_runner(settings_of(ctx), url), _scope(experiment, since, app),
+                        outcomes or None)
+    _emit(build_impact(data, control=control, alpha=alpha), as_json)
 
 
 def main() -> None:

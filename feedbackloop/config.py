@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     def clickhouse_dsn(self) -> str:
         if self.clickhouse_url:
             return self.clickhouse_url
-        return f"chdb:///{(self.data_dir / 'clickhouse').resolve()}"
+        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
 
     @property
     def spool_path(self) -> Path:

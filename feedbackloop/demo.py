@@ -21,7 +21,7 @@ from feedbackloop.schemas import Topics, decode
 from feedbackloop.schemas.events import Feedback, Interaction
 from feedbackloop.simulator import SimulationResult, Simulator, TrafficSpec
 
-__all__ = ["DemoResult", "read_back", "run_demo"]
+__all__ = ["DemoResult", "read_back", "run_demo", "status_line"]
 
 Echo = Callable[[str], None]
 
@@ -112,7 +112,7 @@ def run_demo(
     progress: Callable[[SimulationResult], None] | None = None,
 ) -> DemoResult:
     """Start the stack, simulate ``duration_s`` seconds of traffic, account for every event."""
-    stack = Stack(settings, services, on_status=lambda st: echo(_status_line(st)))
+    stack = Stack(settings, services, on_status=lambda st: echo(status_line(st)))
     run_settings = stack.start()
     try:
         sent_ids: set[uuid.UUID] = set()
@@ -152,7 +152,7 @@ class _raw_sender:  # noqa: N801 - a tiny private helper object
         self.producer.flush(30)
 
 
-def _status_line(st: ServiceStatus) -> str:
+def status_line(st: ServiceStatus) -> str:
     pid = f" pid {st.pid}" if st.pid else ""
     detail = f"  {st.detail}" if st.detail else ""
     where = f"  (log: {st.log_path})" if st.log_path and st.state == "starting" else ""
