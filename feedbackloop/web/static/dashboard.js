@@ -1,0 +1,308 @@
+// feedbackloop dashboard: reads /api with the secret key (or none in local mode) and draws
+// with the vendored Chart.js. Data is inserted with textContent only, never as HTML.
+"use strict";
+
+const PALETTE = ["#2563eb", "#ea580c", "#16a34a", "#9333ea", "#0891b2", "#be123c"];
+const REFRESH_MS = 15000;
+const charts = {};
+let selected = null; // {app_id, experiment}
+
+// --- key handling -----------------------------------------------------------------------
+// A link may carry the key in the fragment (#key=...), which never reaches a server log;
+// it moves to sessionStorage and out of the address bar at once.
+function takeKeyFromHash() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const key = params.get("key");
+  if (key) {
+    sessionStorage.setItem("feedbackloop.key", key);
+    params.delete("key");
+    history.replaceState(null, "", location.pathname + (params.toString() ? "#" + params : ""));
+  }
+}
+
+function authHeaders() {
+  const key = sessionStorage.getItem("feedbackloop.key");
+  return key ? { Authorization: "Bearer " + key } : {};
+}
+
+class ApiFailure extends Error {
+  constructor(status, body) {
+    super((body && body.message) || "HTTP " + status);
+    this.status = status;
+  }
+}
+
+async function api(path) {
+  const res = await fetch(path, { headers: authHeaders() });
+  let body = null;
+  try { body = await res.json(); } catch (_) { /* not JSON */ }
+  if (!res.ok) throw new ApiFailure(res.status, body);
+  return body;
+}
+
+// --- formatting -------------------------------------------------------------------------
+const pct = (x, digits = 1) => (x === null || x === undefined ? "n/a" : (100 * x).toFixed(digits) + "%");
+const num = (x) => (x === null || x === undefined ? "n/a" : Number(x).toLocaleString());
+const pval = (p) => (p === null || p === undefined ? "n/a" : p < 1e-4 ? "<0.0001" : p.toFixed(4));
+const when = (ms) => new Date(ms).toLocaleString();
+const color = (i) => PALETTE[i % PALETTE.length];
+const alpha = (hex, a) => hex + Math.round(a * 255).toString(16).padStart(2, "0");
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  if (cls) e.className = cls;
+  return e;
+}
+
+function table(node, headers, rows) {
+  node.replaceChildren();
+  const head = el("tr");
+  headers.forEach((h) => head.appendChild(el("th", h)));
+  node.appendChild(head);
+  rows.forEach((r) => {
+    const tr = el("tr");
+    r.forEach((c) => {
+      if (c instanceof Node) { const td = el("td"); td.appendChild(c); tr.appendChild(td); }
+      else tr.appendChild(el("td", c));
+    });
+    node.appendChild(tr);
+  });
+}
+
+function interval(e) {
+  if (!e || e.value === null) return "n/a";
+  return `${pct(e.value)} [${pct(e.lower)}, ${pct(e.upper)}]`;
+}
+
+function draw(id, config) {
+  if (charts[id]) charts[id].destroy();
+  config.options = Object.assign({ responsive: true, maintainAspectRatio: false, animation: false }, config.options);
+  charts[id] = new Chart(document.getElementById(id), config);
+}
+
+const timeAxis = (span) => ({
+  type: "linear",
+  ticks: {
+    maxTicksLimit: 8,
+    callback: (v) => {
+      const d = new Date(v);
+      return span > 2 * 86400000 ? d.toLocaleDateString() : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    },
+  },
+});
+
+// --- experiments ------------------------------------------------------------------------
+function renderExperimentList(exps) {
+  const list = document.getElementById("exp-list");
+  list.replaceChildren();
+  document.getElementById("exp-empty").hidden = exps.length > 0;
+  exps.forEach((x) => {
+    const li = el("li");
+    li.dataset.app = x.app_id;
+    li.dataset.experiment = x.experiment;
+    li.appendChild(el("div", x.experiment, "name"));
+    li.appendChild(el("div", `${x.app_id} · ${x.variants.join(" vs ")}`, "muted"));
+    li.appendChild(el("div", `${num(x.interactions)} interactions · last ${when(x.last_seen_ms)}`, "muted"));
+    if (selected && selected.app_id === x.app_id && selected.experiment === x.experiment) li.classList.add("active");
+    li.addEventListener("click", () => {
+      selected = { app_id: x.app_id, experiment: x.experiment };
+      location.hash = "exp=" + encodeURIComponent(x.app_id + "/" + x.experiment);
+      refresh();
+    });
+    list.appendChild(li);
+  });
+}
+
+function renderExperiment(d) {
+  document.getElementById("experiment").hidden = false;
+  document.getElementById("exp-title").textContent = `${d.experiment} (${d.app_id})`;
+  document.getElementById("exp-meta").textContent =
+    `control: ${d.control} · variants: ${d.variants.join(", ")} · ${when(d.first_seen_ms)} – ${when(d.last_seen_ms)}`;
+
+  const srm = d.srm || {};
+  const banner = document.getElementById("srm-banner");
+  banner.hidden = !srm.mismatch;
+  banner.textContent = srm.mismatch
+    ? `Sample-ratio mismatch: sessions per variant ${srm.observed.join(" / ")} do not match an equal split (p = ${pval(srm.p_value)}). Do not trust the results until the assignment is fixed.`
+    : "";
+
+  const box = document.getElementById("decisions");
+  box.replaceChildren();
+  d.comparisons.forEach((c) => {
+    const div = el("div", null, "decision " + c.decision.verdict);
+    div.dataset.verdict = c.decision.verdict;
+    div.appendChild(el("span", `${c.treatment} vs ${c.control}:`, "verdict"));
+    div.appendChild(el("span", c.decision.text));
+    div.appendChild(el("span", `difference ${interval(c.difference)}`));
+    div.appendChild(el("span", `lift ${interval(c.lift)}`));
+    const seq = c.sequential || {};
+    div.appendChild(el("span", `sequential p ${pval(seq.p_value)} (always valid; confidence sequence ${interval(seq.confidence_sequence)})`, "muted"));
+    div.appendChild(el("span", `fixed-horizon p ${pval(c.p_value)} · P(better) ${pct(c.prob_treatment_beats_control)}`, "muted"));
+    if (c.power && c.power.message) div.appendChild(el("span", c.power.message, "muted"));
+    box.appendChild(div);
+  });
+  if (!d.comparisons.length) box.appendChild(el("p", "Only one variant seen so far.", "muted"));
+
+  // Satisfaction over time: per variant a band (lower, upper filled to lower) and the line.
+  const datasets = [];
+  d.variants.forEach((v, i) => {
+    const pts = d.series[v] || [];
+    const c = color(i);
+    datasets.push({ label: `${v} lower`, data: pts.map((p) => ({ x: p.t_ms, y: p.lower })), borderWidth: 0, pointRadius: 0, fill: false, band: true });
+    datasets.push({ label: `${v} 95% interval`, data: pts.map((p) => ({ x: p.t_ms, y: p.upper })), borderWidth: 0, pointRadius: 0, fill: "-1", backgroundColor: alpha(c, 0.18), band: true });
+    datasets.push({ label: v, data: pts.map((p) => ({ x: p.t_ms, y: p.value })), borderColor: c, backgroundColor: c, borderWidth: 2, pointRadius: 2, fill: false });
+  });
+  draw("chart-satisfaction", {
+    type: "line",
+    data: { datasets },
+    options: {
+      parsing: true,
+      scales: { x: timeAxis(d.last_seen_ms - d.first_seen_ms), y: { min: 0, max: 1, ticks: { callback: (v) => pct(v, 0) } } },
+      plugins: {
+        legend: { labels: { filter: (item, data) => !data.datasets[item.datasetIndex].band } },
+        tooltip: { callbacks: { label: (ctx) => `${ctx.dataset.label}: ${pct(ctx.parsed.y)}` } },
+      },
+    },
+  });
+
+  table(
+    document.getElementById("variants"),
+    ["variant", "sessions", "interactions", "thumbs votes", "satisfaction (95% CI)"],
+    d.summary.map((s, i) => {
+      const name = el("span");
+      const sw = el("span", null, "swatch");
+      sw.style.background = color(d.variants.indexOf(s.variant));
+      name.append(sw, document.createTextNode(s.variant));
+      name.dataset.variant = s.variant;
+      return [name, num(s.sessions), num(s.interactions), num(s.satisfaction.n), interval(s.satisfaction)];
+    }),
+  );
+
+  const signalNames = Object.keys((d.summary[0] || {}).signal_rates || {});
+  draw("chart-signals", barsByVariant(d, signalNames, (s, k) => s.signal_rates[k]));
+  const outcomeNames = [...new Set(d.summary.flatMap((s) => Object.keys(s.outcome_rates)))].sort();
+  draw("chart-outcomes", barsByVariant(d, outcomeNames, (s, k) => s.outcome_rates[k] ?? 0));
+}
+
+function barsByVariant(d, labels, value) {
+  return {
+    type: "bar",
+    data: {
+      labels,
+      datasets: d.summary.map((s) => ({ label: s.variant, data: labels.map((k) => value(s, k)), backgroundColor: color(d.variants.indexOf(s.variant)) })),
+    },
+    options: {
+      scales: { y: { beginAtZero: true, ticks: { callback: (v) => pct(v, 0) } } },
+      plugins: { tooltip: { callbacks: { label: (ctx) => `${ctx.dataset.label}: ${pct(ctx.parsed.y)}` } } },
+    },
+  };
+}
+
+// --- failures, alerts, prompt versions -------------------------------------------------
+function renderFailures(f) {
+  const overall = f.overall || {};
+  document.getElementById("failures-overall").textContent =
+    `(thumbs-down rate per input slice; overall ${pct(overall.value)} of ${num(overall.n)} votes)`;
+  const top = f.slices.slice(0, 12);
+  const labels = top.map((s) => `${s.dimension}: ${s.value}`);
+  draw("chart-failures", {
+    type: "bar",
+    data: {
+      labels,
+      datasets: [{
+        label: "thumbs-down rate",
+        data: top.map((s) => s.thumbs_down.value),
+        backgroundColor: top.map((s) => (overall.value !== null && s.thumbs_down.lower > overall.value ? "#b91c1c" : "#94a3b8")),
+      }],
+    },
+    options: {
+      indexAxis: "y",
+      scales: { x: { beginAtZero: true, ticks: { callback: (v) => pct(v, 0) } } },
+      plugins: { legend: { display: false } },
+    },
+  });
+  table(
+    document.getElementById("failures"),
+    ["slice", "votes", "thumbs-down (95% CI)"],
+    top.map((s) => [`${s.dimension}: ${s.value}`, num(s.thumbs_down.n), interval(s.thumbs_down)]),
+  );
+}
+
+function renderAlerts(alerts) {
+  const keys = [...new Set(alerts.map((a) => a.detector_key))];
+  draw("chart-alerts", {
+    type: "scatter",
+    data: { datasets: [{ label: "alerts", data: alerts.map((a) => ({ x: a.detected_ms, y: keys.indexOf(a.detector_key) })), backgroundColor: "#b91c1c", pointRadius: 5 }] },
+    options: {
+      scales: {
+        x: timeAxis(alerts.length ? alerts[0].detected_ms - alerts[alerts.length - 1].detected_ms : 0),
+        y: { min: -1, max: Math.max(1, keys.length), ticks: { stepSize: 1, callback: (v) => keys[v] ?? "" } },
+      },
+      plugins: { legend: { display: false }, tooltip: { callbacks: { label: (ctx) => alerts[ctx.dataIndex].message } } },
+    },
+  });
+  const list = document.getElementById("alerts");
+  list.replaceChildren();
+  if (!alerts.length) list.appendChild(el("li", "No alerts.", "muted"));
+  alerts.slice(0, 100).forEach((a) => list.appendChild(el("li", `${when(a.detected_ms)} · ${a.detector_key} · ${a.message}`)));
+}
+
+function renderPrompts(rows) {
+  table(
+    document.getElementById("prompts"),
+    ["app", "prompt version", "model", "interactions", "satisfaction (95% CI)", "first seen", "last seen"],
+    rows.map((r) => [r.app_id, r.prompt_version, r.model, num(r.interactions), interval(r.satisfaction), when(r.first_seen_ms), when(r.last_seen_ms)]),
+  );
+}
+
+// --- main loop --------------------------------------------------------------------------
+function selectionFromHash() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const exp = params.get("exp");
+  if (!exp || !exp.includes("/")) return null;
+  const i = exp.indexOf("/");
+  return { app_id: exp.slice(0, i), experiment: exp.slice(i + 1) };
+}
+
+async function refresh() {
+  const status = document.getElementById("status");
+  try {
+    const exps = await api("/api/experiments");
+    if (!selected) selected = selectionFromHash();
+    if (!selected && exps.length) selected = { app_id: exps[0].app_id, experiment: exps[0].experiment };
+    renderExperimentList(exps);
+    const q = selected ? `?app_id=${encodeURIComponent(selected.app_id)}&experiment=${encodeURIComponent(selected.experiment)}` : "";
+    const [detail, failures, alerts, prompts] = await Promise.all([
+      selected ? api(`/api/experiments/${encodeURIComponent(selected.app_id)}/${encodeURIComponent(selected.experiment)}`) : null,
+      api("/api/failures" + q),
+      api("/api/alerts" + (selected ? `?app_id=${encodeURIComponent(selected.app_id)}` : "")),
+      api("/api/prompt-versions" + (selected ? `?app_id=${encodeURIComponent(selected.app_id)}` : "")),
+    ]);
+    if (detail) renderExperiment(detail);
+    renderFailures(failures);
+    renderAlerts(alerts);
+    renderPrompts(prompts);
+    status.textContent = "updated " + new Date().toLocaleTimeString();
+    document.getElementById("keyform").hidden = true;
+    document.body.dataset.ready = "1";
+  } catch (e) {
+    if (e instanceof ApiFailure && (e.status === 401 || e.status === 403)) {
+      document.getElementById("keyform").hidden = false;
+      status.textContent = "a secret key is needed to read";
+    } else {
+      status.textContent = "could not load: " + e.message;
+    }
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  takeKeyFromHash();
+  document.getElementById("keyform").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    sessionStorage.setItem("feedbackloop.key", document.getElementById("key").value.trim());
+    refresh();
+  });
+  refresh();
+  setInterval(refresh, REFRESH_MS);
+});
