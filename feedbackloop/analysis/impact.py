@@ -217,7 +217,9 @@ def format_impact(r: ImpactReport) -> str:
         for o in v.outcomes:
             q = o.time_quantiles
             rows.append([
-                v.variant, o.outcome, f"{o.events:,}", _pct(o.interaction_rate),
+                # Session-level outcomes have no interaction to be a share of.
+                v.variant, o.outcome, f"{o.events:,}",
+                _pct(o.interaction_rate) if o.interactions_with else "-",
                 _pct(o.session_rate), _ms(o.time_mean_ms),
                 " / ".join(_ms(q.get(k, math.nan)) for k in ("p10", "p25", "p50", "p75", "p90")),
             ])
