@@ -582,6 +582,152 @@ def impact_command(ctx: click.Context, experiment: str, since: str | None, app: 
     _emit(build_impact(data, control=control, alpha=alpha), as_json)
 
 
+# --- ab / impact: experiment reports from ClickHouse (feedbackloop.analysis) ---------------
+
+
+class _NamedWeightsType(click.ParamType):
+    """``control=50,treatment=50`` (any scale)."""
+
+    name = "VARIANT=WEIGHT,..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        out: dict[str, float] = {}
+        for item in value.split(","):
+            name, sep, w = item.partition("=")
+            try:
+                weight = float(w)
+            except ValueError:
+                weight = -1.0
+            if not sep or not name.strip() or weight < 0:
+                self.fail(f"expected VARIANT=WEIGHT,... such as control=50,treatment=50, "
+                          f"got {value!r}", param, ctx)
+            out[name.strip()] = weight
+        if len(out) < 2 or sum(out.values()) <= 0:
+            self.fail("need at least two variants and a positive total weight", param, ctx)
+        return out
+
+
+def _scope(experiment: str | None, since: str | None, app: str | None) -> Any:
+    from feedbackloop.analysis.queries import Scope, parse_since
+
+    return Scope(experiment=experiment, since=parse_since(since) if since else None, app_id=app)
+
+
+def _emit(result: Any, as_json: bool) -> None:
+    import json
+
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_text())
+
+
+_since_opt = click.option(
+    "--since", default=None, metavar="7d|24h|ISO",
+    help="Only interactions since this long ago (7d, 24h, 30m, 2w) or this ISO date/time (UTC).")
+_app_opt = click.option("--app", default=None, help="Only this app_id (default: every app).")
+_url_opt = click.option(
+    "--url", default=None, envvar="FEEDBACKLOOP_SQL_URL",
+    help="ClickHouse URL to query (read-only user). Default: the running sink's endpoint, "
+    "else the configured ClickHouse.")
+_alpha_opt = click.option("--alpha", default=0.05, show_default=True,
+                          type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                          help="Significance level (two-sided); intervals are 1 - alpha.")
+_json_opt = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+
+
+@cli.group()
+def ab() -> None:
+    """Experiment reports over the events stored in ClickHouse."""
+
+
+@ab.command("report")
+@click.option("--experiment", "-e", required=True, help="Experiment name.")
+@_since_opt
+@_app_opt
+@click.option("--control", default=None,
+              help="Control variant (default: the one named 'control', else the first).")
+@click.option("--weights", type=_NamedWeightsType(), default=None,
+              help="Configured split for the sample-ratio check, e.g. control=50,treatment=50 "
+              "(default: equal).")
+@_alpha_opt
+@click.option("--power", default=0.8, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Power for the required number of sessions.")
+@click.option("--mde", type=float, default=None,
+              help="Absolute change of the primary metric to plan for (e.g. 0.02); "
+              "default: the observed one.")
+@click.option("--primary", default="satisfaction", show_default=True,
+              help="Metric that decides (e.g. satisfaction, outcome.code_accepted).")
+@click.option("--correction", type=click.Choice(["bh", "holm", "none"]), default="bh",
+              show_default=True, help="Adjustment across treatments x metrics for metric rows.")
+@_url_opt
+@_json_opt
+@click.pass_context
+def ab_report(ctx: click.Context, experiment: str, since: str | None, app: str | None,
+              control: str | None, weights: dict[str, float] | None, alpha: float, power: float,
+              mde: float | None, primary: str, correction: str, url: str | None,
+              as_json: bool) -> None:
+    """Per-variant metrics, differences vs control, SRM, power and a decision.
+
+    \b
+    Example:
+      feedbackloop ab report --experiment new-prompt --since 7d --weights control=50,treatment=50
+    """
+    from feedbackloop.analysis.queries import fetch_experiment, settings_runner
+    from feedbackloop.analysis.report import build_report
+
+    data = fetch_experiment(settings_runner(settings_of(ctx), url), _scope(experiment, since, app))
+    _emit(build_report(data, control=control, weights=weights, alpha=alpha, power=power, mde=mde,
+                       primary=primary, correction=correction), as_json)
+
+
+@ab.command("versions")
+@click.option("--experiment", "-e", default=None, help="Only this experiment's interactions.")
+@_since_opt
+@_app_opt
+@click.option("--bucket", type=click.Choice(["day", "week"]), default="day", show_default=True,
+              help="Time bucket of the trend.")
+@_alpha_opt
+@_url_opt
+@_json_opt
+@click.pass_context
+def ab_versions(ctx: click.Context, experiment: str | None, since: str | None, app: str | None,
+                bucket: str, alpha: float, url: str | None, as_json: bool) -> None:
+    """Satisfaction per prompt_version over time, with intervals (release cycles)."""
+    from feedbackloop.analysis.queries import fetch_version_totals, fetch_versions, settings_runner
+    from feedbackloop.analysis.versions import build_versions
+
+    run, scope = settings_runner(settings_of(ctx), url), _scope(experiment, since, app)
+    _emit(build_versions(fetch_versions(run, scope, bucket), fetch_version_totals(run, scope),
+                         bucket=bucket, alpha=alpha, experiment=experiment,
+                         since=scope.since.isoformat() if scope.since else None), as_json)
+
+
+@cli.command("impact")
+@click.option("--experiment", "-e", required=True, help="Experiment name.")
+@_since_opt
+@_app_opt
+@click.option("--control", default=None,
+              help="Control variant (default: the one named 'control', else the first).")
+@click.option("--outcome", "outcomes", multiple=True,
+              help="Outcome(s) whose time_to_outcome_ms make up a session's time "
+              "(repeatable; default: every timed outcome).")
+@_alpha_opt
+@_url_opt
+@_json_opt
+@click.pass_context
+def impact_command(ctx: click.Context, experiment: str, since: str | None, app: str | None,
+                   control: str | None, outcomes: tuple[str, ...], alpha: float,
+                   url: str | None, as_json: bool) -> None:
+    """Business impact: outcome rates, time to outcome, time saved per session vs control."""
+    from feedbackloop.analysis.impact import build_impact
+    from feedbackloop.analysis.queries import fetch_impact, settings_runner
+
+    data = fetch_impact(settings_runner(settings_of(ctx), url), _scope(experiment, since, app),
+                        outcomes or None)
+    _emit(build_impact(data, control=control, alpha=alpha), as_json)
+
+
 def main() -> None:
     cli(prog_name="feedbackloop")
 
