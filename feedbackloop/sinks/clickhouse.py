@@ -25,6 +25,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -146,6 +147,7 @@ class ClickHouseSink(BatchingSink):
         self._contexts: dict[str, Any] = {}
         self._failures = 0
         self._clock = clock
+        self._executor: ThreadPoolExecutor | None = None
 
     # --- connection --------------------------------------------------------------------------
     def setup(self) -> None:
@@ -171,6 +173,9 @@ class ClickHouseSink(BatchingSink):
                 log.debug("closing a failed ClickHouse client raised", exc_info=True)
 
     def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         self._drop_client()
 
     @property
@@ -179,14 +184,47 @@ class ClickHouseSink(BatchingSink):
         return self._connect()
 
     # --- writing -----------------------------------------------------------------------------
-    def write(self, batch: SinkBatch) -> None:
+    def flush(self) -> dict[tuple[str, int], int]:
         with _gc_paused():
-            self._write(batch)
+            return super().flush()
 
-    def _write(self, batch: SinkBatch) -> None:
+    def write(self, batch: SinkBatch) -> None:
         if batch.state is None:
             batch.state = self._prepare(batch)
         prep: _Prepared = batch.state
+        ahead = self._next_to_prepare(batch)
+        if ahead is None:
+            self._insert_batch(batch, prep)
+        else:
+            # chDB (and the HTTP client's socket wait) release the GIL while an insert runs, so
+            # the next batch's decoding and validation overlap this batch's insert on a
+            # second core. ``write`` still returns only once this batch is stored.
+            pending = self._inserter().submit(self._insert_batch, batch, prep)
+            try:
+                ahead.state = self._prepare(ahead)
+            finally:
+                pending.result()  # BackPressure propagates: this batch stays first in line
+        self.stats.messages += len(batch)
+        self.stats.dead_letters += len(prep.rows.get(DEAD_LETTERS, ()))
+        self._failures = 0
+        # Free the rows while the collector is still paused: re-enabling it with batches of
+        # rows alive would make its next (full) pass scan them all once more.
+        batch.state = None
+
+    def _next_to_prepare(self, batch: SinkBatch) -> SinkBatch | None:
+        """The batch that ``flush`` writes after ``batch``, if it still needs converting."""
+        closed = self._closed
+        if len(closed) > 1 and closed[0] is batch and closed[1].state is None:
+            return closed[1]
+        return None
+
+    def _inserter(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="clickhouse-insert")
+        return self._executor
+
+    def _insert_batch(self, batch: SinkBatch, prep: _Prepared) -> None:
+        """Insert every table of a prepared batch (tables already stored are skipped)."""
         # Dead letters last: rows rejected by the other tables are added to them on the way.
         order = [t for t in prep.rows if t != DEAD_LETTERS] + [DEAD_LETTERS]
         for table in order:
@@ -201,18 +239,15 @@ class ClickHouseSink(BatchingSink):
                 prep.rows.setdefault(DEAD_LETTERS, []).append(
                     (self._rejected_row(batch, idx, table, reason), idx)
                 )
-        self.stats.messages += len(batch)
-        self.stats.dead_letters += len(prep.rows.get(DEAD_LETTERS, ()))
-        self._failures = 0
 
     def _prepare(self, batch: SinkBatch) -> _Prepared:
         rows: dict[str, list[tuple[Row, int]]] = {}
+        to_rows = self.router.rows
+        topic, partition = batch.topic, batch.partition
         for idx, msg in enumerate(batch.items):
-            offset = _offset_of(batch, idx)
+            offset = msg.offset if msg.offset >= 0 else batch.first_offset + idx
             try:
-                routed = self.router.route(
-                    batch.topic, batch.partition, offset, msg.value, msg.key, msg.headers
-                )
+                routed = to_rows(topic, partition, offset, msg.value, msg.key, msg.headers)
             except SchemaError as e:
                 dl = DeadLetter(
                     reason=e.reason,
@@ -220,17 +255,20 @@ class ClickHouseSink(BatchingSink):
                     payload=msg.value or b"",
                     key=msg.key,
                     source="sink",
-                    source_topic=batch.topic,
-                    source_partition=batch.partition,
+                    source_topic=topic,
+                    source_partition=partition,
                     source_offset=offset,
                     failed_at=_kafka_time(msg.timestamp_ms),
                 )
                 rows.setdefault(DEAD_LETTERS, []).append(
-                    (dead_letter_row(dl, (batch.topic, batch.partition, offset)), idx)
+                    (dead_letter_row(dl, (topic, partition, offset)), idx)
                 )
                 continue
-            for table, row in routed.rows:
-                rows.setdefault(table, []).append((row, idx))
+            for table, row in routed:
+                pairs = rows.get(table)
+                if pairs is None:
+                    pairs = rows[table] = []
+                pairs.append((row, idx))
         return _Prepared(rows)
 
     def _rejected_row(self, batch: SinkBatch, idx: int, table: str, reason: str) -> Row:
@@ -319,12 +357,13 @@ class ClickHouseSink(BatchingSink):
 
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
-    """Suspend the cyclic garbage collector while one batch is converted and inserted.
+    """Suspend the cyclic garbage collector while a flush converts and inserts its batches.
 
-    A batch allocates ~10 objects per row (tuples, UUIDs, datetimes), none of them cyclic;
-    with the collector on, its full passes rescan the whole live batch again and again, which
-    cost ~40% of the writer's throughput in bench/bench_sink.py. Reference counting still
-    frees everything; the collector runs again as soon as the batch is written.
+    A batch allocates several tracked objects per row (tuples, UUIDs, metadata dicts), none of
+    them cyclic; with the collector on, its full passes rescan the whole live batch again and
+    again, which cost ~40% of the writer's throughput in bench/bench_sink.py. Reference
+    counting still frees everything. Re-enabling it triggers one full pass, so it is paused
+    once per flush rather than per batch (~0.1 s per pass in the same benchmark).
     """
     was_enabled = gc.isenabled()
     gc.disable()
