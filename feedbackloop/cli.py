@@ -582,6 +582,445 @@ def impact_command(ctx: click.Context, experiment: str, since: str | None, app: 
     _emit(build_impact(data, control=control, alpha=alpha), as_json)
 
 
+# --- web: HTTP collector and dashboard (feedbackloop.web) ----------------------------------
+
+
+@cli.command("web")
+@click.option("--host", default=None, envvar="FEEDBACKLOOP_WEB_HOST",
+              help="Address to bind (default: settings web_host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              envvar="FEEDBACKLOOP_WEB_PORT", help="Port (default: settings web_port, 8080).")
+@click.pass_context
+def web_command(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Serve the HTTP collector (/v1), the read API (/api) and the dashboard (/dashboard/).
+
+    Events go to Kafka through the SDK (spooled to disk while the broker is away); reads go
+    through the running sink's query endpoint, else ClickHouse. Without API keys
+    (FEEDBACKLOOP_WEB_PUBLIC_KEYS / FEEDBACKLOOP_WEB_SECRET_KEYS) only clients on this
+    machine are served. The OpenAPI document is at /openapi.json.
+    """
+    try:
+        from feedbackloop.web import serve
+    except ImportError as e:
+        raise MissingDependency("fastapi/uvicorn", "web") from e
+    settings = settings_of(ctx)
+    if settings.bootstrap_servers is None:
+        raise FeedbackLoopError(
+            "no broker configured: set FEEDBACKLOOP_BOOTSTRAP_SERVERS (or run `feedbackloop up`, "
+            "which starts the embedded broker and this web server together)"
+        )
+    serve(settings, host=host, port=port, ready=lambda url: click.echo(
+        f"web ready: dashboard {url}/dashboard/  collector {url}/v1/events  "
+        f"OpenAPI {url}/openapi.json  (Ctrl-C stops)"))
+
+
+# --- failures / complaints / prompts / regressions / export: closing the loop --------------
+# (feedbackloop.analysis: negative, slices, failures, clusters, prompts, regressions, finetune)
+
+
+def _negative_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options that choose what counts as negative (feedbackloop.analysis.negative)."""
+    opts = [
+        click.option("--weight", "weights", multiple=True, metavar="SIGNAL=W",
+                     help="Weight of a negative signal, e.g. abandon=1 (repeatable). Signals: "
+                     "thumbs_down low_rating correction report regenerate abandon edit comment."),
+        click.option("--signals", default=None, metavar="LIST",
+                     help="Count only these signals (comma-separated), "
+                     "e.g. thumbs_down,correction."),
+        click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=1.0,
+                     show_default=True, help="Summed weight at which an interaction is negative."),
+        click.option("--low-rating", "low_rating_max", type=click.IntRange(1, 4), default=2,
+                     show_default=True, help="Ratings up to this value count as low."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _definition(weights: tuple[str, ...], signals: str | None, threshold: float,
+                low_rating_max: int) -> Any:
+    from feedbackloop.analysis.negative import NegativeDefinition
+
+    return NegativeDefinition.build(
+        weights=weights, signals=signals.split(",") if signals else None,
+        threshold=threshold, low_rating_max=low_rating_max,
+    )
+
+
+def _selection(since: str | None, experiment: str | None = None, app: str | None = None,
+               prompt_version: str | None = None, model: str | None = None,
+               limit: int | None = None, with_text: bool = False) -> Any:
+    from feedbackloop.analysis.records import DEFAULT_LIMIT, Selection, parse_since
+
+    return Selection(since=parse_since(since), experiment=experiment, app_id=app,
+                     prompt_version=prompt_version, model=model,
+                     limit=limit or DEFAULT_LIMIT, with_text=with_text)
+
+
+_since_option = click.option("--since", default="7d", show_default=True,
+                             envvar="FEEDBACKLOOP_SINCE",
+                             help="Window: 7d, 12h, 30m, an ISO date, or 'all'.")
+_limit_option = click.option("--limit", type=click.IntRange(min=1), default=None,
+                             help="Read at most this many interactions, newest first "
+                             "(default 200000).")
+_url_option = click.option("--url", default=None, envvar="FEEDBACKLOOP_SQL_URL",
+                           help="ClickHouse URL to read from (default: the running sink's "
+                           "endpoint if any, else the configured ClickHouse).")
+
+
+@cli.command("failures")
+@_since_option
+@click.option("--experiment", default=None, help="Only interactions of this experiment.")
+@click.option("--app", default=None, help="Only this app_id.")
+@click.option("--prompt-version", default=None, help="Only this prompt version.")
+@click.option("--population", type=click.Choice(["all", "with-feedback"]), default="all",
+              show_default=True, help="Rate per interaction served, or per interaction that "
+              "got any signal.")
+@click.option("--min-support", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Smallest slice that is tested.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.05, show_default=True, help="False discovery rate (Benjamini-Hochberg).")
+@click.option("--no-pairs", is_flag=True, help="Single attributes only, no pairs.")
+@click.option("--top", type=click.IntRange(min=1), default=15, show_default=True,
+              help="Rows of the table.")
+@click.option("--all", "show_all", is_flag=True, help="Also list slices that are not significant.")
+@_negative_options
+@_limit_option
+@_url_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def failures_command(ctx: click.Context, since: str, experiment: str | None, app: str | None,
+                     prompt_version: str | None, population: str, min_support: int,
+                     alpha: float, no_pairs: bool, top: int, show_all: bool,
+                     weights: tuple[str, ...], signals: str | None, threshold: float,
+                     low_rating_max: int, limit: int | None, url: str | None,
+                     as_json: bool) -> None:
+    """Rank the slices where negative feedback concentrates.
+
+    \b
+    Example:
+      feedbackloop failures --since 7d
+      feedbackloop failures --experiment onboarding --weight abandon=1 --json
+    """
+    import json
+
+    from feedbackloop.analysis.failures import analyze_failures
+    from feedbackloop.analysis.records import load_judged_interactions
+    from feedbackloop.analysis.slices import format_slice_report
+
+    definition = _definition(weights, signals, threshold, low_rating_max)
+    sel = _selection(since, experiment, app, prompt_version, limit=limit)
+    judged = load_judged_interactions(settings_of(ctx), sel, url=url)
+    report = analyze_failures(judged, definition, population=population, pairs=not no_pairs,
+                              min_support=min_support, alpha=alpha)
+    if as_json:
+        payload = {"since": since, "experiment": experiment,
+                   "definition": definition.to_dict(), **report.to_dict()}
+        click.echo(json.dumps(payload, indent=1))
+        return
+    scope = f"since {since}" + (f", experiment {experiment}" if experiment else "")
+    if len(judged) >= sel.limit:
+        scope += f" (newest {sel.limit:,} only: raise --limit)"
+    click.echo(format_slice_report(
+        report, top=top, show_all=show_all,
+        heading=f"Failure slices, {scope}\n{definition.describe()}\n"))
+
+
+@cli.command("complaints")
+@click.option("--slice", "slice_", default=None, metavar="DIM=VALUE[&DIM=VALUE]",
+              help="Only this failure slice, e.g. 'prompt_version=v1.2&language_group=not-en'.")
+@click.option("--source", type=click.Choice(["feedback", "inputs"]), default="feedback",
+              show_default=True, help="Cluster the users' comments and corrections, or the "
+              "failing inputs.")
+@click.option("--k", type=click.IntRange(min=1), default=None,
+              help="Number of clusters (default: chosen by silhouette, 2..8).")
+@click.option("--examples", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Representative texts per cluster.")
+@_since_option
+@click.option("--experiment", default=None, help="Only interactions of this experiment.")
+@click.option("--prompt-version", default=None, help="Only this prompt version.")
+@_negative_options
+@_limit_option
+@_url_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.pass_context
+def complaints_command(ctx: click.Context, slice_: str | None, source: str, k: int | None,
+                       examples: int, since: str, experiment: str | None,
+                       prompt_version: str | None, weights: tuple[str, ...],
+                       signals: str | None, threshold: float, low_rating_max: int,
+                       limit: int | None, url: str | None, as_json: bool) -> None:
+    """Cluster the complaints (or failing inputs) of the negative interactions of a slice.
+
+    \b
+    Example:
+      feedbackloop complaints --slice 'prompt_version=v1.2&language_group=not-en'
+    """
+    import json
+
+    from feedbackloop.analysis.clusters import cluster_texts, format_clusters
+    from feedbackloop.analysis.failures import label_interactions, matches, parse_slice
+    from feedbackloop.analysis.records import load_judged_interactions
+
+    conds = parse_slice(slice_)
+    definition = _definition(weights, signals, threshold, low_rating_max)
+    sel = _selection(since, experiment, prompt_version=prompt_version, limit=limit)
+    labeled = label_interactions(load_judged_interactions(settings_of(ctx), sel, url=url),
+                                 definition)
+    bad = [lab for lab in labeled if lab.negative and matches(lab.attributes, conds)]
+    if source == "inputs":
+        texts = [lab.interaction.user_input for lab in bad]
+    else:
+        texts = [t.text for lab in bad for t in lab.interaction.texts
+                 if t.kind in ("comment", "correction", "report")]
+    clusters = cluster_texts(texts, k=k, examples=examples)
+    if as_json:
+        click.echo(json.dumps({"slice": dict(conds), "source": source, "negatives": len(bad),
+                               "texts": len(texts),
+                               "clusters": [c.to_dict() for c in clusters]}, indent=1))
+        return
+    where = slice_ or "all interactions"
+    click.echo(format_clusters(
+        clusters, heading=f"{len(texts)} texts from {len(bad)} negative interactions in "
+        f"{where}, since {since}:"))
+
+
+@cli.group()
+def prompts() -> None:
+    """The prompt-version registry, stored with the data (table prompt_versions)."""
+
+
+@prompts.command("add")
+@click.argument("version")
+@click.option("--name", required=True, envvar="FEEDBACKLOOP_PROMPT_NAME",
+              help="The prompt this is a version of (env: FEEDBACKLOOP_PROMPT_NAME).")
+@click.option("--file", "file_", type=click.File("r", encoding="utf-8"), required=True,
+              help="The prompt text ('-' reads stdin).")
+@click.option("--parent", default=None, help="The version this one changes.")
+@click.option("--note", default="", help="What changed and why (e.g. the failure it fixes).")
+@click.pass_context
+def prompts_add(ctx: click.Context, version: str, name: str, file_: Any, parent: str | None,
+                note: str) -> None:
+    """Register VERSION of a prompt (immutable; re-adding the same text is a no-op).
+
+    Needs write access: with embedded chDB, stop a running `sink run` first.
+    """
+    from feedbackloop.analysis.prompts import add_prompt
+
+    pv, new = add_prompt(settings_of(ctx), name, version, file_.read(), parent=parent,
+                         note=note)
+    what = "registered" if new else "already registered (same text)"
+    click.echo(f"{pv.name} {pv.version} {what}; sha256 {pv.text_sha256[:12]}"
+               + (f", parent {pv.parent_version}" if pv.parent_version else ""))
+
+
+@prompts.command("list")
+@click.option("--name", default=None, help="Only versions of this prompt.")
+@_url_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def prompts_list(ctx: click.Context, name: str | None, url: str | None, as_json: bool) -> None:
+    """List registered prompt versions, oldest first."""
+    import json
+
+    from feedbackloop.analysis.prompts import list_prompts
+
+    found = list_prompts(settings_of(ctx), name, url=url)
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in found], indent=1))
+        return
+    if not found:
+        click.echo("no prompt versions registered")
+    for p in found:
+        parent = f" (from {p.parent_version})" if p.parent_version else ""
+        note = f"  {p.note}" if p.note else ""
+        click.echo(f"{p.name}  {p.version}{parent}  {p.created_at[:19]}  "
+                   f"{len(p.text)} chars{note}")
+
+
+@prompts.command("show")
+@click.argument("version")
+@click.option("--name", default=None, help="The prompt, if several share VERSION.")
+@_url_option
+@click.pass_context
+def prompts_show(ctx: click.Context, version: str, name: str | None, url: str | None) -> None:
+    """Print a version's text and where it came from."""
+    from feedbackloop.analysis.prompts import get_prompt
+
+    p = get_prompt(settings_of(ctx), version, name, url=url)
+    click.echo(f"# {p.name} {p.version}" + (f" (parent {p.parent_version})"
+                                            if p.parent_version else ""))
+    click.echo(f"# created {p.created_at} by {p.created_by or '?'}; sha256 {p.text_sha256[:12]}")
+    if p.note:
+        click.echo(f"# note: {p.note}")
+    click.echo(p.text)
+
+
+@prompts.command("diff")
+@click.argument("old")
+@click.argument("new", required=False)
+@click.option("--name", default=None, help="The prompt, if several share a version label.")
+@_url_option
+@click.pass_context
+def prompts_diff(ctx: click.Context, old: str, new: str | None, name: str | None,
+                 url: str | None) -> None:
+    """Unified diff between two versions (one version: against its parent)."""
+    from feedbackloop.analysis.prompts import diff_prompts, get_prompt
+    from feedbackloop.errors import ConfigError
+
+    s = settings_of(ctx)
+    if new is None:
+        child = get_prompt(s, old, name, url=url)
+        if not child.parent_version:
+            raise ConfigError(f"{old} has no parent version: give two versions")
+        a, b = get_prompt(s, child.parent_version, child.name, url=url), child
+    else:
+        a, b = get_prompt(s, old, name, url=url), get_prompt(s, new, name, url=url)
+    click.echo(diff_prompts(a, b), nl=False)
+
+
+@cli.group()
+def regressions() -> None:
+    """Regression suites made from real failures, and a runner for candidate fixes."""
+
+
+@regressions.command("export")
+@click.option("--prompt-version", required=True, help="The prompt version whose failures to use.")
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Number of cases.")
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="Suite file (JSONL). Default: regressions-<version>.jsonl.")
+@_since_option
+@click.option("--app", default=None, help="Only this app_id.")
+@click.option("--min-support", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Smallest slice tested when labelling cases.")
+@_negative_options
+@_limit_option
+@_url_option
+@click.pass_context
+def regressions_export(ctx: click.Context, prompt_version: str, top: int, out: str | None,
+                       since: str, app: str | None, min_support: int,
+                       weights: tuple[str, ...], signals: str | None, threshold: float,
+                       low_rating_max: int, limit: int | None, url: str | None) -> None:
+    """Write the most common failure cases of a prompt version as a JSONL eval set."""
+    from feedbackloop.analysis.records import load_judged_interactions
+    from feedbackloop.analysis.regressions import select_regression_cases, write_suite
+
+    definition = _definition(weights, signals, threshold, low_rating_max)
+    sel = _selection(since, app=app, prompt_version=prompt_version, limit=limit)
+    judged = load_judged_interactions(settings_of(ctx), sel, full_text=True, url=url)
+    cases, _ = select_regression_cases(judged, definition, top=top, min_support=min_support)
+    path = write_suite(cases, out or f"regressions-{prompt_version}.jsonl")
+    slices = sorted({c.slice for c in cases if c.slice})
+    click.echo(f"{len(cases)} cases from {len(judged)} interactions of {prompt_version} "
+               f"-> {path}" + (f"; slices: {'; '.join(slices)}" if slices else ""))
+
+
+@regressions.command("run")
+@click.option("--suite", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Suite file from `regressions export` (JSONL).")
+@click.option("--candidate", required=True, envvar="FEEDBACKLOOP_CANDIDATE",
+              help="A command (case JSON on stdin, response on stdout) or a Python callable "
+              "module:function.")
+@click.option("--kind", type=click.Choice(["auto", "command", "callable"]), default="auto",
+              show_default=True, help="How to read --candidate.")
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="Report base name: writes OUT.md and OUT.jsonl. Default: <suite>-report.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="Seconds per case for a command.")
+@click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Cases run at once.")
+@click.pass_context
+def regressions_run(ctx: click.Context, suite: str, candidate: str, kind: str, out: str | None,
+                    timeout: float, jobs: int) -> None:
+    """Run a candidate on every case and write a side-by-side report for review.
+
+    \b
+    Example:
+      feedbackloop regressions run --suite regressions-v1.2.jsonl \\
+          --candidate 'python my_app/answer.py --prompt prompts/v1.3.txt'
+    """
+    from pathlib import Path
+
+    from feedbackloop.analysis.regressions import (
+        load_suite,
+        resolve_candidate,
+        run_suite,
+        summarize,
+        write_run_report,
+    )
+
+    cases = load_suite(suite)
+    results = run_suite(cases, resolve_candidate(candidate, timeout=timeout, kind=kind),
+                        jobs=jobs)
+    base = out or str(Path(suite).with_suffix("")) + "-report"
+    md, jl = write_run_report(results, base, suite=suite, candidate=candidate)
+    s = summarize(results)
+    click.echo(f"{s.cases} cases, {s.errors} errors, {s.unchanged} unchanged, "
+               f"{s.closer}/{s.with_correction} closer to the correction -> {md}, {jl}")
+
+
+@cli.group("export")
+def export_group() -> None:
+    """Training data made from feedback."""
+
+
+@export_group.command("finetune")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="finetune",
+              show_default=True, help="Directory for the JSONL files, provenance and manifest.")
+@_since_option
+@click.option("--prompt-version", default=None, help="Only corrections of this prompt version.")
+@click.option("--model", default=None, help="Only corrections of this model.")
+@click.option("--app", default=None, help="Only this app_id.")
+@click.option("--min-chars", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Shortest correction kept.")
+@click.option("--max-chars", type=click.IntRange(min=1), default=20_000, show_default=True,
+              help="Longest correction kept.")
+@click.option("--validation", "validation_fraction", default=0.1, show_default=True,
+              type=click.FloatRange(0, 1, max_open=True), help="Share for validation.")
+@click.option("--seed", default="feedbackloop", show_default=True,
+              help="Seed of the deterministic split.")
+@click.option("--system-prompt-file", type=click.File("r", encoding="utf-8"), default=None,
+              help="Use this system prompt in every example (e.g. the new version's text).")
+@click.option("--no-scrub", is_flag=True, help="Keep e-mails, phone numbers and API keys.")
+@click.option("--no-preference", is_flag=True, help="Skip the preference (DPO) pairs.")
+@click.option("--include-edits", is_flag=True, help="Also use users' edits of a response.")
+@_limit_option
+@_url_option
+@click.pass_context
+def export_finetune(ctx: click.Context, out_dir: str, since: str, prompt_version: str | None,
+                    model: str | None, app: str | None, min_chars: int, max_chars: int,
+                    validation_fraction: float, seed: str, system_prompt_file: Any,
+                    no_scrub: bool, no_preference: bool, include_edits: bool,
+                    limit: int | None, url: str | None) -> None:
+    """Corrections as OpenAI chat JSONL and preference pairs, with provenance beside them."""
+    from feedbackloop.analysis.finetune import (
+        FinetuneOptions,
+        build_finetune_export,
+        corrections_of,
+        write_finetune_export,
+    )
+    from feedbackloop.analysis.records import load_judged_interactions
+
+    opts = FinetuneOptions(
+        min_chars=min_chars, max_chars=max_chars, validation_fraction=validation_fraction,
+        seed=seed, scrub=not no_scrub, preference=not no_preference,
+        system_prompt=system_prompt_file.read() if system_prompt_file else None,
+        include_edits=include_edits,
+    )
+    sel = _selection(since, app=app, prompt_version=prompt_version, model=model, limit=limit,
+                     with_text=True)
+    judged = load_judged_interactions(settings_of(ctx), sel, full_text=True, url=url)
+    export = build_finetune_export(corrections_of(judged, include_edits=include_edits), opts)
+    paths = write_finetune_export(export, out_dir, opts)
+    m = export.manifest(opts)
+    dropped = ", ".join(f"{k} {v}" for k, v in m["dropped"].items()) or "none"
+    click.echo(f"{m['candidates']} corrections; dropped: {dropped}; "
+               f"train {m['counts']['train']}, validation {m['counts']['validation']}, "
+               f"preference {m['counts']['preference_train']}+"
+               f"{m['counts']['preference_validation']}; scrubbed {m['scrubbed']} -> "
+               f"{paths['manifest'].parent}")
+
+
 def main() -> None:
     cli(prog_name="feedbackloop")
 

@@ -150,7 +150,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
         elif isinstance(value, (list, dict)):
             import json
 
-            value = json.dumps(value, default=str)
+            # Nested secrets (the web API keys) must cross as their values, not as '****'.
+            value = json.dumps(
+                value,
+                default=lambda v: v.get_secret_value() if isinstance(v, SecretStr) else str(v),
+            )
         env[f"FEEDBACKLOOP_{name.upper()}"] = str(value)
     return env
 

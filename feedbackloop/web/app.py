@@ -11,7 +11,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -183,8 +183,18 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return doc
 
 
-def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
-    """Run the web server in the foreground until Ctrl-C / SIGTERM (then flush and stop)."""
+def serve(
+    settings: Settings,
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    ready: Callable[[str], None] | None = None,
+) -> None:
+    """Run the web server in the foreground until Ctrl-C / SIGTERM (then flush and stop).
+
+    ``ready`` is called with the base URL once the socket listens (``feedbackloop up``
+    waits for the CLI's "web ready" line, printed from here).
+    """
     import uvicorn
 
     config = uvicorn.Config(
@@ -194,7 +204,37 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         log_level="info",
         access_log=False,
     )
-    uvicorn.Server(config).run()
+    _ready_server(config, ready).run()
+
+
+def _listening_url(server: Any) -> str:
+    for srv in getattr(server, "servers", None) or []:
+        for sock in srv.sockets:
+            host, port = sock.getsockname()[:2]
+            return f"http://{host}:{port}"
+    raise RuntimeError("the web server is not listening")
+
+
+def _ready_server_class() -> type:
+    import uvicorn
+
+    class ReadyServer(uvicorn.Server):
+        """uvicorn's server plus a callback once it listens (uvicorn has none)."""
+
+        def __init__(self, config: Any, ready: Callable[[str], None] | None) -> None:
+            super().__init__(config)
+            self._ready = ready
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and self._ready is not None:
+                self._ready(_listening_url(self))
+
+    return ReadyServer
+
+
+def _ready_server(config: Any, ready: Callable[[str], None] | None) -> Any:
+    return _ready_server_class()(config, ready)
 
 
 class WebServer:
@@ -225,19 +265,14 @@ class WebServer:
             lifespan="on",
         )
         self._server = uvicorn.Server(self._config)
-        # Signals belong to the supervisor's main thread, not to this server.
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # uvicorn installs signal handlers only on the main thread, so on ours the
+        # supervisor keeps Ctrl-C and calls stop().
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         """``http://host:port`` of the listening socket."""
-        servers = getattr(self._server, "servers", None) or []
-        for srv in servers:
-            for sock in srv.sockets:
-                host, port = sock.getsockname()[:2]
-                return f"http://{host}:{port}"
-        raise RuntimeError("the web server is not listening")
+        return _listening_url(self._server)
 
     def start(self, timeout: float = 30.0) -> WebServer:
         self._thread = threading.Thread(target=self._server.run, name="feedbackloop-web",

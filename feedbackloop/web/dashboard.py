@@ -16,7 +16,6 @@ counts once). The statistics come from :mod:`feedbackloop.analysis`.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from feedbackloop.config import Settings
 from feedbackloop.web.auth import ALL_APPS, Principal
 from feedbackloop.web.state import ApiError, QueryFn, ReadPrincipal, error_responses, state_of
 
@@ -34,8 +34,8 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 _IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 #: Time-series bucket widths to choose from, in seconds (aim: 20-60 points per chart).
 _BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
-_SIGNALS = ("copy", "edit", "follow_up", "regenerate", "abandon", "dwell")
-_CONTROL_NAMES = ("control", "a", "baseline", "champion")
+#: How many of the latest interactions the failure slices are computed over.
+FAILURE_SAMPLE = 20_000
 
 
 def _ident(value: str, what: str) -> str:
@@ -54,14 +54,6 @@ def _bucket_for(span_s: float) -> int:
         if span_s / b <= 60:
             return b
     return _BUCKETS[-1]
-
-
-def _control_of(variants: Sequence[str]) -> str:
-    for name in _CONTROL_NAMES:
-        for v in variants:
-            if v.lower() == name:
-                return v
-    return sorted(variants)[0]
 
 
 def _stats() -> Any:
@@ -83,7 +75,7 @@ def _interval(successes: int, n: int) -> dict[str, Any]:
 class DashboardQueries:
     """The dashboard's numbers, each from one or a few read-only queries.
 
-    ``apps`` restricts every query to those app_ids (``None``: all apps).
+    ``app`` restricts a query to one app_id (``None``: all apps).
     """
 
     def __init__(self, query: QueryFn) -> None:
@@ -94,11 +86,8 @@ class DashboardQueries:
         return [dict(zip(res.columns, row, strict=True)) for row in res.rows]
 
     @staticmethod
-    def _app_filter(apps: Iterable[str] | None, column: str = "app_id") -> str:
-        if apps is None:
-            return ""
-        names = ", ".join(_lit(a) for a in apps)
-        return f" AND {column} IN ({names})"
+    def _app_filter(app: str | None) -> str:
+        return "" if app is None else f" AND app_id = {_lit(app)}"
 
     @staticmethod
     def _thumbs(app_id: str) -> str:
@@ -110,7 +99,7 @@ class DashboardQueries:
         )
 
     # --- experiments ---------------------------------------------------------------------
-    def experiments(self, apps: Iterable[str] | None) -> list[dict[str, Any]]:
+    def experiments(self, app: str | None) -> list[dict[str, Any]]:
         """Every experiment seen, most recently active first."""
         rows = self._rows(
             "SELECT app_id, experiment, arraySort(groupUniqArray(variant)) AS variants, "
@@ -118,7 +107,7 @@ class DashboardQueries:
             "toUnixTimestamp64Milli(min(occurred_at)) AS first_seen_ms, "
             "toUnixTimestamp64Milli(max(occurred_at)) AS last_seen_ms "
             "FROM interactions FINAL WHERE experiment != '' AND NOT shadow"
-            f"{self._app_filter(apps)} GROUP BY app_id, experiment "
+            f"{self._app_filter(app)} GROUP BY app_id, experiment "
             "ORDER BY last_seen_ms DESC LIMIT 500"
         )
         for r in rows:
@@ -126,176 +115,84 @@ class DashboardQueries:
         return rows
 
     def experiment(self, app_id: str, experiment: str) -> dict[str, Any] | None:
-        """Per variant: exposure, satisfaction over time, decision, SRM, signals, outcomes."""
-        a = _stats()
-        app, exp = _lit(app_id), _lit(experiment)
-        scope = f"app_id = {app} AND experiment = {exp} AND NOT shadow"
-        exposure = self._rows(
-            "SELECT variant, count() AS interactions, uniqExact(session_id) AS sessions, "
-            "toUnixTimestamp64Milli(min(occurred_at)) AS first_ms, "
-            "toUnixTimestamp64Milli(max(occurred_at)) AS last_ms "
-            f"FROM interactions FINAL WHERE {scope} GROUP BY variant ORDER BY variant"
+        """The experiment report (decision with the sequential result, SRM, per-variant
+        satisfaction, implicit-signal and outcome rates: :mod:`feedbackloop.analysis.report`)
+        and cumulative satisfaction over time per variant."""
+        _stats()
+        from feedbackloop.analysis.queries import (
+            Scope,
+            _feedback_cte,
+            _units_cte,
+            fetch_experiment,
         )
-        if not exposure:
+        from feedbackloop.analysis.report import build_report
+
+        scope = Scope(experiment=experiment, app_id=app_id)
+        span = self._rows(
+            "SELECT count() AS n, toUnixTimestamp64Milli(min(occurred_at)) AS first_ms, "
+            "toUnixTimestamp64Milli(max(occurred_at)) AS last_ms FROM interactions FINAL "
+            f"WHERE {scope.interaction_filter()}"
+        )
+        if not span or not int(span[0]["n"]):
             return None
-        variants = [r["variant"] for r in exposure]
-        first = min(int(r["first_ms"]) for r in exposure)
-        last = max(int(r["last_ms"]) for r in exposure)
+        first, last = int(span[0]["first_ms"]), int(span[0]["last_ms"])
+        report = build_report(fetch_experiment(self._query, scope))
         bucket = _bucket_for((last - first) / 1000)
-        in_exp = f"SELECT interaction_id, variant FROM interactions FINAL WHERE {scope}"
+        # Same satisfaction as the report (latest thumbs or rating per interaction), bucketed
+        # by when the interaction was served.
         votes = self._rows(
-            "SELECT i.variant AS variant, "
-            f"toUnixTimestamp(toStartOfInterval(f.voted_at, INTERVAL {bucket} SECOND)) AS t, "
-            "countIf(f.thumbs = 1) AS up, count() AS n "
-            f"FROM ({self._thumbs(f' AND app_id = {app}')}) AS f "
-            f"INNER JOIN ({in_exp}) AS i ON f.interaction_id = i.interaction_id "
+            f"WITH {_units_cte(scope)},\n{_feedback_cte(scope)}\n"
+            "SELECT u.variant AS variant, toUnixTimestamp(toStartOfInterval(u.occurred_at, "
+            f"INTERVAL {bucket} SECOND)) AS t, sum(toUInt64(fb.rated)) AS rated, "
+            "sum(toUInt64(fb.positive)) AS positive "
+            "FROM units AS u INNER JOIN fb ON u.interaction_id = fb.interaction_id "
             "GROUP BY variant, t ORDER BY variant, t"
         )
-        signals = self._rows(
-            "SELECT i.variant AS variant, s.signal AS signal, "
-            "uniqExact(s.interaction_id) AS interactions "
-            f"FROM (SELECT interaction_id, signal FROM implicit FINAL WHERE app_id = {app}) AS s "
-            f"INNER JOIN ({in_exp}) AS i ON s.interaction_id = i.interaction_id "
-            "GROUP BY variant, signal"
-        )
-        # Outcomes often belong to a session rather than one interaction (a ticket resolved
-        # later): the unit is the session, assigned to its variant by its interactions.
-        outcomes = self._rows(
-            "SELECT v.variant AS variant, o.outcome AS outcome, "
-            "uniqExact(o.session_id) AS sessions "
-            f"FROM (SELECT session_id, outcome FROM outcomes FINAL WHERE app_id = {app}) AS o "
-            f"INNER JOIN (SELECT session_id, any(variant) AS variant FROM interactions FINAL "
-            f"WHERE {scope} GROUP BY session_id) AS v ON o.session_id = v.session_id "
-            "GROUP BY variant, outcome"
-        )
-
+        variants = [v.variant for v in report.variants]
         series: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         totals: dict[str, list[int]] = {v: [0, 0] for v in variants}
         for r in votes:
             v = r["variant"]
             if v not in totals:
                 continue
-            totals[v][0] += int(r["up"])
-            totals[v][1] += int(r["n"])
-            # Cumulative: the estimate an analyst would have read at that time, with its
-            # interval narrowing as evidence accumulates.
+            totals[v][0] += int(r["positive"])
+            totals[v][1] += int(r["rated"])
+            # Cumulative: the estimate one would have read at that time, its interval
+            # narrowing as evidence accumulates.
             up, n = totals[v]
             series[v].append({"t_ms": int(r["t"]) * 1000, **_interval(up, n)})
-
-        by_variant = {r["variant"]: r for r in exposure}
-        summary = []
-        for v in variants:
-            up, n = totals[v]
-            e = by_variant[v]
-            sig = {s: 0 for s in _SIGNALS}
-            for r in signals:
-                if r["variant"] == v:
-                    sig[r["signal"]] = int(r["interactions"])
-            outs = {r["outcome"]: int(r["sessions"]) for r in outcomes if r["variant"] == v}
-            summary.append(
-                {
-                    "variant": v,
-                    "interactions": int(e["interactions"]),
-                    "sessions": int(e["sessions"]),
-                    "satisfaction": _interval(up, n),
-                    "signal_rates": {
-                        s: (c / int(e["interactions"]) if int(e["interactions"]) else None)
-                        for s, c in sig.items()
-                    },
-                    "outcome_rates": {
-                        o: (c / int(e["sessions"]) if int(e["sessions"]) else None)
-                        for o, c in sorted(outs.items())
-                    },
-                }
-            )
-
-        control = _control_of(variants)
-        # Assignment is per session: that is the unit whose split SRM checks (an equal split
-        # is assumed; the configured weights live in the app, not in the data).
-        srm = a.sample_ratio_mismatch([int(by_variant[v]["sessions"]) for v in variants])
-        comparisons = []
-        for v in variants:
-            if v == control:
-                continue
-            cmp = a.compare_counts(tuple(totals[control]), tuple(totals[v]))
-            decision = cmp.decision
-            if srm.mismatch:
-                # The session split overrides the feedback-count SRM inside compare_counts.
-                decision = a.Decision(
-                    a.Verdict.SAMPLE_RATIO_MISMATCH, "sample-ratio mismatch: do not trust "
-                    "this result", "srm"
-                )
-            comparisons.append(
-                {
-                    "control": control,
-                    "treatment": v,
-                    "decision": a.to_jsonable(decision),
-                    "difference": a.to_jsonable(cmp.difference),
-                    "lift": a.to_jsonable(cmp.lift),
-                    "p_value": a.to_jsonable(cmp.fixed_horizon.p_value),
-                    "sequential": a.to_jsonable(cmp.sequential),
-                    "prob_treatment_beats_control": a.to_jsonable(
-                        cmp.bayesian.prob_treatment_beats_control
-                    ),
-                    "power": a.to_jsonable(cmp.power_status),
-                    "text": cmp.to_text(),
-                }
-            )
         return {
             "app_id": app_id,
             "experiment": experiment,
-            "control": control,
+            "control": report.control,
             "variants": variants,
             "bucket_s": bucket,
             "first_seen_ms": first,
             "last_seen_ms": last,
-            "summary": summary,
             "series": series,
-            "srm": a.to_jsonable(srm),
-            "comparisons": comparisons,
+            "report": report.to_dict(),
         }
 
     # --- failures ------------------------------------------------------------------------
     def failure_slices(
-        self, apps: Iterable[str] | None, experiment: str | None, min_votes: int = 5
+        self, settings: Settings, app: str | None, experiment: str | None, min_support: int
     ) -> dict[str, Any]:
-        """Thumbs-down rate per slice of the input (language, code, length, prompt, model),
-        worst first, beside the overall rate."""
-        exp = f" AND experiment = {_lit(experiment)}" if experiment else ""
-        rows = self._rows(
-            "SELECT tupleElement(p, 1) AS dimension, tupleElement(p, 2) AS value, "
-            "countIf(thumbs = -1) AS down, count() AS n FROM ("
-            "SELECT f.thumbs AS thumbs, i.input_language AS input_language, "
-            "i.input_has_code AS input_has_code, i.input_length_bucket AS input_length_bucket, "
-            "i.prompt_version AS prompt_version, i.model AS model "
-            f"FROM ({self._thumbs(self._app_filter(apps))}) AS f INNER JOIN ("
-            "SELECT interaction_id, input_language, input_has_code, input_length_bucket, "
-            "prompt_version, model FROM interactions FINAL WHERE NOT shadow"
-            f"{self._app_filter(apps)}{exp}) AS i ON f.interaction_id = i.interaction_id) "
-            "ARRAY JOIN ["
-            "tuple('language', input_language), "
-            "tuple('code in input', if(input_has_code, 'yes', 'no')), "
-            "tuple('input length', if(input_length_bucket = '', 'unknown', input_length_bucket)), "
-            "tuple('prompt version', if(prompt_version = '', '(none)', prompt_version)), "
-            "tuple('model', model)] AS p "
-            "GROUP BY dimension, value"
+        """Ranked failure slices (:func:`feedbackloop.analysis.failures.analyze_failures`)
+        of the latest :data:`FAILURE_SAMPLE` interactions."""
+        _stats()
+        from feedbackloop.analysis.failures import analyze_failures
+        from feedbackloop.analysis.records import Selection, load_judged_interactions
+
+        sel = Selection(app_id=app, experiment=experiment, limit=FAILURE_SAMPLE)
+        found = analyze_failures(
+            load_judged_interactions(settings, sel), min_support=min_support
         )
-        overall_n = overall_down = 0
-        for r in rows:
-            if r["dimension"] == "model":  # every vote falls in exactly one model slice
-                overall_n += int(r["n"])
-                overall_down += int(r["down"])
-        slices = [
-            {"dimension": r["dimension"], "value": r["value"],
-             "thumbs_down": _interval(int(r["down"]), int(r["n"]))}
-            for r in rows
-            if int(r["n"]) >= min_votes
-        ]
-        slices.sort(key=lambda s: -(s["thumbs_down"]["value"] or 0.0))
-        return {"overall": _interval(overall_down, overall_n), "slices": slices}
+        out = found.to_dict()
+        out["findings"] = out["findings"][:50]
+        return out
 
     # --- alerts --------------------------------------------------------------------------
-    def alerts(self, apps: Iterable[str] | None, hours: int) -> list[dict[str, Any]]:
+    def alerts(self, app: str | None, hours: int) -> list[dict[str, Any]]:
         """Alerts of the last ``hours``, newest first."""
         return self._rows(
             "SELECT toString(alert_id) AS alert_id, alert_type, metric, dimension, "
@@ -303,46 +200,38 @@ class DashboardQueries:
             "recent_rate, recent_n, statistic, threshold, message, "
             "toUnixTimestamp64Milli(detected_at) AS detected_ms "
             f"FROM alerts FINAL WHERE detected_at >= now64(3) - INTERVAL {int(hours)} HOUR"
-            f"{self._app_filter(apps)} ORDER BY detected_ms DESC LIMIT 1000"
+            f"{self._app_filter(app)} ORDER BY detected_ms DESC LIMIT 1000"
         )
 
     # --- prompt versions -----------------------------------------------------------------
-    def prompt_versions(self, apps: Iterable[str] | None) -> list[dict[str, Any]]:
-        """Per prompt version and model: traffic, first/last use, satisfaction."""
-        rows = self._rows(
-            "SELECT i.app_id AS app_id, i.prompt_version AS prompt_version, i.model AS model, "
-            "count() AS interactions, "
-            "toUnixTimestamp64Milli(min(i.occurred_at)) AS first_seen_ms, "
-            "toUnixTimestamp64Milli(max(i.occurred_at)) AS last_seen_ms, "
-            "countIf(f.thumbs = 1) AS up, countIf(f.thumbs != 0) AS votes "
-            "FROM (SELECT interaction_id, app_id, prompt_version, model, occurred_at "
-            f"FROM interactions FINAL WHERE NOT shadow{self._app_filter(apps)}) AS i "
-            f"LEFT JOIN ({self._thumbs(self._app_filter(apps))}) AS f "
-            "ON i.interaction_id = f.interaction_id "
-            "GROUP BY app_id, prompt_version, model ORDER BY last_seen_ms DESC LIMIT 500"
+    def prompt_versions(self, app: str | None, experiment: str | None) -> dict[str, Any]:
+        """Satisfaction per prompt version, each against the one before it, with daily
+        buckets (:func:`feedbackloop.analysis.versions.build_versions`)."""
+        _stats()
+        from feedbackloop.analysis.queries import Scope, fetch_version_totals, fetch_versions
+        from feedbackloop.analysis.versions import build_versions
+
+        scope = Scope(experiment=experiment, app_id=app)
+        report = build_versions(
+            fetch_versions(self._query, scope, "day"),
+            fetch_version_totals(self._query, scope),
+            bucket="day",
+            experiment=experiment,
         )
-        return [
-            {
-                "app_id": r["app_id"],
-                "prompt_version": r["prompt_version"] or "(none)",
-                "model": r["model"],
-                "interactions": int(r["interactions"]),
-                "first_seen_ms": int(r["first_seen_ms"]),
-                "last_seen_ms": int(r["last_seen_ms"]),
-                "satisfaction": _interval(int(r["up"]), int(r["votes"])),
-            }
-            for r in rows
-        ]
+        out = report.to_dict()
+        assert isinstance(out, dict)
+        return out
 
 
-def _apps_for(principal: Principal, app_id: str | None) -> list[str] | None:
-    """The app_ids a read may cover: the key's own app, or (operator key) any / the one asked."""
+def _app_for(principal: Principal, app_id: str | None) -> str | None:
+    """The app a read covers: the one asked for if the key may read it, else the key's own
+    (``None``, every app, for an operator key)."""
     if app_id is not None:
         _ident(app_id, "app_id")
         if not principal.may_read(app_id):
             raise ApiError(403, "forbidden_app_id", f"this key may not read app_id {app_id!r}")
-        return [app_id]
-    return None if principal.app_id == ALL_APPS else [principal.app_id]
+        return app_id
+    return None if principal.app_id == ALL_APPS else principal.app_id
 
 
 _READ_ERRORS = error_responses(401, 403, 422, 429)
@@ -364,8 +253,8 @@ def router() -> APIRouter:
         principal: ReadPrincipal,
         app_id: str | None = AppQ,
     ) -> list[dict[str, Any]]:
-        apps = _apps_for(principal, app_id)
-        return await run_in_threadpool(queries(request).experiments, apps)
+        app = _app_for(principal, app_id)
+        return await run_in_threadpool(queries(request).experiments, app)
 
     @r.get("/api/experiments/{app_id}/{experiment}", tags=["dashboard"],
            responses=error_responses(401, 403, 404, 422, 429),
@@ -373,7 +262,7 @@ def router() -> APIRouter:
     async def get_experiment(
         request: Request, app_id: str, experiment: str, principal: ReadPrincipal
     ) -> dict[str, Any]:
-        _apps_for(principal, app_id)
+        _app_for(principal, app_id)
         _ident(experiment, "experiment")
         found = await run_in_threadpool(queries(request).experiment, app_id, experiment)
         if found is None:
@@ -388,13 +277,15 @@ def router() -> APIRouter:
         principal: ReadPrincipal,
         app_id: str | None = AppQ,
         experiment: str | None = Query(default=None),
-        min_votes: int = Query(default=5, ge=1, le=1_000_000),
+        min_support: int = Query(default=30, ge=1, le=1_000_000,
+                                 description="Smallest slice (interactions) that is tested."),
     ) -> dict[str, Any]:
-        apps = _apps_for(principal, app_id)
+        app = _app_for(principal, app_id)
         if experiment is not None:
             _ident(experiment, "experiment")
         return await run_in_threadpool(
-            queries(request).failure_slices, apps, experiment, min_votes
+            queries(request).failure_slices, state_of(request).settings, app, experiment,
+            min_support,
         )
 
     @r.get("/api/alerts", tags=["dashboard"], responses=_READ_ERRORS,
@@ -405,18 +296,21 @@ def router() -> APIRouter:
         app_id: str | None = AppQ,
         hours: int = Query(default=168, ge=1, le=24 * 366),
     ) -> list[dict[str, Any]]:
-        apps = _apps_for(principal, app_id)
-        return await run_in_threadpool(queries(request).alerts, apps, hours)
+        app = _app_for(principal, app_id)
+        return await run_in_threadpool(queries(request).alerts, app, hours)
 
     @r.get("/api/prompt-versions", tags=["dashboard"], responses=_READ_ERRORS,
-           summary="Prompt versions and models: traffic and satisfaction")
+           summary="Satisfaction per prompt version, each against the previous one")
     async def prompt_versions(
         request: Request,
         principal: ReadPrincipal,
         app_id: str | None = AppQ,
-    ) -> list[dict[str, Any]]:
-        apps = _apps_for(principal, app_id)
-        return await run_in_threadpool(queries(request).prompt_versions, apps)
+        experiment: str | None = Query(default=None),
+    ) -> dict[str, Any]:
+        app = _app_for(principal, app_id)
+        if experiment is not None:
+            _ident(experiment, "experiment")
+        return await run_in_threadpool(queries(request).prompt_versions, app, experiment)
 
     # The page itself is static and holds no data, so it needs no key; its scripts call
     # /api with the key (or, in local mode, without one).

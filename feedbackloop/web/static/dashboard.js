@@ -115,34 +115,37 @@ function renderExperimentList(exps) {
 }
 
 function renderExperiment(d) {
+  const rep = d.report;
   document.getElementById("experiment").hidden = false;
   document.getElementById("exp-title").textContent = `${d.experiment} (${d.app_id})`;
   document.getElementById("exp-meta").textContent =
-    `control: ${d.control} · variants: ${d.variants.join(", ")} · ${when(d.first_seen_ms)} – ${when(d.last_seen_ms)}`;
+    `control: ${d.control} · variants: ${d.variants.join(", ")} · primary metric: ${rep.primary} · ${when(d.first_seen_ms)} – ${when(d.last_seen_ms)}`;
 
-  const srm = d.srm || {};
+  const srm = rep.srm || {};
   const banner = document.getElementById("srm-banner");
   banner.hidden = !srm.mismatch;
   banner.textContent = srm.mismatch
-    ? `Sample-ratio mismatch: sessions per variant ${srm.observed.join(" / ")} do not match an equal split (p = ${pval(srm.p_value)}). Do not trust the results until the assignment is fixed.`
+    ? `Sample-ratio mismatch: sessions per variant ${srm.observed.join(" / ")} (p = ${pval(srm.p_value)}). Do not trust the results until the assignment is fixed.`
     : "";
 
   const box = document.getElementById("decisions");
   box.replaceChildren();
-  d.comparisons.forEach((c) => {
+  rep.decisions.forEach((c) => {
+    const cmp = rep.comparisons.find((m) => m.treatment === c.treatment && m.metric === c.metric) || {};
+    const seq = cmp.sequential || {};
     const div = el("div", null, "decision " + c.decision.verdict);
     div.dataset.verdict = c.decision.verdict;
-    div.appendChild(el("span", `${c.treatment} vs ${c.control}:`, "verdict"));
+    div.appendChild(el("span", `${c.treatment} vs ${d.control}:`, "verdict"));
     div.appendChild(el("span", c.decision.text));
-    div.appendChild(el("span", `difference ${interval(c.difference)}`));
-    div.appendChild(el("span", `lift ${interval(c.lift)}`));
-    const seq = c.sequential || {};
-    div.appendChild(el("span", `sequential p ${pval(seq.p_value)} (always valid; confidence sequence ${interval(seq.confidence_sequence)})`, "muted"));
-    div.appendChild(el("span", `fixed-horizon p ${pval(c.p_value)} · P(better) ${pct(c.prob_treatment_beats_control)}`, "muted"));
+    div.appendChild(el("span", `${c.metric} difference ${interval(c.difference)}`));
+    div.appendChild(el("span", `sequential p ${pval(c.sequential_p_value)} (always valid; confidence sequence ${interval(seq.confidence_sequence)})`, "muted"));
+    const pb = c.bayesian ? ` · P(better) ${pct(c.bayesian.prob_treatment_beats_control)}` : "";
+    div.appendChild(el("span", `fixed-horizon p ${pval(c.p_value)}${pb}`, "muted"));
     if (c.power && c.power.message) div.appendChild(el("span", c.power.message, "muted"));
     box.appendChild(div);
   });
-  if (!d.comparisons.length) box.appendChild(el("p", "Only one variant seen so far.", "muted"));
+  (rep.warnings || []).forEach((w) => box.appendChild(el("p", w, "muted")));
+  if (!rep.decisions.length) box.appendChild(el("p", "Only one variant seen so far.", "muted"));
 
   // Satisfaction over time: per variant a band (lower, upper filled to lower) and the line.
   const datasets = [];
@@ -157,7 +160,6 @@ function renderExperiment(d) {
     type: "line",
     data: { datasets },
     options: {
-      parsing: true,
       scales: { x: timeAxis(d.last_seen_ms - d.first_seen_ms), y: { min: 0, max: 1, ticks: { callback: (v) => pct(v, 0) } } },
       plugins: {
         legend: { labels: { filter: (item, data) => !data.datasets[item.datasetIndex].band } },
@@ -168,29 +170,34 @@ function renderExperiment(d) {
 
   table(
     document.getElementById("variants"),
-    ["variant", "sessions", "interactions", "thumbs votes", "satisfaction (95% CI)"],
-    d.summary.map((s, i) => {
+    ["variant", "sessions", "interactions", "rated", "satisfaction (95% CI)"],
+    rep.variants.map((s) => {
       const name = el("span");
       const sw = el("span", null, "swatch");
       sw.style.background = color(d.variants.indexOf(s.variant));
       name.append(sw, document.createTextNode(s.variant));
       name.dataset.variant = s.variant;
-      return [name, num(s.sessions), num(s.interactions), num(s.satisfaction.n), interval(s.satisfaction)];
+      return [name, num(s.sessions), num(s.interactions), num(s.rated), interval(s.satisfaction)];
     }),
   );
 
-  const signalNames = Object.keys((d.summary[0] || {}).signal_rates || {});
-  draw("chart-signals", barsByVariant(d, signalNames, (s, k) => s.signal_rates[k]));
-  const outcomeNames = [...new Set(d.summary.flatMap((s) => Object.keys(s.outcome_rates)))].sort();
-  draw("chart-outcomes", barsByVariant(d, outcomeNames, (s, k) => s.outcome_rates[k] ?? 0));
+  const specs = rep.metrics || [];
+  const labelOf = (name) => (specs.find((m) => m.name === name) || { label: name }).label;
+  const names = (prefix) => specs.map((m) => m.name).filter((n) => n.startsWith(prefix));
+  draw("chart-signals", barsByVariant(d, rep, names("implicit."), labelOf));
+  draw("chart-outcomes", barsByVariant(d, rep, names("outcome."), labelOf));
 }
 
-function barsByVariant(d, labels, value) {
+function barsByVariant(d, rep, metricNames, labelOf) {
   return {
     type: "bar",
     data: {
-      labels,
-      datasets: d.summary.map((s) => ({ label: s.variant, data: labels.map((k) => value(s, k)), backgroundColor: color(d.variants.indexOf(s.variant)) })),
+      labels: metricNames.map(labelOf),
+      datasets: rep.variants.map((s) => ({
+        label: s.variant,
+        data: metricNames.map((k) => (s.metrics[k] && s.metrics[k].value ? s.metrics[k].value.value : null)),
+        backgroundColor: color(d.variants.indexOf(s.variant)),
+      })),
     },
     options: {
       scales: { y: { beginAtZero: true, ticks: { callback: (v) => pct(v, 0) } } },
@@ -201,19 +208,17 @@ function barsByVariant(d, labels, value) {
 
 // --- failures, alerts, prompt versions -------------------------------------------------
 function renderFailures(f) {
-  const overall = f.overall || {};
   document.getElementById("failures-overall").textContent =
-    `(thumbs-down rate per input slice; overall ${pct(overall.value)} of ${num(overall.n)} votes)`;
-  const top = f.slices.slice(0, 12);
-  const labels = top.map((s) => `${s.dimension}: ${s.value}`);
+    `(negative rate per slice; overall ${pct(f.overall_rate)} of ${num(f.total)} interactions; red: significant after BH)`;
+  const top = f.findings.slice(0, 12);
   draw("chart-failures", {
     type: "bar",
     data: {
-      labels,
+      labels: top.map((s) => s.slice),
       datasets: [{
-        label: "thumbs-down rate",
-        data: top.map((s) => s.thumbs_down.value),
-        backgroundColor: top.map((s) => (overall.value !== null && s.thumbs_down.lower > overall.value ? "#b91c1c" : "#94a3b8")),
+        label: "negative rate",
+        data: top.map((s) => s.negative_rate),
+        backgroundColor: top.map((s) => (s.significant ? "#b91c1c" : "#94a3b8")),
       }],
     },
     options: {
@@ -224,8 +229,8 @@ function renderFailures(f) {
   });
   table(
     document.getElementById("failures"),
-    ["slice", "votes", "thumbs-down (95% CI)"],
-    top.map((s) => [`${s.dimension}: ${s.value}`, num(s.thumbs_down.n), interval(s.thumbs_down)]),
+    ["slice", "interactions", "negative (95% CI)", "elsewhere", "share of failures", "q"],
+    top.map((s) => [s.slice, num(s.support), `${pct(s.negative_rate)} [${pct(s.negative_rate_ci[0])}, ${pct(s.negative_rate_ci[1])}]`, pct(s.rest_rate), pct(s.share_of_failures, 0), pval(s.q_value)]),
   );
 }
 
@@ -248,11 +253,15 @@ function renderAlerts(alerts) {
   alerts.slice(0, 100).forEach((a) => list.appendChild(el("li", `${when(a.detected_ms)} · ${a.detector_key} · ${a.message}`)));
 }
 
-function renderPrompts(rows) {
+function renderPrompts(rep) {
   table(
     document.getElementById("prompts"),
-    ["app", "prompt version", "model", "interactions", "satisfaction (95% CI)", "first seen", "last seen"],
-    rows.map((r) => [r.app_id, r.prompt_version, r.model, num(r.interactions), interval(r.satisfaction), when(r.first_seen_ms), when(r.last_seen_ms)]),
+    ["prompt version", "interactions", "sessions", "satisfaction (95% CI)", "vs previous", "p", "first seen", "last seen"],
+    rep.versions.map((r) => [
+      r.prompt_version || "(none)", num(r.interactions), num(r.sessions), interval(r.satisfaction),
+      r.previous === null ? "" : `${r.change ? interval(r.change).replace(/%/g, " pp") : "n/a"} vs ${r.previous}`,
+      r.change_test ? pval(r.change_test.p_value) : "", r.first_seen, r.last_seen,
+    ]),
   );
 }
 
