@@ -18,6 +18,7 @@ from feedbackloop.analysis.comparison import (
     format_comparison,
 )
 from feedbackloop.analysis.decision import Decision, Verdict, decide
+from feedbackloop.analysis.impact import ImpactReport, build_impact, format_impact
 from feedbackloop.analysis.means import (
     MeanComparison,
     RankTestResult,
@@ -44,7 +45,18 @@ from feedbackloop.analysis.proportions import (
     two_proportion_ztest,
     wilson_interval,
 )
+from feedbackloop.analysis.queries import (
+    ExperimentStats,
+    Scope,
+    fetch_experiment,
+    fetch_impact,
+    fetch_version_totals,
+    fetch_versions,
+    parse_since,
+    settings_runner,
+)
 from feedbackloop.analysis.ratio_metrics import RatioComparison, ratio_ztest
+from feedbackloop.analysis.report import ExperimentReport, build_report, format_report
 from feedbackloop.analysis.results import ErrorCode, Estimate, TestResult, to_jsonable
 from feedbackloop.analysis.sequential import (
     DEFAULT_TAU,
@@ -59,6 +71,7 @@ from feedbackloop.analysis.sequential import (
 )
 from feedbackloop.analysis.srm import DEFAULT_SRM_THRESHOLD, SrmResult, sample_ratio_mismatch
 from feedbackloop.analysis.sufficient import BinaryStats, InvalidStatistics, MeanStats, RatioStats
+from feedbackloop.analysis.versions import VersionsReport, build_versions, format_versions
 
 __all__ = [
     # sufficient statistics
@@ -127,4 +140,22 @@ __all__ = [
     "CountComparison",
     "compare_counts",
     "format_comparison",
+    # experiment reports over ClickHouse
+    "Scope",
+    "parse_since",
+    "settings_runner",
+    "ExperimentStats",
+    "fetch_experiment",
+    "fetch_impact",
+    "fetch_versions",
+    "fetch_version_totals",
+    "ExperimentReport",
+    "build_report",
+    "format_report",
+    "ImpactReport",
+    "build_impact",
+    "format_impact",
+    "VersionsReport",
+    "build_versions",
+    "format_versions",
 ]
