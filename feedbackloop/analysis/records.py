@@ -80,6 +80,8 @@ class Selection:
     prompt_version: str | None = None
     model: str | None = None
     limit: int = DEFAULT_LIMIT
+    #: Only interactions with a free text (correction, comment, report text, edit).
+    with_text: bool = False
 
     def where(self, alias: str = "i") -> str:
         conds = [f"NOT {alias}.shadow"]
@@ -140,6 +142,7 @@ def _query(select_texts: bool, text_chars: int | None, sel: Selection, db: str) 
     if sel.since is not None:
         # Feedback follows its interaction: older feedback cannot belong to the window.
         fb_since = im_since = f"WHERE occurred_at >= {_sql_time(sel.since)}"
+    with_text = " AND (notEmpty(fb.texts) OR notEmpty(im.edit_texts))" if sel.with_text else ""
     response = head("response") if select_texts else "''"
     system = head("system_prompt") if select_texts else "''"
     return f"""
@@ -182,7 +185,7 @@ SELECT
 FROM {db}.interactions AS i FINAL
 LEFT JOIN fb ON fb.interaction_id = i.interaction_id
 LEFT JOIN im ON im.interaction_id = i.interaction_id
-WHERE {sel.where("i")}
+WHERE {sel.where("i")}{with_text}
 ORDER BY i.occurred_at DESC
 LIMIT {int(sel.limit)}
 """

@@ -368,9 +368,31 @@ GROUP BY hour, app_id, experiment, variant, prompt_version, model, input_languag
 """,
 )
 
+# The prompt-version registry (feedbackloop.analysis.prompts): the text behind each
+# prompt_version, stored beside the events it produced. Versions are immutable (the writer
+# refuses a changed text), so plain ReplacingMergeTree collapses only identical re-adds.
+_V3 = (
+    """
+CREATE TABLE IF NOT EXISTS {db}.prompt_versions
+(
+    name LowCardinality(String),
+    version String,
+    text String CODEC(ZSTD(3)),
+    text_sha256 String,
+    parent_version String,
+    note String,
+    created_by String,
+    created_at DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (name, version)
+""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "event, aggregate, alert and dead-letter tables", _V1),
     Migration(2, "hourly rollups (distinct-count materialized views)", _V2),
+    Migration(3, "prompt version registry", _V3),
 )
 
 #: Tables with an ``occurred_at`` column that an optional TTL applies to.

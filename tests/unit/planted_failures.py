@@ -78,7 +78,7 @@ def planted_events(
 ) -> Iterator[tuple[Interaction, list[Feedback | Implicit]]]:
     """``n`` interactions, each with the feedback and implicit events it received."""
     rng = random.Random(seed)
-    start = start or dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2)
+    start = start or dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=10 * n + 3600)
     for i in range(n):
         lang = rng.choices(["en", "de", "es", "fr"], weights=[60, 15, 15, 10])[0]
         text = rng.choice(_PROSE[lang]).format(t=rng.choice(_VERBS), o=rng.choice(_TOPICS))
@@ -88,7 +88,7 @@ def planted_events(
         pv = rng.choice(["v1.1", "v1.2"])
         planted = pv == "v1.2" and (lang != "en" or code)
         rate = PLANTED_RATE if planted else BASE_RATE
-        t = start + dt.timedelta(seconds=30 * i)
+        t = start + dt.timedelta(seconds=10 * i)
         it = Interaction(
             event_id=uuid.UUID(int=rng.getrandbits(128)),
             interaction_id=uuid.UUID(int=rng.getrandbits(128)),

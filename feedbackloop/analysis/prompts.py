@@ -1,0 +1,243 @@
+"""The prompt-version registry: the text behind every ``prompt_version``, stored with the data.
+
+A version is ``(name, version)`` with its text, parent version and a note; ``version`` is
+what interactions carry in ``prompt_version``, so a failure slice such as
+``prompt_version=v1.2`` leads straight to the text that caused it, and a new version to the
+parent it fixes. The table (``prompt_versions``) is created by schema migration 3.
+
+Versions are immutable: adding an existing version again with the same text is a no-op,
+with a different text an error (make a new version). Reads go through the read-only query
+path (:func:`feedbackloop.sinks.run_query`), so they work while the sink worker runs.
+
+Writes need a normal client. A ClickHouse server takes them from any process. Embedded chDB
+admits one process per data directory, and a running ``feedbackloop sink run`` holds it; the
+worker's query endpoint is read-only by design (it runs with ``readonly=1``), and a write
+path into it would be a second, unauthenticated-by-role door into the store. So while a worker
+holds embedded chDB, ``prompts add`` refuses with :class:`DatabaseBusy`, saying which process
+holds it: stop the worker for the moment of the write, or use a ClickHouse server.
+"""
+
+from __future__ import annotations
+
+import difflib
+import getpass
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from feedbackloop.analysis.records import sql_string
+from feedbackloop.config import Settings
+from feedbackloop.errors import ClickHouseError, ConfigError, FeedbackLoopError
+
+__all__ = [
+    "DatabaseBusy",
+    "PromptVersion",
+    "add_prompt",
+    "diff_prompts",
+    "get_prompt",
+    "list_prompts",
+]
+
+TABLE = "prompt_versions"
+_COLUMNS = (
+    "name", "version", "text", "text_sha256", "parent_version", "note", "created_by",
+    "created_at",
+)
+
+
+class DatabaseBusy(FeedbackLoopError):
+    """Embedded chDB is held by another process (the sink worker); writes cannot go in now."""
+
+
+@dataclass(frozen=True)
+class PromptVersion:
+    """One registered prompt version."""
+
+    name: str
+    version: str
+    text: str
+    text_sha256: str
+    parent_version: str = ""
+    note: str = ""
+    created_by: str = ""
+    created_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {c: getattr(self, c) for c in _COLUMNS}
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _db(settings: Settings) -> str:
+    from feedbackloop.sinks.migrations import _check_identifier
+
+    return _check_identifier(settings.clickhouse_database)
+
+
+def _holder(settings: Settings) -> int | None:
+    """Pid of a live sink worker that advertises the query endpoint for this data dir."""
+    from feedbackloop.sinks.query import discovery_path
+
+    try:
+        pid = int(json.loads(discovery_path(settings).read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if pid == os.getpid():
+        return None  # this very process holds chDB (tests, embedding): the write is fine
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid
+
+
+def _select(settings: Settings, where: str, url: str | None) -> list[PromptVersion]:
+    from feedbackloop.sinks import run_query
+
+    sql = (
+        f"SELECT {', '.join(_COLUMNS[:-1])}, toString(created_at) "
+        f"FROM {_db(settings)}.{TABLE} FINAL {where} ORDER BY name, created_at, version"
+    )
+    try:
+        res = run_query(settings, sql, url=url, max_rows=100_000)
+    except ClickHouseError as e:
+        if "UNKNOWN_TABLE" in str(e) or "does not exist" in str(e) or "doesn't exist" in str(e):
+            raise ConfigError(
+                f"no prompt registry in database {settings.clickhouse_database}: "
+                "run `feedbackloop db migrate` first"
+            ) from e
+        raise
+    return [PromptVersion(*(str(v) for v in row)) for row in res.rows]
+
+
+def list_prompts(
+    settings: Settings, name: str | None = None, *, url: str | None = None
+) -> list[PromptVersion]:
+    """Every registered version (of ``name``, if given), oldest first."""
+    where = f"WHERE name = {sql_string(name)}" if name else ""
+    return _select(settings, where, url)
+
+
+def get_prompt(
+    settings: Settings, version: str, name: str | None = None, *, url: str | None = None
+) -> PromptVersion:
+    """The version ``version`` (of ``name``; needed only if two prompts share the label)."""
+    where = f"WHERE version = {sql_string(version)}"
+    if name:
+        where += f" AND name = {sql_string(name)}"
+    found = _select(settings, where, url)
+    if not found:
+        raise ConfigError(f"no prompt version {version!r}" + (f" of {name!r}" if name else ""))
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise ConfigError(f"version {version!r} exists for several prompts ({names}): add --name")
+    return found[0]
+
+
+def add_prompt(
+    settings: Settings,
+    name: str,
+    version: str,
+    text: str,
+    *,
+    parent: str | None = None,
+    note: str = "",
+    created_by: str | None = None,
+    client: Any = None,
+) -> tuple[PromptVersion, bool]:
+    """Register a version; returns it and whether it was new (False: identical re-add).
+
+    ``client`` (a clickhouse-connect client able to write) is used when given; otherwise
+    one is opened from the settings, after checking that no sink worker holds embedded chDB.
+    """
+    from feedbackloop.infra.clickhouse import get_client, is_embedded
+    from feedbackloop.sinks.migrations import migrate
+
+    if not name.strip() or not version.strip():
+        raise ConfigError("a prompt needs a non-empty name and version")
+    if not text.strip():
+        raise ConfigError("the prompt text is empty")
+    db = _db(settings)
+    own = client is None
+    if own:
+        if is_embedded(settings.clickhouse_dsn) and (pid := _holder(settings)) is not None:
+            raise DatabaseBusy(
+                f"the sink worker (pid {pid}) holds the embedded ClickHouse at "
+                f"{settings.clickhouse_dsn}; chDB admits one process per data directory and the "
+                "worker only serves read-only queries. Stop the worker (Ctrl-C), run this "
+                "again, then restart it; or point FEEDBACKLOOP_CLICKHOUSE_URL at a ClickHouse "
+                "server, where writes and the worker coexist."
+            )
+        client = get_client(settings.clickhouse_dsn)
+    try:
+        migrate(client, db)  # the registry table arrives with migration 3
+
+        def existing(v: str) -> list[Any]:
+            return list(
+                client.query(
+                    f"SELECT text_sha256 FROM {db}.{TABLE} FINAL "
+                    "WHERE name = {n:String} AND version = {v:String}",
+                    parameters={"n": name, "v": v},
+                ).result_rows
+            )
+
+        sha = _sha(text)
+        rows = existing(version)
+        if rows:
+            if rows[0][0] == sha:
+                return get_prompt_with(client, db, name, version), False
+            raise ConfigError(
+                f"{name} {version} is already registered with a different text; versions are "
+                "immutable: add a new version (with --parent {version})"
+            )
+        if parent and not existing(parent):
+            raise ConfigError(f"parent version {parent!r} of {name!r} is not registered")
+        client.insert(
+            TABLE,
+            [[name, version, text, sha, parent or "", note, created_by or _whoami()]],
+            database=db,
+            column_names=list(_COLUMNS[:-1]),
+        )
+        return get_prompt_with(client, db, name, version), True
+    except FeedbackLoopError:
+        raise
+    except Exception as e:
+        raise ClickHouseError(f"cannot register {name} {version}: {e}") from e
+    finally:
+        if own:
+            client.close()
+
+
+def get_prompt_with(client: Any, db: str, name: str, version: str) -> PromptVersion:
+    row = client.query(
+        f"SELECT {', '.join(_COLUMNS[:-1])}, toString(created_at) FROM {db}.{TABLE} FINAL "
+        "WHERE name = {n:String} AND version = {v:String}",
+        parameters={"n": name, "v": version},
+    ).result_rows[0]
+    return PromptVersion(*(str(v) for v in row))
+
+
+def _whoami() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in some containers
+        return ""
+
+
+def diff_prompts(old: PromptVersion, new: PromptVersion, *, context: int = 3) -> str:
+    """A unified diff of two versions' texts, headed by their labels."""
+    lines = difflib.unified_diff(
+        old.text.splitlines(keepends=True),
+        new.text.splitlines(keepends=True),
+        fromfile=f"{old.name} {old.version}",
+        tofile=f"{new.name} {new.version}",
+        n=context,
+    )
+    out = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+    return out or f"{old.version} and {new.version} have the same text\n"
