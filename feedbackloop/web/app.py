@@ -8,6 +8,7 @@ supervisor such as ``feedbackloop up`` (start, ``url``, stop).
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import threading
 import time
@@ -177,7 +178,14 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                       routes=app.routes)
     schema = TypeAdapter(Event).json_schema(ref_template="#/components/schemas/{model}")
     components = doc.setdefault("components", {}).setdefault("schemas", {})
-    components.update(schema.pop("$defs", {}))
+    defs = schema.pop("$defs", {})
+    # /v1/feedback fills in event_type; in a batch every event must name its type.
+    components["FeedbackCall"] = copy.deepcopy(defs["Feedback"])
+    for name in ("Interaction", "Feedback", "Implicit", "Outcome"):
+        required = defs[name].setdefault("required", [])
+        if "event_type" not in required:
+            required.insert(0, "event_type")
+    components.update(defs)
     components["Event"] = schema
     app.openapi_schema = doc
     return doc

@@ -243,7 +243,7 @@ _BATCH_BODY = {
 
 _FEEDBACK_BODY = {
     "required": True,
-    "content": {"application/json": {"schema": _event_schema_ref("Feedback")}},
+    "content": {"application/json": {"schema": _event_schema_ref("FeedbackCall")}},
 }
 
 
