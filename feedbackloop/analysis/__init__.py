@@ -159,3 +159,51 @@ __all__ = [
     "build_versions",
     "format_versions",
 ]
+
+# Closing the loop: failures, complaint clusters, prompt registry, regression suites, exports.
+# (Heavy parts, py3langid and scikit-learn, import lazily inside these modules.)
+from feedbackloop.analysis.clusters import Cluster, cluster_texts  # noqa: E402
+from feedbackloop.analysis.failures import analyze_failures, label_interactions  # noqa: E402
+from feedbackloop.analysis.finetune import (  # noqa: E402
+    FinetuneOptions,
+    build_finetune_export,
+    write_finetune_export,
+)
+from feedbackloop.analysis.negative import InteractionSignals, NegativeDefinition  # noqa: E402
+from feedbackloop.analysis.prompts import PromptVersion, add_prompt, list_prompts  # noqa: E402
+from feedbackloop.analysis.records import (  # noqa: E402
+    JudgedInteraction,
+    Selection,
+    load_judged_interactions,
+)
+from feedbackloop.analysis.regressions import run_suite, select_regression_cases  # noqa: E402
+from feedbackloop.analysis.slices import (  # noqa: E402
+    SliceFinding,
+    SliceReport,
+    find_failure_slices,
+    format_slice_report,
+)
+
+__all__ += [
+    "Cluster",
+    "FinetuneOptions",
+    "InteractionSignals",
+    "JudgedInteraction",
+    "NegativeDefinition",
+    "PromptVersion",
+    "Selection",
+    "SliceFinding",
+    "SliceReport",
+    "add_prompt",
+    "analyze_failures",
+    "build_finetune_export",
+    "cluster_texts",
+    "find_failure_slices",
+    "format_slice_report",
+    "label_interactions",
+    "list_prompts",
+    "load_judged_interactions",
+    "run_suite",
+    "select_regression_cases",
+    "write_finetune_export",
+]

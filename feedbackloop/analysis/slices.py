@@ -225,8 +225,8 @@ def find_failure_slices(
     f_pair: Counter[tuple[Condition, Condition]] = Counter()
     if pairs:
         for (attrs, neg), tag in zip(rows, row_tags, strict=True):
-            conds = sorted(c for c in attrs.items() if c in big)
-            for pair in combinations(conds, 2):
+            present = sorted(c for c in attrs.items() if c in big)
+            for pair in combinations(present, 2):
                 n_pair[pair] += 1
                 x_pair[pair] += neg
                 f_pair[pair] += tag
