@@ -502,7 +502,18 @@ class FeedbackClient:
         self._ensure_started()
         if not self._spooling:
             try:
-                self._producer.produce(topic, value, key, headers=headers)
+                if headers:
+                    # Delivery reports carry no headers, so a message that comes back (to be
+                    # spooled) must bring its own: bind them to its report.
+                    self._producer.produce(
+                        topic,
+                        value,
+                        key,
+                        headers=headers,
+                        on_delivery=functools.partial(self._on_delivery, headers=headers),
+                    )
+                else:
+                    self._producer.produce(topic, value, key)
                 return True
             except BufferError:
                 # librdkafka's queue is full: the broker is slow or away. Keep order from
@@ -537,7 +548,9 @@ class FeedbackClient:
             )
         return False
 
-    def _on_delivery(self, err: Any, msg: Any) -> None:
+    def _on_delivery(
+        self, err: Any, msg: Any, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
         if err is None:
             self._counters.add("delivered")
             return
@@ -563,7 +576,7 @@ class FeedbackClient:
         ):
             with self._spool_lock:
                 self._spooling = True
-                self._spool_append(msg.topic(), msg.key(), msg.value(), msg.headers())
+                self._spool_append(msg.topic(), msg.key(), msg.value(), headers)
             return
         self._counters.add("failed")
         log.error(
