@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -84,13 +85,14 @@ class KeyRing:
 
     def __init__(
         self,
-        public_keys: dict[str, SecretStr] | None = None,
-        secret_keys: dict[str, SecretStr] | None = None,
+        public_keys: Mapping[str, SecretStr | str] | None = None,
+        secret_keys: Mapping[str, SecretStr | str] | None = None,
     ) -> None:
         self._keys: dict[bytes, Principal] = {}
         for kind, keys in ((KeyKind.public, public_keys), (KeyKind.secret, secret_keys)):
             for app_id, key in (keys or {}).items():
-                text = key.get_secret_value()
+                # Plain strings too: Settings.model_copy(update=...) does not re-validate.
+                text = key.get_secret_value() if isinstance(key, SecretStr) else str(key)
                 if not text:
                     continue
                 if kind is KeyKind.public and app_id == ALL_APPS:

@@ -235,6 +235,8 @@ function renderFailures(f) {
 }
 
 function renderAlerts(alerts) {
+  // An empty timeline says nothing the "No alerts." line does not.
+  document.getElementById("chart-alerts").parentElement.hidden = !alerts.length;
   const keys = [...new Set(alerts.map((a) => a.detector_key))];
   draw("chart-alerts", {
     type: "scatter",
