@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from feedbackloop.analysis.since import parse_since
 from feedbackloop.analysis.sufficient import BinaryStats, MeanStats, RatioStats
 from feedbackloop.config import Settings
 from feedbackloop.errors import ConfigError
@@ -85,23 +85,6 @@ def _ts(t: dt.datetime) -> str:
     return f"toDateTime64({quote(utc.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3])}, 3, 'UTC')"
 
 
-_SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.I)
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
-    """``7d`` / ``24h`` / ``30m`` / ``2w`` ago, or an ISO date / datetime (UTC if no zone)."""
-    now = now or dt.datetime.now(dt.timezone.utc)
-    m = _SINCE.match(text)
-    if m:
-        return now - dt.timedelta(seconds=float(m.group(1)) * _UNIT_SECONDS[m.group(2).lower()])
-    try:
-        t = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(
-            f"--since: expected a duration such as 7d, 24h, 30m, 2w or an ISO date, got {text!r}"
-        ) from None
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from feedbackloop.analysis.negative import InteractionSignals
+from feedbackloop.analysis.since import parse_since
 from feedbackloop.config import Settings
-from feedbackloop.errors import ConfigError
 
 __all__ = [
     "FeedbackText",
@@ -38,25 +37,6 @@ __all__ = [
 HEAD_CHARS = 600
 DEFAULT_LIMIT = 200_000
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_since(value: str | None, now: dt.datetime | None = None) -> dt.datetime | None:
-    """``7d`` / ``12h`` / ``30m`` / ``2w`` before now, or an ISO date/time; ``None`` for all."""
-    if value is None or value.strip() in ("", "all"):
-        return None
-    now = now or dt.datetime.now(dt.timezone.utc)
-    m = _DURATION.match(value)
-    if m:
-        return now - dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
-    try:
-        t = dt.datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ConfigError(
-            f"--since expects a duration such as 7d, 12h, 30m or an ISO date, got {value!r}"
-        ) from None
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
 
 
 def sql_string(value: str) -> str:
