@@ -383,11 +383,20 @@ def schemas_export(output: str | None) -> None:
 @click.option("--effect", type=click.FloatRange(-1, 1), default=0.10, show_default=True,
               help="True satisfaction of treatment minus control (the planted effect).")
 @click.option("--seed", type=int, default=7, show_default=True, help="Simulator seed.")
+@click.option("--broker-only", is_flag=True,
+              help="Only the broker: send, read back and count, without stream jobs, "
+              "ClickHouse or web.")
+@click.option("--no-stream", is_flag=True,
+              help="Without the stream jobs (the sink stores raw events).")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Keep the pipeline and dashboard running after the results, until Ctrl-C.")
 @click.pass_context
 def demo_command(ctx: click.Context, duration: float, rate: float,
-                 control_satisfaction: float, effect: float, seed: int) -> None:
+                 control_satisfaction: float, effect: float, seed: int, broker_only: bool,
+                 no_stream: bool, wait: bool) -> None:
     """Run the pipeline on embedded defaults with simulated traffic and show the results."""
-    from feedbackloop.demo import run_demo
+    from feedbackloop.demo import DemoResult, run_demo
+    from feedbackloop.infra.stack import default_services
     from feedbackloop.simulator import TrafficSpec
 
     s = settings_of(ctx)
@@ -403,10 +412,30 @@ def demo_command(ctx: click.Context, duration: float, rate: float,
         click.echo(f"\r  simulating: {result.total:>8,} events sent in {result.elapsed_s or 0:5.1f} s",
                    nl=False, err=True)
 
-    demo = run_demo(s, duration_s=duration, rate=rate, spec=spec, echo=click.echo,
-                    progress=progress)
-    click.echo()
-    click.echo(format_demo(demo, spec))
+    services = [] if broker_only else default_services(with_stream=not no_stream)
+
+    def show(demo: DemoResult) -> None:
+        click.echo("", err=True)
+        click.echo(format_demo(demo, spec))
+        run = demo.settings
+        if run is None or broker_only:
+            return
+        click.echo("")
+        web = next((st.detail for st in demo.services if st.name == "web"), "")
+        if web:
+            click.echo(web)
+        click.echo('query:      feedbackloop sql "SELECT variant, count() FROM interactions '
+                   'FINAL GROUP BY variant"')
+        click.echo(f"reports:    feedbackloop ab report --experiment {spec.experiment}   "
+                   "feedbackloop failures   "
+                   f"feedbackloop impact --experiment {spec.experiment}")
+        if wait:
+            click.echo("the pipeline keeps running; Ctrl-C stops it (data stays in "
+                       f"{run.data_dir})")
+            _wait_for_signal()
+
+    run_demo(s, duration_s=duration, rate=rate, spec=spec, services=services, echo=click.echo,
+             progress=progress, while_running=show)
 
 
 def format_demo(demo: object, spec: object) -> str:
@@ -430,7 +459,12 @@ def format_demo(demo: object, spec: object) -> str:
     ]
     for variant, (up, rated) in demo.thumbs.items():
         lines.append(f"  {variant:<10} {up:>7,} / {rated:<7,} = {up / max(rated, 1):.1%}")
-    if set(demo.thumbs) >= {"control", "treatment"}:
+    if demo.stored_events is not None:
+        lines.insert(3, f"in ClickHouse: {demo.stored_events:,} distinct events, "
+                        f"{demo.stored_dead_letters:,} dead letters "
+                        f"(expected {sum(sim.sent.values()):,} and {sim.malformed:,})")
+        lines += ["", demo.results]
+    elif set(demo.thumbs) >= {"control", "treatment"}:
         cmp = compare_counts(control=demo.thumbs["control"], treatment=demo.thumbs["treatment"])
         lines += ["", cmp.to_text()]
     return "\n".join(lines)

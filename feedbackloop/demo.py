@@ -21,7 +21,14 @@ from feedbackloop.schemas import Topics, decode
 from feedbackloop.schemas.events import Feedback, Interaction
 from feedbackloop.simulator import SimulationResult, Simulator, TrafficSpec
 
-__all__ = ["DemoResult", "read_back", "run_demo", "status_line"]
+__all__ = [
+    "DemoResult",
+    "account_in_clickhouse",
+    "read_back",
+    "results_text",
+    "run_demo",
+    "status_line",
+]
 
 Echo = Callable[[str], None]
 
@@ -38,6 +45,12 @@ class DemoResult:
     thumbs: dict[str, tuple[int, int]] = field(default_factory=dict)  # variant -> (up, rated)
     missing: int = 0
     settings: Settings | None = None
+    #: Distinct events and dead letters found in ClickHouse (when a sink ran).
+    stored_events: int | None = None
+    stored_dead_letters: int | None = None
+    results: str = ""
+    #: The services' status while they ran (ready lines carry their URLs).
+    services: list[ServiceStatus] = field(default_factory=list)
 
 
 def read_back(
@@ -110,13 +123,23 @@ def run_demo(
     services: Sequence[Service] = (),
     echo: Echo = print,
     progress: Callable[[SimulationResult], None] | None = None,
+    while_running: Callable[[DemoResult], None] | None = None,
 ) -> DemoResult:
-    """Start the stack, simulate ``duration_s`` seconds of traffic, account for every event."""
+    """Start the stack, simulate ``duration_s`` seconds of traffic, account for every event.
+
+    With a sink among ``services``, also wait until ClickHouse holds every event (and every
+    malformed payload as a dead letter) and compute the experiment report, failure slices and
+    impact. ``while_running(result)`` is called before the stack stops (e.g. to keep the
+    dashboard up until Ctrl-C)."""
     stack = Stack(settings, services, on_status=lambda st: echo(status_line(st)))
     run_settings = stack.start()
     try:
         sent_ids: set[uuid.UUID] = set()
-        client = FeedbackClient(run_settings, on_event=lambda e, _: sent_ids.add(e.event_id))
+        client = FeedbackClient(
+            run_settings,
+            app_id=(spec or TrafficSpec()).app_id,
+            on_event=lambda e, _: sent_ids.add(e.event_id),
+        )
         raw = _raw_sender(run_settings)
         sim = Simulator(client, spec, raw_send=raw.send)
         result = sim.run(duration_s=duration_s, rate=rate, progress=progress)
@@ -130,9 +153,71 @@ def run_demo(
             k: getattr(stats, k) for k in ("enqueued", "delivered", "spooled", "failed", "dropped")
         }
         demo.settings = run_settings
+        if any(s.name == "sink" for s in services):
+            echo("  waiting for ClickHouse to hold every event ...")
+            demo.stored_events, demo.stored_dead_letters = account_in_clickhouse(
+                run_settings, len(sent_ids), result.malformed
+            )
+            demo.results = results_text(run_settings, spec or TrafficSpec())
+        demo.services = stack.status()
+        if while_running is not None:
+            while_running(demo)
         return demo
     finally:
         stack.stop()
+
+
+_ACCOUNTING_SQL = """
+SELECT
+  (SELECT uniqExact(event_id) FROM interactions)
+  + (SELECT uniqExact(event_id) FROM feedback)
+  + (SELECT uniqExact(event_id) FROM implicit)
+  + (SELECT uniqExact(event_id) FROM outcomes) AS events,
+  (SELECT count() FROM dead_letters FINAL WHERE reason != '') AS dead_letters
+"""
+
+
+def account_in_clickhouse(
+    settings: Settings, expected_events: int, expected_dead: int, timeout: float = 120.0
+) -> tuple[int, int]:
+    """Poll ClickHouse (through the running sink) until it holds ``expected_events`` distinct
+    events and at least ``expected_dead`` dead letters, or ``timeout`` passes; returns what
+    it found."""
+    from feedbackloop.sinks.query import run_query
+
+    deadline = time.monotonic() + timeout
+    events = dead = 0
+    while time.monotonic() < deadline:
+        row = run_query(settings, _ACCOUNTING_SQL).rows[0]
+        events, dead = int(row[0]), int(row[1])
+        if events >= expected_events and dead >= expected_dead:
+            break
+        time.sleep(1.0)
+    return events, dead
+
+
+def results_text(settings: Settings, spec: TrafficSpec) -> str:
+    """The experiment report, the top failure slices and the business impact, as text."""
+    from feedbackloop.analysis.failures import analyze_failures
+    from feedbackloop.analysis.impact import build_impact
+    from feedbackloop.analysis.queries import Scope, fetch_experiment, fetch_impact, settings_runner
+    from feedbackloop.analysis.records import Selection, load_judged_interactions
+    from feedbackloop.analysis.report import build_report
+    from feedbackloop.analysis.slices import format_slice_report
+
+    runner = settings_runner(settings)
+    scope = Scope(experiment=spec.experiment, since=None, app_id=spec.app_id)
+    report = build_report(fetch_experiment(runner, scope), weights=dict(spec.weights))
+    judged = load_judged_interactions(settings, Selection(experiment=spec.experiment))
+    slices = analyze_failures(judged)
+    impact = build_impact(fetch_impact(runner, scope))
+    return "\n\n".join(
+        [
+            report.to_text(),
+            format_slice_report(slices, top=5, heading="Top failure patterns\n"),
+            impact.to_text(),
+        ]
+    )
 
 
 class _raw_sender:  # noqa: N801 - a tiny private helper object

@@ -72,6 +72,7 @@ class _Running:
     proc: subprocess.Popen[bytes]
     log_path: Path
     ready: bool = False
+    ready_line: str = ""
 
 
 @dataclass
@@ -154,9 +155,15 @@ class Stack:
                     f"{service.name} exited with code {proc.returncode} while starting; "
                     f"last lines of {log_path}:\n{_tail(log_path)}"
                 )
-            if service.ready_marker in _read_from(log_path, offset):
+            text = _read_from(log_path, offset)
+            if service.ready_marker in text:
                 running.ready = True
-                self._report(ServiceStatus(service.name, "ready", proc.pid, "", log_path))
+                running.ready_line = next(
+                    line.strip() for line in text.splitlines() if service.ready_marker in line
+                )
+                self._report(
+                    ServiceStatus(service.name, "ready", proc.pid, running.ready_line, log_path)
+                )
                 return
             time.sleep(0.2)
         raise InfraError(
@@ -183,7 +190,7 @@ class Stack:
                 if code is None and r.ready
                 else ("exited" if code is not None else "starting")
             )
-            detail = f"exit code {code}" if code is not None else ""
+            detail = _exit_detail(code) if code is not None else r.ready_line
             out.append(ServiceStatus(r.service.name, state, r.proc.pid, detail, r.log_path))
         return out
 
@@ -206,7 +213,7 @@ class Stack:
                     r.proc.wait()
             self._report(
                 ServiceStatus(
-                    r.service.name, "stopped", r.proc.pid, f"exit code {r.proc.returncode}"
+                    r.service.name, "stopped", r.proc.pid, _exit_detail(r.proc.returncode)
                 )
             )
         self._running.clear()
@@ -225,6 +232,15 @@ class Stack:
     def _report(self, status: ServiceStatus) -> None:
         if self.on_status is not None:
             self.on_status(status)
+
+
+def _exit_detail(code: int | None) -> str:
+    if code == -signal.SIGTERM:
+        # uvicorn, among others, shuts down cleanly, then re-raises the signal it caught
+        return "exited on SIGTERM"
+    if code is not None and code < 0:
+        return f"killed by signal {signal.Signals(-code).name}"
+    return f"exit code {code}"
 
 
 def _read_from(path: Path, offset: int) -> str:
