@@ -55,6 +55,8 @@ def test_stack_starts_services_reports_health_and_stops_them_cleanly(tmp_path: P
         assert [st.name for st in stack.status()] == ["broker", "sink"]
     finally:
         stack.stop()
-    assert ("sink", "ready", "") in seen and ("broker", "stopped", "") in seen
+    ready = {name: detail for name, state, detail in seen if state == "ready"}
+    assert ready["sink"].startswith("sink running") and "127.0.0.1:" in ready["broker"]
+    assert ("broker", "stopped", "") in seen
     # the sink exited by itself on SIGTERM, after flushing, rather than being killed
     assert ("sink", "stopped", "exit code 0") in seen
