@@ -18,6 +18,7 @@ Guarantees to the host app:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -33,11 +34,13 @@ from types import TracebackType
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 
 from feedbackloop.config import Settings
 from feedbackloop.errors import SchemaError
 from feedbackloop.producers.assignment import Experiment
 from feedbackloop.producers.delivery import Counters, DeliveryStats
+from feedbackloop.producers.fastpath import EVENT_IDS, FastEncoder, utc_timestamp, uuid_from_str
 from feedbackloop.producers.spool import Spool
 from feedbackloop.schemas import (
     DeadLetter,
@@ -60,6 +63,11 @@ log = logging.getLogger(__name__)
 
 _REMEMBERED_SESSIONS = 100_000
 _REPLAY_CHUNK = 2_000
+# Context keywords the fast path handles itself; any other (occurred_at, a typo) takes the
+# model path, which accepts or reports it.
+_FAST_CONTEXT = frozenset({"session_id", "user_id"})
+_new_id = EVENT_IDS.next
+_UUID = uuid.UUID
 
 
 def _kafka_errors() -> tuple[Any, Any]:
@@ -101,9 +109,16 @@ class FeedbackClient:
         self._on_event = on_event
         self._experiments: dict[str, Experiment] = {e.name: e for e in experiments}
         self._assigned: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._sessions: OrderedDict[uuid.UUID, str] = OrderedDict()
+        # interaction id (its .int for a UUID; a str as given) -> (session id, canonical id).
+        # Keys are ints or strs, whose hashing and comparison run no Python code, so each
+        # OrderedDict operation is atomic under the GIL and the hot path needs no lock.
+        self._sessions: OrderedDict[int | str, tuple[Any, str | None]] = OrderedDict()
         self._memo_lock = threading.Lock()
         self._counters = Counters()
+        self._enqueued = self._counters.ticker("enqueued")
+        self._delivered = self._counters.ticker("delivered")
+        self._fast = FastEncoder(self.app_id)
+        self._events_topic = self.topics.events
 
         self._start_lock = threading.Lock()
         # RLock: the delivery callback spools while the poller holds the lock during a switch.
@@ -148,9 +163,43 @@ class FeedbackClient:
         With ``experiment`` set and ``variant`` omitted, the variant is assigned from the
         registered :class:`Experiment` (see :meth:`assign_variant`).
         """
-        iid = interaction_id or uuid.uuid4()
-        if experiment is not None and variant is None and experiment in self._experiments:
+        iid_s: str | None
+        if interaction_id is None:
+            iid_s = _new_id()
+            iid: Any = uuid_from_str(iid_s)
+        else:
+            iid = interaction_id
+            iid_s = str(iid) if type(iid) is _UUID else None
+        if (
+            variant is None
+            and isinstance(experiment, str)  # anything else is the model's to reject
+            and experiment in self._experiments
+        ):
             variant = self.assign_variant(experiment, session_id)
+        self._remember(iid, session_id, iid_s)
+        if iid_s is not None and occurred_at is None and self._fast.enabled:
+            value = self._fast.interaction(
+                _new_id(),
+                utc_timestamp(),
+                iid_s,
+                session_id,
+                user_id,
+                system_prompt,
+                user_input,
+                response,
+                model,
+                prompt_version,
+                experiment,
+                variant,
+                latency_ms,
+                input_tokens,
+                output_tokens,
+                cost_usd,
+                metadata,
+                shadow,
+            )
+            if value is not None and self._accept(Interaction, value, iid_s.encode()):
+                return iid  # type: ignore[no-any-return]
         fields: dict[str, Any] = {
             "app_id": self.app_id,
             "session_id": session_id,
@@ -172,29 +221,25 @@ class FeedbackClient:
         }
         if occurred_at is not None:
             fields["occurred_at"] = occurred_at
-        with self._memo_lock:
-            self._sessions[iid] = session_id
-            if len(self._sessions) > _REMEMBERED_SESSIONS:
-                self._sessions.popitem(last=False)
         self._emit(Interaction, fields)
-        return iid
+        return iid  # type: ignore[no-any-return]
 
     def thumbs(self, interaction_id: uuid.UUID, up: bool | int, **context: Any) -> uuid.UUID | None:
         """Thumbs up (``True`` / ``1``) or down (``False`` / ``-1``) on an interaction."""
         value = up if isinstance(up, int) and not isinstance(up, bool) else (1 if up else -1)
-        return self._feedback(interaction_id, FeedbackKind.thumbs, {"thumbs": value}, context)
+        return self._feedback(interaction_id, FeedbackKind.thumbs, context, thumbs=value)
 
     def rate(self, interaction_id: uuid.UUID, rating: int, **context: Any) -> uuid.UUID | None:
         """A 1-5 rating of an interaction."""
-        return self._feedback(interaction_id, FeedbackKind.rating, {"rating": rating}, context)
+        return self._feedback(interaction_id, FeedbackKind.rating, context, rating=rating)
 
     def correct(self, interaction_id: uuid.UUID, text: str, **context: Any) -> uuid.UUID | None:
         """The answer the user says the model should have given."""
-        return self._feedback(interaction_id, FeedbackKind.correction, {"text": text}, context)
+        return self._feedback(interaction_id, FeedbackKind.correction, context, text=text)
 
     def comment(self, interaction_id: uuid.UUID, text: str, **context: Any) -> uuid.UUID | None:
         """Free-text comment on an interaction."""
-        return self._feedback(interaction_id, FeedbackKind.comment, {"text": text}, context)
+        return self._feedback(interaction_id, FeedbackKind.comment, context, text=text)
 
     def report(
         self,
@@ -205,7 +250,7 @@ class FeedbackClient:
     ) -> uuid.UUID | None:
         """Report a response (harmful, incorrect, ...), with an optional explanation."""
         return self._feedback(
-            interaction_id, FeedbackKind.report, {"category": category, "text": text}, context
+            interaction_id, FeedbackKind.report, context, category=category, text=text
         )
 
     def implicit(
@@ -220,6 +265,23 @@ class FeedbackClient:
         **context: Any,
     ) -> uuid.UUID | None:
         """A behavioural signal: copy, edit, follow_up, regenerate, abandon or dwell."""
+        env = self._fast_envelope(interaction_id, None, context)
+        if env is not None and env[2] is not None:
+            eid = _new_id()
+            value = self._fast.implicit(
+                eid,
+                utc_timestamp(),
+                env[2],
+                env[0],
+                env[1],
+                signal,
+                edited_text,
+                edit_distance,
+                dwell_ms,
+                copied_chars,
+            )
+            if value is not None and self._accept(Implicit, value, env[2].encode()):
+                return uuid_from_str(eid)
         fields = {
             "interaction_id": interaction_id,
             "signal": signal,
@@ -242,6 +304,17 @@ class FeedbackClient:
     ) -> uuid.UUID | None:
         """A business outcome (``code_accepted``, ``ticket_resolved``, ...) of an interaction
         or, without ``interaction_id``, of a session."""
+        env = self._fast_envelope(interaction_id, session_id, context)
+        if env is not None:
+            eid = _new_id()
+            encoded = self._fast.outcome(
+                eid, utc_timestamp(), env[2], env[0], env[1], outcome, value, time_to_outcome_ms
+            )
+            # Envelope.partition_key: the interaction, else the (now checked, str) session
+            if encoded is not None:
+                key = (env[2] if env[2] is not None else env[0]).encode()
+                if self._accept(Outcome, encoded, key):
+                    return uuid_from_str(eid)
         fields = {
             "interaction_id": interaction_id,
             "outcome": outcome,
@@ -262,8 +335,8 @@ class FeedbackClient:
         value = encode(event)
         if len(value) > MAX_EVENT_BYTES:
             raise SchemaError("oversized", f"event is {len(value)} bytes (> {MAX_EVENT_BYTES})")
-        self._counters.add("enqueued")
-        return self._send(self.topics.events, event.partition_key, value)
+        next(self._enqueued)
+        return self._send(self._events_topic, event.partition_key, value)
 
     def send_dead_letter(self, letter: DeadLetter) -> bool:
         """Send a rejected event to the dead-letter topic (reason and source in headers);
@@ -360,8 +433,9 @@ class FeedbackClient:
     ) -> dict[str, Any]:
         session_id = context.pop("session_id", None)
         if session_id is None and interaction_id is not None:
-            with self._memo_lock:
-                session_id = self._sessions.get(interaction_id)
+            memo = self._recall(interaction_id)
+            if memo is not None:
+                session_id = memo[0]
         out = {"app_id": self.app_id, "session_id": session_id, **fields}
         user_id = context.pop("user_id", None)
         if user_id is not None:
@@ -373,15 +447,94 @@ class FeedbackClient:
             out["_unexpected"] = sorted(context)
         return out
 
+    def _remember(self, interaction_id: Any, session_id: Any, canonical: str | None) -> None:
+        """Note the session of an interaction, so feedback on it needs no session_id."""
+        if type(interaction_id) is _UUID:
+            key: int | str = interaction_id.int
+        elif type(interaction_id) is str:
+            key = interaction_id
+        else:
+            return
+        sessions = self._sessions
+        sessions[key] = (session_id, canonical)
+        if len(sessions) > _REMEMBERED_SESSIONS:
+            # another thread may have evicted the last one first
+            with contextlib.suppress(KeyError):
+                sessions.popitem(last=False)
+
+    def _recall(self, interaction_id: Any) -> tuple[Any, str | None] | None:
+        if type(interaction_id) is _UUID:
+            return self._sessions.get(interaction_id.int)
+        if type(interaction_id) is str:
+            return self._sessions.get(interaction_id)
+        return None
+
+    def _fast_envelope(
+        self, interaction_id: Any, session_id: Any, context: dict[str, Any]
+    ) -> tuple[Any, Any, str | None] | None:
+        """(session id, user id, canonical interaction id) for the fast path, or None when
+        the arguments need the model (unexpected keywords, an id that is not a UUID)."""
+        if not self._fast.enabled or (context and not context.keys() <= _FAST_CONTEXT):
+            return None
+        if session_id is None and context:
+            session_id = context.get("session_id")
+        iid_s = None
+        if interaction_id is not None:
+            if type(interaction_id) is not _UUID:
+                return None
+            memo = self._sessions.get(interaction_id.int)
+            if memo is not None:
+                iid_s = memo[1]
+                if session_id is None:
+                    session_id = memo[0]
+            if iid_s is None:
+                iid_s = str(interaction_id)
+        return session_id, (context.get("user_id") if context else None), iid_s
+
     def _feedback(
         self,
         interaction_id: uuid.UUID,
         kind: FeedbackKind,
-        extra: dict[str, Any],
         context: dict[str, Any],
+        thumbs: Any = None,
+        rating: Any = None,
+        text: Any = None,
+        category: Any = None,
     ) -> uuid.UUID | None:
-        fields = {"interaction_id": interaction_id, "kind": kind, **extra}
+        env = self._fast_envelope(interaction_id, None, context)
+        if env is not None and env[2] is not None:
+            eid = _new_id()
+            value = self._fast.feedback(
+                eid, utc_timestamp(), env[2], env[0], env[1], kind, thumbs, rating, text, category
+            )
+            if value is not None and self._accept(Feedback, value, env[2].encode()):
+                return uuid_from_str(eid)
+        fields: dict[str, Any] = {"interaction_id": interaction_id, "kind": kind}
+        if kind is FeedbackKind.thumbs:
+            fields["thumbs"] = thumbs
+        elif kind is FeedbackKind.rating:
+            fields["rating"] = rating
+        elif kind is FeedbackKind.report:
+            fields["category"] = category
+            fields["text"] = text
+        else:
+            fields["text"] = text
         return self._emit(Feedback, self._envelope(interaction_id, context, fields))
+
+    def _accept(self, model: type[Envelope], value: bytes, key: bytes) -> bool:
+        """Send fast-path bytes; False (nothing sent) if too large, for the model path to
+        report."""
+        if len(value) > MAX_EVENT_BYTES:
+            return False
+        next(self._enqueued)
+        if self._on_event is not None:
+            try:
+                # The tap sees the event exactly as a consumer will decode it.
+                self._on_event(model.model_validate_json(value), value)
+            except Exception:
+                log.exception("feedbackloop: on_event callback failed")
+        self._send(self._events_topic, key, value)
+        return True
 
     def _emit(self, model: type[Envelope], fields: dict[str, Any]) -> uuid.UUID | None:
         unexpected = fields.pop("_unexpected", None)
@@ -397,10 +550,14 @@ class FeedbackClient:
                     "log the interaction, so it cannot look the session up)",
                 )
             event = model(**fields)
+            value = encode(event)
         except (ValidationError, SchemaError) as e:
             self._invalid(model, fields, e)
             return None
-        value = encode(event)
+        except PydanticSerializationError as e:  # e.g. a lone surrogate in a text
+            reason = f"{model.__name__.lower()}: not encodable as UTF-8 JSON: {e}"
+            self._invalid(model, fields, SchemaError("validation_error", reason))
+            return None
         if len(value) > MAX_EVENT_BYTES:
             self._invalid(
                 model,
@@ -408,13 +565,13 @@ class FeedbackClient:
                 SchemaError("oversized", f"event is {len(value)} bytes (> {MAX_EVENT_BYTES})"),
             )
             return None
-        self._counters.add("enqueued")
+        next(self._enqueued)
         if self._on_event is not None:
             try:
                 self._on_event(event, value)
             except Exception:
                 log.exception("feedbackloop: on_event callback failed")
-        self._send(self.topics.events, event.partition_key, value)
+        self._send(self._events_topic, event.partition_key, value)
         return event.event_id
 
     def _invalid(self, model: type[Envelope], fields: dict[str, Any], err: Exception) -> None:
@@ -499,7 +656,8 @@ class FeedbackClient:
             self._counters.add("dropped")
             log.error("feedbackloop: event sent after close() was dropped (topic %s)", topic)
             return False
-        self._ensure_started()
+        if self._producer is None:
+            self._ensure_started()
         if not self._spooling:
             try:
                 if headers:
@@ -552,7 +710,7 @@ class FeedbackClient:
         self, err: Any, msg: Any, headers: list[tuple[str, bytes]] | None = None
     ) -> None:
         if err is None:
-            self._counters.add("delivered")
+            next(self._delivered)
             return
         KafkaError, _ = _kafka_errors()
         code = err.code()
