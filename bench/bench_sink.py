@@ -2,11 +2,13 @@
 
 Run:  .venv/bin/python bench/bench_sink.py [--rows 200000] [--rate 10000] [--seconds 10]
 
-Part 1 (embedded chDB, in-process): the same messages (half interactions, half feedback)
+Part 1 (embedded chDB, in-process), for each topic the writer reads: the *enriched* topic
+  (the default configuration: what the stream jobs' ``Pipeline`` writes for the messages
+  below) and the *raw* events topic (``--raw``: half interactions, half thumbs feedback):
   * baseline: ``client.insert`` of the already-built rows, columnar, one insert context per
     table, in batches of the same size;
-  * ours: ``ClickHouseSink.add`` + ``flush`` from the encoded Kafka values: decoding,
-    validation, row building, dedup tokens and the insert.
+  * ours: ``ClickHouseSink.add`` + ``flush`` from the encoded Kafka values: decoding
+    (validation on the raw topic), row building, dedup tokens and the insert.
 Part 2 (embedded Tansu broker + ``feedbackloop sink run`` in a child process with its own chDB):
   the SDK (``FeedbackClient``) offers ``--rate`` interactions/s for ``--seconds``; latency is
   ``inserted_at - occurred_at`` of each stored row (ClickHouse stamps ``inserted_at`` when the
@@ -52,6 +54,29 @@ def _messages(n: int) -> list[bytes]:
     return out
 
 
+def _enriched_messages(raw: list[bytes]) -> list[bytes]:
+    """What the stream jobs write to the enriched topic for ``raw`` (interactions first)."""
+    from feedbackloop.stream_jobs import Pipeline, StreamConfig
+
+    out: list[bytes] = []
+
+    class Capture:
+        def produce(self, topic: str, key: Any, value: Any, partition: Any = None,
+                    headers: Any = None) -> None:
+            if topic == topics.enriched:
+                out.append(value)
+
+        def changelog(self, table: str, partition: int, key: bytes, value: Any) -> None:
+            pass
+
+    topics = Topics("bench.")
+    pipe = Pipeline(topics, StreamConfig(), Capture())
+    for i in range(0, len(raw), 10_000):
+        pipe.process(0, [(None, v, i + j) for j, v in enumerate(raw[i : i + 10_000])])
+    assert len(out) == len(raw), (len(out), len(raw))
+    return out
+
+
 def _settle(client: Any, timeout: float = 30.0) -> None:
     """Wait until chDB runs no merges: one run's background work must not slow the next."""
     deadline = time.monotonic() + timeout
@@ -59,10 +84,11 @@ def _settle(client: Any, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def bench_writer(n: int, batch: int, workdir: Path) -> tuple[float, float]:
+def bench_writer(dsn: str, values: list[bytes], topic: str, batch: int) -> tuple[float, float]:
+    """Rows/s of our writer and of raw ``client.insert`` of the same rows, same minutes."""
     topics = Topics("bench.")
-    values = _messages(n)
-    client = get_client(f"chdb:///{workdir / 'chdb'}")
+    n = len(values)
+    client = get_client(dsn)
     for db in ("bench_raw", "bench_sink"):
         client.command(f"DROP DATABASE IF EXISTS {db}")
         migrate(client, db)
@@ -71,7 +97,7 @@ def bench_writer(n: int, batch: int, workdir: Path) -> tuple[float, float]:
     router = TopicRouter(topics)
     per_table: dict[str, list[tuple[Any, ...]]] = {}
     for off, v in enumerate(values):
-        for table, row in router.route(topics.events, 0, off, v).rows:
+        for table, row in router.route(topic, 0, off, v).rows:
             per_table.setdefault(table, []).append(row)
     contexts = {
         t: client.create_insert_context(table=t, database="bench_raw",
@@ -96,12 +122,12 @@ def bench_writer(n: int, batch: int, workdir: Path) -> tuple[float, float]:
                           client_factory=lambda: client)
     t0 = time.perf_counter()
     for off, v in enumerate(values):
-        sink.add(topics.events, 0, off, SinkMessage(v, None, None, 0, off))
+        sink.add(topic, 0, off, SinkMessage(v, None, None, 0, off))
     sink.flush()
     ours = len(values) / (time.perf_counter() - t0)
     counts = [client.command(f"SELECT count() FROM {db}.interactions")
               for db in ("bench_raw", "bench_sink")]
-    assert counts[0] == counts[1] == n // 2, counts
+    assert counts[0] == counts[1] == n // 2, counts  # half of the messages are interactions
     sink.close()  # stops its insert thread and closes the shared client
     return ours, raw_rate
 
@@ -218,14 +244,24 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=50_000, help="Rows per insert.")
     ap.add_argument("--rate", type=int, default=10_000, help="Offered events/s (latency part).")
     ap.add_argument("--seconds", type=float, default=10.0, help="Duration of the latency part.")
+    ap.add_argument("--modes", default="enriched,raw",
+                    help="Topics for the writer part: enriched (the default sink), raw, or both.")
     ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sink-") as tmp:
         work = Path(tmp)
-        ours, raw = bench_writer(args.rows, args.batch, work)
-        print(f"writer into embedded chDB: {ours:,.0f} rows/s (decode+validate+rows+insert)")
-        print(f"raw client.insert, same rows: {raw:,.0f} rows/s")
-        print(f"ratio: {ours / raw:.2f}  (target: >= 100,000 rows/s)")
+        topics = Topics("bench.")
+        raw_values = _messages(args.rows)
+        modes = {"enriched": (topics.enriched, _enriched_messages(raw_values)),
+                 "raw": (topics.events, raw_values)}
+        for mode in args.modes.split(","):
+            topic, values = modes[mode]
+            ours, raw = bench_writer(f"chdb:///{work / 'chdb'}", values, topic, args.batch)
+            what = "decode+rows" if mode == "enriched" else "decode+validate+rows"
+            print(f"[{mode}] writer into embedded chDB: {ours:,.0f} rows/s ({what}+insert)")
+            print(f"[{mode}] raw client.insert, same rows: {raw:,.0f} rows/s")
+            print(f"[{mode}] ratio: {ours / raw:.2f}  (target: >= 100,000 rows/s)")
+        del modes, raw_values
         if not args.skip_latency:
             r = bench_latency(args.rate, args.seconds, work)
             print(f"latency SDK send -> in ClickHouse at {r['offered']:,} ev/s offered "

@@ -1,7 +1,17 @@
 """From Kafka messages to ClickHouse rows: which table, which columns, in which order.
 
-Pure functions, no I/O: :func:`rows_for` turns one message value into ``(table, row)`` pairs
-(or a dead letter), and the column tuples below are exactly what the sink inserts.
+Pure functions, no I/O: :class:`TopicRouter` turns one message value into ``(table, row)``
+pairs (or a dead letter), and the column tuples below are exactly what the sink inserts.
+
+Values are in the form clickhouse-connect serializes without converting them first where
+that is cheap to get: UUID columns hold the UUID's 128-bit ``int`` (every path, so a column
+never mixes types within one insert), times are aware ``datetime`` objects.
+
+Raw events come from outside and are fully validated (:func:`~feedbackloop.schemas.decode`).
+Enriched events are written by our own stream jobs, which validated every event before
+enriching it: they are read by a *trusted* decoder (:func:`enriched_row`, ``orjson`` plus
+type checks, no models) that falls back to the full pydantic validation for anything not in
+the exact form the stream jobs write.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from feedbackloop.errors import SchemaError
@@ -27,6 +38,13 @@ from feedbackloop.schemas import (
     WindowAggregate,
     decode,
 )
+from feedbackloop.schemas.enriched import ENRICHED_SCHEMA_VERSION
+from feedbackloop.schemas.events import (
+    SCHEMA_VERSION,
+    FeedbackKind,
+    ImplicitSignal,
+    ReportCategory,
+)
 from feedbackloop.schemas.serialization import format_validation_error
 
 __all__ = [
@@ -36,6 +54,7 @@ __all__ = [
     "Routed",
     "TopicRouter",
     "dead_letter_row",
+    "enriched_row",
 ]
 
 Row = tuple[Any, ...]
@@ -189,13 +208,13 @@ def _interaction(
         language, input_code, response_code = "und", False, False
         input_chars, response_chars, bucket = len(e.user_input), len(e.response), ""
     return "interactions", (
-        e.event_id,
+        e.event_id.int,
         e.occurred_at,
         e.app_id,
         e.session_id,
         e.user_id or "",
         e.schema_version,
-        e.interaction_id,
+        e.interaction_id.int,
         e.model,
         e.prompt_version or "",
         e.experiment or "",
@@ -263,13 +282,13 @@ def _event_row(
     if isinstance(e, Interaction):
         derived = enriched.derived if enriched is not None else None
         return _interaction(e, derived, topic, partition, offset, version)
-    envelope = (e.event_id, e.occurred_at, e.app_id, e.session_id, e.user_id or "")
+    envelope = (e.event_id.int, e.occurred_at, e.app_id, e.session_id, e.user_id or "")
     context = _context(enriched)
     if isinstance(e, Feedback):
         return "feedback", (
             *envelope,
             e.schema_version,
-            e.interaction_id,
+            e.interaction_id.int,
             e.kind.value,
             e.thumbs or 0,
             e.rating,
@@ -285,7 +304,7 @@ def _event_row(
         return "implicit", (
             *envelope,
             e.schema_version,
-            e.interaction_id,
+            e.interaction_id.int,
             e.signal.value,
             e.edited_text or "",
             e.edit_distance,
@@ -300,7 +319,7 @@ def _event_row(
     return "outcomes", (
         *envelope,
         e.schema_version,
-        e.interaction_id,
+        None if e.interaction_id is None else e.interaction_id.int,
         e.outcome,
         e.value,
         e.time_to_outcome_ms,
@@ -310,6 +329,292 @@ def _event_row(
         offset,
         version,
     )
+
+
+# --- the trusted decoder of the enriched topic -----------------------------------------------
+# The stream jobs validated every event (schemas.decode) before they spliced it into an
+# enriched event (stream_jobs.enrich.enriched_json), so the sink need not validate it again:
+# it only maps JSON values to columns. What it still checks is the *form* of each value (JSON
+# type, canonical UUID and ISO time), because pydantic's lax mode accepts other forms
+# ("5" for 5, a Unix time for a datetime) and converts them: anything not already in the
+# canonical form, or any message that is not what the stream jobs write, makes it return
+# None, and the caller takes the full pydantic path, which converts it exactly as before or
+# rejects it with the usual reason. The two paths give identical rows (tests/unit/test_sinks.py).
+
+_FEEDBACK_KINDS = frozenset(k.value for k in FeedbackKind)
+_CATEGORIES = frozenset(c.value for c in ReportCategory)
+_SIGNALS = frozenset(s.value for s in ImplicitSignal)
+_fromiso = dt.datetime.fromisoformat
+_loads = orjson.loads
+
+
+class _NotCanonical(Exception):
+    """A value is not in the form the stream jobs write; take the validating path."""
+
+
+def _uuid(s: Any) -> int:
+    if type(s) is not str or len(s) != 36 or not s[8] == s[13] == s[18] == s[23] == "-":
+        raise _NotCanonical
+    return int(s.replace("-", ""), 16)
+
+
+def _time(s: Any) -> dt.datetime:
+    if type(s) is not str:
+        raise _NotCanonical
+    t = _fromiso(s)
+    if t.tzinfo is None:
+        raise _NotCanonical
+    return t
+
+
+def _str(v: Any) -> str:
+    if type(v) is not str:
+        raise _NotCanonical
+    return v
+
+
+def _opt_str(v: Any) -> str:
+    """An optional text as its column keeps it ('' for None)."""
+    if v is None:
+        return ""
+    if type(v) is not str:
+        raise _NotCanonical
+    return v
+
+
+def _opt_float(v: Any) -> float | None:
+    if v is None or type(v) is float:
+        return v
+    if type(v) is int:
+        return float(v)
+    raise _NotCanonical
+
+
+def _opt_int(v: Any) -> int | None:
+    if v is None or type(v) is int:
+        return v
+    raise _NotCanonical
+
+
+def _int(v: Any) -> int:
+    if type(v) is not int:
+        raise _NotCanonical
+    return v
+
+
+def _bool(v: Any) -> bool:
+    if type(v) is not bool:
+        raise _NotCanonical
+    return v
+
+
+def _derived(d: Any) -> tuple[str, bool, bool, int, int, str]:
+    # Defaults as in DerivedAttributes.
+    if type(d) is not dict:
+        raise _NotCanonical
+    get = d.get
+    return (
+        _str(get("input_language", "und")),
+        _bool(get("input_has_code", False)),
+        _bool(get("response_has_code", False)),
+        _int(get("input_chars", 0)),
+        _int(get("response_chars", 0)),
+        _str(get("input_length_bucket", "empty")),
+    )
+
+
+def enriched_row(value: bytes, topic: str, partition: int, offset: int) -> tuple[str, Row] | None:
+    """The row of an enriched event in the form our stream jobs write it, else ``None``.
+
+    No validation beyond the form of each value (see above): only for the enriched topic.
+    """
+    try:
+        return _enriched_row(_loads(value), topic, partition, offset)
+    except (_NotCanonical, KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return None
+
+
+def _enriched_row(d: Any, topic: str, partition: int, offset: int) -> tuple[str, Row]:
+    get = d.get
+    if get("enriched_schema_version", ENRICHED_SCHEMA_VERSION) != ENRICHED_SCHEMA_VERSION:
+        raise _NotCanonical
+    e = d["event"]
+    et = e["event_type"]
+    ctx = get("context")
+    der = get("derived")
+    orphaned = _bool(get("orphaned", False))
+    waited = _opt_float(get("waited_ms", 0.0))
+    if waited is None:
+        raise _NotCanonical
+    eget = e.get
+    version = eget("schema_version", SCHEMA_VERSION)
+    if type(version) is not int or not 1 <= version <= SCHEMA_VERSION:
+        raise _NotCanonical
+    user_id = eget("user_id")
+    envelope = (
+        _uuid(e["event_id"]),
+        _time(e["occurred_at"]),
+        _str(e["app_id"]),
+        _str(e["session_id"]),
+        _opt_str(user_id),
+        version,
+    )
+    if user_id == "":
+        raise _NotCanonical  # min_length=1: the validating path reports it
+    has_context = ctx is not None or et == "interaction"
+    rank = _RANK_ENRICHED if has_context else _RANK_NO_CONTEXT
+    row_version = rank * _RANK_STEP + _ms(_time(d["enriched_at"]))
+    if et == "interaction":
+        return "interactions", _enriched_interaction(
+            e, der, envelope, row_version, topic, partition, offset
+        )
+    if ctx is None:
+        context: Row = ("orphaned" if orphaned else "none", orphaned, waited, *_NO_CONTEXT[3:])
+    else:
+        if type(ctx) is not dict:
+            raise _NotCanonical
+        cget = ctx.get
+        if der is None:
+            language, input_code, response_code, bucket = "und", False, False, ""
+        else:
+            language, input_code, response_code, _, _, bucket = _derived(der)
+        context = (
+            "enriched",
+            orphaned,
+            waited,
+            _time(ctx["interaction_occurred_at"]),
+            _str(ctx["model"]),
+            _opt_str(cget("prompt_version")),
+            _opt_str(cget("experiment")),
+            _opt_str(cget("variant")),
+            _bool(cget("shadow", False)),
+            _opt_float(cget("latency_ms")),
+            language,
+            input_code,
+            response_code,
+            bucket,
+        )
+    if et == "feedback":
+        kind = e["kind"]
+        thumbs = eget("thumbs")
+        category = eget("category")
+        if (
+            kind not in _FEEDBACK_KINDS
+            or (thumbs is not None and (type(thumbs) is not int or thumbs not in (1, -1)))
+            or (category is not None and category not in _CATEGORIES)
+        ):
+            raise _NotCanonical
+        return "feedback", (
+            *envelope,
+            _uuid(e["interaction_id"]),
+            kind,
+            thumbs or 0,
+            _opt_int(eget("rating")),
+            _opt_str(eget("text")),
+            category or "",
+            *context,
+            topic,
+            partition,
+            offset,
+            row_version,
+        )
+    if et == "implicit":
+        signal = e["signal"]
+        if signal not in _SIGNALS:
+            raise _NotCanonical
+        return "implicit", (
+            *envelope,
+            _uuid(e["interaction_id"]),
+            signal,
+            _opt_str(eget("edited_text")),
+            _opt_int(eget("edit_distance")),
+            _opt_float(eget("dwell_ms")),
+            _opt_int(eget("copied_chars")),
+            *context,
+            topic,
+            partition,
+            offset,
+            row_version,
+        )
+    if et == "outcome":
+        iid = eget("interaction_id")
+        return "outcomes", (
+            *envelope,
+            None if iid is None else _uuid(iid),
+            _str(e["outcome"]),
+            _opt_float(eget("value")),
+            _opt_float(eget("time_to_outcome_ms")),
+            *context,
+            topic,
+            partition,
+            offset,
+            row_version,
+        )
+    raise _NotCanonical
+
+
+def _enriched_interaction(
+    e: dict[str, Any],
+    der: Any,
+    envelope: Row,
+    version: int,
+    topic: str,
+    partition: int,
+    offset: int,
+) -> Row:
+    eget = e.get
+    user_input, response = _str(e["user_input"]), _str(e["response"])
+    experiment, variant = eget("experiment"), eget("variant")
+    if (experiment is None) != (variant is None):
+        raise _NotCanonical
+    meta = eget("metadata", {})
+    if meta is None:
+        raise _NotCanonical
+    if meta:
+        if type(meta) is not dict:
+            raise _NotCanonical
+        meta = {k: v if type(v) is str else _meta_json(v) for k, v in meta.items()}
+    else:
+        meta = {}
+    if der is None:
+        language, input_code, response_code = "und", False, False
+        input_chars, response_chars, bucket = len(user_input), len(response), ""
+    else:
+        language, input_code, response_code, input_chars, response_chars, bucket = _derived(der)
+    return (
+        *envelope,
+        _uuid(e["interaction_id"]),
+        _str(e["model"]),
+        _opt_str(eget("prompt_version")),
+        _opt_str(experiment),
+        _opt_str(variant),
+        _str(eget("system_prompt", "")),
+        user_input,
+        response,
+        _opt_float(eget("latency_ms")),
+        _opt_int(eget("input_tokens")),
+        _opt_int(eget("output_tokens")),
+        _opt_float(eget("cost_usd")),
+        meta,
+        _bool(eget("shadow", False)),
+        language,
+        input_code,
+        response_code,
+        input_chars,
+        response_chars,
+        bucket,
+        topic,
+        partition,
+        offset,
+        version,
+    )
+
+
+def _meta_json(v: Any) -> str:
+    # Same text as the validating path's json.dumps of the validated value.
+    if v is None or type(v) in (bool, int, float):
+        return json.dumps(v)
+    raise _NotCanonical
 
 
 def dead_letter_row(dl: DeadLetter, trace: Row) -> Row:
@@ -391,6 +696,10 @@ class TopicRouter:
     def _enriched(
         value: bytes, key: bytes | None, headers: Any, topic: str, partition: int, offset: int
     ) -> tuple[tuple[str, Row], ...]:
+        # Written by our own stream jobs: the trusted decoder, validating only as a fallback.
+        row = enriched_row(value, topic, partition, offset)
+        if row is not None:
+            return (row,)
         ev = _validate(EnrichedEvent, value)
         return (_event_row(ev.event, ev, topic, partition, offset),)
 

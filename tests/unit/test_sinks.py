@@ -97,7 +97,7 @@ def test_router_maps_events_to_their_tables_in_column_order() -> None:
     (table, row), = r.route(TOPICS.events, 0, 5, encode(it)).rows
     assert table == "interactions" and len(row) == len(COLUMNS[table])
     named = dict(zip(COLUMNS[table], row, strict=True))
-    assert named["event_id"] == it.event_id and named["variant"] == "v"
+    assert named["event_id"] == it.event_id.int and named["variant"] == "v"  # UUID as int
     assert named["metadata"] == {"n": "1", "s": "x"}
     assert named["prompt_version"] == ""  # absent: '' (no Nullable in sort keys)
     assert named["kafka_offset"] == 5 and named["_version"] == 0
@@ -121,6 +121,96 @@ def test_enriched_rows_outrank_raw_rows() -> None:
     v = COLUMNS["feedback"].index("_version")
     assert raw[v] < orow[v]
     assert orow[COLUMNS["feedback"].index("enrichment")] == "orphaned"
+
+
+def _enriched_cases() -> list[Any]:
+    import datetime as dt
+
+    from feedbackloop.schemas import EnrichedEvent, Implicit, Outcome, RequestContext
+    from feedbackloop.schemas.derive import derive
+
+    it = _interaction(experiment="e", variant="v", prompt_version="p2", latency_ms=12,
+                      input_tokens=3, cost_usd=0.5, user_id="u",
+                      metadata={"n": 1, "f": 1.5, "b": True, "z": None, "s": "x"})
+    plain = _interaction()
+    ctx = RequestContext(interaction_id=it.interaction_id, interaction_occurred_at=it.occurred_at,
+                         model=it.model, prompt_version=it.prompt_version, experiment="e",
+                         variant="v", user_input=it.user_input, response=it.response,
+                         latency_ms=12.0, shadow=True)
+    d = derive(it)
+    iid = it.interaction_id
+    events = [
+        Feedback(app_id="a", session_id="s", interaction_id=iid, kind="thumbs", thumbs=-1),
+        Feedback(app_id="a", session_id="s", interaction_id=iid, kind="rating", rating=4),
+        Feedback(app_id="a", session_id="s", interaction_id=iid, kind="report",
+                 category="harmful", text="bad"),
+        Implicit(app_id="a", session_id="s", interaction_id=iid, signal="edit",
+                 edited_text="x", edit_distance=3),
+        Implicit(app_id="a", session_id="s", interaction_id=iid, signal="dwell", dwell_ms=5),
+        Outcome(app_id="a", session_id="s", interaction_id=iid, outcome="purchase", value=9),
+    ]
+    at = dt.datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=dt.timezone.utc)
+    cases = [
+        EnrichedEvent(event=it, derived=d, source_partition=0, source_offset=1, enriched_at=at),
+        EnrichedEvent(event=plain, source_partition=0, source_offset=1),
+        EnrichedEvent(event=Outcome(app_id="a", session_id="s", outcome="task_done"),
+                      source_partition=0, source_offset=2),
+    ]
+    for ev in events:
+        cases.append(EnrichedEvent(event=ev, context=ctx, derived=d, waited_ms=3.5,
+                                   source_partition=1, source_offset=7, enriched_at=at))
+        cases.append(EnrichedEvent(event=ev, context=ctx, source_partition=1, source_offset=7))
+        cases.append(EnrichedEvent(event=ev, orphaned=True, waited_ms=60000.0,
+                                   source_partition=1, source_offset=7))
+    return cases
+
+
+@pytest.mark.parametrize("enriched", _enriched_cases())
+def test_trusted_enriched_decoder_gives_the_validating_paths_rows(enriched: Any) -> None:
+    from feedbackloop.schemas import EnrichedEvent
+    from feedbackloop.sinks.rows import _event_row, enriched_row
+
+    value = enriched.model_dump_json().encode()
+    fast = enriched_row(value, TOPICS.enriched, 3, 9)
+    assert fast is not None  # the stream jobs' own form takes the trusted path
+    ev = EnrichedEvent.model_validate_json(value)
+    assert fast == _event_row(ev.event, ev, TOPICS.enriched, 3, 9)
+    assert [type(v) for v in fast[1]] == [
+        type(v) for v in _event_row(ev.event, ev, TOPICS.enriched, 3, 9)[1]]
+
+
+def test_trusted_enriched_decoder_leaves_other_forms_to_validation() -> None:
+    import json
+
+    from feedbackloop.schemas import EnrichedEvent
+    from feedbackloop.sinks.rows import enriched_row
+
+    it = _interaction(latency_ms=5.0)
+    good = json.loads(EnrichedEvent(event=it, source_partition=0, source_offset=0)
+                      .model_dump_json())
+    r = TopicRouter(TOPICS)
+    for path, lax in [
+        (("event", "latency_ms"), "5"),  # pydantic converts "5" to 5.0
+        (("event", "occurred_at"), 1_700_000_000),  # a Unix time
+        (("event", "event_id"), good["event"]["event_id"].replace("-", "")),
+        (("event", "shadow"), "true"),
+        (("enriched_at",), 1_700_000_000.5),
+    ]:
+        obj = json.loads(json.dumps(good))
+        *parents, leaf = path
+        target = obj
+        for p in parents:
+            target = target[p]
+        target[leaf] = lax
+        value = json.dumps(obj).encode()
+        assert enriched_row(value, TOPICS.enriched, 0, 0) is None, path
+        # The validating path converts it, exactly as before.
+        ev = EnrichedEvent.model_validate_json(value)
+        (table, row), = r.route(TOPICS.enriched, 0, 0, value).rows
+        assert table == "interactions" and row[0] == ev.event.event_id.int
+    with pytest.raises(SchemaError) as ei:
+        r.route(TOPICS.enriched, 0, 0, b'{"event": {"event_type": "feedback"}}')
+    assert ei.value.reason == "validation_error"
 
 
 @pytest.mark.parametrize(("value", "reason"), [
