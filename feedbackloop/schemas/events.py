@@ -73,7 +73,8 @@ class Envelope(BaseModel):
     a retried send carries the same ``event_id``, and every store deduplicates on it.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+    # allow_inf_nan=False: JSON has no infinity; pydantic would silently write it as null.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     event_type: str

@@ -7,6 +7,7 @@ import json
 import uuid
 
 import pytest
+from pydantic import ValidationError
 
 from feedbackloop.errors import SchemaError
 from feedbackloop.schemas import (
@@ -246,6 +247,13 @@ def test_invalid_events_name_the_problem(obj: object, reason: str, message: str)
     err = _decode_error(obj)
     assert err.reason == reason
     assert message in str(err)
+
+
+def test_infinite_numbers_are_rejected_not_written_as_null() -> None:
+    with pytest.raises(ValidationError, match="finite number"):
+        Outcome(**BASE, outcome="purchase", time_to_outcome_ms=float("inf"))
+    err = _decode_error({**_interaction(), "latency_ms": 1e999})
+    assert err.reason == "validation_error" and "latency_ms" in str(err)
 
 
 def test_not_json_and_oversized() -> None:
