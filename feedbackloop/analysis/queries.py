@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from feedbackloop.analysis.literals import datetime_literal, quote
 from feedbackloop.analysis.since import parse_since
 from feedbackloop.analysis.sufficient import BinaryStats, MeanStats, RatioStats
 from feedbackloop.config import Settings
@@ -47,6 +48,7 @@ __all__ = [
     "OutcomeDistribution",
     "VariantImpact",
     "ImpactStats",
+    "SatisfactionBucket",
     "VersionBucket",
     "VersionTotals",
     "fetch_version_totals",
@@ -54,8 +56,10 @@ __all__ = [
     "settings_runner",
     "fetch_experiment",
     "fetch_impact",
+    "fetch_satisfaction_over_time",
     "fetch_versions",
     "experiment_sql",
+    "satisfaction_over_time_sql",
     "quote",
 ]
 
@@ -74,19 +78,6 @@ _FEEDBACK_SLACK = "INTERVAL 1 DAY"
 Runner = Callable[[str], Any]
 
 
-def quote(value: str) -> str:
-    """A ClickHouse string literal. The query endpoint takes plain SQL (no bound parameters)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _ts(t: dt.datetime) -> str:
-    t = t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
-    utc = t.astimezone(dt.timezone.utc)
-    return f"toDateTime64({quote(utc.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3])}, 3, 'UTC')"
-
-
-
-
 @dataclass(frozen=True)
 class Scope:
     """Which interactions a query looks at. ``experiment=None`` means all of them."""
@@ -101,7 +92,7 @@ class Scope:
         if self.experiment is not None:
             parts.append(f"experiment = {quote(self.experiment)}")
         if self.since is not None:
-            parts.append(f"occurred_at >= {_ts(self.since)}")
+            parts.append(f"occurred_at >= {datetime_literal(self.since)}")
         if self.app_id is not None:
             parts.append(f"app_id = {quote(self.app_id)}")
         return " AND ".join(parts)
@@ -110,7 +101,7 @@ class Scope:
         """Pruning bound for feedback / implicit / outcome rows (membership is by join)."""
         parts = ["1"]
         if self.since is not None:
-            parts.append(f"occurred_at >= {_ts(self.since)} - {_FEEDBACK_SLACK}")
+            parts.append(f"occurred_at >= {datetime_literal(self.since)} - {_FEEDBACK_SLACK}")
         if self.app_id is not None:
             parts.append(f"app_id = {quote(self.app_id)}")
         return " AND ".join(parts)
@@ -393,6 +384,65 @@ def fetch_experiment(runner: Runner, scope: Scope) -> ExperimentStats:
             cost_total=_f(a.get("cost_total", 0.0)),
         )
     return ExperimentStats(scope, variants, tuple(specs), cross)
+
+
+# --- satisfaction over time ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SatisfactionBucket:
+    """Satisfaction of one variant among the interactions served in one time bucket.
+
+    ``start_s`` is the bucket's start (Unix seconds, UTC; buckets are aligned to multiples of
+    their width). ``satisfaction`` counts the bucket's rated and positive interactions;
+    ``cumulative`` adds every earlier bucket of the same variant: the estimate one would have
+    read at the end of this bucket.
+    """
+
+    variant: str
+    start_s: int
+    satisfaction: BinaryStats
+    cumulative: BinaryStats
+
+
+def satisfaction_over_time_sql(scope: Scope, bucket_seconds: int) -> str:
+    """The statement :func:`fetch_satisfaction_over_time` runs."""
+    if isinstance(bucket_seconds, bool) or not isinstance(bucket_seconds, int) \
+            or bucket_seconds <= 0:
+        raise ConfigError(f"bucket width must be a positive number of seconds, got "
+                          f"{bucket_seconds!r}")
+    # Bucketed by when the interaction was served, not when it was rated: a late vote
+    # belongs to the traffic it judges. Only rated interactions contribute (INNER JOIN).
+    return f"""WITH {_units_cte(scope)},
+{_feedback_cte(scope)}
+SELECT u.variant AS variant,
+       toUnixTimestamp(toStartOfInterval(u.occurred_at, INTERVAL {bucket_seconds} SECOND)) AS t,
+       sum(toUInt64(fb.rated)) AS rated, sum(toUInt64(fb.positive)) AS positive
+FROM units AS u INNER JOIN fb ON u.interaction_id = fb.interaction_id
+GROUP BY variant, t ORDER BY variant, t"""
+
+
+def fetch_satisfaction_over_time(
+    runner: Runner, scope: Scope, bucket_seconds: int
+) -> dict[str, list[SatisfactionBucket]]:
+    """Per-variant satisfaction in buckets of ``bucket_seconds``, oldest bucket first.
+
+    Satisfaction is the experiment report's (module docstring: latest thumbs or rating per
+    interaction, positive / rated), so the last cumulative bucket of a variant equals the
+    report's ``rated`` for it. Buckets without a rated interaction are absent. Variants are
+    keyed by name in sorted order.
+    """
+    rows = sorted(
+        ((str(r["variant"]), _i(r["t"]), _i(r["rated"]), _i(r["positive"]))
+         for r in _rows(runner, satisfaction_over_time_sql(scope, bucket_seconds))),
+    )
+    out: dict[str, list[SatisfactionBucket]] = {}
+    for name, start, rated, positive in rows:
+        series = out.setdefault(name, [])
+        bucket = BinaryStats(n=rated, successes=positive)
+        before = series[-1].cumulative if series else BinaryStats(0, 0)
+        series.append(SatisfactionBucket(name, start, bucket, before + bucket))
+    return out
 
 
 # --- business impact ------------------------------------------------------------------------

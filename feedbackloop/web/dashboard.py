@@ -8,9 +8,10 @@ into SQL unchecked.
 
 Feedback is joined to its interaction by ``interaction_id`` instead of trusting the
 variant copied onto the feedback row, so the numbers are the same whether the sink stored
-enriched events (stream jobs running) or raw ones (``sink run --raw``). The unit of
-satisfaction is the interaction: its latest thumbs vote (a user who changes their mind
-counts once). The statistics come from :mod:`feedbackloop.analysis`.
+enriched events (stream jobs running) or raw ones (``sink run --raw``). Satisfaction is the
+experiment report's (:mod:`feedbackloop.analysis.queries`: the interaction's latest thumbs
+or rating, so a user who changes their mind counts once). The statistics come from
+:mod:`feedbackloop.analysis`.
 """
 
 from __future__ import annotations
@@ -44,11 +45,6 @@ def _ident(value: str, what: str) -> str:
     return value
 
 
-def _lit(value: str) -> str:
-    """A ClickHouse string literal."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _bucket_for(span_s: float) -> int:
     for b in _BUCKETS:
         if span_s / b <= 60:
@@ -66,10 +62,11 @@ def _stats() -> Any:
     return analysis
 
 
-def _interval(successes: int, n: int) -> dict[str, Any]:
+def _interval(stats: Any) -> dict[str, Any]:
+    """``stats`` (a :class:`~feedbackloop.analysis.BinaryStats`) with its Wilson interval."""
     a = _stats()
-    est = a.wilson_interval(a.BinaryStats(n=n, successes=successes))
-    return {"n": n, "successes": successes, **a.to_jsonable(est)}
+    est = a.wilson_interval(stats)
+    return {"n": stats.n, "successes": stats.successes, **a.to_jsonable(est)}
 
 
 class DashboardQueries:
@@ -87,16 +84,11 @@ class DashboardQueries:
 
     @staticmethod
     def _app_filter(app: str | None) -> str:
-        return "" if app is None else f" AND app_id = {_lit(app)}"
+        if app is None:
+            return ""
+        from feedbackloop.analysis.literals import quote
 
-    @staticmethod
-    def _thumbs(app_id: str) -> str:
-        # The latest vote per interaction.
-        return (
-            "SELECT interaction_id, argMax(thumbs, occurred_at) AS thumbs, "
-            "max(occurred_at) AS voted_at FROM feedback FINAL "
-            f"WHERE kind = 'thumbs' AND thumbs != 0{app_id} GROUP BY interaction_id"
-        )
+        return f" AND app_id = {quote(app)}"
 
     # --- experiments ---------------------------------------------------------------------
     def experiments(self, app: str | None) -> list[dict[str, Any]]:
@@ -121,9 +113,8 @@ class DashboardQueries:
         _stats()
         from feedbackloop.analysis.queries import (
             Scope,
-            _feedback_cte,
-            _units_cte,
             fetch_experiment,
+            fetch_satisfaction_over_time,
         )
         from feedbackloop.analysis.report import build_report
 
@@ -138,29 +129,15 @@ class DashboardQueries:
         first, last = int(span[0]["first_ms"]), int(span[0]["last_ms"])
         report = build_report(fetch_experiment(self._query, scope))
         bucket = _bucket_for((last - first) / 1000)
-        # Same satisfaction as the report (latest thumbs or rating per interaction), bucketed
-        # by when the interaction was served.
-        votes = self._rows(
-            f"WITH {_units_cte(scope)},\n{_feedback_cte(scope)}\n"
-            "SELECT u.variant AS variant, toUnixTimestamp(toStartOfInterval(u.occurred_at, "
-            f"INTERVAL {bucket} SECOND)) AS t, sum(toUInt64(fb.rated)) AS rated, "
-            "sum(toUInt64(fb.positive)) AS positive "
-            "FROM units AS u INNER JOIN fb ON u.interaction_id = fb.interaction_id "
-            "GROUP BY variant, t ORDER BY variant, t"
-        )
+        over_time = fetch_satisfaction_over_time(self._query, scope, bucket)
         variants = [v.variant for v in report.variants]
-        series: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-        totals: dict[str, list[int]] = {v: [0, 0] for v in variants}
-        for r in votes:
-            v = r["variant"]
-            if v not in totals:
-                continue
-            totals[v][0] += int(r["positive"])
-            totals[v][1] += int(r["rated"])
-            # Cumulative: the estimate one would have read at that time, its interval
-            # narrowing as evidence accumulates.
-            up, n = totals[v]
-            series[v].append({"t_ms": int(r["t"]) * 1000, **_interval(up, n)})
+        # Cumulative: the estimate one would have read at that time, its interval narrowing
+        # as evidence accumulates.
+        series = {
+            v: [{"t_ms": b.start_s * 1000, **_interval(b.cumulative)}
+                for b in over_time.get(v, [])]
+            for v in variants
+        }
         return {
             "app_id": app_id,
             "experiment": experiment,

@@ -24,6 +24,7 @@ from feedbackloop.analysis.queries import (
     ImpactStats,
     MetricSpec,
     OutcomeDistribution,
+    SatisfactionBucket,
     Scope,
     VariantImpact,
     VariantStats,
@@ -31,9 +32,11 @@ from feedbackloop.analysis.queries import (
     VersionTotals,
     experiment_sql,
     fetch_experiment,
+    fetch_satisfaction_over_time,
     impact_sql,
     parse_since,
     quote,
+    satisfaction_over_time_sql,
     versions_sql,
 )
 from feedbackloop.analysis.ratio_metrics import ratio_ztest
@@ -289,7 +292,7 @@ def test_sql_quotes_and_reads_every_table_with_final() -> None:
     assert quote("it's \\ odd") == "'it\\'s \\\\ odd'"
     scope = Scope("x'; DROP TABLE t --", since=dt.datetime(2024, 1, 1), app_id="app")
     texts = [*experiment_sql(scope).values(), *impact_sql(scope, ["a"]).values(),
-             versions_sql(scope)]
+             versions_sql(scope), satisfaction_over_time_sql(scope, 60)]
     for sql in texts:
         assert "experiment = 'x\\'; DROP TABLE t --'" in sql
         for table in ("interactions", "feedback", "implicit", "outcomes"):
@@ -333,6 +336,50 @@ def test_fetch_experiment_maps_rows_and_drops_unseen_signals() -> None:
     assert v.metrics["satisfaction"] == RatioStats(10, 12.0, 20.0, 12.0, 40.0, 18.0)
     assert v.metrics["outcome.ticket_resolved.session"] == RatioStats(10, 4, 10, 4, 10, 4)
     assert v.latency_quantiles == (1, 2, 3, 4, 5, 6)
+
+
+def test_satisfaction_over_time_sql_uses_the_report_definition() -> None:
+    scope = Scope("exp", since=dt.datetime(2024, 1, 1), app_id="app")
+    sql = satisfaction_over_time_sql(scope, 300)
+    # The report's satisfaction: the same units and latest-thumbs-or-rating CTEs, verbatim.
+    report_sql = experiment_sql(scope)["metrics"]
+    units = sql[sql.index("units AS"):sql.index("fb AS")]
+    fb = sql[sql.index("fb AS"):sql.index("SELECT u.variant")]
+    assert units in report_sql and fb.rstrip() in report_sql
+    assert "toStartOfInterval(u.occurred_at, INTERVAL 300 SECOND)" in sql
+    assert "INNER JOIN fb ON u.interaction_id = fb.interaction_id" in sql
+    assert "GROUP BY variant, t" in sql
+    for bad in (0, -60, 1.5, True):
+        with pytest.raises(ConfigError):
+            satisfaction_over_time_sql(scope, bad)  # type: ignore[arg-type]
+
+
+def test_fetch_satisfaction_over_time_accumulates_per_variant_in_time_order() -> None:
+    rows = [  # out of order on purpose; None from the JSON endpoint counts as 0
+        ("treatment", 120, 4, 3), ("control", 60, 10, 5), ("control", 0, 2, 2),
+        ("treatment", 0, 3, None), ("control", 180, 1, 0),
+    ]
+    seen: list[str] = []
+
+    def runner(text: str) -> Any:
+        seen.append(text)
+        return SimpleNamespace(columns=["variant", "t", "rated", "positive"],
+                               rows=[list(r) for r in rows])
+
+    scope = Scope("exp")
+    got = fetch_satisfaction_over_time(runner, scope, 60)
+    assert seen == [satisfaction_over_time_sql(scope, 60)]
+    assert list(got) == ["control", "treatment"]
+    assert got["control"] == [
+        SatisfactionBucket("control", 0, BinaryStats(2, 2), BinaryStats(2, 2)),
+        SatisfactionBucket("control", 60, BinaryStats(10, 5), BinaryStats(12, 7)),
+        SatisfactionBucket("control", 180, BinaryStats(1, 0), BinaryStats(13, 7)),
+    ]
+    assert [b.cumulative for b in got["treatment"]] == [BinaryStats(3, 0), BinaryStats(7, 3)]
+    assert fetch_satisfaction_over_time(
+        lambda _: SimpleNamespace(columns=["variant", "t", "rated", "positive"], rows=[]),
+        scope, 60,
+    ) == {}
 
 
 def test_cli_rejects_bad_weights_and_since_before_querying() -> None:
