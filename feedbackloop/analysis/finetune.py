@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from feedbackloop.analysis.formats import validate_chat_example, validate_preference_example
-from feedbackloop.analysis.records import JudgedInteraction
+from feedbackloop.analysis.records import JudgedInteraction, normalized
 from feedbackloop.analysis.scrub import ScrubStats, scrub
 from feedbackloop.errors import ConfigError
 
@@ -118,12 +118,8 @@ def corrections_of(
     return out
 
 
-def _norm(s: str) -> str:
-    return " ".join(s.split()).casefold()
-
-
 def _validation_side(user: str, seed: str, fraction: float) -> bool:
-    h = hashlib.sha256(f"{seed}\x1f{_norm(user)}".encode()).digest()
+    h = hashlib.sha256(f"{seed}\x1f{normalized(user)}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64 < fraction
 
 
@@ -184,11 +180,11 @@ def build_finetune_export(
         if len(corr) > opt.max_chars:
             out.dropped["correction_too_long"] += 1
             continue
-        if _norm(corr) == _norm(ex.response):
+        if normalized(corr) == normalized(ex.response):
             out.dropped["same_as_response"] += 1
             continue
         system = ex.system if opt.system_prompt is None else opt.system_prompt
-        key = (_norm(system), _norm(ex.user), _norm(corr))
+        key = (normalized(system), normalized(ex.user), normalized(corr))
         if key in kept:
             out.dropped["duplicate"] += 1
             kept[key][1].append(ex.feedback_event_id)

@@ -15,11 +15,11 @@ rates too before reading the time difference as a saving.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from feedbackloop.analysis.means import welch_ttest
+from feedbackloop.analysis.plaintext import estimate, number, table
 from feedbackloop.analysis.proportions import newcombe_interval, wilson_interval
 from feedbackloop.analysis.queries import ImpactStats
 from feedbackloop.analysis.report import pick_control
@@ -169,25 +169,10 @@ def build_impact(
     )
 
 
-def _pct(x: float, signed: bool = False) -> str:
-    if not math.isfinite(x):
-        return "n/a"
-    return f"{x * 100:+.1f} pp" if signed else f"{x:.1%}"
-
-
 def _ms(x: float, signed: bool = False) -> str:
     if not math.isfinite(x):
         return "n/a"
     return f"{x:+,.0f}" if signed else f"{x:,.0f}"
-
-
-def _table(header: Sequence[str], rows: list[list[str]]) -> list[str]:
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
-
-    def line(vals: Sequence[str]) -> str:
-        return "  ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)).rstrip()
-
-    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
 def format_impact(r: ImpactReport) -> str:
@@ -200,15 +185,12 @@ def format_impact(r: ImpactReport) -> str:
     for v in r.variants:
         for rate in v.rates:
             e = rate.rate
-            cell = (f"{rate.successes:,}/{rate.n:,} = {_pct(e.value)}"
-                    + (f" [{_pct(e.lower)}, {_pct(e.upper)}]" if e.ok else ""))
+            cell = (f"{rate.successes:,}/{rate.n:,} = {number(e.value)}"
+                    + (f" [{number(e.lower)}, {number(e.upper)}]" if e.ok else ""))
             d = rate.difference
-            diff = "" if d is None else (
-                f"{_pct(d.value, True)} [{_pct(d.lower, True)}, {_pct(d.upper, True)}]"
-                if d.ok else f"n/a ({d.message})"
-            )
+            diff = "" if d is None else estimate(d, signed=True)
             rows.append([v.variant, rate.name, cell, diff])
-    out += _table(["variant", "rate", "value", "difference"], rows)
+    out += table(["variant", "rate", "value", "difference"], rows)
     out.append("")
 
     out.append("Outcomes and time to outcome (ms)")
@@ -219,11 +201,11 @@ def format_impact(r: ImpactReport) -> str:
             rows.append([
                 # Session-level outcomes have no interaction to be a share of.
                 v.variant, o.outcome, f"{o.events:,}",
-                _pct(o.interaction_rate) if o.interactions_with else "-",
-                _pct(o.session_rate), _ms(o.time_mean_ms),
+                number(o.interaction_rate) if o.interactions_with else "-",
+                number(o.session_rate), _ms(o.time_mean_ms),
                 " / ".join(_ms(q.get(k, math.nan)) for k in ("p10", "p25", "p50", "p75", "p90")),
             ])
-    out += _table(["variant", "outcome", "events", "of interactions", "of sessions",
+    out += table(["variant", "outcome", "events", "of interactions", "of sessions",
                    "mean", "p10 / p25 / p50 / p75 / p90"], rows)
     out.append("")
 
@@ -238,6 +220,6 @@ def format_impact(r: ImpactReport) -> str:
         )
         p = "" if ts is None or not ts.test.ok else f"{ts.test.p_value:.4f}"
         rows.append([v.variant, f"{v.sessions_timed:,}", _ms(v.time_per_session_ms), saved, p])
-    out += _table(["variant", "sessions", "mean ms", f"saved vs {r.control} ms ({level} CI)",
+    out += table(["variant", "sessions", "mean ms", f"saved vs {r.control} ms ({level} CI)",
                    "Welch p"], rows)
     return "\n".join(out)

@@ -27,7 +27,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from feedbackloop.analysis.records import sql_string
+from feedbackloop.analysis.literals import quote
 from feedbackloop.config import Settings
 from feedbackloop.errors import ClickHouseError, ConfigError, FeedbackLoopError
 
@@ -120,7 +120,7 @@ def list_prompts(
     settings: Settings, name: str | None = None, *, url: str | None = None
 ) -> list[PromptVersion]:
     """Every registered version (of ``name``, if given), oldest first."""
-    where = f"WHERE name = {sql_string(name)}" if name else ""
+    where = f"WHERE name = {quote(name)}" if name else ""
     return _select(settings, where, url)
 
 
@@ -128,9 +128,9 @@ def get_prompt(
     settings: Settings, version: str, name: str | None = None, *, url: str | None = None
 ) -> PromptVersion:
     """The version ``version`` (of ``name``; needed only if two prompts share the label)."""
-    where = f"WHERE version = {sql_string(version)}"
+    where = f"WHERE version = {quote(version)}"
     if name:
-        where += f" AND name = {sql_string(name)}"
+        where += f" AND name = {quote(name)}"
     found = _select(settings, where, url)
     if not found:
         raise ConfigError(f"no prompt version {version!r}" + (f" of {name!r}" if name else ""))

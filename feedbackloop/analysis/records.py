@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from feedbackloop.analysis.literals import datetime_literal, quote
 from feedbackloop.analysis.negative import InteractionSignals
 from feedbackloop.analysis.since import parse_since
 from feedbackloop.config import Settings
@@ -30,23 +31,12 @@ __all__ = [
     "Selection",
     "load_judged_interactions",
     "parse_since",
-    "sql_string",
 ]
 
 #: Enough of an input to detect its language and show it in a table.
 HEAD_CHARS = 600
 DEFAULT_LIMIT = 200_000
 
-
-
-def sql_string(value: str) -> str:
-    """A ClickHouse string literal (the query path takes no bound parameters)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _sql_time(t: dt.datetime) -> str:
-    t = t.astimezone(dt.timezone.utc)
-    return f"toDateTime64('{t.strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]}', 3, 'UTC')"
 
 
 @dataclass(frozen=True)
@@ -66,13 +56,13 @@ class Selection:
     def where(self, alias: str = "i") -> str:
         conds = [f"NOT {alias}.shadow"]
         if self.since is not None:
-            conds.append(f"{alias}.occurred_at >= {_sql_time(self.since)}")
+            conds.append(f"{alias}.occurred_at >= {datetime_literal(self.since)}")
         if self.until is not None:
-            conds.append(f"{alias}.occurred_at < {_sql_time(self.until)}")
+            conds.append(f"{alias}.occurred_at < {datetime_literal(self.until)}")
         for col in ("app_id", "experiment", "prompt_version", "model"):
             v = getattr(self, col)
             if v is not None:
-                conds.append(f"{alias}.{col} = {sql_string(v)}")
+                conds.append(f"{alias}.{col} = {quote(v)}")
         return " AND ".join(conds)
 
 
@@ -121,7 +111,7 @@ def _query(select_texts: bool, text_chars: int | None, sel: Selection, db: str) 
     fb_since = im_since = ""
     if sel.since is not None:
         # Feedback follows its interaction: older feedback cannot belong to the window.
-        fb_since = im_since = f"WHERE occurred_at >= {_sql_time(sel.since)}"
+        fb_since = im_since = f"WHERE occurred_at >= {datetime_literal(sel.since)}"
     with_text = " AND (notEmpty(fb.texts) OR notEmpty(im.edit_texts))" if sel.with_text else ""
     response = head("response") if select_texts else "''"
     system = head("system_prompt") if select_texts else "''"
@@ -234,6 +224,12 @@ def load_judged_interactions(
     sql = _query(full_text, None if full_text else HEAD_CHARS, selection, db)
     res = run_query(settings, sql, url=url, max_rows=selection.limit)
     return [row_to_judged(list(r)) for r in res.rows]
+
+
+def normalized(text: str) -> str:
+    """``text`` with runs of whitespace collapsed and case folded: the key under which two
+    inputs or corrections count as the same."""
+    return " ".join(text.split()).casefold()
 
 
 def new_case_id(*parts: str) -> str:

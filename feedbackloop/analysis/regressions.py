@@ -42,7 +42,7 @@ from typing import Any
 
 from feedbackloop.analysis.failures import Labeled, label_interactions, matches
 from feedbackloop.analysis.negative import NegativeDefinition
-from feedbackloop.analysis.records import JudgedInteraction, new_case_id
+from feedbackloop.analysis.records import JudgedInteraction, new_case_id, normalized
 from feedbackloop.analysis.slices import SliceReport, find_failure_slices
 from feedbackloop.errors import ConfigError, FeedbackLoopError
 
@@ -98,10 +98,6 @@ class RegressionCase:
         }
 
 
-def _norm(s: str) -> str:
-    return " ".join(s.split()).casefold()
-
-
 def select_regression_cases(
     interactions: Iterable[JudgedInteraction],
     definition: NegativeDefinition | None = None,
@@ -121,7 +117,7 @@ def select_regression_cases(
     groups: dict[str, list[Labeled]] = {}
     for lab in labeled:
         if lab.negative and lab.interaction.user_input.strip():
-            groups.setdefault(_norm(lab.interaction.user_input), []).append(lab)
+            groups.setdefault(normalized(lab.interaction.user_input), []).append(lab)
     by_slice: dict[int, list[RegressionCase]] = {}
     for members in groups.values():
         # Newest first; a member with a correction is the better representative.
@@ -133,7 +129,7 @@ def select_regression_cases(
         ji = rep.interaction
         corr = ji.corrections[-1].text if ji.corrections else None
         case = RegressionCase(
-            id=new_case_id(ji.prompt_version, _norm(ji.user_input)),
+            id=new_case_id(ji.prompt_version, normalized(ji.user_input)),
             input=ji.user_input,
             system_prompt=ji.system_prompt,
             bad_response=ji.response,
@@ -259,7 +255,7 @@ class RegressionResult:
 
     @property
     def unchanged(self) -> bool:
-        return self.new_response is not None and _norm(self.new_response) == _norm(
+        return self.new_response is not None and normalized(self.new_response) == normalized(
             str(self.case.get("bad_response") or "")
         )
 

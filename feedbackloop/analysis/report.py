@@ -36,6 +36,7 @@ from scipy import stats
 from feedbackloop.analysis.bayesian import BayesianResult, beta_binomial
 from feedbackloop.analysis.decision import Decision, Verdict, decide
 from feedbackloop.analysis.multiple import benjamini_hochberg, holm
+from feedbackloop.analysis.plaintext import estimate, number, table
 from feedbackloop.analysis.power import PowerStatus, SampleSize, power_status, required_sample_size
 from feedbackloop.analysis.proportions import wilson_interval
 from feedbackloop.analysis.queries import ExperimentStats, MetricSpec, VariantStats
@@ -389,37 +390,10 @@ def _headline(
 # --- text rendering ---------------------------------------------------------------------
 
 
-def _num(x: float, kind: str, signed: bool = False) -> str:
-    if not math.isfinite(x):
-        return "n/a"
-    if kind == "proportion":
-        return f"{x * 100:+.1f} pp" if signed else f"{x:.1%}"
-    mag = abs(x)
-    digits = ".2f" if 1 <= mag < 1000 else (".0f" if mag >= 1000 else ".4g")
-    return f"{x:+{digits}}" if signed else f"{x:{digits}}"
-
-
-def _est(e: Estimate, kind: str, signed: bool = False) -> str:
-    if not e.ok:
-        return f"n/a ({e.message})"
-    return f"{_num(e.value, kind, signed)} [{_num(e.lower, kind, signed)}, " \
-           f"{_num(e.upper, kind, signed)}]"
-
-
 def _p(x: float) -> str:
     if not math.isfinite(x):
         return "n/a"
     return "<0.0001" if x < 1e-4 else f"{x:.4f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
-
-    def line(vals: list[str]) -> str:
-        return "  ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)).rstrip()
-
-    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
 def format_report(r: ExperimentReport) -> str:
@@ -449,24 +423,24 @@ def format_report(r: ExperimentReport) -> str:
     rows = []
     for v in r.variants:
         row = [v.variant, f"{v.sessions:,}", f"{v.interactions:,}",
-               f"{v.positive:,}/{v.rated:,}", _est(v.satisfaction, "proportion")]
+               f"{v.positive:,}/{v.rated:,}", estimate(v.satisfaction, "proportion")]
         if lat:
             q = v.latency_quantiles
-            row.append(f"{_num(q.get('p50', math.nan), 'mean')} / "
-                       f"{_num(q.get('p90', math.nan), 'mean')}")
+            row.append(f"{number(q.get('p50', math.nan), 'mean')} / "
+                       f"{number(q.get('p90', math.nan), 'mean')}")
         row.append(f"{v.cost_total:.4g}")
         rows.append(row)
-    out += _table(head, rows)
+    out += table(head, rows)
     out.append("")
 
     out.append(f"Metrics per variant (session-level {level} intervals)")
     rows = []
     for m in r.metrics:
         rows.append([m.label] + [
-            _est(v.metrics[m.name].value, m.kind) if m.name in v.metrics else "n/a"
+            estimate(v.metrics[m.name].value, m.kind) if m.name in v.metrics else "n/a"
             for v in r.variants
         ])
-    out += _table(["metric"] + [v.variant for v in r.variants], rows)
+    out += table(["metric"] + [v.variant for v in r.variants], rows)
     out.append("")
 
     adj = {"bh": "BH", "holm": "Holm", "none": "unadjusted"}[r.correction]
@@ -478,12 +452,12 @@ def format_report(r: ExperimentReport) -> str:
         sp_adj = {"bh": c.seq_p_bh, "holm": c.seq_p_holm,
                   "none": c.sequential.p_value}[r.correction]
         rows.append([
-            c.label, c.treatment, _est(c.difference, c.kind, signed=True),
+            c.label, c.treatment, estimate(c.difference, c.kind, signed=True),
             "n/a" if not math.isfinite(c.lift) else f"{c.lift:+.1%}",
             _p(c.fixed.p_value), _p(p_adj), _p(c.sequential.p_value), _p(sp_adj),
             c.decision.text,
         ])
-    out += _table(["metric", "variant", "difference", "lift", "p", "p adj", "seq p",
+    out += table(["metric", "variant", "difference", "lift", "p", "p adj", "seq p",
                    "seq p adj", "verdict"], rows)
     out.append("")
 
@@ -491,7 +465,7 @@ def format_report(r: ExperimentReport) -> str:
     for d in r.decisions:
         spec_kind = next((m.kind for m in r.metrics if m.name == d.metric), "mean")
         parts = [f"{d.treatment}: {d.decision.text}",
-                 f"difference {_est(d.difference, spec_kind, signed=True)}",
+                 f"difference {estimate(d.difference, spec_kind, signed=True)}",
                  f"p {_p(d.p_value)}, sequential p {_p(d.sequential_p_value)}",
                  f"sessions: {d.power.message}"]
         if d.bayesian is not None and d.bayesian.ok:

@@ -14,10 +14,10 @@ updates). Read it as a trend, and run an experiment to attribute it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
+from feedbackloop.analysis.plaintext import estimate, table
 from feedbackloop.analysis.proportions import wilson_interval
 from feedbackloop.analysis.queries import VersionBucket, VersionTotals
 from feedbackloop.analysis.ratio_metrics import ratio_ztest
@@ -106,27 +106,6 @@ def build_versions(
     return VersionsReport(experiment, since, bucket, alpha, rows)
 
 
-def _pct(x: float, signed: bool = False) -> str:
-    if not math.isfinite(x):
-        return "n/a"
-    return f"{x * 100:+.1f} pp" if signed else f"{x:.1%}"
-
-
-def _est(e: Estimate, signed: bool = False) -> str:
-    if not e.ok:
-        return f"n/a ({e.message})"
-    return f"{_pct(e.value, signed)} [{_pct(e.lower, signed)}, {_pct(e.upper, signed)}]"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
-
-    def line(vals: list[str]) -> str:
-        return "  ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)).rstrip()
-
-    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
-
-
 def format_versions(r: VersionsReport) -> str:
     level = f"{1 - r.alpha:.0%}"
     scope = f"experiment {r.experiment!r}" if r.experiment else "all interactions"
@@ -134,11 +113,11 @@ def format_versions(r: VersionsReport) -> str:
            + (f", since {r.since}" if r.since else "") + ")", ""]
     rows = []
     for v in r.versions:
-        change = "" if v.change is None else _est(v.change, signed=True)
+        change = "" if v.change is None else estimate(v.change, signed=True)
         p = "" if v.change_test is None or not v.change_test.ok else f"{v.change_test.p_value:.4f}"
         rows.append([v.prompt_version or "(none)", v.first_seen[:16], f"{v.sessions:,}",
-                     f"{v.positive:,}/{v.rated:,}", _est(v.satisfaction), change, p])
-    out += _table(["version", "first seen", "sessions", "positive/rated",
+                     f"{v.positive:,}/{v.rated:,}", estimate(v.satisfaction), change, p])
+    out += table(["version", "first seen", "sessions", "positive/rated",
                    f"satisfaction ({level} Wilson)", "vs previous (sessions, delta)", "p"], rows)
     out.append("")
     out.append(f"Per {r.bucket}")
@@ -146,7 +125,7 @@ def format_versions(r: VersionsReport) -> str:
     for v in r.versions:
         for b in v.buckets:
             rows.append([v.prompt_version or "(none)", b.bucket, f"{b.interactions:,}",
-                         f"{b.positive:,}/{b.rated:,}", _est(b.satisfaction)])
-    out += _table(["version", r.bucket, "interactions", "positive/rated",
+                         f"{b.positive:,}/{b.rated:,}", estimate(b.satisfaction)])
+    out += table(["version", r.bucket, "interactions", "positive/rated",
                    f"satisfaction ({level} Wilson)"], rows)
     return "\n".join(out)
