@@ -115,12 +115,15 @@ class BatchingSink(BaseSink):
         self._closed.extend(self._open.values())
         self._open.clear()
         while self._closed:
-            batch = self._closed[0]
-            self.write(batch)  # BackPressure propagates; this batch stays first in line
-            self._closed.pop(0)
-            self._written[(batch.topic, batch.partition)] = batch.last_offset + 1
+            self.write(self._closed[0])  # BackPressure propagates; it stays first in line
+            self._first_written()
         done, self._written = self._written, {}
         return done
+
+    def _first_written(self) -> None:
+        """The first full batch is durable: its offsets go out with the next flush."""
+        batch = self._closed.pop(0)
+        self._written[(batch.topic, batch.partition)] = batch.last_offset + 1
 
     # --- bounds ------------------------------------------------------------------------------
     @property

@@ -18,14 +18,13 @@ constraint) bisects the insert until the offending rows are isolated; those go t
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import gc
 import logging
 import struct
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -37,6 +36,9 @@ from feedbackloop.sinks.rows import COLUMNS, DEAD_LETTERS, Row, TopicRouter, dea
 __all__ = ["ClickHouseSink", "SinkMessage", "is_rejection", "SinkStats"]
 
 log = logging.getLogger(__name__)
+
+# How often the worker looks back while a background insert runs (``time_to_due``).
+_INFLIGHT_POLL_S = 0.05
 
 # Server error codes that mean "this data is refused", so retrying the same rows cannot help.
 # Anything else is treated as transient: retried forever rather than dropped.
@@ -83,6 +85,13 @@ class SinkStats:
     inserts: int = 0
     transient_errors: int = 0
     insert_seconds: float = 0.0
+
+
+class _Skipped(BackPressure):
+    """An insert not attempted because the one before it failed (retried in order)."""
+
+    def __init__(self) -> None:
+        super().__init__("an earlier batch's insert failed", retry_after=0.0)
 
 
 @dataclass
@@ -148,6 +157,9 @@ class ClickHouseSink(BatchingSink):
         self._failures = 0
         self._clock = clock
         self._executor: ThreadPoolExecutor | None = None
+        #: Full batches whose insert is queued or running: always the first of ``_closed``.
+        self._inflight: list[tuple[SinkBatch, Future[None]]] = []
+        self._collector = _CollectorPause()
 
     # --- connection --------------------------------------------------------------------------
     def setup(self) -> None:
@@ -176,6 +188,8 @@ class ClickHouseSink(BatchingSink):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        self._inflight.clear()  # finished; their batches are still pending (never committed)
+        self._collector.resume()
         self._drop_client()
 
     @property
@@ -184,39 +198,130 @@ class ClickHouseSink(BatchingSink):
         return self._connect()
 
     # --- writing -----------------------------------------------------------------------------
-    def flush(self) -> dict[tuple[str, int], int]:
-        with _gc_paused():
-            return super().flush()
+    # Full batches are prepared (decoded, validated, turned into rows) on the caller's thread
+    # and inserted, one at a time and in order, by one insert thread: chDB (and the HTTP
+    # client's socket wait) release the GIL while an insert runs, so consuming and preparing
+    # the next batch overlap the insert on a second core. A batch's insert starts as soon as
+    # it closes (``add``), not only at ``flush``; ``flush`` still returns only once every batch
+    # is stored, and a batch's offsets are handed out only after its insert returned.
 
-    def write(self, batch: SinkBatch) -> None:
+    def add(self, topic: str, partition: int, offset: int, item: Any) -> None:
+        closed = len(self._closed)
+        super().add(topic, partition, offset, item)
+        if len(self._closed) != closed:
+            self._pump()
+
+    def flush(self) -> dict[tuple[str, int], int]:
+        self._collector.pause()
+        try:
+            return super().flush()
+        finally:
+            # Rows of stored batches are already freed (``_stored``): the collector's next
+            # pass has little left to scan.
+            self._collector.resume()
+
+    def due(self, now: float | None = None) -> bool:
+        if self._inserting_only():
+            # Every full batch is being inserted: not due until the first insert returns
+            # (then flush commits it), or an open batch reaches the age bound.
+            return self._open_due(now) == 0.0
+        return super().due(now)
+
+    def time_to_due(self, now: float | None = None) -> float | None:
+        if self._inserting_only():
+            wait = self._open_due(now)
+            return _INFLIGHT_POLL_S if wait is None else min(wait, _INFLIGHT_POLL_S)
+        return super().time_to_due(now)
+
+    def discard(self, partitions: Iterable[tuple[str, int]]) -> int:
+        # Let the inserts already started finish first (their rows are stored either way;
+        # the revoked partitions' offsets are simply not committed).
+        self._retire(wait=True)
+        self._inflight.clear()
+        return super().discard(partitions)
+
+    def _inserting_only(self) -> bool:
+        inflight = self._inflight
+        return bool(inflight) and len(inflight) == len(self._closed) and not inflight[0][1].done()
+
+    def _open_due(self, now: float | None) -> float | None:
+        """Seconds until the oldest *open* batch reaches the age bound (``None``: none open)."""
+        if not self._open:
+            return None
+        now = time.monotonic() if now is None else now
+        oldest = min(b.started for b in self._open.values())
+        return max(0.0, self.max_age_s - (now - oldest))
+
+    def _pump(self) -> None:
+        """Called when a batch closes in ``add``: retire finished inserts, start the new one.
+
+        A batch whose insert returned is marked written (its offsets go out with the next
+        ``flush``). After a failed insert nothing new starts; ``flush`` raises its
+        :class:`BackPressure` and retries it first.
+        """
+        if not self._retire(wait=False):
+            return  # flush raises the failure; the same batches stay first in line
+        if len(self._inflight) < len(self._closed):
+            self._collector.pause()  # until the flush that stores them (see _CollectorPause)
+            while len(self._inflight) < len(self._closed):
+                self._submit(self._closed[len(self._inflight)])
+
+    def _submit(self, batch: SinkBatch) -> None:
+        """Prepare ``batch`` (on this thread) and queue its insert after those in flight."""
         if batch.state is None:
             batch.state = self._prepare(batch)
+        before = self._inflight[-1][1] if self._inflight else None
+        job = self._inserter().submit(self._insert_in_turn, before, batch, batch.state)
+        self._inflight.append((batch, job))
+
+    def _insert_in_turn(self, before: Future[None] | None, batch: SinkBatch, prep: Any) -> None:
+        # One insert thread runs the jobs in order, so ``before`` has finished by now. Nothing
+        # is stored after a failed batch: the failure and the batches behind it are retried
+        # together, in order, by the next flush.
+        if before is not None and before.exception() is not None:
+            raise _Skipped
+        self._insert_batch(batch, prep)
+
+    def _retire(self, wait: bool) -> bool:
+        """Mark batches whose insert returned as written, from the front.
+
+        False when the first of them failed: it is left in place for ``write`` to raise.
+        """
+        inflight = self._inflight
+        while inflight and (wait or inflight[0][1].done()):
+            batch, job = inflight[0]
+            if job.exception() is not None:
+                return False
+            inflight.pop(0)
+            self._stored(batch)
+            self._first_written()
+        return True
+
+    def write(self, batch: SinkBatch) -> None:
+        inflight = self._inflight
+        if not inflight or inflight[0][0] is not batch:
+            inflight.clear()
+            self._submit(batch)
+        if len(inflight) < len(self._closed):
+            # Prepare the next batch while this one is inserted.
+            self._submit(self._closed[len(inflight)])
+        job = inflight[0][1]
+        try:
+            job.result()  # BackPressure propagates: this batch stays first in line
+        except BaseException:
+            inflight.clear()
+            raise
+        inflight.pop(0)
+        self._stored(batch)
+
+    def _stored(self, batch: SinkBatch) -> None:
         prep: _Prepared = batch.state
-        ahead = self._next_to_prepare(batch)
-        if ahead is None:
-            self._insert_batch(batch, prep)
-        else:
-            # chDB (and the HTTP client's socket wait) release the GIL while an insert runs, so
-            # the next batch's decoding and validation overlap this batch's insert on a
-            # second core. ``write`` still returns only once this batch is stored.
-            pending = self._inserter().submit(self._insert_batch, batch, prep)
-            try:
-                ahead.state = self._prepare(ahead)
-            finally:
-                pending.result()  # BackPressure propagates: this batch stays first in line
         self.stats.messages += len(batch)
         self.stats.dead_letters += len(prep.rows.get(DEAD_LETTERS, ()))
         self._failures = 0
         # Free the rows while the collector is still paused: re-enabling it with batches of
         # rows alive would make its next (full) pass scan them all once more.
         batch.state = None
-
-    def _next_to_prepare(self, batch: SinkBatch) -> SinkBatch | None:
-        """The batch that ``flush`` writes after ``batch``, if it still needs converting."""
-        closed = self._closed
-        if len(closed) > 1 and closed[0] is batch and closed[1].state is None:
-            return closed[1]
-        return None
 
     def _inserter(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -355,23 +460,34 @@ class ClickHouseSink(BatchingSink):
         raise BackPressure(str(err), retry_after=delay) from e
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Suspend the cyclic garbage collector while a flush converts and inserts its batches.
+class _CollectorPause:
+    """Suspends the cyclic garbage collector while the sink holds prepared batches.
 
-    A batch allocates several tracked objects per row (tuples, UUIDs, metadata dicts), none of
-    them cyclic; with the collector on, its full passes rescan the whole live batch again and
-    again, which cost ~40% of the writer's throughput in bench/bench_sink.py. Reference
-    counting still frees everything. Re-enabling it triggers one full pass, so it is paused
-    once per flush rather than per batch (~0.1 s per pass in the same benchmark).
+    A batch allocates several tracked objects per row (tuples, metadata dicts, lists of
+    rows), none of them cyclic; with the collector on, its passes rescan every live batch
+    again and again, which cost ~40% of the writer's throughput in bench/bench_sink.py (and
+    ~1.1 s of 3.5 s once inserts started during ``add``). Reference counting still frees
+    everything. The pause starts when a full batch is prepared (``add``) or a flush starts,
+    and ends when the flush that stores those batches returns (or the sink closes), so it
+    lasts about one flush interval (``max_age_s``) at most under steady load; the collector
+    is only re-enabled if it was enabled before.
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+
+    def __init__(self) -> None:
+        self._paused = False
+        self._was_enabled = False
+
+    def pause(self) -> None:
+        if not self._paused:
+            self._was_enabled = gc.isenabled()
+            gc.disable()
+            self._paused = True
+
+    def resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self._was_enabled:
+                gc.enable()
 
 
 def _offset_of(batch: SinkBatch, idx: int) -> int:

@@ -346,6 +346,9 @@ _CATEGORIES = frozenset(c.value for c in ReportCategory)
 _SIGNALS = frozenset(s.value for s in ImplicitSignal)
 _fromiso = dt.datetime.fromisoformat
 _loads = orjson.loads
+_NO_METADATA: dict[str, Any] = {}
+#: The last ``enriched_at`` seen and its epoch milliseconds.
+_STAMP: tuple[str, int] = ("", 0)
 
 
 class _NotCanonical(Exception):
@@ -378,6 +381,14 @@ def _opt_str(v: Any) -> str:
     if v is None:
         return ""
     if type(v) is not str:
+        raise _NotCanonical
+    return v
+
+
+def _float(v: Any) -> float:
+    if type(v) is int:
+        return float(v)
+    if type(v) is not float:
         raise _NotCanonical
     return v
 
@@ -435,6 +446,9 @@ def enriched_row(value: bytes, topic: str, partition: int, offset: int) -> tuple
 
 
 def _enriched_row(d: Any, topic: str, partition: int, offset: int) -> tuple[str, Row]:
+    # Checks are spelled out inline on the fields every message has: a helper call per field
+    # cost as much as the rest of the row.
+    global _STAMP
     get = d.get
     if get("enriched_schema_version", ENRICHED_SCHEMA_VERSION) != ENRICHED_SCHEMA_VERSION:
         raise _NotCanonical
@@ -442,28 +456,44 @@ def _enriched_row(d: Any, topic: str, partition: int, offset: int) -> tuple[str,
     et = e["event_type"]
     ctx = get("context")
     der = get("derived")
-    orphaned = _bool(get("orphaned", False))
-    waited = _opt_float(get("waited_ms", 0.0))
-    if waited is None:
+    orphaned = get("orphaned", False)
+    waited = get("waited_ms", 0.0)
+    if type(orphaned) is not bool:
         raise _NotCanonical
+    if type(waited) is not float:
+        waited = _float(waited)
     eget = e.get
     version = eget("schema_version", SCHEMA_VERSION)
-    if type(version) is not int or not 1 <= version <= SCHEMA_VERSION:
-        raise _NotCanonical
+    event_id, app_id, session_id = e["event_id"], e["app_id"], e["session_id"]
     user_id = eget("user_id")
+    occurred_at = _fromiso(e["occurred_at"])  # TypeError unless a str
+    if (
+        type(version) is not int
+        or not 1 <= version <= SCHEMA_VERSION
+        or type(app_id) is not str
+        or type(session_id) is not str
+        or (user_id is not None and (type(user_id) is not str or not user_id))
+        or occurred_at.tzinfo is None
+        or len(event_id) != 36
+        or event_id[8:24:5] != "----"
+    ):
+        raise _NotCanonical
     envelope = (
-        _uuid(e["event_id"]),
-        _time(e["occurred_at"]),
-        _str(e["app_id"]),
-        _str(e["session_id"]),
-        _opt_str(user_id),
+        int(event_id.replace("-", ""), 16),
+        occurred_at,
+        app_id,
+        session_id,
+        user_id or "",
         version,
     )
-    if user_id == "":
-        raise _NotCanonical  # min_length=1: the validating path reports it
-    has_context = ctx is not None or et == "interaction"
-    rank = _RANK_ENRICHED if has_context else _RANK_NO_CONTEXT
-    row_version = rank * _RANK_STEP + _ms(_time(d["enriched_at"]))
+    # The stream jobs stamp a whole batch with one enrichment time: convert it once.
+    stamp = d["enriched_at"]
+    last, stamp_ms = _STAMP
+    if stamp != last:
+        stamp_ms = _ms(_time(stamp))
+        _STAMP = (stamp, stamp_ms)
+    rank = _RANK_ENRICHED if ctx is not None or et == "interaction" else _RANK_NO_CONTEXT
+    row_version = rank * _RANK_STEP + stamp_ms
     if et == "interaction":
         return "interactions", _enriched_interaction(
             e, der, envelope, row_version, topic, partition, offset
@@ -471,24 +501,41 @@ def _enriched_row(d: Any, topic: str, partition: int, offset: int) -> tuple[str,
     if ctx is None:
         context: Row = ("orphaned" if orphaned else "none", orphaned, waited, *_NO_CONTEXT[3:])
     else:
-        if type(ctx) is not dict:
-            raise _NotCanonical
         cget = ctx.get
         if der is None:
             language, input_code, response_code, bucket = "und", False, False, ""
         else:
-            language, input_code, response_code, _, _, bucket = _derived(der)
+            dget = der.get
+            language = dget("input_language", "und")
+            input_code = dget("input_has_code", False)
+            response_code = dget("response_has_code", False)
+            bucket = dget("input_length_bucket", "empty")
+            if (
+                type(language) is not str
+                or type(input_code) is not bool
+                or type(response_code) is not bool
+                or type(bucket) is not str
+                or type(dget("input_chars", 0)) is not int
+                or type(dget("response_chars", 0)) is not int
+            ):
+                raise _NotCanonical
+        model, shadow = ctx["model"], cget("shadow", False)
+        latency = cget("latency_ms")
+        if type(model) is not str or type(shadow) is not bool:
+            raise _NotCanonical
+        if latency is not None and type(latency) is not float:
+            latency = _float(latency)
         context = (
             "enriched",
             orphaned,
             waited,
             _time(ctx["interaction_occurred_at"]),
-            _str(ctx["model"]),
+            model,
             _opt_str(cget("prompt_version")),
             _opt_str(cget("experiment")),
             _opt_str(cget("variant")),
-            _bool(cget("shadow", False)),
-            _opt_float(cget("latency_ms")),
+            shadow,
+            latency,
             language,
             input_code,
             response_code,
@@ -563,17 +610,45 @@ def _enriched_interaction(
     offset: int,
 ) -> Row:
     eget = e.get
-    user_input, response = _str(e["user_input"]), _str(e["response"])
-    experiment, variant = eget("experiment"), eget("variant")
-    if (experiment is None) != (variant is None):
+    iid, model = e["interaction_id"], e["model"]
+    user_input, response, system_prompt = e["user_input"], e["response"], eget("system_prompt", "")
+    prompt_version, experiment, variant = (
+        eget("prompt_version"),
+        eget("experiment"),
+        eget("variant"),
+    )
+    latency, cost = eget("latency_ms"), eget("cost_usd")
+    input_tokens, output_tokens = eget("input_tokens"), eget("output_tokens")
+    shadow = eget("shadow", False)
+    if (
+        type(model) is not str
+        or type(user_input) is not str
+        or type(response) is not str
+        or type(system_prompt) is not str
+        or (prompt_version is not None and type(prompt_version) is not str)
+        or (experiment is None) != (variant is None)
+        or (experiment is not None and (type(experiment) is not str or type(variant) is not str))
+        or (input_tokens is not None and type(input_tokens) is not int)
+        or (output_tokens is not None and type(output_tokens) is not int)
+        or type(shadow) is not bool
+        or len(iid) != 36
+        or iid[8:24:5] != "----"
+    ):
         raise _NotCanonical
-    meta = eget("metadata", {})
-    if meta is None:
+    if latency is not None and type(latency) is not float:
+        latency = _float(latency)
+    if cost is not None and type(cost) is not float:
+        cost = _float(cost)
+    meta = eget("metadata", _NO_METADATA)
+    if type(meta) is not dict:
         raise _NotCanonical
     if meta:
-        if type(meta) is not dict:
-            raise _NotCanonical
-        meta = {k: v if type(v) is str else _meta_json(v) for k, v in meta.items()}
+        # Metadata values are str/int/float/bool/None; the Map column keeps them as JSON
+        # text (as in _interaction). The parsed dict is ours: reuse it when all are text.
+        for v in meta.values():
+            if type(v) is not str:
+                meta = {k: v if type(v) is str else _meta_json(v) for k, v in meta.items()}
+                break
     else:
         meta = {}
     if der is None:
@@ -583,20 +658,20 @@ def _enriched_interaction(
         language, input_code, response_code, input_chars, response_chars, bucket = _derived(der)
     return (
         *envelope,
-        _uuid(e["interaction_id"]),
-        _str(e["model"]),
-        _opt_str(eget("prompt_version")),
-        _opt_str(experiment),
-        _opt_str(variant),
-        _str(eget("system_prompt", "")),
+        int(iid.replace("-", ""), 16),
+        model,
+        prompt_version or "",
+        experiment or "",
+        variant or "",
+        system_prompt,
         user_input,
         response,
-        _opt_float(eget("latency_ms")),
-        _opt_int(eget("input_tokens")),
-        _opt_int(eget("output_tokens")),
-        _opt_float(eget("cost_usd")),
+        latency,
+        input_tokens,
+        output_tokens,
+        cost,
         meta,
-        _bool(eget("shadow", False)),
+        shadow,
         language,
         input_code,
         response_code,
