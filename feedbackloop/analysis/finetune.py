@@ -10,10 +10,11 @@ Steps, each counted in ``manifest.json``:
 1. **filters**: correction shorter than ``min_chars`` (default 20; "no", "wrong" teach
    nothing) or longer than ``max_chars``; empty input; correction equal to the response
    (whitespace and case aside); optional prompt version / model / time window;
-2. **scrubbing** of e-mail addresses, phone numbers and API keys in every message
-   (:mod:`.scrub`), on by default;
-3. **de-duplication** on (system, input, correction) after whitespace/case normalisation;
-   the oldest correction is kept and the others are listed in its provenance;
+2. **de-duplication** on (system, input, correction) after whitespace/case normalisation of
+   the texts as stored (before scrubbing); the oldest correction is kept and the others are
+   listed in its provenance;
+3. **scrubbing** of e-mail addresses, phone numbers and API keys in every message
+   (:mod:`.scrub`), on by default; a record left with an empty message is dropped;
 4. **split**: deterministic on a hash of (seed, normalised input), so the same input always
    lands on the same side (no leak of a prompt from train into validation) and re-running
    on more data moves no existing example across the split.
