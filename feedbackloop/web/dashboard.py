@@ -248,7 +248,7 @@ def router() -> APIRouter:
         return found
 
     @r.get("/api/failures", tags=["dashboard"], responses=_READ_ERRORS,
-           summary="Thumbs-down rate per input slice, worst first")
+           summary="Failure slices: negative rate per slice and pair, significant first")
     async def failures(
         request: Request,
         principal: ReadPrincipal,
