@@ -85,7 +85,7 @@ def read_back(
                 if msg.error() is not None:
                     continue
                 try:
-                    event = decode(msg.value())
+                    event = decode(msg.value() or b"")
                 except Exception:
                     malformed += 1
                     continue

@@ -79,7 +79,8 @@ class Spool:
         return self._count
 
     @property
-    def bytes(self) -> int:
+    def size_bytes(self) -> int:
+        """Payload bytes stored (what ``max_bytes`` bounds)."""
         return self._bytes
 
     def append(

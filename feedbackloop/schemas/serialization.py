@@ -28,7 +28,7 @@ def encode(event: Envelope) -> bytes:
     return type(event).__pydantic_serializer__.to_json(event)
 
 
-def decode(data: bytes | bytearray | memoryview | str) -> Event:
+def decode(data: bytes | bytearray | str) -> Event:
     """Parse and validate one event; raise :class:`SchemaError` with a reason on failure."""
     if len(data) > MAX_EVENT_BYTES:
         raise SchemaError(

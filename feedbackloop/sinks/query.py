@@ -135,7 +135,7 @@ class QueryEndpoint:
     def url(self) -> str:
         assert self._server is not None
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> None:
         """Open the read-only client, start serving and write the discovery file."""
