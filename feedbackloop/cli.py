@@ -1055,6 +1055,57 @@ def export_finetune(ctx: click.Context, out_dir: str, since: str, prompt_version
                f"{paths['manifest'].parent}")
 
 
+# --- worker: the stream jobs (feedbackloop.stream_jobs) -------------------------------------
+
+
+@cli.command("worker")
+@click.option("--grace", "grace_s", type=float, default=30.0, show_default=True,
+              envvar="FEEDBACKLOOP_STREAM_GRACE_S",
+              help="Seconds early feedback waits for its interaction before it is orphaned.")
+@click.option("--window", "window_s", type=float, default=60.0, show_default=True,
+              envvar="FEEDBACKLOOP_STREAM_WINDOW_S", help="Tumbling window size in seconds.")
+@click.option("--lateness", "lateness_s", type=float, default=60.0, show_default=True,
+              envvar="FEEDBACKLOOP_STREAM_LATENESS_S",
+              help="Allowed lateness (event time) of an event for its window, in seconds.")
+@click.option("--retention", "retention_s", type=float, default=7 * 24 * 3600.0,
+              show_default=True, envvar="FEEDBACKLOOP_STREAM_RETENTION_S",
+              help="Seconds an interaction stays joinable (bounds the join table).")
+@click.option("--alert-webhook", "webhook", default=None,
+              envvar="FEEDBACKLOOP_STREAM_ALERT_WEBHOOK",
+              help="Slack-compatible webhook URL for satisfaction-drop alerts.")
+@click.pass_context
+def worker(ctx: click.Context, grace_s: float, window_s: float, lateness_s: float,
+           retention_s: float, webhook: str | None) -> None:
+    """Run the stream jobs (validate, enrich, window, alert) until Ctrl-C."""
+    import logging
+
+    from feedbackloop.infra import EmbeddedBroker
+
+    try:
+        from feedbackloop.stream_jobs import StreamConfig, run_worker
+    except ImportError as e:
+        raise MissingDependency("faust-streaming", "stream") from e
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    s = settings_of(ctx)
+    config = StreamConfig(grace_s=grace_s, window_s=window_s, allowed_lateness_s=lateness_s,
+                          retention_s=retention_s, alert_webhook_url=webhook)
+    broker = None
+    if s.embedded_broker:
+        broker = EmbeddedBroker(host=s.broker_host, port=s.broker_port, storage=s.broker_storage,
+                                binary=s.broker_binary).start()
+        s = s.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
+    try:
+        stats = run_worker(s, config, ready=lambda jobs: click.echo(
+            f"worker running on {s.bootstrap_servers}; reading {jobs.topics.events}"))
+    finally:
+        if broker is not None:
+            broker.stop()
+    click.echo(f"worker stopped: {stats.records_in} in = {stats.valid} valid + "
+               f"{stats.dead_letters} dead letters; {stats.enriched} enriched "
+               f"({stats.orphaned} orphaned), {stats.aggregates} window aggregates")
+
+
 def main() -> None:
     cli(prog_name="feedbackloop")
 

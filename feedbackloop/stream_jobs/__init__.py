@@ -5,7 +5,7 @@ Import this package only where faust is installed (the ``stream`` extra); the sc
 SDK never import it.
 """
 
-from feedbackloop.stream_jobs.app import KafkaOutput, StreamJobs, post_webhook
+from feedbackloop.stream_jobs.app import KafkaOutput, StreamJobs, post_webhook, run_worker
 from feedbackloop.stream_jobs.config import StreamConfig
 from feedbackloop.stream_jobs.consumer import BatchConsumer, FetchTuning, TunedConsumerThread
 from feedbackloop.stream_jobs.detector import (
@@ -40,5 +40,6 @@ __all__ = [
     "has_code",
     "length_bucket",
     "post_webhook",
+    "run_worker",
     "window_start",
 ]

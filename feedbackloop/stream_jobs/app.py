@@ -16,6 +16,7 @@ import math
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -28,10 +29,10 @@ from feedbackloop.stream_jobs.config import StreamConfig
 from feedbackloop.stream_jobs.consumer import FetchTuning, Transport
 from feedbackloop.stream_jobs.detector import SatisfactionDetector, detector_keys
 from feedbackloop.stream_jobs.enrich import InteractionRecord
-from feedbackloop.stream_jobs.pipeline import TABLES, Pipeline, decode_pending
+from feedbackloop.stream_jobs.pipeline import TABLES, Pipeline, PipelineStats, decode_pending
 from feedbackloop.stream_jobs.windows import WindowState
 
-__all__ = ["StreamJobs", "KafkaOutput", "post_webhook"]
+__all__ = ["StreamJobs", "KafkaOutput", "post_webhook", "run_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,9 @@ class KafkaOutput:
                 "enable.idempotence": False,
                 # Python callbacks only for failures: one per message would cost ~1 us each.
                 "delivery.report.only.error": True,
+                # Dead letters carry oversized events byte for byte; the broker still
+                # applies its own limit (to the compressed batch).
+                "message.max.bytes": 16 * 1024 * 1024,
                 "log_level": 3,
             }
         )
@@ -152,8 +156,8 @@ def _credentials(settings: Settings) -> Any:
 class StreamJobs:
     """One stream-jobs worker: the faust app, its tables and the pipeline.
 
-    Construct, then either :meth:`run` (blocking, the CLI) or ``async with jobs.running():``
-    (tests, benchmark). Topics are created on start if missing.
+    Construct it inside a running event loop, then ``async with jobs.running():`` (tests,
+    benchmark), or call :func:`run_worker` (the CLI). Topics are created on start if missing.
     """
 
     def __init__(
@@ -166,12 +170,14 @@ class StreamJobs:
         self.topics = Topics(settings.topic_prefix)
         cfg = self.config
         app_id = f"{settings.topic_prefix}{cfg.app_id}"
+        datadir = Path(data_dir or (settings.data_dir / "stream"))
+        datadir.mkdir(parents=True, exist_ok=True)
         self.app = StreamApp(
             app_id,
             broker=_broker_urls(settings.bootstrap_servers),
             broker_credentials=_credentials(settings),
             store="memory://",
-            datadir=str(data_dir or (settings.data_dir / "stream")),
+            datadir=str(datadir),
             topic_partitions=settings.topic_partitions,
             topic_allow_declare=True,
             web_enabled=False,
@@ -216,7 +222,10 @@ class StreamJobs:
             default=None,
             beacon=self.app.tables.beacon,
             partitions=self.settings.topic_partitions,
-            schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
+            # bytes types make faust use the "raw" codec for the changelog (it derives the
+            # changelog serializers from the types, not from a schema).
+            key_type=bytes,
+            value_type=bytes,
             help=f"stream jobs state: {name}",
         )
         return self.app.tables.add(table)  # type: ignore[return-value]
@@ -240,7 +249,7 @@ class StreamJobs:
         )
         detectors = app.Table(
             "alert_detectors", default=None, partitions=self.settings.topic_partitions,
-            schema=faust.Schema(key_serializer="raw", value_serializer="json"),
+            key_type=bytes,
         )
 
         @app.agent(aggregates, name="satisfaction_votes")
@@ -377,11 +386,33 @@ class StreamJobs:
             await asyncio.sleep(0.1)
         raise BrokerError(f"no partitions assigned to the stream worker within {timeout:.0f} s")
 
-    def run(self) -> None:
-        """Run until interrupted (Ctrl-C): the ``feedbackloop worker`` command."""
-        self.ensure_topics()
-        worker = faust.Worker(self.app, loglevel="INFO", quiet=True)
-        worker.execute_from_commandline()
+
+def run_worker(
+    settings: Settings,
+    config: StreamConfig | None = None,
+    ready: Callable[[StreamJobs], None] | None = None,
+) -> PipelineStats:
+    """Run the stream worker until SIGINT / SIGTERM; return its final counters.
+
+    The worker is built inside the event loop that runs it: faust binds its services to the
+    loop they are created in.
+    """
+    import signal
+
+    async def serve() -> PipelineStats:
+        jobs = StreamJobs(settings, config)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with jobs.running():
+            await jobs.wait_assigned()
+            if ready is not None:
+                ready(jobs)
+            await stop.wait()
+        return jobs.pipeline.stats
+
+    return asyncio.run(serve())
 
 
 def _detector_state(det: SatisfactionDetector) -> dict[str, Any]:

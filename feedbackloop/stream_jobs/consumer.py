@@ -93,7 +93,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
                         continue
                     r_offset = read_offset[tp]
                     if r_offset is not None:
-                        recs = [r for r in recs if r.offset > r_offset]
+                        # faust's rule (>=): after a seek the read offset is the committed
+                        # position, i.e. the next record to process, not the last processed.
+                        recs = [r for r in recs if r.offset >= r_offset]
                     if not recs:
                         continue
                     handler = handlers.get(tp.topic)
@@ -126,7 +128,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         self, handler: BatchHandler, tp: TP, recs: Sequence[Any], r_offset: int | None
     ) -> None:
         first = recs[0].offset
-        if r_offset is not None and first > r_offset + 1:
+        if r_offset and first - r_offset > 1:  # the same gap rule as faust's drain loop
             await self._add_gap(tp, r_offset + 1, first)
         await handler(tp, recs)
         offsets = [r.offset for r in recs]

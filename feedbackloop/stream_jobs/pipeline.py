@@ -36,6 +36,9 @@ __all__ = ["Output", "PendingEvent", "Pipeline", "PipelineStats", "TABLES"]
 
 log = logging.getLogger(__name__)
 
+#: Payload kept of a dead letter the producer refuses whole.
+_DLQ_TRUNCATE = 256 * 1024
+
 #: Names of the changelog-backed tables the pipeline keeps.
 TABLES = ("interactions", "pending", "windows", "watermarks")
 
@@ -268,7 +271,15 @@ class Pipeline:
             reason=err.reason, error=str(err), payload=value or b"", key=key, source="stream",
             source_topic=self.topics.events, source_partition=partition, source_offset=offset,
         )
-        self.out.produce(self.topics.dead_letters, key, value, headers=dl.headers())
+        try:
+            self.out.produce(self.topics.dead_letters, key, value, headers=dl.headers())
+        except Exception as e:  # e.g. too large even for the dead-letter topic
+            # A poison message must never stop the worker: keep its head and say so.
+            log.warning("dead letter of %d bytes refused (%s); truncating", len(value or b""), e)
+            headers = [*dl.headers(), ("feedbackloop.dlq.truncated_from",
+                                       str(len(value or b"")).encode())]
+            self.out.produce(self.topics.dead_letters, key, (value or b"")[:_DLQ_TRUNCATE],
+                             headers=headers)
         self.stats.dead_letters += 1
         self.stats.by_reason[err.reason] = self.stats.by_reason.get(err.reason, 0) + 1
 
