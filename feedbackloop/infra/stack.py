@@ -57,7 +57,7 @@ def default_services(
     """The pipeline's services in start order. Without stream jobs the sink stores raw events."""
     services: list[Service] = []
     if with_stream:
-        services.append(Service("stream", ("worker",), ready_marker="stream jobs ready"))
+        services.append(Service("stream", ("worker",), ready_marker="worker running"))
     if with_sink:
         args = ("sink", "run") if with_stream else ("sink", "run", "--raw")
         services.append(Service("sink", args, ready_marker="sink running"))

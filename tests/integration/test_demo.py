@@ -60,3 +60,31 @@ def test_stack_starts_services_reports_health_and_stops_them_cleanly(tmp_path: P
     assert ("broker", "stopped", "") in seen
     # the sink exited by itself on SIGTERM, after flushing, rather than being killed
     assert ("sink", "stopped", "exit code 0") in seen
+
+
+def test_demo_through_the_whole_pipeline_accounts_for_every_event(tmp_path: Path) -> None:
+    """`feedbackloop demo` as CI can afford it: broker, stream jobs, sink and web, a few
+    seconds of traffic; every event is in ClickHouse, every malformed one a dead letter, and
+    the report shows the planted effect."""
+    from feedbackloop.infra.stack import default_services
+
+    settings = Settings(data_dir=tmp_path, broker_port=0, web_port=0)
+    spec = TrafficSpec(
+        satisfaction={"control": 0.60, "treatment": 0.75}, seed=5, malformed_share=0.01
+    )
+    demo = run_demo(
+        settings,
+        duration_s=5,
+        rate=2000,
+        spec=spec,
+        services=default_services(),
+        echo=lambda _: None,
+    )
+    sent = sum(demo.simulation.sent.values())
+    assert sent > 5000 and demo.missing == 0
+    assert demo.stored_events == sent
+    assert demo.stored_dead_letters is not None
+    assert demo.stored_dead_letters >= demo.simulation.malformed > 0
+    assert "satisfaction" in demo.results and "significant improvement" in demo.results
+    assert "Top failure patterns" in demo.results
+    assert any(st.name == "web" and "dashboard http://" in st.detail for st in demo.services)
