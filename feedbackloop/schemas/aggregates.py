@@ -14,7 +14,8 @@ replays, an allowed-late event reopens it); the later ``revision`` replaces the 
 In ClickHouse: ``ReplacingMergeTree(revision)`` ordered by
 ``(app_id, experiment, variant, prompt_version, model, window_start, source_partition)``.
 
-**Distinct sessions** are not additive. ``distinct_sessions`` is exact for the row;
+**Distinct sessions** are not additive. ``distinct_sessions`` is exact for the row while it
+has fewer than :data:`SESSION_SKETCH_K` sessions, the sketch's estimate above;
 ``session_sketch`` is a K-minimum-values sketch (Bar-Yossef et al. 2002; Beyer et al. 2007):
 the :data:`SESSION_SKETCH_K` smallest 64-bit hashes (:func:`session_hash`) of the row's
 session ids. Merge rows by taking the union of their sketches and keeping the K smallest; the
@@ -109,7 +110,8 @@ class WindowAggregate(BaseModel):
     # --- join quality and sessions -------------------------------------------------------
     #: Feedback / implicit / outcome events counted here whose interaction never arrived.
     orphaned: int = 0
-    #: Exact number of distinct session ids among this row's events.
+    #: Distinct session ids among this row's events: exact below SESSION_SKETCH_K, else the
+    #: KMV estimate.
     distinct_sessions: int = 0
     #: K smallest :func:`session_hash` values of this row's sessions, ascending.
     session_sketch: list[int] = Field(default_factory=list)
