@@ -303,3 +303,20 @@ def test_enriched_bytes_match_the_model():
         parsed = EnrichedEvent.model_validate_json(v)
         assert json.loads(parsed.model_dump_json())["event"]["event_id"] in v.decode()
     assert uuid.UUID(str(parsed.event.event_id))
+
+
+def test_dead_letter_refused_whole_is_truncated_not_fatal():
+    class Refusing(Collect):
+        def produce(self, topic, key, value, partition=None, headers=None):  # noqa: ANN001
+            if topic == TOPICS.dead_letters and value and len(value) > 300_000:
+                raise RuntimeError("Message size too large")
+            super().produce(topic, key, value, partition, headers)
+
+    out = Refusing()
+    pipe = Pipeline(TOPICS, StreamConfig(), out)
+    big = b'{"event_type":"interaction","user_input":"' + b"x" * 1_000_001 + b'"}'
+    pipe.process(0, [(b"k", big, 7), *recs([interaction()], 8)])
+    (dl,) = out.on(TOPICS.dead_letters)
+    assert len(dl[2]) == 256 * 1024
+    assert ("feedbackloop.dlq.truncated_from", str(len(big)).encode()) in dl[3]
+    assert len(out.on(TOPICS.enriched)) == 1
