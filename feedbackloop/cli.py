@@ -326,20 +326,27 @@ def up_command(ctx: click.Context, no_web: bool, no_stream: bool) -> None:
 @click.option("--effect", type=click.FloatRange(-1, 1), default=0.10, show_default=True,
               help="True satisfaction of treatment minus control.")
 @click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--collector", default=None, envvar="FEEDBACKLOOP_COLLECTOR_URL",
+              help="Send through the HTTP collector at this base URL instead of Kafka.")
+@click.option("--key", default=None, envvar="FEEDBACKLOOP_COLLECTOR_KEY",
+              help="API key for --collector (a public write key is enough).")
 @click.pass_context
 def simulate_command(ctx: click.Context, duration: float | None, rate: float, effect: float,
-                     seed: int) -> None:
-    """Send simulated traffic through the SDK to the configured broker (a load generator)."""
+                     seed: int, collector: str | None, key: str | None) -> None:
+    """Send simulated traffic through the SDK to the configured broker, or to a collector
+    URL (a load generator)."""
     from feedbackloop.producers import FeedbackClient
+    from feedbackloop.producers.collector_client import CollectorClient
     from feedbackloop.simulator import Simulator, TrafficSpec
 
     s = settings_of(ctx)
     spec = TrafficSpec(satisfaction={"control": 0.62, "treatment": min(1.0, 0.62 + effect)},
                        seed=seed)
-    client = FeedbackClient(s)
+    client = (CollectorClient(collector, key, s, app_id=spec.app_id) if collector
+              else FeedbackClient(s, app_id=spec.app_id))
     sim = Simulator(client, spec)
-    click.echo(f"simulating {rate:,.0f} events/s to {client.settings.bootstrap_servers or 'embedded'}"
-               f" (Ctrl-C to stop)", err=True)
+    target = collector or client.settings.bootstrap_servers or "the local broker"
+    click.echo(f"simulating {rate:,.0f} events/s to {target} (Ctrl-C to stop)", err=True)
     try:
         sim.run(duration_s=duration if duration is not None else float("inf"), rate=rate,
                 progress=lambda r: click.echo(
