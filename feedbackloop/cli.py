@@ -49,6 +49,43 @@ def settings_of(ctx: click.Context) -> Settings:
     return obj
 
 
+def _operations(s: Settings, service: str, metrics: bool = True) -> Callable[[], None]:
+    """Logging and metrics of a long-running command; returns what to call on exit.
+
+    Metrics go to the shared directory (the one ``up`` chose, else ``s.metrics_path``), so
+    the web server's /metrics, ``feedbackloop metrics`` or ``metrics_port`` show them all.
+    """
+    import os
+
+    from feedbackloop.infra.logs import setup_logging
+
+    setup_logging(service, s.log_format, s.log_level)
+    if not metrics:
+        return lambda: None
+    try:
+        from feedbackloop.infra import metrics as m
+
+        path = m.enable_multiprocess(m.multiprocess_dir() or s.metrics_path)
+        m.families().service_up.labels(service).set(1)
+    except ImportError as e:
+        raise MissingDependency("prometheus-client", "sinks") from e
+    if s.metrics_port is not None:
+        _serve_metrics(s, path)
+    pid = os.getpid()
+    return lambda: m.mark_process_dead(pid, path)
+
+
+def _serve_metrics(s: Settings, path: Any) -> None:
+    from feedbackloop.infra.metrics import serve_http
+
+    assert s.metrics_port is not None
+    try:
+        serve_http(s.metrics_port, s.metrics_host, path)
+    except OSError as e:
+        raise InfraError(f"cannot serve metrics on {s.metrics_host}:{s.metrics_port}: {e}") from e
+    click.echo(f"metrics on http://{s.metrics_host}:{s.metrics_port}/metrics")
+
+
 # --- stats: A/B statistics from counts alone (feedbackloop.analysis) -----------------------
 
 
@@ -159,7 +196,8 @@ def db_migrate(ctx: click.Context, target: int | None, ttl_days: int | None) -> 
     s = settings_of(ctx)
     client = get_client(s.clickhouse_dsn)
     try:
-        applied = migrate(client, s.clickhouse_database, target=target, ttl_days=ttl_days)
+        applied = migrate(client, s.clickhouse_database, target=target,
+                          ttl_days=s.ttl_days if ttl_days is None else ttl_days)
         current = max(applied_migrations(client, s.clickhouse_database), default=0)
     finally:
         client.close()
@@ -173,30 +211,35 @@ def sink() -> None:
 
 
 @sink.command("run")
-@click.option("--raw/--no-raw", default=False, envvar="FEEDBACKLOOP_SINK_RAW",
-              help="Also store the raw events topic (when the stream jobs are not running).")
-@click.option("--group-id", default="feedbackloop-sink", show_default=True,
-              envvar="FEEDBACKLOOP_SINK_GROUP_ID", help="Kafka consumer group.")
-@click.option("--max-rows", type=click.IntRange(min=1), default=50_000, show_default=True,
-              envvar="FEEDBACKLOOP_SINK_MAX_ROWS", help="Rows per insert, at most.")
-@click.option("--max-age", type=click.FloatRange(min=0, min_open=True), default=0.5,
-              show_default=True, envvar="FEEDBACKLOOP_SINK_MAX_AGE",
-              help="Seconds a row may wait for its batch to be written.")
+@click.option("--raw/--no-raw", default=None, envvar="FEEDBACKLOOP_SINK_RAW",
+              help="Also store the raw events topic (when the stream jobs are not running). "
+              "Default: settings sink_raw (off).")
+@click.option("--group-id", default=None, envvar="FEEDBACKLOOP_SINK_GROUP_ID",
+              help="Kafka consumer group (default: settings sink_group_id, feedbackloop-sink).")
+@click.option("--max-rows", type=click.IntRange(min=1), default=None,
+              envvar="FEEDBACKLOOP_SINK_MAX_ROWS",
+              help="Rows per insert, at most (default: settings sink_max_rows, 50000).")
+@click.option("--max-age", type=click.FloatRange(min=0, min_open=True), default=None,
+              envvar="FEEDBACKLOOP_SINK_MAX_AGE",
+              help="Seconds a row may wait for its batch to be written (default: settings "
+              "sink_max_age, 0.5).")
 @click.option("--no-query-endpoint", is_flag=True,
               help="Do not serve `feedbackloop sql` from this process.")
 @click.pass_context
-def sink_run(ctx: click.Context, raw: bool, group_id: str, max_rows: int, max_age: float,
-             no_query_endpoint: bool) -> None:
+def sink_run(ctx: click.Context, raw: bool | None, group_id: str | None, max_rows: int | None,
+             max_age: float | None, no_query_endpoint: bool) -> None:
     """Consume the topics into ClickHouse until Ctrl-C / SIGTERM (flushes on exit)."""
-    import logging
     import signal
 
     from feedbackloop.infra import EmbeddedBroker
     from feedbackloop.sinks import SinkConfig, SinkWorker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     s = settings_of(ctx)
-    config = SinkConfig(raw=raw, group_id=group_id, max_rows=max_rows, max_age_s=max_age,
+    done = _operations(s, "sink")
+    config = SinkConfig(raw=s.sink_raw if raw is None else raw,
+                        group_id=group_id or s.sink_group_id,
+                        max_rows=max_rows or s.sink_max_rows,
+                        max_age_s=max_age or s.sink_max_age,
                         query_endpoint=not no_query_endpoint)
     broker = None
     if s.embedded_broker:
@@ -210,6 +253,7 @@ def sink_run(ctx: click.Context, raw: bool, group_id: str, max_rows: int, max_ag
     try:
         worker.run(ready=lambda: click.echo(f"sink running; topics: {', '.join(worker.topic_names)}"))
     finally:
+        done()
         if broker is not None:
             broker.stop()
     st = worker.sink.stats
@@ -267,6 +311,7 @@ def broker_command(ctx: click.Context, port: int | None, storage: str | None) ->
     from feedbackloop.schemas import Topics
 
     s = settings_of(ctx)
+    _operations(s, "broker", metrics=False)
     broker = EmbeddedBroker(
         host=s.broker_host,
         port=s.broker_port if port is None else port,
@@ -300,10 +345,14 @@ def up_command(ctx: click.Context, no_web: bool, no_stream: bool) -> None:
     from feedbackloop.infra.stack import Stack, default_services
 
     s = settings_of(ctx)
+    _operations(s, "stack", metrics=False)
     stack = Stack(s, default_services(with_stream=not no_stream, with_web=not no_web),
                   on_status=lambda st: click.echo(status_line(st)))
     click.echo("starting feedbackloop:")
     run = stack.start()
+    if s.metrics_port is not None:
+        # The children write metrics to the stack's directory; serve them all from here.
+        _serve_metrics(s, stack.metrics_dir)
     click.echo(f"running. Kafka: {run.bootstrap_servers}  ClickHouse: {run.clickhouse_dsn}")
     click.echo("query with: feedbackloop sql \"SELECT ...\"   stop with: Ctrl-C")
     try:
@@ -650,9 +699,13 @@ def web_command(ctx: click.Context, host: str | None, port: int | None) -> None:
             "no broker configured: set FEEDBACKLOOP_BOOTSTRAP_SERVERS (or run `feedbackloop up`, "
             "which starts the embedded broker and this web server together)"
         )
-    serve(settings, host=host, port=port, ready=lambda url: click.echo(
-        f"web ready: dashboard {url}/dashboard/  collector {url}/v1/events  "
-        f"OpenAPI {url}/openapi.json  (Ctrl-C stops)"))
+    done = _operations(settings, "web")
+    try:
+        serve(settings, host=host, port=port, ready=lambda url: click.echo(
+            f"web ready: dashboard {url}/dashboard/  collector {url}/v1/events  "
+            f"OpenAPI {url}/openapi.json  metrics {url}/metrics  (Ctrl-C stops)"))
+    finally:
+        done()
 
 
 # --- failures / complaints / prompts / regressions / export: closing the loop --------------
@@ -1062,41 +1115,117 @@ def export_finetune(ctx: click.Context, out_dir: str, since: str, prompt_version
                f"{paths['manifest'].parent}")
 
 
+# --- config: the one settings list ------------------------------------------------------------
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting (docs/CONFIGURATION.md embeds it verbatim)."""
+    rows = ["| env var / TOML key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        ann = field.annotation
+        kind = getattr(ann, "__name__", None) if getattr(ann, "__args__", None) is None else None
+        kind = (kind or str(ann)).replace("typing.", "").replace("pathlib.", "")
+        kind = kind.replace("pydantic.types.", "").replace("|", "\\|")
+        default = field.get_default(call_default_factory=True)
+        shown = "" if default is None else f"`{default}`"
+        meaning = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `FEEDBACKLOOP_{name.upper()}` / `{name}` | {kind} | {shown} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+@cli.group("config")
+def config_group() -> None:
+    """The settings: env vars FEEDBACKLOOP_*, a TOML file (--config), defaults."""
+
+
+@config_group.command("show")
+@click.pass_context
+def config_show(ctx: click.Context) -> None:
+    """Print the effective settings as TOML-like lines (secrets masked)."""
+    for name, value in settings_of(ctx).model_dump(mode="json").items():
+        click.echo(f"{name} = {json.dumps(value)}")
+
+
+@config_group.command("docs")
+def config_docs() -> None:
+    """Print the Markdown table of every setting (the one in docs/CONFIGURATION.md)."""
+    click.echo(settings_table(), nl=False)
+
+
+# --- metrics: the Prometheus exposition of every service (feedbackloop.infra.metrics) --------
+
+
+@cli.command("metrics")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Serve http://HOST:PORT/metrics until Ctrl-C (default: settings "
+              "metrics_port, else 9464).")
+@click.option("--once", is_flag=True, help="Print the exposition once and exit.")
+@click.pass_context
+def metrics_command(ctx: click.Context, port: int | None, once: bool) -> None:
+    """The metrics of every service writing to this machine's metrics directory.
+
+    The web server serves the same at /metrics; use this when it is not running (for
+    example a worker and a sink without web), or for a quick look with --once.
+    """
+    try:
+        from feedbackloop.infra.metrics import exposition
+    except ImportError as e:
+        raise MissingDependency("prometheus-client", "sinks") from e
+    s = settings_of(ctx)
+    path = s.metrics_path
+    if not path.is_dir():
+        raise InfraError(f"no metrics directory at {path}: is a service running with "
+                         f"data_dir {s.data_dir}?")
+    if once:
+        click.echo(exposition(path).decode(), nl=False)
+        return
+    port = s.metrics_port if port is None else port
+    _serve_metrics(s.model_copy(update={"metrics_port": 9464 if port is None else port}), path)
+    _wait_for_signal()
+
+
 # --- worker: the stream jobs (feedbackloop.stream_jobs) -------------------------------------
 
 
 @cli.command("worker")
-@click.option("--grace", "grace_s", type=float, default=30.0, show_default=True,
+@click.option("--grace", "grace_s", type=float, default=None,
               envvar="FEEDBACKLOOP_STREAM_GRACE_S",
               help="Seconds early feedback waits for its interaction before it is orphaned.")
-@click.option("--window", "window_s", type=float, default=60.0, show_default=True,
+@click.option("--window", "window_s", type=float, default=None,
               envvar="FEEDBACKLOOP_STREAM_WINDOW_S", help="Tumbling window size in seconds.")
-@click.option("--lateness", "lateness_s", type=float, default=60.0, show_default=True,
+@click.option("--lateness", "lateness_s", type=float, default=None,
               envvar="FEEDBACKLOOP_STREAM_LATENESS_S",
               help="Allowed lateness (event time) of an event for its window, in seconds.")
-@click.option("--retention", "retention_s", type=float, default=7 * 24 * 3600.0,
-              show_default=True, envvar="FEEDBACKLOOP_STREAM_RETENTION_S",
+@click.option("--retention", "retention_s", type=float, default=None,
+              envvar="FEEDBACKLOOP_STREAM_RETENTION_S",
               help="Seconds an interaction stays joinable (bounds the join table).")
 @click.option("--alert-webhook", "webhook", default=None,
               envvar="FEEDBACKLOOP_STREAM_ALERT_WEBHOOK",
               help="Slack-compatible webhook URL for satisfaction-drop alerts.")
 @click.pass_context
-def worker(ctx: click.Context, grace_s: float, window_s: float, lateness_s: float,
-           retention_s: float, webhook: str | None) -> None:
-    """Run the stream jobs (validate, enrich, window, alert) until Ctrl-C."""
-    import logging
+def worker(ctx: click.Context, grace_s: float | None, window_s: float | None,
+           lateness_s: float | None, retention_s: float | None, webhook: str | None) -> None:
+    """Run the stream jobs (validate, enrich, window, alert) until Ctrl-C.
 
+    Each option defaults to the setting of the same name (stream_grace_s, stream_window_s,
+    stream_lateness_s, stream_retention_s, stream_alert_webhook; see docs/CONFIGURATION.md).
+    """
     from feedbackloop.infra import EmbeddedBroker
 
     try:
         from feedbackloop.stream_jobs import StreamConfig, run_worker
     except ImportError as e:
         raise MissingDependency("faust-streaming", "stream") from e
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     s = settings_of(ctx)
-    config = StreamConfig(grace_s=grace_s, window_s=window_s, allowed_lateness_s=lateness_s,
-                          retention_s=retention_s, alert_webhook_url=webhook)
+    done = _operations(s, "stream")
+    secret = s.stream_alert_webhook
+    config = StreamConfig(
+        grace_s=s.stream_grace_s if grace_s is None else grace_s,
+        window_s=s.stream_window_s if window_s is None else window_s,
+        allowed_lateness_s=s.stream_lateness_s if lateness_s is None else lateness_s,
+        retention_s=s.stream_retention_s if retention_s is None else retention_s,
+        alert_webhook_url=webhook or (secret.get_secret_value() if secret else None),
+    )
     broker = None
     if s.embedded_broker:
         broker = EmbeddedBroker(host=s.broker_host, port=s.broker_port, storage=s.broker_storage,
@@ -1106,6 +1235,7 @@ def worker(ctx: click.Context, grace_s: float, window_s: float, lateness_s: floa
         stats = run_worker(s, config, ready=lambda jobs: click.echo(
             f"worker running on {s.bootstrap_servers}; reading {jobs.topics.events}"))
     finally:
+        done()
         if broker is not None:
             broker.stop()
     click.echo(f"worker stopped: {stats.records_in} in = {stats.valid} valid + "

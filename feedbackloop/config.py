@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -93,6 +93,60 @@ class Settings(BaseSettings):
     )
     web_rate_limit_burst: int = Field(default=5000, ge=1)
 
+    # --- Stream jobs (feedbackloop worker; options of the same name override) ------------
+    stream_grace_s: float = Field(
+        default=30.0, ge=0, description="Seconds early feedback waits for its interaction "
+        "before it is orphaned."
+    )
+    stream_window_s: float = Field(default=60.0, gt=0, description="Tumbling window size, s.")
+    stream_lateness_s: float = Field(
+        default=60.0, ge=0, description="Allowed lateness (event time) of an event for its "
+        "window, s."
+    )
+    stream_retention_s: float = Field(
+        default=7 * 24 * 3600.0, gt=0, description="Seconds an interaction stays joinable."
+    )
+    stream_alert_webhook: SecretStr | None = Field(
+        default=None, description="Slack-compatible webhook URL for satisfaction-drop alerts."
+    )
+
+    # --- Sink (feedbackloop sink run; options of the same name override) -----------------
+    sink_raw: bool = Field(
+        default=False, description="Also store the raw events topic (without stream jobs)."
+    )
+    sink_group_id: str = Field(default="feedbackloop-sink", description="Kafka consumer group.")
+    sink_max_rows: int = Field(default=50_000, ge=1, description="Rows per insert, at most.")
+    sink_max_age: float = Field(
+        default=0.5, gt=0, description="Seconds a row may wait for its batch to be written."
+    )
+    ttl_days: int | None = Field(
+        default=None, ge=0, description="`db migrate`: drop event partitions older than this "
+        "many days (0 removes the TTL)."
+    )
+
+    # --- Operations: logs and metrics (docs/ARCHITECTURE.md, "Operations") -------------
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text for people, json for one JSON object per line."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        default="INFO", description="Level of the root logger of every long-running command."
+    )
+    metrics_dir: Path | None = Field(
+        default=None, description="Where the services of one machine share their Prometheus "
+        "metrics (multiprocess mode). Unset: <data_dir>/metrics."
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Also serve /metrics of every process "
+        "sharing metrics_dir on this port (from `up`, or from a lone worker / sink). "
+        "The web server serves them at /metrics regardless."
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address metrics_port binds.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -118,6 +172,11 @@ class Settings(BaseSettings):
         if self.clickhouse_url:
             return self.clickhouse_url
         return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def metrics_path(self) -> Path:
+        """Directory of the shared Prometheus metrics files."""
+        return self.metrics_dir if self.metrics_dir is not None else self.data_dir / "metrics"
 
     @property
     def spool_path(self) -> Path:

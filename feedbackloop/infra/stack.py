@@ -87,12 +87,18 @@ class Stack:
         self.broker: EmbeddedBroker | None = None
         self._running: list[_Running] = []
         self.log_dir = self.settings.data_dir / "logs"
+        self.metrics_dir = self.settings.metrics_path
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> Settings:
         """Start everything; returns the settings the services run with (bootstrap resolved)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        from feedbackloop.infra.metrics import prepare_dir
+
+        # One metrics directory for every service: whoever is scraped reads them all.
+        # Counters restart at zero with the stack, as Prometheus expects of a restart.
+        prepare_dir(self.metrics_dir, clean=True)
         s = self.settings
         if s.embedded_broker:
             self.broker = EmbeddedBroker(
@@ -130,8 +136,11 @@ class Stack:
             **os.environ,
             **settings_env(self.settings),
             "PYTHONUNBUFFERED": "1",
+            "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir.resolve()),
             **dict(service.extra_env),
         }
+        # The stack serves metrics_port itself; a child binding it too would fail.
+        env.pop("FEEDBACKLOOP_METRICS_PORT", None)
         out = open(log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = subprocess.Popen(
@@ -211,6 +220,9 @@ class Stack:
                     )
                     r.proc.kill()
                     r.proc.wait()
+            from feedbackloop.infra.metrics import mark_process_dead
+
+            mark_process_dead(r.proc.pid, self.metrics_dir)
             self._report(
                 ServiceStatus(
                     r.service.name, "stopped", r.proc.pid, _exit_detail(r.proc.returncode)

@@ -85,6 +85,8 @@ class SinkStats:
     inserts: int = 0
     transient_errors: int = 0
     insert_seconds: float = 0.0
+    #: The sink's own dead letters (undecodable messages, rows ClickHouse refused) by reason.
+    by_reason: dict[str, int] = field(default_factory=dict)
 
 
 class _Skipped(BackPressure):
@@ -151,6 +153,8 @@ class ClickHouseSink(BatchingSink):
         self.database = database
         self.router = TopicRouter(topics)
         self.stats = SinkStats()
+        #: Called with the seconds from a batch's first message to the batch stored.
+        self.on_batch_stored: Callable[[float], None] | None = None
         self._client_factory = client_factory
         self._client: Any = None
         self._contexts: dict[str, Any] = {}
@@ -317,6 +321,8 @@ class ClickHouseSink(BatchingSink):
     def _stored(self, batch: SinkBatch) -> None:
         prep: _Prepared = batch.state
         self.stats.messages += len(batch)
+        if self.on_batch_stored is not None:
+            self.on_batch_stored(time.monotonic() - batch.started)
         self.stats.dead_letters += len(prep.rows.get(DEAD_LETTERS, ()))
         self._failures = 0
         # Free the rows while the collector is still paused: re-enabling it with batches of
@@ -341,6 +347,8 @@ class ClickHouseSink(BatchingSink):
             self.stats.rows[table] = self.stats.rows.get(table, 0) + n
             for (_row, idx), reason in rejected:
                 self.stats.rejected_rows += 1
+                by = self.stats.by_reason
+                by["clickhouse_rejected"] = by.get("clickhouse_rejected", 0) + 1
                 prep.rows.setdefault(DEAD_LETTERS, []).append(
                     (self._rejected_row(batch, idx, table, reason), idx)
                 )
@@ -354,6 +362,7 @@ class ClickHouseSink(BatchingSink):
             try:
                 routed = to_rows(topic, partition, offset, msg.value, msg.key, msg.headers)
             except SchemaError as e:
+                self.stats.by_reason[e.reason] = self.stats.by_reason.get(e.reason, 0) + 1
                 dl = DeadLetter(
                     reason=e.reason,
                     error=str(e),

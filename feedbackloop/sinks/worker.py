@@ -89,6 +89,11 @@ class SinkWorker:
             max_age_s=self.config.max_age_s,
             client_factory=client_factory,
         )
+        from feedbackloop.infra.metrics import SinkMetrics
+
+        #: Prometheus metrics, published about once a second from the consume loop.
+        self.metrics = SinkMetrics()
+        self.sink.on_batch_stored = self.metrics.observe_batch
         self._stop = threading.Event()
         self._consumer: Any = None
         self._paused: list[Any] = []
@@ -136,6 +141,7 @@ class SinkWorker:
         finally:
             try:
                 self._flush(final=True)
+                self.metrics.update(self)
             finally:
                 self._consumer.close()
                 self._consumer = None
@@ -190,6 +196,7 @@ class SinkWorker:
                 )
             if sink.due():
                 self._flush()
+            self.metrics.maybe_update(self)
 
     # --- flushing ----------------------------------------------------------------------------
     def _flush(self, final: bool = False) -> None:

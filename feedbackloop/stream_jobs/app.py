@@ -212,6 +212,10 @@ class StreamJobs:
         self.alerts_sent: list[Alert] = []
         #: Where the hot path spends its time (the benchmark prints it).
         self.timing: dict[str, float] = {"batches": 0, "process_s": 0.0, "flush_s": 0.0}
+        from feedbackloop.infra.metrics import StreamMetrics
+
+        #: Prometheus metrics, published from the tick timer (never on the hot path).
+        self.metrics = StreamMetrics()
         self._wire()
 
     # --- construction ---------------------------------------------------------------------
@@ -300,6 +304,7 @@ class StreamJobs:
         async def tick() -> None:
             self.pipeline.tick(partitions=self._assigned_partitions())
             await self._flush()
+            self.metrics.update(self)
 
         @app.timer(interval=cfg.retention_sweep_s)
         async def sweep() -> None:
@@ -373,6 +378,7 @@ class StreamJobs:
         finally:
             await self.app.stop()
             await self._flush()
+            self.metrics.update(self)
 
     async def wait_assigned(self, timeout: float = 60.0) -> None:
         """Wait until the raw topic's partitions are assigned and their tables recovered."""

@@ -18,9 +18,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import TypeAdapter
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from feedbackloop.config import Settings
@@ -109,6 +110,15 @@ def create_app(
     async def healthz() -> dict[str, Any]:
         stats = client.stats() if hasattr(client, "stats") else None
         return {"status": "ok", "producer": getattr(stats, "__dict__", None) or stats}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        # Every process sharing the metrics directory (stream worker, sink, this server):
+        # one scrape target for the stack. Unauthenticated like /healthz: counts only.
+        from feedbackloop.infra.metrics import CONTENT_TYPE, exposition
+
+        body = await run_in_threadpool(exposition)
+        return Response(body, media_type=CONTENT_TYPE)
 
     _install_error_handlers(app)
     _install_headers(app)
@@ -211,6 +221,8 @@ def serve(
         port=settings.web_port if port is None else port,
         log_level="info",
         access_log=False,
+        # Our root handler (feedbackloop.infra.logs) formats uvicorn's lines too.
+        log_config=None,
     )
     _ready_server(config, ready).run()
 

@@ -37,6 +37,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from feedbackloop.errors import SchemaError
+from feedbackloop.infra.metrics import record_collector, record_dead_letter
 from feedbackloop.schemas import DeadLetter, Envelope, decode_dict
 from feedbackloop.web.auth import ALL_APPS, Principal
 from feedbackloop.web.ratelimit import RateLimited
@@ -105,10 +106,13 @@ class Collector:
         self, items: Sequence[Any], principal: Principal, default_type: str | None = None
     ) -> list[EventResult]:
         """Validate and hand over each item; one :class:`EventResult` per item."""
-        return [self._one(i, item, principal, default_type) for i, item in enumerate(items)]
+        results = [self._one(i, item, principal, default_type) for i, item in enumerate(items)]
+        record_collector((r.status, r.reason) for r in results)
+        return results
 
     def dead_letter_body(self, body: bytes, reason: str, error: str) -> None:
         """A request body that is not even JSON still reaches the dead-letter topic."""
+        record_dead_letter("collector", reason)
         self.sink.send_dead_letter(
             DeadLetter(reason=reason, error=error, payload=body, source="collector")
         )
