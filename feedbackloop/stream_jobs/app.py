@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import math
+import operator
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -35,6 +36,9 @@ from feedbackloop.stream_jobs.windows import WindowState
 __all__ = ["StreamJobs", "KafkaOutput", "post_webhook", "run_worker"]
 
 log = logging.getLogger(__name__)
+
+#: ConsumerRecord -> (key, value, offset) in C: a list comprehension cost ~0.5 us per record.
+_KEY_VALUE_OFFSET = operator.attrgetter("key", "value", "offset")
 
 
 class StreamApp(faust.App):
@@ -71,12 +75,16 @@ class KafkaOutput:
                 "enable.idempotence": False,
                 # Python callbacks only for failures: one per message would cost ~1 us each.
                 "delivery.report.only.error": True,
+                # Set once here rather than per message: a kwargs dict per produce() call
+                # was ~0.5 us of the hot path.
+                "on_delivery": self._on_delivery,
                 # Dead letters carry oversized events byte for byte; the broker still
                 # applies its own limit (to the compressed batch).
                 "message.max.bytes": 16 * 1024 * 1024,
                 "log_level": 3,
             }
         )
+        self._produce = self._producer.produce
         self._changelog_topics = changelog_topics
         self.errors: list[str] = []
 
@@ -92,14 +100,15 @@ class KafkaOutput:
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
-        if partition is not None:
-            kwargs["partition"] = partition
-        if headers:
-            kwargs["headers"] = headers
+        # Positional arguments: (topic, value, key, partition); -1 is librdkafka's "let the
+        # partitioner choose".
+        p = -1 if partition is None else partition
         while True:
             try:
-                self._producer.produce(topic, value, key, **kwargs)
+                if headers:
+                    self._produce(topic, value, key, p, headers=headers)
+                else:
+                    self._produce(topic, value, key, p)
                 return
             except BufferError:
                 self._producer.poll(0.01)  # queue full: let deliveries drain
@@ -347,7 +356,7 @@ class StreamJobs:
     # --- hot path -------------------------------------------------------------------------
     async def _on_batch(self, tp: Any, records: Sequence[Any]) -> None:
         t0 = time.perf_counter()
-        self.pipeline.process(tp.partition, [(r.key, r.value, r.offset) for r in records])
+        self.pipeline.process(tp.partition, list(map(_KEY_VALUE_OFFSET, records)))
         t1 = time.perf_counter()
         await self._flush()
         t = self.timing

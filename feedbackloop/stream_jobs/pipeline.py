@@ -21,10 +21,20 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from feedbackloop.errors import SchemaError
-from feedbackloop.schemas import DeadLetter, Feedback, Implicit, Interaction, Outcome, Topics
+from feedbackloop.schemas import (
+    DeadLetter,
+    Feedback,
+    FeedbackKind,
+    Implicit,
+    ImplicitSignal,
+    Interaction,
+    Outcome,
+    Topics,
+)
 from feedbackloop.schemas.serialization import decode
 from feedbackloop.stream_jobs.config import StreamConfig
 from feedbackloop.stream_jobs.enrich import (
+    ENRICHED_PREFIX,
     InteractionRecord,
     enriched_json,
     interaction_record,
@@ -49,6 +59,8 @@ _FEEDBACK_KIND = {
     "comment": "comments",
     "report": "reports",
 }
+# Keyed by the enum's value: an Enum's own hash and ``.value`` are Python-level calls.
+_IMPLICIT_COUNTER = {s.value: "implicit_" + s.value for s in ImplicitSignal}
 
 
 class Output(Protocol):
@@ -177,13 +189,26 @@ class Pipeline:
         now = time.time() if now is None else now
         stamp = iso_now()
         pw = self.windows_of(partition)
-        out = self.out
+        produce = self.out.produce
+        changelog = self.out.changelog
         topic_enriched = self.topics.enriched
         interactions = self.interactions
+        pending = self.pending
         stats = self.stats
         stats.records_in += len(records)
         if records:
             self.last_event_wall[partition] = now
+        # Enriched JSON of an event joined without waiting: only the offset varies per event
+        # within a batch, the rest is spliced from fragments (see enrich.enriched_json).
+        head = ENRICHED_PREFIX
+        mid = b',"orphaned":false,"waited_ms":0.0,"source_partition":%d,"source_offset":' % (
+            partition
+        )
+        tail = b',"enriched_at":"' + stamp.encode() + b'"}'
+        no_context = b',"context":null,"derived":null'
+        count_signal = self._count_signal
+        count_interaction = self._count_interaction
+        valid = enriched = 0
         for key, value, offset in records:
             try:
                 if value is None:
@@ -192,61 +217,57 @@ class Pipeline:
             except SchemaError as e:
                 self._dead_letter(partition, key, value, offset, e)
                 continue
-            stats.valid += 1
+            valid += 1
             ts = ev.occurred_at.timestamp()
             if type(ev) is Interaction:
                 rec = interaction_record(ev, partition)
                 iid = key if key else str(ev.interaction_id).encode()
                 interactions[iid] = rec
-                out.changelog("interactions", partition, iid, rec.to_bytes())
-                out.produce(
-                    topic_enriched, iid,
-                    enriched_json(value, context_json=None, derived_json=rec.derived_json,
-                                  orphaned=False, waited_ms=0.0, partition=partition,
-                                  offset=offset, enriched_at=stamp),
-                )
-                stats.enriched += 1
-                self._count_interaction(pw, ev, rec, ts)
-                waiting = self.pending.pop(iid, None)
-                if waiting:
-                    out.changelog("pending", partition, iid, None)
-                    stats.pending -= len(waiting)
-                    for pe in waiting:
-                        self._emit_joined(pw, partition, iid, pe.raw, pe.offset, rec,
-                                          (now - pe.arrived) * 1000.0, stamp)
+                changelog("interactions", partition, iid, rec.to_bytes())
+                produce(topic_enriched, iid, b"".join(
+                    (head, value.strip(), b',"context":null,"derived":', rec.derived_json,
+                     mid, b"%d" % offset, tail)
+                ))
+                enriched += 1
+                count_interaction(pw, ev, rec, ts)
+                if pending:
+                    waiting = pending.pop(iid, None)
+                    if waiting:
+                        changelog("pending", partition, iid, None)
+                        stats.pending -= len(waiting)
+                        for pe in waiting:
+                            self._emit_joined(pw, partition, iid, pe.raw, pe.offset, rec,
+                                              (now - pe.arrived) * 1000.0, stamp)
             else:
-                iid_obj = ev.interaction_id
+                iid_obj = ev.interaction_id  # type: ignore[union-attr]
                 if iid_obj is None:  # a session-level outcome: nothing to join
-                    out.produce(
-                        topic_enriched, key,
-                        enriched_json(value, context_json=None, derived_json=None,
-                                      orphaned=False, waited_ms=0.0, partition=partition,
-                                      offset=offset, enriched_at=stamp),
-                    )
-                    stats.enriched += 1
-                    self._count_signal(pw, ev, UNATTRIBUTED(ev.app_id), ts)
+                    produce(topic_enriched, key, b"".join(
+                        (head, value.strip(), no_context, mid, b"%d" % offset, tail)
+                    ))
+                    enriched += 1
+                    count_signal(pw, ev, UNATTRIBUTED(ev.app_id), ts)
                     continue
                 iid = key if key else str(iid_obj).encode()
                 rec = interactions.get(iid)
                 if rec is not None:
-                    self._count_signal(pw, ev, rec.group, ts)
-                    out.produce(
-                        topic_enriched, iid,
-                        enriched_json(value, context_json=rec.context_json,
-                                      derived_json=rec.derived_json, orphaned=False,
-                                      waited_ms=0.0, partition=partition, offset=offset,
-                                      enriched_at=stamp),
-                    )
-                    stats.enriched += 1
+                    count_signal(pw, ev, rec.group, ts)
+                    produce(topic_enriched, iid, b"".join(
+                        (head, value.strip(), b',"context":', rec.context_json, b',"derived":',
+                         rec.derived_json, mid, b"%d" % offset, tail)
+                    ))
+                    enriched += 1
                 else:
                     # Early: it waits (durably, in the pending table) for its interaction.
-                    lst = self.pending.setdefault(iid, [])
+                    lst = pending.setdefault(iid, [])
                     lst.append(
                         PendingEvent(value, offset, now, ts, ev.session_id, ev.app_id, partition)
                     )
-                    out.changelog("pending", partition, iid, encode_pending(lst))
+                    changelog("pending", partition, iid, encode_pending(lst))
                     stats.pending += 1
-            pw.advance(ts)
+            if ts > pw.watermark:
+                pw.watermark = ts
+        stats.valid += valid
+        stats.enriched += enriched
         self._end_batch(partition, pw)
 
     def _emit_joined(
@@ -290,20 +311,23 @@ class Pipeline:
         st = pw.touch(ts, rec.group, ia.session_id)
         if st is None:
             return
+        c = st.c
+        get = c.get
         if ia.shadow:
-            st.add("shadow_interactions")
+            c["shadow_interactions"] = get("shadow_interactions", 0) + 1
             return
-        st.add("interactions")
-        if ia.latency_ms is not None:
-            st.add("latency_count")
-            st.add("latency_sum", ia.latency_ms)
-            st.add("latency_sum_squares", ia.latency_ms * ia.latency_ms)
+        c["interactions"] = get("interactions", 0) + 1
+        lat = ia.latency_ms
+        if lat is not None:
+            c["latency_count"] = get("latency_count", 0) + 1
+            c["latency_sum"] = get("latency_sum", 0) + lat
+            c["latency_sum_squares"] = get("latency_sum_squares", 0) + lat * lat
         if ia.input_tokens is not None:
-            st.add("input_tokens_sum", ia.input_tokens)
+            c["input_tokens_sum"] = get("input_tokens_sum", 0) + ia.input_tokens
         if ia.output_tokens is not None:
-            st.add("output_tokens_sum", ia.output_tokens)
+            c["output_tokens_sum"] = get("output_tokens_sum", 0) + ia.output_tokens
         if ia.cost_usd is not None:
-            st.add("cost_usd_sum", ia.cost_usd)
+            c["cost_usd_sum"] = get("cost_usd_sum", 0) + ia.cost_usd
 
     @staticmethod
     def _count_signal(
@@ -313,22 +337,29 @@ class Pipeline:
         st = pw.touch(ts, group, ev.session_id)
         if st is None:
             return
+        c = st.c
+        get = c.get
         if orphaned:
-            st.add("orphaned")
-        if type(ev) is Feedback:
-            kind = ev.kind.value
-            if kind == "thumbs":
-                st.add("thumbs_up" if ev.thumbs == 1 else "thumbs_down")
+            c["orphaned"] = get("orphaned", 0) + 1
+        t = type(ev)
+        if t is Feedback:
+            kind = ev.kind  # type: ignore[union-attr]
+            if kind is FeedbackKind.thumbs:
+                name = "thumbs_up" if ev.thumbs == 1 else "thumbs_down"  # type: ignore[union-attr]
+                c[name] = get(name, 0) + 1
             else:
-                st.add(_FEEDBACK_KIND[kind])  # type: ignore[arg-type]
-                if kind == "rating":
-                    r = ev.rating or 0
-                    st.add("rating_sum", r)
-                    st.add("rating_sum_squares", r * r)
-        elif type(ev) is Implicit:
-            st.add("implicit_" + ev.signal.value)
-            if ev.dwell_ms is not None:
-                st.add("dwell_ms_sum", ev.dwell_ms)
+                name = _FEEDBACK_KIND[kind._value_]  # type: ignore[assignment]
+                c[name] = get(name, 0) + 1
+                if kind is FeedbackKind.rating:
+                    r = ev.rating or 0  # type: ignore[union-attr]
+                    c["rating_sum"] = get("rating_sum", 0) + r
+                    c["rating_sum_squares"] = get("rating_sum_squares", 0) + r * r
+        elif t is Implicit:
+            name = _IMPLICIT_COUNTER[ev.signal._value_]  # type: ignore[union-attr]
+            c[name] = get(name, 0) + 1
+            dwell = ev.dwell_ms  # type: ignore[union-attr]
+            if dwell is not None:
+                c["dwell_ms_sum"] = get("dwell_ms_sum", 0) + dwell
         else:
             assert isinstance(ev, Outcome)
             name = ev.outcome

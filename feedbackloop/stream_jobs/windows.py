@@ -73,8 +73,12 @@ class WindowState:
         return round((SESSION_SKETCH_K - 1) / (sk[-1] / 2.0**64))
 
     def to_bytes(self) -> bytes:
+        # Written per touched window per batch. from_bytes reads the sketch back as a set, so
+        # its order is moot: sort only when the set must be cut to the K smallest.
+        s = self.sessions
+        sk = list(s) if len(s) <= SESSION_SKETCH_K else self.sketch
         return json.dumps(
-            [self.c, self.outcome_counts, self.outcome_value_sums, self.sketch, self.revision],
+            [self.c, self.outcome_counts, self.outcome_value_sums, sk, self.revision],
             separators=(",", ":"),
         ).encode()
 
