@@ -12,12 +12,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import TracebackType
 
 from feedbackloop.errors import BrokerError, MissingDependency
+from feedbackloop.infra.process import die_with_parent
 
 __all__ = ["EmbeddedBroker", "tansu_binary", "free_port", "wait_for_kafka"]
 
@@ -138,7 +138,7 @@ class EmbeddedBroker:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         finally:
             out.close()
@@ -195,16 +195,6 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def _die_with_parent() -> None:
-    """In the child: ask Linux to SIGTERM the broker when our process dies, so a crashed or
-    killed parent never leaves an orphaned broker holding the port."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _port_in_use(host: str, port: int) -> bool:

@@ -24,6 +24,7 @@ from feedbackloop.config import Settings, settings_env
 from feedbackloop.errors import InfraError
 from feedbackloop.infra.broker import EmbeddedBroker
 from feedbackloop.infra.kafka_admin import ensure_topics
+from feedbackloop.infra.process import die_with_parent
 from feedbackloop.schemas import Topics
 
 __all__ = ["Service", "ServiceStatus", "Stack", "default_services"]
@@ -150,6 +151,7 @@ class Stack:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
+                preexec_fn=die_with_parent,
             )
         finally:
             out.close()
@@ -242,8 +244,14 @@ class Stack:
         self.stop()
 
     def _report(self, status: ServiceStatus) -> None:
-        if self.on_status is not None:
+        if self.on_status is None:
+            return
+        try:
             self.on_status(status)
+        except Exception:
+            # Reporting must never keep the stack from stopping its services (e.g. a closed
+            # stdout pipe while shutting down).
+            log.debug("status callback failed", exc_info=True)
 
 
 def _exit_detail(code: int | None) -> str:
