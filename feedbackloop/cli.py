@@ -231,7 +231,7 @@ def sink_run(ctx: click.Context, raw: bool | None, group_id: str | None, max_row
     """Consume the topics into ClickHouse until Ctrl-C / SIGTERM (flushes on exit)."""
     import signal
 
-    from feedbackloop.infra import EmbeddedBroker
+    from feedbackloop.infra.broker import connect_or_start
     from feedbackloop.sinks import SinkConfig, SinkWorker
 
     s = settings_of(ctx)
@@ -241,12 +241,7 @@ def sink_run(ctx: click.Context, raw: bool | None, group_id: str | None, max_row
                         max_rows=max_rows or s.sink_max_rows,
                         max_age_s=max_age or s.sink_max_age,
                         query_endpoint=not no_query_endpoint)
-    broker = None
-    if s.embedded_broker:
-        broker = EmbeddedBroker(host=s.broker_host, port=s.broker_port, storage=s.broker_storage,
-                                binary=s.broker_binary)
-        broker.start()
-        s = s.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
+    s, broker = connect_or_start(s)
     worker = SinkWorker(s, config)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: worker.stop())
@@ -1210,7 +1205,7 @@ def worker(ctx: click.Context, grace_s: float | None, window_s: float | None,
     Each option defaults to the setting of the same name (stream_grace_s, stream_window_s,
     stream_lateness_s, stream_retention_s, stream_alert_webhook; see docs/CONFIGURATION.md).
     """
-    from feedbackloop.infra import EmbeddedBroker
+    from feedbackloop.infra.broker import connect_or_start
 
     try:
         from feedbackloop.stream_jobs import StreamConfig, run_worker
@@ -1226,11 +1221,7 @@ def worker(ctx: click.Context, grace_s: float | None, window_s: float | None,
         retention_s=s.stream_retention_s if retention_s is None else retention_s,
         alert_webhook_url=webhook or (secret.get_secret_value() if secret else None),
     )
-    broker = None
-    if s.embedded_broker:
-        broker = EmbeddedBroker(host=s.broker_host, port=s.broker_port, storage=s.broker_storage,
-                                binary=s.broker_binary).start()
-        s = s.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
+    s, broker = connect_or_start(s)
     try:
         stats = run_worker(s, config, ready=lambda jobs: click.echo(
             f"worker running on {s.bootstrap_servers}; reading {jobs.topics.events}"))

@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from feedbackloop.config import Settings
 from feedbackloop.errors import BrokerError, MissingDependency
 from feedbackloop.infra.process import die_with_parent
 
-__all__ = ["EmbeddedBroker", "tansu_binary", "free_port", "wait_for_kafka"]
+__all__ = ["EmbeddedBroker", "connect_or_start", "free_port", "tansu_binary", "wait_for_kafka"]
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,28 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def connect_or_start(settings: Settings) -> tuple[Settings, EmbeddedBroker | None]:
+    """The broker a single service should use: the configured cluster if there is one; else
+    the embedded broker on ``broker_host:broker_port``, reused when one already answers there
+    (``feedbackloop broker`` or ``up`` in another terminal), started otherwise. A broker
+    started here is returned so the caller stops it."""
+    if not settings.embedded_broker:
+        return settings, None
+    host, port = settings.broker_host, settings.broker_port
+    if port and _port_in_use(host, port):
+        wait_for_kafka(f"{host}:{port}", timeout=10)  # something else on the port: say so
+        log.info("using the broker already running on %s:%d", host, port)
+        return settings.model_copy(update={"bootstrap_servers": f"{host}:{port}"}), None
+    broker = EmbeddedBroker(
+        host=host,
+        port=port,
+        storage=settings.broker_storage,
+        binary=settings.broker_binary,
+        log_path=settings.data_dir / "logs" / "broker.log",
+    ).start()
+    return settings.model_copy(update={"bootstrap_servers": broker.bootstrap_servers}), broker
 
 
 def _port_in_use(host: str, port: int) -> bool:
