@@ -61,7 +61,10 @@ def test_feedbackloop_services_use_real_setting_names_and_reachable_addresses() 
         ch = urlparse(env["FEEDBACKLOOP_CLICKHOUSE_URL"])
         assert ch.hostname == "clickhouse" and ch.port == 8123
         ch_env = _env(services["clickhouse"])
-        assert (ch.username, ch.password) == (ch_env["CLICKHOUSE_USER"], ch_env["CLICKHOUSE_PASSWORD"])
+        assert (ch.username, ch.password) == (
+            ch_env["CLICKHOUSE_USER"],
+            ch_env["CLICKHOUSE_PASSWORD"],
+        )
         assert env["FEEDBACKLOOP_CLICKHOUSE_DATABASE"] == ch_env["CLICKHOUSE_DB"]
         assert svc["depends_on"]["kafka"]["condition"] == "service_healthy"
         # the settings parse exactly as a container would see them
