@@ -35,7 +35,10 @@ class StreamConfig:
     #: Long-poll of a fetch on partitions without data. faust hard-codes 1500 ms; a
     #: single-node broker then blocks every busy partition behind that poll.
     fetch_max_wait_ms: int = 50
-    max_poll_records: int = 5000
+    #: Records per fetched batch, at most. Per-batch work (a changelog record per touched
+    #: window, the flush before the acknowledgement) is amortized over it: 20000 ran ~6 %
+    #: faster than 5000 in bench/bench_stream.py, for ~0.3 s more per batch.
+    max_poll_records: int = 20_000
     max_partition_fetch_bytes: int = 8 * 1024 * 1024
     #: Group timeouts: Tansu's group join takes ~20 s with Kafka's defaults.
     session_timeout_s: float = 6.0
