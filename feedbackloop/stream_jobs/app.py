@@ -106,7 +106,7 @@ class KafkaOutput:
         while True:
             try:
                 if headers:
-                    self._produce(topic, value, key, p, headers=headers)
+                    self._produce(topic, value, key, p, headers=headers)  # type: ignore[arg-type]
                 else:
                     self._produce(topic, value, key, p)
                 return

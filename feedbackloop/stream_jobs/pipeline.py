@@ -245,15 +245,15 @@ class Pipeline:
                         (head, value.strip(), no_context, mid, b"%d" % offset, tail)
                     ))
                     enriched += 1
-                    count_signal(pw, ev, UNATTRIBUTED(ev.app_id), ts)
+                    count_signal(pw, ev, UNATTRIBUTED(ev.app_id), ts)  # type: ignore[arg-type]
                     continue
                 iid = key if key else str(iid_obj).encode()
-                rec = interactions.get(iid)
-                if rec is not None:
-                    count_signal(pw, ev, rec.group, ts)
+                known = interactions.get(iid)
+                if known is not None:
+                    count_signal(pw, ev, known.group, ts)  # type: ignore[arg-type]
                     produce(topic_enriched, iid, b"".join(
-                        (head, value.strip(), b',"context":', rec.context_json, b',"derived":',
-                         rec.derived_json, mid, b"%d" % offset, tail)
+                        (head, value.strip(), b',"context":', known.context_json,
+                         b',"derived":', known.derived_json, mid, b"%d" % offset, tail)
                     ))
                     enriched += 1
                 else:
