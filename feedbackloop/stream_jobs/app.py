@@ -82,6 +82,9 @@ class KafkaOutput:
                 # applies its own limit (to the compressed batch).
                 "message.max.bytes": 16 * 1024 * 1024,
                 "log_level": 3,
+                # Through Python logging (served by flush/poll), not librdkafka's own stderr
+                # writer, which also fires from a producer left alive at interpreter exit.
+                "logger": logging.getLogger("feedbackloop.stream_jobs.librdkafka"),
             }
         )
         self._produce = self._producer.produce
