@@ -1,7 +1,7 @@
 # The feedbackloop services (stream worker, sink, web) for docker-compose.yml.
 FROM python:3.11.10-slim-bookworm
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY feedbackloop ./feedbackloop
 RUN pip install --no-cache-dir ".[stream,sinks,analysis]"
 ENV FEEDBACKLOOP_DATA_DIR=/var/lib/feedbackloop
