@@ -323,7 +323,14 @@ def sink_run(
 
 
 @cli.command("sql")
-@click.argument("query")
+@click.argument("query", required=False)
+@click.option(
+    "--example",
+    default=None,
+    metavar="NAME",
+    help="Run a documented example query instead of QUERY (list them with --examples).",
+)
+@click.option("--examples", is_flag=True, help="Print the documented example queries and exit.")
 @click.option(
     "--format",
     "fmt",
@@ -347,13 +354,34 @@ def sink_run(
     "endpoint if any, else the configured ClickHouse.",
 )
 @click.pass_context
-def sql_command(ctx: click.Context, query: str, fmt: str, max_rows: int, url: str | None) -> None:
+def sql_command(
+    ctx: click.Context,
+    query: str | None,
+    example: str | None,
+    examples: bool,
+    fmt: str,
+    max_rows: int,
+    url: str | None,
+) -> None:
     """Run one read-only query (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS).
 
     \b
-    Example:
+    Examples:
       feedbackloop sql "SELECT variant, count() FROM feedback FINAL GROUP BY variant"
+      feedbackloop sql --example satisfaction-by-day
+      feedbackloop sql --examples
     """
+    from feedbackloop.analysis.analyst_queries import analyst_query, render_examples
+
+    if examples:
+        click.echo(render_examples())
+        return
+    if (query is None) == (example is None):
+        raise click.UsageError("give either QUERY or --example NAME (see --examples)")
+    if example is not None:
+        query = analyst_query(example).sql
+    assert query is not None
+
     from feedbackloop.sinks import format_result, run_query
 
     res = run_query(settings_of(ctx), query, url=url, max_rows=max_rows)
