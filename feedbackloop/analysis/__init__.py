@@ -1,10 +1,16 @@
-"""Analysis: pure statistics over sufficient statistics, and (later) failures, impact, exports.
+"""Analysis: statistics over sufficient statistics, failures, impact, exports, analyst queries.
 
 The statistics need the ``analysis`` extra (numpy, scipy): ``pip install 'feedbackloop[analysis]'``.
 """
 
 from __future__ import annotations
 
+from feedbackloop.analysis.analyst_queries import (
+    ANALYST_QUERIES,
+    AnalystQuery,
+    analyst_query,
+    render_examples,
+)
 from feedbackloop.analysis.bayesian import (
     BayesianResult,
     beta_binomial,
@@ -74,6 +80,10 @@ from feedbackloop.analysis.sufficient import BinaryStats, InvalidStatistics, Mea
 from feedbackloop.analysis.versions import VersionsReport, build_versions, format_versions
 
 __all__ = [
+    "ANALYST_QUERIES",
+    "AnalystQuery",
+    "analyst_query",
+    "render_examples",
     # sufficient statistics
     "BinaryStats",
     "MeanStats",
