@@ -1,0 +1,202 @@
+"""Query benchmark: the documented analyst queries at millions of rows, in embedded chDB.
+
+Run:  .venv/bin/python bench/bench_queries.py [--interactions 2000000] [--days 7] [--runs 3]
+
+Builds a database with the real migrations (tables, rollup views) and fills it with SQL
+(``INSERT … SELECT … FROM numbers()``: the writer's own speed is bench_sink.py's subject):
+``--interactions`` interactions over ``--days`` days, 3 prompt versions, 2 variants; thumbs
+feedback on 60 % of them (70 % up), a rating on 20 %, an outcome on 20 %; per-variant window
+rows per minute; then ``--dup`` of every table inserted again as separate blocks, the way a
+redelivered batch lands (duplicates stay until a merge, so ``FINAL`` has work to do).
+
+For each query of ``feedbackloop sql --examples``: the median wall time of ``--runs`` runs
+beside a baseline from the same run:
+* queries reading with ``FINAL``: the same text without ``FINAL`` (the plain scan; wrong
+  answers under duplicates, so it is the floor that exactness costs against);
+* queries on the hourly rollups: the same question answered from the event table with
+  ``FINAL`` (what the rollup saves).
+Every answer of ours is also checked against the generated ground truth where it has one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+from feedbackloop.analysis.analyst_queries import ANALYST_QUERIES, analyst_query
+from feedbackloop.infra import get_client
+from feedbackloop.sinks import migrate
+
+DB = "benchq"
+
+# Deterministic ids: row n's interaction id, and its feedback / outcome event ids.
+_IID = "reinterpretAsUUID(sipHash128('i', number))"
+
+
+def _fill(client: Any, n: int, days: int, dup: float, chunk: int = 500_000) -> dict[str, int]:
+    span_ms = days * 86_400_000 - 3_600_000  # ends an hour inside the queries' "last N days"
+    # One fixed start: a redelivered event is byte-identical, occurred_at included.
+    now = client.query("SELECT toString(now64(3))").result_rows[0][0]
+    start = f"toDateTime64('{now}', 3, 'UTC') - toIntervalMillisecond({span_ms})"
+    t = f"{start} + toIntervalMillisecond(intDiv(number * {span_ms}, {n}))"
+    inter = f"""
+INSERT INTO {DB}.interactions
+    (event_id, occurred_at, app_id, session_id, schema_version, interaction_id, model,
+     prompt_version, experiment, variant, user_input, response, latency_ms, input_tokens,
+     output_tokens, cost_usd, input_language, input_chars, response_chars,
+     input_length_bucket, kafka_topic, kafka_offset, _version)
+SELECT {_IID}, {t}, 'app1', concat('s', toString(intDiv(number, 3))), 1, {_IID},
+       ['m-small', 'm-large'][1 + number % 2], concat('p', toString(number % 3)), 'exp1',
+       ['control', 'treatment'][1 + sipHash64('v', intDiv(number, 3)) % 2],
+       concat('How do I frobnicate widget ', toString(number), '?'),
+       concat('To frobnicate widget ', toString(number), ', first ...'),
+       200 + number % 300, 40, 120, 0.0012, 'en', 40, 120, 'short', 'bench', number, 1
+FROM numbers({{lo}}, {{size}})"""
+    # Feedback on 60 %: thumbs (70 % up) and, on a third of those, a rating.
+    fb = f"""
+INSERT INTO {DB}.feedback
+    (event_id, occurred_at, app_id, session_id, schema_version, interaction_id, kind, thumbs,
+     rating, enrichment, model, prompt_version, experiment, variant, input_language,
+     kafka_topic, kafka_offset, _version)
+SELECT reinterpretAsUUID(sipHash128(kind, number)), {t} + toIntervalSecond(5), 'app1',
+       concat('s', toString(intDiv(number, 3))), 1, {_IID}, kind,
+       if(kind = 'thumbs', if(sipHash64('u', number) % 100 < 70, 1, -1), 0),
+       if(kind = 'rating', toUInt8(1 + sipHash64('r', number) % 5), NULL), 'enriched',
+       ['m-small', 'm-large'][1 + number % 2], concat('p', toString(number % 3)), 'exp1',
+       ['control', 'treatment'][1 + sipHash64('v', intDiv(number, 3)) % 2], 'en', 'bench',
+       number, 2
+FROM numbers({{lo}}, {{size}}) ARRAY JOIN
+     arrayFilter(k -> (k = 'thumbs' AND number % 5 < 3) OR (k = 'rating' AND number % 5 = 0),
+                 ['thumbs', 'rating']) AS kind"""
+    out = f"""
+INSERT INTO {DB}.outcomes
+    (event_id, occurred_at, app_id, session_id, schema_version, interaction_id, outcome, value,
+     enrichment, model, prompt_version, experiment, variant, kafka_topic, kafka_offset,
+     _version)
+SELECT reinterpretAsUUID(sipHash128('o', number)), {t} + toIntervalSecond(60), 'app1',
+       concat('s', toString(intDiv(number, 3))), 1, {_IID}, 'task_completed', 1.0, 'enriched',
+       ['m-small', 'm-large'][1 + number % 2], concat('p', toString(number % 3)), 'exp1',
+       ['control', 'treatment'][1 + sipHash64('v', intDiv(number, 3)) % 2], 'bench', number, 2
+FROM numbers({{lo}}, {{size}}) WHERE number % 5 = 1"""
+    minutes = days * 1440
+    windows = f"""
+INSERT INTO {DB}.window_aggregates
+    (window_start, window_end, app_id, experiment, variant, prompt_version, model,
+     source_partition, revision, emitted_at, interactions, latency_count, latency_sum,
+     thumbs_up, thumbs_down, rating_count, rating_sum)
+SELECT toStartOfMinute(now64(3)) - toIntervalMinute({minutes} - intDiv(number, 24)) AS ws,
+       ws + toIntervalMinute(1), 'app1', 'exp1', ['control', 'treatment'][1 + number % 2],
+       concat('p', toString(intDiv(number, 2) % 3)),
+       ['m-small', 'm-large'][1 + intDiv(number, 6) % 2],
+       intDiv(number, 12) % 2, 1, ws, 10, 10, 2500, 4, 2, 2, 7
+FROM numbers({minutes * 24})"""
+    for lo in range(0, n, chunk):
+        size = min(chunk, n - lo)
+        for sql in (inter, fb, out):
+            client.command(sql.format(lo=lo, size=size))
+    client.command(windows)
+    # Redelivery: the first `dup` share of every table again, in blocks of its own.
+    extra = int(n * dup)
+    for lo in range(0, extra, chunk):
+        size = min(chunk, extra - lo)
+        for sql in (inter, fb, out):
+            client.command(sql.format(lo=lo, size=size))
+    counts = {}
+    for table in ("interactions", "feedback", "outcomes", "window_aggregates"):
+        counts[table] = client.query(f"SELECT count() FROM {DB}.{table}").result_rows[0][0]
+    return counts
+
+
+# Rollup query -> the same question from the event table (its baseline).
+_ROLLUP_BASELINES = {
+    "satisfaction-by-day-rollup": analyst_query("satisfaction-by-day").sql,
+    "latency-by-model": """\
+SELECT toDate(occurred_at) AS day, model, prompt_version, count() AS n,
+       quantilesTDigest(0.5, 0.9, 0.99)(latency_ms) AS latency_p50_p90_p99
+FROM interactions FINAL
+WHERE NOT shadow
+GROUP BY day, model, prompt_version
+ORDER BY day, model, prompt_version""",
+}
+
+
+def _baseline(name: str, sql: str) -> tuple[str, str] | None:
+    if name in _ROLLUP_BASELINES:
+        return "event table, FINAL", _ROLLUP_BASELINES[name]
+    if " FINAL" in sql:
+        return "same without FINAL", sql.replace(" FINAL", "")
+    return None
+
+
+def _time(client: Any, sql: str, runs: int) -> tuple[float, list[tuple[Any, ...]]]:
+    times, rows = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        rows = client.query(sql).result_rows
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), rows
+
+
+def _check(name: str, rows: list[tuple[Any, ...]], n: int) -> str:
+    """Ground truth of the generated data, where the query has one."""
+    if name == "latency-by-model":
+        got = sum(r[3] for r in rows)
+        return "ok" if got == n else f"WRONG: {got} interactions, expected {n}"
+    if name == "outcome-rates":
+        got = sum(r[3] for r in rows)
+        want = len(range(1, n, 5))
+        return "ok" if got == want else f"WRONG: {got} outcomes, expected {want}"
+    if name in ("satisfaction-by-day", "satisfaction-by-day-rollup"):
+        got = sum(r[3] + r[4] for r in rows)
+        want = sum(1 for i in range(n) if i % 5 < 3)
+        return "ok" if got == want else f"WRONG: {got} thumbs, expected {want}"
+    if name == "failures-by-prompt-version":
+        got = sum(r[1] for r in rows)
+        return "ok" if got == n else f"WRONG: {got} interactions, expected {n}"
+    return ""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--interactions", type=int, default=2_000_000)
+    ap.add_argument("--days", type=int, default=7)
+    ap.add_argument("--dup", type=float, default=0.05, help="share inserted twice")
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-queries-") as tmp:
+        client = get_client(f"chdb://{os.path.join(tmp, 'ch')}")
+        migrate(client, DB)
+        t0 = time.perf_counter()
+        counts = _fill(client, args.interactions, args.days, args.dup)
+        fill_s = time.perf_counter() - t0
+        print(
+            f"load average {os.getloadavg()[0]:.2f}; filled in {fill_s:.1f} s: "
+            + ", ".join(f"{t} {c:,}" for t, c in counts.items())
+            + f" ({args.dup:.0%} inserted twice)"
+        )
+        q = get_client(f"chdb://{os.path.join(tmp, 'ch')}", database=DB)
+        print(f"{'query':30} {'ours s':>8} {'baseline s':>11} {'ratio':>6}  baseline / check")
+        failed = False
+        for aq in ANALYST_QUERIES:
+            ours, rows = _time(q, aq.sql, args.runs)
+            base = _baseline(aq.name, aq.sql)
+            check = _check(aq.name, rows, args.interactions)
+            failed |= check.startswith("WRONG")
+            if base is None:
+                print(f"{aq.name:30} {ours:8.3f} {'-':>11} {'-':>6}  {check}")
+                continue
+            label, sql = base
+            b, _ = _time(q, sql, args.runs)
+            print(f"{aq.name:30} {ours:8.3f} {b:11.3f} {ours / b:6.2f}  {label}; {check}")
+        print(f"load average {os.getloadavg()[0]:.2f}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
