@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_sdk.py
 	$(BIN)/python bench/bench_stream.py
 	$(BIN)/python bench/bench_sink.py
+	$(BIN)/python bench/bench_queries.py
 
 clean:
 	rm -rf $(VENV) var artifacts .pytest_cache
