@@ -4,7 +4,10 @@
 docs/ARCHITECTURE.md ("Analyst access") shows them; a unit test keeps that text equal to this
 module, and an integration test runs every one on a real ClickHouse engine against numbers
 computed from the events themselves. Each counts an event once: the event tables are read
-with ``FINAL`` (ReplacingMergeTree) and the rollups hold distinct-count states.
+with ``FINAL`` (ReplacingMergeTree), the rollups hold distinct-count states, and
+``failing-inputs`` keeps one row per ``event_id`` with ``LIMIT 1 BY`` (every stored copy of
+an event has the same event fields; only the request-context columns differ, and it reads
+none of them), which lets ClickHouse stop after the newest rows instead of merging them all.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ ORDER BY day, experiment, variant""",
     ),
     AnalystQuery(
         "satisfaction-by-day-rollup",
-        "The same from the hourly rollup (fast at any size)",
+        "The same from the hourly rollup",
         """\
 SELECT toDate(hour) AS day, experiment, variant,
        uniqExactMerge(thumbs_up) AS up, uniqExactMerge(thumbs_down) AS down,
@@ -84,16 +87,22 @@ ORDER BY failure_signals_per_interaction DESC, prompt_version""",
     ),
     AnalystQuery(
         "failing-inputs",
-        "The latest inputs behind failures, with their prompt version (what to fix)",
+        "The 20 latest failures with their input, response and prompt version (what to fix)",
         """\
-SELECT i.occurred_at AS occurred_at, i.prompt_version AS prompt_version,
-       i.user_input AS user_input, i.response AS response, f.kind AS kind, f.text AS text
-FROM feedback AS f FINAL
-JOIN (SELECT interaction_id, occurred_at, prompt_version, user_input, response
-      FROM interactions FINAL) AS i USING (interaction_id)
-WHERE f.thumbs = -1 OR f.kind IN ('correction', 'report') OR f.rating <= 2
-ORDER BY i.occurred_at DESC, f.event_id
-LIMIT 20""",
+WITH f AS (
+    SELECT event_id, occurred_at, interaction_id, kind, thumbs, rating, text
+    FROM feedback
+    WHERE thumbs = -1 OR kind IN ('correction', 'report') OR rating <= 2
+    ORDER BY occurred_at DESC, event_id
+    LIMIT 1 BY event_id
+    LIMIT 20)
+SELECT f.occurred_at AS feedback_at, i.prompt_version AS prompt_version,
+       i.user_input AS user_input, i.response AS response, f.kind AS kind,
+       f.thumbs AS thumbs, f.rating AS rating, f.text AS text
+FROM f
+JOIN (SELECT interaction_id, prompt_version, user_input, response FROM interactions FINAL
+      WHERE interaction_id IN (SELECT interaction_id FROM f)) AS i USING (interaction_id)
+ORDER BY feedback_at DESC, f.event_id""",
     ),
     AnalystQuery(
         "outcome-rates",

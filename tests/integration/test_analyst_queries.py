@@ -129,6 +129,11 @@ def _window_rows() -> list[WindowAggregate]:
     ]
 
 
+def _clickhouse_uuid_order(u: uuid.UUID) -> tuple[int, int]:
+    """ClickHouse orders UUIDs by their second 64-bit half first."""
+    return u.int & (2**64 - 1), u.int >> 64
+
+
 def _run(dsn: str, db: str, name: str) -> list[dict[str, Any]]:
     res = execute(readonly_client(dsn, db), analyst_query(name).sql)
     return [dict(zip(res.columns, row, strict=True)) for row in res.rows]
@@ -199,19 +204,23 @@ def test_failing_inputs_are_the_latest_failures(
 ) -> None:
     events, _ = loaded
     by_id = {e.interaction_id: e for e in events if isinstance(e, Interaction)}
-    failing = {
-        e.event_id
-        for e in events
-        if isinstance(e, Feedback) and (e.thumbs == -1 or (e.rating or 5) <= 2)
-    }
+    failing = sorted(
+        (e for e in events if isinstance(e, Feedback) and (e.thumbs == -1 or (e.rating or 5) <= 2)),
+        key=lambda e: (-e.occurred_at.timestamp(), _clickhouse_uuid_order(e.event_id)),
+    )[:20]
     rows = _run(clickhouse_dsn, clickhouse_database, "failing-inputs")
-    assert len(rows) == min(20, len(failing))
-    inputs = {it.user_input: it for it in by_id.values()}
-    for r in rows:
-        it = inputs[r["user_input"]]
-        assert (r["response"], r["prompt_version"]) == (it.response, it.prompt_version)
-    times = [r["occurred_at"] for r in rows]
-    assert times == sorted(times, reverse=True)
+    assert len(rows) == len(failing) == 20
+    for r, fb in zip(rows, failing, strict=True):
+        it = by_id[fb.interaction_id]
+        # DateTime64(3, 'UTC') comes back naive, in milliseconds
+        ms = fb.occurred_at.microsecond // 1000 * 1000
+        assert r["feedback_at"] == fb.occurred_at.replace(microsecond=ms, tzinfo=None)
+        assert (r["user_input"], r["response"], r["prompt_version"]) == (
+            it.user_input,
+            it.response,
+            it.prompt_version,
+        )
+        assert (r["kind"], r["thumbs"], r["rating"]) == (fb.kind, fb.thumbs or 0, fb.rating)
 
 
 def test_outcome_rates_and_latency_counts_match_the_events(
