@@ -16,19 +16,39 @@ Why (evidence in docs/PERFORMANCE.md, "Stream jobs"):
    ``app.batch_handlers`` to one coroutine, then acknowledges their offsets in faust's own
    bookkeeping, so faust still commits them (after the handler returned, i.e. after our
    outputs were flushed: at-least-once). Other topics keep faust's per-message path.
+3. faust recovers a table by reading its changelog up to the end offset that ListOffsets
+   reports when recovery starts. Tansu answers ListOffsets(latest) with the base offset of the
+   partition's last record batch + 1, not the offset after its last record: a changelog whose
+   last flush wrote one batch of 14 records reports 1 instead of 14. faust then ends recovery
+   after the first record of that batch and the rest of it is lost to the recovered table
+   (docs/RELIABILITY.md, "Table recovery reads each changelog to its real end").
+   :meth:`TunedConsumerThread._highwaters` checks each listed end by fetching the record just
+   before it: the fetch response's high watermark is right on Tansu, and on a correct broker
+   it equals the listed end.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
 
 import aiokafka
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-__all__ = ["BatchConsumer", "BatchHandler", "FetchTuning", "TunedConsumerThread", "Transport"]
+__all__ = [
+    "BatchConsumer",
+    "BatchHandler",
+    "FetchTuning",
+    "TunedConsumerThread",
+    "Transport",
+    "fetched_end_offsets",
+]
+
+log = logging.getLogger(__name__)
 
 #: ``handler(tp, records)``: records are aiokafka ``ConsumerRecord`` of one partition.
 BatchHandler = Callable[[TP, Sequence[Any]], Awaitable[None]]
@@ -55,6 +75,82 @@ class TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             consumer._max_partition_fetch_bytes = tuning.max_partition_fetch_bytes
             consumer._fetch_min_bytes = tuning.fetch_min_bytes
         return consumer
+
+    async def _highwaters(self, partitions: Iterable[TP]) -> Mapping[TP, int]:
+        """End offsets for table recovery, checked against a fetch (see the module doc, 3.)."""
+        listed = await super()._highwaters(list(partitions))
+        if self.consumer.in_transaction:  # last stable offsets: a fetch's high watermark is not
+            return listed
+        conf = self.app.conf
+        transport = cast(faust_aiokafka.Transport, self.transport)  # our Transport subclass
+
+        def probe() -> aiokafka.AIOKafkaConsumer:
+            return aiokafka.AIOKafkaConsumer(
+                client_id=f"{conf.broker_client_id}-end-offsets",
+                bootstrap_servers=faust_aiokafka.server_list(transport.url, transport.default_port),
+                enable_auto_commit=False,
+                auto_offset_reset="none",
+                # Not 0: Tansu answers a fetch with max wait 0 without records or watermark.
+                fetch_max_wait_ms=100,
+                request_timeout_ms=int(conf.broker_request_timeout * 1000.0),
+                **faust_aiokafka.credentials_to_aiokafka_auth(
+                    conf.broker_credentials, conf.ssl_context
+                ),
+            )
+
+        return await fetched_end_offsets(probe, listed)
+
+
+async def fetched_end_offsets(
+    new_probe: Callable[[], aiokafka.AIOKafkaConsumer],
+    listed: Mapping[TP, int],
+    timeout: float = 10.0,
+) -> dict[TP, int]:
+    """Correct ListOffsets end offsets with the high watermark of a fetch at ``end - 1``.
+
+    ``new_probe()`` makes an unstarted consumer without a group, started and stopped here
+    (only if some partition is not empty).
+    Where the fetch fails or does not answer in time, the listed offset is kept (faust's own
+    behaviour), with a warning.
+    """
+    ends = dict(listed)
+    check = {tp: end for tp, end in listed.items() if end}  # empty partitions need no fetch
+    if not check:
+        return ends
+    probe = new_probe()
+    try:
+        try:
+            await probe.start()
+            tps = [aiokafka.TopicPartition(tp.topic, tp.partition) for tp in check]
+            probe.assign(tps)
+            for tp in tps:
+                probe.seek(tp, check[tp] - 1)
+            seen: dict[aiokafka.TopicPartition, int] = {}
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                batches = await probe.getmany(*tps, timeout_ms=200)
+                for tp, recs in batches.items():
+                    if recs:
+                        seen[tp] = max(seen.get(tp, 0), recs[-1].offset + 1)
+                for tp in tps:
+                    hw = probe.highwater(tp)
+                    if hw is not None:
+                        seen[tp] = max(seen.get(tp, 0), hw)
+                if all(tp in seen for tp in tps):
+                    break
+        finally:
+            await probe.stop()
+    except Exception as e:  # the listed offsets are what faust would have used anyway
+        log.warning("could not check changelog end offsets by a fetch (%s); using ListOffsets", e)
+        return ends
+    for tp, listed_end in check.items():
+        fetched = seen.get(aiokafka.TopicPartition(tp.topic, tp.partition))
+        if fetched is None:
+            log.warning("no fetch answer for %s; its end offset stays %d", tp, listed_end)
+        elif fetched > listed_end:
+            log.info("end offset of %s: ListOffsets said %d, a fetch %d", tp, listed_end, fetched)
+            ends[tp] = fetched
+    return ends
 
 
 class BatchConsumer(faust_aiokafka.Consumer):
