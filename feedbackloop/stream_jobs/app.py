@@ -16,12 +16,16 @@ import math
 import operator
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
 from confluent_kafka import KafkaError, Producer
+from faust.stores.memory import Store as MemoryStore
+from faust.tables.manager import TableManager
+from faust.tables.recovery import Recovery
+from faust.types import TP
 
 from feedbackloop.config import Settings
 from feedbackloop.errors import BrokerError, ConfigError
@@ -54,10 +58,14 @@ class StreamApp(faust.App):
 class _StateTable(faust.Table):
     """A table whose changelog holds our own bytes; recovery decodes them into objects."""
 
-    decode_value: Callable[[bytes], Any] = staticmethod(lambda b: b)  # type: ignore[assignment]
+    #: Set per table after construction; None keeps the changelog's bytes as they are.
+    decode_value: Callable[[bytes], Any] | None = None
 
     def _to_value(self, v: Any) -> Any:
-        return self.decode_value(v) if isinstance(v, bytes | bytearray) else v
+        decode = self.decode_value
+        if decode is None or not isinstance(v, bytes | bytearray):
+            return v
+        return decode(bytes(v) if isinstance(v, bytearray) else v)
 
 
 class KafkaOutput:
@@ -244,12 +252,16 @@ class StreamJobs:
             value_type=bytes,
             help=f"stream jobs state: {name}",
         )
-        return self.app.tables.add(table)  # type: ignore[return-value]
+        self.app.tables.add(table)
+        return table
 
-    def _store(self, name: str) -> dict[Any, Any]:
+    def _store(self, name: str) -> MutableMapping[Any, Any]:
         # The memory store's dict: recovery writes decoded values into it, the pipeline
         # reads and writes it directly (changelog records go through KafkaOutput).
-        return self._tables[name].data.data  # type: ignore[attr-defined,no-any-return]
+        store = self._tables[name].data
+        if not isinstance(store, MemoryStore):  # store="memory://" above
+            raise ConfigError(f"table {name} needs the memory store, not {type(store)}")
+        return store.data
 
     def _wire(self) -> None:
         app, cfg, topics = self.app, self.config, self.topics
@@ -260,11 +272,15 @@ class StreamJobs:
 
         aggregates = app.topic(topics.aggregates, key_serializer="raw", value_serializer="raw")
         self.satisfaction_topic = app.topic(
-            f"{topics.prefix}stream.satisfaction", key_serializer="raw", value_serializer="json",
+            f"{topics.prefix}stream.satisfaction",
+            key_serializer="raw",
+            value_serializer="json",
             partitions=self.settings.topic_partitions,
         )
         detectors = app.Table(
-            "alert_detectors", default=None, partitions=self.settings.topic_partitions,
+            "alert_detectors",
+            default=None,
+            partitions=self.settings.topic_partitions,
             key_type=bytes,
         )
 
@@ -282,9 +298,14 @@ class StreamJobs:
                     await self.satisfaction_topic.send(
                         key=key.encode(),
                         value={
-                            "dim": dim, "app": agg.app_id, "exp": agg.experiment,
-                            "var": agg.variant, "pv": agg.prompt_version,
-                            "start": agg.window_start.timestamp(), "n": n, "s": agg.thumbs_up,
+                            "dim": dim,
+                            "app": agg.app_id,
+                            "exp": agg.experiment,
+                            "var": agg.variant,
+                            "pv": agg.prompt_version,
+                            "start": agg.window_start.timestamp(),
+                            "n": n,
+                            "s": agg.thumbs_up,
                         },
                     )
 
@@ -312,31 +333,44 @@ class StreamJobs:
                         except Exception as e:  # a webhook outage must not stop the stream
                             log.error("alert webhook POST failed: %s", e)
 
+        # faust starts timers after the first table recovery, but keeps them running through
+        # later rebalances: a tick during a recovery would build a partition's window view
+        # from a half-recovered store (and keep it), so the timers wait for the rebalance.
         @app.timer(interval=cfg.tick_s)
         async def tick() -> None:
-            self.pipeline.tick(partitions=self._assigned_partitions())
-            await self._flush()
+            if not app.rebalancing:
+                self.pipeline.tick(partitions=self._assigned_partitions())
+                await self._flush()
             self.metrics.update(self)
 
         @app.timer(interval=cfg.retention_sweep_s)
         async def sweep() -> None:
-            if self.pipeline.sweep():
+            if not app.rebalancing and self.pipeline.sweep():
                 await self._flush()
 
         @app.on_partitions_revoked.connect
-        async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
-            self.pipeline.forget_partitions([tp.partition for tp in revoked
-                                             if tp.topic == topics.events])
+        async def on_revoked(*args: Any, **kwargs: Any) -> None:
+            # faust sends (app, revoked, signal=...); mypy matches mode's handler type only
+            # with this catch-all signature.
+            revoked: Iterable[TP] = args[1]
+            self.pipeline.forget_partitions(
+                [tp.partition for tp in revoked if tp.topic == topics.events]
+            )
 
     def _detector(self, key: str, v: dict[str, Any], state: Any) -> SatisfactionDetector:
         cfg = self.config
         det = SatisfactionDetector(
-            key=key, dimension=v["dim"], app_id=v["app"], window_s=cfg.window_s,
-            design_drop=cfg.alert_design_drop, threshold=cfg.alert_threshold,
+            key=key,
+            dimension=v["dim"],
+            app_id=v["app"],
+            window_s=cfg.window_s,
+            design_drop=cfg.alert_design_drop,
+            threshold=cfg.alert_threshold,
             baseline_windows=cfg.alert_baseline_windows,
             baseline_lag_windows=cfg.alert_baseline_lag_windows,
             min_baseline_samples=cfg.alert_min_baseline_samples,
-            min_samples=cfg.alert_min_samples, cooldown_s=cfg.alert_cooldown_s,
+            min_samples=cfg.alert_min_samples,
+            cooldown_s=cfg.alert_cooldown_s,
             experiment=v["exp"] or None if v["dim"] == "variant" else None,
             variant=v["var"] or None if v["dim"] == "variant" else None,
             prompt_version=v["pv"] or None if v["dim"] == "prompt_version" else None,
@@ -392,13 +426,21 @@ class StreamJobs:
             await self._flush()
             self.metrics.update(self)
 
+    @property
+    def _recovery(self) -> Recovery:
+        tables = self.app.tables
+        assert isinstance(tables, TableManager)  # faust.App's own table manager
+        return tables.recovery
+
     async def wait_assigned(self, timeout: float = 60.0) -> None:
         """Wait until the raw topic's partitions are assigned and their tables recovered."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
-            if self._assigned_partitions() and not self.app.rebalancing and (
-                self.app.tables.recovery.completed.is_set()
+            if (
+                self._assigned_partitions()
+                and not self.app.rebalancing
+                and self._recovery.completed.is_set()
             ):
                 return
             await asyncio.sleep(0.1)

@@ -13,6 +13,7 @@ import heapq
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from feedbackloop.schemas.aggregates import SESSION_SKETCH_K, WindowAggregate, session_hash
 
@@ -33,11 +34,26 @@ def window_start(ts: float, size: float) -> float:
 
 
 _COUNTERS = (
-    "interactions", "shadow_interactions", "latency_count", "input_tokens_sum",
-    "output_tokens_sum", "thumbs_up", "thumbs_down", "rating_count", "rating_sum",
-    "rating_sum_squares", "corrections", "comments", "reports", "implicit_copy",
-    "implicit_edit", "implicit_follow_up", "implicit_regenerate", "implicit_abandon",
-    "implicit_dwell", "orphaned",
+    "interactions",
+    "shadow_interactions",
+    "latency_count",
+    "input_tokens_sum",
+    "output_tokens_sum",
+    "thumbs_up",
+    "thumbs_down",
+    "rating_count",
+    "rating_sum",
+    "rating_sum_squares",
+    "corrections",
+    "comments",
+    "reports",
+    "implicit_copy",
+    "implicit_edit",
+    "implicit_follow_up",
+    "implicit_regenerate",
+    "implicit_abandon",
+    "implicit_dwell",
+    "orphaned",
 )
 _SUMS = ("latency_sum", "latency_sum_squares", "cost_usd_sum", "dwell_ms_sum")
 
@@ -91,17 +107,21 @@ class WindowState:
         self, group: Group, start: float, size: float, partition: int, emitted_at: dt.datetime
     ) -> WindowAggregate:
         app, exp, var, pv, model = group
-        ints = {k: int(self.c.get(k, 0)) for k in _COUNTERS}
-        sums = {k: float(self.c.get(k, 0.0)) for k in _SUMS}
+        # Field names from the tuples above, so no single value type: pydantic checks them.
+        stats: dict[str, Any] = {k: int(self.c.get(k, 0)) for k in _COUNTERS}
+        stats.update((k, float(self.c.get(k, 0.0))) for k in _SUMS)
         return WindowAggregate(
             window_start=dt.datetime.fromtimestamp(start, dt.timezone.utc),
             window_end=dt.datetime.fromtimestamp(start + size, dt.timezone.utc),
-            app_id=app, experiment=exp, variant=var, prompt_version=pv, model=model,
+            app_id=app,
+            experiment=exp,
+            variant=var,
+            prompt_version=pv,
+            model=model,
             source_partition=partition,
             revision=max(self.revision, 1),
             emitted_at=emitted_at,
-            **ints,
-            **sums,
+            **stats,
             outcome_counts=dict(self.outcome_counts),
             outcome_value_sums=dict(self.outcome_value_sums),
             distinct_sessions=self.distinct_sessions(),
