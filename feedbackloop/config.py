@@ -92,6 +92,12 @@ class Settings(BaseSettings):
         default=1000.0, ge=0, description="Events (writes) or requests (reads) per s per key."
     )
     web_rate_limit_burst: int = Field(default=5000, ge=1)
+    web_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds a dashboard answer is reused; concurrent identical requests "
+        "wait for one computation instead of each querying (0: no reuse).",
+    )
 
     # --- Stream jobs (feedbackloop worker; options of the same name override) ------------
     stream_grace_s: float = Field(

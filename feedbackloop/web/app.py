@@ -97,6 +97,7 @@ def create_app(
         limiter=RateLimiter(settings.web_rate_limit_per_s, settings.web_rate_limit_burst),
         query=query,
         collector=Collector(client, max_batch_events=settings.web_max_batch_events),
+        dashboard=dashboard_mod.DashboardQueries(query, cache_s=settings.web_cache_s),
     )
     app.include_router(collector_mod.router())
     app.include_router(dashboard_mod.router())

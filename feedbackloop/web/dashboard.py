@@ -17,9 +17,12 @@ or rating, so a user who changes their mind counts once). The statistics come fr
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
+from cachetools import TTLCache, cached
+from cachetools.keys import hashkey
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -69,14 +72,32 @@ def _interval(stats: Any) -> dict[str, Any]:
     return {"n": stats.n, "successes": stats.successes, **a.to_jsonable(est)}
 
 
+def _key_without_settings(settings: Settings, *args: Any) -> tuple[Any, ...]:
+    return hashkey(*args)
+
+
 class DashboardQueries:
     """The dashboard's numbers, each from one or a few read-only queries.
 
     ``app`` restricts a query to one app_id (``None``: all apps).
+
+    Answers are reused for ``cache_s`` seconds, and a request that arrives while the same
+    answer is being computed waits for it instead of querying again: with millions of
+    interactions an experiment's answer takes seconds (docs/PERFORMANCE.md, "Queries"), and
+    every open dashboard asks again every 15 s.
     """
 
-    def __init__(self, query: QueryFn) -> None:
+    _CACHED = ("experiments", "experiment", "failure_slices", "alerts", "prompt_versions")
+
+    def __init__(self, query: QueryFn, cache_s: float = 0.0) -> None:
         self._query = query
+        for name in self._CACHED:
+            # failure_slices' first argument (the Settings) is the same for the whole app
+            key = _key_without_settings if name == "failure_slices" else hashkey
+            memo = cached(
+                TTLCache(maxsize=256, ttl=cache_s), key=key, condition=threading.Condition()
+            )
+            setattr(self, name, memo(getattr(self, name)))
 
     def _rows(self, sql: str) -> list[dict[str, Any]]:
         res = self._query(sql)
@@ -219,7 +240,9 @@ def router() -> APIRouter:
     r = APIRouter()
 
     def queries(request: Request) -> DashboardQueries:
-        return DashboardQueries(state_of(request).query)
+        dashboard = state_of(request).dashboard
+        assert isinstance(dashboard, DashboardQueries)
+        return dashboard
 
     AppQ = Query(default=None, description="Restrict to one app_id.")
 

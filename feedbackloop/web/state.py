@@ -76,6 +76,7 @@ class WebState:
     limiter: RateLimiter
     query: QueryFn
     collector: Any  # feedbackloop.web.collector.Collector (kept loose: no import cycle)
+    dashboard: Any  # feedbackloop.web.dashboard.DashboardQueries (same)
 
 
 def state_of(request: Request) -> WebState:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+from unittest import mock
 from urllib.parse import urlparse
 
 import yaml
@@ -24,6 +26,12 @@ def _env(service: dict[str, Any]) -> dict[str, str]:
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
     return {str(k): str(v) for k, v in env.items()}
+
+
+def _settings_as_in_container(env: dict[str, str]) -> Settings:
+    """Settings read from exactly these environment variables, as the container reads them."""
+    with mock.patch.dict(os.environ, env, clear=True):
+        return Settings()
 
 
 def test_images_are_pinned_and_infrastructure_has_healthchecks() -> None:
@@ -51,7 +59,7 @@ def test_feedbackloop_services_use_real_setting_names_and_reachable_addresses() 
         urlparse(u.replace(u.split("://")[0], "tcp")).netloc
         for u in kafka_env["KAFKA_ADVERTISED_LISTENERS"].split(",")
     }
-    for name in ("stream", "sink", "migrate"):
+    for name in ("stream", "sink", "migrate", "web"):
         svc = services[name]
         env = _env(svc)
         for key in env:
@@ -68,7 +76,7 @@ def test_feedbackloop_services_use_real_setting_names_and_reachable_addresses() 
         assert env["FEEDBACKLOOP_CLICKHOUSE_DATABASE"] == ch_env["CLICKHOUSE_DB"]
         assert svc["depends_on"]["kafka"]["condition"] == "service_healthy"
         # the settings parse exactly as a container would see them
-        s = Settings(**{k.removeprefix("FEEDBACKLOOP_").lower(): v for k, v in env.items()})
+        s = _settings_as_in_container(env)
         assert s.bootstrap_servers == "kafka:19092" and not s.embedded_broker
 
 
@@ -78,3 +86,16 @@ def test_host_side_addresses_match_the_default_settings() -> None:
     assert f"{defaults.broker_port}:9092" in services["kafka"]["ports"]
     assert "HOST://localhost:9092" in _env(services["kafka"])["KAFKA_ADVERTISED_LISTENERS"]
     assert "8123:8123" in services["clickhouse"]["ports"]
+
+
+def test_web_service_binds_all_interfaces_and_requires_an_operator_key() -> None:
+    web = _compose()["services"]["web"]
+    assert web["command"][:3] == ["web", "--host", "0.0.0.0"]
+    assert "8080:8080" in web["ports"]
+    keys = _env(web)["FEEDBACKLOOP_WEB_SECRET_KEYS"]
+    # compose refuses to start it without the variable (":?"), so no default key exists
+    assert "${FEEDBACKLOOP_OPERATOR_KEY:?" in keys
+    s = _settings_as_in_container(_env(web))
+    assert set(s.web_secret_keys) == {"*"}
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    assert "web]" in dockerfile  # the image has the web extra
