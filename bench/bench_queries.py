@@ -16,6 +16,10 @@ beside a baseline from the same run:
 * queries on the hourly rollups: the same question answered from the event table with
   ``FINAL`` (what the rollup saves).
 Every answer of ours is also checked against the generated ground truth where it has one.
+
+Then the reads behind ``feedbackloop ab report`` / ``impact`` / ``ab versions`` and the
+dashboard (feedbackloop.analysis.queries), on the same data, beside the cost of merely
+deduplicating what they read (``SELECT count() FROM … FINAL`` of each table they touch).
 """
 
 from __future__ import annotations
@@ -29,8 +33,17 @@ import time
 from typing import Any
 
 from feedbackloop.analysis.analyst_queries import ANALYST_QUERIES, analyst_query
+from feedbackloop.analysis.queries import (
+    Scope,
+    fetch_experiment,
+    fetch_impact,
+    fetch_satisfaction_over_time,
+    fetch_version_totals,
+    fetch_versions,
+)
 from feedbackloop.infra import get_client
 from feedbackloop.sinks import migrate
+from feedbackloop.sinks.query import execute
 
 DB = "benchq"
 
@@ -161,6 +174,59 @@ def _check(name: str, rows: list[tuple[Any, ...]], n: int) -> str:
     return ""
 
 
+def _time_call(fn: Any, runs: int) -> tuple[float, Any]:
+    times, out = [], None
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def _analysis_reads(q: Any, n: int, runs: int) -> bool:
+    """Time the analysis layer's reads; True if an answer is wrong."""
+
+    def runner(sql: str) -> Any:
+        return execute(q, sql, max_rows=100_000)
+
+    scope = Scope(experiment="exp1")
+    reads: list[tuple[str, Any, tuple[str, ...]]] = [
+        (
+            "ab report (experiment stats)",
+            lambda: fetch_experiment(runner, scope),
+            ("interactions", "feedback", "implicit", "outcomes"),
+        ),
+        ("impact", lambda: fetch_impact(runner, scope), ("interactions", "outcomes")),
+        ("ab versions", lambda: fetch_versions(runner, Scope()), ("interactions", "feedback")),
+        (
+            "version totals",
+            lambda: fetch_version_totals(runner, Scope()),
+            ("interactions", "feedback"),
+        ),
+        (
+            "satisfaction over time (1 h)",
+            lambda: fetch_satisfaction_over_time(runner, scope, 3600),
+            ("interactions", "feedback"),
+        ),
+    ]
+    print(f"{'analysis read':30} {'ours s':>8} {'baseline s':>11} {'ratio':>6}  baseline / check")
+    wrong = False
+    for name, fn, tables in reads:
+        ours, out = _time_call(fn, runs)
+        dedup = " UNION ALL ".join(f"SELECT count() FROM {t} FINAL" for t in tables)
+        base, _ = _time(q, dedup, runs)
+        check = ""
+        if name.startswith("ab report"):
+            got = sum(v.interactions for v in out.variants.values())
+            check = "ok" if got == n else f"WRONG: {got} interactions, expected {n}"
+            wrong |= got != n
+        print(
+            f"{name:30} {ours:8.3f} {base:11.3f} {ours / base:6.2f}  "
+            f"count() FINAL of {', '.join(tables)}; {check}"
+        )
+    return wrong
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--interactions", type=int, default=2_000_000)
@@ -194,6 +260,7 @@ def main() -> None:
             label, sql = base
             b, _ = _time(q, sql, args.runs)
             print(f"{aq.name:30} {ours:8.3f} {b:11.3f} {ours / b:6.2f}  {label}; {check}")
+        failed |= _analysis_reads(q, args.interactions, args.runs)
         print(f"load average {os.getloadavg()[0]:.2f}")
     sys.exit(1 if failed else 0)
 

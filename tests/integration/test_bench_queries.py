@@ -27,4 +27,4 @@ def test_bench_queries_runs_every_example_and_its_checks_pass() -> None:
     for q in ANALYST_QUERIES:
         assert any(line.startswith(q.name + " ") for line in lines), q.name
     assert "WRONG" not in res.stdout
-    assert sum(line.endswith("; ok") for line in lines) == 5
+    assert sum(line.endswith("; ok") for line in lines) == 6  # 5 examples + ab report
