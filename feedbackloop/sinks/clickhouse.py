@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import logging
+import os
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -31,6 +32,13 @@ from typing import Any, NamedTuple
 from feedbackloop.errors import BackPressure, ClickHouseError, SchemaError
 from feedbackloop.schemas import DeadLetter, Topics
 from feedbackloop.sinks.base import BatchingSink, SinkBatch, retry_delay
+from feedbackloop.sinks.ingest import (
+    INPUT_SETTINGS,
+    insert_sql,
+    route,
+    stamp_ms,
+    write_block,
+)
 from feedbackloop.sinks.rows import COLUMNS, DEAD_LETTERS, Row, TopicRouter, dead_letter_row
 
 __all__ = ["ClickHouseSink", "SinkMessage", "is_rejection", "SinkStats"]
@@ -82,6 +90,8 @@ class SinkStats:
     rows: dict[str, int] = field(default_factory=dict)
     dead_letters: int = 0
     rejected_rows: int = 0
+    #: Blocks of enriched messages ClickHouse refused to parse (they took the Python path).
+    json_fallbacks: int = 0
     inserts: int = 0
     transient_errors: int = 0
     insert_seconds: float = 0.0
@@ -101,6 +111,10 @@ class _Prepared:
     """A batch converted once into rows per table; survives retries of the same batch."""
 
     rows: dict[str, list[tuple[Row, int]]]  # table -> (row, index of its message in the batch)
+    #: table -> (message, offset, index in the batch): parsed by ClickHouse (ingest.py).
+    lines: dict[str, list[tuple[bytes, int, int]]] = field(default_factory=dict)
+    #: table -> the ``enriched_at`` values of its lines and their milliseconds.
+    stamps: dict[str, dict[bytes, int]] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
 
 
@@ -147,6 +161,7 @@ class ClickHouseSink(BatchingSink):
         max_age_s: float = 0.5,
         client_factory: Callable[[], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        json_path: bool = True,
     ) -> None:
         super().__init__(max_rows=max_rows, max_age_s=max_age_s)
         self.dsn = dsn
@@ -156,6 +171,9 @@ class ClickHouseSink(BatchingSink):
         #: Called with the seconds from a batch's first message to the batch stored.
         self.on_batch_stored: Callable[[float], None] | None = None
         self._client_factory = client_factory
+        #: Let embedded chDB parse enriched messages itself (see feedbackloop.sinks.ingest).
+        self.json_path = json_path
+        self._embedded: bool | None = None
         self._client: Any = None
         self._contexts: dict[str, Any] = {}
         self._failures = 0
@@ -178,6 +196,7 @@ class ClickHouseSink(BatchingSink):
 
                 self._client = get_client(self.dsn)
             self._contexts = {}
+            self._embedded = str(getattr(self._client, "uri", "")).startswith("chdb:")
         return self._client
 
     def _drop_client(self) -> None:
@@ -336,6 +355,12 @@ class ClickHouseSink(BatchingSink):
 
     def _insert_batch(self, batch: SinkBatch, prep: _Prepared) -> None:
         """Insert every table of a prepared batch (tables already stored are skipped)."""
+        # Blocks parsed by ClickHouse first: a block it rejects joins the Python rows below.
+        for table, lines in prep.lines.items():
+            key = f"json:{table}"
+            if key not in prep.done:
+                self._insert_lines(batch, prep, table, lines)
+                prep.done.add(key)
         # Dead letters last: rows rejected by the other tables are added to them on the way.
         order = [t for t in prep.rows if t != DEAD_LETTERS] + [DEAD_LETTERS]
         for table in order:
@@ -354,10 +379,53 @@ class ClickHouseSink(BatchingSink):
                 )
 
     def _prepare(self, batch: SinkBatch) -> _Prepared:
-        rows: dict[str, list[tuple[Row, int]]] = {}
+        prep = _Prepared({})
+        topic, first = batch.topic, batch.first_offset
+        items: Iterable[tuple[int, SinkMessage]] = enumerate(batch.items)
+        if topic == self.router.topics.enriched and self._json_path_on():
+            lines, stamps = prep.lines, prep.stamps
+            python: list[tuple[int, SinkMessage]] = []
+            for idx, msg in items:
+                value = msg.value
+                routed = route(value) if value is not None else None
+                if routed is None:
+                    python.append((idx, msg))
+                    continue
+                table, stamp = routed
+                block = lines.get(table)
+                if block is None:
+                    block = lines[table] = []
+                    stamps[table] = {}
+                known = stamps[table]
+                if stamp not in known:
+                    ms = stamp_ms(stamp)
+                    if ms is None:
+                        python.append((idx, msg))
+                        continue
+                    known[stamp] = ms
+                offset = msg.offset if msg.offset >= 0 else first + idx
+                block.append((value, offset, idx))  # type: ignore[arg-type]
+            items = python
+        self._route(batch, items, prep.rows)
+        return prep
+
+    def _json_path_on(self) -> bool:
+        if not self.json_path:
+            return False
+        if self._embedded is None:
+            self._connect()
+        return bool(self._embedded)
+
+    def _route(
+        self,
+        batch: SinkBatch,
+        items: Iterable[tuple[int, SinkMessage]],
+        rows: dict[str, list[tuple[Row, int]]],
+    ) -> None:
+        """The Python path: decode ``items`` into rows per table, or dead letters."""
         to_rows = self.router.rows
         topic, partition = batch.topic, batch.partition
-        for idx, msg in enumerate(batch.items):
+        for idx, msg in items:
             offset = msg.offset if msg.offset >= 0 else batch.first_offset + idx
             try:
                 routed = to_rows(topic, partition, offset, msg.value, msg.key, msg.headers)
@@ -383,7 +451,63 @@ class ClickHouseSink(BatchingSink):
                 if pairs is None:
                     pairs = rows[table] = []
                 pairs.append((row, idx))
-        return _Prepared(rows)
+
+    def _insert_lines(
+        self, batch: SinkBatch, prep: _Prepared, table: str, lines: list[tuple[bytes, int, int]]
+    ) -> None:
+        """One ClickHouse-parsed insert of ``lines``; if ClickHouse refuses it, the Python path.
+
+        A refused block is not bisected here: its messages are decoded in Python and join
+        ``prep.rows``, whose insert isolates any row ClickHouse still refuses (dead letters).
+        """
+        try:
+            self._insert_json(batch, prep, table, lines)
+        except Exception as e:
+            if _error_code(e) is None and not is_rejection(e):
+                self._transient(table, e)  # no answer from ClickHouse: retried as it is
+            # ClickHouse answered with an error: whatever it was, the Python path decides
+            # (a row it refuses becomes a dead letter, an outage raises BackPressure there).
+            self.stats.json_fallbacks += 1
+            log.warning(
+                "%s refused a block of %d parsed messages, taking the Python path: %s",
+                table,
+                len(lines),
+                _short(e),
+            )
+            self._route(batch, ((idx, batch.items[idx]) for _, _, idx in lines), prep.rows)
+            return
+        self.stats.rows[table] = self.stats.rows.get(table, 0) + len(lines)
+
+    def _insert_json(
+        self, batch: SinkBatch, prep: _Prepared, table: str, lines: list[tuple[bytes, int, int]]
+    ) -> None:
+        client = self._connect()
+        path = write_block(lines)
+        t0 = self._clock()
+        try:
+            client.command(
+                insert_sql(
+                    self.database,
+                    table,
+                    path,
+                    batch.topic,
+                    batch.partition,
+                    prep.stamps[table],
+                ),
+                settings={
+                    **INPUT_SETTINGS,
+                    "async_insert": 0,
+                    "insert_deduplicate": 1,
+                    "insert_deduplication_token": f"{batch.key}/{table}/json",
+                    # ReplacingMergeTree's collapse within the block costs ~40 % of this
+                    # insert; duplicates collapse at merge time instead (queries use FINAL).
+                    "optimize_on_insert": 0,
+                },
+            )
+        finally:
+            os.unlink(path)
+        self.stats.inserts += 1
+        self.stats.insert_seconds += self._clock() - t0
 
     def _rejected_row(self, batch: SinkBatch, idx: int, table: str, reason: str) -> Row:
         msg: SinkMessage = batch.items[idx]

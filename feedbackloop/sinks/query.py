@@ -185,15 +185,13 @@ class QueryEndpoint:
     def _handle(self, req: BaseHTTPRequestHandler) -> None:
         if req.path != "/query":
             return _reply(req, 404, {"error": "not found"})
-        if not secrets.compare_digest(
-            req.headers.get("Authorization", ""), f"Bearer {self.token}"
-        ):
+        if not secrets.compare_digest(req.headers.get("Authorization", ""), f"Bearer {self.token}"):
             return _reply(req, 401, {"error": "bad token"})
         try:
             body = json.loads(req.rfile.read(int(req.headers.get("Content-Length", 0))))
             sql, max_rows = str(body["sql"]), int(body.get("max_rows", 10_000))
         except (ValueError, KeyError, TypeError):
-            return _reply(req, 400, {"error": "expected JSON {\"sql\": ...}"})
+            return _reply(req, 400, {"error": 'expected JSON {"sql": ...}'})
         try:
             with self._lock:  # one chDB session handle; serialize its use
                 res = execute(self._client, sql, max_rows)

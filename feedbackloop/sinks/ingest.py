@@ -1,0 +1,344 @@
+"""Enriched messages parsed by ClickHouse itself: the writer's fast path on embedded chDB.
+
+The Python path (:mod:`feedbackloop.sinks.rows`) turns every message into a row tuple and
+clickhouse-connect serializes the rows, column by column, in Python; both hold the GIL, and
+together they cost more than the insert itself. Here Python only *checks* each message and
+routes it by event type; ClickHouse parses the message bytes (``JSONEachRow`` into named
+tuples, in C++ and without the GIL) and maps them to the table's columns in one
+``INSERT … SELECT … FROM file(…)`` per (batch, table).
+
+Exactness. A message takes this path only if :func:`json_form` finds every value in the one
+form for which ClickHouse's parse gives exactly the value the Python path stores: JSON types
+as the columns expect (an int for an int, never ``"5"`` or ``5.0``), integers within the
+column's range, canonical UUIDs, times as ``YYYY-MM-DDTHH:MM:SS[.ffffff]`` with ``Z`` or
+``+00:00`` (after 1970, where truncating to milliseconds and Python's floor agree), every
+field whose ClickHouse default differs from ours present, metadata values all text, no line
+break inside the message. Anything else takes the Python path, message by message, so
+lax forms are converted (or dead-lettered) exactly as before. The Kafka offset and the
+``_version`` (computed in Python, as on the other path) are spliced into each line.
+
+ClickHouse itself is strict on top of that (numbers are not read as text, bools not as
+numbers, objects not as text), so a form that slipped through fails the insert rather than
+being converted. A failed insert is never partial repair work: a *rejection* sends the whole
+block to the Python path (where the offending rows end in ``dead_letters`` with the reason),
+a transient error is retried like any other insert. Tests compare the stored rows of both
+paths with ``EXCEPT`` (tests/integration/test_sink_json_path.py).
+
+Only embedded chDB uses this path: the file is read by the engine in this process. A
+ClickHouse server keeps the Native path (``input()`` with the data in the request body would
+be its equivalent; chDB silently inserts nothing through ``input()``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tempfile
+from typing import Any
+
+from feedbackloop.schemas.events import SCHEMA_VERSION
+from feedbackloop.sinks.rows import _RANK_ENRICHED, _RANK_NO_CONTEXT, _RANK_STEP, COLUMNS, _ms
+
+__all__ = [
+    "INPUT_SETTINGS",
+    "JSON_TABLES",
+    "insert_sql",
+    "route",
+    "stamp_ms",
+    "write_block",
+]
+
+_TABLE_OF = {
+    b"interaction": "interactions",
+    b"feedback": "feedback",
+    b"implicit": "implicit",
+    b"outcome": "outcomes",
+}
+_TYPE_OF = {t: et.decode() for et, t in _TABLE_OF.items()}
+#: The stream jobs' ``enriched_at`` (``iso_now``): plain characters only, so the bytes are the
+#: JSON string's value and a safe SQL literal.
+_STAMP = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)")
+_stamp_ok = _STAMP.fullmatch
+#: ``enriched_at`` -> the milliseconds the Python path puts into ``_version`` (few per run).
+_STAMP_MS: dict[bytes, int] = {}
+
+
+def stamp_ms(stamp: bytes) -> int | None:
+    """``enriched_at``'s epoch milliseconds, as the Python path computes them, or ``None``."""
+    ms = _STAMP_MS.get(stamp)
+    if ms is None:
+        if _stamp_ok(stamp) is None:
+            return None
+        ms = _ms(dt.datetime.fromisoformat(stamp.decode()))
+        if len(_STAMP_MS) > 1024:
+            _STAMP_MS.clear()
+        _STAMP_MS[stamp] = ms
+    return ms
+
+
+def route(value: bytes) -> tuple[str, bytes] | None:
+    """``(table, enriched_at)`` of an enriched message as our stream jobs write it, else ``None``.
+
+    Looks at bytes only (no parsing): ClickHouse checks that the event type it parses is the
+    table's, so a message routed wrongly here fails its block instead of landing elsewhere.
+    """
+    i = value.find(b'"event_type":"')
+    if i < 0 or value[-2:] != b'"}':
+        return None
+    i += 14
+    j = value.find(b'"', i, i + 13)
+    table = _TABLE_OF.get(value[i:j]) if j > 0 else None
+    if table is None:
+        return None
+    k = value.rfind(b'"enriched_at":"', len(value) - 64)
+    if k < 0:
+        return None
+    return table, value[k + 15 : -2]
+
+
+# --- ClickHouse side ---------------------------------------------------------------------
+# Integers whose column is narrower than the schema allows are read as Decimal(38, 0), which
+# fails on overflow (a wider integer type would wrap silently), then range-checked. Times are
+# read as text, checked against the canonical form and converted. Fields whose default on the
+# Python path is not ClickHouse's default are read as Nullable and required.
+_TIME_RE = (
+    r"^(19[7-9][0-9]|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
+    r"(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})$"
+)
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+_NUMBER_RE = r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
+_INT_RE = r"^(0|-?[1-9][0-9]*)$"
+_ENV = (
+    "event_type String, event_id Nullable(UUID), occurred_at String, app_id String, "
+    "session_id String, user_id Nullable(String), schema_version Nullable(UInt8)"
+)
+_U32 = "Nullable(Decimal(38, 0))"
+_EVENT = {
+    "interactions": "interaction_id Nullable(UUID), system_prompt String, user_input String, "
+    "response String, model String, prompt_version Nullable(String), "
+    "experiment Nullable(String), variant Nullable(String), latency_ms Nullable(Float64), "
+    f"input_tokens {_U32}, output_tokens {_U32}, cost_usd Nullable(Float64), "
+    "metadata Map(String, Nullable(String)), shadow Bool",
+    "feedback": "interaction_id UUID, kind String, thumbs Nullable(Int8), "
+    "rating Nullable(UInt8), text Nullable(String), category Nullable(String)",
+    "implicit": "interaction_id UUID, signal String, edited_text Nullable(String), "
+    f"edit_distance {_U32}, dwell_ms Nullable(Float64), copied_chars {_U32}",
+    "outcomes": "interaction_id Nullable(UUID), outcome String, value Nullable(Float64), "
+    "time_to_outcome_ms Nullable(Float64)",
+}
+_CTX = (
+    "context Tuple(interaction_occurred_at Nullable(String), model Nullable(String), "
+    "prompt_version Nullable(String), experiment Nullable(String), variant Nullable(String), "
+    "shadow Bool, latency_ms Nullable(Float64))"
+)
+_DER = (
+    "derived Tuple(input_language Nullable(String), input_has_code Nullable(Bool), "
+    "response_has_code Nullable(Bool), input_chars Nullable(UInt32), "
+    "response_chars Nullable(UInt32), input_length_bucket Nullable(String))"
+)
+_TAIL = "orphaned Bool, waited_ms Float64, enriched_at String"
+_DER_CHECK = (
+    "derived.input_language IS NOT NULL AND derived.input_has_code IS NOT NULL "
+    "AND derived.response_has_code IS NOT NULL AND derived.input_chars IS NOT NULL "
+    "AND derived.response_chars IS NOT NULL AND derived.input_length_bucket IS NOT NULL"
+)
+
+
+def _u32_ok(col: str) -> str:
+    return f"({col} IS NULL OR ({col} >= 0 AND {col} < 4294967296))"
+
+
+def _u32(col: str) -> str:
+    return f"CAST({col}, 'Nullable(UInt32)')"
+
+
+_HAS = "(context.model IS NOT NULL)"
+_ENV_SELECT = (
+    "assumeNotNull(event.event_id)",
+    "parseDateTime64BestEffort(event.occurred_at, 3, 'UTC')",
+    "event.app_id",
+    "event.session_id",
+    "ifNull(event.user_id, '')",
+    f"ifNull(event.schema_version, {SCHEMA_VERSION})",
+)
+_CTX_SELECT = (
+    f"if({_HAS}, 'enriched', if(orphaned, 'orphaned', 'none'))",
+    "orphaned",
+    "waited_ms",
+    f"if({_HAS}, parseDateTime64BestEffort(assumeNotNull(context.interaction_occurred_at), 3, "
+    "'UTC'), NULL)",
+    "ifNull(context.model, '')",
+    f"if({_HAS}, ifNull(context.prompt_version, ''), '')",
+    f"if({_HAS}, ifNull(context.experiment, ''), '')",
+    f"if({_HAS}, ifNull(context.variant, ''), '')",
+    f"if({_HAS}, context.shadow, false)",
+    f"if({_HAS}, context.latency_ms, NULL)",
+    f"if({_HAS}, assumeNotNull(derived.input_language), 'und')",
+    f"if({_HAS}, assumeNotNull(derived.input_has_code), false)",
+    f"if({_HAS}, assumeNotNull(derived.response_has_code), false)",
+    f"if({_HAS}, assumeNotNull(derived.input_length_bucket), '')",
+)
+_SELECT = {
+    "interactions": (
+        *_ENV_SELECT,
+        "assumeNotNull(event.interaction_id)",
+        "event.model",
+        "ifNull(event.prompt_version, '')",
+        "ifNull(event.experiment, '')",
+        "ifNull(event.variant, '')",
+        "event.system_prompt",
+        "event.user_input",
+        "event.response",
+        "event.latency_ms",
+        _u32("event.input_tokens"),
+        _u32("event.output_tokens"),
+        "event.cost_usd",
+        "mapApply((k, v) -> (k, ifNull(v, 'null')), event.metadata)",
+        "event.shadow",
+        "assumeNotNull(derived.input_language)",
+        "assumeNotNull(derived.input_has_code)",
+        "assumeNotNull(derived.response_has_code)",
+        "assumeNotNull(derived.input_chars)",
+        "assumeNotNull(derived.response_chars)",
+        "assumeNotNull(derived.input_length_bucket)",
+    ),
+    "feedback": (
+        *_ENV_SELECT,
+        "event.interaction_id",
+        "event.kind",
+        "ifNull(event.thumbs, 0)",
+        "event.rating",
+        "ifNull(event.text, '')",
+        "ifNull(event.category, '')",
+        *_CTX_SELECT,
+    ),
+    "implicit": (
+        *_ENV_SELECT,
+        "event.interaction_id",
+        "event.signal",
+        "ifNull(event.edited_text, '')",
+        _u32("event.edit_distance"),
+        "event.dwell_ms",
+        _u32("event.copied_chars"),
+        *_CTX_SELECT,
+    ),
+    "outcomes": (
+        *_ENV_SELECT,
+        "event.interaction_id",
+        "event.outcome",
+        "event.value",
+        "event.time_to_outcome_ms",
+        *_CTX_SELECT,
+    ),
+}
+_CHECK = {
+    "interactions": (
+        "event.interaction_id IS NOT NULL",
+        _DER_CHECK,
+        # Metadata values reach the Python path's JSON text (json.dumps) as they are for
+        # text, integers, booleans and null; a number with a fraction or an exponent may
+        # not (1.50 vs 1.5), and text that looks like one cannot be told apart here.
+        f"NOT arrayExists(v -> match(ifNull(v, ''), {_quote(_NUMBER_RE)}) "
+        f"AND NOT match(ifNull(v, ''), {_quote(_INT_RE)}), mapValues(event.metadata))",
+        _u32_ok("event.input_tokens"),
+        _u32_ok("event.output_tokens"),
+    ),
+    "feedback": (),
+    "implicit": (_u32_ok("event.edit_distance"), _u32_ok("event.copied_chars")),
+    "outcomes": (),
+}
+JSON_TABLES = frozenset(_SELECT)
+
+#: Input settings: strict where ClickHouse would otherwise convert a value's form.
+INPUT_SETTINGS: dict[str, Any] = {
+    "input_format_skip_unknown_fields": 1,
+    "input_format_json_ignore_unknown_keys_in_named_tuple": 1,
+    "input_format_json_named_tuples_as_objects": 1,
+    "input_format_json_defaults_for_missing_elements_in_named_tuple": 1,
+    "input_format_null_as_default": 1,
+    # Only metadata values are read as text from numbers and booleans (every other text
+    # field is validated as a JSON string by the stream jobs); see _CHECK.
+    "input_format_json_read_numbers_as_strings": 1,
+    "input_format_json_read_bools_as_strings": 1,
+    "input_format_json_read_bools_as_numbers": 0,
+    "input_format_json_read_objects_as_strings": 0,
+    "input_format_json_read_arrays_as_strings": 0,
+    "input_format_json_try_infer_numbers_from_strings": 0,
+    "input_format_json_empty_as_default": 0,
+    "input_format_allow_errors_num": 0,
+    "input_format_allow_errors_ratio": 0,
+}
+
+
+def insert_sql(
+    database: str, table: str, path: str, topic: str, partition: int, stamps: dict[bytes, int]
+) -> str:
+    """``INSERT … SELECT`` of one block file of ``table`` (lines from :func:`write_block`).
+
+    ``stamps`` maps each ``enriched_at`` in the block to its milliseconds (:func:`stamp_ms`).
+    """
+    structure = f"event Tuple({_ENV}, {_EVENT[table]}), "
+    if table == "interactions":
+        structure += f"{_DER}, {_TAIL}"
+        rank = f"{_RANK_ENRICHED * _RANK_STEP}"
+    else:
+        structure += f"{_CTX}, {_DER}, {_TAIL}"
+        rank = f"if({_HAS}, {_RANK_ENRICHED * _RANK_STEP}, {_RANK_NO_CONTEXT * _RANK_STEP})"
+    fields = [f.split(" ", 1)[0] for f in _TAIL.split(", ")]
+    fields += ["event", "derived"] + ([] if table == "interactions" else ["context"])
+    unwrap = ", ".join(f"m.{f} AS {f}" for f in fields)
+    keys = ", ".join(_quote(s.decode()) for s in stamps)
+    values = ", ".join(str(int(v)) for v in stamps.values())
+    stamp = f"transform(enriched_at, [{keys}], [{values}]::Array(UInt64), 0::UInt64)"
+    checks = [
+        f"event.event_type = {_quote(_TYPE_OF[table])}",
+        "event.event_id IS NOT NULL",
+        f"match(event.occurred_at, {_quote(_TIME_RE)})",
+        f"{stamp} > 0",
+        *_CHECK[table],
+    ]
+    if table != "interactions":
+        checks += [
+            "(context.model IS NULL) = (context.interaction_occurred_at IS NULL)",
+            f"NOT {_HAS} OR (match(assumeNotNull(context.interaction_occurred_at), "
+            f"{_quote(_TIME_RE)}) AND {_DER_CHECK})",
+        ]
+    condition = " AND ".join(f"({c})" for c in checks)
+    select = ", ".join(
+        (*_SELECT[table], _quote(topic), str(int(partition)), "_o", f"{rank} + {stamp}")
+    )
+    columns = ", ".join(f"`{c}`" for c in COLUMNS[table])
+    return (
+        f"INSERT INTO `{database}`.`{table}` ({columns}) SELECT {select} "
+        f"FROM (SELECT _o, {unwrap} FROM file({_quote(path)}, 'JSONEachRow', "
+        f"{_quote('_o UInt64, m Tuple(' + structure + ')')})) "
+        f"WHERE throwIf(NOT ({condition}), 'feedbackloop: a message not in the strict form') = 0"
+    )
+
+
+def write_block(lines: list[tuple[bytes, int, int]]) -> str:
+    """Write ``(message, offset, …)`` as ``{"_o":<offset>,"m":<message>}`` lines to a temp file.
+
+    Returns its path; the caller removes it. Wrapping the message (rather than splicing the
+    offset into it) leaves its bytes as they are: they are copied once, into the file.
+    """
+    parts: list[bytes] = []
+    add = parts.append
+    for value, offset, _ in lines:
+        add(b'{"_o":%d,"m":' % offset)
+        add(value)
+        add(b"}\n")
+    fd, path = tempfile.mkstemp(prefix="feedbackloop-sink-", suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"".join(parts))
+    except BaseException:
+        os.unlink(path)
+        raise
+    return path
