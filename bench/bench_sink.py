@@ -7,8 +7,11 @@ Part 1 (embedded chDB, in-process), for each topic the writer reads: the *enrich
   below) and the *raw* events topic (``--raw``: half interactions, half thumbs feedback):
   * baseline: ``client.insert`` of the already-built rows, columnar, one insert context per
     table, in batches of the same size;
-  * ours: ``ClickHouseSink.add`` + ``flush`` from the encoded Kafka values: decoding
-    (validation on the raw topic), row building, dedup tokens and the insert.
+  * ours: ``ClickHouseSink.add`` + ``flush`` from the encoded Kafka values. On the enriched
+    topic: routing by bytes, one ``INSERT … SELECT FROM file(…, JSONEachRow)`` per batch and
+    table in which chDB parses and checks the messages (feedbackloop/sinks/ingest.py); also
+    timed with that path off (``json_path=False``: decode, rows, Native insert) for reference.
+    On the raw topic: validation, row building, dedup tokens and the Native insert.
 Part 2 (embedded Tansu broker + ``feedbackloop sink run`` in a child process with its own chDB):
   the SDK (``FeedbackClient``) offers ``--rate`` interactions/s for ``--seconds``; latency is
   ``inserted_at - occurred_at`` of each stored row (ClickHouse stamps ``inserted_at`` when the
@@ -84,12 +87,16 @@ def _settle(client: Any, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def bench_writer(dsn: str, values: list[bytes], topic: str, batch: int) -> tuple[float, float]:
-    """Rows/s of our writer and of raw ``client.insert`` of the same rows, same minutes."""
+def bench_writer(dsn: str, values: list[bytes], topic: str, batch: int,
+                 python_path: bool = False) -> tuple[float, float, float | None]:
+    """Rows/s of our writer and of raw ``client.insert`` of the same rows, same minutes.
+
+    The third figure (with ``python_path``) is our writer with the ClickHouse-parsed path off.
+    """
     topics = Topics("bench.")
     n = len(values)
     client = get_client(dsn)
-    for db in ("bench_raw", "bench_sink"):
+    for db in ("bench_raw", "bench_sink", "bench_py"):
         client.command(f"DROP DATABASE IF EXISTS {db}")
         migrate(client, db)
 
@@ -118,18 +125,29 @@ def bench_writer(dsn: str, values: list[bytes], topic: str, batch: int) -> tuple
     gc.collect()
     _settle(client)
 
-    sink = ClickHouseSink("", "bench_sink", topics, max_rows=batch, max_age_s=60,
-                          client_factory=lambda: client)
-    t0 = time.perf_counter()
-    for off, v in enumerate(values):
-        sink.add(topic, 0, off, SinkMessage(v, None, None, 0, off))
-    sink.flush()
-    ours = len(values) / (time.perf_counter() - t0)
-    counts = [client.command(f"SELECT count() FROM {db}.interactions")
-              for db in ("bench_raw", "bench_sink")]
-    assert counts[0] == counts[1] == n // 2, counts  # half of the messages are interactions
-    sink.close()  # stops its insert thread and closes the shared client
-    return ours, raw_rate
+    def run(db: str, json_path: bool) -> float:
+        sink = ClickHouseSink("", db, topics, max_rows=batch, max_age_s=60,
+                              client_factory=lambda: get_client(dsn), json_path=json_path)
+        sink.setup()  # connecting is not part of the writer's throughput
+        t0 = time.perf_counter()
+        for off, v in enumerate(values):
+            sink.add(topic, 0, off, SinkMessage(v, None, None, 0, off))
+        sink.flush()
+        rate = len(values) / (time.perf_counter() - t0)
+        assert sink.stats.json_fallbacks == 0, sink.stats
+        sink.close()  # stops its insert thread and closes its client
+        return rate
+
+    ours = run("bench_sink", True)
+    py_rate = None
+    if python_path:
+        _settle(client)
+        py_rate = run("bench_py", False)
+    dbs = ("bench_raw", "bench_sink") + (("bench_py",) if python_path else ())
+    counts = [client.command(f"SELECT count() FROM {db}.interactions") for db in dbs]
+    assert set(counts) == {n // 2}, counts  # half of the messages are interactions
+    client.close()
+    return ours, raw_rate, py_rate
 
 
 def _endpoint_query(data_dir: Path, sql: str) -> list[list[Any]]:
@@ -256,11 +274,17 @@ def main() -> None:
                  "raw": (topics.events, raw_values)}
         for mode in args.modes.split(","):
             topic, values = modes[mode]
-            ours, raw = bench_writer(f"chdb:///{work / 'chdb'}", values, topic, args.batch)
-            what = "decode+rows" if mode == "enriched" else "decode+validate+rows"
-            print(f"[{mode}] writer into embedded chDB: {ours:,.0f} rows/s ({what}+insert)")
+            ours, raw, py = bench_writer(f"chdb:///{work / 'chdb'}", values, topic, args.batch,
+                                         python_path=mode == "enriched")
+            what = ("route+ClickHouse-parsed insert" if mode == "enriched"
+                    else "decode+validate+rows+insert")
+            print(f"[{mode}] writer into embedded chDB: {ours:,.0f} rows/s ({what})")
             print(f"[{mode}] raw client.insert, same rows: {raw:,.0f} rows/s")
             print(f"[{mode}] ratio: {ours / raw:.2f}  (target: >= 100,000 rows/s)")
+            if py is not None:
+                print(f"[{mode}] for reference, the writer's Python path (json_path=False: "
+                      f"decode+rows+insert): {py:,.0f} rows/s")
+            print(f"[{mode}] load average (1 min) after this part: {os.getloadavg()[0]:.2f}")
         del modes, raw_values
         if not args.skip_latency:
             r = bench_latency(args.rate, args.seconds, work)

@@ -18,6 +18,7 @@ constraint) bisects the insert until the offending rows are isolated; those go t
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gc
 import logging
@@ -115,7 +116,16 @@ class _Prepared:
     lines: dict[str, list[tuple[bytes, int, int]]] = field(default_factory=dict)
     #: table -> the ``enriched_at`` values of its lines and their milliseconds.
     stamps: dict[str, dict[bytes, int]] = field(default_factory=dict)
+    #: table -> its block file, written while the insert before it runs (taken by the insert).
+    files: dict[str, str] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
+
+    def remove_files(self) -> None:
+        """Remove block files not yet taken by an insert (a batch dropped before its insert)."""
+        for path in self.files.values():
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self.files.clear()
 
 
 def _error_code(e: BaseException) -> int | None:
@@ -212,6 +222,9 @@ class ClickHouseSink(BatchingSink):
             self._executor.shutdown(wait=True)
             self._executor = None
         self._inflight.clear()  # finished; their batches are still pending (never committed)
+        for batch in self._closed:
+            if batch.state is not None:
+                batch.state.remove_files()
         self._collector.resume()
         self._drop_client()
 
@@ -261,7 +274,11 @@ class ClickHouseSink(BatchingSink):
         # the revoked partitions' offsets are simply not committed).
         self._retire(wait=True)
         self._inflight.clear()
-        return super().discard(partitions)
+        gone = set(partitions)
+        for batch in self._closed:
+            if (batch.topic, batch.partition) in gone and batch.state is not None:
+                batch.state.remove_files()
+        return super().discard(gone)
 
     def _inserting_only(self) -> bool:
         inflight = self._inflight
@@ -406,6 +423,10 @@ class ClickHouseSink(BatchingSink):
                 offset = msg.offset if msg.offset >= 0 else first + idx
                 block.append((value, offset, idx))  # type: ignore[arg-type]
             items = python
+            # Written here, on the consumer thread, while the insert before this one runs:
+            # the insert thread's turn is then ClickHouse's work only.
+            for table, block in lines.items():
+                prep.files[table] = write_block(block)
         self._route(batch, items, prep.rows)
         return prep
 
@@ -482,7 +503,7 @@ class ClickHouseSink(BatchingSink):
         self, batch: SinkBatch, prep: _Prepared, table: str, lines: list[tuple[bytes, int, int]]
     ) -> None:
         client = self._connect()
-        path = write_block(lines)
+        path = prep.files.pop(table, None) or write_block(lines)  # a retry writes it again
         t0 = self._clock()
         try:
             client.command(
