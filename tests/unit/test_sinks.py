@@ -356,3 +356,128 @@ def test_formats() -> None:
     assert table.splitlines()[0].split() == ["a", "|", "b"] and "(2 rows)" in table
     assert format_result(res, "csv") == "a,b\nx,1.5\ny,NULL"
     assert '"b": null' in format_result(res, "json")
+
+
+# --- the ClickHouse-parsed path of the enriched topic (sinks/ingest.py) ---------------------
+def _enriched(**kw: Any) -> bytes:
+    from feedbackloop.schemas import EnrichedEvent
+
+    e = EnrichedEvent(event=_interaction(**kw), source_partition=0, source_offset=0)
+    return e.model_dump_json().encode()
+
+
+def test_route_reads_table_and_stamp_from_the_bytes_only() -> None:
+    from feedbackloop.sinks.ingest import route, stamp_ms
+
+    value = _enriched()
+    table, stamp = route(value)  # type: ignore[misc]
+    assert table == "interactions" and stamp.startswith(b"20") and stamp.endswith(b"Z")
+    assert stamp_ms(stamp) is not None
+    assert stamp_ms(b"2026-01-02 03:04:05") is None  # not the stream jobs' form
+    assert route(b"not json") is None
+    assert route(encode(_interaction())) is None  # no enriched_at: not the enriched form
+    # A key that looks like the event type elsewhere routes wrongly; ClickHouse's check of the
+    # parsed event type then refuses the block (tests/integration/test_sink_json_path.py).
+    assert route(value.replace(b'"event_type":"interaction"', b'"event_type":"feedback"'))
+
+
+class FakeChdb(FakeClient):
+    """A client that looks embedded: ``command`` receives the parsed path's inserts."""
+
+    uri = "chdb:///x"
+
+    def __init__(self, error: Exception | None = None) -> None:
+        super().__init__()
+        self.error = error
+        self.commands: list[tuple[str, dict[str, Any]]] = []
+        self.files: list[bytes] = []
+
+    def command(self, sql: str, settings: dict[str, Any]) -> None:
+        import re
+
+        path = re.search(r"FROM file\('([^']+)'", sql).group(1)  # type: ignore[union-attr]
+        with open(path, "rb") as f:
+            self.files.append(f.read())
+        self.commands.append((sql, settings))
+        if self.error is not None:
+            raise self.error
+
+
+def _paths(fake: FakeChdb) -> list[str]:
+    import re
+
+    return [re.search(r"FROM file\('([^']+)'", s).group(1) for s, _ in fake.commands]  # type: ignore[union-attr]
+
+
+def test_enriched_batch_is_one_parsed_insert_per_table_with_its_token() -> None:
+    import os
+
+    fake = FakeChdb()
+    sink = ClickHouseSink("chdb:///x", "db", TOPICS, client_factory=lambda: fake)
+    for i in range(3):
+        sink.add(TOPICS.enriched, 0, 10 + i, SinkMessage(_enriched(), None, None, 0, 10 + i))
+    assert sink.flush() == {(TOPICS.enriched, 0): 13}
+    assert len(fake.commands) == 1 and "interactions" not in fake.inserted
+    sql, settings = fake.commands[0]
+    assert sql.startswith("INSERT INTO `db`.`interactions`")
+    assert settings["insert_deduplication_token"] == f"{TOPICS.enriched}/0/10-12/interactions/json"
+    assert fake.files[0].count(b"\n") == 3 and fake.files[0].startswith(b'{"_o":10,"m":{')
+    assert not any(os.path.exists(p) for p in _paths(fake))  # block files are removed
+    assert sink.stats.rows == {"interactions": 3} and sink.stats.json_fallbacks == 0
+
+
+def test_a_block_clickhouse_refuses_takes_the_python_path() -> None:
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    fake = FakeChdb(DatabaseError("Code: 395. feedbackloop: a message not in the strict form"))
+    sink = ClickHouseSink("chdb:///x", "db", TOPICS, client_factory=lambda: fake)
+    sink.add(TOPICS.enriched, 0, 0, SinkMessage(_enriched(), None, None, 0, 0))
+    sink.add(TOPICS.enriched, 0, 1, SinkMessage(b"not json", None, None, 0, 1))
+    assert sink.flush() == {(TOPICS.enriched, 0): 2}
+    assert len(fake.commands) == 1 and sink.stats.json_fallbacks == 1
+    assert len(fake.inserted["interactions"]) == 1  # decoded in Python, Native insert
+    assert [r[1] for r in fake.inserted["dead_letters"]] == ["validation_error"]
+
+
+def test_a_parsed_insert_without_an_answer_is_back_pressure_and_retried_as_it_is() -> None:
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    fake = FakeChdb(OperationalError("connection refused"))
+    sink = ClickHouseSink("chdb:///x", "db", TOPICS, client_factory=lambda: fake)
+    sink._drop_client = lambda: None  # type: ignore[method-assign]  # keep the fake
+    sink.add(TOPICS.enriched, 0, 0, SinkMessage(_enriched(), None, None, 0, 0))
+    with pytest.raises(BackPressure):
+        sink.flush()
+    fake.error = None
+    assert sink.flush() == {(TOPICS.enriched, 0): 1}
+    assert len(fake.commands) == 2 and fake.files[0] == fake.files[1]  # written again
+    assert sink.stats.json_fallbacks == 0 and "interactions" not in fake.inserted
+
+
+def test_discarded_batches_leave_no_block_files() -> None:
+    import os
+    import threading
+
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    gate = threading.Event()
+
+    class Blocking(FakeChdb):
+        def command(self, sql: str, settings: dict[str, Any]) -> None:
+            gate.wait(5)
+            super().command(sql, settings)
+
+    fake = Blocking(OperationalError("connection refused"))
+    sink = ClickHouseSink("chdb:///x", "db", TOPICS, max_rows=1, client_factory=lambda: fake)
+    sink.add(TOPICS.enriched, 0, 0, SinkMessage(_enriched(), None, None, 0, 0))
+    sink.add(TOPICS.enriched, 0, 1, SinkMessage(_enriched(), None, None, 0, 1))
+    # The second batch is prepared (its block file written) while the first insert runs ...
+    files = list(sink._closed[1].state.files.values())
+    assert files and all(os.path.exists(p) for p in files)
+    gate.set()
+    with pytest.raises(BackPressure):
+        sink.flush()  # ... which fails: the second batch's insert is not attempted
+    assert all(os.path.exists(p) for p in files)
+    assert sink.discard([(TOPICS.enriched, 0)]) == 2  # a rebalance takes the partition away
+    assert not any(os.path.exists(p) for p in files)
+    sink.close()
