@@ -34,7 +34,6 @@ from feedbackloop.errors import BackPressure, ClickHouseError, SchemaError
 from feedbackloop.schemas import DeadLetter, Topics
 from feedbackloop.sinks.base import BatchingSink, SinkBatch, retry_delay
 from feedbackloop.sinks.ingest import (
-    INPUT_SETTINGS,
     insert_sql,
     route,
     stamp_ms,
@@ -514,16 +513,16 @@ class ClickHouseSink(BatchingSink):
                     batch.topic,
                     batch.partition,
                     prep.stamps[table],
-                ),
-                settings={
-                    **INPUT_SETTINGS,
-                    "async_insert": 0,
-                    "insert_deduplicate": 1,
-                    "insert_deduplication_token": f"{batch.key}/{table}/json",
-                    # ReplacingMergeTree's collapse within the block costs ~40 % of this
-                    # insert; duplicates collapse at merge time instead (queries use FINAL).
-                    "optimize_on_insert": 0,
-                },
+                    {
+                        # Synchronous, deduplicated by the batch's token (as the Native insert).
+                        "async_insert": 0,
+                        "insert_deduplicate": 1,
+                        "insert_deduplication_token": f"{batch.key}/{table}/json",
+                        # ReplacingMergeTree's collapse within the block cost ~40 % of this
+                        # insert; copies collapse at merge time instead (queries use FINAL).
+                        "optimize_on_insert": 0,
+                    },
+                )
             )
         finally:
             os.unlink(path)

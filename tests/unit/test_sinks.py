@@ -392,7 +392,7 @@ class FakeChdb(FakeClient):
         self.commands: list[tuple[str, dict[str, Any]]] = []
         self.files: list[bytes] = []
 
-    def command(self, sql: str, settings: dict[str, Any]) -> None:
+    def command(self, sql: str, settings: dict[str, Any] | None = None) -> None:
         import re
 
         path = re.search(r"FROM file\('([^']+)'", sql).group(1)  # type: ignore[union-attr]
@@ -418,9 +418,10 @@ def test_enriched_batch_is_one_parsed_insert_per_table_with_its_token() -> None:
         sink.add(TOPICS.enriched, 0, 10 + i, SinkMessage(_enriched(), None, None, 0, 10 + i))
     assert sink.flush() == {(TOPICS.enriched, 0): 13}
     assert len(fake.commands) == 1 and "interactions" not in fake.inserted
-    sql, settings = fake.commands[0]
+    sql, _ = fake.commands[0]
     assert sql.startswith("INSERT INTO `db`.`interactions`")
-    assert settings["insert_deduplication_token"] == f"{TOPICS.enriched}/0/10-12/interactions/json"
+    token = f"insert_deduplication_token = '{TOPICS.enriched}/0/10-12/interactions/json'"
+    assert token in sql and "async_insert = 0" in sql
     assert fake.files[0].count(b"\n") == 3 and fake.files[0].startswith(b'{"_o":10,"m":{')
     assert not any(os.path.exists(p) for p in _paths(fake))  # block files are removed
     assert sink.stats.rows == {"interactions": 3} and sink.stats.json_fallbacks == 0
@@ -463,7 +464,7 @@ def test_discarded_batches_leave_no_block_files() -> None:
     gate = threading.Event()
 
     class Blocking(FakeChdb):
-        def command(self, sql: str, settings: dict[str, Any]) -> None:
+        def command(self, sql: str, settings: dict[str, Any] | None = None) -> None:
             gate.wait(5)
             super().command(sql, settings)
 
