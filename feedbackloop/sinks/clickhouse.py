@@ -188,6 +188,9 @@ class ClickHouseSink(BatchingSink):
         self._failures = 0
         self._clock = clock
         self._executor: ThreadPoolExecutor | None = None
+        # Parsed inserts of a batch's other tables run on these, with their own client.
+        self._helper_pool: ThreadPoolExecutor | None = None
+        self._helper: Any = None
         #: Full batches whose insert is queued or running: always the first of ``_closed``.
         self._inflight: list[tuple[SinkBatch, Future[None]]] = []
         self._collector = _CollectorPause()
@@ -210,16 +213,19 @@ class ClickHouseSink(BatchingSink):
 
     def _drop_client(self) -> None:
         client, self._client, self._contexts = self._client, None, {}
-        if client is not None:
-            try:
-                client.close()
-            except Exception:  # already broken; closing is best effort
-                log.debug("closing a failed ClickHouse client raised", exc_info=True)
+        helper, self._helper = self._helper, None
+        for c in (client, helper):
+            if c is not None:
+                try:
+                    c.close()
+                except Exception:  # already broken; closing is best effort
+                    log.debug("closing a failed ClickHouse client raised", exc_info=True)
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        for pool in (self._executor, self._helper_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._executor = self._helper_pool = None
         self._inflight.clear()  # finished; their batches are still pending (never committed)
         for batch in self._closed:
             if batch.state is not None:
@@ -372,11 +378,7 @@ class ClickHouseSink(BatchingSink):
     def _insert_batch(self, batch: SinkBatch, prep: _Prepared) -> None:
         """Insert every table of a prepared batch (tables already stored are skipped)."""
         # Blocks parsed by ClickHouse first: a block it rejects joins the Python rows below.
-        for table, lines in prep.lines.items():
-            key = f"json:{table}"
-            if key not in prep.done:
-                self._insert_lines(batch, prep, table, lines)
-                prep.done.add(key)
+        self._insert_parsed(batch, prep)
         # Dead letters last: rows rejected by the other tables are added to them on the way.
         order = [t for t in prep.rows if t != DEAD_LETTERS] + [DEAD_LETTERS]
         for table in order:
@@ -472,37 +474,77 @@ class ClickHouseSink(BatchingSink):
                     pairs = rows[table] = []
                 pairs.append((row, idx))
 
-    def _insert_lines(
-        self, batch: SinkBatch, prep: _Prepared, table: str, lines: list[tuple[bytes, int, int]]
-    ) -> None:
-        """One ClickHouse-parsed insert of ``lines``; if ClickHouse refuses it, the Python path.
+    def _insert_parsed(self, batch: SinkBatch, prep: _Prepared) -> None:
+        """The batch's ClickHouse-parsed inserts, one per table, run side by side.
 
-        A refused block is not bisected here: its messages are decoded in Python and join
+        ClickHouse does all of the work of these inserts, with the GIL released, so the
+        tables of one batch go in at once: the first on this thread, the others on helper
+        threads with a second client (chDB serializes the calls of one client). A block
+        ClickHouse refuses is not bisected here: its messages are decoded in Python and join
         ``prep.rows``, whose insert isolates any row ClickHouse still refuses (dead letters).
         """
+        todo = [t for t in prep.lines if f"json:{t}" not in prep.done]
+        if not todo:
+            return
+        jobs = []
+        if len(todo) > 1:
+            helper = self._helper_client()
+            pool = self._helpers()
+            jobs = [(t, pool.submit(self._insert_json, helper, batch, prep, t)) for t in todo[1:]]
+        errors: dict[str, Exception] = {}
+        timings: dict[str, float] = {}
         try:
-            self._insert_json(batch, prep, table, lines)
+            timings[todo[0]] = self._insert_json(self._connect(), batch, prep, todo[0])
         except Exception as e:
-            if _error_code(e) is None and not is_rejection(e):
-                self._transient(table, e)  # no answer from ClickHouse: retried as it is
+            errors[todo[0]] = e
+        for table, job in jobs:
+            try:
+                timings[table] = job.result()
+            except Exception as e:
+                errors[table] = e
+        for table, seconds in timings.items():
+            prep.done.add(f"json:{table}")
+            self.stats.inserts += 1
+            self.stats.insert_seconds += seconds
+            self.stats.rows[table] = self.stats.rows.get(table, 0) + len(prep.lines[table])
+        unanswered: tuple[str, Exception] | None = None
+        for table, err in errors.items():
+            if _error_code(err) is None and not is_rejection(err):
+                unanswered = (table, err)  # no answer from ClickHouse: retried as it is
+                continue
             # ClickHouse answered with an error: whatever it was, the Python path decides
             # (a row it refuses becomes a dead letter, an outage raises BackPressure there).
+            lines = prep.lines[table]
             self.stats.json_fallbacks += 1
             log.warning(
                 "%s refused a block of %d parsed messages, taking the Python path: %s",
                 table,
                 len(lines),
-                _short(e),
+                _short(err),
             )
             self._route(batch, ((idx, batch.items[idx]) for _, _, idx in lines), prep.rows)
-            return
-        self.stats.rows[table] = self.stats.rows.get(table, 0) + len(lines)
+            prep.done.add(f"json:{table}")
+        if unanswered is not None:
+            self._transient(*unanswered)
 
-    def _insert_json(
-        self, batch: SinkBatch, prep: _Prepared, table: str, lines: list[tuple[bytes, int, int]]
-    ) -> None:
-        client = self._connect()
-        path = prep.files.pop(table, None) or write_block(lines)  # a retry writes it again
+    def _helper_client(self) -> Any:
+        if self._helper is None:
+            if self._client_factory is not None:
+                self._helper = self._client_factory()
+            else:
+                from feedbackloop.infra import get_client
+
+                self._helper = get_client(self.dsn)
+        return self._helper
+
+    def _helpers(self) -> ThreadPoolExecutor:
+        if self._helper_pool is None:
+            self._helper_pool = ThreadPoolExecutor(3, thread_name_prefix="clickhouse-insert-helper")
+        return self._helper_pool
+
+    def _insert_json(self, client: Any, batch: SinkBatch, prep: _Prepared, table: str) -> float:
+        """One ClickHouse-parsed insert of ``table``'s block; returns its seconds."""
+        path = prep.files.pop(table, None) or write_block(prep.lines[table])  # a retry rewrites
         t0 = self._clock()
         try:
             client.command(
@@ -526,8 +568,7 @@ class ClickHouseSink(BatchingSink):
             )
         finally:
             os.unlink(path)
-        self.stats.inserts += 1
-        self.stats.insert_seconds += self._clock() - t0
+        return self._clock() - t0
 
     def _rejected_row(self, batch: SinkBatch, idx: int, table: str, reason: str) -> Row:
         msg: SinkMessage = batch.items[idx]

@@ -482,3 +482,43 @@ def test_discarded_batches_leave_no_block_files() -> None:
     assert sink.discard([(TOPICS.enriched, 0)]) == 2  # a rebalance takes the partition away
     assert not any(os.path.exists(p) for p in files)
     sink.close()
+
+
+def test_tables_of_a_batch_go_in_side_by_side_and_only_failed_ones_are_retried() -> None:
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    from feedbackloop.schemas import EnrichedEvent
+
+    class FailsFeedbackOnce(FakeChdb):
+        def command(self, sql: str, settings: dict[str, Any] | None = None) -> None:
+            super().command(sql, settings)
+            if "`feedback`" in sql.split(" SELECT ", 1)[0] and not self.failed:
+                self.failed = True
+                raise OperationalError("connection reset")
+
+    fake = FailsFeedbackOnce()
+    fake.failed = False  # type: ignore[attr-defined]
+    clients = []
+
+    def factory() -> Any:
+        clients.append(fake)
+        return fake
+
+    sink = ClickHouseSink("chdb:///x", "db", TOPICS, client_factory=factory)
+    sink._drop_client = lambda: None  # type: ignore[method-assign]  # keep the fake
+    it = _interaction()
+    fb = Feedback(app_id="a", session_id="s", interaction_id=it.interaction_id, kind="thumbs",
+                  thumbs=1)
+    values = [_enriched(), EnrichedEvent(event=fb, source_partition=0, source_offset=0)
+              .model_dump_json().encode()]
+    for i, v in enumerate(values):
+        sink.add(TOPICS.enriched, 0, i, SinkMessage(v, None, None, 0, i))
+    with pytest.raises(BackPressure):
+        sink.flush()
+    assert len(clients) == 2  # the second table had its own client
+    assert sink.flush() == {(TOPICS.enriched, 0): 2}
+    tables = [sql.split("`")[3] for sql, _ in fake.commands]
+    assert sorted(tables) == ["feedback", "feedback", "interactions"]  # interactions once
+    assert sink.stats.rows == {"interactions": 1, "feedback": 1}
+    assert sink.stats.json_fallbacks == 0
+    sink.close()
