@@ -139,8 +139,8 @@ class SatisfactionDetector:
             del self.history[ws]
 
     def _alert(self, p0: float, bn: int, end: float, statistic: float) -> Alert:
-        assert self.cusum is not None and self.cusum.run_start is not None
         c = self.cusum
+        assert c is not None and c.run_start is not None
         recent = c.run_successes / c.run_n
         since = dt.datetime.fromtimestamp(c.run_start, dt.timezone.utc)
         what = (
