@@ -35,6 +35,7 @@ from feedbackloop.schemas import DeadLetter, Topics
 from feedbackloop.sinks.base import BatchingSink, SinkBatch, retry_delay
 from feedbackloop.sinks.ingest import (
     insert_sql,
+    remove_stale_blocks,
     route,
     stamp_ms,
     write_block,
@@ -198,6 +199,7 @@ class ClickHouseSink(BatchingSink):
     # --- connection --------------------------------------------------------------------------
     def setup(self) -> None:
         self._connect()
+        remove_stale_blocks()
 
     def _connect(self) -> Any:
         if self._client is None:
@@ -427,7 +429,10 @@ class ClickHouseSink(BatchingSink):
             # Written here, on the consumer thread, while the insert before this one runs:
             # the insert thread's turn is then ClickHouse's work only.
             for table, block in lines.items():
-                prep.files[table] = write_block(block)
+                try:
+                    prep.files[table] = write_block(block)
+                except OSError as e:  # the insert writes it (or reports it) in its turn
+                    log.warning("cannot write a block file for %s: %s", table, e)
         self._route(batch, items, prep.rows)
         return prep
 
@@ -486,17 +491,24 @@ class ClickHouseSink(BatchingSink):
         todo = [t for t in prep.lines if f"json:{t}" not in prep.done]
         if not todo:
             return
-        jobs = []
-        if len(todo) > 1:
-            helper = self._helper_client()
-            pool = self._helpers()
-            jobs = [(t, pool.submit(self._insert_json, helper, batch, prep, t)) for t in todo[1:]]
         errors: dict[str, Exception] = {}
         timings: dict[str, float] = {}
-        try:
-            timings[todo[0]] = self._insert_json(self._connect(), batch, prep, todo[0])
-        except Exception as e:
-            errors[todo[0]] = e
+        jobs = []
+        here = todo
+        if len(todo) > 1:
+            try:
+                helper = self._helper_client()
+            except Exception as e:  # the tables go in one after the other instead
+                log.debug("no second ClickHouse client: %s", _short(e))
+            else:
+                submit = self._helpers().submit
+                jobs = [(t, submit(self._insert_json, helper, batch, prep, t)) for t in todo[1:]]
+                here = todo[:1]
+        for table in here:
+            try:
+                timings[table] = self._insert_json(self._connect(), batch, prep, table)
+            except Exception as e:
+                errors[table] = e
         for table, job in jobs:
             try:
                 timings[table] = job.result()

@@ -31,10 +31,12 @@ be its equivalent; chDB silently inserts nothing through ``input()``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from feedbackloop.schemas.events import SCHEMA_VERSION
@@ -45,6 +47,7 @@ __all__ = [
     "JSON_TABLES",
     "insert_sql",
     "route",
+    "remove_stale_blocks",
     "stamp_ms",
     "write_block",
 ]
@@ -91,7 +94,7 @@ def route(value: bytes) -> tuple[str, bytes] | None:
     table = _TABLE_OF.get(value[i:j]) if j > 0 else None
     if table is None:
         return None
-    k = value.rfind(b'"enriched_at":"', len(value) - 64)
+    k = value.rfind(b'"enriched_at":"', max(0, len(value) - 64))
     if k < 0:
         return None
     return table, value[k + 15 : -2]
@@ -356,7 +359,7 @@ def write_block(lines: list[tuple[bytes, int, int]]) -> str:
         add(b'{"_o":%d,"m":' % offset)
         add(value)
         add(b"}\n")
-    fd, path = tempfile.mkstemp(prefix="feedbackloop-sink-", suffix=".jsonl")
+    fd, path = tempfile.mkstemp(prefix=f"{_PREFIX}{os.getpid()}-", suffix=".jsonl")
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as f:
             f.writelines(parts)
@@ -364,3 +367,30 @@ def write_block(lines: list[tuple[bytes, int, int]]) -> str:
         os.unlink(path)
         raise
     return path
+
+
+_PREFIX = "feedbackloop-sink-"
+
+
+def remove_stale_blocks(directory: str | None = None) -> int:
+    """Remove block files left by sink processes that died (SIGKILL) before removing them."""
+    directory = directory or tempfile.gettempdir()
+    removed = 0
+    for path in Path(directory).glob(f"{_PREFIX}*-*.jsonl"):
+        pid = path.name[len(_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

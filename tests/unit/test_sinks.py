@@ -522,3 +522,45 @@ def test_tables_of_a_batch_go_in_side_by_side_and_only_failed_ones_are_retried()
     assert sink.stats.rows == {"interactions": 1, "feedback": 1}
     assert sink.stats.json_fallbacks == 0
     sink.close()
+
+
+def test_block_files_of_dead_processes_are_removed(tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from feedbackloop.sinks.ingest import remove_stale_blocks
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f"feedbackloop-sink-{dead}-abc.jsonl"
+    mine = tmp_path / f"feedbackloop-sink-{os.getpid()}-abc.jsonl"
+    other = tmp_path / "feedbackloop-sink-x.jsonl"
+    for p in (stale, mine, other):
+        p.write_bytes(b"{}")
+    assert remove_stale_blocks(str(tmp_path)) == 1
+    assert not stale.exists() and mine.exists() and other.exists()
+
+
+def test_without_a_second_client_the_tables_go_in_one_after_the_other() -> None:
+    from feedbackloop.schemas import EnrichedEvent
+
+    fake = FakeChdb()
+    calls = {"n": 0}
+
+    def factory() -> Any:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise ConnectionError("no second connection")
+        return fake
+
+    sink = ClickHouseSink("chdb:///x", "db", TOPICS, client_factory=factory)
+    it = _interaction()
+    fb = Feedback(app_id="a", session_id="s", interaction_id=it.interaction_id, kind="thumbs",
+                  thumbs=1)
+    fb_value = EnrichedEvent(event=fb, source_partition=0, source_offset=0).model_dump_json()
+    sink.add(TOPICS.enriched, 0, 0, SinkMessage(_enriched(), None, None, 0, 0))
+    sink.add(TOPICS.enriched, 0, 1, SinkMessage(fb_value.encode(), None, None, 0, 1))
+    assert sink.flush() == {(TOPICS.enriched, 0): 2}
+    assert sink.stats.rows == {"interactions": 1, "feedback": 1} and len(fake.commands) == 2
+    sink.close()
