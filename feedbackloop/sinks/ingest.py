@@ -1,32 +1,31 @@
 """Enriched messages parsed by ClickHouse itself: the writer's fast path on embedded chDB.
 
 The Python path (:mod:`feedbackloop.sinks.rows`) turns every message into a row tuple and
-clickhouse-connect serializes the rows, column by column, in Python; both hold the GIL, and
-together they cost more than the insert itself. Here Python only *checks* each message and
-routes it by event type; ClickHouse parses the message bytes (``JSONEachRow`` into named
-tuples, in C++ and without the GIL) and maps them to the table's columns in one
-``INSERT … SELECT … FROM file(…)`` per (batch, table).
+clickhouse-connect serializes the rows column by column; both hold the GIL and together cost
+more than the insert itself. Here Python only looks at bytes: :func:`route` finds the event
+type (hence the table) and the ``enriched_at`` stamp, :func:`write_block` writes a batch's
+messages of one table to a file, each wrapped as ``{"_o":<Kafka offset>,"m":<message>}``,
+and one ``INSERT … SELECT … FROM file(…, 'JSONEachRow', <structure>)`` (:func:`insert_sql`)
+has ClickHouse parse the JSON into typed named tuples and map them to the columns, in C++
+without the GIL.
 
-Exactness. A message takes this path only if :func:`json_form` finds every value in the one
-form for which ClickHouse's parse gives exactly the value the Python path stores: JSON types
-as the columns expect (an int for an int, never ``"5"`` or ``5.0``), integers within the
-column's range, canonical UUIDs, times as ``YYYY-MM-DDTHH:MM:SS[.ffffff]`` with ``Z`` or
-``+00:00`` (after 1970, where truncating to milliseconds and Python's floor agree), every
-field whose ClickHouse default differs from ours present, metadata values all text, no line
-break inside the message. Anything else takes the Python path, message by message, so
-lax forms are converted (or dead-lettered) exactly as before. The Kafka offset and the
-``_version`` (computed in Python, as on the other path) are spliced into each line.
+Exactness: the rows must be the ones the Python path stores. The messages were validated by
+the stream jobs, but they carry the client's original bytes, so a value may be in a form
+pydantic's lax mode converts. The statement therefore refuses, with ``throwIf`` over every
+row, anything whose conversion it cannot vouch for: an event type other than the table's,
+times not in ``YYYY-MM-DDTHH:MM:SS[.ffffff](Z|±HH:MM)`` after 1970, narrow integers out of
+their column's range (read as ``Decimal(38, 0)``, which fails on overflow where an integer
+type wraps), missing fields whose Python default is not ClickHouse's, metadata numbers with a
+fraction or exponent (Python prints them its own way), an ``enriched_at`` Python did not
+convert (``_version`` comes from Python's milliseconds, passed in the statement). The input
+settings keep ClickHouse from reading numbers, booleans or objects as text elsewhere. A
+refused block (any error ClickHouse reports) takes the Python path whole, where bad rows
+become dead letters with their reason; tests/integration/test_sink_json_path.py compares the
+two paths with ``EXCEPT`` over the stream jobs' output and lax-form variants.
 
-ClickHouse itself is strict on top of that (numbers are not read as text, bools not as
-numbers, objects not as text), so a form that slipped through fails the insert rather than
-being converted. A failed insert is never partial repair work: a *rejection* sends the whole
-block to the Python path (where the offending rows end in ``dead_letters`` with the reason),
-a transient error is retried like any other insert. Tests compare the stored rows of both
-paths with ``EXCEPT`` (tests/integration/test_sink_json_path.py).
-
-Only embedded chDB uses this path: the file is read by the engine in this process. A
-ClickHouse server keeps the Native path (``input()`` with the data in the request body would
-be its equivalent; chDB silently inserts nothing through ``input()``).
+Only embedded chDB uses this path: the engine in this process reads the file. A ClickHouse
+server keeps the Python path (``input()`` with the data in the request body would be the
+equivalent there; chDB silently inserts nothing through ``input()``).
 """
 
 from __future__ import annotations

@@ -147,6 +147,8 @@ def lax_variants(messages: list[bytes]) -> list[bytes]:
         _event_sub(it, b'"metadata":{"k":0,', b'"metadata":{"k":"2.5",'),
         _event_sub(it, b'"metadata":{"k":0,', b'"metadata":{"event_type":"feedback","k":0,'),
         _event_sub(it, b'"model":"m1"', b'"model":"first","model":"m1"'),
+        _event_sub(it, b'"metadata":{"k":0,', b'"metadata":{"tag":"y","k":0,'),  # "tag" twice
+        _event_sub(fb, b'"context":{', b'"context":{"model":"first",'),  # "model" twice
         _event_sub(it, b'"model":"m1"', b'"model":\n"m1"'),
         _event_sub(it, b'"response":"', b'"response":"\\u00e9\\ud83d\\ude00'),
         _set(it, ("derived",), None),
