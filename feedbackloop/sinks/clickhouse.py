@@ -440,7 +440,14 @@ class ClickHouseSink(BatchingSink):
         if not self.json_path:
             return False
         if self._embedded is None:
-            self._connect()
+            if self._client_factory is None:
+                from feedbackloop.infra import is_embedded
+
+                return is_embedded(self.dsn)
+            try:
+                self._connect()
+            except Exception:  # the insert reports it (BackPressure); decide once connected
+                return False
         return bool(self._embedded)
 
     def _route(
