@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/feedbackloop demo
 
-## The whole test suite: unit + integration (embedded broker and chDB unless configured).
-test: $(STAMP)
+## The whole test suite: lint and types, then unit + integration (embedded broker and chDB
+## unless configured).
+test: lint
 	./scripts/ensure-system-packages
 	$(BIN)/python -m pytest
 
@@ -29,6 +30,8 @@ up: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check feedbackloop tests bench
+	$(BIN)/ruff format --check feedbackloop tests bench
+	$(BIN)/mypy feedbackloop
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_sdk.py

@@ -66,8 +66,13 @@ def bench_raw(bootstrap: str, topic: str, payloads: list[tuple[bytes, bytes]]) -
     producer.flush(120)
     total_s = time.perf_counter() - t0
     p50, p99 = _percentiles(lat)
-    return {"enqueue_rate": len(payloads) / enqueue_s, "total_rate": len(payloads) / total_s,
-            "p50_us": p50, "p99_us": p99, "mean_us": statistics.fmean(lat) / 1000}
+    return {
+        "enqueue_rate": len(payloads) / enqueue_s,
+        "total_rate": len(payloads) / total_s,
+        "p50_us": p50,
+        "p99_us": p99,
+        "mean_us": statistics.fmean(lat) / 1000,
+    }
 
 
 def bench_ours(settings: Settings, n: int) -> dict[str, float]:
@@ -104,8 +109,13 @@ def bench_ours(settings: Settings, n: int) -> dict[str, float]:
     stats = client.close()
     assert stats.spooled == 0 and stats.dropped == 0, stats
     p50, p99 = _percentiles(lat)
-    return {"enqueue_rate": n / enqueue_s, "total_rate": n / total_s, "p50_us": p50,
-            "p99_us": p99, "mean_us": statistics.fmean(lat) / 1000}
+    return {
+        "enqueue_rate": n / enqueue_s,
+        "total_rate": n / total_s,
+        "p50_us": p50,
+        "p99_us": p99,
+        "mean_us": statistics.fmean(lat) / 1000,
+    }
 
 
 def main() -> None:
@@ -114,22 +124,34 @@ def main() -> None:
     args = parser.parse_args()
     n = args.events - args.events % 2
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(port=0) as broker:
-        settings = Settings(bootstrap_servers=broker.bootstrap_servers, topic_prefix="bench.",
-                            data_dir=Path(tmp))
+        settings = Settings(
+            bootstrap_servers=broker.bootstrap_servers, topic_prefix="bench.", data_dir=Path(tmp)
+        )
         topics = Topics("bench.")
         ensure_topics(settings.kafka_client_config(), [topics.events, "bench.raw"], 4)
         # the same events, encoded up front, for the raw baseline
         payloads: list[tuple[bytes, bytes]] = []
         for i in range(n // 2):
             ia = Interaction(
-                app_id="default", session_id=f"s{i % 1000}",
+                app_id="default",
+                session_id=f"s{i % 1000}",
                 user_input="How do I reset my password?",
                 response="Go to Settings, then Security, and choose Reset password.",
-                model="gpt-4o-mini", prompt_version="v1.1", experiment="support-prompt",
-                variant="treatment", latency_ms=812.5, input_tokens=12, output_tokens=40,
+                model="gpt-4o-mini",
+                prompt_version="v1.1",
+                experiment="support-prompt",
+                variant="treatment",
+                latency_ms=812.5,
+                input_tokens=12,
+                output_tokens=40,
             )
-            fb = Feedback(app_id="default", session_id=f"s{i % 1000}",
-                          interaction_id=ia.interaction_id, kind="thumbs", thumbs=1)
+            fb = Feedback(
+                app_id="default",
+                session_id=f"s{i % 1000}",
+                interaction_id=ia.interaction_id,
+                kind="thumbs",
+                thumbs=1,
+            )
             payloads += [(ia.partition_key, encode(ia)), (fb.partition_key, encode(fb))]
         raw = bench_raw(broker.bootstrap_servers, "bench.raw", payloads)
         del payloads
@@ -146,9 +168,11 @@ def main() -> None:
         ratio = ours[key] / raw[key]
         print(f"{label:22}{fmt.format(ours[key])}{fmt.format(raw[key])}{ratio:>8.2f}")
     sustained = ours["total_rate"] / raw["total_rate"]
-    print(f"sustained: ours delivers {sustained:.2f}x raw's rate (target >= 0.5, i.e. within 2x); "
-          f"enqueue rate {ours['enqueue_rate']:,.0f}/s (target >= 100,000/s); one SDK call costs "
-          f"{ours['mean_us'] / raw['mean_us']:.2f}x a raw produce of ready bytes")
+    print(
+        f"sustained: ours delivers {sustained:.2f}x raw's rate (target >= 0.5, i.e. within 2x); "
+        f"enqueue rate {ours['enqueue_rate']:,.0f}/s (target >= 100,000/s); one SDK call costs "
+        f"{ours['mean_us'] / raw['mean_us']:.2f}x a raw produce of ready bytes"
+    )
 
 
 if __name__ == "__main__":

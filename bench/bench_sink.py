@@ -45,14 +45,29 @@ def _messages(n: int) -> list[bytes]:
     out: list[bytes] = []
     for i in range(n // 2):
         it = Interaction(
-            app_id="bench", session_id=f"s{i % 997}", occurred_at=now, model="m-large",
+            app_id="bench",
+            session_id=f"s{i % 997}",
+            occurred_at=now,
+            model="m-large",
             user_input=f"How do I frobnicate widget {i}? " * 3,
-            response=f"To frobnicate widget {i}, first ... " * 8, prompt_version=f"p{i % 4}",
-            experiment="exp1", variant="ab"[i % 2], latency_ms=float(200 + i % 300),
-            input_tokens=40, output_tokens=120, cost_usd=0.0012, metadata={"tier": "free"},
+            response=f"To frobnicate widget {i}, first ... " * 8,
+            prompt_version=f"p{i % 4}",
+            experiment="exp1",
+            variant="ab"[i % 2],
+            latency_ms=float(200 + i % 300),
+            input_tokens=40,
+            output_tokens=120,
+            cost_usd=0.0012,
+            metadata={"tier": "free"},
         )
-        fb = Feedback(app_id="bench", session_id=it.session_id, interaction_id=it.interaction_id,
-                      occurred_at=now, kind="thumbs", thumbs=1 if i % 3 else -1)
+        fb = Feedback(
+            app_id="bench",
+            session_id=it.session_id,
+            interaction_id=it.interaction_id,
+            occurred_at=now,
+            kind="thumbs",
+            thumbs=1 if i % 3 else -1,
+        )
         out += [encode(it), encode(fb)]
     return out
 
@@ -64,8 +79,9 @@ def _enriched_messages(raw: list[bytes]) -> list[bytes]:
     out: list[bytes] = []
 
     class Capture:
-        def produce(self, topic: str, key: Any, value: Any, partition: Any = None,
-                    headers: Any = None) -> None:
+        def produce(
+            self, topic: str, key: Any, value: Any, partition: Any = None, headers: Any = None
+        ) -> None:
             if topic == topics.enriched:
                 out.append(value)
 
@@ -87,8 +103,9 @@ def _settle(client: Any, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def bench_writer(dsn: str, values: list[bytes], topic: str, batch: int,
-                 python_path: bool = False) -> tuple[float, float, float | None]:
+def bench_writer(
+    dsn: str, values: list[bytes], topic: str, batch: int, python_path: bool = False
+) -> tuple[float, float, float | None]:
     """Rows/s of our writer and of raw ``client.insert`` of the same rows, same minutes.
 
     The third figure (with ``python_path``) is our writer with the ClickHouse-parsed path off.
@@ -107,8 +124,9 @@ def bench_writer(dsn: str, values: list[bytes], topic: str, batch: int,
         for table, row in router.route(topic, 0, off, v).rows:
             per_table.setdefault(table, []).append(row)
     contexts = {
-        t: client.create_insert_context(table=t, database="bench_raw",
-                                        column_names=list(COLUMNS[t]), column_oriented=True)
+        t: client.create_insert_context(
+            table=t, database="bench_raw", column_names=list(COLUMNS[t]), column_oriented=True
+        )
         for t in per_table
     }
     _settle(client)
@@ -126,8 +144,15 @@ def bench_writer(dsn: str, values: list[bytes], topic: str, batch: int,
     _settle(client)
 
     def run(db: str, json_path: bool) -> float:
-        sink = ClickHouseSink("", db, topics, max_rows=batch, max_age_s=60,
-                              client_factory=lambda: get_client(dsn), json_path=json_path)
+        sink = ClickHouseSink(
+            "",
+            db,
+            topics,
+            max_rows=batch,
+            max_age_s=60,
+            client_factory=lambda: get_client(dsn),
+            json_path=json_path,
+        )
         sink.setup()  # connecting is not part of the writer's throughput
         t0 = time.perf_counter()
         for off, v in enumerate(values):
@@ -174,20 +199,32 @@ def bench_latency(rate: int, seconds: float, workdir: Path) -> dict[str, float]:
         bootstrap = broker.bootstrap_servers
         ensure_topics({"bootstrap.servers": bootstrap}, topics.all(), 4)
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEEDBACKLOOP_")}
-        env.update(FEEDBACKLOOP_BOOTSTRAP_SERVERS=bootstrap, FEEDBACKLOOP_TOPIC_PREFIX=prefix,
-                   FEEDBACKLOOP_DATA_DIR=str(data_dir), FEEDBACKLOOP_CLICKHOUSE_DATABASE="lat")
+        env.update(
+            FEEDBACKLOOP_BOOTSTRAP_SERVERS=bootstrap,
+            FEEDBACKLOOP_TOPIC_PREFIX=prefix,
+            FEEDBACKLOOP_DATA_DIR=str(data_dir),
+            FEEDBACKLOOP_CLICKHOUSE_DATABASE="lat",
+        )
         with open(workdir / "worker.log", "wb") as log:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "feedbackloop", "sink", "run", "--raw"],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         try:
             # Baseline: a plain consumer of the same topic, measuring Kafka's own latency.
             kafka_lat: list[float] = []
             stop = threading.Event()
-            consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-raw",
-                                 "auto.offset.reset": "latest", "session.timeout.ms": 6000,
-                                 "fetch.wait.max.ms": 50})
+            consumer = Consumer(
+                {
+                    "bootstrap.servers": bootstrap,
+                    "group.id": "bench-raw",
+                    "auto.offset.reset": "latest",
+                    "session.timeout.ms": 6000,
+                    "fetch.wait.max.ms": 50,
+                }
+            )
             consumer.subscribe([topics.events])
 
             def consume() -> None:
@@ -213,8 +250,14 @@ def bench_latency(rate: int, seconds: float, workdir: Path) -> dict[str, float]:
             th.start()
             time.sleep(3)  # the worker's own group join
 
-            client = FeedbackClient(Settings(bootstrap_servers=bootstrap, topic_prefix=prefix,
-                                             app_id="bench", data_dir=workdir / "sdk"))
+            client = FeedbackClient(
+                Settings(
+                    bootstrap_servers=bootstrap,
+                    topic_prefix=prefix,
+                    app_id="bench",
+                    data_dir=workdir / "sdk",
+                )
+            )
             n = int(rate * seconds)
             start = time.perf_counter()
             for i in range(n):
@@ -222,9 +265,14 @@ def bench_latency(rate: int, seconds: float, workdir: Path) -> dict[str, float]:
                 delay = due - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-                client.log_interaction(session_id=f"s{i % 500}", user_input="q" * 80,
-                                       response="a" * 300, model="m", prompt_version="p1",
-                                       latency_ms=250.0)
+                client.log_interaction(
+                    session_id=f"s{i % 500}",
+                    user_input="q" * 80,
+                    response="a" * 300,
+                    model="m",
+                    prompt_version="p1",
+                    latency_ms=250.0,
+                )
             achieved = n / (time.perf_counter() - start)
             client.flush(30)
             client.close()
@@ -250,8 +298,12 @@ def bench_latency(rate: int, seconds: float, workdir: Path) -> dict[str, float]:
         kafka_lat.sort()
         k = len(kafka_lat)
         return {
-            "offered": rate, "achieved": achieved, "p50_ms": q[0][0], "p99_ms": q[0][1],
-            "rows": q[1], "kafka_p50_ms": kafka_lat[k // 2] if k else float("nan"),
+            "offered": rate,
+            "achieved": achieved,
+            "p50_ms": q[0][0],
+            "p99_ms": q[0][1],
+            "rows": q[1],
+            "kafka_p50_ms": kafka_lat[k // 2] if k else float("nan"),
             "kafka_p99_ms": kafka_lat[int(k * 0.99)] if k else float("nan"),
         }
 
@@ -262,38 +314,57 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=50_000, help="Rows per insert.")
     ap.add_argument("--rate", type=int, default=10_000, help="Offered events/s (latency part).")
     ap.add_argument("--seconds", type=float, default=10.0, help="Duration of the latency part.")
-    ap.add_argument("--modes", default="enriched,raw",
-                    help="Topics for the writer part: enriched (the default sink), raw, or both.")
+    ap.add_argument(
+        "--modes",
+        default="enriched,raw",
+        help="Topics for the writer part: enriched (the default sink), raw, or both.",
+    )
     ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sink-") as tmp:
         work = Path(tmp)
         topics = Topics("bench.")
         raw_values = _messages(args.rows)
-        modes = {"enriched": (topics.enriched, _enriched_messages(raw_values)),
-                 "raw": (topics.events, raw_values)}
+        modes = {
+            "enriched": (topics.enriched, _enriched_messages(raw_values)),
+            "raw": (topics.events, raw_values),
+        }
         for mode in args.modes.split(","):
             topic, values = modes[mode]
-            ours, raw, py = bench_writer(f"chdb:///{work / 'chdb'}", values, topic, args.batch,
-                                         python_path=mode == "enriched")
-            what = ("route+ClickHouse-parsed insert" if mode == "enriched"
-                    else "decode+validate+rows+insert")
+            ours, raw, py = bench_writer(
+                f"chdb:///{work / 'chdb'}",
+                values,
+                topic,
+                args.batch,
+                python_path=mode == "enriched",
+            )
+            what = (
+                "route+ClickHouse-parsed insert"
+                if mode == "enriched"
+                else "decode+validate+rows+insert"
+            )
             print(f"[{mode}] writer into embedded chDB: {ours:,.0f} rows/s ({what})")
             print(f"[{mode}] raw client.insert, same rows: {raw:,.0f} rows/s")
             print(f"[{mode}] ratio: {ours / raw:.2f}  (target: >= 100,000 rows/s)")
             if py is not None:
-                print(f"[{mode}] for reference, the writer's Python path (json_path=False: "
-                      f"decode+rows+insert): {py:,.0f} rows/s")
+                print(
+                    f"[{mode}] for reference, the writer's Python path (json_path=False: "
+                    f"decode+rows+insert): {py:,.0f} rows/s"
+                )
             print(f"[{mode}] load average (1 min) after this part: {os.getloadavg()[0]:.2f}")
         del modes, raw_values
         if not args.skip_latency:
             r = bench_latency(args.rate, args.seconds, work)
-            print(f"latency SDK send -> in ClickHouse at {r['offered']:,} ev/s offered "
-                  f"({r['achieved']:,.0f} achieved, {r['rows']:,} rows): "
-                  f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms (target p99 < 2000 ms)")
-            print(f"baseline, same events read raw from Kafka: p50 {r['kafka_p50_ms']:.0f} ms, "
-                  f"p99 {r['kafka_p99_ms']:.0f} ms; ratio p99 "
-                  f"{r['p99_ms'] / max(r['kafka_p99_ms'], 1):.1f}x")
+            print(
+                f"latency SDK send -> in ClickHouse at {r['offered']:,} ev/s offered "
+                f"({r['achieved']:,.0f} achieved, {r['rows']:,} rows): "
+                f"p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms (target p99 < 2000 ms)"
+            )
+            print(
+                f"baseline, same events read raw from Kafka: p50 {r['kafka_p50_ms']:.0f} ms, "
+                f"p99 {r['kafka_p99_ms']:.0f} ms; ratio p99 "
+                f"{r['p99_ms'] / max(r['kafka_p99_ms'], 1):.1f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,14 @@ from feedbackloop.schemas import Feedback, Implicit, Interaction, Outcome, Topic
 
 def produce(bootstrap: str, topic: str, n: int, partitions: int) -> None:
     ensure_topics({"bootstrap.servers": bootstrap}, [topic], partitions)
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4",
-                  "queue.buffering.max.messages": 1_000_000})
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
     rng = random.Random(7)
     base = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=20)
     sent = 0
@@ -41,23 +47,51 @@ def produce(bootstrap: str, topic: str, n: int, partitions: int) -> None:
     while sent < n:
         t = base + dt.timedelta(milliseconds=i * 2)
         ia = Interaction(
-            app_id="bench", session_id=f"s{rng.randrange(5000)}", model="gpt-4o-mini",
-            prompt_version=f"v{i % 3}", experiment="tone", variant="ab"[i % 2],
+            app_id="bench",
+            session_id=f"s{rng.randrange(5000)}",
+            model="gpt-4o-mini",
+            prompt_version=f"v{i % 3}",
+            experiment="tone",
+            variant="ab"[i % 2],
             user_input="How do I read a CSV file in Python and sum one column?",
             response="Use the csv module: `sum(float(r['x']) for r in csv.DictReader(f))`.",
-            latency_ms=rng.uniform(200, 900), input_tokens=20, output_tokens=40, occurred_at=t,
+            latency_ms=rng.uniform(200, 900),
+            input_tokens=20,
+            output_tokens=40,
+            occurred_at=t,
         )
         evs: list = [ia]
-        evs.append(Feedback(app_id="bench", session_id=ia.session_id,
-                            interaction_id=ia.interaction_id, kind="thumbs",
-                            thumbs=1 if rng.random() < 0.75 else -1, occurred_at=t))
+        evs.append(
+            Feedback(
+                app_id="bench",
+                session_id=ia.session_id,
+                interaction_id=ia.interaction_id,
+                kind="thumbs",
+                thumbs=1 if rng.random() < 0.75 else -1,
+                occurred_at=t,
+            )
+        )
         if i % 2 == 0:
-            evs.append(Implicit(app_id="bench", session_id=ia.session_id,
-                                interaction_id=ia.interaction_id, signal="copy", occurred_at=t))
+            evs.append(
+                Implicit(
+                    app_id="bench",
+                    session_id=ia.session_id,
+                    interaction_id=ia.interaction_id,
+                    signal="copy",
+                    occurred_at=t,
+                )
+            )
         if i % 4 == 0:
-            evs.append(Outcome(app_id="bench", session_id=ia.session_id,
-                               interaction_id=ia.interaction_id, outcome="task_completed",
-                               value=1.0, occurred_at=t))
+            evs.append(
+                Outcome(
+                    app_id="bench",
+                    session_id=ia.session_id,
+                    interaction_id=ia.interaction_id,
+                    outcome="task_completed",
+                    value=1.0,
+                    occurred_at=t,
+                )
+            )
         for e in evs[: n - sent]:
             while True:
                 try:
@@ -75,8 +109,13 @@ def produce(bootstrap: str, topic: str, n: int, partitions: int) -> None:
 async def raw_baseline(bootstrap: str, topic: str, n: int) -> float:
     from aiokafka import AIOKafkaConsumer
 
-    c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                         enable_auto_commit=False, group_id=None)
+    c = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
     await c.start()
     got, t0 = 0, None
     try:
@@ -97,8 +136,9 @@ async def ours(
 ) -> tuple[float, dict]:
     from feedbackloop.stream_jobs import StreamConfig, StreamJobs
 
-    settings = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix,
-                        topic_partitions=partitions)
+    settings = Settings(
+        bootstrap_servers=bootstrap, topic_prefix=prefix, topic_partitions=partitions
+    )
     cfg = StreamConfig(tick_s=0.5)
     if max_poll_records:
         cfg = dataclasses.replace(cfg, max_poll_records=max_poll_records)
@@ -117,9 +157,12 @@ async def ours(
         elapsed = time.perf_counter() - (t0 or time.perf_counter())
         rate = (stats.records_in - first) / elapsed if elapsed > 0 else float("nan")
         summary = {
-            "records_in": stats.records_in, "valid": stats.valid,
-            "dead_letters": stats.dead_letters, "enriched": stats.enriched,
-            "pending": stats.pending, "aggregates": stats.aggregates,
+            "records_in": stats.records_in,
+            "valid": stats.valid,
+            "dead_letters": stats.dead_letters,
+            "enriched": stats.enriched,
+            "pending": stats.pending,
+            "aggregates": stats.aggregates,
             "interactions_table": len(jobs.pipeline.interactions),
             **{k: round(v, 2) for k, v in jobs.timing.items()},
             "elapsed_s": round(elapsed, 2),

@@ -101,13 +101,15 @@ class Settings(BaseSettings):
 
     # --- Stream jobs (feedbackloop worker; options of the same name override) ------------
     stream_grace_s: float = Field(
-        default=30.0, ge=0, description="Seconds early feedback waits for its interaction "
-        "before it is orphaned."
+        default=30.0,
+        ge=0,
+        description="Seconds early feedback waits for its interaction before it is orphaned.",
     )
     stream_window_s: float = Field(default=60.0, gt=0, description="Tumbling window size, s.")
     stream_lateness_s: float = Field(
-        default=60.0, ge=0, description="Allowed lateness (event time) of an event for its "
-        "window, s."
+        default=60.0,
+        ge=0,
+        description="Allowed lateness (event time) of an event for its window, s.",
     )
     stream_retention_s: float = Field(
         default=7 * 24 * 3600.0, gt=0, description="Seconds an interaction stays joinable."
@@ -126,8 +128,10 @@ class Settings(BaseSettings):
         default=0.5, gt=0, description="Seconds a row may wait for its batch to be written."
     )
     ttl_days: int | None = Field(
-        default=None, ge=0, description="`db migrate`: drop event partitions older than this "
-        "many days (0 removes the TTL)."
+        default=None,
+        ge=0,
+        description="`db migrate`: drop event partitions older than this "
+        "many days (0 removes the TTL).",
     )
 
     # --- Operations: logs and metrics (docs/ARCHITECTURE.md, "Operations") -------------
@@ -138,13 +142,17 @@ class Settings(BaseSettings):
         default="INFO", description="Level of the root logger of every long-running command."
     )
     metrics_dir: Path | None = Field(
-        default=None, description="Where the services of one machine share their Prometheus "
-        "metrics (multiprocess mode). Unset: <data_dir>/metrics."
+        default=None,
+        description="Where the services of one machine share their Prometheus "
+        "metrics (multiprocess mode). Unset: <data_dir>/metrics.",
     )
     metrics_port: int | None = Field(
-        default=None, ge=0, le=65535, description="Also serve /metrics of every process "
+        default=None,
+        ge=0,
+        le=65535,
+        description="Also serve /metrics of every process "
         "sharing metrics_dir on this port (from `up`, or from a lone worker / sink). "
-        "The web server serves them at /metrics regardless."
+        "The web server serves them at /metrics regardless.",
     )
     metrics_host: str = Field(default="127.0.0.1", description="Address metrics_port binds.")
 

@@ -57,7 +57,9 @@ def _miller_sum(a: float, b: float, c: float, d: float) -> float:
     """
     i = np.arange(int(a), dtype=float)
     log_terms = (
-        special.betaln(c + i, b + d) - np.log(b + i) - special.betaln(1.0 + i, b)
+        special.betaln(c + i, b + d)
+        - np.log(b + i)
+        - special.betaln(1.0 + i, b)
         - special.betaln(c, d)
     )
     return float(np.exp(log_terms).sum())
@@ -134,7 +136,14 @@ def beta_binomial(
     if not (prior_alpha > 0 and prior_beta > 0):
         nan = math.nan
         return BayesianResult(
-            nan, nan, nan, (nan, nan), (nan, nan), prior, "", ErrorCode.INVALID_INPUT,
+            nan,
+            nan,
+            nan,
+            (nan, nan),
+            (nan, nan),
+            prior,
+            "",
+            ErrorCode.INVALID_INPUT,
             "prior parameters must be > 0",
         )
     ac, bc = prior_alpha + control.successes, prior_beta + control.failures

@@ -89,8 +89,9 @@ def cluster_texts(
             km = KMeans(n_clusters=cand, n_init=5, random_state=seed).fit(x)
             if len(set(km.labels_)) < 2:
                 continue
-            score = silhouette_score(x, km.labels_, metric="cosine", random_state=seed,
-                                     sample_size=min(n, 2000))
+            score = silhouette_score(
+                x, km.labels_, metric="cosine", random_state=seed, sample_size=min(n, 2000)
+            )
             scored.append((float(score), km))
         if not scored:
             return [_single(docs, idx, examples)]

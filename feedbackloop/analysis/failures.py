@@ -87,9 +87,7 @@ def label_interactions(
     if population not in POPULATIONS:
         raise ConfigError(f"population must be one of {', '.join(POPULATIONS)}")
     definition = definition or NegativeDefinition()
-    kept = [
-        ji for ji in interactions if population == "all" or ji.signals.any_feedback
-    ]
+    kept = [ji for ji in interactions if population == "all" or ji.signals.any_feedback]
     base = [_base_attributes(ji) for ji in kept]
     langs = Counter(a["language"] for a in base if a["language"] != UNDETERMINED)
     majority = langs.most_common(1)[0][0] if langs else None

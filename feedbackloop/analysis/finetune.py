@@ -109,11 +109,17 @@ def corrections_of(
             if t.kind in kinds:
                 out.append(
                     CorrectionExample(
-                        system=ji.system_prompt, user=ji.user_input, response=ji.response,
-                        correction=t.text, feedback_event_id=t.event_id,
-                        interaction_id=ji.interaction_id, interaction_event_id=ji.event_id,
-                        prompt_version=ji.prompt_version, model=ji.model,
-                        occurred_at=t.occurred_at or ji.occurred_at, kind=t.kind,
+                        system=ji.system_prompt,
+                        user=ji.user_input,
+                        response=ji.response,
+                        correction=t.text,
+                        feedback_event_id=t.event_id,
+                        interaction_id=ji.interaction_id,
+                        interaction_event_id=ji.event_id,
+                        prompt_version=ji.prompt_version,
+                        model=ji.model,
+                        occurred_at=t.occurred_at or ji.occurred_at,
+                        kind=t.kind,
                     )
                 )
     return out
@@ -146,8 +152,10 @@ class FinetuneExport:
             "candidates": self.candidates,
             "dropped": dict(sorted(self.dropped.items())),
             "scrubbed": self.scrubbed.to_dict(),
-            "counts": {k: len(getattr(self, k)) for k in (
-                "train", "validation", "preference_train", "preference_validation")},
+            "counts": {
+                k: len(getattr(self, k))
+                for k in ("train", "validation", "preference_train", "preference_validation")
+            },
             "options": {
                 "min_chars": options.min_chars,
                 "max_chars": options.max_chars,
@@ -192,7 +200,7 @@ def build_finetune_export(
             continue
         kept[key] = (ex, [])
     clean = (lambda s: scrub(s, out.scrubbed)) if opt.scrub else (lambda s: s)
-    for (ex, dups) in kept.values():
+    for ex, dups in kept.values():
         system = (ex.system if opt.system_prompt is None else opt.system_prompt).strip()
         prompt: list[dict[str, str]] = []
         if system:
@@ -216,9 +224,13 @@ def build_finetune_export(
             "model": ex.model,
             "kind": ex.kind,
         }
-        out.provenance.append({
-            "file": FILES["validation" if val else "train"], "line": len(target), **base,
-        })
+        out.provenance.append(
+            {
+                "file": FILES["validation" if val else "train"],
+                "line": len(target),
+                **base,
+            }
+        )
         if opt.preference and ex.response.strip():
             pair = {
                 "input": {"messages": prompt},
@@ -232,10 +244,13 @@ def build_finetune_export(
                 continue
             ptarget = out.preference_validation if val else out.preference_train
             ptarget.append(pair)
-            out.provenance.append({
-                "file": FILES["preference_validation" if val else "preference_train"],
-                "line": len(ptarget), **base,
-            })
+            out.provenance.append(
+                {
+                    "file": FILES["preference_validation" if val else "preference_train"],
+                    "line": len(ptarget),
+                    **base,
+                }
+            )
     return out
 
 
@@ -247,8 +262,7 @@ def write_finetune_export(
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    for key in ("train", "validation", "preference_train", "preference_validation",
-                "provenance"):
+    for key in ("train", "validation", "preference_train", "preference_validation", "provenance"):
         if key.startswith("preference") and not opt.preference:
             continue
         p = d / FILES[key]

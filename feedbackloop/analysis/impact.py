@@ -141,29 +141,43 @@ def build_impact(
             rates.append(RateRow(label, b.successes, b.n, wilson_interval(b, alpha), diff))
         outcomes = [
             OutcomeRow(
-                outcome=o.outcome, events=o.events, interactions_with=o.interactions_with,
-                interaction_rate=o.interactions_with / v.interactions if v.interactions
+                outcome=o.outcome,
+                events=o.events,
+                interactions_with=o.interactions_with,
+                interaction_rate=o.interactions_with / v.interactions
+                if v.interactions
                 else math.nan,
                 sessions_with=o.sessions_with,
                 session_rate=o.sessions_with / v.sessions if v.sessions else math.nan,
-                value_sum=o.value_sum, time_n=o.time_to_outcome.n,
+                value_sum=o.value_sum,
+                time_n=o.time_to_outcome.n,
                 time_mean_ms=o.time_to_outcome.mean,
-                time_quantiles={f"p{round(q * 100):g}": x for q, x in
-                                zip(data.quantiles, o.time_quantiles, strict=False)},
+                time_quantiles={
+                    f"p{round(q * 100):g}": x
+                    for q, x in zip(data.quantiles, o.time_quantiles, strict=False)
+                },
             )
             for o in sorted(v.outcomes.values(), key=lambda o: o.outcome)
         ]
-        rows.append(VariantImpactRow(
-            variant=name, sessions=v.sessions, interactions=v.interactions, rates=rates,
-            outcomes=outcomes, sessions_timed=v.session_time.n,
-            time_per_session_ms=v.session_time.mean,
-            time_saved=None if name == ctl else _time_saved(c.session_time, v.session_time,
-                                                            alpha),
-        ))
+        rows.append(
+            VariantImpactRow(
+                variant=name,
+                sessions=v.sessions,
+                interactions=v.interactions,
+                rates=rates,
+                outcomes=outcomes,
+                sessions_timed=v.session_time.n,
+                time_per_session_ms=v.session_time.mean,
+                time_saved=None
+                if name == ctl
+                else _time_saved(c.session_time, v.session_time, alpha),
+            )
+        )
     return ImpactReport(
         experiment=data.scope.experiment,
         since=data.scope.since.isoformat() if data.scope.since else None,
-        alpha=alpha, control=ctl,
+        alpha=alpha,
+        control=ctl,
         time_outcomes=list(data.time_outcomes) if data.time_outcomes else None,
         variants=rows,
     )
@@ -185,8 +199,9 @@ def format_impact(r: ImpactReport) -> str:
     for v in r.variants:
         for rate in v.rates:
             e = rate.rate
-            cell = (f"{rate.successes:,}/{rate.n:,} = {number(e.value)}"
-                    + (f" [{number(e.lower)}, {number(e.upper)}]" if e.ok else ""))
+            cell = f"{rate.successes:,}/{rate.n:,} = {number(e.value)}" + (
+                f" [{number(e.lower)}, {number(e.upper)}]" if e.ok else ""
+            )
             d = rate.difference
             diff = "" if d is None else estimate(d, signed=True)
             rows.append([v.variant, rate.name, cell, diff])
@@ -198,15 +213,32 @@ def format_impact(r: ImpactReport) -> str:
     for v in r.variants:
         for o in v.outcomes:
             q = o.time_quantiles
-            rows.append([
-                # Session-level outcomes have no interaction to be a share of.
-                v.variant, o.outcome, f"{o.events:,}",
-                number(o.interaction_rate) if o.interactions_with else "-",
-                number(o.session_rate), _ms(o.time_mean_ms),
-                " / ".join(_ms(q.get(k, math.nan)) for k in ("p10", "p25", "p50", "p75", "p90")),
-            ])
-    out += table(["variant", "outcome", "events", "of interactions", "of sessions",
-                   "mean", "p10 / p25 / p50 / p75 / p90"], rows)
+            rows.append(
+                [
+                    # Session-level outcomes have no interaction to be a share of.
+                    v.variant,
+                    o.outcome,
+                    f"{o.events:,}",
+                    number(o.interaction_rate) if o.interactions_with else "-",
+                    number(o.session_rate),
+                    _ms(o.time_mean_ms),
+                    " / ".join(
+                        _ms(q.get(k, math.nan)) for k in ("p10", "p25", "p50", "p75", "p90")
+                    ),
+                ]
+            )
+    out += table(
+        [
+            "variant",
+            "outcome",
+            "events",
+            "of interactions",
+            "of sessions",
+            "mean",
+            "p10 / p25 / p50 / p75 / p90",
+        ],
+        rows,
+    )
     out.append("")
 
     which = ", ".join(r.time_outcomes) if r.time_outcomes else "all timed outcomes"
@@ -214,12 +246,19 @@ def format_impact(r: ImpactReport) -> str:
     rows = []
     for v in r.variants:
         ts = v.time_saved
-        saved = "" if ts is None else (
-            f"{_ms(ts.saved_ms.value, True)} [{_ms(ts.saved_ms.lower, True)}, "
-            f"{_ms(ts.saved_ms.upper, True)}]" if ts.saved_ms.ok else f"n/a ({ts.saved_ms.message})"
+        saved = (
+            ""
+            if ts is None
+            else (
+                f"{_ms(ts.saved_ms.value, True)} [{_ms(ts.saved_ms.lower, True)}, "
+                f"{_ms(ts.saved_ms.upper, True)}]"
+                if ts.saved_ms.ok
+                else f"n/a ({ts.saved_ms.message})"
+            )
         )
         p = "" if ts is None or not ts.test.ok else f"{ts.test.p_value:.4f}"
         rows.append([v.variant, f"{v.sessions_timed:,}", _ms(v.time_per_session_ms), saved, p])
-    out += table(["variant", "sessions", "mean ms", f"saved vs {r.control} ms ({level} CI)",
-                   "Welch p"], rows)
+    out += table(
+        ["variant", "sessions", "mean ms", f"saved vs {r.control} ms ({level} CI)", "Welch p"], rows
+    )
     return "\n".join(out)

@@ -32,8 +32,10 @@ def welch_ttest(control: MeanStats, treatment: MeanStats, alpha: float = 0.05) -
     """
     method, level = "Welch t-test", 1.0 - alpha
     if control.n < 2 or treatment.n < 2:
-        code = ErrorCode.ZERO_SAMPLES if min(control.n, treatment.n) == 0 else (
-            ErrorCode.TOO_FEW_SAMPLES
+        code = (
+            ErrorCode.ZERO_SAMPLES
+            if min(control.n, treatment.n) == 0
+            else (ErrorCode.TOO_FEW_SAMPLES)
         )
         msg = "each variant needs at least 2 samples for a variance"
         return MeanComparison(
@@ -68,9 +70,7 @@ class RankTestResult:
     prob_superiority: float
 
 
-def mann_whitney(
-    control: npt.ArrayLike, treatment: npt.ArrayLike
-) -> RankTestResult:
+def mann_whitney(control: npt.ArrayLike, treatment: npt.ArrayLike) -> RankTestResult:
     """Two-sided Mann-Whitney U test, normal approximation with tie and continuity corrections.
 
     For skewed metrics (latency, time to outcome) where a few huge values dominate a t-test.

@@ -87,9 +87,16 @@ class InteractionSignals:
     def any_feedback(self) -> bool:
         """Whether the user reacted at all (explicitly or through a behavioural signal)."""
         return bool(
-            self.thumbs_up or self.thumbs_down or self.ratings or self.corrections
-            or self.comments or self.report_categories or self.regenerates or self.abandons
-            or self.edits or self.copies
+            self.thumbs_up
+            or self.thumbs_down
+            or self.ratings
+            or self.corrections
+            or self.comments
+            or self.report_categories
+            or self.regenerates
+            or self.abandons
+            or self.edits
+            or self.copies
         )
 
 

@@ -27,8 +27,10 @@ def estimate(e: Estimate, kind: str = "proportion", signed: bool = False) -> str
     """``value [lower, upper]``, or ``n/a (why)`` for a failed estimate."""
     if not e.ok:
         return f"n/a ({e.message})"
-    return (f"{number(e.value, kind, signed)} [{number(e.lower, kind, signed)}, "
-            f"{number(e.upper, kind, signed)}]")
+    return (
+        f"{number(e.value, kind, signed)} [{number(e.lower, kind, signed)}, "
+        f"{number(e.upper, kind, signed)}]"
+    )
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

@@ -86,12 +86,18 @@ def required_sample_size(
     """
     if not (0.0 < alpha < 1.0 and 0.0 < power < 1.0) or ratio <= 0:
         return SampleSize.failed(
-            effect_size, alpha, power, ErrorCode.INVALID_INPUT,
+            effect_size,
+            alpha,
+            power,
+            ErrorCode.INVALID_INPUT,
             "alpha and power must lie in (0, 1) and ratio must be positive",
         )
     if effect_size == 0.0 or not math.isfinite(effect_size):
         return SampleSize.failed(
-            effect_size, alpha, power, ErrorCode.UNDEFINED,
+            effect_size,
+            alpha,
+            power,
+            ErrorCode.UNDEFINED,
             "no effect to detect: any sample size is too small",
         )
     if power <= alpha / 2.0:
@@ -106,7 +112,10 @@ def required_sample_size(
     n = float(
         optimize.brentq(
             lambda x: power_two_sample(effect_size, x, alpha, ratio) - power,
-            low, high, xtol=1e-10, rtol=1e-14,
+            low,
+            high,
+            xtol=1e-10,
+            rtol=1e-14,
         )
     )
     return SampleSize(n, n * ratio, effect_size, alpha, power)
@@ -123,7 +132,10 @@ def required_sample_size_proportions(
     target = baseline + mde
     if not (0.0 <= baseline <= 1.0 and 0.0 <= target <= 1.0):
         return SampleSize.failed(
-            math.nan, alpha, power, ErrorCode.INVALID_INPUT,
+            math.nan,
+            alpha,
+            power,
+            ErrorCode.INVALID_INPUT,
             f"baseline {baseline} and baseline + mde {target} must both lie in [0, 1]",
         )
     return required_sample_size(cohens_h(baseline, target), alpha, power, ratio)
@@ -164,8 +176,7 @@ def power_status(required: SampleSize, *variant_sizes: int) -> PowerStatus:
     fraction = smallest / need if need else math.inf
     remaining = max(0, need - smallest)
     reached = remaining == 0
-    message = (
-        f"{smallest:,} of {need:,} needed per variant"
-        + ("" if reached else f" ({fraction:.0%}; {remaining:,} more)")
+    message = f"{smallest:,} of {need:,} needed per variant" + (
+        "" if reached else f" ({fraction:.0%}; {remaining:,} more)"
     )
     return PowerStatus(need, smallest, fraction, remaining, reached, message)

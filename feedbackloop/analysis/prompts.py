@@ -42,7 +42,13 @@ __all__ = [
 
 TABLE = "prompt_versions"
 _COLUMNS = (
-    "name", "version", "text", "text_sha256", "parent_version", "note", "created_by",
+    "name",
+    "version",
+    "text",
+    "text_sha256",
+    "parent_version",
+    "note",
+    "created_by",
     "created_at",
 )
 

@@ -163,13 +163,22 @@ class MetricSpec:
 
 
 _SIGNAL_DIRECTION: dict[str, bool | None] = {
-    "copy": True, "edit": None, "follow_up": None, "regenerate": False, "abandon": False,
+    "copy": True,
+    "edit": None,
+    "follow_up": None,
+    "regenerate": False,
+    "abandon": False,
     "dwell": None,
 }
 _OUTCOME_DIRECTION: dict[str, bool | None] = {
-    "code_accepted": True, "code_rejected": False, "ticket_resolved": True,
-    "ticket_escalated": False, "original_opened": True, "task_completed": True,
-    "task_failed": False, "purchase": True,
+    "code_accepted": True,
+    "code_rejected": False,
+    "ticket_resolved": True,
+    "ticket_escalated": False,
+    "original_opened": True,
+    "task_completed": True,
+    "task_failed": False,
+    "purchase": True,
 }
 
 #: Metrics every report computes; ``num`` / ``den`` are per-session SQL sums.
@@ -177,8 +186,14 @@ CORE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("satisfaction", "satisfaction", "proportion", True, "positive", "rated"),
     MetricSpec("rating", "mean rating (1-5)", "mean", True, "rating_sum", "ratings"),
     *(
-        MetricSpec(f"implicit.{s}", f"{s.replace('_', '-')} rate", "proportion",
-                   _SIGNAL_DIRECTION[s], f"sig_{s}", "n")
+        MetricSpec(
+            f"implicit.{s}",
+            f"{s.replace('_', '-')} rate",
+            "proportion",
+            _SIGNAL_DIRECTION[s],
+            f"sig_{s}",
+            "n",
+        )
         for s in IMPLICIT_SIGNALS
     ),
     MetricSpec("latency_ms", "latency (ms)", "mean", False, "latency_sum", "latency_n"),
@@ -191,8 +206,9 @@ def outcome_metric(outcome: str, level: str) -> MetricSpec:
     recorded for the session as a whole (no ``interaction_id``)."""
     suffix = "" if level == "interaction" else " (per session)"
     name = f"outcome.{outcome}" + ("" if level == "interaction" else ".session")
-    return MetricSpec(name, f"{outcome} rate{suffix}", "proportion",
-                      _OUTCOME_DIRECTION.get(outcome))
+    return MetricSpec(
+        name, f"{outcome} rate{suffix}", "proportion", _OUTCOME_DIRECTION.get(outcome)
+    )
 
 
 @dataclass(frozen=True)
@@ -366,12 +382,21 @@ def fetch_experiment(runner: Runner, scope: Scope) -> ExperimentStats:
     variants: dict[str, VariantStats] = {}
     for name, row in metric_rows.items():
         sessions = _i(row["sessions"])
-        metrics = {m.name: _ratio(row, m.name.replace(".", "_"), sessions)
-                   for m in CORE_METRICS if m in specs}
+        metrics = {
+            m.name: _ratio(row, m.name.replace(".", "_"), sessions)
+            for m in CORE_METRICS
+            if m in specs
+        }
         n_sum, n_sq = _f(row["interactions_total"]), _f(row["n_sq"])
         for level, outcome in outcome_keys:
-            hit = next((r for r in outcome_rows if r["level"] == level
-                        and r["outcome"] == outcome and r["variant"] == name), None)
+            hit = next(
+                (
+                    r
+                    for r in outcome_rows
+                    if r["level"] == level and r["outcome"] == outcome and r["variant"] == name
+                ),
+                None,
+            )
             y, yy, yd = (_f(hit["y"]), _f(hit["yy"]), _f(hit["yd"])) if hit else (0.0, 0.0, 0.0)
             spec = outcome_metric(outcome, level)
             if level == "interaction":
@@ -414,10 +439,14 @@ class SatisfactionBucket:
 
 def satisfaction_over_time_sql(scope: Scope, bucket_seconds: int) -> str:
     """The statement :func:`fetch_satisfaction_over_time` runs."""
-    if isinstance(bucket_seconds, bool) or not isinstance(bucket_seconds, int) \
-            or bucket_seconds <= 0:
-        raise ConfigError(f"bucket width must be a positive number of seconds, got "
-                          f"{bucket_seconds!r}")
+    if (
+        isinstance(bucket_seconds, bool)
+        or not isinstance(bucket_seconds, int)
+        or bucket_seconds <= 0
+    ):
+        raise ConfigError(
+            f"bucket width must be a positive number of seconds, got {bucket_seconds!r}"
+        )
     # Bucketed by when the interaction was served, not when it was rated: a late vote
     # belongs to the traffic it judges. Only rated interactions contribute (INNER JOIN).
     return f"""WITH {_units_cte(scope)},
@@ -440,8 +469,10 @@ def fetch_satisfaction_over_time(
     keyed by name in sorted order.
     """
     rows = sorted(
-        ((str(r["variant"]), _i(r["t"]), _i(r["rated"]), _i(r["positive"]))
-         for r in _rows(runner, satisfaction_over_time_sql(scope, bucket_seconds))),
+        (
+            (str(r["variant"]), _i(r["t"]), _i(r["rated"]), _i(r["positive"]))
+            for r in _rows(runner, satisfaction_over_time_sql(scope, bucket_seconds))
+        ),
     )
     out: dict[str, list[SatisfactionBucket]] = {}
     for name, start, rated, positive in rows:
@@ -619,7 +650,7 @@ def versions_sql(scope: Scope, bucket: str = "day") -> str:
     start = "toDate(occurred_at)" if bucket == "day" else "toMonday(occurred_at)"
     return f"""WITH {_units_cte(scope)},
 {_feedback_cte(scope)}
-SELECT u.prompt_version AS prompt_version, toString({start.replace('occurred_at', 'u.occurred_at')})
+SELECT u.prompt_version AS prompt_version, toString({start.replace("occurred_at", "u.occurred_at")})
          AS bucket,
        count() AS interactions, uniqExact(u.session_id) AS sessions,
        sum(toUInt64(fb.rated)) AS rated, sum(toUInt64(fb.positive)) AS positive,
@@ -681,8 +712,14 @@ def fetch_version_totals(runner: Runner, scope: Scope) -> list[VersionTotals]:
             last_seen=str(r["last_seen"]),
             interactions=_i(r["interactions"]),
             satisfaction=BinaryStats(int(_f(r["s_d"])), int(_f(r["s_y"]))),
-            sessions=RatioStats(_i(r["sessions"]), _f(r["s_y"]), _f(r["s_d"]), _f(r["s_yy"]),
-                                _f(r["s_dd"]), _f(r["s_yd"])),
+            sessions=RatioStats(
+                _i(r["sessions"]),
+                _f(r["s_y"]),
+                _f(r["s_d"]),
+                _f(r["s_yy"]),
+                _f(r["s_dd"]),
+                _f(r["s_yd"]),
+            ),
         )
         for r in _rows(runner, version_totals_sql(scope))
     ]

@@ -38,7 +38,6 @@ HEAD_CHARS = 600
 DEFAULT_LIMIT = 200_000
 
 
-
 @dataclass(frozen=True)
 class Selection:
     """Which interactions to read."""
@@ -180,9 +179,36 @@ def _metadata(raw: Any) -> dict[str, str]:
 
 def row_to_judged(row: list[Any]) -> JudgedInteraction:
     """One result row of the query above (from a client or the worker's JSON endpoint)."""
-    (iid, eid, at, app, model, pv, exp, var, user_input, response, system, has_code, bucket,
-     chars, lang, meta, t_up, t_down, ratings, corr, comm, reports, texts,
-     regen, abandon, edits, copies, edit_texts) = row
+    (
+        iid,
+        eid,
+        at,
+        app,
+        model,
+        pv,
+        exp,
+        var,
+        user_input,
+        response,
+        system,
+        has_code,
+        bucket,
+        chars,
+        lang,
+        meta,
+        t_up,
+        t_down,
+        ratings,
+        corr,
+        comm,
+        reports,
+        texts,
+        regen,
+        abandon,
+        edits,
+        copies,
+        edit_texts,
+    ) = row
     signals = InteractionSignals(
         thumbs_up=int(t_up or 0),
         thumbs_down=int(t_down or 0),
@@ -196,11 +222,23 @@ def row_to_judged(row: list[Any]) -> JudgedInteraction:
         copies=int(copies or 0),
     )
     return JudgedInteraction(
-        interaction_id=str(iid), event_id=str(eid), occurred_at=str(at), app_id=str(app),
-        model=str(model), prompt_version=str(pv), experiment=str(exp), variant=str(var),
-        user_input=str(user_input), response=str(response), system_prompt=str(system),
-        input_has_code=bool(has_code), input_length_bucket=str(bucket), input_chars=int(chars),
-        stored_language=str(lang), metadata=_metadata(meta), signals=signals,
+        interaction_id=str(iid),
+        event_id=str(eid),
+        occurred_at=str(at),
+        app_id=str(app),
+        model=str(model),
+        prompt_version=str(pv),
+        experiment=str(exp),
+        variant=str(var),
+        user_input=str(user_input),
+        response=str(response),
+        system_prompt=str(system),
+        input_has_code=bool(has_code),
+        input_length_bucket=str(bucket),
+        input_chars=int(chars),
+        stored_language=str(lang),
+        metadata=_metadata(meta),
+        signals=signals,
         texts=_texts(texts) + _texts(edit_texts),
     )
 

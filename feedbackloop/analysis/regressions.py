@@ -109,9 +109,12 @@ def select_regression_cases(
     """The ``top`` cases of the module docstring, and the slice report they were ranked by."""
     labeled = label_interactions(interactions, definition)
     report = find_failure_slices(
-        [({d: v for d, v in lab.attributes.items() if d != "prompt_version"}, lab.negative)
-         for lab in labeled],
-        min_support=min_support, alpha=alpha,
+        [
+            ({d: v for d, v in lab.attributes.items() if d != "prompt_version"}, lab.negative)
+            for lab in labeled
+        ],
+        min_support=min_support,
+        alpha=alpha,
     )
     sig = report.significant
     groups: dict[str, list[Labeled]] = {}
@@ -195,8 +198,12 @@ def _command(cmd: str, timeout: float) -> Candidate:
     def run(case: dict[str, Any]) -> str:
         try:
             proc = subprocess.run(
-                argv, input=json.dumps(case, ensure_ascii=False), capture_output=True,
-                text=True, timeout=timeout, check=False,
+                argv,
+                input=json.dumps(case, ensure_ascii=False),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
             )
         except subprocess.TimeoutExpired as e:
             raise CandidateError(f"timed out after {timeout:g} s") from e
@@ -296,8 +303,12 @@ def run_suite(
         corr = case.get("correction")
         if corr and new is not None:
             return RegressionResult(
-                case, new, err, dt,
-                _ratio(str(case.get("bad_response") or ""), corr), _ratio(new, corr),
+                case,
+                new,
+                err,
+                dt,
+                _ratio(str(case.get("bad_response") or ""), corr),
+                _ratio(new, corr),
             )
         return RegressionResult(case, new, err, dt)
 
@@ -369,7 +380,10 @@ def format_run_report(
 
 
 def write_run_report(
-    results: Sequence[RegressionResult], out: str | Path, *, suite: str = "",
+    results: Sequence[RegressionResult],
+    out: str | Path,
+    *,
+    suite: str = "",
     candidate: str = "",
 ) -> tuple[Path, Path]:
     """``out``.md (side by side, for people) and ``out``.jsonl (one result per line)."""

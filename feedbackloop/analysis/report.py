@@ -177,8 +177,9 @@ def pick_control(variants: Sequence[str], control: str | None = None) -> str:
 def _ratio_interval(spec: MetricSpec, r: RatioStats, alpha: float) -> Estimate:
     method, level = "delta method (sessions)", 1.0 - alpha
     if r.n < 2 or r.sum_den == 0:
-        return Estimate.failed(method, level, ErrorCode.TOO_FEW_SAMPLES,
-                               "needs >= 2 sessions with events")
+        return Estimate.failed(
+            method, level, ErrorCode.TOO_FEW_SAMPLES, "needs >= 2 sessions with events"
+        )
     var = r.variance
     half = float(stats.norm.isf(alpha / 2.0)) * math.sqrt(var) if var > 0 else 0.0
     lo, hi = r.ratio - half, r.ratio + half
@@ -195,15 +196,17 @@ def _required(control: RatioStats, effect: float, alpha: float, power: float) ->
     """
     var = control.variance
     if not (math.isfinite(var) and var > 0 and math.isfinite(effect)):
-        return SampleSize.failed(effect, alpha, power, ErrorCode.UNDEFINED,
-                                 "no control variance or effect to plan for")
+        return SampleSize.failed(
+            effect, alpha, power, ErrorCode.UNDEFINED, "no control variance or effect to plan for"
+        )
     return required_sample_size(effect / math.sqrt(var * control.n), alpha, power)
 
 
 def _words(d: Decision, spec: MetricSpec, estimate: float) -> Decision:
     """Neutral metrics: a significant change is an increase or a decrease, not a verdict."""
     if spec.higher_is_better is None and d.verdict in (
-        Verdict.SIGNIFICANT_IMPROVEMENT, Verdict.SIGNIFICANT_REGRESSION
+        Verdict.SIGNIFICANT_IMPROVEMENT,
+        Verdict.SIGNIFICANT_REGRESSION,
     ):
         return replace(d, text="significant increase" if estimate > 0 else "significant decrease")
     return d
@@ -275,8 +278,10 @@ def build_report(
             "assignment is not sticky per session"
         )
     if primary not in {m.name for m in data.metrics}:
-        raise ConfigError(f"primary metric {primary!r} is not in this report: "
-                          f"{', '.join(m.name for m in data.metrics)}")
+        raise ConfigError(
+            f"primary metric {primary!r} is not in this report: "
+            f"{', '.join(m.name for m in data.metrics)}"
+        )
 
     rows = [_variant_row(variants[n], data, alpha) for n in names]
     treatments = names[1:]
@@ -309,33 +314,56 @@ def build_report(
         fp, sp = adj[correction][0][i], adj[correction][1][i]
         error = next((r.message for r in (comp.test, comp.difference) if not r.ok), None)
         d = decide(
-            estimate=comp.difference.value, alpha=alpha,
+            estimate=comp.difference.value,
+            alpha=alpha,
             sequential_p=sp if math.isfinite(sp) else 1.0,
             fixed_p=fp if math.isfinite(fp) else 1.0,
-            n_smallest=min(c.sessions, vt.sessions), n_required=req.per_variant,
-            srm_mismatch=srm.mismatch, error=error,
+            n_smallest=min(c.sessions, vt.sessions),
+            n_required=req.per_variant,
+            srm_mismatch=srm.mismatch,
+            error=error,
             higher_is_better=spec.higher_is_better is not False,
         )
-        lift = (comp.treatment_ratio / comp.control_ratio - 1.0
-                if comp.control_ratio else math.nan)
-        comparisons.append(MetricComparison(
-            metric=spec.name, label=spec.label, kind=spec.kind, treatment=t,
-            control_value=comp.control_ratio, treatment_value=comp.treatment_ratio,
-            difference=comp.difference, lift=lift, fixed=comp.test, sequential=seq,
-            p_holm=adj["holm"][0][i], p_bh=adj["bh"][0][i],
-            seq_p_holm=adj["holm"][1][i], seq_p_bh=adj["bh"][1][i],
-            required_for=effect, required=req, power=status,
-            decision=_words(d, spec, comp.difference.value),
-        ))
+        lift = comp.treatment_ratio / comp.control_ratio - 1.0 if comp.control_ratio else math.nan
+        comparisons.append(
+            MetricComparison(
+                metric=spec.name,
+                label=spec.label,
+                kind=spec.kind,
+                treatment=t,
+                control_value=comp.control_ratio,
+                treatment_value=comp.treatment_ratio,
+                difference=comp.difference,
+                lift=lift,
+                fixed=comp.test,
+                sequential=seq,
+                p_holm=adj["holm"][0][i],
+                p_bh=adj["bh"][0][i],
+                seq_p_holm=adj["holm"][1][i],
+                seq_p_bh=adj["bh"][1][i],
+                required_for=effect,
+                required=req,
+                power=status,
+                decision=_words(d, spec, comp.difference.value),
+            )
+        )
 
     decisions = _headline(comparisons, data, variants, ctl, treatments, primary, alpha, srm)
     return ExperimentReport(
         experiment=data.scope.experiment,
         since=data.scope.since.isoformat() if data.scope.since else None,
-        alpha=alpha, power=power, correction=correction, control=ctl, primary=primary,
+        alpha=alpha,
+        power=power,
+        correction=correction,
+        control=ctl,
+        primary=primary,
         weights=dict(zip(names, w, strict=True)) if weights else None,
-        srm=srm, cross_variant_sessions=data.cross_variant_sessions, variants=rows,
-        metrics=list(data.metrics), comparisons=comparisons, decisions=decisions,
+        srm=srm,
+        cross_variant_sessions=data.cross_variant_sessions,
+        variants=rows,
+        metrics=list(data.metrics),
+        comparisons=comparisons,
+        decisions=decisions,
         warnings=warnings,
     )
 
@@ -343,22 +371,34 @@ def build_report(
 def _variant_row(v: VariantStats, data: ExperimentStats, alpha: float) -> VariantRow:
     metrics = {
         spec.name: MetricValue(spec.name, _ratio_interval(spec, r, alpha), r.n, r.sum_den)
-        for spec in data.metrics if (r := v.metrics.get(spec.name)) is not None
+        for spec in data.metrics
+        if (r := v.metrics.get(spec.name)) is not None
     }
-    q = {f"p{round(p * 100):g}": x
-         for p, x in zip(data.quantiles, v.latency_quantiles, strict=False)}
+    q = {
+        f"p{round(p * 100):g}": x for p, x in zip(data.quantiles, v.latency_quantiles, strict=False)
+    }
     return VariantRow(
-        variant=v.variant, sessions=v.sessions, interactions=v.interactions,
-        rated=v.rated.n, positive=v.rated.successes,
-        satisfaction=wilson_interval(v.rated, alpha), metrics=metrics,
-        latency_quantiles=q, cost_total=v.cost_total,
+        variant=v.variant,
+        sessions=v.sessions,
+        interactions=v.interactions,
+        rated=v.rated.n,
+        positive=v.rated.successes,
+        satisfaction=wilson_interval(v.rated, alpha),
+        metrics=metrics,
+        latency_quantiles=q,
+        cost_total=v.cost_total,
     )
 
 
 def _headline(
-    comparisons: list[MetricComparison], data: ExperimentStats,
-    variants: dict[str, VariantStats], ctl: str, treatments: list[str], primary: str,
-    alpha: float, srm: SrmResult,
+    comparisons: list[MetricComparison],
+    data: ExperimentStats,
+    variants: dict[str, VariantStats],
+    ctl: str,
+    treatments: list[str],
+    primary: str,
+    alpha: float,
+    srm: SrmResult,
 ) -> list[TreatmentDecision]:
     prim = [c for c in comparisons if c.metric == primary]
     # Holm across treatments only: the ship decision's family is "which treatment beats
@@ -370,20 +410,33 @@ def _headline(
     for c, fp, sp in zip(prim, fixed, seq, strict=True):
         error = next((r.message for r in (c.fixed, c.difference) if not r.ok), None)
         d = decide(
-            estimate=c.difference.value, alpha=alpha,
+            estimate=c.difference.value,
+            alpha=alpha,
             sequential_p=sp if math.isfinite(sp) else 1.0,
             fixed_p=fp if math.isfinite(fp) else 1.0,
             n_smallest=min(variants[ctl].sessions, variants[c.treatment].sessions),
-            n_required=c.required.per_variant, srm_mismatch=srm.mismatch, error=error,
+            n_required=c.required.per_variant,
+            srm_mismatch=srm.mismatch,
+            error=error,
             higher_is_better=spec.higher_is_better is not False,
         )
-        bayes = (beta_binomial(variants[ctl].rated, variants[c.treatment].rated)
-                 if primary == "satisfaction" else None)
-        out.append(TreatmentDecision(
-            treatment=c.treatment, metric=primary, decision=_words(d, spec, c.difference.value),
-            difference=c.difference, p_value=fp, sequential_p_value=sp, power=c.power,
-            bayesian=bayes,
-        ))
+        bayes = (
+            beta_binomial(variants[ctl].rated, variants[c.treatment].rated)
+            if primary == "satisfaction"
+            else None
+        )
+        out.append(
+            TreatmentDecision(
+                treatment=c.treatment,
+                metric=primary,
+                decision=_words(d, spec, c.difference.value),
+                difference=c.difference,
+                p_value=fp,
+                sequential_p_value=sp,
+                power=c.power,
+                bayesian=bayes,
+            )
+        )
     return out
 
 
@@ -401,16 +454,25 @@ def format_report(r: ExperimentReport) -> str:
     level = f"{1 - r.alpha:.0%}"
     out: list[str] = []
     title = f"Experiment {r.experiment!r}" if r.experiment else "All interactions"
-    out.append(f"{title}" + (f" since {r.since}" if r.since else "")
-               + f"; control: {r.control}; alpha {r.alpha:g}; sessions are the unit")
+    out.append(
+        f"{title}"
+        + (f" since {r.since}" if r.since else "")
+        + f"; control: {r.control}; alpha {r.alpha:g}; sessions are the unit"
+    )
     out.append("")
     if r.srm.mismatch:
         out.append("!! SAMPLE-RATIO MISMATCH: DO NOT TRUST THIS EXPERIMENT !!")
     split = ", ".join(f"{v.variant} {v.sessions:,}" for v in r.variants)
     srm_text = r.srm.message if r.srm.ok else f"n/a ({r.srm.message})"
-    out.append(f"Sample ratio: {srm_text} [sessions: {split}"
-               + (f"; weights: {', '.join(f'{k} {v:g}' for k, v in r.weights.items())}"
-                  if r.weights else "; weights: equal (assumed)") + "]")
+    out.append(
+        f"Sample ratio: {srm_text} [sessions: {split}"
+        + (
+            f"; weights: {', '.join(f'{k} {v:g}' for k, v in r.weights.items())}"
+            if r.weights
+            else "; weights: equal (assumed)"
+        )
+        + "]"
+    )
     out += [f"warning: {w}" for w in r.warnings]
     out.append("")
 
@@ -422,12 +484,19 @@ def format_report(r: ExperimentReport) -> str:
     head.append("cost USD")
     rows = []
     for v in r.variants:
-        row = [v.variant, f"{v.sessions:,}", f"{v.interactions:,}",
-               f"{v.positive:,}/{v.rated:,}", estimate(v.satisfaction, "proportion")]
+        row = [
+            v.variant,
+            f"{v.sessions:,}",
+            f"{v.interactions:,}",
+            f"{v.positive:,}/{v.rated:,}",
+            estimate(v.satisfaction, "proportion"),
+        ]
         if lat:
             q = v.latency_quantiles
-            row.append(f"{number(q.get('p50', math.nan), 'mean')} / "
-                       f"{number(q.get('p90', math.nan), 'mean')}")
+            row.append(
+                f"{number(q.get('p50', math.nan), 'mean')} / "
+                f"{number(q.get('p90', math.nan), 'mean')}"
+            )
         row.append(f"{v.cost_total:.4g}")
         rows.append(row)
     out += table(head, rows)
@@ -436,40 +505,56 @@ def format_report(r: ExperimentReport) -> str:
     out.append(f"Metrics per variant (session-level {level} intervals)")
     rows = []
     for m in r.metrics:
-        rows.append([m.label] + [
-            estimate(v.metrics[m.name].value, m.kind) if m.name in v.metrics else "n/a"
-            for v in r.variants
-        ])
+        rows.append(
+            [m.label]
+            + [
+                estimate(v.metrics[m.name].value, m.kind) if m.name in v.metrics else "n/a"
+                for v in r.variants
+            ]
+        )
     out += table(["metric"] + [v.variant for v in r.variants], rows)
     out.append("")
 
     adj = {"bh": "BH", "holm": "Holm", "none": "unadjusted"}[r.correction]
-    out.append(f"Differences vs {r.control} ({level} CI; p adjusted by {adj} across "
-               f"{len(r.comparisons)} treatment x metric tests)")
+    out.append(
+        f"Differences vs {r.control} ({level} CI; p adjusted by {adj} across "
+        f"{len(r.comparisons)} treatment x metric tests)"
+    )
     rows = []
     for c in r.comparisons:
         p_adj = {"bh": c.p_bh, "holm": c.p_holm, "none": c.fixed.p_value}[r.correction]
-        sp_adj = {"bh": c.seq_p_bh, "holm": c.seq_p_holm,
-                  "none": c.sequential.p_value}[r.correction]
-        rows.append([
-            c.label, c.treatment, estimate(c.difference, c.kind, signed=True),
-            "n/a" if not math.isfinite(c.lift) else f"{c.lift:+.1%}",
-            _p(c.fixed.p_value), _p(p_adj), _p(c.sequential.p_value), _p(sp_adj),
-            c.decision.text,
-        ])
-    out += table(["metric", "variant", "difference", "lift", "p", "p adj", "seq p",
-                   "seq p adj", "verdict"], rows)
+        sp_adj = {"bh": c.seq_p_bh, "holm": c.seq_p_holm, "none": c.sequential.p_value}[
+            r.correction
+        ]
+        rows.append(
+            [
+                c.label,
+                c.treatment,
+                estimate(c.difference, c.kind, signed=True),
+                "n/a" if not math.isfinite(c.lift) else f"{c.lift:+.1%}",
+                _p(c.fixed.p_value),
+                _p(p_adj),
+                _p(c.sequential.p_value),
+                _p(sp_adj),
+                c.decision.text,
+            ]
+        )
+    out += table(
+        ["metric", "variant", "difference", "lift", "p", "p adj", "seq p", "seq p adj", "verdict"],
+        rows,
+    )
     out.append("")
 
     out.append(f"Decision (primary metric: {r.primary}; Holm across treatments)")
     for d in r.decisions:
         spec_kind = next((m.kind for m in r.metrics if m.name == d.metric), "mean")
-        parts = [f"{d.treatment}: {d.decision.text}",
-                 f"difference {estimate(d.difference, spec_kind, signed=True)}",
-                 f"p {_p(d.p_value)}, sequential p {_p(d.sequential_p_value)}",
-                 f"sessions: {d.power.message}"]
+        parts = [
+            f"{d.treatment}: {d.decision.text}",
+            f"difference {estimate(d.difference, spec_kind, signed=True)}",
+            f"p {_p(d.p_value)}, sequential p {_p(d.sequential_p_value)}",
+            f"sessions: {d.power.message}",
+        ]
         if d.bayesian is not None and d.bayesian.ok:
             parts.append(f"P(beats {r.control}) {d.bayesian.prob_treatment_beats_control:.1%}")
         out.append("  " + "; ".join(parts))
     return "\n".join(out)
-

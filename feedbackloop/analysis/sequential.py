@@ -82,9 +82,7 @@ def _r(n_eff: npt.ArrayLike, tau: float) -> np.ndarray:
     return tau * tau * np.asarray(n_eff, dtype=float)
 
 
-def msprt_p_value(
-    z: npt.ArrayLike, n_eff: npt.ArrayLike, tau: float = DEFAULT_TAU
-) -> np.ndarray:
+def msprt_p_value(z: npt.ArrayLike, n_eff: npt.ArrayLike, tau: float = DEFAULT_TAU) -> np.ndarray:
     """``min(1, 1 / Lambda)`` for z-scores ``z`` at effective sizes ``n_eff`` (vectorised).
 
     Source: Johari et al. (2017), normal mSPRT, rewritten with ``r = tau^2 / V``:
@@ -140,8 +138,9 @@ def sequential_test(
         return _failed(method, tau, n_eff, alpha, ErrorCode.ZERO_VARIANCE, "zero variance")
     p = float(msprt_p_value(estimate / null_std_error, n_eff, tau))
     half = float(confidence_sequence_halfwidth(std_error, n_eff, alpha, tau))
-    cs = Estimate("normal-mixture confidence sequence", estimate, estimate - half,
-                  estimate + half, level)
+    cs = Estimate(
+        "normal-mixture confidence sequence", estimate, estimate - half, estimate + half, level
+    )
     return SequentialResult(method, estimate, p, cs, tau, n_eff)
 
 
@@ -198,11 +197,20 @@ def sequential_test_ratios(
     method = "mSPRT (normal mixture, delta method)"
     if control.n < 2 or treatment.n < 2 or control.sum_den == 0 or treatment.sum_den == 0:
         return _failed(
-            method, tau, 0.0, alpha, ErrorCode.TOO_FEW_SAMPLES,
+            method,
+            tau,
+            0.0,
+            alpha,
+            ErrorCode.TOO_FEW_SAMPLES,
             "each variant needs >= 2 sessions with events",
         )
     se = math.sqrt(control.variance + treatment.variance)
     return sequential_test(
-        treatment.ratio - control.ratio, se, se, _n_eff(control.n, treatment.n), alpha, tau,
+        treatment.ratio - control.ratio,
+        se,
+        se,
+        _n_eff(control.n, treatment.n),
+        alpha,
+        tau,
         method,
     )

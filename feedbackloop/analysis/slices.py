@@ -151,7 +151,12 @@ class SliceReport:
 
 #: Which name to keep when two dimensions cut the same rows: the more specific first.
 _PRIORITY = (
-    "prompt_version", "model", "variant", "language", "has_code", "input_length",
+    "prompt_version",
+    "model",
+    "variant",
+    "language",
+    "has_code",
+    "input_length",
     "language_group",
 )
 
@@ -309,9 +314,12 @@ def _rank(found: Sequence[SliceFinding]) -> list[SliceFinding]:
     out: list[SliceFinding] = []
     for f in sig:
         parent_of = [
-            p for p in sig_pairs
-            if len(f.conditions) == 1 and f.conditions[0] in p.conditions
-            and f.excess_failures > 0 and p.excess_failures >= EXPLAINED_SHARE * f.excess_failures
+            p
+            for p in sig_pairs
+            if len(f.conditions) == 1
+            and f.conditions[0] in p.conditions
+            and f.excess_failures > 0
+            and p.excess_failures >= EXPLAINED_SHARE * f.excess_failures
         ]
         if parent_of:
             best = max(parent_of, key=lambda p: p.excess_failures)

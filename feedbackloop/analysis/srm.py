@@ -68,8 +68,14 @@ def sample_ratio_mismatch(
         # A variant configured at weight 0 that still receives traffic is a certain mismatch.
         if any(observed[i] for i in np.flatnonzero(zero)):
             return SrmResult(
-                observed, tuple(map(float, expected)), math.inf, 0.0, threshold, True,
-                None, "units arrived in a variant configured with weight 0",
+                observed,
+                tuple(map(float, expected)),
+                math.inf,
+                0.0,
+                threshold,
+                True,
+                None,
+                "units arrived in a variant configured with weight 0",
             )
         keep = ~zero
         obs_kept = np.asarray(observed, dtype=float)[keep]

@@ -211,9 +211,7 @@ class RatioStats:
         )
 
     @classmethod
-    def from_sessions(
-        cls, numerators: npt.ArrayLike, denominators: npt.ArrayLike
-    ) -> RatioStats:
+    def from_sessions(cls, numerators: npt.ArrayLike, denominators: npt.ArrayLike) -> RatioStats:
         """Build from per-session totals (one entry per session)."""
         y = np.asarray(numerators, dtype=float).ravel()
         d = np.asarray(denominators, dtype=float).ravel()

@@ -83,10 +83,16 @@ def build_versions(
     """Versions in order of first appearance, each compared with the one before it."""
     by_version: dict[str, list[BucketRow]] = {}
     for b in buckets:
-        by_version.setdefault(b.prompt_version, []).append(BucketRow(
-            b.bucket, b.interactions, b.sessions, b.satisfaction.n, b.satisfaction.successes,
-            wilson_interval(b.satisfaction, alpha),
-        ))
+        by_version.setdefault(b.prompt_version, []).append(
+            BucketRow(
+                b.bucket,
+                b.interactions,
+                b.sessions,
+                b.satisfaction.n,
+                b.satisfaction.successes,
+                wilson_interval(b.satisfaction, alpha),
+            )
+        )
     rows: list[VersionRow] = []
     prev: VersionTotals | None = None
     for t in totals:
@@ -94,14 +100,22 @@ def build_versions(
         if prev is not None:
             comp = ratio_ztest(prev.sessions, t.sessions, alpha)
             change, test = comp.difference, comp.test
-        rows.append(VersionRow(
-            prompt_version=t.prompt_version, first_seen=t.first_seen, last_seen=t.last_seen,
-            interactions=t.interactions, sessions=t.sessions.n, rated=t.satisfaction.n,
-            positive=t.satisfaction.successes,
-            satisfaction=wilson_interval(t.satisfaction, alpha),
-            previous=prev.prompt_version if prev else None, change=change, change_test=test,
-            buckets=sorted(by_version.get(t.prompt_version, []), key=lambda b: b.bucket),
-        ))
+        rows.append(
+            VersionRow(
+                prompt_version=t.prompt_version,
+                first_seen=t.first_seen,
+                last_seen=t.last_seen,
+                interactions=t.interactions,
+                sessions=t.sessions.n,
+                rated=t.satisfaction.n,
+                positive=t.satisfaction.successes,
+                satisfaction=wilson_interval(t.satisfaction, alpha),
+                previous=prev.prompt_version if prev else None,
+                change=change,
+                change_test=test,
+                buckets=sorted(by_version.get(t.prompt_version, []), key=lambda b: b.bucket),
+            )
+        )
         prev = t
     return VersionsReport(experiment, since, bucket, alpha, rows)
 
@@ -109,23 +123,55 @@ def build_versions(
 def format_versions(r: VersionsReport) -> str:
     level = f"{1 - r.alpha:.0%}"
     scope = f"experiment {r.experiment!r}" if r.experiment else "all interactions"
-    out = [f"Satisfaction by prompt version ({scope}"
-           + (f", since {r.since}" if r.since else "") + ")", ""]
+    out = [
+        f"Satisfaction by prompt version ({scope}"
+        + (f", since {r.since}" if r.since else "")
+        + ")",
+        "",
+    ]
     rows = []
     for v in r.versions:
         change = "" if v.change is None else estimate(v.change, signed=True)
         p = "" if v.change_test is None or not v.change_test.ok else f"{v.change_test.p_value:.4f}"
-        rows.append([v.prompt_version or "(none)", v.first_seen[:16], f"{v.sessions:,}",
-                     f"{v.positive:,}/{v.rated:,}", estimate(v.satisfaction), change, p])
-    out += table(["version", "first seen", "sessions", "positive/rated",
-                   f"satisfaction ({level} Wilson)", "vs previous (sessions, delta)", "p"], rows)
+        rows.append(
+            [
+                v.prompt_version or "(none)",
+                v.first_seen[:16],
+                f"{v.sessions:,}",
+                f"{v.positive:,}/{v.rated:,}",
+                estimate(v.satisfaction),
+                change,
+                p,
+            ]
+        )
+    out += table(
+        [
+            "version",
+            "first seen",
+            "sessions",
+            "positive/rated",
+            f"satisfaction ({level} Wilson)",
+            "vs previous (sessions, delta)",
+            "p",
+        ],
+        rows,
+    )
     out.append("")
     out.append(f"Per {r.bucket}")
     rows = []
     for v in r.versions:
         for b in v.buckets:
-            rows.append([v.prompt_version or "(none)", b.bucket, f"{b.interactions:,}",
-                         f"{b.positive:,}/{b.rated:,}", estimate(b.satisfaction)])
-    out += table(["version", r.bucket, "interactions", "positive/rated",
-                   f"satisfaction ({level} Wilson)"], rows)
+            rows.append(
+                [
+                    v.prompt_version or "(none)",
+                    b.bucket,
+                    f"{b.interactions:,}",
+                    f"{b.positive:,}/{b.rated:,}",
+                    estimate(b.satisfaction),
+                ]
+            )
+    out += table(
+        ["version", r.bucket, "interactions", "positive/rated", f"satisfaction ({level} Wilson)"],
+        rows,
+    )
     return "\n".join(out)

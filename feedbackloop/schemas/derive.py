@@ -21,9 +21,30 @@ _SCAN_CHARS = 2000
 #: Substrings typical of code. Two distinct ones (or a fence) make a text "has code": plain
 #: substring tests run in C, several times faster than one regex with alternations.
 _CODE_MARKERS = (
-    "def ", "class ", "import ", "return ", "function ", "const ", "let ", "var ", "=>",
-    "{", "};", ";\n", "#include", "SELECT ", "\n    ", "\n\t", "();", "):\n", "==", "!=",
-    "print(", "console.", "</", "/>",
+    "def ",
+    "class ",
+    "import ",
+    "return ",
+    "function ",
+    "const ",
+    "let ",
+    "var ",
+    "=>",
+    "{",
+    "};",
+    ";\n",
+    "#include",
+    "SELECT ",
+    "\n    ",
+    "\n\t",
+    "();",
+    "):\n",
+    "==",
+    "!=",
+    "print(",
+    "console.",
+    "</",
+    "/>",
 )
 _WORD_RE = re.compile(r"[a-zà-ÿ']+")
 # A handful of very frequent function words per language: cheap, and right for most inputs

@@ -33,6 +33,7 @@ __all__ = [
     "length_bucket",
 ]
 
+
 @dataclass(slots=True)
 class InteractionRecord:
     """What the join keeps per interaction: group, time and pre-serialized context.
@@ -62,8 +63,16 @@ class InteractionRecord:
     def to_bytes(self) -> bytes:
         """The changelog value (JSON): restored by :meth:`from_bytes` after a restart."""
         head = to_json(
-            [self.occurred_at, self.app_id, self.experiment, self.variant,
-             self.prompt_version, self.model, self.shadow, self.partition]
+            [
+                self.occurred_at,
+                self.app_id,
+                self.experiment,
+                self.variant,
+                self.prompt_version,
+                self.model,
+                self.shadow,
+                self.partition,
+            ]
         )
         return b'{"h":' + head + b',"c":' + self.context_json + b',"d":' + self.derived_json + b"}"
 
@@ -74,16 +83,36 @@ class InteractionRecord:
         obj = json.loads(data)
         ts, app, exp, var, pv, model, shadow, partition = obj["h"]
         return cls(
-            ts, app, exp, var, pv, model, shadow,
-            to_json(obj["c"]), to_json(obj["d"]), partition,
+            ts,
+            app,
+            exp,
+            var,
+            pv,
+            model,
+            shadow,
+            to_json(obj["c"]),
+            to_json(obj["d"]),
+            partition,
         )
 
 
 _INTERACTION_SERIALIZER = Interaction.__pydantic_serializer__
 _CONTEXT_FIELDS = {
-    "occurred_at", "interaction_id", "model", "prompt_version", "experiment", "variant",
-    "system_prompt", "user_input", "response", "latency_ms", "input_tokens", "output_tokens",
-    "cost_usd", "shadow", "metadata",
+    "occurred_at",
+    "interaction_id",
+    "model",
+    "prompt_version",
+    "experiment",
+    "variant",
+    "system_prompt",
+    "user_input",
+    "response",
+    "latency_ms",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "shadow",
+    "metadata",
 }
 
 

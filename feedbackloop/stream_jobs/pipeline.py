@@ -91,8 +91,15 @@ class PendingEvent:
     partition: int
 
     def to_obj(self) -> list[Any]:
-        return [self.raw.decode(), self.offset, self.arrived, self.occurred_at,
-                self.session_id, self.app_id, self.partition]
+        return [
+            self.raw.decode(),
+            self.offset,
+            self.arrived,
+            self.occurred_at,
+            self.session_id,
+            self.app_id,
+            self.partition,
+        ]
 
     @classmethod
     def from_obj(cls, o: list[Any]) -> PendingEvent:
@@ -224,10 +231,21 @@ class Pipeline:
                 iid = key if key else str(ev.interaction_id).encode()
                 interactions[iid] = rec
                 changelog("interactions", partition, iid, rec.to_bytes())
-                produce(topic_enriched, iid, b"".join(
-                    (head, value.strip(), b',"context":null,"derived":', rec.derived_json,
-                     mid, b"%d" % offset, tail)
-                ))
+                produce(
+                    topic_enriched,
+                    iid,
+                    b"".join(
+                        (
+                            head,
+                            value.strip(),
+                            b',"context":null,"derived":',
+                            rec.derived_json,
+                            mid,
+                            b"%d" % offset,
+                            tail,
+                        )
+                    ),
+                )
                 enriched += 1
                 count_interaction(pw, ev, rec, ts)
                 if pending:
@@ -236,14 +254,24 @@ class Pipeline:
                         changelog("pending", partition, iid, None)
                         stats.pending -= len(waiting)
                         for pe in waiting:
-                            self._emit_joined(pw, partition, iid, pe.raw, pe.offset, rec,
-                                              (now - pe.arrived) * 1000.0, stamp)
+                            self._emit_joined(
+                                pw,
+                                partition,
+                                iid,
+                                pe.raw,
+                                pe.offset,
+                                rec,
+                                (now - pe.arrived) * 1000.0,
+                                stamp,
+                            )
             else:
                 iid_obj = ev.interaction_id  # type: ignore[union-attr]
                 if iid_obj is None:  # a session-level outcome: nothing to join
-                    produce(topic_enriched, key, b"".join(
-                        (head, value.strip(), no_context, mid, b"%d" % offset, tail)
-                    ))
+                    produce(
+                        topic_enriched,
+                        key,
+                        b"".join((head, value.strip(), no_context, mid, b"%d" % offset, tail)),
+                    )
                     enriched += 1
                     count_signal(pw, ev, UNATTRIBUTED(ev.app_id), ts)  # type: ignore[arg-type]
                     continue
@@ -251,10 +279,23 @@ class Pipeline:
                 known = interactions.get(iid)
                 if known is not None:
                     count_signal(pw, ev, known.group, ts)  # type: ignore[arg-type]
-                    produce(topic_enriched, iid, b"".join(
-                        (head, value.strip(), b',"context":', known.context_json,
-                         b',"derived":', known.derived_json, mid, b"%d" % offset, tail)
-                    ))
+                    produce(
+                        topic_enriched,
+                        iid,
+                        b"".join(
+                            (
+                                head,
+                                value.strip(),
+                                b',"context":',
+                                known.context_json,
+                                b',"derived":',
+                                known.derived_json,
+                                mid,
+                                b"%d" % offset,
+                                tail,
+                            )
+                        ),
+                    )
                     enriched += 1
                 else:
                     # Early: it waits (durably, in the pending table) for its interaction.
@@ -271,36 +312,64 @@ class Pipeline:
         self._end_batch(partition, pw)
 
     def _emit_joined(
-        self, pw: PartitionWindows, partition: int, iid: bytes, raw: bytes, offset: int,
-        rec: InteractionRecord, waited_ms: float, stamp: str,
+        self,
+        pw: PartitionWindows,
+        partition: int,
+        iid: bytes,
+        raw: bytes,
+        offset: int,
+        rec: InteractionRecord,
+        waited_ms: float,
+        stamp: str,
     ) -> None:
         ev = decode(raw)  # validated before; re-parsed only on this rare path
         self._count_signal(pw, ev, rec.group, ev.occurred_at.timestamp())  # type: ignore[arg-type]
         self.out.produce(
-            self.topics.enriched, iid,
-            enriched_json(raw, context_json=rec.context_json, derived_json=rec.derived_json,
-                          orphaned=False, waited_ms=waited_ms, partition=partition,
-                          offset=offset, enriched_at=stamp),
+            self.topics.enriched,
+            iid,
+            enriched_json(
+                raw,
+                context_json=rec.context_json,
+                derived_json=rec.derived_json,
+                orphaned=False,
+                waited_ms=waited_ms,
+                partition=partition,
+                offset=offset,
+                enriched_at=stamp,
+            ),
         )
         self.stats.enriched += 1
 
     def _dead_letter(
-        self, partition: int, key: bytes | None, value: bytes | None, offset: int,
+        self,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        offset: int,
         err: SchemaError,
     ) -> None:
         dl = DeadLetter(
-            reason=err.reason, error=str(err), payload=value or b"", key=key, source="stream",
-            source_topic=self.topics.events, source_partition=partition, source_offset=offset,
+            reason=err.reason,
+            error=str(err),
+            payload=value or b"",
+            key=key,
+            source="stream",
+            source_topic=self.topics.events,
+            source_partition=partition,
+            source_offset=offset,
         )
         try:
             self.out.produce(self.topics.dead_letters, key, value, headers=dl.headers())
         except Exception as e:  # e.g. too large even for the dead-letter topic
             # A poison message must never stop the worker: keep its head and say so.
             log.warning("dead letter of %d bytes refused (%s); truncating", len(value or b""), e)
-            headers = [*dl.headers(), ("feedbackloop.dlq.truncated_from",
-                                       str(len(value or b"")).encode())]
-            self.out.produce(self.topics.dead_letters, key, (value or b"")[:_DLQ_TRUNCATE],
-                             headers=headers)
+            headers = [
+                *dl.headers(),
+                ("feedbackloop.dlq.truncated_from", str(len(value or b"")).encode()),
+            ]
+            self.out.produce(
+                self.topics.dead_letters, key, (value or b"")[:_DLQ_TRUNCATE], headers=headers
+            )
         self.stats.dead_letters += 1
         self.stats.by_reason[err.reason] = self.stats.by_reason.get(err.reason, 0) + 1
 
@@ -331,7 +400,10 @@ class Pipeline:
 
     @staticmethod
     def _count_signal(
-        pw: PartitionWindows, ev: Feedback | Implicit | Outcome, group: Group, ts: float,
+        pw: PartitionWindows,
+        ev: Feedback | Implicit | Outcome,
+        group: Group,
+        ts: float,
         orphaned: bool = False,
     ) -> None:
         st = pw.touch(ts, group, ev.session_id)
@@ -384,7 +456,8 @@ class Pipeline:
             agg = st.to_aggregate(group, start, pw.size, partition, now)
             app, exp, var = group[0], group[1], group[2]
             self.out.produce(
-                self.topics.aggregates, f"{app}|{exp}|{var}".encode(),
+                self.topics.aggregates,
+                f"{app}|{exp}|{var}".encode(),
                 agg.model_dump_json().encode(),
             )
             self.stats.aggregates += 1
@@ -406,13 +479,21 @@ class Pipeline:
             pw = self.windows_of(partition)
             for pe in due:
                 ev = decode(pe.raw)
-                self._count_signal(pw, ev, UNATTRIBUTED(pe.app_id), pe.occurred_at,  # type: ignore[arg-type]
-                                   orphaned=True)
+                assert not isinstance(ev, Interaction)  # only signals wait for their context
+                self._count_signal(pw, ev, UNATTRIBUTED(pe.app_id), pe.occurred_at, orphaned=True)
                 self.out.produce(
-                    self.topics.enriched, iid,
-                    enriched_json(pe.raw, context_json=None, derived_json=None, orphaned=True,
-                                  waited_ms=(now - pe.arrived) * 1000.0, partition=partition,
-                                  offset=pe.offset, enriched_at=stamp),
+                    self.topics.enriched,
+                    iid,
+                    enriched_json(
+                        pe.raw,
+                        context_json=None,
+                        derived_json=None,
+                        orphaned=True,
+                        waited_ms=(now - pe.arrived) * 1000.0,
+                        partition=partition,
+                        offset=pe.offset,
+                        enriched_at=stamp,
+                    ),
                 )
                 self.stats.orphaned += 1
                 self.stats.enriched += 1

@@ -140,8 +140,7 @@ def create_app(
 
 
 def _error(status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> Any:
-    return JSONResponse({"error": reason, "message": message}, status_code=status,
-                        headers=headers)
+    return JSONResponse({"error": reason, "message": message}, status_code=status, headers=headers)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -185,8 +184,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     bodies so that it can answer per event, so FastAPI cannot infer the request schemas)."""
     if app.openapi_schema:
         return app.openapi_schema
-    doc = get_openapi(title=app.title, version=app.version, summary=app.summary,
-                      routes=app.routes)
+    doc = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     schema = TypeAdapter(Event).json_schema(ref_template="#/components/schemas/{model}")
     components = doc.setdefault("components", {}).setdefault("schemas", {})
     defs = schema.pop("$defs", {})
@@ -296,8 +294,9 @@ class WebServer:
         return _listening_url(self._server)
 
     def start(self, timeout: float = 30.0) -> WebServer:
-        self._thread = threading.Thread(target=self._server.run, name="feedbackloop-web",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, name="feedbackloop-web", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:

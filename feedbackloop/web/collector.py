@@ -260,7 +260,7 @@ def router() -> APIRouter:
         status_code=202,
         response_model=BatchResponse,
         summary="Submit a batch of events",
-        description="A JSON array of events, or an object {\"events\": [...]}; any mix of "
+        description='A JSON array of events, or an object {"events": [...]}; any mix of '
         "interaction, feedback, implicit and outcome events. Answers per event (see "
         "BatchResponse). A key bound to one app may omit app_id.",
         openapi_extra={"requestBody": _BATCH_BODY},
@@ -268,13 +268,14 @@ def router() -> APIRouter:
             **error_responses(400, 401, 413, 415, 429),
             403: {"model": BatchResponse, "description": "No event accepted; some forbidden."},
             422: {"model": BatchResponse, "description": "Every event was invalid."},
-            503: {"model": BatchResponse, "description": "Some events could not be handed "
-                  "over (spool full); resend the batch after Retry-After."},
+            503: {
+                "model": BatchResponse,
+                "description": "Some events could not be handed "
+                "over (spool full); resend the batch after Retry-After.",
+            },
         },
     )
-    async def post_events(
-        request: Request, principal: WritePrincipal
-    ) -> JSONResponse:
+    async def post_events(request: Request, principal: WritePrincipal) -> JSONResponse:
         state = state_of(request)
         _, data = await read_json_body(request, state.settings.web_max_body_bytes)
         if isinstance(data, dict) and "events" in data:
@@ -313,9 +314,7 @@ def router() -> APIRouter:
         openapi_extra={"requestBody": _FEEDBACK_BODY},
         responses=error_responses(400, 401, 403, 413, 415, 422, 429, 503),
     )
-    async def post_feedback(
-        request: Request, principal: WritePrincipal
-    ) -> FeedbackResponse:
+    async def post_feedback(request: Request, principal: WritePrincipal) -> FeedbackResponse:
         state = state_of(request)
         _, data = await read_json_body(request, state.settings.web_max_body_bytes)
         if not isinstance(data, dict):

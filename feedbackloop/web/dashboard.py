@@ -155,8 +155,7 @@ class DashboardQueries:
         # Cumulative: the estimate one would have read at that time, its interval narrowing
         # as evidence accumulates.
         series = {
-            v: [{"t_ms": b.start_s * 1000, **_interval(b.cumulative)}
-                for b in over_time.get(v, [])]
+            v: [{"t_ms": b.start_s * 1000, **_interval(b.cumulative)} for b in over_time.get(v, [])]
             for v in variants
         }
         return {
@@ -182,9 +181,7 @@ class DashboardQueries:
         from feedbackloop.analysis.records import Selection, load_judged_interactions
 
         sel = Selection(app_id=app, experiment=experiment, limit=FAILURE_SAMPLE)
-        found = analyze_failures(
-            load_judged_interactions(settings, sel), min_support=min_support
-        )
+        found = analyze_failures(load_judged_interactions(settings, sel), min_support=min_support)
         out = found.to_dict()
         out["findings"] = out["findings"][:50]
         return out
@@ -246,8 +243,12 @@ def router() -> APIRouter:
 
     AppQ = Query(default=None, description="Restrict to one app_id.")
 
-    @r.get("/api/experiments", tags=["dashboard"], responses=_READ_ERRORS,
-           summary="Experiments seen, most recently active first")
+    @r.get(
+        "/api/experiments",
+        tags=["dashboard"],
+        responses=_READ_ERRORS,
+        summary="Experiments seen, most recently active first",
+    )
     async def list_experiments(
         request: Request,
         principal: ReadPrincipal,
@@ -256,9 +257,12 @@ def router() -> APIRouter:
         app = _app_for(principal, app_id)
         return await run_in_threadpool(queries(request).experiments, app)
 
-    @r.get("/api/experiments/{app_id}/{experiment}", tags=["dashboard"],
-           responses=error_responses(401, 403, 404, 422, 429),
-           summary="One experiment: satisfaction over time, decision, SRM, signals, outcomes")
+    @r.get(
+        "/api/experiments/{app_id}/{experiment}",
+        tags=["dashboard"],
+        responses=error_responses(401, 403, 404, 422, 429),
+        summary="One experiment: satisfaction over time, decision, SRM, signals, outcomes",
+    )
     async def get_experiment(
         request: Request, app_id: str, experiment: str, principal: ReadPrincipal
     ) -> dict[str, Any]:
@@ -266,30 +270,46 @@ def router() -> APIRouter:
         _ident(experiment, "experiment")
         found = await run_in_threadpool(queries(request).experiment, app_id, experiment)
         if found is None:
-            raise ApiError(404, "not_found", f"no interactions of experiment {experiment!r} "
-                           f"in app {app_id!r}")
+            raise ApiError(
+                404, "not_found", f"no interactions of experiment {experiment!r} in app {app_id!r}"
+            )
         return found
 
-    @r.get("/api/failures", tags=["dashboard"], responses=_READ_ERRORS,
-           summary="Failure slices: negative rate per slice and pair, significant first")
+    @r.get(
+        "/api/failures",
+        tags=["dashboard"],
+        responses=_READ_ERRORS,
+        summary="Failure slices: negative rate per slice and pair, significant first",
+    )
     async def failures(
         request: Request,
         principal: ReadPrincipal,
         app_id: str | None = AppQ,
         experiment: str | None = Query(default=None),
-        min_support: int = Query(default=30, ge=1, le=1_000_000,
-                                 description="Smallest slice (interactions) that is tested."),
+        min_support: int = Query(
+            default=30,
+            ge=1,
+            le=1_000_000,
+            description="Smallest slice (interactions) that is tested.",
+        ),
     ) -> dict[str, Any]:
         app = _app_for(principal, app_id)
         if experiment is not None:
             _ident(experiment, "experiment")
         return await run_in_threadpool(
-            queries(request).failure_slices, state_of(request).settings, app, experiment,
+            queries(request).failure_slices,
+            state_of(request).settings,
+            app,
+            experiment,
             min_support,
         )
 
-    @r.get("/api/alerts", tags=["dashboard"], responses=_READ_ERRORS,
-           summary="Alerts of the last hours, newest first")
+    @r.get(
+        "/api/alerts",
+        tags=["dashboard"],
+        responses=_READ_ERRORS,
+        summary="Alerts of the last hours, newest first",
+    )
     async def alerts(
         request: Request,
         principal: ReadPrincipal,
@@ -299,8 +319,12 @@ def router() -> APIRouter:
         app = _app_for(principal, app_id)
         return await run_in_threadpool(queries(request).alerts, app, hours)
 
-    @r.get("/api/prompt-versions", tags=["dashboard"], responses=_READ_ERRORS,
-           summary="Satisfaction per prompt version, each against the previous one")
+    @r.get(
+        "/api/prompt-versions",
+        tags=["dashboard"],
+        responses=_READ_ERRORS,
+        summary="Satisfaction per prompt version, each against the previous one",
+    )
     async def prompt_versions(
         request: Request,
         principal: ReadPrincipal,

@@ -33,14 +33,27 @@ def make_events(n_interactions: int, app: str = "app1", seed: int = 0) -> list[E
         t = base + dt.timedelta(milliseconds=10 * i)
         variant = "a" if i % 2 else "b"
         it = Interaction(
-            app_id=app, session_id=f"s{seed}-{i % 50}", occurred_at=t, user_input=f"q{i}",
-            response=f"r{i}", model="m1", prompt_version=f"p{i % 3}", experiment="exp",
-            variant=variant, latency_ms=100.0 + i % 7, input_tokens=10, output_tokens=20,
+            app_id=app,
+            session_id=f"s{seed}-{i % 50}",
+            occurred_at=t,
+            user_input=f"q{i}",
+            response=f"r{i}",
+            model="m1",
+            prompt_version=f"p{i % 3}",
+            experiment="exp",
+            variant=variant,
+            latency_ms=100.0 + i % 7,
+            input_tokens=10,
+            output_tokens=20,
             metadata={"k": i, "tag": "x"},
         )
         out.append(it)
-        common = dict(app_id=app, session_id=it.session_id, interaction_id=it.interaction_id,
-                      occurred_at=t + dt.timedelta(seconds=1))
+        common = dict(
+            app_id=app,
+            session_id=it.session_id,
+            interaction_id=it.interaction_id,
+            occurred_at=t + dt.timedelta(seconds=1),
+        )
         out.append(Feedback(kind="thumbs", thumbs=1 if i % 4 else -1, **common))
         if i % 3 == 0:
             out.append(Feedback(kind="rating", rating=1 + i % 5, **common))
@@ -56,9 +69,14 @@ def enrich(ev: Envelope, interactions: dict[uuid.UUID, Interaction], offset: int
     if not isinstance(ev, Interaction) and iid in interactions:
         it = interactions[iid]
         ctx = RequestContext(
-            interaction_id=it.interaction_id, interaction_occurred_at=it.occurred_at,
-            model=it.model, prompt_version=it.prompt_version, experiment=it.experiment,
-            variant=it.variant, user_input=it.user_input, response=it.response,
+            interaction_id=it.interaction_id,
+            interaction_occurred_at=it.occurred_at,
+            model=it.model,
+            prompt_version=it.prompt_version,
+            experiment=it.experiment,
+            variant=it.variant,
+            user_input=it.user_input,
+            response=it.response,
             latency_ms=it.latency_ms,
         )
     e = EnrichedEvent(event=ev, context=ctx, source_partition=0, source_offset=offset)  # type: ignore[arg-type]
@@ -82,12 +100,14 @@ def produce(
     assert p.flush(30) == 0
 
 
-def settings_for(
-    bootstrap: str, dsn: str, database: str, prefix: str, data_dir: Path
-) -> Settings:
+def settings_for(bootstrap: str, dsn: str, database: str, prefix: str, data_dir: Path) -> Settings:
     return Settings(
-        bootstrap_servers=bootstrap, clickhouse_url=dsn, clickhouse_database=database,
-        topic_prefix=prefix, topic_partitions=2, data_dir=data_dir,
+        bootstrap_servers=bootstrap,
+        clickhouse_url=dsn,
+        clickhouse_database=database,
+        topic_prefix=prefix,
+        topic_partitions=2,
+        data_dir=data_dir,
     )
 
 

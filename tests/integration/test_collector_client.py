@@ -21,15 +21,17 @@ def test_simulated_traffic_through_the_collector_arrives_in_kafka(
 ) -> None:
     from feedbackloop.web import WebServer
 
-    settings = Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix,
-                        data_dir=tmp_path, web_port=0)
+    settings = Settings(
+        bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, data_dir=tmp_path, web_port=0
+    )
     ensure_topics(settings.kafka_client_config(), Topics(topic_prefix).all(), 4)
     server = WebServer(settings, "127.0.0.1", 0)
     server.start()
     try:
         sent = Recorder()
-        client = CollectorClient(server.url, None, settings, app_id="demo-app", on_event=sent,
-                                 batch_size=200)
+        client = CollectorClient(
+            server.url, None, settings, app_id="demo-app", on_event=sent, batch_size=200
+        )
         result = Simulator(client, TrafficSpec(malformed_share=0)).run(sessions=200)
         stats = client.close(timeout=30)
     finally:

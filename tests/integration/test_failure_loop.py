@@ -45,18 +45,28 @@ def _rows(prefix: str) -> dict[str, list[Any]]:
     for it, evs in planted_events(N, seed=11):
         derived = derive(it)
         ctx = RequestContext(
-            interaction_id=it.interaction_id, interaction_occurred_at=it.occurred_at,
-            model=it.model, prompt_version=it.prompt_version, experiment=it.experiment,
-            variant=it.variant, system_prompt=it.system_prompt, user_input=it.user_input,
-            response=it.response, metadata=it.metadata,
+            interaction_id=it.interaction_id,
+            interaction_occurred_at=it.occurred_at,
+            model=it.model,
+            prompt_version=it.prompt_version,
+            experiment=it.experiment,
+            variant=it.variant,
+            system_prompt=it.system_prompt,
+            user_input=it.user_input,
+            response=it.response,
+            metadata=it.metadata,
         )
         for ev in [it, *evs]:
             enriched = EnrichedEvent(
-                event=ev, context=None if isinstance(ev, Interaction) else ctx,
-                derived=derived, source_partition=0, source_offset=offset,
+                event=ev,
+                context=None if isinstance(ev, Interaction) else ctx,
+                derived=derived,
+                source_partition=0,
+                source_offset=offset,
             )
-            for table, row in router.route(topics.enriched, 0, offset,
-                                           enriched.model_dump_json().encode()).rows:
+            for table, row in router.route(
+                topics.enriched, 0, offset, enriched.model_dump_json().encode()
+            ).rows:
                 tables.setdefault(table, []).append(row)
             offset += 1
     return tables
@@ -69,8 +79,11 @@ def loaded(clickhouse_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     migrate(client, db)
     for table, rows in _rows("t.").items():
         client.insert(table, rows, database=db, column_names=list(COLUMNS[table]))
-    settings = Settings(clickhouse_url=clickhouse_dsn, clickhouse_database=db,
-                        data_dir=tmp_path_factory.mktemp("loop"))
+    settings = Settings(
+        clickhouse_url=clickhouse_dsn,
+        clickhouse_database=db,
+        data_dir=tmp_path_factory.mktemp("loop"),
+    )
     yield settings
     client.command(f"DROP DATABASE IF EXISTS {db}")
     client.close()
@@ -109,8 +122,15 @@ def test_failures_finds_planted_slices_and_prints_a_finding(loaded: Settings) ->
 
 
 def test_complaints_cluster_the_planted_topics(loaded: Settings) -> None:
-    res = _run(loaded, "complaints", "--since", "30d", "--slice",
-               "prompt_version=v1.2&language_group=not-en", "--json")
+    res = _run(
+        loaded,
+        "complaints",
+        "--since",
+        "30d",
+        "--slice",
+        "prompt_version=v1.2&language_group=not-en",
+        "--json",
+    )
     out = json.loads(res.output)
     assert out["texts"] > 20
     terms = " ".join(" ".join(c["top_terms"]) for c in out["clusters"][:2])
@@ -121,19 +141,32 @@ def test_prompt_registry_add_list_show_diff(loaded: Settings, tmp_path: Path) ->
     v1 = tmp_path / "v1.2.txt"
     v1.write_text("You are a helpful assistant.\nAnswer briefly.\n")
     v2 = tmp_path / "v1.3.txt"
-    v2.write_text("You are a helpful assistant.\nAnswer briefly.\n"
-                  "Always answer in the language of the question.\n")
+    v2.write_text(
+        "You are a helpful assistant.\nAnswer briefly.\n"
+        "Always answer in the language of the question.\n"
+    )
     out = _run(loaded, "prompts", "add", "v1.2", "--name", "support", "--file", str(v1)).output
     assert "registered" in out
     out = _run(loaded, "prompts", "add", "v1.2", "--name", "support", "--file", str(v1)).output
     assert "already registered" in out
     bad = _run(loaded, "prompts", "add", "v1.2", "--name", "support", "--file", str(v2), ok=False)
     assert bad.exit_code == 1 and "immutable" in bad.output
-    _run(loaded, "prompts", "add", "v1.3", "--name", "support", "--file", str(v2),
-         "--parent", "v1.2", "--note", "non-English inputs failed twice as often")
+    _run(
+        loaded,
+        "prompts",
+        "add",
+        "v1.3",
+        "--name",
+        "support",
+        "--file",
+        str(v2),
+        "--parent",
+        "v1.2",
+        "--note",
+        "non-English inputs failed twice as often",
+    )
     listed = json.loads(_run(loaded, "prompts", "list", "--json").output)
-    assert [(p["version"], p["parent_version"]) for p in listed] == [("v1.2", ""),
-                                                                     ("v1.3", "v1.2")]
+    assert [(p["version"], p["parent_version"]) for p in listed] == [("v1.2", ""), ("v1.3", "v1.2")]
     assert "Always answer in the language" in _run(loaded, "prompts", "show", "v1.3").output
     diff = _run(loaded, "prompts", "diff", "v1.3").output
     assert "+Always answer in the language of the question." in diff
@@ -150,8 +183,7 @@ def test_prompt_add_refuses_while_a_worker_holds_embedded_chdb(
     path = discovery_path(loaded)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"url": "http://127.0.0.1:9", "token": "x",
-                                    "pid": holder.pid}))
+        path.write_text(json.dumps({"url": "http://127.0.0.1:9", "token": "x", "pid": holder.pid}))
         f = tmp_path / "p.txt"
         f.write_text("text")
         res = _run(loaded, "prompts", "add", "v9", "--name", "x", "--file", str(f), ok=False)
@@ -176,14 +208,26 @@ STAND_IN = textwrap.dedent(
 
 def test_regressions_export_and_run_end_to_end(loaded: Settings, tmp_path: Path) -> None:
     suite = tmp_path / "suite.jsonl"
-    out = _run(loaded, "regressions", "export", "--prompt-version", "v1.2", "--top", "12",
-               "--since", "30d", "--out", str(suite)).output
+    out = _run(
+        loaded,
+        "regressions",
+        "export",
+        "--prompt-version",
+        "v1.2",
+        "--top",
+        "12",
+        "--since",
+        "30d",
+        "--out",
+        str(suite),
+    ).output
     assert "12 cases" in out
     cases = [json.loads(line) for line in suite.read_text().splitlines()]
     assert len(cases) == 12
     assert all(c["prompt_version"] == "v1.2" and c["bad_response"] for c in cases)
-    assert {c["slice"] for c in cases[:2]} >= {
-        "language_group=not-en", "has_code=yes"} or all(c["slice"] for c in cases[:4])
+    assert {c["slice"] for c in cases[:2]} >= {"language_group=not-en", "has_code=yes"} or all(
+        c["slice"] for c in cases[:4]
+    )
     assert any(c["correction"] for c in cases)
     # One case makes the stand-in fail: recorded as that case's error, the run goes on.
     cases[3]["input"] = "fail-me"
@@ -191,8 +235,17 @@ def test_regressions_export_and_run_end_to_end(loaded: Settings, tmp_path: Path)
     script = tmp_path / "candidate.py"
     script.write_text(STAND_IN)
     report = tmp_path / "report"
-    out = _run(loaded, "regressions", "run", "--suite", str(suite), "--candidate",
-               f"{sys.executable} {script}", "--out", str(report)).output
+    out = _run(
+        loaded,
+        "regressions",
+        "run",
+        "--suite",
+        str(suite),
+        "--candidate",
+        f"{sys.executable} {script}",
+        "--out",
+        str(report),
+    ).output
     assert "12 cases, 1 errors" in out
     results = [json.loads(line) for line in (tmp_path / "report.jsonl").read_text().splitlines()]
     assert [r["id"] for r in results] == [c["id"] for c in cases]
@@ -208,9 +261,12 @@ def test_export_finetune_files_validate_and_map_back(loaded: Settings, tmp_path:
     out_dir = tmp_path / "ft"
     out = _run(loaded, "export", "finetune", "--since", "30d", "--out", str(out_dir)).output
     assert "corrections" in out
-    for name, kind in (("train.jsonl", "chat"), ("validation.jsonl", "chat"),
-                       ("preference_train.jsonl", "preference"),
-                       ("preference_validation.jsonl", "preference")):
+    for name, kind in (
+        ("train.jsonl", "chat"),
+        ("validation.jsonl", "chat"),
+        ("preference_train.jsonl", "preference"),
+        ("preference_validation.jsonl", "preference"),
+    ):
         assert validate_jsonl(str(out_dir / name), kind) == [], name
     from openai_schemas import CHAT_SCHEMA, PREFERENCE_SCHEMA
 
@@ -228,10 +284,12 @@ def test_export_finetune_files_validate_and_map_back(loaded: Settings, tmp_path:
     client = get_client(loaded.clickhouse_dsn)
     try:
         ids = ",".join(f"'{p['feedback_event_id']}'" for p in train_prov[:50])
-        texts = dict(client.query(
-            f"SELECT toString(event_id), text FROM {loaded.clickhouse_database}.feedback FINAL "
-            f"WHERE kind = 'correction' AND toString(event_id) IN ({ids})"
-        ).result_rows)
+        texts = dict(
+            client.query(
+                f"SELECT toString(event_id), text FROM {loaded.clickhouse_database}.feedback FINAL "
+                f"WHERE kind = 'correction' AND toString(event_id) IN ({ids})"
+            ).result_rows
+        )
     finally:
         client.close()
     for p, rec in zip(train_prov[:50], train[:50], strict=True):

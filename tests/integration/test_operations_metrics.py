@@ -31,10 +31,14 @@ def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-def _get(m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-         **labels: str) -> float:
-    return sum(v for (n, ls), v in m.items()
-               if n == name and all((k, val) in ls for k, val in labels.items()))
+def _get(
+    m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return sum(
+        v
+        for (n, ls), v in m.items()
+        if n == name and all((k, val) in ls for k, val in labels.items())
+    )
 
 
 def test_metrics_endpoint_counts_what_was_sent(tmp_path: Path) -> None:
@@ -49,8 +53,14 @@ def test_metrics_endpoint_counts_what_was_sent(tmp_path: Path) -> None:
 
         client = FeedbackClient(run, spool_path=tmp_path / "spool" / "test.sqlite3")
         for i in range(n):
-            iid = client.log_interaction(session_id=f"s{i}", user_input="hi", response="hello",
-                                         model="m", experiment="e", variant="a")
+            iid = client.log_interaction(
+                session_id=f"s{i}",
+                user_input="hi",
+                response="hello",
+                model="m",
+                experiment="e",
+                variant="a",
+            )
             client.thumbs(iid, i % 3 != 0)
         client.close()
         from confluent_kafka import Producer
@@ -59,11 +69,21 @@ def test_metrics_endpoint_counts_what_was_sent(tmp_path: Path) -> None:
         raw.produce(Topics(run.topic_prefix).events, b"{not json")
         raw.flush(10)
         # and through the HTTP collector (loopback, no keys): one valid, one invalid
-        r = httpx.post(f"{url}/v1/events", json=[
-            {"event_type": "interaction", "app_id": "default", "session_id": "h1",
-             "user_input": "x", "response": "y", "model": "m"},
-            {"event_type": "feedback", "kind": "thumbs"},
-        ], timeout=10)
+        r = httpx.post(
+            f"{url}/v1/events",
+            json=[
+                {
+                    "event_type": "interaction",
+                    "app_id": "default",
+                    "session_id": "h1",
+                    "user_input": "x",
+                    "response": "y",
+                    "model": "m",
+                },
+                {"event_type": "feedback", "kind": "thumbs"},
+            ],
+            timeout=10,
+        )
         assert r.status_code == 202, r.text
 
         sent = 2 * n + 1 + 1  # SDK events, the raw payload, the collector's valid event
@@ -71,9 +91,11 @@ def test_metrics_endpoint_counts_what_was_sent(tmp_path: Path) -> None:
         m = _scrape(url)
         while time.monotonic() < deadline:
             m = _scrape(url)
-            if (_get(m, "feedbackloop_stream_events_total", kind="in") >= sent
-                    and _get(m, "feedbackloop_sink_rows_total", table="feedback") >= n
-                    and _get(m, "feedbackloop_sink_rows_total", table="dead_letters") >= 2):
+            if (
+                _get(m, "feedbackloop_stream_events_total", kind="in") >= sent
+                and _get(m, "feedbackloop_sink_rows_total", table="feedback") >= n
+                and _get(m, "feedbackloop_sink_rows_total", table="dead_letters") >= 2
+            ):
                 break
             time.sleep(0.5)
         assert _get(m, "feedbackloop_stream_events_total", kind="in") == sent
@@ -99,6 +121,7 @@ def test_metrics_endpoint_counts_what_was_sent(tmp_path: Path) -> None:
     finally:
         stack.stop()
     # the services logged JSON lines (log_format crossed to the children)
-    line = next(ln for ln in (tmp_path / "logs" / "sink.log").read_text().splitlines()
-                if ln.startswith("{"))
+    line = next(
+        ln for ln in (tmp_path / "logs" / "sink.log").read_text().splitlines() if ln.startswith("{")
+    )
     assert '"service": "sink"' in line

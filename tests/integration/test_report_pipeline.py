@@ -51,8 +51,9 @@ SATISFACTION = {"control": 0.50, "treatment": 0.70}
 TICKET_MS = {"control": 90_000.0, "treatment": 60_000.0}
 
 
-def simulate(client: FeedbackClient, exp: Experiment, sessions: int, seed: int,
-             drop_treatment: float = 0.0) -> None:
+def simulate(
+    client: FeedbackClient, exp: Experiment, sessions: int, seed: int, drop_treatment: float = 0.0
+) -> None:
     """Sessions of 1-4 interactions with thumbs, ratings, implicit signals and outcomes.
 
     ``drop_treatment`` loses that share of treatment sessions before they are logged: the
@@ -71,10 +72,16 @@ def simulate(client: FeedbackClient, exp: Experiment, sessions: int, seed: int,
         for k in range(rng.randint(1, 4)):
             ti = t + dt.timedelta(milliseconds=100 * k)
             iid = client.log_interaction(
-                session_id=sid, user_input=f"q{s}-{k}", response=f"r{s}-{k}", model="m1",
-                prompt_version="v1" if s % 3 else "v2", experiment=exp.name, variant=v,
+                session_id=sid,
+                user_input=f"q{s}-{k}",
+                response=f"r{s}-{k}",
+                model="m1",
+                prompt_version="v1" if s % 3 else "v2",
+                experiment=exp.name,
+                variant=v,
                 latency_ms=rng.uniform(200, 400) * (0.9 if v == "treatment" else 1.0),
-                cost_usd=round(rng.uniform(0.001, 0.003), 6), occurred_at=ti,
+                cost_usd=round(rng.uniform(0.001, 0.003), 6),
+                occurred_at=ti,
             )
             if rng.random() < 0.8:
                 client.thumbs(iid, rng.random() < p, occurred_at=ti + dt.timedelta(seconds=1))
@@ -83,26 +90,38 @@ def simulate(client: FeedbackClient, exp: Experiment, sessions: int, seed: int,
                 rating = rng.randint(4, 5) if rng.random() < p else rng.randint(1, 3)
                 client.rate(iid, rating, occurred_at=ti + dt.timedelta(seconds=2))
             if rng.random() < (0.3 if v == "treatment" else 0.2):
-                client.implicit(iid, "copy", copied_chars=10,
-                                occurred_at=ti + dt.timedelta(seconds=3))
+                client.implicit(
+                    iid, "copy", copied_chars=10, occurred_at=ti + dt.timedelta(seconds=3)
+                )
             if rng.random() < 0.1:
                 client.implicit(iid, "regenerate", occurred_at=ti + dt.timedelta(seconds=3))
             if rng.random() < 0.4:
                 accepted = rng.random() < (0.6 if v == "treatment" else 0.5)
-                client.outcome("code_accepted", interaction_id=iid,
-                               time_to_outcome_ms=rng.expovariate(1 / 20_000),
-                               occurred_at=ti + dt.timedelta(seconds=4))
+                client.outcome(
+                    "code_accepted",
+                    interaction_id=iid,
+                    time_to_outcome_ms=rng.expovariate(1 / 20_000),
+                    occurred_at=ti + dt.timedelta(seconds=4),
+                )
                 if not accepted:  # accepted, then deleted: not kept
-                    client.outcome("code_rejected", interaction_id=iid,
-                                   time_to_outcome_ms=rng.expovariate(1 / 30_000),
-                                   occurred_at=ti + dt.timedelta(seconds=5))
+                    client.outcome(
+                        "code_rejected",
+                        interaction_id=iid,
+                        time_to_outcome_ms=rng.expovariate(1 / 30_000),
+                        occurred_at=ti + dt.timedelta(seconds=5),
+                    )
             if rng.random() < 0.2:
-                client.outcome("original_opened", interaction_id=iid,
-                               occurred_at=ti + dt.timedelta(seconds=4))
+                client.outcome(
+                    "original_opened", interaction_id=iid, occurred_at=ti + dt.timedelta(seconds=4)
+                )
         if rng.random() < 0.6:  # a session-level outcome: no interaction_id
             name = "ticket_resolved" if rng.random() < 0.8 else "ticket_escalated"
-            client.outcome(name, session_id=sid, time_to_outcome_ms=rng.expovariate(
-                1 / TICKET_MS[v]), occurred_at=t + dt.timedelta(seconds=30))
+            client.outcome(
+                name,
+                session_id=sid,
+                time_to_outcome_ms=rng.expovariate(1 / TICKET_MS[v]),
+                occurred_at=t + dt.timedelta(seconds=30),
+            )
 
 
 # --- ground truth, computed from the captured events -----------------------------------------
@@ -110,17 +129,28 @@ def simulate(client: FeedbackClient, exp: Experiment, sessions: int, seed: int,
 
 class Truth:
     def __init__(self, events: list[Envelope], experiment: str) -> None:
-        self.inter = {e.interaction_id: e for e in events
-                      if isinstance(e, Interaction) and e.experiment == experiment}
+        self.inter = {
+            e.interaction_id: e
+            for e in events
+            if isinstance(e, Interaction) and e.experiment == experiment
+        }
         sessions = {e.session_id for e in self.inter.values()}
         self.variant_of_session = {e.session_id: e.variant for e in self.inter.values()}
-        self.feedback = [e for e in events
-                         if isinstance(e, Feedback) and e.interaction_id in self.inter]
-        self.implicit = [e for e in events
-                         if isinstance(e, Implicit) and e.interaction_id in self.inter]
-        self.outcomes = [e for e in events if isinstance(e, Outcome) and (
-            e.interaction_id in self.inter
-            or (e.interaction_id is None and e.session_id in sessions))]
+        self.feedback = [
+            e for e in events if isinstance(e, Feedback) and e.interaction_id in self.inter
+        ]
+        self.implicit = [
+            e for e in events if isinstance(e, Implicit) and e.interaction_id in self.inter
+        ]
+        self.outcomes = [
+            e
+            for e in events
+            if isinstance(e, Outcome)
+            and (
+                e.interaction_id in self.inter
+                or (e.interaction_id is None and e.session_id in sessions)
+            )
+        ]
 
     def variants(self) -> list[str]:
         return sorted({e.variant for e in self.inter.values()})  # type: ignore[type-var]
@@ -135,11 +165,14 @@ class Truth:
                 cur = last.get(f.interaction_id)
                 if cur is None or f.occurred_at > cur.occurred_at:
                     last[f.interaction_id] = f
-        return {iid: (f.thumbs == 1 if f.kind.value == "thumbs" else (f.rating or 0) >= 4)
-                for iid, f in last.items()}
+        return {
+            iid: (f.thumbs == 1 if f.kind.value == "thumbs" else (f.rating or 0) >= 4)
+            for iid, f in last.items()
+        }
 
-    def session_ratio(self, v: str, num: dict[uuid.UUID, float],
-                      den: dict[uuid.UUID, float]) -> tuple[int, float, float, float, float, float]:
+    def session_ratio(
+        self, v: str, num: dict[uuid.UUID, float], den: dict[uuid.UUID, float]
+    ) -> tuple[int, float, float, float, float, float]:
         per: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
         for iid, e in self.inter.items():
             if e.variant != v:
@@ -169,8 +202,12 @@ def close(a: float, b: float, rel: float = 1e-9) -> bool:
 
 
 def test_reports_through_the_real_pipeline(
-    kafka_bootstrap: str, clickhouse_dsn: str, clickhouse_database: str, topic_prefix: str,
-    tmp_path: Path, artifacts_dir: Path,
+    kafka_bootstrap: str,
+    clickhouse_dsn: str,
+    clickhouse_database: str,
+    topic_prefix: str,
+    tmp_path: Path,
+    artifacts_dir: Path,
 ) -> None:
     db = clickhouse_database
     s = settings_for(kafka_bootstrap, clickhouse_dsn, db, topic_prefix, tmp_path)
@@ -180,8 +217,9 @@ def test_reports_through_the_real_pipeline(
     broken = Experiment(BROKEN, {"control": 0.5, "treatment": 0.5})
     with running_worker(s, cfg) as worker:
         assert discovery_path(s).exists()  # every query below goes through the worker
-        client = FeedbackClient(s, spool_path=tmp_path / "spool.sqlite3",
-                                on_event=lambda e, _payload: sent.append(e))
+        client = FeedbackClient(
+            s, spool_path=tmp_path / "spool.sqlite3", on_event=lambda e, _payload: sent.append(e)
+        )
         simulate(client, good, 500, seed=1)
         simulate(client, broken, 400, seed=2, drop_treatment=0.35)
         assert client.flush(60) == 0
@@ -189,9 +227,13 @@ def test_reports_through_the_real_pipeline(
         # Half the feedback of the good experiment also arrives enriched (as if the stream
         # jobs ran for part of the time): FINAL must keep one row per event either way.
         inter = {e.interaction_id: e for e in sent if isinstance(e, Interaction)}
-        enriched = [(e.partition_key, enrich(e, inter)) for e in sent
-                    if isinstance(e, Feedback) and inter[e.interaction_id].experiment == GOOD
-                    and e.event_id.int % 2]
+        enriched = [
+            (e.partition_key, enrich(e, inter))
+            for e in sent
+            if isinstance(e, Feedback)
+            and inter[e.interaction_id].experiment == GOOD
+            and e.event_id.int % 2
+        ]
         produce(kafka_bootstrap, Topics(topic_prefix).enriched, enriched)
         wait_until(lambda: worker.sink.stats.messages >= len(sent) + len(enriched), timeout=90)
 
@@ -218,10 +260,14 @@ def check_report(run: Any, scope: Scope, truth: Truth) -> None:
         assert st.sessions == len(truth.sessions(v))
         assert st.interactions == sum(1 for e in truth.inter.values() if e.variant == v)
         assert st.rated.n == sum(1 for i in rated if truth.inter[i].variant == v)
-        assert st.rated.successes == sum(1 for i, p in positive.items()
-                                         if p and truth.inter[i].variant == v)
-        for metric, num, den in (("satisfaction", pos, rated), ("implicit.copy", copy, ones),
-                                 ("latency_ms", latency, ones)):
+        assert st.rated.successes == sum(
+            1 for i, p in positive.items() if p and truth.inter[i].variant == v
+        )
+        for metric, num, den in (
+            ("satisfaction", pos, rated),
+            ("implicit.copy", copy, ones),
+            ("latency_ms", latency, ones),
+        ):
             got, want = ratio_tuple(st.metrics[metric]), truth.session_ratio(v, num, den)
             assert got[0] == want[0], metric
             assert all(close(a, b) for a, b in zip(got[1:], want[1:], strict=True)), metric
@@ -239,8 +285,9 @@ def check_report(run: Any, scope: Scope, truth: Truth) -> None:
 
 
 def check_broken(run: Any, truth: Truth) -> None:
-    report = build_report(fetch_experiment(run, Scope(BROKEN)),
-                          weights={"control": 50, "treatment": 50})
+    report = build_report(
+        fetch_experiment(run, Scope(BROKEN)), weights={"control": 50, "treatment": 50}
+    )
     counts = [len(truth.sessions(v)) for v in ("control", "treatment")]
     assert report.srm.observed == tuple(counts)
     assert report.srm.mismatch, report.srm
@@ -269,11 +316,18 @@ def check_impact(run: Any, scope: Scope, truth: Truth) -> None:
         opened = rates["original opened"]
         assert (opened.successes, opened.n) == (len(names[(v, "original_opened")]), n_inter)
         for o in row.outcomes:
-            times = np.array([x.time_to_outcome_ms for x in truth.outcomes
-                              if x.outcome == o.outcome and truth.variant_of(x) == v
-                              and x.time_to_outcome_ms is not None])
-            assert o.events == sum(1 for x in truth.outcomes
-                                   if x.outcome == o.outcome and truth.variant_of(x) == v)
+            times = np.array(
+                [
+                    x.time_to_outcome_ms
+                    for x in truth.outcomes
+                    if x.outcome == o.outcome
+                    and truth.variant_of(x) == v
+                    and x.time_to_outcome_ms is not None
+                ]
+            )
+            assert o.events == sum(
+                1 for x in truth.outcomes if x.outcome == o.outcome and truth.variant_of(x) == v
+            )
             assert o.time_n == times.size
             if times.size:
                 assert close(o.time_mean_ms, times.mean(), 1e-9)
@@ -282,8 +336,10 @@ def check_impact(run: Any, scope: Scope, truth: Truth) -> None:
                 assert np.allclose(got_q, want_q, rtol=1e-9), o.outcome
 
     # Time per session: the sum of its timed outcomes; saved = control mean - treatment mean.
-    per_session: dict[str, dict[str, float]] = {"control": defaultdict(float),
-                                                "treatment": defaultdict(float)}
+    per_session: dict[str, dict[str, float]] = {
+        "control": defaultdict(float),
+        "treatment": defaultdict(float),
+    }
     for o in truth.outcomes:
         if o.time_to_outcome_ms is not None:
             per_session[truth.variant_of(o)][truth.session_of(o)] += o.time_to_outcome_ms
@@ -331,8 +387,19 @@ def check_cli(s: Any, data_dir: Path, truth: Truth, artifacts: Path) -> None:
             (artifacts / f"{name}.txt").write_text(res.output)
         return res.output
 
-    out = json.loads(invoke("ab", "report", "--experiment", GOOD, "--since", "1d",
-                            "--weights", "control=50,treatment=50", "--json"))
+    out = json.loads(
+        invoke(
+            "ab",
+            "report",
+            "--experiment",
+            GOOD,
+            "--since",
+            "1d",
+            "--weights",
+            "control=50,treatment=50",
+            "--json",
+        )
+    )
     assert out["trustworthy"] is True
     assert out["decisions"][0]["decision"]["verdict"] == "significant_improvement"
     sessions = {v["variant"]: v["sessions"] for v in out["variants"]}

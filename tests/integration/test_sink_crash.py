@@ -41,8 +41,20 @@ def _env(bootstrap: str, prefix: str, data_dir: Path) -> dict[str, str]:
 
 
 def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "feedbackloop", "sink", "run", "--raw", "--group-id", "crash",
-           "--max-rows", "250", "--max-age", "0.2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "feedbackloop",
+        "sink",
+        "run",
+        "--raw",
+        "--group-id",
+        "crash",
+        "--max-rows",
+        "250",
+        "--max-age",
+        "0.2",
+    ]
     with open(log, "ab") as out:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -74,7 +86,8 @@ def test_sigkill_mid_batch_then_restart_counts_each_event_once(
         # Kill as soon as some, but not all, rows are in: mid-stream, most likely mid-batch.
         stored = wait_until(
             lambda: (c := _count(settings, "SELECT count() FROM interactions")) and c > 0 and c,
-            timeout=60, interval=0.05,
+            timeout=60,
+            interval=0.05,
         )
         first.send_signal(signal.SIGKILL)
         first.wait(10)
@@ -86,8 +99,10 @@ def test_sigkill_mid_batch_then_restart_counts_each_event_once(
     second = _start(env, log)
     try:
         wait_until(
-            lambda: _count(settings, "SELECT uniqExact(event_id) FROM interactions") == n_inter
-            and _count(settings, "SELECT uniqExact(event_id) FROM feedback") == n_feedback,
+            lambda: (
+                _count(settings, "SELECT uniqExact(event_id) FROM interactions") == n_inter
+                and _count(settings, "SELECT uniqExact(event_id) FROM feedback") == n_feedback
+            ),
             timeout=90,
         )
         second.send_signal(signal.SIGTERM)  # graceful: flush, commit, exit 0
@@ -102,7 +117,7 @@ def test_sigkill_mid_batch_then_restart_counts_each_event_once(
         "final": "SELECT count() FROM interactions FINAL",
         "distinct": "SELECT uniqExact(event_id) FROM interactions",
         "argmax": "SELECT count() FROM (SELECT event_id, argMax(variant, _version) "
-                  "FROM interactions GROUP BY event_id)",
+        "FROM interactions GROUP BY event_id)",
         "rollup": "SELECT uniqExactMerge(interactions) FROM interactions_hourly",
         "feedback_final": "SELECT count() FROM feedback FINAL",
         "thumbs": "SELECT countIf(thumbs != 0) FROM feedback FINAL",
@@ -110,7 +125,11 @@ def test_sigkill_mid_batch_then_restart_counts_each_event_once(
     union = " UNION ALL ".join(f"SELECT '{k}' AS q, ({v}) AS n" for k, v in queries.items())
     out = subprocess.run(
         [sys.executable, "-m", "feedbackloop", "sql", "--format", "json", union],
-        env=env, capture_output=True, text=True, timeout=60, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     got: dict[str, Any] = {r["q"]: int(r["n"]) for r in json.loads(out.stdout)}
     print("after kill + restart:", got, "log:", log.read_text()[-2000:])
@@ -125,7 +144,10 @@ def test_sql_cli_refuses_writes(tmp_path: Path) -> None:
     env["FEEDBACKLOOP_DATA_DIR"] = str(tmp_path / f"d{uuid.uuid4().hex[:6]}")
     out = subprocess.run(
         [sys.executable, "-m", "feedbackloop", "sql", "DROP DATABASE feedbackloop"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 1
     assert "read-only" in out.stderr and "Traceback" not in out.stderr

@@ -53,8 +53,12 @@ DOCUMENTED = {
 
 
 def test_raw_and_enriched_duplicates_count_once(
-    kafka_bootstrap: str, clickhouse_dsn: str, clickhouse_database: str, topic_prefix: str,
-    tmp_path: Path, ch: Any,
+    kafka_bootstrap: str,
+    clickhouse_dsn: str,
+    clickhouse_database: str,
+    topic_prefix: str,
+    tmp_path: Path,
+    ch: Any,
 ) -> None:
     db = clickhouse_database
     topics = Topics(topic_prefix)
@@ -66,8 +70,13 @@ def test_raw_and_enriched_duplicates_count_once(
     raw = events + events[::-1]
     enriched = [(e.partition_key, enrich(e, interactions)) for e in events]
     s = settings_for(kafka_bootstrap, clickhouse_dsn, db, topic_prefix, tmp_path)
-    cfg = SinkConfig(raw=True, group_id=f"g-{uuid.uuid4().hex[:6]}", max_rows=500, max_age_s=0.2,
-                     query_endpoint=False)
+    cfg = SinkConfig(
+        raw=True,
+        group_id=f"g-{uuid.uuid4().hex[:6]}",
+        max_rows=500,
+        max_age_s=0.2,
+        query_endpoint=False,
+    )
     with running_worker(s, cfg) as worker:
         produce(kafka_bootstrap, topics.events, raw)
         produce(kafka_bootstrap, topics.enriched, enriched)
@@ -88,8 +97,12 @@ def test_raw_and_enriched_duplicates_count_once(
 
 
 def test_rejected_and_undecodable_messages_become_dead_letters(
-    kafka_bootstrap: str, clickhouse_dsn: str, clickhouse_database: str, topic_prefix: str,
-    tmp_path: Path, ch: Any,
+    kafka_bootstrap: str,
+    clickhouse_dsn: str,
+    clickhouse_database: str,
+    topic_prefix: str,
+    tmp_path: Path,
+    ch: Any,
 ) -> None:
     import datetime as dt
 
@@ -100,25 +113,60 @@ def test_rejected_and_undecodable_messages_become_dead_letters(
     good = [e for e in make_events(40) if isinstance(e, Interaction)]
     # Valid for the contract (no upper bound) but out of range for the UInt32 column.
     too_big = good[0].model_copy(update={"event_id": uuid.uuid4(), "input_tokens": 2**40})
-    upstream = DeadLetter(reason="validation_error", error="feedback.rating: too big",
-                          payload=b'{"rating": 7}', source="stream", source_topic=topics.events,
-                          source_partition=1, source_offset=17)
+    upstream = DeadLetter(
+        reason="validation_error",
+        error="feedback.rating: too big",
+        payload=b'{"rating": 7}',
+        source="stream",
+        source_topic=topics.events,
+        source_partition=1,
+        source_offset=17,
+    )
     now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    agg = {"window_start": now, "window_end": now + dt.timedelta(minutes=1), "app_id": "app1",
-           "experiment": "exp", "variant": "a", "source_partition": 0, "emitted_at": now}
-    alert = Alert(dimension="variant", detector_key="variant:app1|exp|a", app_id="app1",
-                  experiment="exp", variant="a", baseline_rate=0.75, baseline_n=1000,
-                  recent_rate=0.6, recent_n=200, recent_successes=120, since=now,
-                  detected_at=now, statistic=5.1, threshold=5.0, design_drop=0.1,
-                  arl0_observations=150.0, message="satisfaction dropped")
+    agg = {
+        "window_start": now,
+        "window_end": now + dt.timedelta(minutes=1),
+        "app_id": "app1",
+        "experiment": "exp",
+        "variant": "a",
+        "source_partition": 0,
+        "emitted_at": now,
+    }
+    alert = Alert(
+        dimension="variant",
+        detector_key="variant:app1|exp|a",
+        app_id="app1",
+        experiment="exp",
+        variant="a",
+        baseline_rate=0.75,
+        baseline_n=1000,
+        recent_rate=0.6,
+        recent_n=200,
+        recent_successes=120,
+        since=now,
+        detected_at=now,
+        statistic=5.1,
+        threshold=5.0,
+        design_drop=0.1,
+        arl0_observations=150.0,
+        message="satisfaction dropped",
+    )
     s = settings_for(kafka_bootstrap, clickhouse_dsn, db, topic_prefix, tmp_path)
-    cfg = SinkConfig(raw=True, group_id=f"g-{uuid.uuid4().hex[:6]}", max_rows=1000,
-                     max_age_s=0.2, query_endpoint=False)
+    cfg = SinkConfig(
+        raw=True,
+        group_id=f"g-{uuid.uuid4().hex[:6]}",
+        max_rows=1000,
+        max_age_s=0.2,
+        query_endpoint=False,
+    )
     from confluent_kafka import Producer
 
     with running_worker(s, cfg) as worker:
-        produce(kafka_bootstrap, topics.events,
-                [*good[:20], too_big, b"{not json", b'{"event_type": "nope"}', *good[20:]])
+        produce(
+            kafka_bootstrap,
+            topics.events,
+            [*good[:20], too_big, b"{not json", b'{"event_type": "nope"}', *good[20:]],
+        )
         p = Producer({"bootstrap.servers": kafka_bootstrap})
         p.produce(topics.dead_letters, upstream.payload, key=b"k", headers=upstream.headers())
         for rev, up in ((1, 10), (2, 30), (1, 10)):  # a late revision 1 replay must not win
@@ -129,16 +177,24 @@ def test_rejected_and_undecodable_messages_become_dead_letters(
         assert p.flush(30) == 0
         wait_until(lambda: worker.sink.stats.messages >= len(good) + 3 + 1 + 3 + 2)
     assert scalar(ch, db, "SELECT count() FROM {db}.interactions FINAL") == len(good)
-    reasons = dict(ch.query(f"SELECT reason, count() FROM {db}.dead_letters FINAL "
-                            "GROUP BY reason").result_rows)
-    assert reasons == {"clickhouse_rejected": 1, "invalid_json": 1, "unknown_event_type": 1,
-                       "validation_error": 1}
-    row = ch.query(f"SELECT error, payload, source_topic, source FROM {db}.dead_letters "
-                   "WHERE reason = 'clickhouse_rejected'").result_rows[0]
+    reasons = dict(
+        ch.query(f"SELECT reason, count() FROM {db}.dead_letters FINAL GROUP BY reason").result_rows
+    )
+    assert reasons == {
+        "clickhouse_rejected": 1,
+        "invalid_json": 1,
+        "unknown_event_type": 1,
+        "validation_error": 1,
+    }
+    row = ch.query(
+        f"SELECT error, payload, source_topic, source FROM {db}.dead_letters "
+        "WHERE reason = 'clickhouse_rejected'"
+    ).result_rows[0]
     assert "interactions" in row[0] and str(too_big.event_id) in row[1]
     assert row[2] == topics.events and row[3] == "sink"
-    assert ch.query(f"SELECT thumbs_up, revision FROM {db}.window_aggregates FINAL"
-                    ).result_rows == [(30, 2)]
+    assert ch.query(
+        f"SELECT thumbs_up, revision FROM {db}.window_aggregates FINAL"
+    ).result_rows == [(30, 2)]
     assert scalar(ch, db, "SELECT count() FROM {db}.alerts FINAL") == 1
 
 
@@ -175,8 +231,12 @@ class _FlakyClient:
 
 @pytest.mark.fault
 def test_clickhouse_outage_loses_nothing(
-    kafka_bootstrap: str, clickhouse_dsn: str, clickhouse_database: str, topic_prefix: str,
-    tmp_path: Path, ch: Any,
+    kafka_bootstrap: str,
+    clickhouse_dsn: str,
+    clickhouse_database: str,
+    topic_prefix: str,
+    tmp_path: Path,
+    ch: Any,
 ) -> None:
     import time
 
@@ -185,8 +245,13 @@ def test_clickhouse_outage_loses_nothing(
     events = [e for e in make_events(900) if isinstance(e, Interaction)]
     flaky = _Flaky(clickhouse_dsn)
     s = settings_for(kafka_bootstrap, clickhouse_dsn, db, topic_prefix, tmp_path)
-    cfg = SinkConfig(raw=True, group_id=f"g-{uuid.uuid4().hex[:6]}", max_rows=200,
-                     max_age_s=0.2, query_endpoint=False)
+    cfg = SinkConfig(
+        raw=True,
+        group_id=f"g-{uuid.uuid4().hex[:6]}",
+        max_rows=200,
+        max_age_s=0.2,
+        query_endpoint=False,
+    )
     count = f"SELECT count() FROM {db}.interactions FINAL"
     with running_worker(s, cfg, client_factory=flaky.factory) as worker:
         produce(kafka_bootstrap, topics.events, events[:300])
@@ -208,8 +273,12 @@ def test_clickhouse_outage_loses_nothing(
 
 
 def test_sql_goes_through_the_running_worker_and_refuses_writes(
-    kafka_bootstrap: str, clickhouse_dsn: str, clickhouse_database: str, topic_prefix: str,
-    tmp_path: Path, ch: Any,
+    kafka_bootstrap: str,
+    clickhouse_dsn: str,
+    clickhouse_database: str,
+    topic_prefix: str,
+    tmp_path: Path,
+    ch: Any,
 ) -> None:
     from feedbackloop.sinks.query import discovery_path, execute, readonly_client
 
@@ -220,12 +289,20 @@ def test_sql_goes_through_the_running_worker_and_refuses_writes(
     with running_worker(s, cfg):
         assert discovery_path(s).exists()
         produce(kafka_bootstrap, Topics(topic_prefix).events, events)
-        res = wait_until(lambda: (r := run_query(s, "SELECT count() AS n FROM interactions FINAL"))
-                         .rows[0][0] == len(events) and r)
+        res = wait_until(
+            lambda: (
+                (r := run_query(s, "SELECT count() AS n FROM interactions FINAL")).rows[0][0]
+                == len(events)
+                and r
+            )
+        )
         assert res.columns == ["n"]
-        for bad in (f"INSERT INTO {db}.interactions (app_id) VALUES ('x')",
-                    f"DROP TABLE {db}.interactions", "SELECT 1; DROP TABLE interactions",
-                    f"ALTER TABLE {db}.feedback DELETE WHERE 1"):
+        for bad in (
+            f"INSERT INTO {db}.interactions (app_id) VALUES ('x')",
+            f"DROP TABLE {db}.interactions",
+            "SELECT 1; DROP TABLE interactions",
+            f"ALTER TABLE {db}.feedback DELETE WHERE 1",
+        ):
             with pytest.raises(ReadOnlyViolation):
                 run_query(s, bad)
         # Behind the statement check, the session itself is read-only.

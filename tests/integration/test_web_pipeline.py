@@ -51,10 +51,13 @@ def stack(
     prefix, db = f"w{uuid.uuid4().hex[:8]}.", f"flweb_{uuid.uuid4().hex[:8]}"
     data_dir = tmp_path_factory.mktemp("web")
     base = settings_for(kafka_bootstrap, clickhouse_dsn, db, prefix, data_dir)
-    s = base.model_copy(update={
-        "web_public_keys": {APP: PK}, "web_secret_keys": {APP: SK},
-        "producer_linger_ms": 5.0,
-    })
+    s = base.model_copy(
+        update={
+            "web_public_keys": {APP: PK},
+            "web_secret_keys": {APP: SK},
+            "producer_linger_ms": 5.0,
+        }
+    )
     cfg = SinkConfig(raw=True, group_id=f"g-{uuid.uuid4().hex[:6]}", max_age_s=0.2)
     with running_worker(s, cfg), WebServer(s, host="127.0.0.1", port=0) as web:
         st = Stack(s, web.url)
@@ -75,26 +78,54 @@ def _seed(n_sessions: int = 120, seed: int = 3) -> list[dict[str, Any]]:
             t = now - dt.timedelta(minutes=60 - (s * 3 + k) * 50 / (n_sessions * 3))
             iid = str(uuid.uuid4())
             code = rng.random() < 0.3
-            events.append({
-                "event_type": "interaction", "session_id": session, "interaction_id": iid,
-                "occurred_at": t.isoformat(), "user_input": "def f(x): return x" if code
-                else "How do I reset my password?", "response": "Here is how.",
-                "model": "m-large", "prompt_version": "v2" if variant == "treatment" else "v1",
-                "experiment": EXPERIMENT, "variant": variant, "latency_ms": 300 + 50 * k,
-            })
+            events.append(
+                {
+                    "event_type": "interaction",
+                    "session_id": session,
+                    "interaction_id": iid,
+                    "occurred_at": t.isoformat(),
+                    "user_input": "def f(x): return x" if code else "How do I reset my password?",
+                    "response": "Here is how.",
+                    "model": "m-large",
+                    "prompt_version": "v2" if variant == "treatment" else "v1",
+                    "experiment": EXPERIMENT,
+                    "variant": variant,
+                    "latency_ms": 300 + 50 * k,
+                }
+            )
             p_up = (0.8 if variant == "treatment" else 0.6) - (0.2 if code else 0.0)
             fb_t = (t + dt.timedelta(seconds=5)).isoformat()
-            events.append({"event_type": "feedback", "session_id": session,
-                           "interaction_id": iid, "occurred_at": fb_t, "kind": "thumbs",
-                           "thumbs": 1 if rng.random() < p_up else -1})
+            events.append(
+                {
+                    "event_type": "feedback",
+                    "session_id": session,
+                    "interaction_id": iid,
+                    "occurred_at": fb_t,
+                    "kind": "thumbs",
+                    "thumbs": 1 if rng.random() < p_up else -1,
+                }
+            )
             if rng.random() < (0.5 if variant == "treatment" else 0.3):
-                events.append({"event_type": "implicit", "session_id": session,
-                               "interaction_id": iid, "occurred_at": fb_t, "signal": "copy",
-                               "copied_chars": 40})
+                events.append(
+                    {
+                        "event_type": "implicit",
+                        "session_id": session,
+                        "interaction_id": iid,
+                        "occurred_at": fb_t,
+                        "signal": "copy",
+                        "copied_chars": 40,
+                    }
+                )
         if rng.random() < (0.4 if variant == "treatment" else 0.25):
-            events.append({"event_type": "outcome", "session_id": session,
-                           "outcome": "purchase", "value": 20.0,
-                           "occurred_at": now.isoformat()})
+            events.append(
+                {
+                    "event_type": "outcome",
+                    "session_id": session,
+                    "outcome": "purchase",
+                    "value": 20.0,
+                    "occurred_at": now.isoformat(),
+                }
+            )
     return events
 
 
@@ -105,29 +136,51 @@ def test_collector_batches_land_in_clickhouse_and_invalid_ones_in_dead_letters(
     good = _seed(20, seed=11)
     interactions = sum(1 for e in good if e["event_type"] == "interaction")
     feedback = sum(1 for e in good if e["event_type"] == "feedback")
-    bad = [{"event_type": "feedback", "session_id": "x", "interaction_id": str(uuid.uuid4()),
-            "kind": "rating", "rating": 11}]
+    bad = [
+        {
+            "event_type": "feedback",
+            "session_id": "x",
+            "interaction_id": str(uuid.uuid4()),
+            "kind": "rating",
+            "rating": 11,
+        }
+    ]
     accepted = 0
     for i in range(0, len(good), 40):
-        r = stack.post("/v1/events", {"events": good[i:i + 40] + (bad if i == 0 else [])})
+        r = stack.post("/v1/events", {"events": good[i : i + 40] + (bad if i == 0 else [])})
         assert r.status_code == 202, r.text
         accepted += r.json()["accepted"]
     assert accepted == len(good)
-    one = {"session_id": "single", "interaction_id": str(uuid.uuid4()), "kind": "comment",
-           "text": "great answer"}
+    one = {
+        "session_id": "single",
+        "interaction_id": str(uuid.uuid4()),
+        "kind": "comment",
+        "text": "great answer",
+    }
     assert stack.post("/v1/feedback", one).status_code == 202
-    wait_until(lambda: stack.count(
-        "SELECT count() FROM interactions FINAL WHERE session_id LIKE 'sess-11-%'"
-    ) == interactions)
-    assert stack.count(
-        "SELECT count() FROM feedback FINAL WHERE session_id LIKE 'sess-11-%'") == feedback
-    wait_until(lambda: stack.count(
-        "SELECT count() FROM feedback FINAL WHERE session_id = 'single'") == 1)
+    wait_until(
+        lambda: (
+            stack.count("SELECT count() FROM interactions FINAL WHERE session_id LIKE 'sess-11-%'")
+            == interactions
+        )
+    )
+    assert (
+        stack.count("SELECT count() FROM feedback FINAL WHERE session_id LIKE 'sess-11-%'")
+        == feedback
+    )
+    wait_until(
+        lambda: stack.count("SELECT count() FROM feedback FINAL WHERE session_id = 'single'") == 1
+    )
     assert stack.count(f"SELECT uniqExact(app_id) FROM {db}.interactions") == 1
     # The invalid one reached the dead-letter table with the collector as its source.
-    row = wait_until(lambda: run_query(
-        stack.settings, "SELECT reason, source, error FROM dead_letters "
-        "WHERE source = 'collector'").rows)
+    row = wait_until(
+        lambda: (
+            run_query(
+                stack.settings,
+                "SELECT reason, source, error FROM dead_letters WHERE source = 'collector'",
+            ).rows
+        )
+    )
     assert row[0][0] == "validation_error" and "rating" in row[0][2]
 
 
@@ -137,21 +190,32 @@ def test_dashboard_in_a_real_browser(stack: Stack, artifacts_dir: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     events = _seed()
     for i in range(0, len(events), 500):
-        r = stack.post("/v1/events", events[i:i + 500])
+        r = stack.post("/v1/events", events[i : i + 500])
         assert r.status_code == 202 and r.json()["rejected"] == 0, r.text
     n_inter = sum(1 for e in events if e["event_type"] == "interaction")
-    wait_until(lambda: stack.count(
-        "SELECT count() FROM interactions FINAL WHERE session_id LIKE 'sess-3-%'") == n_inter)
-    wait_until(lambda: stack.count(
-        "SELECT count() FROM feedback FINAL WHERE session_id LIKE 'sess-3-%'") == n_inter)
+    wait_until(
+        lambda: (
+            stack.count("SELECT count() FROM interactions FINAL WHERE session_id LIKE 'sess-3-%'")
+            == n_inter
+        )
+    )
+    wait_until(
+        lambda: (
+            stack.count("SELECT count() FROM feedback FINAL WHERE session_id LIKE 'sess-3-%'")
+            == n_inter
+        )
+    )
 
     # The read API first (clearer failures than the page), with the secret key only.
     auth = {"Authorization": f"Bearer {SK}"}
-    assert stack.http.get("/api/experiments", headers={
-        "Authorization": f"Bearer {PK}"}).status_code == 403
+    assert (
+        stack.http.get("/api/experiments", headers={"Authorization": f"Bearer {PK}"}).status_code
+        == 403
+    )
     exps = stack.http.get("/api/experiments", headers=auth).json()
     assert [(e["experiment"], e["variants"]) for e in exps] == [
-        (EXPERIMENT, ["control", "treatment"])]
+        (EXPERIMENT, ["control", "treatment"])
+    ]
     detail = stack.http.get(f"/api/experiments/{APP}/{EXPERIMENT}", headers=auth).json()
     rep = detail["report"]
     assert [v["variant"] for v in rep["variants"]] == ["control", "treatment"]
@@ -166,14 +230,27 @@ def test_dashboard_in_a_real_browser(stack: Stack, artifacts_dir: Path) -> None:
         browser = pw.chromium.launch(
             executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
             headless=True,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"],
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
         )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}")
-                    if m.type in ("error", "warning") else None)
+            page.on(
+                "console",
+                lambda m: (
+                    console.append(f"{m.type}: {m.text}")
+                    if m.type in ("error", "warning")
+                    else None
+                ),
+            )
             page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
             page.on("requestfailed", lambda r: console.append(f"requestfailed: {r.url}"))
             # The key travels in the fragment: never sent to the server, moved to storage.
@@ -187,7 +264,8 @@ def test_dashboard_in_a_real_browser(stack: Stack, artifacts_dir: Path) -> None:
             assert "treatment vs control" in decision.inner_text()
             assert "sequential p" in decision.inner_text()
             n_sets = page.evaluate(
-                "Chart.getChart('chart-satisfaction').data.datasets.filter(d => !d.band).length")
+                "Chart.getChart('chart-satisfaction').data.datasets.filter(d => !d.band).length"
+            )
             assert n_sets == 2
             assert "#key=" not in page.url
             shot = artifacts_dir / "dashboard.png"

@@ -57,7 +57,10 @@ PREFERENCE_SCHEMA: dict[str, Any] = {
         },
         "preferred_output": {"type": "array", "minItems": 1, "maxItems": 1, "items": _ASSISTANT},
         "non_preferred_output": {
-            "type": "array", "minItems": 1, "maxItems": 1, "items": _ASSISTANT,
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 1,
+            "items": _ASSISTANT,
         },
     },
     "additionalProperties": False,

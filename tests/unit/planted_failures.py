@@ -92,14 +92,22 @@ def planted_events(
         it = Interaction(
             event_id=uuid.UUID(int=rng.getrandbits(128)),
             interaction_id=uuid.UUID(int=rng.getrandbits(128)),
-            app_id=app, session_id=f"s{i % 400}", occurred_at=t, system_prompt=SYSTEM,
-            user_input=text, response=f"Here is how to do it (answer {i}). " * 3,
-            model=rng.choice(["m-small", "m-large"]), prompt_version=pv,
-            experiment="exp1", variant=rng.choice(["a", "b"]),
+            app_id=app,
+            session_id=f"s{i % 400}",
+            occurred_at=t,
+            system_prompt=SYSTEM,
+            user_input=text,
+            response=f"Here is how to do it (answer {i}). " * 3,
+            model=rng.choice(["m-small", "m-large"]),
+            prompt_version=pv,
+            experiment="exp1",
+            variant=rng.choice(["a", "b"]),
             metadata={"plan": rng.choice(["free", "pro"]), "request": i},
         )
         common = dict(
-            app_id=app, session_id=it.session_id, interaction_id=it.interaction_id,
+            app_id=app,
+            session_id=it.session_id,
+            interaction_id=it.interaction_id,
             occurred_at=t + dt.timedelta(seconds=5),
         )
         evs: list[Feedback | Implicit] = []
@@ -113,15 +121,21 @@ def planted_events(
             if kind == "thumbs":
                 evs.append(Feedback(event_id=eid(), kind="thumbs", thumbs=-1, **common))
                 if rng.random() < 0.6:
-                    evs.append(Feedback(event_id=eid(), kind="comment",
-                                        text=complaint(topic, rng), **common))
+                    evs.append(
+                        Feedback(
+                            event_id=eid(), kind="comment", text=complaint(topic, rng), **common
+                        )
+                    )
             elif kind == "correction":
-                evs.append(Feedback(
-                    event_id=eid(), kind="correction",
-                    text=f"Correct answer: open the {rng.choice(_TOPICS)} menu, choose "
-                    f"{rng.choice(_VERBS)} and confirm. ({complaint(topic, rng)})",
-                    **common,
-                ))
+                evs.append(
+                    Feedback(
+                        event_id=eid(),
+                        kind="correction",
+                        text=f"Correct answer: open the {rng.choice(_TOPICS)} menu, choose "
+                        f"{rng.choice(_VERBS)} and confirm. ({complaint(topic, rng)})",
+                        **common,
+                    )
+                )
             elif kind == "regenerate":
                 evs.append(Implicit(event_id=eid(), signal="regenerate", **common))
             else:
@@ -139,12 +153,20 @@ def judged(it: Interaction, evs: list[Feedback | Implicit]) -> JudgedInteraction
     im = [e for e in evs if isinstance(e, Implicit)]
     d = derive(it)
     return JudgedInteraction(
-        interaction_id=str(it.interaction_id), event_id=str(it.event_id),
-        occurred_at=it.occurred_at.isoformat(), app_id=it.app_id, model=it.model,
-        prompt_version=it.prompt_version or "", experiment=it.experiment or "",
-        variant=it.variant or "", user_input=it.user_input, response=it.response,
-        system_prompt=it.system_prompt, input_has_code=bool(d["input_has_code"]),
-        input_length_bucket=str(d["input_length_bucket"]), input_chars=len(it.user_input),
+        interaction_id=str(it.interaction_id),
+        event_id=str(it.event_id),
+        occurred_at=it.occurred_at.isoformat(),
+        app_id=it.app_id,
+        model=it.model,
+        prompt_version=it.prompt_version or "",
+        experiment=it.experiment or "",
+        variant=it.variant or "",
+        user_input=it.user_input,
+        response=it.response,
+        system_prompt=it.system_prompt,
+        input_has_code=bool(d["input_has_code"]),
+        input_length_bucket=str(d["input_length_bucket"]),
+        input_chars=len(it.user_input),
         stored_language=str(d["input_language"]),
         metadata={k: str(v) for k, v in it.metadata.items()},
         signals=InteractionSignals(
@@ -159,7 +181,8 @@ def judged(it: Interaction, evs: list[Feedback | Implicit]) -> JudgedInteraction
         ),
         texts=tuple(
             FeedbackText(e.kind.value, e.text, str(e.event_id), e.occurred_at.isoformat())
-            for e in fb if e.text
+            for e in fb
+            if e.text
         ),
     )
 

@@ -50,8 +50,7 @@ def test_json(run: Invoke) -> None:
 
 
 def test_options_reach_the_library(run: Invoke) -> None:
-    planned = run("--control", "540/10000", "--treatment", "541/10000", "--mde", "0.01",
-                  "--json")
+    planned = run("--control", "540/10000", "--treatment", "541/10000", "--mde", "0.01", "--json")
     assert json.loads(planned.output)["decision"]["text"] == "no significant difference"
     srm = run("--control", "500/5000", "--treatment", "500/5000", "--weights", "90/10")
     assert "sample-ratio mismatch: do not trust" in srm.output

@@ -61,8 +61,7 @@ def sessions(seed: int, n: int, p: float, mean_len: float = 3.0) -> tuple[RatioS
 def variant(name: str, seed: int, n: int, p: float, copy_p: float = 0.2) -> VariantStats:
     sat, rated = sessions(seed, n, p)
     copy, _ = sessions(seed + 100, n, copy_p)
-    return VariantStats(name, n, int(rated.n), rated,
-                        {"satisfaction": sat, "implicit.copy": copy})
+    return VariantStats(name, n, int(rated.n), rated, {"satisfaction": sat, "implicit.copy": copy})
 
 
 def experiment(*variants: VariantStats, cross: int = 0) -> ExperimentStats:
@@ -81,8 +80,10 @@ def test_planted_effect_is_a_significant_improvement(two: ExperimentStats) -> No
     (d,) = r.decisions
     assert d.decision.verdict is Verdict.SIGNIFICANT_IMPROVEMENT
     # The numbers are exactly those of the pure functions on the same statistics.
-    c, t = two.variants["control"].metrics["satisfaction"], two.variants["treatment"].metrics[
-        "satisfaction"]
+    c, t = (
+        two.variants["control"].metrics["satisfaction"],
+        two.variants["treatment"].metrics["satisfaction"],
+    )
     comp, seq = ratio_ztest(c, t), sequential_test_ratios(c, t)
     sat = next(x for x in r.comparisons if x.metric == "satisfaction")
     assert sat.difference == comp.difference and sat.fixed == comp.test
@@ -109,8 +110,9 @@ def test_adjusted_p_values_match_statsmodels(two: ExperimentStats) -> None:
 
 def test_srm_overrides_every_verdict(two: ExperimentStats) -> None:
     lost = replace(two.variants["treatment"], sessions=1700)
-    r = build_report(experiment(two.variants["control"], lost),
-                     weights={"control": 50, "treatment": 50})
+    r = build_report(
+        experiment(two.variants["control"], lost), weights={"control": 50, "treatment": 50}
+    )
     assert r.srm.mismatch and not r.trustworthy
     assert {c.decision.verdict for c in r.comparisons} == {Verdict.SAMPLE_RATIO_MISMATCH}
     assert r.decisions[0].decision.verdict is Verdict.SAMPLE_RATIO_MISMATCH
@@ -120,12 +122,14 @@ def test_srm_overrides_every_verdict(two: ExperimentStats) -> None:
 
 
 def test_no_srm_for_the_configured_unequal_split() -> None:
-    r = build_report(experiment(variant("control", 1, 9000, 0.5), variant("treatment", 2, 1000,
-                                                                            0.5)),
-                     weights={"control": 0.9, "treatment": 0.1})
+    r = build_report(
+        experiment(variant("control", 1, 9000, 0.5), variant("treatment", 2, 1000, 0.5)),
+        weights={"control": 0.9, "treatment": 0.1},
+    )
     assert not r.srm.mismatch and not r.warnings
-    assert build_report(experiment(variant("control", 1, 9000, 0.5),
-                                   variant("treatment", 2, 1000, 0.5))).srm.mismatch
+    assert build_report(
+        experiment(variant("control", 1, 9000, 0.5), variant("treatment", 2, 1000, 0.5))
+    ).srm.mismatch
 
 
 def test_weights_name_variants_without_data_and_omit_variants_with_data(
@@ -153,20 +157,22 @@ def test_power_status_counts_sessions_and_uses_the_mde(two: ExperimentStats) -> 
 
 
 def test_small_experiment_is_too_few_samples() -> None:
-    r = build_report(experiment(variant("control", 1, 60, 0.50), variant("treatment", 2, 60,
-                                                                           0.53)))
+    r = build_report(experiment(variant("control", 1, 60, 0.50), variant("treatment", 2, 60, 0.53)))
     assert r.decisions[0].decision.verdict is Verdict.TOO_FEW_SAMPLES
     assert "too few samples (60 of" in r.decisions[0].decision.text
 
 
 def test_neutral_metric_reports_an_increase_not_an_improvement() -> None:
     edit = MetricSpec("implicit.edit", "edit rate", "proportion", None)
-    c, t = variant("control", 1, 3000, 0.5, copy_p=0.2), variant("treatment", 2, 3000, 0.5,
-                                                                   copy_p=0.3)
+    c, t = (
+        variant("control", 1, 3000, 0.5, copy_p=0.2),
+        variant("treatment", 2, 3000, 0.5, copy_p=0.3),
+    )
     c = replace(c, metrics={**c.metrics, "implicit.edit": c.metrics["implicit.copy"]})
     t = replace(t, metrics={**t.metrics, "implicit.edit": t.metrics["implicit.copy"]})
-    data = ExperimentStats(Scope("exp"), {"control": c, "treatment": t},
-                           (SPECS["satisfaction"], edit))
+    data = ExperimentStats(
+        Scope("exp"), {"control": c, "treatment": t}, (SPECS["satisfaction"], edit)
+    )
     row = next(x for x in build_report(data).comparisons if x.metric == "implicit.edit")
     assert row.decision.text == "significant increase"
 
@@ -178,15 +184,17 @@ def test_lower_is_better_metric_regression() -> None:
     for v, mean in ((c, 300.0), (t, 330.0)):
         d = rng.poisson(2, 500) + 1
         v.metrics["latency_ms"] = RatioStats.from_sessions(rng.normal(mean, 30, 500) * d, d)
-    data = ExperimentStats(Scope("exp"), {"control": c, "treatment": t},
-                           (SPECS["satisfaction"], lat))
+    data = ExperimentStats(
+        Scope("exp"), {"control": c, "treatment": t}, (SPECS["satisfaction"], lat)
+    )
     row = next(x for x in build_report(data).comparisons if x.metric == "latency_ms")
     assert row.decision.verdict is Verdict.SIGNIFICANT_REGRESSION
 
 
 def test_degenerate_metrics_do_not_raise_and_json_is_strict() -> None:
-    zero = RatioStats(n=50, sum_num=0.0, sum_den=100.0, sum_num_sq=0.0, sum_den_sq=200.0,
-                      sum_num_den=0.0)
+    zero = RatioStats(
+        n=50, sum_num=0.0, sum_den=100.0, sum_num_sq=0.0, sum_den_sq=200.0, sum_num_den=0.0
+    )
     c, t = variant("control", 1, 50, 0.5), variant("treatment", 2, 50, 0.5)
     c.metrics["implicit.copy"] = t.metrics["implicit.copy"] = zero
     data = experiment(c, t)
@@ -213,9 +221,15 @@ def test_control_and_primary_choices(two: ExperimentStats) -> None:
 
 def test_text_report_sections(two: ExperimentStats) -> None:
     text = format_report(build_report(two))
-    for part in ("Sample ratio: split matches", "Variants", "Metrics per variant",
-                 "Differences vs control", "Decision (primary metric: satisfaction",
-                 "treatment: significant improvement", "P(beats control)"):
+    for part in (
+        "Sample ratio: split matches",
+        "Variants",
+        "Metrics per variant",
+        "Differences vs control",
+        "Decision (primary metric: satisfaction",
+        "treatment: significant improvement",
+        "P(beats control)",
+    ):
         assert part in text, part
 
 
@@ -223,18 +237,35 @@ def test_text_report_sections(two: ExperimentStats) -> None:
 
 
 def impact_variant(name: str, times: np.ndarray) -> VariantImpact:
-    dist = OutcomeDistribution("ticket_resolved", len(times), 0, len(times), 0.0,
-                               MeanStats.from_values(times), (1.0, 2.0, 3.0, 4.0, 5.0, 6.0))
-    return VariantImpact(name, 100, 300, BinaryStats(80, 40), BinaryStats(50, 40),
-                         BinaryStats(300, 30), MeanStats.from_values(times),
-                         {"ticket_resolved": dist})
+    dist = OutcomeDistribution(
+        "ticket_resolved",
+        len(times),
+        0,
+        len(times),
+        0.0,
+        MeanStats.from_values(times),
+        (1.0, 2.0, 3.0, 4.0, 5.0, 6.0),
+    )
+    return VariantImpact(
+        name,
+        100,
+        300,
+        BinaryStats(80, 40),
+        BinaryStats(50, 40),
+        BinaryStats(300, 30),
+        MeanStats.from_values(times),
+        {"ticket_resolved": dist},
+    )
 
 
 def test_time_saved_matches_scipy_welch() -> None:
     rng = np.random.default_rng(3)
     c, t = rng.exponential(90_000, 150), rng.exponential(60_000, 140)
-    data = ImpactStats(Scope("exp"), {"treatment": impact_variant("treatment", t),
-                                      "control": impact_variant("control", c)}, None)
+    data = ImpactStats(
+        Scope("exp"),
+        {"treatment": impact_variant("treatment", t), "control": impact_variant("control", c)},
+        None,
+    )
     r = build_impact(data)
     assert [v.variant for v in r.variants] == ["control", "treatment"]
     saved = r.variants[1].time_saved
@@ -259,11 +290,15 @@ def test_time_saved_matches_scipy_welch() -> None:
 def test_versions_compare_each_version_with_the_previous() -> None:
     a, ab = sessions(1, 800, 0.55)
     b, bb = sessions(2, 800, 0.62)
-    totals = [VersionTotals("v1", "2024-01-01", "2024-01-07", 2400, ab, a),
-              VersionTotals("v2", "2024-01-08", "2024-01-14", 2400, bb, b)]
-    buckets = [VersionBucket("v2", "2024-01-08", 100, 40, BinaryStats(80, 50), "2024-01-08"),
-               VersionBucket("v1", "2024-01-02", 100, 40, BinaryStats(80, 44), "2024-01-01"),
-               VersionBucket("v1", "2024-01-01", 100, 40, BinaryStats(80, 40), "2024-01-01")]
+    totals = [
+        VersionTotals("v1", "2024-01-01", "2024-01-07", 2400, ab, a),
+        VersionTotals("v2", "2024-01-08", "2024-01-14", 2400, bb, b),
+    ]
+    buckets = [
+        VersionBucket("v2", "2024-01-08", 100, 40, BinaryStats(80, 50), "2024-01-08"),
+        VersionBucket("v1", "2024-01-02", 100, 40, BinaryStats(80, 44), "2024-01-01"),
+        VersionBucket("v1", "2024-01-01", 100, 40, BinaryStats(80, 40), "2024-01-01"),
+    ]
     r = build_versions(buckets, totals)
     v1, v2 = r.versions
     assert v1.change is None and v2.previous == "v1"
@@ -291,34 +326,65 @@ def test_parse_since() -> None:
 def test_sql_quotes_and_reads_every_table_with_final() -> None:
     assert quote("it's \\ odd") == "'it\\'s \\\\ odd'"
     scope = Scope("x'; DROP TABLE t --", since=dt.datetime(2024, 1, 1), app_id="app")
-    texts = [*experiment_sql(scope).values(), *impact_sql(scope, ["a"]).values(),
-             versions_sql(scope), satisfaction_over_time_sql(scope, 60)]
+    texts = [
+        *experiment_sql(scope).values(),
+        *impact_sql(scope, ["a"]).values(),
+        versions_sql(scope),
+        satisfaction_over_time_sql(scope, 60),
+    ]
     for sql in texts:
         assert "experiment = 'x\\'; DROP TABLE t --'" in sql
         for table in ("interactions", "feedback", "implicit", "outcomes"):
             for pos in [i for i in range(len(sql)) if sql.startswith(f"FROM {table}", i)]:
-                assert sql[pos:].split()[2] == "FINAL", (table, sql[pos:pos + 60])
+                assert sql[pos:].split()[2] == "FINAL", (table, sql[pos : pos + 60])
     with pytest.raises(ConfigError):
         versions_sql(scope, "month")
 
 
 def test_fetch_experiment_maps_rows_and_drops_unseen_signals() -> None:
     def ratio_cols(prefix: str, y: float, d: float) -> dict[str, float]:
-        return {f"{prefix}__y": y, f"{prefix}__d": d, f"{prefix}__yy": y, f"{prefix}__dd": d * 2,
-                f"{prefix}__yd": y * 1.5}
+        return {
+            f"{prefix}__y": y,
+            f"{prefix}__d": d,
+            f"{prefix}__yy": y,
+            f"{prefix}__dd": d * 2,
+            f"{prefix}__yd": y * 1.5,
+        }
 
-    metric_row: dict[str, Any] = {"variant": "control", "sessions": 10, "interactions_total": 30,
-                                  "rated_total": 20, "positive_total": 12, "n_sq": 100.0}
+    metric_row: dict[str, Any] = {
+        "variant": "control",
+        "sessions": 10,
+        "interactions_total": 30,
+        "rated_total": 20,
+        "positive_total": 12,
+        "n_sq": 100.0,
+    }
     for m in CORE_METRICS:
         metric_row.update(ratio_cols(m.name.replace(".", "_"), 0.0, 30.0))
     metric_row.update(ratio_cols("satisfaction", 12.0, 20.0))
     metric_row.update(ratio_cols("implicit_copy", 5.0, 30.0))
     tables = {
         "metrics": [metric_row],
-        "assignment": [{"variant": "control", "sessions": 10, "interactions": 30,
-                        "latency_q": [1, 2, 3, 4, 5, 6], "cost_total": 0.5, "cross_variant": 2}],
-        "outcomes": [{"level": "session", "variant": "control", "outcome": "ticket_resolved",
-                      "y": 4.0, "yy": 4.0, "yd": 4.0}],
+        "assignment": [
+            {
+                "variant": "control",
+                "sessions": 10,
+                "interactions": 30,
+                "latency_q": [1, 2, 3, 4, 5, 6],
+                "cost_total": 0.5,
+                "cross_variant": 2,
+            }
+        ],
+        "outcomes": [
+            {
+                "level": "session",
+                "variant": "control",
+                "outcome": "ticket_resolved",
+                "y": 4.0,
+                "yy": 4.0,
+                "yd": 4.0,
+            }
+        ],
     }
     sql = experiment_sql(Scope("exp"))
 
@@ -329,8 +395,11 @@ def test_fetch_experiment_maps_rows_and_drops_unseen_signals() -> None:
         return SimpleNamespace(columns=cols, rows=[[r[c] for c in cols] for r in rows])
 
     data = fetch_experiment(runner, Scope("exp"))
-    assert [m.name for m in data.metrics] == ["satisfaction", "implicit.copy",
-                                              "outcome.ticket_resolved.session"]
+    assert [m.name for m in data.metrics] == [
+        "satisfaction",
+        "implicit.copy",
+        "outcome.ticket_resolved.session",
+    ]
     v = data.variants["control"]
     assert v.rated == BinaryStats(20, 12) and data.cross_variant_sessions == 2
     assert v.metrics["satisfaction"] == RatioStats(10, 12.0, 20.0, 12.0, 40.0, 18.0)
@@ -343,8 +412,8 @@ def test_satisfaction_over_time_sql_uses_the_report_definition() -> None:
     sql = satisfaction_over_time_sql(scope, 300)
     # The report's satisfaction: the same units and latest-thumbs-or-rating CTEs, verbatim.
     report_sql = experiment_sql(scope)["metrics"]
-    units = sql[sql.index("units AS"):sql.index("fb AS")]
-    fb = sql[sql.index("fb AS"):sql.index("SELECT u.variant")]
+    units = sql[sql.index("units AS") : sql.index("fb AS")]
+    fb = sql[sql.index("fb AS") : sql.index("SELECT u.variant")]
     assert units in report_sql and fb.rstrip() in report_sql
     assert "toStartOfInterval(u.occurred_at, INTERVAL 300 SECOND)" in sql
     assert "INNER JOIN fb ON u.interaction_id = fb.interaction_id" in sql
@@ -356,15 +425,19 @@ def test_satisfaction_over_time_sql_uses_the_report_definition() -> None:
 
 def test_fetch_satisfaction_over_time_accumulates_per_variant_in_time_order() -> None:
     rows = [  # out of order on purpose; None from the JSON endpoint counts as 0
-        ("treatment", 120, 4, 3), ("control", 60, 10, 5), ("control", 0, 2, 2),
-        ("treatment", 0, 3, None), ("control", 180, 1, 0),
+        ("treatment", 120, 4, 3),
+        ("control", 60, 10, 5),
+        ("control", 0, 2, 2),
+        ("treatment", 0, 3, None),
+        ("control", 180, 1, 0),
     ]
     seen: list[str] = []
 
     def runner(text: str) -> Any:
         seen.append(text)
-        return SimpleNamespace(columns=["variant", "t", "rated", "positive"],
-                               rows=[list(r) for r in rows])
+        return SimpleNamespace(
+            columns=["variant", "t", "rated", "positive"], rows=[list(r) for r in rows]
+        )
 
     scope = Scope("exp")
     got = fetch_satisfaction_over_time(runner, scope, 60)
@@ -376,10 +449,14 @@ def test_fetch_satisfaction_over_time_accumulates_per_variant_in_time_order() ->
         SatisfactionBucket("control", 180, BinaryStats(1, 0), BinaryStats(13, 7)),
     ]
     assert [b.cumulative for b in got["treatment"]] == [BinaryStats(3, 0), BinaryStats(7, 3)]
-    assert fetch_satisfaction_over_time(
-        lambda _: SimpleNamespace(columns=["variant", "t", "rated", "positive"], rows=[]),
-        scope, 60,
-    ) == {}
+    assert (
+        fetch_satisfaction_over_time(
+            lambda _: SimpleNamespace(columns=["variant", "t", "rated", "positive"], rows=[]),
+            scope,
+            60,
+        )
+        == {}
+    )
 
 
 def test_cli_rejects_bad_weights_and_since_before_querying() -> None:

@@ -79,8 +79,10 @@ def test_language(text: str, lang: str) -> None:
 
 
 def test_code_does_not_make_an_input_english() -> None:
-    text = ("Warum funktioniert meine Funktion nicht, wenn ich die Datei lese?\n"
-            "```python\ndef load(path):\n    return open(path).read()\n```")
+    text = (
+        "Warum funktioniert meine Funktion nicht, wenn ich die Datei lese?\n"
+        "```python\ndef load(path):\n    return open(path).read()\n```"
+    )
     assert "def load" not in strip_code(text)
     assert detect_input_language(text) == "de"
     assert detect_input_language("```\nSELECT * FROM t;\n```") == "und"
@@ -142,8 +144,13 @@ def test_small_noisy_slice_does_not_top_the_list() -> None:
 
 def test_null_data_has_no_findings() -> None:
     rng = random.Random(11)
-    units = [({"a": rng.choice("xyz"), "b": rng.choice("pq"), "c": rng.choice("mnop")},
-              rng.random() < 0.12) for _ in range(5000)]
+    units = [
+        (
+            {"a": rng.choice("xyz"), "b": rng.choice("pq"), "c": rng.choice("mnop")},
+            rng.random() < 0.12,
+        )
+        for _ in range(5000)
+    ]
     report = find_failure_slices(units)
     assert report.significant == ()
     assert "No slice fails significantly" in format_slice_report(report)
@@ -163,7 +170,9 @@ def test_population_with_feedback_and_slice_parsing(planted: list) -> None:
     with pytest.raises(ConfigError):
         label_interactions(planted, population="some")
     assert parse_slice("prompt_version=v1.2 & language=de") == (
-        ("prompt_version", "v1.2"), ("language", "de"))
+        ("prompt_version", "v1.2"),
+        ("language", "de"),
+    )
     with pytest.raises(ConfigError):
         parse_slice("prompt_version")
 

@@ -26,13 +26,23 @@ from feedbackloop.analysis.scrub import ScrubStats, scrub
 from feedbackloop.errors import ConfigError
 
 
-def ex(i: int, user: str | None = None, corr: str | None = None, resp: str = "bad answer",
-       system: str = "You are helpful.") -> CorrectionExample:
+def ex(
+    i: int,
+    user: str | None = None,
+    corr: str | None = None,
+    resp: str = "bad answer",
+    system: str = "You are helpful.",
+) -> CorrectionExample:
     return CorrectionExample(
-        system=system, user=user or f"question number {i} about exports",
-        response=resp, correction=corr or f"The right answer to question {i} is: use export.",
-        feedback_event_id=f"fb-{i:04d}", interaction_id=f"ia-{i:04d}",
-        interaction_event_id=f"ev-{i:04d}", prompt_version="v1.2", model="m",
+        system=system,
+        user=user or f"question number {i} about exports",
+        response=resp,
+        correction=corr or f"The right answer to question {i} is: use export.",
+        feedback_event_id=f"fb-{i:04d}",
+        interaction_id=f"ia-{i:04d}",
+        interaction_event_id=f"ev-{i:04d}",
+        prompt_version="v1.2",
+        model="m",
         occurred_at=f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}",
     )
 
@@ -56,11 +66,25 @@ def test_records_have_the_documented_shape() -> None:
     [
         ({"messages": []}, "non-empty"),
         ({"messages": [{"role": "user", "content": "hi"}]}, "assistant"),
-        ({"messages": [{"role": "robot", "content": "x"},
-                       {"role": "assistant", "content": "y"}]}, "role"),
+        (
+            {
+                "messages": [
+                    {"role": "robot", "content": "x"},
+                    {"role": "assistant", "content": "y"},
+                ]
+            },
+            "role",
+        ),
         ({"messages": [{"role": "assistant", "content": "y"}], "id": 1}, "unexpected"),
-        ({"messages": [{"role": "user", "content": "q", "weight": 1},
-                       {"role": "assistant", "content": "a"}]}, "weight"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "q", "weight": 1},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },
+            "weight",
+        ),
     ],
 )
 def test_chat_validator_rejects(record: dict, problem: str) -> None:
@@ -72,9 +96,11 @@ def test_chat_validator_rejects(record: dict, problem: str) -> None:
 
 
 def test_preference_validator_rejects() -> None:
-    good = {"input": {"messages": [{"role": "user", "content": "q"}]},
-            "preferred_output": [{"role": "assistant", "content": "a"}],
-            "non_preferred_output": [{"role": "assistant", "content": "b"}]}
+    good = {
+        "input": {"messages": [{"role": "user", "content": "q"}]},
+        "preferred_output": [{"role": "assistant", "content": "a"}],
+        "non_preferred_output": [{"role": "assistant", "content": "b"}],
+    }
     assert validate_preference_example(good) == []
     two = {**good, "preferred_output": good["preferred_output"] * 2}
     assert validate_preference_example(two)
@@ -87,30 +113,48 @@ def test_preference_validator_rejects() -> None:
 
 def test_filters_and_dedup() -> None:
     items = [
-        ex(1, corr="too short"),                                   # < 20 chars
-        ex(2, corr="x" * 50, resp="x" * 50),                       # same as response
-        ex(3, user="  "),                                          # empty input
+        ex(1, corr="too short"),  # < 20 chars
+        ex(2, corr="x" * 50, resp="x" * 50),  # same as response
+        ex(3, user="  "),  # empty input
         ex(4, user="same question", corr="The same long correction text."),
         ex(5, user="Same   QUESTION", corr="the same long correction text."),  # duplicate
         ex(6, corr="y" * 300),
     ]
     out = build_finetune_export(items, FinetuneOptions(max_chars=200, validation_fraction=0))
-    assert dict(out.dropped) == {"correction_too_short": 1, "same_as_response": 1,
-                                 "empty_input": 1, "duplicate": 1, "correction_too_long": 1}
+    assert dict(out.dropped) == {
+        "correction_too_short": 1,
+        "same_as_response": 1,
+        "empty_input": 1,
+        "duplicate": 1,
+        "correction_too_long": 1,
+    }
     assert len(out.train) == 1 and out.validation == []
     prov = [p for p in out.provenance if p["file"] == "train.jsonl"]
-    assert prov == [{"file": "train.jsonl", "line": 1, "feedback_event_id": "fb-0004",
-                     "interaction_id": "ia-0004", "interaction_event_id": "ev-0004",
-                     "duplicate_feedback_event_ids": ["fb-0005"], "prompt_version": "v1.2",
-                     "model": "m", "kind": "correction"}]
+    assert prov == [
+        {
+            "file": "train.jsonl",
+            "line": 1,
+            "feedback_event_id": "fb-0004",
+            "interaction_id": "ia-0004",
+            "interaction_event_id": "ev-0004",
+            "duplicate_feedback_event_ids": ["fb-0005"],
+            "prompt_version": "v1.2",
+            "model": "m",
+            "kind": "correction",
+        }
+    ]
     out10 = build_finetune_export([ex(1, corr="exactly ten")], FinetuneOptions(min_chars=10))
     assert len(out10.train) + len(out10.validation) == 1
 
 
 def test_scrubbing_covers_every_message() -> None:
-    item = ex(1, user="I am jane@example.com, call +1 415 555 0123",
-              corr="Use key sk-proj-abcdefghijklmnopqrstuvwx1234 and mail ops@corp.io please",
-              resp="Sure, AKIAIOSFODNN7EXAMPLE works", system="Contact admin@acme.test")
+    item = ex(
+        1,
+        user="I am jane@example.com, call +1 415 555 0123",
+        corr="Use key sk-proj-abcdefghijklmnopqrstuvwx1234 and mail ops@corp.io please",
+        resp="Sure, AKIAIOSFODNN7EXAMPLE works",
+        system="Contact admin@acme.test",
+    )
     out = build_finetune_export([item], FinetuneOptions(validation_fraction=0))
     text = json.dumps(out.train + out.preference_train)
     for secret in ("jane@", "415 555", "sk-proj", "ops@corp", "AKIA", "admin@"):
@@ -152,8 +196,10 @@ def test_split_is_deterministic_and_by_input() -> None:
     c = build_finetune_export([*items, *(ex(i) for i in range(400, 500))], opts)
     assert all(r in c.validation for r in a.validation)
     # The same input with another correction goes to the same side.
-    same = [ex(1, user="shared input text"), ex(2, user="shared input text",
-                                                corr="A different correction of the answer.")]
+    same = [
+        ex(1, user="shared input text"),
+        ex(2, user="shared input text", corr="A different correction of the answer."),
+    ]
     d = build_finetune_export(same, FinetuneOptions(validation_fraction=0.5))
     assert len(d.train) in (0, 2)
     other = build_finetune_export(items, FinetuneOptions(validation_fraction=0.2, seed="s2"))
@@ -173,10 +219,16 @@ def test_written_files_validate_and_keep_provenance_outside(tmp_path: Path) -> N
     assert "fb-00" not in body and "ia-00" not in body and "New prompt v1.3" in body
     prov = [json.loads(x) for x in paths["provenance"].read_text().splitlines()]
     files = {p["file"] for p in prov}
-    assert files == {"train.jsonl", "validation.jsonl", "preference_train.jsonl",
-                     "preference_validation.jsonl"}
-    lines = {f: paths[k].read_text().splitlines() for k, f in (
-        ("train", "train.jsonl"), ("validation", "validation.jsonl"))}
+    assert files == {
+        "train.jsonl",
+        "validation.jsonl",
+        "preference_train.jsonl",
+        "preference_validation.jsonl",
+    }
+    lines = {
+        f: paths[k].read_text().splitlines()
+        for k, f in (("train", "train.jsonl"), ("validation", "validation.jsonl"))
+    }
     for p in prov:
         if p["file"] in lines:
             rec = json.loads(lines[p["file"]][p["line"] - 1])

@@ -90,12 +90,20 @@ def _value(text: str, name: str, **labels: str) -> float:
 def test_registry_publishes_deltas_of_the_stage_counters() -> None:
     before = metrics.exposition(None).decode()
     stats = SimpleNamespace(
-        records_in=10, valid=8, dead_letters=2, enriched=7, orphaned=1, late_events=0,
-        pending=1, aggregates=3, by_reason={"validation_error": 2},
+        records_in=10,
+        valid=8,
+        dead_letters=2,
+        enriched=7,
+        orphaned=1,
+        late_events=0,
+        pending=1,
+        aggregates=3,
+        by_reason={"validation_error": 2},
     )
     alert = SimpleNamespace(dimension="variant")
-    jobs = SimpleNamespace(pipeline=SimpleNamespace(stats=stats), alerts_sent=[alert],
-                           app=None, topics=None)
+    jobs = SimpleNamespace(
+        pipeline=SimpleNamespace(stats=stats), alerts_sent=[alert], app=None, topics=None
+    )
     sm = metrics.StreamMetrics()
     sm.update(jobs)
     stats.records_in, stats.valid = 15, 13
@@ -108,10 +116,10 @@ def test_registry_publishes_deltas_of_the_stage_counters() -> None:
 
     assert grew("feedbackloop_stream_events_total", kind="in") == 15
     assert grew("feedbackloop_stream_events_total", kind="valid") == 13
-    assert grew("feedbackloop_dead_letters_total", source="stream",
-                reason="validation_error") == 2
-    assert grew("feedbackloop_dead_letters_total", source="collector",
-                reason="validation_error") == 1
+    assert grew("feedbackloop_dead_letters_total", source="stream", reason="validation_error") == 2
+    assert (
+        grew("feedbackloop_dead_letters_total", source="collector", reason="validation_error") == 1
+    )
     assert grew("feedbackloop_collector_events_total", outcome="accepted") == 1
     assert grew("feedbackloop_alerts_total", dimension="variant") == 1
     assert grew("feedbackloop_stream_aggregates_total") == 3
@@ -130,21 +138,36 @@ def test_sink_metrics_rows_latency_and_lag() -> None:
         def get_watermark_offsets(self, tp: TopicPartition, cached: bool) -> tuple[int, int]:
             return 0, 100
 
-    stats = SimpleNamespace(messages=5, rows={"feedback": 5}, by_reason={"bad_json": 1},
-                            inserts=1, transient_errors=0, insert_seconds=0.01)
-    worker = SimpleNamespace(sink=SimpleNamespace(stats=stats, pending=0),
-                             _consumer=FakeConsumer(), config=SimpleNamespace(group_id="g1"))
+    stats = SimpleNamespace(
+        messages=5,
+        rows={"feedback": 5},
+        by_reason={"bad_json": 1},
+        inserts=1,
+        transient_errors=0,
+        insert_seconds=0.01,
+    )
+    worker = SimpleNamespace(
+        sink=SimpleNamespace(stats=stats, pending=0),
+        _consumer=FakeConsumer(),
+        config=SimpleNamespace(group_id="g1"),
+    )
     before = metrics.exposition(None).decode()
     sm = metrics.SinkMetrics()
     sm.observe_batch(0.3)
     sm.update(worker)
     after = metrics.exposition(None).decode()
-    assert (_value(after, "feedbackloop_sink_rows_total", table="feedback")
-            - _value(before, "feedbackloop_sink_rows_total", table="feedback")) == 5
-    assert _value(after, "feedbackloop_consumer_lag", group="g1", topic="t.enriched",
-                  partition="0") == 60
-    assert (_value(after, "feedbackloop_sink_batch_latency_seconds_bucket", le="0.5")
-            - _value(before, "feedbackloop_sink_batch_latency_seconds_bucket", le="0.5")) == 1
+    assert (
+        _value(after, "feedbackloop_sink_rows_total", table="feedback")
+        - _value(before, "feedbackloop_sink_rows_total", table="feedback")
+    ) == 5
+    assert (
+        _value(after, "feedbackloop_consumer_lag", group="g1", topic="t.enriched", partition="0")
+        == 60
+    )
+    assert (
+        _value(after, "feedbackloop_sink_batch_latency_seconds_bucket", le="0.5")
+        - _value(before, "feedbackloop_sink_batch_latency_seconds_bucket", le="0.5")
+    ) == 1
 
 
 def test_multiprocess_exposition_sums_processes_and_drops_dead_live_gauges(
@@ -157,8 +180,14 @@ def test_multiprocess_exposition_sums_processes_and_drops_dead_live_gauges(
         "print(__import__('os').getpid())"
     )
     pids = [
-        int(subprocess.run([sys.executable, "-c", code, str(tmp_path), svc], check=True,
-                           capture_output=True, text=True).stdout)
+        int(
+            subprocess.run(
+                [sys.executable, "-c", code, str(tmp_path), svc],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
         for svc in ("sink", "sink")
     ]
     text = metrics.exposition(tmp_path).decode()
@@ -172,8 +201,9 @@ def test_multiprocess_exposition_sums_processes_and_drops_dead_live_gauges(
 
 def test_every_setting_is_documented() -> None:
     doc = (ROOT / "docs" / "CONFIGURATION.md").read_text("utf-8")
-    missing = [name for name in Settings.model_fields
-               if f"`FEEDBACKLOOP_{name.upper()}`" not in doc]
+    missing = [
+        name for name in Settings.model_fields if f"`FEEDBACKLOOP_{name.upper()}`" not in doc
+    ]
     assert not missing, f"settings missing from docs/CONFIGURATION.md: {missing}"
     # and the table is the generated one (regenerate: feedbackloop config docs)
     from feedbackloop.cli import settings_table

@@ -40,7 +40,7 @@ def test_cases_cover_the_significant_slices() -> None:
     used = [s for s in sig if any(c.slice == s for c in cases)]
     assert set(used) >= {"language_group=not-en", "has_code=yes"}
     assert [c.slice for c in cases[: len(used)]] == used
-    assert [c.slice for c in cases[len(used): 2 * len(used)]] == used
+    assert [c.slice for c in cases[len(used) : 2 * len(used)]] == used
     for c in cases:
         assert c.prompt_version == "v1.2" and c.bad_response and c.occurrences >= 1
         assert len(c.interaction_ids) == c.occurrences and c.signals
@@ -65,8 +65,13 @@ def test_suite_round_trip_and_bad_files(tmp_path: Path) -> None:
 
 
 CASES = [
-    {"id": "c1", "input": "Wie exportiere ich?", "bad_response": "In English: export it.",
-     "correction": "Exportieren Sie die Tabelle über das Menü.", "slice": "language=de"},
+    {
+        "id": "c1",
+        "input": "Wie exportiere ich?",
+        "bad_response": "In English: export it.",
+        "correction": "Exportieren Sie die Tabelle über das Menü.",
+        "slice": "language=de",
+    },
     {"id": "c2", "input": "boom", "bad_response": "x", "correction": None, "slice": ""},
     {"id": "c3", "input": "same", "bad_response": "same answer", "correction": None},
 ]
@@ -79,8 +84,9 @@ def test_runner_with_a_callable(tmp_path: Path) -> None:
     assert results[0].new_response == CASES[0]["correction"]
     assert results[0].closer_to_correction is True
     assert results[1].error == "RuntimeError: kaput"
-    md, jl = write_run_report(results, tmp_path / "rep", suite="s.jsonl",
-                              candidate="test_regressions:echo_candidate")
+    md, jl = write_run_report(
+        results, tmp_path / "rep", suite="s.jsonl", candidate="test_regressions:echo_candidate"
+    )
     text = md.read_text()
     assert "| old response | correction | new response |" in text
     assert "**error:** RuntimeError: kaput" in text
@@ -92,7 +98,8 @@ def test_runner_with_a_callable(tmp_path: Path) -> None:
 
 def test_runner_with_a_command(tmp_path: Path) -> None:
     script = tmp_path / "cand.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import json, sys, time
         case = json.load(sys.stdin)
         if case["input"] == "boom":
@@ -102,7 +109,8 @@ def test_runner_with_a_command(tmp_path: Path) -> None:
             print("same answer")
         else:
             print("Neu: " + case["input"])
-    """))
+    """)
+    )
     cand = resolve_candidate(f"{sys.executable} {script}", timeout=30)
     results = run_suite(CASES, cand, jobs=1)
     assert results[0].new_response == "Neu: Wie exportiere ich?"

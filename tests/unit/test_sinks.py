@@ -49,7 +49,11 @@ def test_batches_per_partition_with_size_bound_and_offsets_after_write() -> None
     assert s.pending == 8
     assert s.flush() == {("a", 0): 7, ("a", 1): 101}
     assert [(b.partition, b.first_offset, b.last_offset) for b in s.written] == [
-        (0, 0, 2), (0, 3, 5), (0, 6, 6), (1, 100, 100)]
+        (0, 0, 2),
+        (0, 3, 5),
+        (0, 6, 6),
+        (1, 100, 100),
+    ]
     assert s.pending == 0 and s.flush() == {}
 
 
@@ -87,23 +91,23 @@ def test_retry_delay_grows_and_caps() -> None:
 
 
 def _interaction(**kw: Any) -> Interaction:
-    return Interaction(app_id="a", session_id="s", user_input="hi", response="yo", model="m",
-                       **kw)
+    return Interaction(app_id="a", session_id="s", user_input="hi", response="yo", model="m", **kw)
 
 
 def test_router_maps_events_to_their_tables_in_column_order() -> None:
     r = TopicRouter(TOPICS)
     it = _interaction(experiment="e", variant="v", metadata={"n": 1, "s": "x"})
-    (table, row), = r.route(TOPICS.events, 0, 5, encode(it)).rows
+    ((table, row),) = r.route(TOPICS.events, 0, 5, encode(it)).rows
     assert table == "interactions" and len(row) == len(COLUMNS[table])
     named = dict(zip(COLUMNS[table], row, strict=True))
     assert named["event_id"] == it.event_id.int and named["variant"] == "v"  # UUID as int
     assert named["metadata"] == {"n": "1", "s": "x"}
     assert named["prompt_version"] == ""  # absent: '' (no Nullable in sort keys)
     assert named["kafka_offset"] == 5 and named["_version"] == 0
-    fb = Feedback(app_id="a", session_id="s", interaction_id=it.interaction_id, kind="thumbs",
-                  thumbs=-1)
-    (table, row), = r.route(TOPICS.events, 0, 6, encode(fb)).rows
+    fb = Feedback(
+        app_id="a", session_id="s", interaction_id=it.interaction_id, kind="thumbs", thumbs=-1
+    )
+    ((table, row),) = r.route(TOPICS.events, 0, 6, encode(fb)).rows
     named = dict(zip(COLUMNS[table], row, strict=True))
     assert table == "feedback" and named["thumbs"] == -1 and named["enrichment"] == "raw"
 
@@ -112,8 +116,9 @@ def test_enriched_rows_outrank_raw_rows() -> None:
     from feedbackloop.schemas import EnrichedEvent
 
     it = _interaction()
-    fb = Feedback(app_id="a", session_id="s", interaction_id=it.interaction_id, kind="thumbs",
-                  thumbs=1)
+    fb = Feedback(
+        app_id="a", session_id="s", interaction_id=it.interaction_id, kind="thumbs", thumbs=1
+    )
     r = TopicRouter(TOPICS)
     raw = r.route(TOPICS.events, 0, 0, encode(fb)).rows[0][1]
     orphan = EnrichedEvent(event=fb, orphaned=True, source_partition=0, source_offset=0)
@@ -129,23 +134,50 @@ def _enriched_cases() -> list[Any]:
     from feedbackloop.schemas import EnrichedEvent, Implicit, Outcome, RequestContext
     from feedbackloop.schemas.derive import derive
 
-    it = _interaction(experiment="e", variant="v", prompt_version="p2", latency_ms=12,
-                      input_tokens=3, cost_usd=0.5, user_id="u",
-                      metadata={"n": 1, "f": 1.5, "b": True, "z": None, "s": "x"})
+    it = _interaction(
+        experiment="e",
+        variant="v",
+        prompt_version="p2",
+        latency_ms=12,
+        input_tokens=3,
+        cost_usd=0.5,
+        user_id="u",
+        metadata={"n": 1, "f": 1.5, "b": True, "z": None, "s": "x"},
+    )
     plain = _interaction()
-    ctx = RequestContext(interaction_id=it.interaction_id, interaction_occurred_at=it.occurred_at,
-                         model=it.model, prompt_version=it.prompt_version, experiment="e",
-                         variant="v", user_input=it.user_input, response=it.response,
-                         latency_ms=12.0, shadow=True)
+    ctx = RequestContext(
+        interaction_id=it.interaction_id,
+        interaction_occurred_at=it.occurred_at,
+        model=it.model,
+        prompt_version=it.prompt_version,
+        experiment="e",
+        variant="v",
+        user_input=it.user_input,
+        response=it.response,
+        latency_ms=12.0,
+        shadow=True,
+    )
     d = derive(it)
     iid = it.interaction_id
     events = [
         Feedback(app_id="a", session_id="s", interaction_id=iid, kind="thumbs", thumbs=-1),
         Feedback(app_id="a", session_id="s", interaction_id=iid, kind="rating", rating=4),
-        Feedback(app_id="a", session_id="s", interaction_id=iid, kind="report",
-                 category="harmful", text="bad"),
-        Implicit(app_id="a", session_id="s", interaction_id=iid, signal="edit",
-                 edited_text="x", edit_distance=3),
+        Feedback(
+            app_id="a",
+            session_id="s",
+            interaction_id=iid,
+            kind="report",
+            category="harmful",
+            text="bad",
+        ),
+        Implicit(
+            app_id="a",
+            session_id="s",
+            interaction_id=iid,
+            signal="edit",
+            edited_text="x",
+            edit_distance=3,
+        ),
         Implicit(app_id="a", session_id="s", interaction_id=iid, signal="dwell", dwell_ms=5),
         Outcome(app_id="a", session_id="s", interaction_id=iid, outcome="purchase", value=9),
     ]
@@ -153,15 +185,30 @@ def _enriched_cases() -> list[Any]:
     cases = [
         EnrichedEvent(event=it, derived=d, source_partition=0, source_offset=1, enriched_at=at),
         EnrichedEvent(event=plain, source_partition=0, source_offset=1),
-        EnrichedEvent(event=Outcome(app_id="a", session_id="s", outcome="task_done"),
-                      source_partition=0, source_offset=2),
+        EnrichedEvent(
+            event=Outcome(app_id="a", session_id="s", outcome="task_done"),
+            source_partition=0,
+            source_offset=2,
+        ),
     ]
     for ev in events:
-        cases.append(EnrichedEvent(event=ev, context=ctx, derived=d, waited_ms=3.5,
-                                   source_partition=1, source_offset=7, enriched_at=at))
+        cases.append(
+            EnrichedEvent(
+                event=ev,
+                context=ctx,
+                derived=d,
+                waited_ms=3.5,
+                source_partition=1,
+                source_offset=7,
+                enriched_at=at,
+            )
+        )
         cases.append(EnrichedEvent(event=ev, context=ctx, source_partition=1, source_offset=7))
-        cases.append(EnrichedEvent(event=ev, orphaned=True, waited_ms=60000.0,
-                                   source_partition=1, source_offset=7))
+        cases.append(
+            EnrichedEvent(
+                event=ev, orphaned=True, waited_ms=60000.0, source_partition=1, source_offset=7
+            )
+        )
     return cases
 
 
@@ -176,7 +223,8 @@ def test_trusted_enriched_decoder_gives_the_validating_paths_rows(enriched: Any)
     ev = EnrichedEvent.model_validate_json(value)
     assert fast == _event_row(ev.event, ev, TOPICS.enriched, 3, 9)
     assert [type(v) for v in fast[1]] == [
-        type(v) for v in _event_row(ev.event, ev, TOPICS.enriched, 3, 9)[1]]
+        type(v) for v in _event_row(ev.event, ev, TOPICS.enriched, 3, 9)[1]
+    ]
 
 
 def test_trusted_enriched_decoder_leaves_other_forms_to_validation() -> None:
@@ -186,8 +234,9 @@ def test_trusted_enriched_decoder_leaves_other_forms_to_validation() -> None:
     from feedbackloop.sinks.rows import enriched_row
 
     it = _interaction(latency_ms=5.0)
-    good = json.loads(EnrichedEvent(event=it, source_partition=0, source_offset=0)
-                      .model_dump_json())
+    good = json.loads(
+        EnrichedEvent(event=it, source_partition=0, source_offset=0).model_dump_json()
+    )
     r = TopicRouter(TOPICS)
     for path, lax in [
         (("event", "latency_ms"), "5"),  # pydantic converts "5" to 5.0
@@ -206,18 +255,21 @@ def test_trusted_enriched_decoder_leaves_other_forms_to_validation() -> None:
         assert enriched_row(value, TOPICS.enriched, 0, 0) is None, path
         # The validating path converts it, exactly as before.
         ev = EnrichedEvent.model_validate_json(value)
-        (table, row), = r.route(TOPICS.enriched, 0, 0, value).rows
+        ((table, row),) = r.route(TOPICS.enriched, 0, 0, value).rows
         assert table == "interactions" and row[0] == ev.event.event_id.int
     with pytest.raises(SchemaError) as ei:
         r.route(TOPICS.enriched, 0, 0, b'{"event": {"event_type": "feedback"}}')
     assert ei.value.reason == "validation_error"
 
 
-@pytest.mark.parametrize(("value", "reason"), [
-    (b"{", "invalid_json"),
-    (b'{"event_type": "x"}', "unknown_event_type"),
-    (None, "empty_message"),
-])
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"{", "invalid_json"),
+        (b'{"event_type": "x"}', "unknown_event_type"),
+        (None, "empty_message"),
+    ],
+)
 def test_router_reasons(value: bytes | None, reason: str) -> None:
     with pytest.raises(SchemaError) as ei:
         TopicRouter(TOPICS).route(TOPICS.events, 0, 0, value)
@@ -225,13 +277,24 @@ def test_router_reasons(value: bytes | None, reason: str) -> None:
 
 
 def test_router_reads_dead_letter_headers() -> None:
-    dl = DeadLetter(reason="oversized", error="too big", payload=b"x" * 3, source="stream",
-                    source_topic="t.events", source_partition=2, source_offset=9)
-    (table, row), = TopicRouter(TOPICS).route(
-        TOPICS.dead_letters, 0, 1, dl.payload, b"k", dl.headers()).rows
+    dl = DeadLetter(
+        reason="oversized",
+        error="too big",
+        payload=b"x" * 3,
+        source="stream",
+        source_topic="t.events",
+        source_partition=2,
+        source_offset=9,
+    )
+    ((table, row),) = (
+        TopicRouter(TOPICS).route(TOPICS.dead_letters, 0, 1, dl.payload, b"k", dl.headers()).rows
+    )
     named = dict(zip(COLUMNS[table], row, strict=True))
     assert (named["reason"], named["source_partition"], named["source_offset"]) == (
-        "oversized", 2, 9)
+        "oversized",
+        2,
+        9,
+    )
 
 
 def test_error_triage() -> None:
@@ -256,6 +319,7 @@ class FakeClient:
         class Ctx:
             settings: dict[str, Any] = {}
             data: Any = None
+
         c = Ctx()
         c.settings = {}
         c.table = table  # type: ignore[attr-defined]
@@ -310,7 +374,9 @@ def test_next_batch_is_prepared_while_an_insert_runs_and_back_pressure_keeps_ord
     assert sink.pending == 4  # nothing dropped, nothing committed beyond what is stored
     assert sink.flush() == {(TOPICS.events, 0): 6}
     assert fake.tokens[1:] == [
-        f"{TOPICS.events}/0/2-3/interactions", f"{TOPICS.events}/0/4-5/interactions"]
+        f"{TOPICS.events}/0/2-3/interactions",
+        f"{TOPICS.events}/0/4-5/interactions",
+    ]
     assert sink.stats.messages == 6 and sink.stats.rows["interactions"] == 6
     sink.close()
 
@@ -332,19 +398,37 @@ def test_transient_failure_is_back_pressure_and_reconnects() -> None:
     assert sink.flush() == {(TOPICS.events, 0): 1}
 
 
-@pytest.mark.parametrize("sql", [
-    "SELECT 1", "  with x as (select 1) select * from x", "-- c\nSHOW TABLES",
-    "DESCRIBE feedback", "EXPLAIN SELECT 1", "SELECT ';' AS semi", "(SELECT 1)",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1",
+        "  with x as (select 1) select * from x",
+        "-- c\nSHOW TABLES",
+        "DESCRIBE feedback",
+        "EXPLAIN SELECT 1",
+        "SELECT ';' AS semi",
+        "(SELECT 1)",
+    ],
+)
 def test_read_only_statements_pass(sql: str) -> None:
     check_read_only(sql)
 
 
-@pytest.mark.parametrize("sql", [
-    "INSERT INTO t VALUES (1)", "drop table t", "SELECT 1; DROP TABLE t", "",
-    "ALTER TABLE t DELETE WHERE 1", "SET readonly = 0", "/* x */ TRUNCATE t",
-    "SELECT * FROM t INTO OUTFILE 'x.csv'", "OPTIMIZE TABLE t FINAL", "SYSTEM STOP MERGES",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO t VALUES (1)",
+        "drop table t",
+        "SELECT 1; DROP TABLE t",
+        "",
+        "ALTER TABLE t DELETE WHERE 1",
+        "SET readonly = 0",
+        "/* x */ TRUNCATE t",
+        "SELECT * FROM t INTO OUTFILE 'x.csv'",
+        "OPTIMIZE TABLE t FINAL",
+        "SYSTEM STOP MERGES",
+    ],
+)
 def test_writes_are_refused(sql: str) -> None:
     with pytest.raises(ReadOnlyViolation):
         check_read_only(sql)
@@ -507,10 +591,13 @@ def test_tables_of_a_batch_go_in_side_by_side_and_only_failed_ones_are_retried()
     sink = ClickHouseSink("chdb:///x", "db", TOPICS, client_factory=factory)
     sink._drop_client = lambda: None  # type: ignore[method-assign]  # keep the fake
     it = _interaction()
-    fb = Feedback(app_id="a", session_id="s", interaction_id=it.interaction_id, kind="thumbs",
-                  thumbs=1)
-    values = [_enriched(), EnrichedEvent(event=fb, source_partition=0, source_offset=0)
-              .model_dump_json().encode()]
+    fb = Feedback(
+        app_id="a", session_id="s", interaction_id=it.interaction_id, kind="thumbs", thumbs=1
+    )
+    values = [
+        _enriched(),
+        EnrichedEvent(event=fb, source_partition=0, source_offset=0).model_dump_json().encode(),
+    ]
     for i, v in enumerate(values):
         sink.add(TOPICS.enriched, 0, i, SinkMessage(v, None, None, 0, i))
     with pytest.raises(BackPressure):
@@ -531,8 +618,12 @@ def test_block_files_of_dead_processes_are_removed(tmp_path: Any) -> None:
 
     from feedbackloop.sinks.ingest import remove_stale_blocks
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     stale = tmp_path / f"feedbackloop-sink-{dead}-abc.jsonl"
     mine = tmp_path / f"feedbackloop-sink-{os.getpid()}-abc.jsonl"
     other = tmp_path / "feedbackloop-sink-x.jsonl"
@@ -556,8 +647,9 @@ def test_without_a_second_client_the_tables_go_in_one_after_the_other() -> None:
 
     sink = ClickHouseSink("chdb:///x", "db", TOPICS, client_factory=factory)
     it = _interaction()
-    fb = Feedback(app_id="a", session_id="s", interaction_id=it.interaction_id, kind="thumbs",
-                  thumbs=1)
+    fb = Feedback(
+        app_id="a", session_id="s", interaction_id=it.interaction_id, kind="thumbs", thumbs=1
+    )
     fb_value = EnrichedEvent(event=fb, source_partition=0, source_offset=0).model_dump_json()
     sink.add(TOPICS.enriched, 0, 0, SinkMessage(_enriched(), None, None, 0, 0))
     sink.add(TOPICS.enriched, 0, 1, SinkMessage(fb_value.encode(), None, None, 0, 1))

@@ -103,8 +103,14 @@ EMPTY, SOME = BinaryStats(0, 0), BinaryStats(100, 30)
 
 @pytest.mark.parametrize(
     "fn",
-    [two_proportion_ztest, chi_square_test, fisher_exact_test, newcombe_interval,
-     relative_lift_interval, sequential_test_proportions],
+    [
+        two_proportion_ztest,
+        chi_square_test,
+        fisher_exact_test,
+        newcombe_interval,
+        relative_lift_interval,
+        sequential_test_proportions,
+    ],
 )
 def test_zero_samples(fn: object) -> None:
     res = fn(EMPTY, SOME)  # type: ignore[operator]
@@ -184,8 +190,15 @@ def test_power_status_says_how_far() -> None:
 
 
 def _decide(**overrides: object) -> Verdict:
-    kwargs: dict = dict(estimate=0.02, alpha=0.05, sequential_p=0.5, fixed_p=0.5,
-                        n_smallest=1000, n_required=500, srm_mismatch=False)
+    kwargs: dict = dict(
+        estimate=0.02,
+        alpha=0.05,
+        sequential_p=0.5,
+        fixed_p=0.5,
+        n_smallest=1000,
+        n_required=500,
+        srm_mismatch=False,
+    )
     kwargs.update(overrides)
     return decide(**kwargs).verdict
 
@@ -196,15 +209,24 @@ def test_decision_precedence() -> None:
     assert _decide(srm_mismatch=True, sequential_p=1e-9) == Verdict.SAMPLE_RATIO_MISMATCH
     assert _decide(sequential_p=0.01) == Verdict.SIGNIFICANT_IMPROVEMENT
     assert _decide(sequential_p=0.01, estimate=-0.02) == Verdict.SIGNIFICANT_REGRESSION
-    assert (_decide(sequential_p=0.01, estimate=-0.02, higher_is_better=False)
-            == Verdict.SIGNIFICANT_IMPROVEMENT)
+    assert (
+        _decide(sequential_p=0.01, estimate=-0.02, higher_is_better=False)
+        == Verdict.SIGNIFICANT_IMPROVEMENT
+    )
     # A fixed-horizon hit before the planned size is not trusted: peeking.
     assert _decide(fixed_p=0.01, n_smallest=100) == Verdict.TOO_FEW_SAMPLES
     assert _decide(fixed_p=0.01) == Verdict.SIGNIFICANT_IMPROVEMENT
     assert _decide() == Verdict.NO_SIGNIFICANT_DIFFERENCE
     assert _decide(n_required=None) == Verdict.NO_SIGNIFICANT_DIFFERENCE
-    text = decide(estimate=0.01, alpha=0.05, sequential_p=0.5, fixed_p=0.5, n_smallest=1000,
-                  n_required=3299, srm_mismatch=False).text
+    text = decide(
+        estimate=0.01,
+        alpha=0.05,
+        sequential_p=0.5,
+        fixed_p=0.5,
+        n_smallest=1000,
+        n_required=3299,
+        srm_mismatch=False,
+    ).text
     assert text == "too few samples (1,000 of 3,299 needed per variant)"
 
 
@@ -276,8 +298,18 @@ def test_to_dict_is_plain_json() -> None:
     assert back["decision"]["verdict"] == "too_few_samples"
     assert back["z_test"]["method"] == "two-proportion z-test"
     assert back["srm"]["observed"] == [1000, 1010]
-    assert set(back) >= {"control", "treatment", "difference", "lift", "sequential", "bayesian",
-                         "required", "power_status", "srm", "decision"}
+    assert set(back) >= {
+        "control",
+        "treatment",
+        "difference",
+        "lift",
+        "sequential",
+        "bayesian",
+        "required",
+        "power_status",
+        "srm",
+        "decision",
+    }
 
 
 def test_format_comparison_puts_srm_first_and_decision_last() -> None:

@@ -85,11 +85,15 @@ def test_example_literal_values() -> None:
     assert z.statistic == pytest.approx(1.546000, abs=1e-5)
     assert z.p_value == pytest.approx(0.122105, abs=1e-5)
     w = wilson_interval(c)
-    assert (w.lower, w.upper) == (pytest.approx(0.509015, abs=1e-5),
-                                  pytest.approx(0.570679, abs=1e-5))
+    assert (w.lower, w.upper) == (
+        pytest.approx(0.509015, abs=1e-5),
+        pytest.approx(0.570679, abs=1e-5),
+    )
     d = newcombe_interval(c, t)
-    assert (d.lower, d.upper) == (pytest.approx(-0.009157, abs=1e-5),
-                                  pytest.approx(0.077494, abs=1e-5))
+    assert (d.lower, d.upper) == (
+        pytest.approx(-0.009157, abs=1e-5),
+        pytest.approx(0.077494, abs=1e-5),
+    )
 
 
 # --- binary metrics -------------------------------------------------------------------------
@@ -183,8 +187,9 @@ def test_mann_whitney_against_scipy() -> None:
         if i % 2:  # ties: latencies are often rounded to whole milliseconds
             xc, xt = np.round(xc * 5), np.round(xt * 5)
         res = mann_whitney(xc, xt)
-        ref = stats.mannwhitneyu(xt, xc, alternative="two-sided", method="asymptotic",
-                                 use_continuity=True)
+        ref = stats.mannwhitneyu(
+            xt, xc, alternative="two-sided", method="asymptotic", use_continuity=True
+        )
         if not res.test.ok:
             assert np.isnan(ref.pvalue) or np.ptp(np.concatenate([xc, xt])) == 0
             continue
@@ -317,7 +322,10 @@ def _mixture_lr_by_quadrature(z: float, r: float) -> float:
     tau = math.sqrt(r)
     return integrate.quad(
         lambda th: math.exp(th * z - th * th / 2.0) * stats.norm.pdf(th, 0.0, tau),
-        -np.inf, np.inf, epsabs=1e-13, epsrel=1e-11,
+        -np.inf,
+        np.inf,
+        epsabs=1e-13,
+        epsrel=1e-11,
     )[0]
 
 
@@ -325,7 +333,7 @@ def test_msprt_p_value_against_quadrature() -> None:
     rng = np.random.default_rng(SEED)
     for _ in range(100):
         z, n_eff = rng.normal(0, 2.5), rng.uniform(5, 20000)
-        r = 0.1 ** 2 * n_eff
+        r = 0.1**2 * n_eff
         lam = _mixture_lr_by_quadrature(z, r)
         assert float(msprt_p_value(z, n_eff, 0.1)) == approx(min(1.0, 1.0 / lam))
 
@@ -337,9 +345,12 @@ def test_confidence_sequence_inverts_the_test() -> None:
         se, n_eff, alpha = rng.uniform(0.001, 1.0), rng.uniform(5, 20000), 0.05
         half = float(confidence_sequence_halfwidth(se, n_eff, alpha, 0.1))
         edge = optimize.brentq(
-            lambda d, se=se, n_eff=n_eff, alpha=alpha: float(msprt_p_value(d / se, n_eff, 0.1))
-            - alpha,
-            0.0, 100 * se, xtol=1e-14,
+            lambda d, se=se, n_eff=n_eff, alpha=alpha: (
+                float(msprt_p_value(d / se, n_eff, 0.1)) - alpha
+            ),
+            0.0,
+            100 * se,
+            xtol=1e-14,
         )
         assert half == pytest.approx(edge, rel=1e-8)
 

@@ -210,9 +210,7 @@ def test_session_level_delta_method_is_not_inflated_by_chatty_sessions() -> None
     for i in range(sims):
         c, t = (RatioStats.from_sessions(positive[i, j], events[i, j]) for j in (0, 1))
         session += ratio_ztest(c, t).test.p_value <= ALPHA
-        bc, bt = (
-            BinaryStats(int(events[i, j].sum()), int(positive[i, j].sum())) for j in (0, 1)
-        )
+        bc, bt = (BinaryStats(int(events[i, j].sum()), int(positive[i, j].sum())) for j in (0, 1))
         naive += two_proportion_ztest(bc, bt).p_value <= ALPHA
     naive_fpr, session_fpr = naive / sims, session / sims
     print(

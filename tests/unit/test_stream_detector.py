@@ -22,13 +22,19 @@ W = 60.0
 def detector(arl0: float = 1e6, **kw) -> SatisfactionDetector:
     cfg = StreamConfig(alert_arl0=arl0)
     args = dict(
-        key="variant:app|exp|a", dimension="variant", app_id="app", window_s=W,
-        design_drop=cfg.alert_design_drop, threshold=cfg.alert_threshold,
+        key="variant:app|exp|a",
+        dimension="variant",
+        app_id="app",
+        window_s=W,
+        design_drop=cfg.alert_design_drop,
+        threshold=cfg.alert_threshold,
         baseline_windows=cfg.alert_baseline_windows,
         baseline_lag_windows=cfg.alert_baseline_lag_windows,
         min_baseline_samples=cfg.alert_min_baseline_samples,
-        min_samples=cfg.alert_min_samples, cooldown_s=cfg.alert_cooldown_s,
-        experiment="exp", variant="a",
+        min_samples=cfg.alert_min_samples,
+        cooldown_s=cfg.alert_cooldown_s,
+        experiment="exp",
+        variant="a",
     )
     return SatisfactionDetector(**{**args, **kw})
 

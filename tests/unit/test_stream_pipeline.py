@@ -58,15 +58,30 @@ def recs(events, start_offset=0):
 
 
 def interaction(t=T0, **kw):
-    base = dict(app_id="app", session_id="s1", user_input="How do I sort a list?",
-                response="Use sorted().", model="m1", prompt_version="v1",
-                experiment="exp", variant="a", latency_ms=100.0, occurred_at=t)
+    base = dict(
+        app_id="app",
+        session_id="s1",
+        user_input="How do I sort a list?",
+        response="Use sorted().",
+        model="m1",
+        prompt_version="v1",
+        experiment="exp",
+        variant="a",
+        latency_ms=100.0,
+        occurred_at=t,
+    )
     return Interaction(**{**base, **kw})
 
 
 def thumbs(ia, up=True, t=None):
-    return Feedback(app_id=ia.app_id, session_id=ia.session_id, interaction_id=ia.interaction_id,
-                    kind="thumbs", thumbs=1 if up else -1, occurred_at=t or ia.occurred_at)
+    return Feedback(
+        app_id=ia.app_id,
+        session_id=ia.session_id,
+        interaction_id=ia.interaction_id,
+        kind="thumbs",
+        thumbs=1 if up else -1,
+        occurred_at=t or ia.occurred_at,
+    )
 
 
 def make(**cfg):
@@ -119,13 +134,28 @@ def test_aggregates_equal_ground_truth_exactly():
     events, truth = [], {}
     for i in range(600):
         t = T0 + dt.timedelta(seconds=i * 0.5)
-        ia = interaction(t, variant=rng.choice("ab"), session_id=f"s{rng.randrange(40)}",
-                         latency_ms=float(rng.randrange(50, 500)))
+        ia = interaction(
+            t,
+            variant=rng.choice("ab"),
+            session_id=f"s{rng.randrange(40)}",
+            latency_ms=float(rng.randrange(50, 500)),
+        )
         events.append(ia)
         key = (window_start(t.timestamp(), 60), ia.variant)
-        tr = truth.setdefault(key, {"interactions": 0, "thumbs_up": 0, "thumbs_down": 0,
-                                    "latency_sum": 0.0, "rating_sum": 0, "rating_count": 0,
-                                    "implicit_copy": 0, "outcome": 0, "sessions": set()})
+        tr = truth.setdefault(
+            key,
+            {
+                "interactions": 0,
+                "thumbs_up": 0,
+                "thumbs_down": 0,
+                "latency_sum": 0.0,
+                "rating_sum": 0,
+                "rating_count": 0,
+                "implicit_copy": 0,
+                "outcome": 0,
+                "sessions": set(),
+            },
+        )
         tr["interactions"] += 1
         tr["latency_sum"] += ia.latency_ms
         tr["sessions"].add(ia.session_id)
@@ -136,25 +166,46 @@ def test_aggregates_equal_ground_truth_exactly():
             tr["thumbs_up" if up else "thumbs_down"] += 1
         elif r < 0.7:
             rating = rng.randint(1, 5)
-            events.append(Feedback(app_id="app", session_id=ia.session_id,
-                                   interaction_id=ia.interaction_id, kind="rating",
-                                   rating=rating, occurred_at=t))
+            events.append(
+                Feedback(
+                    app_id="app",
+                    session_id=ia.session_id,
+                    interaction_id=ia.interaction_id,
+                    kind="rating",
+                    rating=rating,
+                    occurred_at=t,
+                )
+            )
             tr["rating_sum"] += rating
             tr["rating_count"] += 1
         elif r < 0.85:
-            events.append(Implicit(app_id="app", session_id=ia.session_id,
-                                   interaction_id=ia.interaction_id, signal="copy", occurred_at=t))
+            events.append(
+                Implicit(
+                    app_id="app",
+                    session_id=ia.session_id,
+                    interaction_id=ia.interaction_id,
+                    signal="copy",
+                    occurred_at=t,
+                )
+            )
             tr["implicit_copy"] += 1
         else:
-            events.append(Outcome(app_id="app", session_id=ia.session_id,
-                                  interaction_id=ia.interaction_id, outcome="purchase",
-                                  value=2.5, occurred_at=t))
+            events.append(
+                Outcome(
+                    app_id="app",
+                    session_id=ia.session_id,
+                    interaction_id=ia.interaction_id,
+                    outcome="purchase",
+                    value=2.5,
+                    occurred_at=t,
+                )
+            )
             tr["outcome"] += 1
     # a far-later interaction closes every window above
     closer = interaction(T0 + dt.timedelta(hours=1), variant="z")
     rs = recs([*events, closer])
     for i in range(0, len(rs), 97):  # odd batch size: windows span batches
-        pipe.process(0, rs[i:i + 97], now=T0.timestamp())
+        pipe.process(0, rs[i : i + 97], now=T0.timestamp())
     aggs = [WindowAggregate.model_validate_json(v) for _, _, v, _ in out.on(TOPICS.aggregates)]
     got = {(a.window_start.timestamp(), a.variant): a for a in aggs}
     assert set(got) == set(truth)
@@ -270,7 +321,10 @@ def test_bad_input_goes_to_dead_letters_and_processing_continues(payload, reason
     letter = DeadLetter.from_message(dl[2], dl[1], dl[3])
     assert letter.reason == reason and letter.payload == payload
     assert (letter.source_topic, letter.source_partition, letter.source_offset) == (
-        TOPICS.events, 3, 0)
+        TOPICS.events,
+        3,
+        0,
+    )
     assert len(out.on(TOPICS.enriched)) == 1
     s = pipe.stats
     assert s.records_in == s.valid + s.dead_letters == 2
@@ -279,10 +333,16 @@ def test_bad_input_goes_to_dead_letters_and_processing_continues(payload, reason
 # --- derived attributes --------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("text", "lang"),
-    [("How do I read a file in Python?", "en"), ("¿Cómo puedo leer un archivo?", "es"),
-     ("Comment est-ce que je peux lire un fichier ?", "fr"),
-     ("Wie kann ich das machen und was ist das?", "de"), ("Привет, как дела?", "ru"),
-     ("こんにちは、元気ですか", "ja"), ("你好，世界", "zh"), ("xyz", "und")],
+    [
+        ("How do I read a file in Python?", "en"),
+        ("¿Cómo puedo leer un archivo?", "es"),
+        ("Comment est-ce que je peux lire un fichier ?", "fr"),
+        ("Wie kann ich das machen und was ist das?", "de"),
+        ("Привет, как дела?", "ru"),
+        ("こんにちは、元気ですか", "ja"),
+        ("你好，世界", "zh"),
+        ("xyz", "und"),
+    ],
 )
 def test_detect_language(text, lang):
     assert detect_language(text) == lang

@@ -76,13 +76,26 @@ def client(tmp_path: Path, rec: Recorder) -> Iterator[TestClient]:
 
 
 def interaction(**kw: Any) -> dict[str, Any]:
-    return {"event_type": "interaction", "session_id": "s1", "user_input": "hi",
-            "response": "hello", "model": "m1", "interaction_id": str(uuid.uuid4()), **kw}
+    return {
+        "event_type": "interaction",
+        "session_id": "s1",
+        "user_input": "hi",
+        "response": "hello",
+        "model": "m1",
+        "interaction_id": str(uuid.uuid4()),
+        **kw,
+    }
 
 
 def thumbs(iid: str, up: int = 1, **kw: Any) -> dict[str, Any]:
-    return {"event_type": "feedback", "session_id": "s1", "interaction_id": iid,
-            "kind": "thumbs", "thumbs": up, **kw}
+    return {
+        "event_type": "feedback",
+        "session_id": "s1",
+        "interaction_id": iid,
+        "kind": "thumbs",
+        "thumbs": up,
+        **kw,
+    }
 
 
 # --- accepted ------------------------------------------------------------------------------
@@ -93,8 +106,11 @@ def test_valid_batch_is_accepted_and_app_id_filled_in(
     client: TestClient, rec: Recorder, wrap: bool
 ) -> None:
     it = interaction(experiment="e1", variant="a")
-    batch = [it, thumbs(it["interaction_id"]), {"event_type": "outcome", "session_id": "s1",
-                                                "outcome": "purchase", "value": 9.5}]
+    batch = [
+        it,
+        thumbs(it["interaction_id"]),
+        {"event_type": "outcome", "session_id": "s1", "outcome": "purchase", "value": 9.5},
+    ]
     r = client.post("/v1/events", json={"events": batch} if wrap else batch, headers=PUBLIC)
     assert r.status_code == 202, r.text
     body = r.json()
@@ -108,11 +124,13 @@ def test_valid_batch_is_accepted_and_app_id_filled_in(
 def test_single_feedback_call_with_key_in_query_for_send_beacon(
     client: TestClient, rec: Recorder
 ) -> None:
-    body = json.dumps({"session_id": "s", "interaction_id": str(uuid.uuid4()),
-                       "kind": "rating", "rating": 4})
+    body = json.dumps(
+        {"session_id": "s", "interaction_id": str(uuid.uuid4()), "kind": "rating", "rating": 4}
+    )
     # sendBeacon sends text/plain and cannot set headers.
-    r = client.post(f"/v1/feedback?key={PK}", content=body,
-                    headers={"Content-Type": "text/plain;charset=UTF-8"})
+    r = client.post(
+        f"/v1/feedback?key={PK}", content=body, headers={"Content-Type": "text/plain;charset=UTF-8"}
+    )
     assert r.status_code == 202, r.text
     assert r.json()["event_id"] == str(rec.events[0].event_id)
     assert rec.events[0].event_type == "feedback"
@@ -128,20 +146,34 @@ BAD_REQUESTS = [
     ("wrong shape", b'"hello"', {}, 400, "bad_shape", "got a JSON str"),
     ("object without events", b'{"event_type": "x"}', {}, 400, "bad_shape", "JSON array"),
     ("empty batch", b"[]", {}, 400, "empty_batch", "no events"),
-    ("too many events", json.dumps([{}] * 51).encode(), {}, 413, "too_many_events",
-     "limit is 50"),
+    ("too many events", json.dumps([{}] * 51).encode(), {}, 413, "too_many_events", "limit is 50"),
     ("body too large", b"[" + b" " * 70_000 + b"{}]", {}, 413, "body_too_large", "64000"),
-    ("form data", b"a=1", {"Content-Type": "application/x-www-form-urlencoded"}, 415,
-     "unsupported_media_type", "send JSON"),
+    (
+        "form data",
+        b"a=1",
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        415,
+        "unsupported_media_type",
+        "send JSON",
+    ),
     ("gzip", b"[{}]", {"Content-Encoding": "gzip"}, 415, "unsupported_encoding", "compressed"),
 ]
 
 
-@pytest.mark.parametrize(("name", "content", "headers", "status", "reason", "fragment"),
-                         BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    ("name", "content", "headers", "status", "reason", "fragment"),
+    BAD_REQUESTS,
+    ids=[b[0] for b in BAD_REQUESTS],
+)
 def test_bad_batch_requests_get_a_clear_4xx(
-    client: TestClient, rec: Recorder, name: str, content: bytes, headers: dict[str, str],
-    status: int, reason: str, fragment: str,
+    client: TestClient,
+    rec: Recorder,
+    name: str,
+    content: bytes,
+    headers: dict[str, str],
+    status: int,
+    reason: str,
+    fragment: str,
 ) -> None:
     hdrs = {"Content-Type": "application/json", **PUBLIC, **headers}
     r = client.post("/v1/events", content=content, headers=hdrs)
@@ -161,8 +193,9 @@ def test_chunked_body_over_the_limit_is_refused(client: TestClient) -> None:
             yield b" " * 1000
         yield b"]"
 
-    r = client.post("/v1/events", content=chunks(),
-                    headers={**PUBLIC, "Content-Type": "application/json"})
+    r = client.post(
+        "/v1/events", content=chunks(), headers={**PUBLIC, "Content-Type": "application/json"}
+    )
     assert r.status_code == 413 and r.json()["error"] == "body_too_large"
 
 
@@ -183,11 +216,23 @@ def test_invalid_events_are_rejected_per_event_and_dead_lettered(
     r = client.post("/v1/events", json=batch, headers=PUBLIC)
     assert r.status_code == 202  # something was accepted
     res = r.json()["results"]
-    assert [x["status"] for x in res] == ["accepted", "rejected", "rejected", "rejected",
-                                          "rejected", "rejected", "forbidden"]
+    assert [x["status"] for x in res] == [
+        "accepted",
+        "rejected",
+        "rejected",
+        "rejected",
+        "rejected",
+        "rejected",
+        "forbidden",
+    ]
     assert [x["reason"] for x in res[1:]] == [
-        "validation_error", "unknown_event_type", "unsupported_schema_version",
-        "validation_error", "validation_error", "forbidden_app_id"]
+        "validation_error",
+        "unknown_event_type",
+        "unsupported_schema_version",
+        "validation_error",
+        "validation_error",
+        "forbidden_app_id",
+    ]
     assert "feedback.thumbs" in res[1]["error"]
     assert "in the future" in res[4]["error"]
     # Invalid events go to the dead-letter topic; another app's events do not.
@@ -218,18 +263,21 @@ def test_spool_full_answers_503_with_retry_after(client: TestClient, rec: Record
 # --- keys ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("headers", "path", "status", "reason"), [
-    ({}, "/v1/events", 401, "missing_key"),
-    ({"Authorization": "Bearer wrong"}, "/v1/events", 401, "unknown_key"),
-    ({"Authorization": "Basic abc"}, "/v1/events", 401, "bad_authorization"),
-    ({"X-API-Key": "wrong"}, "/v1/events", 401, "unknown_key"),
-    ({}, f"/v1/events?key={SK}", 401, "secret_key_in_url"),
-    ({}, "/api/experiments", 401, "missing_key"),
-    ({"Authorization": "Bearer wrong"}, "/api/experiments", 401, "unknown_key"),
-    (PUBLIC, "/api/experiments", 403, "write_only_key"),
-    ({}, f"/api/experiments?key={PK}", 401, "missing_key"),
-    (SECRET, "/api/experiments?app_id=other", 403, "forbidden_app_id"),
-])
+@pytest.mark.parametrize(
+    ("headers", "path", "status", "reason"),
+    [
+        ({}, "/v1/events", 401, "missing_key"),
+        ({"Authorization": "Bearer wrong"}, "/v1/events", 401, "unknown_key"),
+        ({"Authorization": "Basic abc"}, "/v1/events", 401, "bad_authorization"),
+        ({"X-API-Key": "wrong"}, "/v1/events", 401, "unknown_key"),
+        ({}, f"/v1/events?key={SK}", 401, "secret_key_in_url"),
+        ({}, "/api/experiments", 401, "missing_key"),
+        ({"Authorization": "Bearer wrong"}, "/api/experiments", 401, "unknown_key"),
+        (PUBLIC, "/api/experiments", 403, "write_only_key"),
+        ({}, f"/api/experiments?key={PK}", 401, "missing_key"),
+        (SECRET, "/api/experiments?app_id=other", 403, "forbidden_app_id"),
+    ],
+)
 def test_wrong_or_missing_keys_are_rejected_and_public_keys_cannot_read(
     client: TestClient, headers: dict[str, str], path: str, status: int, reason: str
 ) -> None:
@@ -245,8 +293,12 @@ def test_wrong_or_missing_keys_are_rejected_and_public_keys_cannot_read(
 
 def test_secret_keys_read_and_write(client: TestClient, rec: Recorder) -> None:
     assert client.get("/api/experiments", headers=SECRET).status_code == 200
-    assert client.get("/api/experiments?app_id=any", headers={
-        "Authorization": f"Bearer {OPS}"}).status_code == 200
+    assert (
+        client.get(
+            "/api/experiments?app_id=any", headers={"Authorization": f"Bearer {OPS}"}
+        ).status_code
+        == 200
+    )
     assert client.get("/api/experiments", headers={"X-API-Key": SK}).status_code == 200
     r = client.post("/v1/events", json=[interaction()], headers=SECRET)
     assert r.status_code == 202
@@ -300,15 +352,18 @@ def test_rate_limiter_refills_and_caps_cost() -> None:
 def test_cors_preflight_allows_configured_origins_only(tmp_path: Path, rec: Recorder) -> None:
     s = _settings(tmp_path, web_cors_origins=["https://app.example"])
     with TestClient(create_app(s, client=rec, query=_query)) as c:
-        pre = {"Access-Control-Request-Method": "POST",
-               "Access-Control-Request-Headers": "authorization,content-type"}
+        pre = {
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        }
         ok = c.options("/v1/events", headers={"Origin": "https://app.example", **pre})
         assert ok.status_code == 200
         assert ok.headers["access-control-allow-origin"] == "https://app.example"
         bad = c.options("/v1/events", headers={"Origin": "https://evil.example", **pre})
         assert "access-control-allow-origin" not in bad.headers
-        r = c.post("/v1/events", json=[interaction()],
-                   headers={**PUBLIC, "Origin": "https://app.example"})
+        r = c.post(
+            "/v1/events", json=[interaction()], headers={**PUBLIC, "Origin": "https://app.example"}
+        )
         assert r.headers["access-control-allow-origin"] == "https://app.example"
 
 
@@ -346,16 +401,18 @@ def _conformance(operation: Any) -> Any:
     from schemathesis.specs.openapi.checks import positive_data_acceptance
 
     # A bounded number of examples per operation keeps this to a few seconds.
-    @settings(max_examples=15, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(case=operation.as_strategy())
     def run(case: Any) -> None:
         # Status codes, content types, headers and bodies must match the document, and no
         # 5xx but the documented 503. Not checked: that every schema-valid event is
         # accepted, because the contract has rules JSON Schema cannot state (fields that
         # depend on ``kind``, occurred_at not in the future), which answer a documented 422.
-        case.call_and_validate(headers={"Authorization": f"Bearer {OPS}"},
-                               excluded_checks=[positive_data_acceptance])
+        case.call_and_validate(
+            headers={"Authorization": f"Bearer {OPS}"}, excluded_checks=[positive_data_acceptance]
+        )
 
     return run
 
