@@ -12,10 +12,13 @@ Part 1 (embedded chDB, in-process), for each topic the writer reads: the *enrich
     table in which chDB parses and checks the messages (feedbackloop/sinks/ingest.py); also
     timed with that path off (``json_path=False``: decode, rows, Native insert) for reference.
     On the raw topic: validation, row building, dedup tokens and the Native insert.
-Part 2 (embedded Tansu broker + ``feedbackloop sink run`` in a child process with its own chDB):
-  the SDK (``FeedbackClient``) offers ``--rate`` interactions/s for ``--seconds``; latency is
-  ``inserted_at - occurred_at`` of each stored row (ClickHouse stamps ``inserted_at`` when the
-  insert runs, so the row is visible within the insert's duration after it, printed too).
+Part 2 (embedded Tansu broker, services as child processes with their own chDB), twice: the
+  default pipeline (``feedbackloop worker`` + ``feedbackloop sink run``: SDK -> stream jobs ->
+  enriched topic -> sink) and ``sink run --raw`` alone. After one warm-up event has crossed
+  the whole path, the SDK (``FeedbackClient``) offers ``--rate`` interactions/s for
+  ``--seconds``; latency is ``inserted_at - occurred_at`` of each stored row (ClickHouse
+  stamps ``inserted_at`` when the insert runs, so the row is visible within the insert's
+  duration after it).
   Baseline: the same events read straight from Kafka by a plain consumer, in the same run.
 """
 
@@ -185,7 +188,19 @@ def _endpoint_query(data_dir: Path, sql: str) -> list[list[Any]]:
     return _via_endpoint(info, sql, 100).rows
 
 
-def bench_latency(rate: int, seconds: float, workdir: Path) -> dict[str, float]:
+def _wait_for_line(path: Path, marker: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while marker not in path.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{path.name}: no {marker!r}:\n{path.read_text(errors='replace')}")
+        time.sleep(0.2)
+
+
+def bench_latency(
+    rate: int, seconds: float, workdir: Path, stream_jobs: bool = False
+) -> dict[str, float]:
+    """Send -> visible. ``stream_jobs``: the default pipeline (SDK -> raw topic -> stream jobs
+    -> enriched topic -> sink), else the sink reading the raw topic (``sink run --raw``)."""
     from confluent_kafka import Consumer
 
     from feedbackloop.config import Settings
@@ -194,7 +209,7 @@ def bench_latency(rate: int, seconds: float, workdir: Path) -> dict[str, float]:
 
     prefix = f"lat{uuid.uuid4().hex[:6]}."
     topics = Topics(prefix)
-    data_dir = workdir / "worker"
+    data_dir = workdir / ("pipeline" if stream_jobs else "worker")
     with EmbeddedBroker(port=0, log_path=workdir / "tansu.log") as broker:
         bootstrap = broker.bootstrap_servers
         ensure_topics({"bootstrap.servers": bootstrap}, topics.all(), 4)
@@ -205,14 +220,29 @@ def bench_latency(rate: int, seconds: float, workdir: Path) -> dict[str, float]:
             FEEDBACKLOOP_DATA_DIR=str(data_dir),
             FEEDBACKLOOP_CLICKHOUSE_DATABASE="lat",
         )
-        with open(workdir / "worker.log", "wb") as log:
+        procs: list[subprocess.Popen[bytes]] = []
+        sink_cmd = ["sink", "run"] if stream_jobs else ["sink", "run", "--raw"]
+        with open(data_dir.parent / f"{data_dir.name}-sink.log", "wb") as log:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "feedbackloop", "sink", "run", "--raw"],
+                [sys.executable, "-m", "feedbackloop", *sink_cmd],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        procs.append(worker)
+        if stream_jobs:
+            stream_log = data_dir.parent / f"{data_dir.name}-stream.log"
+            with open(stream_log, "wb") as log:
+                stream = subprocess.Popen(
+                    [sys.executable, "-m", "feedbackloop", "worker"],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            procs.append(stream)
         try:
+            if stream_jobs:
+                _wait_for_line(stream_log, "worker running", stream, 90)
             # Baseline: a plain consumer of the same topic, measuring Kafka's own latency.
             kafka_lat: list[float] = []
             stop = threading.Event()
@@ -255,9 +285,18 @@ def bench_latency(rate: int, seconds: float, workdir: Path) -> dict[str, float]:
                     bootstrap_servers=bootstrap,
                     topic_prefix=prefix,
                     app_id="bench",
-                    data_dir=workdir / "sdk",
+                    data_dir=workdir / f"sdk-{data_dir.name}",
                 )
             )
+            # One event through the whole path first: every consumer has joined and every
+            # table exists before the clock starts.
+            client.log_interaction(session_id="warmup", user_input="q", response="a", model="m")
+            client.flush(30)
+            deadline = time.monotonic() + 120
+            while not _endpoint_query(data_dir, "SELECT count() FROM interactions")[0][0]:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the warm-up event did not arrive")
+                time.sleep(0.2)
             n = int(rate * seconds)
             start = time.perf_counter()
             for i in range(n):
@@ -277,7 +316,7 @@ def bench_latency(rate: int, seconds: float, workdir: Path) -> dict[str, float]:
             client.flush(30)
             client.close()
             deadline = time.monotonic() + 60
-            while _endpoint_query(data_dir, "SELECT count() FROM interactions")[0][0] < n:
+            while _endpoint_query(data_dir, "SELECT count() FROM interactions")[0][0] < n + 1:
                 if time.monotonic() > deadline:
                     raise RuntimeError("not all events arrived")
                 time.sleep(0.2)
@@ -287,14 +326,16 @@ def bench_latency(rate: int, seconds: float, workdir: Path) -> dict[str, float]:
             q = _endpoint_query(
                 data_dir,
                 "SELECT quantiles(0.5, 0.99)(dateDiff('millisecond', occurred_at, inserted_at)), "
-                "count() FROM interactions FINAL",
+                "count() FROM interactions FINAL WHERE session_id != 'warmup'",
             )[0]
         finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         kafka_lat.sort()
         k = len(kafka_lat)
         return {
@@ -353,8 +394,14 @@ def main() -> None:
                 )
             print(f"[{mode}] load average (1 min) after this part: {os.getloadavg()[0]:.2f}")
         del modes, raw_values
-        if not args.skip_latency:
-            r = bench_latency(args.rate, args.seconds, work)
+        for path in () if args.skip_latency else ("pipeline", "raw"):
+            r = bench_latency(args.rate, args.seconds, work, stream_jobs=path == "pipeline")
+            what = (
+                "SDK -> stream jobs -> enriched topic -> sink (the default pipeline)"
+                if path == "pipeline"
+                else "SDK -> raw topic -> sink run --raw"
+            )
+            print(f"[latency, {what}]")
             print(
                 f"latency SDK send -> in ClickHouse at {r['offered']:,} ev/s offered "
                 f"({r['achieved']:,.0f} achieved, {r['rows']:,} rows): "
