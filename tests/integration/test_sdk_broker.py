@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import uuid
@@ -78,13 +79,32 @@ def _outage_settings(broker: EmbeddedBroker, tmp_path: Path, prefix: str) -> Set
 
 
 class App:
-    """A host app sending one interaction and its thumbs every 2 ms, timing every call."""
+    """A host app sending one interaction and its thumbs every 2 ms, timing every call.
+
+    The interpreter's garbage collector stops every thread while it runs; a full collection
+    of a big heap (this pytest process, after hundreds of tests) took 266 ms once in CI, and
+    the worst calls of quiet runs coincide with generation-2 collections. That is the host
+    process's pause, not the SDK blocking, so each call's time spent in the collector (timed
+    with ``gc.callbacks``) is taken out before the bound is checked, and reported.
+    """
 
     def __init__(self, client: FeedbackClient) -> None:
         self.client = client
-        self.latencies: list[float] = []
+        self.calls: list[tuple[float, float]] = []
+        self.gc_pauses: list[tuple[float, float]] = []
+        self._gc_start = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run)
+
+    @property
+    def latencies(self) -> list[float]:
+        return [end - start for start, end in self.calls]
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_pauses.append((self._gc_start, time.perf_counter()))
 
     def _run(self) -> None:
         i = 0
@@ -94,21 +114,31 @@ class App:
                 session_id=f"s{i % 20}", user_input="q", response="a", model="m"
             )
             self.client.thumbs(iid, True)
-            self.latencies.append(time.perf_counter() - t)
+            self.calls.append((t, time.perf_counter()))
             i += 1
             time.sleep(0.002)
 
     def __enter__(self) -> App:
+        gc.callbacks.append(self._on_gc)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        gc.callbacks.remove(self._on_gc)
+
+    def _in_gc(self, start: float, end: float) -> float:
+        return sum(max(0.0, min(end, e) - max(start, s)) for s, e in self.gc_pauses)
 
     def assert_never_blocked(self, bound: float = 0.25) -> None:
-        worst = max(self.latencies)
-        assert worst < bound, f"an SDK call blocked for {worst * 1000:.0f} ms"
+        assert self.calls
+        net = [(end - start - self._in_gc(start, end), end - start) for start, end in self.calls]
+        worst, raw = max(net)
+        assert worst < bound, (
+            f"an SDK call blocked for {worst * 1000:.0f} ms "
+            f"({raw * 1000:.0f} ms including the garbage collector)"
+        )
 
 
 @pytest.mark.fault
