@@ -147,12 +147,7 @@ def _baseline(name: str, sql: str) -> tuple[str, str] | None:
 
 
 def _time(client: Any, sql: str, runs: int) -> tuple[float, list[tuple[Any, ...]]]:
-    times, rows = [], []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        rows = client.query(sql).result_rows
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), rows
+    return _time_call(lambda: client.query(sql).result_rows, runs)
 
 
 def _check(name: str, rows: list[tuple[Any, ...]], n: int) -> str:
