@@ -683,7 +683,7 @@ def demo_command(
             click.echo(web)
         click.echo(
             'query:      feedbackloop sql "SELECT variant, count() FROM interactions '
-            'FINAL GROUP BY variant"'
+            'FINAL GROUP BY variant"   feedbackloop sql --examples'
         )
         click.echo(
             f"reports:    feedbackloop ab report --experiment {spec.experiment}   "
