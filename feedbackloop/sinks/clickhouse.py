@@ -25,6 +25,7 @@ import logging
 import os
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -97,7 +98,7 @@ class SinkStats:
     transient_errors: int = 0
     insert_seconds: float = 0.0
     #: The sink's own dead letters (undecodable messages, rows ClickHouse refused) by reason.
-    by_reason: dict[str, int] = field(default_factory=dict)
+    by_reason: Counter[str] = field(default_factory=Counter)
 
 
 class _Skipped(BackPressure):
@@ -392,8 +393,7 @@ class ClickHouseSink(BatchingSink):
             self.stats.rows[table] = self.stats.rows.get(table, 0) + n
             for (_row, idx), reason in rejected:
                 self.stats.rejected_rows += 1
-                by = self.stats.by_reason
-                by["clickhouse_rejected"] = by.get("clickhouse_rejected", 0) + 1
+                self.stats.by_reason["clickhouse_rejected"] += 1
                 prep.rows.setdefault(DEAD_LETTERS, []).append(
                     (self._rejected_row(batch, idx, table, reason), idx)
                 )
@@ -464,7 +464,7 @@ class ClickHouseSink(BatchingSink):
             try:
                 routed = to_rows(topic, partition, offset, msg.value, msg.key, msg.headers)
             except SchemaError as e:
-                self.stats.by_reason[e.reason] = self.stats.by_reason.get(e.reason, 0) + 1
+                self.stats.by_reason[e.reason] += 1
                 dl = DeadLetter(
                     reason=e.reason,
                     error=str(e),

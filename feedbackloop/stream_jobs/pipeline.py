@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -135,7 +136,7 @@ class PipelineStats:
     pending: int = 0
     late_events: int = 0
     aggregates: int = 0
-    by_reason: dict[str, int] = field(default_factory=dict)
+    by_reason: Counter[str] = field(default_factory=Counter)
 
 
 class Pipeline:
@@ -371,7 +372,7 @@ class Pipeline:
                 self.topics.dead_letters, key, (value or b"")[:_DLQ_TRUNCATE], headers=headers
             )
         self.stats.dead_letters += 1
-        self.stats.by_reason[err.reason] = self.stats.by_reason.get(err.reason, 0) + 1
+        self.stats.by_reason[err.reason] += 1
 
     @staticmethod
     def _count_interaction(
