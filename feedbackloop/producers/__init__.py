@@ -3,6 +3,7 @@
 from feedbackloop.producers.assignment import BUCKETS, Experiment, assign_variant, bucket_of
 from feedbackloop.producers.client import FeedbackClient
 from feedbackloop.producers.delivery import DeliveryStats
+from feedbackloop.producers.shadow import shadow_sampled
 
 __all__ = [
     "BUCKETS",
@@ -11,4 +12,5 @@ __all__ = [
     "FeedbackClient",
     "assign_variant",
     "bucket_of",
+    "shadow_sampled",
 ]

@@ -35,6 +35,12 @@ from feedbackloop.analysis.statistics.multiple import (
     benjamini_hochberg,
     holm,
 )
+from feedbackloop.analysis.statistics.paired import (
+    PairedCounts,
+    WinTieLoss,
+    paired_mean_difference,
+    win_tie_loss,
+)
 from feedbackloop.analysis.statistics.power import (
     PowerStatus,
     SampleSize,
@@ -143,4 +149,8 @@ __all__ = [
     "CountComparison",
     "compare_counts",
     "format_comparison",
+    "PairedCounts",
+    "WinTieLoss",
+    "win_tie_loss",
+    "paired_mean_difference",
 ]
