@@ -348,7 +348,7 @@ def fetch_shadow_candidates(
     if app_id is not None:
         where.append(f"app_id = {quote(app_id)}")
     sql = f"""
-SELECT if(prompt_version != '', prompt_version, model) AS candidate, any(model) AS model,
+SELECT if(prompt_version != '', prompt_version, model) AS candidate, any(model) AS candidate_model,
        count() AS shadows, countIf(mapContains(metadata, {quote(SHADOW_OF)})) AS linked,
        toString(min(occurred_at)) AS first_at, toString(max(occurred_at)) AS last_at
 FROM interactions FINAL
