@@ -19,13 +19,15 @@ is judged against what the user did with the *live* answer (the candidate's was 
   Benjamini-Hochberg over all slices.
 
 Similarity is :func:`similarity`: rapidfuzz's normalized Indel similarity (``fuzz.ratio``)
-on case-folded, punctuation-stripped text. It measures *surface* closeness of characters,
-not meaning: docs/ARCHITECTURE.md, "Shadow deployments" says what that can and cannot tell.
+on case-folded words (punctuation and layout dropped). It measures *surface* closeness of
+characters, not meaning: docs/ARCHITECTURE.md, "Shadow deployments" says what that can and
+cannot tell.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,7 +45,7 @@ from feedbackloop.analysis.statistics.paired import (
     win_tie_loss,
 )
 from feedbackloop.analysis.statistics.proportions import wilson_interval
-from feedbackloop.analysis.statistics.results import Estimate, to_jsonable
+from feedbackloop.analysis.statistics.results import ErrorCode, Estimate, to_jsonable
 from feedbackloop.analysis.statistics.sufficient import BinaryStats, MeanStats
 from feedbackloop.errors import MissingDependency
 
@@ -60,6 +62,7 @@ __all__ = [
     "SliceRow",
     "build_shadow_report",
     "format_shadow_report",
+    "normalize",
     "similarity",
 ]
 
@@ -75,6 +78,7 @@ MIN_JUDGED = 30
 MIN_SLICE = 20
 #: Accepted answers departed from more often than this (lower bound) block a promotion.
 DRIFT_LIMIT = 0.2
+_WORD = re.compile(r"\w+")
 PROMOTE_UNAVAILABLE = (
     "--promote is not available: creating a canary needs the control plane (issue 16), which "
     "has not landed. Start the canary by hand, e.g. an Experiment with weights "
@@ -82,23 +86,30 @@ PROMOTE_UNAVAILABLE = (
 )
 
 
+def normalize(text: str) -> str:
+    """Case-folded words joined by single spaces: punctuation and layout do not count."""
+    return " ".join(_WORD.findall(text.casefold()))
+
+
 def similarity(a: Sequence[str], b: Sequence[str]) -> np.ndarray:
     """Pairwise similarity in [0, 1] of ``a[i]`` and ``b[i]``.
 
-    rapidfuzz ``fuzz.ratio`` (1 - Indel distance / total length, i.e. the share of characters
-    in a longest common subsequence) after ``utils.default_process`` (lower case,
-    non-alphanumerics to spaces, trimmed). Two empty texts are identical (1.0).
+    rapidfuzz ``fuzz.ratio`` (1 - Indel distance / total length: twice the longest common
+    subsequence over the summed lengths) of the texts after :func:`normalize`. Two empty texts
+    are identical (1.0).
     """
     if len(a) != len(b):
         raise ValueError("similarity needs two sequences of equal length")
     if not a:
         return np.zeros(0)
     try:
-        from rapidfuzz import fuzz, utils
+        from rapidfuzz import fuzz
         from rapidfuzz.process import cpdist
     except ImportError as e:  # pragma: no cover - the analysis extra installs it
         raise MissingDependency("rapidfuzz", "analysis") from e
-    scores = cpdist(list(a), list(b), scorer=fuzz.ratio, processor=utils.default_process)
+    scores = cpdist(
+        [normalize(x) for x in a], [normalize(x) for x in b], scorer=fuzz.ratio, dtype=np.float64
+    )
     return np.asarray(scores, dtype=float) / 100.0
 
 
@@ -373,6 +384,13 @@ def _net(r: WinTieLoss) -> str:
     return estimate(r.net, "proportion", signed=True)
 
 
+def _est(e: Estimate, kind: str = "proportion", signed: bool = False) -> str:
+    """An estimate; one whose every pair is equal shows its value instead of ``n/a``."""
+    if e.error is ErrorCode.ZERO_VARIANCE and math.isfinite(e.value):
+        return f"{number(e.value, kind, signed)} (every pair equal)"
+    return estimate(e, kind, signed)
+
+
 def _recommend(
     corr: CorrectedSection,
     acc: AcceptedSection,
@@ -454,7 +472,7 @@ def format_shadow_report(rep: ShadowReport) -> str:
         lines.append(
             f"  similarity to the correction: live {c.live_similarity:.2f}, candidate "
             f"{c.shadow_similarity:.2f}, difference "
-            f"{estimate(c.similarity_delta, 'mean', signed=True)}"
+            f"{_est(c.similarity_delta, 'mean', signed=True)}"
         )
     r = rep.rejected
     lines.append("")
@@ -464,7 +482,7 @@ def format_shadow_report(rep: ShadowReport) -> str:
     if r.n:
         lines.append(
             f"  candidate differs (similarity < {DIFFERS_BELOW}) from "
-            f"{estimate(r.differs)} of them; mean distance {estimate(r.distance, 'mean')}"
+            f"{estimate(r.differs)} of them; mean distance {_est(r.distance, 'mean')}"
         )
         lines.append(
             f"  closer to the user's follow-up ({r.with_follow_up:,} with an edit or a next "
@@ -475,7 +493,7 @@ def format_shadow_report(rep: ShadowReport) -> str:
     lines.append(f"Accepted by the user ({a.n:,} pairs: thumbs up, copy, good outcome)")
     if a.n:
         lines.append(
-            f"  similarity to the accepted answer {estimate(a.similarity, 'mean')}; departs "
+            f"  similarity to the accepted answer {_est(a.similarity, 'mean')}; departs "
             f"(< {ACCEPTED_CLOSE}) from {estimate(a.departs)} (regression risk)"
         )
     lines.append("")
@@ -485,9 +503,7 @@ def format_shadow_report(rep: ShadowReport) -> str:
             f"{d.n:,}",
             number(d.live_mean, "mean"),
             number(d.shadow_mean, "mean"),
-            estimate(d.difference, "mean", signed=True)
-            if d.difference.ok or not d.n
-            else number(d.difference.value, "mean", signed=True) + " (every pair equal)",
+            _est(d.difference, "mean", signed=True),
         ]
         for d in rep.deltas
     ]
