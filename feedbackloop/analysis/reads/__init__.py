@@ -45,6 +45,14 @@ from feedbackloop.analysis.reads.scope import (
     DEFAULT_LIMIT,
     Scope,
 )
+from feedbackloop.analysis.reads.shadow import (
+    ShadowCandidateRow,
+    ShadowPair,
+    ShadowScope,
+    fetch_shadow_candidates,
+    fetch_shadow_pairs,
+    fetch_shadow_totals,
+)
 from feedbackloop.analysis.reads.since import (
     parse_since,
 )
@@ -83,4 +91,10 @@ __all__ = [
     "AnalystQuery",
     "analyst_query",
     "render_examples",
+    "ShadowCandidateRow",
+    "ShadowPair",
+    "ShadowScope",
+    "fetch_shadow_candidates",
+    "fetch_shadow_pairs",
+    "fetch_shadow_totals",
 ]

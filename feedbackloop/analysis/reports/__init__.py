@@ -29,6 +29,12 @@ from feedbackloop.analysis.reports.report import (
     format_report,
     pick_control,
 )
+from feedbackloop.analysis.reports.shadow import (
+    ShadowReport,
+    build_shadow_report,
+    format_shadow_report,
+    run_shadow_report,
+)
 from feedbackloop.analysis.reports.versions import (
     BucketRow,
     VersionRow,
@@ -62,4 +68,8 @@ __all__ = [
     "VersionsReport",
     "build_versions",
     "format_versions",
+    "ShadowReport",
+    "build_shadow_report",
+    "format_shadow_report",
+    "run_shadow_report",
 ]

@@ -35,7 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from feedbackloop.analysis.reads.shadow import ShadowPair, ShadowScope
+from feedbackloop.analysis.reads.queries import Runner
+from feedbackloop.analysis.reads.shadow import (
+    ShadowPair,
+    ShadowScope,
+    fetch_shadow_pairs,
+    fetch_shadow_totals,
+)
 from feedbackloop.analysis.reports.plaintext import estimate, number, table
 from feedbackloop.analysis.statistics.multiple import benjamini_hochberg
 from feedbackloop.analysis.statistics.paired import (
@@ -63,6 +69,7 @@ __all__ = [
     "build_shadow_report",
     "format_shadow_report",
     "normalize",
+    "run_shadow_report",
     "similarity",
 ]
 
@@ -215,6 +222,18 @@ class ShadowReport:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = to_jsonable(self)
         return out
+
+    def to_text(self) -> str:
+        return format_shadow_report(self)
+
+
+def run_shadow_report(runner: Runner, scope: ShadowScope, alpha: float = 0.05) -> ShadowReport:
+    """Read ``scope``'s shadow pairs and judge them: the whole ``feedbackloop shadow report``."""
+    pairs = fetch_shadow_pairs(runner, scope)
+    totals = fetch_shadow_totals(runner, scope)
+    return build_shadow_report(
+        pairs, scope, shadows=totals["shadows"], linked=totals["linked"], alpha=alpha
+    )
 
 
 def _slice_rows(
