@@ -100,7 +100,8 @@ SELECT reinterpretAsUUID(sipHash128(kind, number)), {t} + toIntervalSecond(5), '
        if(kind = 'correction', {correction}, ''), 'enriched', 'm-live', 'v1', 'en', 'bench',
        number, 2
 FROM numbers({{lo}}, {{size}}) ARRAY JOIN
-     arrayFilter(k -> (k = 'thumbs' AND number % 5 < 3) OR (k = 'correction' AND {_CORRECTED}),
+     arrayFilter(k -> (k = 'thumbs' AND sipHash64('th', number) % 5 < 3)
+                      OR (k = 'correction' AND {_CORRECTED}),
                  ['thumbs', 'correction']) AS kind"""
     im = f"""
 INSERT INTO {DB}.implicit
@@ -111,8 +112,8 @@ SELECT reinterpretAsUUID(sipHash128(signal, number)), {t} + toIntervalSecond(3),
        {session}, 1, {_IID}, signal, if(signal = 'copy', 30, NULL), 'enriched', 'm-live', 'v1',
        'en', 'bench', number, 2
 FROM numbers({{lo}}, {{size}}) ARRAY JOIN
-     arrayFilter(k -> (k = 'copy' AND number % 5 = 1 AND NOT {_CORRECTED})
-                      OR (k = 'regenerate' AND number % 20 = 2),
+     arrayFilter(k -> (k = 'copy' AND sipHash64('cp', number) % 5 = 1 AND NOT {_CORRECTED})
+                      OR (k = 'regenerate' AND sipHash64('rg', number) % 20 = 2),
                  ['copy', 'regenerate']) AS signal"""
     out = f"""
 INSERT INTO {DB}.outcomes
@@ -120,7 +121,7 @@ INSERT INTO {DB}.outcomes
      enrichment, model, prompt_version, kafka_topic, kafka_offset, _version)
 SELECT reinterpretAsUUID(sipHash128('o', number)), {t} + toIntervalSecond(60), 'app1',
        {session}, 1, {_IID}, 'task_completed', 1.0, 'enriched', 'm-live', 'v1', 'bench', number, 2
-FROM numbers({{lo}}, {{size}}) WHERE number % 5 = 4"""
+FROM numbers({{lo}}, {{size}}) WHERE sipHash64('oc', number) % 5 = 4"""
     statements = (live, shadow, fb, im, out)
     for lo in range(0, n, chunk):
         size = min(chunk, n - lo)

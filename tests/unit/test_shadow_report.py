@@ -166,7 +166,7 @@ def test_no_pairs_gives_a_report_that_says_so() -> None:
 
 def test_a_result_row_becomes_a_pair_with_the_failure_slice_dimensions() -> None:
     row = [
-        "l1", "s1", "v1", "m1", "exp", "a", "q", "live", "cand", 120.0, None, 30.0, None,
+        "l1", "s1", "v1", "m1", "exp", "a", True, "q", "live", "cand", 120.0, None, 30.0, None,
         0.1, 0.2, "fix", "", "next?", 1, 0, 2, 0, 0, 0, 1, "de", True, "s",
         {"plan": "pro", SHADOW_OF: "x"},
     ]  # fmt: skip

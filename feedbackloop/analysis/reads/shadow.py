@@ -15,7 +15,8 @@ in every other report:
 
 Tables are read with ``FINAL`` (a redelivered event counts once). A live interaction shadowed
 twice by the same candidate keeps the candidate's latest answer. Texts are cut to
-:data:`TEXT_CHARS` characters: enough to compare answers, bounded in memory.
+:data:`TEXT_CHARS` characters (enough to compare answers, bounded in memory) and are only
+returned for pairs whose live answer the user reacted to: nothing else is compared.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ def shadow_pairs_sql(scope: ShadowScope) -> str:
         f"mapContains(metadata, {quote(SHADOW_OF)})",
         _candidate_filter(scope.candidate, ""),
     ]
-    ev_where = ["interaction_id IN (SELECT live_id FROM sh)"]
+    ev_where = ["interaction_id IN ids"]
     if scope.since is not None:
         sh_where.append(f"occurred_at >= {datetime_literal(scope.since)}")
         ev_where.append(f"occurred_at >= {datetime_literal(scope.since)} - {_FEEDBACK_SLACK}")
@@ -161,19 +162,26 @@ def shadow_pairs_sql(scope: ShadowScope) -> str:
     if scope.app_id is not None:
         sh_where.append(f"app_id = {quote(scope.app_id)}")
         ev_where.append(f"app_id = {quote(scope.app_id)}")
-    live_where = ["NOT shadow", "interaction_id IN (SELECT live_id FROM sh)"]
+    live_where = ["NOT shadow", "interaction_id IN ids"]
     if scope.against is not None:
         live_where.append(_candidate_filter(scope.against, ""))
     ev = " AND ".join(ev_where)
+    sh = " AND ".join(sh_where)
     good = ", ".join(quote(o) for o in _GOOD_OUTCOMES) or "''"
+    # ``ids`` and ``sess`` restrict the other reads; they are sets, read without FINAL (a
+    # duplicate row adds nothing to a set) and without the sort that picks the latest answer.
     return f"""
-WITH sh AS (
+WITH ids AS (
+    SELECT toUUIDOrZero(metadata[{quote(SHADOW_OF)}]) FROM interactions WHERE {sh}
+), sess AS (
+    SELECT session_id FROM interactions WHERE {sh}
+), sh AS (
     SELECT toUUIDOrZero(metadata[{quote(SHADOW_OF)}]) AS live_id, interaction_id AS shadow_id,
            substring(response, 1, {n}) AS response, latency_ms,
            toFloat64(ifNull(input_tokens, 0) + ifNull(output_tokens, 0)) AS tokens,
            input_tokens IS NOT NULL OR output_tokens IS NOT NULL AS has_tokens, cost_usd
     FROM interactions FINAL
-    WHERE {" AND ".join(sh_where)}
+    WHERE {sh}
     ORDER BY occurred_at DESC, event_id DESC
     LIMIT 1 BY live_id
 ), live AS (
@@ -219,17 +227,23 @@ WITH sh AS (
                    PARTITION BY session_id ORDER BY occurred_at, event_id
                    ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING) AS next_input
         FROM interactions FINAL
-        WHERE NOT shadow AND session_id IN (SELECT session_id FROM live))
-    WHERE interaction_id IN (SELECT live_id FROM sh)
+        WHERE NOT shadow AND session_id IN sess)
+    WHERE interaction_id IN ids
 )
 SELECT toString(live.interaction_id), toString(sh.shadow_id), live.prompt_version, live.model,
-       live.experiment, live.variant, live.user_input, live.response, sh.response,
+       live.experiment, live.variant,
+       -- texts only where the user did something with the live answer: nothing else is judged
+       fb.verdicts > 0 OR fb.correction != '' OR im.regenerates + im.abandons + im.copies > 0
+           OR im.edited_text != '' OR oc.good_outcomes > 0 AS reacted,
+       if(reacted, live.user_input, ''), if(reacted, live.response, ''),
+       if(reacted, sh.response, ''),
        live.latency_ms, sh.latency_ms, if(live.has_tokens, live.tokens, NULL),
        if(sh.has_tokens, sh.tokens, NULL), live.cost_usd, sh.cost_usd,
-       fb.correction, im.edited_text, nxt.next_input,
+       fb.correction, im.edited_text, if(reacted, nxt.next_input, ''),
        fb.thumbs_down, fb.low_ratings, im.regenerates, im.abandons, im.copies,
        if(fb.verdicts > 0, toInt8(fb.last_positive), toInt8(-1)), oc.good_outcomes,
-       live.input_language, live.input_has_code, live.input_length_bucket, live.metadata
+       live.input_language, live.input_has_code, live.input_length_bucket,
+       toJSONString(live.metadata)
 FROM sh
 INNER JOIN live ON live.interaction_id = sh.live_id
 LEFT JOIN fb ON fb.interaction_id = sh.live_id
@@ -265,6 +279,7 @@ def row_to_pair(row: list[Any]) -> ShadowPair:
         model,
         exp,
         var,
+        _reacted,
         user_input,
         live_resp,
         shadow_resp,

@@ -107,6 +107,11 @@ def similarity(a: Sequence[str], b: Sequence[str]) -> np.ndarray:
     """
     if len(a) != len(b):
         raise ValueError("similarity needs two sequences of equal length")
+    return _ratio([normalize(x) for x in a], [normalize(x) for x in b])
+
+
+def _ratio(a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+    """:func:`similarity` of texts already normalized."""
     if not a:
         return np.zeros(0)
     try:
@@ -114,10 +119,7 @@ def similarity(a: Sequence[str], b: Sequence[str]) -> np.ndarray:
         from rapidfuzz.process import cpdist
     except ImportError as e:  # pragma: no cover - the analysis extra installs it
         raise MissingDependency("rapidfuzz", "analysis") from e
-    scores = cpdist(
-        [normalize(x) for x in a], [normalize(x) for x in b], scorer=fuzz.ratio, dtype=np.float64
-    )
-    return np.asarray(scores, dtype=float) / 100.0
+    return np.asarray(cpdist(a, b, scorer=fuzz.ratio, dtype=np.float64), dtype=float) / 100.0
 
 
 def _outcomes(delta: np.ndarray) -> np.ndarray:
@@ -268,38 +270,41 @@ def build_shadow_report(
 ) -> ShadowReport:
     """Judge ``pairs`` (one candidate's) as described in the module docstring."""
     n = len(pairs)
-    live = [p.live_response for p in pairs]
-    shadow = [p.shadow_response for p in pairs]
-    sim_sl = similarity(shadow, live)
-
     corrected = np.array([p.corrected for p in pairs], dtype=bool)
     rejected = np.array([p.negative for p in pairs], dtype=bool)
     accepted = np.array([p.accepted for p in pairs], dtype=bool)
     follow = np.array(
         [p.negative and not p.corrected and bool(p.follow_up) for p in pairs], dtype=bool
     )
+    # Each text is normalized once; pairs nobody reacted to are never compared.
+    judged_any = corrected | rejected | accepted
+    live = [normalize(p.live_response) if j else "" for p, j in zip(pairs, judged_any, strict=True)]
+    shadow = [
+        normalize(p.shadow_response) if j else "" for p, j in zip(pairs, judged_any, strict=True)
+    ]
+    sim_sl = np.ones(n)
+    both = np.flatnonzero(rejected | accepted)
+    sim_sl[both] = _ratio([shadow[i] for i in both], [live[i] for i in both])
 
-    def judge(mask: np.ndarray, targets: list[str]) -> np.ndarray:
+    def judge(mask: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Similarity of live and candidate to each pair's ``target`` text, and the difference."""
         idx = np.flatnonzero(mask)
-        t = [targets[i] for i in idx]
-        d = np.zeros(n)
-        if len(idx):
-            d[idx] = similarity([shadow[i] for i in idx], t) - similarity([live[i] for i in idx], t)
-        return d
+        t = [normalize(getattr(pairs[int(i)], target)) for i in idx]
+        to_live, to_shadow = np.full(n, np.nan), np.full(n, np.nan)
+        to_live[idx] = _ratio([live[i] for i in idx], t)
+        to_shadow[idx] = _ratio([shadow[i] for i in idx], t)
+        return to_live, to_shadow, to_shadow - to_live
 
-    d_corr = judge(corrected, [p.correction for p in pairs])
-    d_follow = judge(follow, [p.follow_up for p in pairs])
+    live_c, shadow_c, d_corr = judge(corrected, "correction")
+    _, _, d_follow = judge(follow, "follow_up")
 
     # --- corrected
     c_idx = np.flatnonzero(corrected)
-    corr_targets = [pairs[int(i)].correction for i in c_idx]
-    live_c = similarity([live[i] for i in c_idx], corr_targets)
-    shadow_c = similarity([shadow[i] for i in c_idx], corr_targets)
     corr_section = CorrectedSection(
         n=len(c_idx),
         result=win_tie_loss(_counts(_outcomes(d_corr[c_idx])), alpha),
-        live_similarity=float(live_c.mean()) if len(c_idx) else math.nan,
-        shadow_similarity=float(shadow_c.mean()) if len(c_idx) else math.nan,
+        live_similarity=float(live_c[c_idx].mean()) if len(c_idx) else math.nan,
+        shadow_similarity=float(shadow_c[c_idx].mean()) if len(c_idx) else math.nan,
         similarity_delta=_mean(d_corr[c_idx], alpha),
     )
 
