@@ -17,7 +17,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "load_settings", "settings_env"]
+__all__ = ["Settings", "default_of", "load_settings", "settings_env"]
 
 _TOML_ENV = "FEEDBACKLOOP_CONFIG"
 
@@ -210,6 +210,12 @@ class Settings(BaseSettings):
         if self.kafka_sasl_password:
             conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
         return conf
+
+
+def default_of(name: str) -> Any:
+    """The default of setting ``name``: per-part configs take their defaults from here, so
+    each default is written once, in :class:`Settings`."""
+    return Settings.model_fields[name].get_default(call_default_factory=True)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -494,5 +494,4 @@ def migrate(
 def _wrap(e: Exception, what: str) -> ClickHouseError:
     if isinstance(e, ClickHouseError):
         return e
-    code = getattr(e, "code", None)
-    return ClickHouseError(f"{what}: {e}", code=code if isinstance(code, int) else None)
+    return ClickHouseError.from_driver(e, f"{what}: {e}")
