@@ -12,6 +12,18 @@ from feedbackloop.cli.base import echo_json, settings_of, wait_for_signal
 
 __all__ = ["demo", "simulate"]
 
+# Options of both demo and simulate (the simulator's traffic).
+_effect_option = click.option(
+    "--effect",
+    type=click.FloatRange(-1, 1),
+    default=0.10,
+    show_default=True,
+    help="True satisfaction of treatment minus control (the planted effect).",
+)
+_seed_option = click.option(
+    "--seed", type=int, default=7, show_default=True, help="Simulator seed."
+)
+
 
 @click.command("simulate")
 @click.option(
@@ -27,14 +39,8 @@ __all__ = ["demo", "simulate"]
     show_default=True,
     help="Target events per second.",
 )
-@click.option(
-    "--effect",
-    type=click.FloatRange(-1, 1),
-    default=0.10,
-    show_default=True,
-    help="True satisfaction of treatment minus control.",
-)
-@click.option("--seed", type=int, default=7, show_default=True, help="Simulator seed.")
+@_effect_option
+@_seed_option
 @click.option(
     "--collector",
     default=None,
@@ -113,21 +119,17 @@ def simulate(
     show_default=True,
     help="True thumbs-up rate of the control variant.",
 )
-@click.option(
-    "--effect",
-    type=click.FloatRange(-1, 1),
-    default=0.10,
-    show_default=True,
-    help="True satisfaction of treatment minus control (the planted effect).",
-)
-@click.option("--seed", type=int, default=7, show_default=True, help="Simulator seed.")
+@_effect_option
+@_seed_option
 @click.option(
     "--broker-only",
     is_flag=True,
     help="Only the broker: send, read back and count, without stream jobs, ClickHouse or web.",
 )
 @click.option(
-    "--no-stream", is_flag=True, help="Without the stream jobs (the sink stores raw events)."
+    "--no-stream",
+    is_flag=True,
+    help="Do not start the stream jobs; the sink then stores raw events.",
 )
 @click.option(
     "--wait/--no-wait",

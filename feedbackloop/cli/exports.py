@@ -12,7 +12,9 @@ from feedbackloop.cli.failures import definition_of
 from feedbackloop.cli.options import (
     app_option,
     limit_option,
+    min_support_option,
     negative_options,
+    prompt_version_option,
     since_option,
     url_option,
 )
@@ -26,7 +28,7 @@ def regressions() -> None:
 
 
 @regressions.command("export")
-@click.option("--prompt-version", required=True, help="The prompt version whose failures to use.")
+@prompt_version_option(required=True)
 @click.option(
     "--top", type=click.IntRange(min=1), default=20, show_default=True, help="Number of cases."
 )
@@ -39,13 +41,7 @@ def regressions() -> None:
 )
 @since_option
 @app_option
-@click.option(
-    "--min-support",
-    type=click.IntRange(min=1),
-    default=30,
-    show_default=True,
-    help="Smallest slice tested when labelling cases.",
-)
+@min_support_option
 @negative_options
 @limit_option
 @url_option
@@ -164,7 +160,7 @@ def export() -> None:
     help="Directory for the JSONL files, provenance and manifest.",
 )
 @since_option
-@click.option("--prompt-version", default=None, help="Only corrections of this prompt version.")
+@prompt_version_option()
 @click.option("--model", default=None, help="Only corrections of this model.")
 @app_option
 @click.option(

@@ -14,16 +14,14 @@ from feedbackloop.cli.options import (
     experiment_option,
     json_option,
     limit_option,
+    min_support_option,
     negative_options,
+    prompt_version_option,
     since_option,
     url_option,
 )
 
-__all__ = ["complaints", "definition_of", "failures", "prompt_version_option"]
-
-prompt_version_option = click.option(
-    "--prompt-version", default=None, help="Only this prompt version."
-)
+__all__ = ["complaints", "definition_of", "failures"]
 
 
 def definition_of(
@@ -44,7 +42,7 @@ def definition_of(
 @since_option
 @experiment_option()
 @app_option
-@prompt_version_option
+@prompt_version_option()
 @click.option(
     "--population",
     type=click.Choice(["all", "with-feedback"]),
@@ -52,13 +50,7 @@ def definition_of(
     show_default=True,
     help="Rate per interaction served, or per interaction that got any signal.",
 )
-@click.option(
-    "--min-support",
-    type=click.IntRange(min=1),
-    default=30,
-    show_default=True,
-    help="Smallest slice that is tested.",
-)
+@min_support_option
 @alpha_option
 @click.option("--no-pairs", is_flag=True, help="Single attributes only, no pairs.")
 @click.option(
@@ -149,7 +141,7 @@ def failures(
 @since_option
 @experiment_option()
 @app_option
-@prompt_version_option
+@prompt_version_option()
 @negative_options
 @limit_option
 @url_option

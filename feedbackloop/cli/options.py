@@ -24,8 +24,10 @@ __all__ = [
     "json_option",
     "limit_option",
     "mde_option",
+    "min_support_option",
     "negative_options",
     "power_option",
+    "prompt_version_option",
     "since_option",
     "url_option",
 ]
@@ -51,6 +53,10 @@ SHARED_OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "--experiment": (
         ("--experiment", "-e"),
         {"default": None, "metavar": "NAME", "help": "Only this experiment's interactions."},
+    ),
+    "--prompt-version": (
+        ("--prompt-version",),
+        {"default": None, "metavar": "VERSION", "help": "Only this prompt version's interactions."},
     ),
     "--app": (
         ("--app",),
@@ -98,6 +104,15 @@ SHARED_OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         ("--json", "as_json"),
         {"is_flag": True, "help": "Print JSON instead of text."},
     ),
+    "--min-support": (
+        ("--min-support",),
+        {
+            "type": click.IntRange(min=1),
+            "default": 30,
+            "show_default": True,
+            "help": "Smallest slice (in interactions) that is tested.",
+        },
+    ),
     "--limit": (
         ("--limit",),
         {
@@ -122,11 +137,17 @@ power_option = _shared("--power")
 mde_option = _shared("--mde")
 json_option = _shared("--json")
 limit_option = _shared("--limit")
+min_support_option = _shared("--min-support")
 
 
 def experiment_option(required: bool = False) -> Callable[[F], F]:
     """``--experiment/-e``; a report about one experiment requires it, a filter does not."""
     return _shared("--experiment", required=required)
+
+
+def prompt_version_option(required: bool = False) -> Callable[[F], F]:
+    """``--prompt-version``; a regression suite is made for one, a filter takes any."""
+    return _shared("--prompt-version", required=required)
 
 
 def negative_options(f: F) -> F:
