@@ -26,6 +26,7 @@ __all__ = [
     "echo_json",
     "emit",
     "operations",
+    "overridden",
     "scope_of",
     "serve_metrics",
     "settings_of",
@@ -86,6 +87,15 @@ def _problems(e: Any) -> list[str]:
         where = ".".join(str(p) for p in err["loc"])
         lines.append(f"setting {where} (FEEDBACKLOOP_{name.upper()}): {err['msg']}{got}")
     return lines
+
+
+def overridden(settings: Settings, **options: Any) -> Settings:
+    """``settings`` with each option that was given (not None) in place of its setting: the
+    one way a command's option overrides a setting of the same name."""
+    given = {name: value for name, value in options.items() if value is not None}
+    unknown = set(given) - set(Settings.model_fields)
+    assert not unknown, f"not settings: {unknown}"
+    return settings.model_copy(update=given) if given else settings
 
 
 def scope_of(

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import click
 
-from feedbackloop.cli.base import operations, serve_metrics, settings_of, wait_for_signal
+from feedbackloop.cli.base import (
+    operations,
+    overridden,
+    serve_metrics,
+    settings_of,
+    wait_for_signal,
+)
 from feedbackloop.errors import FeedbackLoopError, InfraError, MissingDependency
 
 __all__ = ["broker", "metrics", "up", "web", "worker"]
@@ -71,12 +77,12 @@ def broker(ctx: click.Context, port: int | None, storage: str | None) -> None:
     from feedbackloop.infra import EmbeddedBroker, ensure_topics
     from feedbackloop.schemas import Topics
 
-    s = settings_of(ctx)
+    s = overridden(settings_of(ctx), broker_port=port, broker_storage=storage)
     operations(s, "broker", metrics=False)
     embedded = EmbeddedBroker(
         host=s.broker_host,
-        port=s.broker_port if port is None else port,
-        storage=storage or s.broker_storage,
+        port=s.broker_port,
+        storage=s.broker_storage,
         binary=s.broker_binary,
         log_path=s.data_dir / "logs" / "broker.log",
     )
@@ -260,8 +266,7 @@ def metrics(ctx: click.Context, port: int | None, once: bool) -> None:
     if once:
         click.echo(exposition(path).decode(), nl=False)
         return
-    port = s.metrics_port if port is None else port
-    serve_metrics(
-        s.model_copy(update={"metrics_port": _METRICS_PORT if port is None else port}), path
-    )
+    if port is None:
+        port = _METRICS_PORT if s.metrics_port is None else s.metrics_port
+    serve_metrics(overridden(s, metrics_port=port), path)
     wait_for_signal()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from feedbackloop.cli.base import operations, settings_of
+from feedbackloop.cli.base import operations, overridden, settings_of
 from feedbackloop.cli.options import url_option
 
 __all__ = ["db", "sink", "sql"]
@@ -32,15 +32,10 @@ def migrate(ctx: click.Context, target: int | None, ttl_days: int | None) -> Non
     from feedbackloop.sinks import applied_migrations
     from feedbackloop.sinks import migrate as apply
 
-    s = settings_of(ctx)
+    s = overridden(settings_of(ctx), ttl_days=ttl_days)
     client = get_client(s.clickhouse_dsn)
     try:
-        applied = apply(
-            client,
-            s.clickhouse_database,
-            target=target,
-            ttl_days=s.ttl_days if ttl_days is None else ttl_days,
-        )
+        applied = apply(client, s.clickhouse_database, target=target, ttl_days=s.ttl_days)
         current = max(applied_migrations(client, s.clickhouse_database), default=0)
     finally:
         client.close()

@@ -235,3 +235,7 @@ def test_commands_that_need_no_settings_run_whatever_the_environment_holds() -> 
     )
     assert res.exit_code == 0, res.output
     assert CliRunner().invoke(cli, ["config", "docs"], env=env).exit_code == 0
+
+
+def test_every_option_says_what_it_does() -> None:
+    assert [(path, opt.opts[0]) for path, opt in _options() if not opt.help] == []

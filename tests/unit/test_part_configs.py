@@ -64,3 +64,14 @@ def test_an_environment_variable_reaches_the_part_config(monkeypatch: pytest.Mon
     monkeypatch.setenv("FEEDBACKLOOP_STREAM_GRACE_S", "4.5")
     assert SinkConfig.from_settings(Settings()).max_rows == 123
     assert StreamConfig.from_settings(Settings()).grace_s == 4.5
+
+
+def test_a_given_option_overrides_its_setting_and_a_missing_one_keeps_it() -> None:
+    from feedbackloop.cli.base import overridden
+
+    s = Settings(broker_port=9100, ttl_days=30)
+    o = overridden(s, broker_port=0, ttl_days=None, broker_storage=None)
+    assert (o.broker_port, o.ttl_days, o.broker_storage) == (0, 30, s.broker_storage)
+    assert overridden(s, ttl_days=None) is s
+    with pytest.raises(AssertionError, match="not settings"):
+        overridden(s, no_such_setting=1)
