@@ -1,7 +1,7 @@
 """One exception hierarchy for the whole package.
 
-Only ``feedbackloop.cli`` turns a :class:`FeedbackLoopError` into a message and exit code 1;
-library code raises these, re-raising driver errors ``from e``.
+Only the CLI's root (``feedbackloop.cli.root``) turns a :class:`FeedbackLoopError` into a
+message and exit code 1; library code raises these, re-raising driver errors ``from e``.
 """
 
 from __future__ import annotations

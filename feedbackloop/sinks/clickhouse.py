@@ -131,12 +131,7 @@ class _Prepared:
 
 
 def _error_code(e: BaseException) -> int | None:
-    code = getattr(e, "code", None)
-    if isinstance(code, int):
-        return code
-    from clickhouse_connect.driver.exceptions import _error_code_from_message
-
-    return _error_code_from_message(str(e))
+    return ClickHouseError.from_driver(e).code
 
 
 def is_rejection(e: BaseException) -> bool:
