@@ -8,7 +8,6 @@ from typing import Any
 import click
 
 from feedbackloop.cli.base import scope_of, settings_of
-from feedbackloop.cli.failures import definition_of
 from feedbackloop.cli.options import (
     app_option,
     limit_option,
@@ -54,10 +53,7 @@ def regressions_export(
     since: str,
     app: str | None,
     min_support: int,
-    weights: tuple[str, ...],
-    signals: str | None,
-    threshold: float,
-    low_rating_max: int,
+    definition: Any,
     limit: int | None,
     url: str | None,
 ) -> None:
@@ -65,7 +61,6 @@ def regressions_export(
     from feedbackloop.analysis.failures.records import load_judged_interactions
     from feedbackloop.analysis.loop.regressions import select_regression_cases, write_suite
 
-    definition = definition_of(weights, signals, threshold, low_rating_max)
     scope = scope_of(since, app=app, prompt_version=prompt_version, limit=limit)
     judged = load_judged_interactions(settings_of(ctx), scope, full_text=True, url=url)
     cases, _ = select_regression_cases(judged, definition, top=top, min_support=min_support)

@@ -21,21 +21,7 @@ from feedbackloop.cli.options import (
     url_option,
 )
 
-__all__ = ["complaints", "definition_of", "failures"]
-
-
-def definition_of(
-    weights: tuple[str, ...], signals: str | None, threshold: float, low_rating_max: int
-) -> Any:
-    """The :class:`NegativeDefinition` of the :func:`negative_options`."""
-    from feedbackloop.analysis.failures.negative import NegativeDefinition
-
-    return NegativeDefinition.build(
-        weights=weights,
-        signals=signals.split(",") if signals else None,
-        threshold=threshold,
-        low_rating_max=low_rating_max,
-    )
+__all__ = ["complaints", "failures"]
 
 
 @click.command("failures")
@@ -74,10 +60,7 @@ def failures(
     no_pairs: bool,
     top: int,
     show_all: bool,
-    weights: tuple[str, ...],
-    signals: str | None,
-    threshold: float,
-    low_rating_max: int,
+    definition: Any,
     limit: int | None,
     url: str | None,
     as_json: bool,
@@ -95,7 +78,7 @@ def failures(
     scope = scope_of(since, experiment, app, prompt_version=prompt_version, limit=limit)
     report = failure_report(
         load_judged_interactions(settings_of(ctx), scope, url=url),
-        definition_of(weights, signals, threshold, low_rating_max),
+        definition,
         since=since,
         experiment=experiment,
         limit=scope.limit,
@@ -157,10 +140,7 @@ def complaints(
     experiment: str | None,
     app: str | None,
     prompt_version: str | None,
-    weights: tuple[str, ...],
-    signals: str | None,
-    threshold: float,
-    low_rating_max: int,
+    definition: Any,
     limit: int | None,
     url: str | None,
     as_json: bool,
@@ -179,7 +159,7 @@ def complaints(
     scope = scope_of(since, experiment, app, prompt_version=prompt_version, limit=limit)
     report = find_complaints(
         load_judged_interactions(settings_of(ctx), scope, url=url),
-        definition_of(weights, signals, threshold, low_rating_max),
+        definition,
         conditions=conditions,
         source=source,
         k=k,

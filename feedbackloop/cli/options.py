@@ -11,6 +11,7 @@ no ``envvar`` of their own.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -150,8 +151,29 @@ def prompt_version_option(required: bool = False) -> Callable[[F], F]:
     return _shared("--prompt-version", required=required)
 
 
-def negative_options(f: F) -> F:
-    """Options that choose what counts as negative (feedbackloop.analysis.failures.negative)."""
+def negative_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options that choose what counts as negative; the command receives them as one
+    ``definition`` (a :class:`~feedbackloop.analysis.failures.negative.NegativeDefinition`)."""
+
+    @functools.wraps(f)
+    def with_definition(
+        *args: Any,
+        weights: tuple[str, ...],
+        signals: str | None,
+        threshold: float,
+        low_rating_max: int,
+        **kwargs: Any,
+    ) -> Any:
+        from feedbackloop.analysis.failures.negative import NegativeDefinition
+
+        definition = NegativeDefinition.build(
+            weights=weights,
+            signals=signals.split(",") if signals else None,
+            threshold=threshold,
+            low_rating_max=low_rating_max,
+        )
+        return f(*args, definition=definition, **kwargs)
+
     opts = [
         click.option(
             "--weight",
@@ -183,6 +205,7 @@ def negative_options(f: F) -> F:
             help="Ratings up to this value count as low.",
         ),
     ]
+    decorated: Callable[..., Any] = with_definition
     for opt in reversed(opts):
-        f = opt(f)
-    return f
+        decorated = opt(decorated)
+    return decorated
