@@ -104,7 +104,7 @@ def broker(ctx: click.Context, port: int | None, storage: str | None) -> None:
 @click.option(
     "--grace",
     "grace_s",
-    type=float,
+    type=click.FloatRange(min=0),
     default=None,
     help="Seconds early feedback waits for its interaction before it is orphaned. "
     "Default: setting stream_grace_s.",
@@ -112,14 +112,14 @@ def broker(ctx: click.Context, port: int | None, storage: str | None) -> None:
 @click.option(
     "--window",
     "window_s",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=None,
     help="Tumbling window size in seconds. Default: setting stream_window_s.",
 )
 @click.option(
     "--lateness",
     "lateness_s",
-    type=float,
+    type=click.FloatRange(min=0),
     default=None,
     help="Allowed lateness (event time) of an event for its window, in seconds. "
     "Default: setting stream_lateness_s.",
@@ -127,7 +127,7 @@ def broker(ctx: click.Context, port: int | None, storage: str | None) -> None:
 @click.option(
     "--retention",
     "retention_s",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=None,
     help="Seconds an interaction stays joinable (bounds the join table). "
     "Default: setting stream_retention_s.",

@@ -126,21 +126,28 @@ def test_no_option_re_declares_an_env_var_that_the_settings_read() -> None:
     assert clashes == []
 
 
+#: Options that override a setting, and the setting.
+OVERRIDES = {
+    ("sink run", "--max-rows"): "sink_max_rows",
+    ("sink run", "--max-age"): "sink_max_age",
+    ("sink run", "--group-id"): "sink_group_id",
+    ("worker", "--grace"): "stream_grace_s",
+    ("worker", "--retention"): "stream_retention_s",
+    ("web", "--port"): "web_port",
+    ("broker", "--port"): "broker_port",
+    ("db migrate", "--ttl-days"): "ttl_days",
+    ("worker", "--window"): "stream_window_s",
+    ("worker", "--lateness"): "stream_lateness_s",
+    ("sink run", "--raw"): "sink_raw",
+    ("metrics", "--port"): "metrics_port",
+}
+
+
 def test_an_option_that_overrides_a_setting_names_it_instead_of_its_value() -> None:
-    overrides = {
-        ("sink run", "--max-rows"): "sink_max_rows",
-        ("sink run", "--max-age"): "sink_max_age",
-        ("sink run", "--group-id"): "sink_group_id",
-        ("worker", "--grace"): "stream_grace_s",
-        ("worker", "--retention"): "stream_retention_s",
-        ("web", "--port"): "web_port",
-        ("broker", "--port"): "broker_port",
-        ("db migrate", "--ttl-days"): "ttl_days",
-    }
     found = {(path, opt.opts[0]): opt for path, opt in _options()}
-    for key, setting in overrides.items():
+    for key, setting in OVERRIDES.items():
         opt = found[key]
-        assert opt.default is None and f"setting {setting}" in (opt.help or ""), key
+        assert opt.default is None and setting in (opt.help or ""), key
         default = Settings.model_fields[setting].default
         if default is not None:
             assert str(default) not in (opt.help or ""), key
@@ -239,3 +246,36 @@ def test_commands_that_need_no_settings_run_whatever_the_environment_holds() -> 
 
 def test_every_option_says_what_it_does() -> None:
     assert [(path, opt.opts[0]) for path, opt in _options() if not opt.help] == []
+
+
+def _numeric_overrides() -> list[tuple[tuple[str, str], str]]:
+    found = {(path, o.opts[0]): o for path, o in _options()}
+    numbers = (click.types.FloatParamType, click.types.IntParamType)
+    return [(k, v) for k, v in sorted(OVERRIDES.items()) if isinstance(found[k].type, numbers)]
+
+
+@pytest.mark.parametrize(
+    ("key", "setting"),
+    _numeric_overrides(),
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else v,
+)
+def test_an_option_accepts_exactly_the_values_its_setting_accepts(
+    key: tuple[str, str], setting: str
+) -> None:
+    # The option's value goes into a config without passing the setting's validation again,
+    # so a negative --grace must fail as FEEDBACKLOOP_STREAM_GRACE_S=-1 does.
+    from pydantic import ValidationError
+
+    opt = {(path, o.opts[0]): o for path, o in _options()}[key]
+    for value in ("-1", "0", "0.5", "1", "65535", "65536"):
+        try:
+            opt.type.convert(value, opt, None)
+            option_ok = True
+        except click.BadParameter:
+            option_ok = False
+        try:
+            Settings(**{setting: value})
+            setting_ok = True
+        except ValidationError:
+            setting_ok = False
+        assert option_ok == setting_ok, (key, value, option_ok, setting_ok)
