@@ -73,7 +73,8 @@ def _load(config_file: str | None) -> Settings:
     except SettingsError as e:  # a dict / list setting whose env var is not JSON
         raise InvalidSettings(f"bad setting: {e} (a list or dict setting takes JSON)") from e
     except ValueError as e:  # tomllib's / tomli's TOMLDecodeError
-        raise InvalidSettings(f"bad settings file {config_file}: {e}") from e
+        where = f"settings file {config_file}" if config_file else "settings"
+        raise InvalidSettings(f"bad {where}: {e}") from e
 
 
 def _problems(e: Any) -> list[str]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from feedbackloop.cli.base import emit, scope_of, settings_of
+from feedbackloop.cli.base import echo_json, scope_of, settings_of
 from feedbackloop.cli.options import (
     alpha_option,
     app_option,
@@ -88,7 +88,7 @@ def failures(
         alpha=alpha,
     )
     if as_json:
-        emit(report, as_json)
+        echo_json(report.to_dict())
     else:
         click.echo(report.to_text(top=top, show_all=show_all))
 
@@ -166,6 +166,6 @@ def complaints(
         examples=examples,
     )
     if as_json:
-        emit(report, as_json)
+        echo_json(report.to_dict())
     else:
         click.echo(report.to_text(f"since {since}"))

@@ -279,3 +279,14 @@ def test_an_option_accepts_exactly_the_values_its_setting_accepts(
         except ValidationError:
             setting_ok = False
         assert option_ok == setting_ok, (key, value, option_ok, setting_ok)
+
+
+def test_loading_the_command_line_loads_no_engine_or_analysis_library() -> None:
+    # Every command module imports its library lazily: --help and stats compare stay quick.
+    heavy = ("numpy", "scipy", "sklearn", "faust", "confluent_kafka", "clickhouse_connect")
+    code = (
+        "import sys, feedbackloop.cli; "
+        f"print([m for m in {heavy!r} + ('feedbackloop.analysis',) if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
