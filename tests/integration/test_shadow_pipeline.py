@@ -24,6 +24,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -384,3 +385,33 @@ def test_the_stream_jobs_join_each_shadow_answer_to_its_live_answer(data: Data) 
     # the rogue one names a live interaction that never came: orphaned, still delivered
     orphans = [e for e in shadows if e.orphaned]
     assert [e.event.prompt_version for e in orphans] == ["rogue"]  # type: ignore[union-attr]
+
+
+def test_the_shadow_commands_print_the_report_and_refuse_to_fake_a_promotion(
+    data: Data, artifacts_dir: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from feedbackloop.cli import cli
+
+    s = data.settings
+    env = {
+        "FEEDBACKLOOP_CLICKHOUSE_URL": s.clickhouse_url or "",
+        "FEEDBACKLOOP_CLICKHOUSE_DATABASE": s.clickhouse_database,
+        "FEEDBACKLOOP_DATA_DIR": str(s.data_dir),  # where the running sink advertises itself
+    }
+    runner = CliRunner()
+    for cand in ("cand-copy", "cand-twin", "cand-slice"):
+        res = runner.invoke(cli, ["shadow", "report", "--candidate", cand], env=env)
+        assert res.exit_code == 0, res.output
+        (artifacts_dir / f"shadow_report_{cand}.txt").write_text(res.output)
+    assert "Recommendation: hold (loses on has_code=yes" in res.output
+    res = runner.invoke(cli, ["shadow", "report", "--candidate", "cand-copy", "--json"], env=env)
+    assert json.loads(res.output)["recommendation"] == "promote to canary"
+    res = runner.invoke(cli, ["shadow", "report", "--candidate", "cand-copy", "--promote"], env=env)
+    assert res.exit_code == 1 and "Recommendation: promote to canary" in res.output
+    assert "error: --promote is not available" in res.output and "issue 16" in res.output
+    res = runner.invoke(cli, ["shadow", "list"], env=env)
+    assert (
+        res.exit_code == 0 and "cand-slice" in res.output and "without shadow_of" not in res.output
+    )
