@@ -156,3 +156,37 @@ def test_shadow_answers_never_enter_the_join_state():
     assert list(pipe.interactions) == [str(ia.interaction_id).encode()]
     assert pipe.interactions[str(ia.interaction_id).encode()].model == "m1"
     assert uuid.UUID(list(pipe.interactions)[0].decode()) == ia.interaction_id
+
+
+def test_a_shadow_answer_over_the_http_collector_is_keyed_by_its_live_interaction():
+    pytest.importorskip("fastapi")
+    from feedbackloop.web.auth import ALL_APPS, KeyKind, Principal
+    from feedbackloop.web.collector import Collector
+
+    sent: list = []
+
+    class Sink:
+        def send(self, event) -> bool:  # noqa: ANN001
+            sent.append((event.partition_key, event))
+            return True
+
+        def send_dead_letter(self, letter) -> bool:  # noqa: ANN001
+            return True
+
+    ia = live()
+    body = {
+        "event_type": "interaction",
+        "app_id": "app",
+        "session_id": "s1",
+        "user_input": "",
+        "response": "Call sorted(xs).",
+        "model": "m2",
+        "prompt_version": "v2",
+        "shadow": True,
+        "metadata": {SHADOW_OF: str(ia.interaction_id)},
+    }
+    principal = Principal(KeyKind.local, ALL_APPS, "test")
+    (result,) = Collector(Sink()).ingest([body], principal)
+    assert result.status == "accepted"
+    ((key, event),) = sent
+    assert key == str(ia.interaction_id).encode() and event.shadow_of == ia.interaction_id

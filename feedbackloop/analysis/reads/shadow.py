@@ -66,6 +66,7 @@ class ShadowScope:
     since: dt.datetime | None = None
     until: dt.datetime | None = None
     app_id: str | None = None
+    #: At most this many pairs are read, the newest first.
     limit: int = 1_000_000
 
 
@@ -250,7 +251,7 @@ LEFT JOIN fb ON fb.interaction_id = sh.live_id
 LEFT JOIN im ON im.interaction_id = sh.live_id
 LEFT JOIN oc ON oc.interaction_id = sh.live_id
 LEFT JOIN nxt ON nxt.interaction_id = sh.live_id
-ORDER BY live.occurred_at, live.event_id
+ORDER BY live.occurred_at DESC, live.event_id DESC
 LIMIT {int(scope.limit)}
 """
 
@@ -348,7 +349,8 @@ def row_to_pair(row: list[Any]) -> ShadowPair:
 
 
 def fetch_shadow_pairs(runner: Runner, scope: ShadowScope) -> list[ShadowPair]:
-    """Every shadow pair of ``scope``'s candidate whose live interaction is stored."""
+    """Every shadow pair of ``scope``'s candidate whose live interaction is stored, newest
+    first, at most ``scope.limit``."""
     res = runner(shadow_pairs_sql(scope))
     return [row_to_pair(list(r)) for r in res.rows]
 

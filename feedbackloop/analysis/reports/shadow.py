@@ -14,9 +14,12 @@ is judged against what the user did with the *live* answer (the candidate's was 
   regression risk even when it wins on corrections.
 * **cost**: per-pair latency, token and cost differences with paired intervals.
 * **slices**: the failure analysis' dimensions (prompt version, model, language, code, input
-  length, metadata) where the candidate wins or loses most, each pair judged once (its
-  correction, else its follow-up, else accepted answers: kept = tie, departed = loss), with
+  length, metadata) where the candidate wins or loses most, each pair judged once (against
+  its correction, else, for an accepted answer, kept = tie and departed = loss), with
   Benjamini-Hochberg over all slices.
+
+The recommendation rests on the same judgements: only corrections can show a candidate
+better; accepted answers can only show it worse; follow-ups are reported, never decisive.
 
 Similarity is :func:`similarity`: rapidfuzz's normalized Indel similarity (``fuzz.ratio``)
 on case-folded words (punctuation and layout dropped). It measures *surface* closeness of
@@ -354,10 +357,11 @@ def build_shadow_report(
 
     # --- one judgement per pair, for the totals and the slices
     outcome = np.zeros(n, dtype=int)
-    judged = corrected | follow | accepted
+    # Follow-ups stay out: an answer compared with the user's next question is the weakest
+    # judgement here, and it must not decide a promotion (docs: "Shadow deployments").
+    judged = corrected | accepted
     outcome[corrected] = _outcomes(d_corr[corrected])
-    outcome[follow] = _outcomes(d_follow[follow])
-    acc_only = accepted & ~corrected & ~follow
+    acc_only = accepted & ~corrected
     outcome[acc_only] = np.where(sim_sl[acc_only] >= ACCEPTED_CLOSE, 0, -1)
     judged_result = win_tie_loss(_counts(outcome[judged]), alpha)
     slices = _slice_rows(pairs, outcome, judged, alpha)
@@ -379,6 +383,8 @@ def build_shadow_report(
             f"{shadows - linked:,} shadow answers name no live interaction "
             "(logged with shadow=true but without metadata.shadow_of) and are not judged"
         )
+    if n >= scope.limit:
+        notes.append(f"only the newest {scope.limit:,} pairs were read and judged")
     if linked is not None and n < linked:
         notes.append(
             f"{linked - n:,} shadow answers name a live interaction that is not stored (yet), "
@@ -422,10 +428,14 @@ def _recommend(
     loses: Sequence[SliceRow],
     deltas: Sequence[DeltaRow],
 ) -> tuple[str, str]:
-    """A one-line recommendation and its reason, from the judged pairs."""
+    """A one-line recommendation and its reason.
+
+    Only corrections can show the candidate better; accepted answers can only show it worse
+    (it departs from what users kept); follow-ups are reported but decide nothing.
+    """
     if judged.n < MIN_JUDGED:
         return "keep shadowing", (
-            f"only {judged.n} judged pairs (corrected, rejected with a follow-up, or accepted); "
+            f"only {judged.n} judged pairs (corrected or accepted live answers); "
             f"{MIN_JUDGED} needed before judging"
         )
     c = corr.result
@@ -450,19 +460,18 @@ def _recommend(
         and d.difference.lower > 0.2 * d.live_mean
     ]
     costs = f"; but costs more {', '.join(worse)}" if worse else ""
-    if corr.n >= MIN_JUDGED and c.net.ok and c.net.lower > 0:
+    if corr.n < MIN_JUDGED:
+        return "keep shadowing", (
+            f"only {corr.n} corrected live answers ({MIN_JUDGED} needed): accepted answers "
+            f"are kept, but nothing yet shows the candidate better{costs}"
+        )
+    if c.net.ok and c.net.lower > 0:
         return "promote to canary", (
             f"closer to users' corrections than live: net {_net(c)}, no slice losing, "
             f"accepted answers kept{costs}"
         )
-    if judged.net.ok and judged.net.lower > 0:
-        return "promote to canary", (
-            f"better on judged pairs: net {_net(judged)}, no slice losing{costs}"
-        )
-    if judged.net.ok and judged.net.upper < 0:
-        return "do not promote", f"worse on judged pairs: net {_net(judged)}"
     return "no difference shown", (
-        f"even with live on judged pairs: net {_net(judged)} over {judged.n}; promote only on "
+        f"even with live on corrected answers: net {_net(c)} over {corr.n}; promote only on "
         f"cost or latency grounds{costs}"
     )
 
@@ -533,7 +542,7 @@ def format_shadow_report(rep: ShadowReport) -> str:
     ]
     lines += table(["cost", "pairs", "live", "candidate", "difference [95% CI]"], rows)
     lines.append("")
-    lines.append(f"All judged pairs ({rep.judged.n:,}): {_wtl(rep.judged)}")
+    lines.append(f"All judged pairs ({rep.judged.n:,}, corrected or accepted): {_wtl(rep.judged)}")
     for title, group in (("wins most", rep.wins_most), ("loses most", rep.loses_most)):
         if group:
             lines.append(f"Slices where the candidate {title}:")
