@@ -105,6 +105,11 @@ class FeedbackClient:
         self._interactions = InteractionSessions()
         self._session_of = self._interactions.table.get  # lock-free: see InteractionSessions
         self._fast = FastEncoder(self.app_id)
+        if transport is not None and (spool_path or producer_config):
+            raise TypeError(
+                "spool_path and producer_config configure the default Kafka transport; "
+                "give them to KafkaTransport(...) instead"
+            )
         self._transport: Transport = transport or KafkaTransport(
             self.settings, spool_path=spool_path, producer_config=producer_config
         )

@@ -182,6 +182,17 @@ def test_a_collector_url_without_a_scheme_is_refused_at_construction() -> None:
         HttpTransport("localhost:8000")
 
 
+def test_kafka_options_beside_another_transport_are_refused_not_ignored(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="configure the default Kafka transport"):
+        CollectorClient("http://127.0.0.1:1", spool_path=tmp_path / "s.sqlite3")
+    with pytest.raises(TypeError, match="configure the default Kafka transport"):
+        FeedbackClient(
+            _settings(tmp_path),
+            transport=HttpTransport("http://127.0.0.1:1"),
+            producer_config={"linger.ms": 5},
+        )
+
+
 # ------------------------------------------------------------------ parity
 
 
