@@ -93,6 +93,11 @@ class FeedbackClient:
         on_event: Callable[[Envelope, bytes], None] | None = None,
         transport: Transport | None = None,
     ) -> None:
+        if transport is not None and (spool_path or producer_config):
+            raise TypeError(
+                "spool_path and producer_config configure the default Kafka transport; "
+                "give them to KafkaTransport(...) instead"
+            )
         base = settings or Settings()
         updates = {"bootstrap_servers": bootstrap_servers, "app_id": app_id}
         self.settings = base.model_copy(update={k: v for k, v in updates.items() if v})
@@ -105,11 +110,6 @@ class FeedbackClient:
         self._interactions = InteractionSessions()
         self._session_of = self._interactions.table.get  # lock-free: see InteractionSessions
         self._fast = FastEncoder(self.app_id)
-        if transport is not None and (spool_path or producer_config):
-            raise TypeError(
-                "spool_path and producer_config configure the default Kafka transport; "
-                "give them to KafkaTransport(...) instead"
-            )
         self._transport: Transport = transport or KafkaTransport(
             self.settings, spool_path=spool_path, producer_config=producer_config
         )
