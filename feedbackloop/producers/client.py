@@ -342,7 +342,7 @@ class FeedbackClient:
 
     def stats(self) -> DeliveryStats:
         """Counters the app can read (and export to its own metrics)."""
-        return self._counters.snapshot(self._transport.spool_pending())
+        return self._transport.stats()
 
     def flush(self, timeout: float = 10.0) -> int:
         """Wait up to ``timeout`` s for queued events; returns how many are still queued."""

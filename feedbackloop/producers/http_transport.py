@@ -21,7 +21,7 @@ import urllib.request
 from collections import deque
 from typing import Any
 
-from feedbackloop.producers.delivery import Counters
+from feedbackloop.producers.delivery import Counters, DeliveryStats
 from feedbackloop.producers.transport import Headers, close_at_exit, forget_at_exit
 
 __all__ = ["HttpTransport"]
@@ -75,8 +75,8 @@ class HttpTransport:
     def send_dead_letter(self, key: bytes | None, value: bytes, headers: Headers) -> bool:
         return True  # the collector validates and dead-letters on its side
 
-    def spool_pending(self) -> int:
-        return 0  # nothing waits on disk on this side
+    def stats(self) -> DeliveryStats:
+        return self.counters.snapshot(0)  # nothing waits on disk on this side
 
     def flush(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from feedbackloop.config import Settings
-from feedbackloop.producers.delivery import Counters
+from feedbackloop.producers.delivery import Counters, DeliveryStats
 from feedbackloop.producers.spool import Spool
 from feedbackloop.producers.transport import Headers, close_at_exit, forget_at_exit
 from feedbackloop.schemas import Topics
@@ -87,8 +87,8 @@ class KafkaTransport:
     def send_dead_letter(self, key: bytes | None, value: bytes, headers: Headers) -> bool:
         return self._send(self.topics.dead_letters, key, value, list(headers))
 
-    def spool_pending(self) -> int:
-        return self._spool.count if self._spool else 0
+    def stats(self) -> DeliveryStats:
+        return self.counters.snapshot(self._spool.count if self._spool else 0)
 
     def flush(self, timeout: float) -> int:
         if self._producer is None:

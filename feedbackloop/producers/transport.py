@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from feedbackloop.producers.delivery import Counters
+from feedbackloop.producers.delivery import Counters, DeliveryStats
 
 __all__ = ["Headers", "Transport", "close_at_exit", "forget_at_exit"]
 
@@ -52,8 +52,9 @@ class Transport(Protocol):
         spooled, or when the destination dead-letters on its own side."""
         ...
 
-    def spool_pending(self) -> int:
-        """How many events wait on disk right now."""
+    def stats(self) -> DeliveryStats:
+        """A snapshot of ``counters``, with what only the transport knows (how many events
+        wait on disk right now)."""
         ...
 
     def flush(self, timeout: float) -> int:

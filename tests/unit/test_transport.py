@@ -35,7 +35,7 @@ from feedbackloop.producers import (
 from feedbackloop.producers.spool import Spool
 from feedbackloop.schemas import Envelope, Topics
 
-PROTOCOL_METHODS = ["send_event", "send_dead_letter", "spool_pending", "flush", "close"]
+PROTOCOL_METHODS = ["send_event", "send_dead_letter", "stats", "flush", "close"]
 
 
 class FakeCollector:
@@ -172,7 +172,7 @@ def test_both_transports_satisfy_the_transport_protocol(cls: type, tmp_path: Pat
             p.default for p in want.parameters.values()
         ], name
     # nothing is started before the first event; closing an unused transport is quiet
-    assert transport.spool_pending() == 0 and transport.flush(0) == 0
+    assert transport.stats().spool_pending == 0 and transport.flush(0) == 0
     transport.close(0)
     transport.close(0)
 
@@ -273,7 +273,7 @@ def test_http_transport_retries_a_busy_collector_in_order(collector: FakeCollect
     transport.close(1)
     assert collector.events == values
     assert collector.requests == 2 + 3  # two refusals, then three batches
-    snapshot = transport.counters.snapshot(0)
+    snapshot = transport.stats()
     assert (snapshot.delivered, snapshot.failed, snapshot.dropped) == (5, 0, 0)
 
 
@@ -287,7 +287,7 @@ def test_a_collector_answering_garbage_does_not_stop_the_sender(
         transport.send_event(None, json.dumps({"n": i}).encode())
     assert transport.flush(10) == 0
     transport.close(1)
-    snapshot = transport.counters.snapshot(0)
+    snapshot = transport.stats()
     assert (snapshot.delivered, snapshot.failed) == (2, 2)
     assert collector.events == [b'{"n": 2}', b'{"n": 3}']
 
@@ -298,7 +298,7 @@ def test_http_transport_drops_and_counts_beyond_max_pending() -> None:
     sent = [transport.send_event(None, b"{}") for _ in range(5)]
     transport.close(0)
     assert sent == [True, True, True, False, False]
-    snapshot = transport.counters.snapshot(0)
+    snapshot = transport.stats()
     assert snapshot.dropped == 2 + 3  # two refused at once, three not posted by close
 
 
