@@ -272,7 +272,8 @@ def test_http_transport_retries_a_busy_collector_in_order(collector: FakeCollect
     assert transport.flush(10) == 0
     transport.close(1)
     assert collector.events == values
-    assert collector.requests == 2 + 3  # two refusals, then three batches
+    # both refusals were answered, then every event was posted once (batches of 1 or 2)
+    assert collector.answers == [] and 2 + 3 <= collector.requests <= 2 + 5
     snapshot = transport.stats()
     assert (snapshot.delivered, snapshot.failed, snapshot.dropped) == (5, 0, 0)
 
