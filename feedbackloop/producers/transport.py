@@ -7,8 +7,10 @@ background threads) and counts what became of each event it was handed.
 Two transports implement it: :class:`~feedbackloop.producers.kafka_transport.KafkaTransport`
 (librdkafka, spool and replay; the default) and
 :class:`~feedbackloop.producers.http_transport.HttpTransport` (batches posted to the HTTP
-collector). Every method is called on the host app's threads, so each must return at once
-(no network I/O on the caller's thread) and must not raise because of its destination.
+collector). ``send_event`` and ``send_dead_letter`` run on the host app's threads for every
+event, so they must return at once (no network I/O on the caller's thread); no method may
+raise because of the destination, and only ``flush`` and ``close`` wait, for at most their
+timeout.
 
 A started transport registers with :func:`close_at_exit`, so events still queued when the
 interpreter exits are delivered or spooled within the transport's close timeout.
