@@ -21,6 +21,7 @@ import urllib.request
 from collections import deque
 from typing import Any
 
+from feedbackloop.errors import ConfigError
 from feedbackloop.producers.delivery import Counters, DeliveryStats
 from feedbackloop.producers.transport import Headers, close_at_exit, forget_at_exit
 
@@ -43,7 +44,7 @@ class HttpTransport:
         close_timeout_s: float = 5.0,
     ) -> None:
         if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-            raise ValueError(f"collector URL must start with http:// or https://: {url!r}")
+            raise ConfigError(f"collector URL must start with http:// or https://: {url!r}")
         self.url = url.rstrip("/") + "/v1/events"
         self.counters = Counters()
         self._key = key

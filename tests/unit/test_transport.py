@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from feedbackloop.config import Settings
-from feedbackloop.errors import SchemaError
+from feedbackloop.errors import ConfigError, SchemaError
 from feedbackloop.producers import (
     CollectorClient,
     FeedbackClient,
@@ -178,7 +178,7 @@ def test_both_transports_satisfy_the_transport_protocol(cls: type, tmp_path: Pat
 
 
 def test_a_collector_url_without_a_scheme_is_refused_at_construction() -> None:
-    with pytest.raises(ValueError, match="http:// or https://"):
+    with pytest.raises(ConfigError, match="http:// or https://"):
         HttpTransport("localhost:8000")
 
 
