@@ -22,17 +22,17 @@ The recommendation rests on the same judgements: only corrections can show a can
 better; accepted answers can only show it worse; follow-ups are reported, never decisive.
 
 Similarity is :func:`similarity`: rapidfuzz's normalized Indel similarity (``fuzz.ratio``)
-on case-folded words (punctuation and layout dropped). It measures *surface* closeness of
+on lower-cased words (punctuation and layout dropped). It measures *surface* closeness of
 characters, not meaning: docs/ARCHITECTURE.md, "Shadow deployments" says what that can and
 cannot tell.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +88,6 @@ MIN_JUDGED = 30
 MIN_SLICE = 20
 #: Accepted answers departed from more often than this (lower bound) block a promotion.
 DRIFT_LIMIT = 0.2
-_WORD = re.compile(r"\w+")
 PROMOTE_UNAVAILABLE = (
     "--promote is not available: creating a canary needs the control plane (issue 16), which "
     "has not landed. Start the canary by hand, e.g. an Experiment with weights "
@@ -96,9 +95,22 @@ PROMOTE_UNAVAILABLE = (
 )
 
 
+@functools.cache
+def _process() -> Callable[[str], str]:
+    try:
+        from rapidfuzz.utils import default_process
+    except ImportError as e:  # pragma: no cover - the analysis extra installs it
+        raise MissingDependency("rapidfuzz", "analysis") from e
+    return default_process  # type: ignore[no-any-return]
+
+
 def normalize(text: str) -> str:
-    """Case-folded words joined by single spaces: punctuation and layout do not count."""
-    return " ".join(_WORD.findall(text.casefold()))
+    """Lower-case words joined by single spaces: punctuation and layout do not count.
+
+    rapidfuzz's ``utils.default_process`` (C++: non-alphanumerics to spaces, lower case),
+    then runs of spaces collapsed.
+    """
+    return " ".join(_process()(text).split())
 
 
 def similarity(a: Sequence[str], b: Sequence[str]) -> np.ndarray:
