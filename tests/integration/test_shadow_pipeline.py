@@ -411,6 +411,13 @@ def test_the_shadow_commands_print_the_report_and_refuse_to_fake_a_promotion(
     res = runner.invoke(cli, ["shadow", "report", "--candidate", "cand-copy", "--promote"], env=env)
     assert res.exit_code == 1 and "Recommendation: promote to canary" in res.output
     assert "error: --promote is not available" in res.output and "issue 16" in res.output
+    res = runner.invoke(
+        cli, ["shadow", "report", "--candidate", "cand-copy", "--since", "1d", "--json"], env=env
+    )
+    assert json.loads(res.output)["pairs"] == sum(data.sent.interactions.values())
+    # a hostile name is a literal, not SQL: no pairs, no error
+    res = runner.invoke(cli, ["shadow", "report", "--candidate", "x' OR '1'='1"], env=env)
+    assert res.exit_code == 0 and "0 paired" in res.output, res.output
     res = runner.invoke(cli, ["shadow", "list"], env=env)
     assert (
         res.exit_code == 0 and "cand-slice" in res.output and "without shadow_of" not in res.output

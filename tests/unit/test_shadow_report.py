@@ -247,3 +247,22 @@ def test_bad_shadow_input_never_raises_into_the_app_unless_strict(tmp_path: Path
     with pytest.raises(SchemaError, match="session_id is required"):
         strict.shadow(iid, response="b", model="m")
     strict.close(timeout=0)
+
+
+def test_simulate_plants_a_shadow_candidate_when_asked(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from feedbackloop.cli import cli
+
+    env = {
+        "FEEDBACKLOOP_BOOTSTRAP_SERVERS": "127.0.0.1:1",  # nothing listens: the SDK spools
+        "FEEDBACKLOOP_DATA_DIR": str(tmp_path),
+        "FEEDBACKLOOP_CLOSE_TIMEOUT_S": "0",
+    }
+    args = ["simulate", "--duration", "0.5", "--rate", "400"]
+    res = CliRunner().invoke(cli, [*args, "--shadow-candidate", "cand-x"], env=env)
+    assert res.exit_code == 0, res.output
+    sent = json.loads(res.output[res.output.index("{") :])["sent"]
+    assert 0 < sent["shadow"] <= sent["interaction"]
+    res = CliRunner().invoke(cli, args, env=env)
+    assert "shadow" not in json.loads(res.output[res.output.index("{") :])["sent"]
