@@ -94,7 +94,7 @@ _ms = epoch_ms
 # The row builders below run once per message on the writer's hot path (bench/bench_sink.py):
 # rows are spelled out as flat tuples (no helper per envelope, no trace tuple to splat, no
 # wrapper object per message), since per-call overhead is most of what row building costs.
-# Their slow twin is the declaration itself, read column by column (declared_row, ~2x the
+# Their slow twin is the declaration itself, read column by column (declared_row, ~3x the
 # time per row); tests/unit/test_sinks.py holds every path equal to it.
 
 _EVENT_TABLES = {
