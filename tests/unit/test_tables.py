@@ -79,7 +79,7 @@ def test_context_columns_come_from_the_request_context_and_derived_attributes() 
 
 
 def test_prompt_registry_columns_are_the_prompt_version_fields() -> None:
-    from feedbackloop.analysis.prompts import PromptVersion
+    from feedbackloop.analysis.loop.prompts import PromptVersion
 
     fields = [f.name for f in dataclasses.fields(PromptVersion)]
     assert [c.name for c in TABLES["prompt_versions"].columns] == fields
