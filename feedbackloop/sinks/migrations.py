@@ -6,7 +6,7 @@ statement interrupted half-way can simply be run again. Applied versions are rec
 SQL changed afterwards is reported, never silently re-applied. Migrations are append-only:
 to change a table, add a new migration with an ``ALTER``, and change its columns in
 :mod:`feedbackloop.sinks.tables`, which everything else reads them from
-(tests/integration/test_tables.py holds the migrated tables equal to it).
+(tests/integration/test_migrated_tables.py holds the migrated tables equal to it).
 
 The same DDL runs on embedded chDB and on a ClickHouse server (no ``ON CLUSTER``, no
 Replicated engines; on a cluster, apply it per shard or swap engines in a later migration).

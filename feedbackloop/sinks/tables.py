@@ -7,7 +7,7 @@ takes its columns from here: the writer's insert contexts (names *and* types, so
 the prompt registry and the dashboard's SELECT lists.
 
 The migrations (:mod:`feedbackloop.sinks.migrations`) are history and stay as they were
-applied; tests/integration/test_tables.py migrates a fresh database and holds each table's
+applied; tests/integration/test_migrated_tables.py migrates a fresh database and holds each table's
 ``DESCRIBE TABLE`` (name, type, default) equal to the declaration here. Changing a table is
 therefore two edits that a test keeps together: a new migration, and its columns here.
 

@@ -96,7 +96,7 @@ def _holder(settings: Settings) -> int | None:
 
 def _table() -> Any:
     # The registry's columns as sinks/tables.py declares them (one per PromptVersion field,
-    # in order; tests/unit/test_tables.py). Imported on use: the sinks package is heavy.
+    # in order; tests/unit/test_table_declaration.py). Imported on use: the sinks package is heavy.
     from feedbackloop.sinks.tables import TABLES
 
     return TABLES[TABLE]

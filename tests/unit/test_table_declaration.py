@@ -1,6 +1,6 @@
 """The tables' column declaration (sinks/tables.py) against the code it is not derived in.
 
-The migrated DDL is held to it by tests/integration/test_tables.py; the row builders by
+The migrated DDL is held to it by tests/integration/test_migrated_tables.py; the row builders by
 tests/unit/test_sinks.py; here: the pydantic models whose fields become columns, the input
 structure of the ClickHouse-parsed ingest statements, and the SELECT lists built from it.
 """
