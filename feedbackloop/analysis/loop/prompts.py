@@ -19,18 +19,20 @@ holds it: stop the worker for the moment of the write, or use a ClickHouse serve
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import getpass
 import hashlib
 import json
 import os
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 from feedbackloop.analysis.reads.literals import quote
 from feedbackloop.config import Settings
 from feedbackloop.errors import ClickHouseError, ConfigError, FeedbackLoopError
+
+if TYPE_CHECKING:
+    from feedbackloop.sinks.tables import Table
 
 __all__ = [
     "DatabaseBusy",
@@ -67,7 +69,7 @@ class PromptVersion:
     created_at: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return asdict(self)
 
 
 def _sha(text: str) -> str:
@@ -99,7 +101,7 @@ def _holder(settings: Settings) -> int | None:
     return pid
 
 
-def _table() -> Any:
+def _table() -> Table:
     # The registry's columns as sinks/tables.py declares them (one per PromptVersion field,
     # in order; tests/unit/test_table_declaration.py). Imported on use: the sinks package is heavy.
     from feedbackloop.sinks.tables import TABLES
