@@ -80,6 +80,8 @@ class Sent:
     rated: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     positive: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     corrected: int = 0
+    #: Live answers users rejected (thumbs down or a report).
+    rejected: int = 0
     events: int = 0
     #: Live interactions whose shadow answers were sent before them.
     early: set[str] = field(default_factory=set)
@@ -165,9 +167,14 @@ def _traffic(client: FeedbackClient, sent: Sent, seed: int = 17) -> list[tuple[u
                         occurred_at=t + dt.timedelta(milliseconds=500),
                     )
             fb_t = t + dt.timedelta(seconds=2)
-            if bad:
+            if bad and not corrected and rng.random() < 0.3:
+                # rejected by a report alone: no thumbs, no rating
+                client.report(iid, "incorrect", occurred_at=fb_t)
+                sent.rejected += 1
+            elif bad:
                 client.thumbs(iid, False, occurred_at=fb_t)
                 sent.rated[variant] += 1
+                sent.rejected += 1
                 if corrected:
                     sent.corrected += 1
                     if rng.random() < 0.25:
@@ -292,6 +299,7 @@ def test_a_candidate_equal_to_live_comes_out_even(data: Data) -> None:
     assert r.net.value == 0.0 and r.net.lower < 0 < r.net.upper
     assert rep.judged.net.lower < 0 < rep.judged.net.upper
     assert rep.recommendation == "no difference shown", rep.reason
+    assert rep.rejected.n == data.sent.rejected and rep.rejected.differs.value == 0.0
     assert rep.loses_most == () or not any(s.significant for s in rep.loses_most)
 
 

@@ -49,6 +49,7 @@ def pair(i: int, shadow: str, live: str = BAD, **kw: Any) -> ShadowPair:
         next_input="",
         thumbs_down=0,
         low_ratings=0,
+        reports=0,
         regenerates=0,
         abandons=0,
         copies=0,
@@ -167,7 +168,7 @@ def test_no_pairs_gives_a_report_that_says_so() -> None:
 def test_a_result_row_becomes_a_pair_with_the_failure_slice_dimensions() -> None:
     row = [
         "l1", "s1", "v1", "m1", "exp", "a", True, "q", "live", "cand", 120.0, None, 30.0, None,
-        0.1, 0.2, "fix", "", "next?", 1, 0, 2, 0, 0, 0, 1, "de", True, "s",
+        0.1, 0.2, "fix", "", "next?", 1, 0, 0, 2, 0, 0, 0, 1, "de", True, "s",
         {"plan": "pro", SHADOW_OF: "x"},
     ]  # fmt: skip
     p = row_to_pair(row)
@@ -183,6 +184,8 @@ def test_a_result_row_becomes_a_pair_with_the_failure_slice_dimensions() -> None
         "meta.plan": "pro",
     }
     assert dataclasses.replace(p, correction="").corrected is False
+    reported = dataclasses.replace(p, thumbs_down=0, regenerates=0, last_verdict_positive=None)
+    assert not reported.negative and dataclasses.replace(reported, reports=1).negative
 
 
 # --- SDK ---------------------------------------------------------------------------------

@@ -96,6 +96,7 @@ def test_a_planted_shadow_candidate_wins_on_code_and_loses_on_german(tmp_path: P
                 edited_text="", next_input="",
                 thumbs_down=sum(1 for e in fb if e.thumbs == -1),
                 low_ratings=sum(1 for e in fb if (e.rating or 5) <= 2),
+                reports=sum(1 for e in fb if e.kind.value == "report"),
                 regenerates=sum(1 for e in sig if getattr(e, "signal", None) == "regenerate"),
                 abandons=sum(1 for e in sig if getattr(e, "signal", None) == "abandon"),
                 copies=sum(1 for e in sig if getattr(e, "signal", None) == "copy"),

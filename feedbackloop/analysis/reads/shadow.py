@@ -100,6 +100,8 @@ class ShadowPair:
     next_input: str
     thumbs_down: int
     low_ratings: int
+    #: Reports (harmful, incorrect, ...) filed against the live answer.
+    reports: int
     regenerates: int
     abandons: int
     copies: int
@@ -115,10 +117,16 @@ class ShadowPair:
 
     @property
     def negative(self) -> bool:
-        """The user rejected the live answer: thumbs down, low rating, regenerate, abandon."""
-        return bool(self.thumbs_down or self.low_ratings or self.regenerates or self.abandons) or (
-            self.last_verdict_positive is False
+        """The user rejected the live answer: thumbs down, low rating, a report, regenerate,
+        abandon."""
+        rejected = (
+            self.thumbs_down
+            or self.low_ratings
+            or self.reports
+            or self.regenerates
+            or self.abandons
         )
+        return bool(rejected) or self.last_verdict_positive is False
 
     @property
     def accepted(self) -> bool:
@@ -204,6 +212,7 @@ WITH ids AS (
            argMaxIf(text, (occurred_at, event_id), kind = 'correction') AS correction,
            countIf(kind = 'thumbs' AND thumbs = -1) AS thumbs_down,
            countIf(kind = 'rating' AND ifNull(rating, 5) <= {LOW_RATING}) AS low_ratings,
+           countIf(kind = 'report') AS reports,
            countIf(kind IN ('thumbs', 'rating')) AS verdicts,
            argMaxIf(if(kind = 'thumbs', thumbs = 1, ifNull(rating, 0) >= {POSITIVE_RATING}),
                     (occurred_at, event_id), kind IN ('thumbs', 'rating')) AS last_positive
@@ -246,7 +255,7 @@ SELECT toString(live.interaction_id), toString(sh.shadow_id), live.prompt_versio
        live.latency_ms, sh.latency_ms, if(live.has_tokens, live.tokens, NULL),
        if(sh.has_tokens, sh.tokens, NULL), live.cost_usd, sh.cost_usd,
        fb.correction, im.edited_text, if(reacted, nxt.next_input, ''),
-       fb.thumbs_down, fb.low_ratings, im.regenerates, im.abandons, im.copies,
+       fb.thumbs_down, fb.low_ratings, fb.reports, im.regenerates, im.abandons, im.copies,
        if(fb.verdicts > 0, toInt8(fb.last_positive), toInt8(-1)), oc.good_outcomes,
        live.input_language, live.input_has_code, live.input_length_bucket,
        toJSONString(live.metadata)
@@ -298,6 +307,7 @@ def row_to_pair(row: list[Any]) -> ShadowPair:
         next_input,
         t_down,
         low,
+        reports,
         regen,
         abandon,
         copies,
@@ -342,6 +352,7 @@ def row_to_pair(row: list[Any]) -> ShadowPair:
         next_input=str(next_input or ""),
         thumbs_down=int(t_down or 0),
         low_ratings=int(low or 0),
+        reports=int(reports or 0),
         regenerates=int(regen or 0),
         abandons=int(abandon or 0),
         copies=int(copies or 0),

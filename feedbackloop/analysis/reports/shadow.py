@@ -6,7 +6,7 @@ is judged against what the user did with the *live* answer (the candidate's was 
 * **corrected**: the user wrote the answer they wanted. The candidate *wins* when it is closer
   to that correction than the live answer was (by more than :data:`TIE_MARGIN`), *loses* when
   it is further, else ties. Net win rate with a matched-pairs interval.
-* **rejected** (thumbs down, low rating, regenerate, abandon): how often and how much the
+* **rejected** (thumbs down, low rating, a report, regenerate, abandon): how often and how much the
   candidate differs from the answer users rejected, and, where the user then edited the
   answer or asked again, whether the candidate is closer to that follow-up.
 * **accepted** (thumbs up, copy, a good outcome; nothing negative): does the candidate stay
@@ -167,8 +167,8 @@ class CorrectedSection:
 
 @dataclass(frozen=True)
 class RejectedSection:
-    """Pairs whose live answer the user rejected (thumbs down, low rating, regenerate,
-    abandon)."""
+    """Pairs whose live answer the user rejected (thumbs down, low rating, a report,
+    regenerate, abandon)."""
 
     n: int
     share_of_pairs: float
@@ -522,7 +522,8 @@ def format_shadow_report(rep: ShadowReport) -> str:
     r = rep.rejected
     lines.append("")
     lines.append(
-        f"Rejected by the user ({r.n:,} pairs: thumbs down, low rating, regenerate, abandon)"
+        f"Rejected by the user ({r.n:,} pairs: thumbs down, low rating, report, regenerate, "
+        "abandon)"
     )
     if r.n:
         lines.append(
