@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -108,6 +109,155 @@ class _CountsType(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
+class _CheckedFloat(click.ParamType):
+    """A float checked by a library validator (which names the rule it enforces); ``nan``
+    and ``inf`` parse as floats, so a range type alone would let them through."""
+
+    name = "number"
+
+    def __init__(self, check: Any) -> None:
+        self._check = check
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from feedbackloop.errors import ConfigError
+
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        try:
+            return self._check(x)
+        except ConfigError as e:
+            self.fail(str(e), param, ctx)
+
+
+def _check_alpha(x: float) -> float:
+    from feedbackloop.analysis.statistics.design import check_alpha
+
+    return check_alpha(x, "alpha")
+
+
+def _check_power(x: float) -> float:
+    from feedbackloop.analysis.statistics.design import check_power
+
+    return check_power(x, 0.0, "power")
+
+
+def _check_positive(x: float) -> float:
+    from feedbackloop.analysis.statistics.design import check_mde
+
+    return check_mde(x, relative=True, proportion=False, name="value")
+
+
+def _check_finite(x: float) -> float:
+    from feedbackloop.errors import ConfigError
+
+    if x != x or x in (float("inf"), float("-inf")):
+        raise ConfigError(f"must be a finite number, got {x!r}")
+    return x
+
+
+def _design_options(f: Any, *, defaults: bool = False) -> Any:
+    """The design's parameters, one spelling everywhere (``experiments design``, ``stats
+    compare``, ``ab report``). With ``defaults`` they show the defaults; otherwise an unset
+    option is ``None`` (``ab report``: the registered design, else the defaults)."""
+    opts = [
+        click.option(
+            "--mde",
+            type=_CheckedFloat(_check_positive),
+            default=None,
+            help="Minimum detectable effect of the primary metric: an absolute change "
+            "(0.02 = 2 points of a rate) unless --mde-relative. Enables the futility verdict "
+            "'no difference as large as the MDE'.",
+        ),
+        click.option(
+            "--mde-relative",
+            is_flag=True,
+            help="--mde is a share of the control's value (0.05 = 5%), not an absolute change.",
+        ),
+        click.option(
+            "--alpha",
+            type=_CheckedFloat(_check_alpha),
+            default=0.05 if defaults else None,
+            show_default=defaults,
+            help="Significance level, two-sided, in (0, 0.5)"
+            + ("" if defaults else " [default: 0.05]")
+            + ".",
+        ),
+        click.option(
+            "--power",
+            type=_CheckedFloat(_check_power),
+            default=0.8 if defaults else None,
+            show_default=defaults,
+            help="Power at the MDE for the fixed-horizon size, in (alpha/2, 1)"
+            + ("" if defaults else " [default: 0.8]")
+            + ".",
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _plan_options(f: Any) -> Any:
+    """Analysis mode and what a fixed horizon is planned from."""
+    opts = [
+        click.option(
+            "--mode",
+            type=click.Choice(["sequential", "fixed"]),
+            default="sequential",
+            show_default=True,
+            help="sequential: always-valid verdicts at any look; fixed: one verdict at the "
+            "planned horizon, 'keep running (n of N)' before it.",
+        ),
+        click.option(
+            "--baseline",
+            type=_CheckedFloat(_check_finite),
+            default=None,
+            help="Expected control value of the primary metric (a rate in [0, 1]), to plan "
+            "the fixed horizon from the MDE.",
+        ),
+        click.option(
+            "--sd",
+            type=_CheckedFloat(_check_positive),
+            default=None,
+            help="Per-session standard deviation of the primary metric (for a mean, or a "
+            "rate with chatty sessions), to plan the fixed horizon.",
+        ),
+        click.option(
+            "--sessions",
+            type=click.IntRange(min=2),
+            default=None,
+            help="Planned units per variant for the fixed horizon (instead of planning it "
+            "from --baseline / --sd).",
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _design_check(check: Any, *args: Any) -> Any:
+    """Run a library validator; its ConfigError is a usage error (exit code 2)."""
+    from feedbackloop.errors import ConfigError
+
+    try:
+        return check(*args)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+
+
+def _design(**kwargs: Any) -> Any:
+    """An ExperimentDesign from options; a contradiction between them is a usage error."""
+    from feedbackloop.analysis.statistics.design import ExperimentDesign
+    from feedbackloop.errors import ConfigError
+
+    try:
+        return ExperimentDesign(**kwargs)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+
+
 class _WeightsType(click.ParamType):
     """``W1/W2`` such as ``50/50`` or ``0.9/0.1``."""
 
@@ -140,26 +290,8 @@ def stats() -> None:
     type=_CountsType(),
     help="Treatment successes/units, e.g. 580/1010.",
 )
-@click.option(
-    "--alpha",
-    default=0.05,
-    show_default=True,
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    help="Significance level (two-sided).",
-)
-@click.option(
-    "--power",
-    default=0.8,
-    show_default=True,
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    help="Power for the required sample size.",
-)
-@click.option(
-    "--mde",
-    type=float,
-    default=None,
-    help="Absolute change in rate to plan for (e.g. 0.02); default: the observed one.",
-)
+@functools.partial(_design_options, defaults=True)
+@_plan_options
 @click.option(
     "--weights",
     type=_WeightsType(),
@@ -175,31 +307,46 @@ def stats() -> None:
 def stats_compare(
     control: Any,
     treatment: Any,
+    mde: float | None,
+    mde_relative: bool,
     alpha: float,
     power: float,
-    mde: float | None,
+    mode: str,
+    baseline: float | None,
+    sd: float | None,
+    sessions: int | None,
     weights: tuple[float, float] | None,
     lower_is_better: bool,
     as_json: bool,
 ) -> None:
     """Compare two variants of a binary metric from counts alone.
 
+    The options are those of an experiment design (`feedbackloop experiments design`), and
+    the verdict is the one `ab report` and the dashboard print for the same data.
+
     \b
     Example:
-      feedbackloop stats compare --control 540/1000 --treatment 580/1010
+      feedbackloop stats compare --control 540/1000 --treatment 580/1010 --mde 0.03
     """
     import json
 
-    from feedbackloop.analysis.statistics import compare_counts, format_comparison
+    from feedbackloop.analysis.statistics import check_mde, compare_counts, format_comparison
 
-    result = compare_counts(
-        control,
-        treatment,
+    design = _design(
+        mde=mde,
+        mde_relative=mde_relative,
         alpha=alpha,
         power=power,
-        mde=mde,
-        weights=weights,
-        higher_is_better=not lower_is_better,
+        mode=mode,
+        baseline=baseline,
+        sd=sd,
+        planned_sessions=sessions,
+    )
+    if mde is not None:
+        # The metric is a rate: an absolute MDE of 1 or more cannot be detected.
+        _design_check(check_mde, mde, mde_relative, True, "--mde")
+    result = compare_counts(
+        control, treatment, design=design, weights=weights, higher_is_better=not lower_is_better
     )
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else format_comparison(result))
 
@@ -831,26 +978,11 @@ def ab() -> None:
     help="Configured split for the sample-ratio check, e.g. control=50,treatment=50 "
     "(default: equal).",
 )
-@_alpha_opt
-@click.option(
-    "--power",
-    default=0.8,
-    show_default=True,
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    help="Power for the required number of sessions.",
-)
-@click.option(
-    "--mde",
-    type=float,
-    default=None,
-    help="Absolute change of the primary metric to plan for (e.g. 0.02); "
-    "default: the observed one.",
-)
+@_design_options
 @click.option(
     "--primary",
-    default="satisfaction",
-    show_default=True,
-    help="Metric that decides (e.g. satisfaction, outcome.code_accepted).",
+    default=None,
+    help="Metric that decides (e.g. satisfaction, outcome.code_accepted) [default: satisfaction].",
 )
 @click.option(
     "--correction",
@@ -869,37 +1001,44 @@ def ab_report(
     app: str | None,
     control: str | None,
     weights: dict[str, float] | None,
-    alpha: float,
-    power: float,
     mde: float | None,
-    primary: str,
+    mde_relative: bool,
+    alpha: float | None,
+    power: float | None,
+    primary: str | None,
     correction: str,
     url: str | None,
     as_json: bool,
 ) -> None:
-    """Per-variant metrics, differences vs control, SRM, power and a decision.
+    """Per-variant metrics, differences vs control, SRM and a verdict per treatment.
+
+    The experiment is judged by its registered design (`feedbackloop experiments design`);
+    without one, by the options given here (sequential analysis), and the report says so.
 
     \b
     Example:
       feedbackloop ab report --experiment new-prompt --since 7d --weights control=50,treatment=50
     """
-    from feedbackloop.analysis.reads.queries import fetch_experiment, settings_runner
-    from feedbackloop.analysis.reports.report import build_report
+    from feedbackloop.analysis.reads.queries import settings_runner
+    from feedbackloop.analysis.reports.report import report_experiment
 
-    data = fetch_experiment(settings_runner(settings_of(ctx), url), _scope(experiment, since, app))
-    _emit(
-        build_report(
-            data,
-            control=control,
-            weights=weights,
-            alpha=alpha,
-            power=power,
-            mde=mde,
-            primary=primary,
-            correction=correction,
-        ),
-        as_json,
+    given = {
+        k: v
+        for k, v in (("alpha", alpha), ("power", power), ("mde", mde), ("primary", primary))
+        if v is not None
+    }
+    options = None
+    if given or mde_relative:
+        options = _design(experiment=experiment, mde_relative=mde_relative, **given)
+    report = report_experiment(
+        settings_runner(settings_of(ctx), url),
+        _scope(experiment, since, app),
+        options=options,
+        control=control,
+        weights=weights,
+        correction=correction,
     )
+    _emit(report, as_json)
 
 
 @ab.command("versions")

@@ -1,0 +1,168 @@
+"""The design registry: each experiment's design, stored with its data (table
+``experiment_designs``, schema migration 4).
+
+``feedbackloop experiments design`` registers a design; ``ab report``, the dashboard and
+the alerts read it with :func:`fetch_design` through the read-only query path, so they judge
+the experiment by the rules fixed before its data was seen.
+
+Designs are immutable. Re-registering the same design is a no-op; a different one for the
+same experiment is refused: a design changed after looking at the data no longer keeps the
+error rates it promised. Start a new experiment name instead. Writes follow the prompt
+registry's rules (:mod:`feedbackloop.analysis.prompts`): a ClickHouse server takes them from
+any process; embedded chDB only while no sink worker holds it
+(:mod:`feedbackloop.analysis.reads.writes`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from feedbackloop.analysis.reads.literals import quote
+from feedbackloop.analysis.statistics.design import ExperimentDesign
+from feedbackloop.config import Settings
+from feedbackloop.errors import ClickHouseError, ConfigError, FeedbackLoopError
+
+__all__ = ["TABLE", "fetch_design", "register_design", "design_row"]
+
+TABLE = "experiment_designs"
+_COLUMNS = (
+    "experiment",
+    "primary_metric",
+    "guardrails",
+    "mde",
+    "mde_relative",
+    "alpha",
+    "power",
+    "mode",
+    "baseline",
+    "sd",
+    "planned_sessions",
+    "weights_json",
+    "note",
+    "created_by",
+)
+
+
+def design_row(d: ExperimentDesign) -> list[Any]:
+    """The row stored for ``d`` (in :data:`_COLUMNS` order)."""
+    return [
+        d.experiment,
+        d.primary,
+        list(d.guardrails),
+        d.mde,
+        d.mde_relative,
+        d.alpha,
+        d.power,
+        d.mode,
+        d.baseline,
+        d.sd,
+        d.planned_sessions,
+        json.dumps(d.weights, sort_keys=True),
+        d.note,
+        d.created_by,
+    ]
+
+
+def _from_row(row: dict[str, Any]) -> ExperimentDesign:
+    def opt(v: Any) -> float | None:
+        return None if v is None else float(v)
+
+    planned = row["planned_sessions"]
+    return ExperimentDesign(
+        experiment=str(row["experiment"]),
+        primary=str(row["primary_metric"]),
+        guardrails=tuple(str(g) for g in row["guardrails"] or ()),
+        mde=opt(row["mde"]),
+        mde_relative=bool(row["mde_relative"]),
+        alpha=float(row["alpha"]),
+        power=float(row["power"]),
+        mode=str(row["mode"]),
+        baseline=opt(row["baseline"]),
+        sd=opt(row["sd"]),
+        planned_sessions=None if planned is None else int(planned),
+        weights={str(k): float(v) for k, v in json.loads(row["weights_json"] or "{}").items()},
+        note=str(row["note"]),
+        registered=True,
+        created_by=str(row["created_by"]),
+        created_at=str(row["created_at"]),
+    )
+
+
+def _select_sql(experiment: str, db: str | None = None) -> str:
+    table = f"{db}.{TABLE}" if db else TABLE
+    return (
+        f"SELECT {', '.join(_COLUMNS)}, toString(created_at) AS created_at "
+        f"FROM {table} FINAL WHERE experiment = {quote(experiment)}"
+    )
+
+
+def _missing_table(e: Exception) -> bool:
+    text = str(e)
+    return "UNKNOWN_TABLE" in text or "does not exist" in text or "doesn't exist" in text
+
+
+def fetch_design(runner: Any, experiment: str) -> ExperimentDesign | None:
+    """The registered design of ``experiment``; ``None`` if it has none (or the database
+    predates the registry). ``runner`` runs read-only SQL (``queries.Runner``)."""
+    try:
+        res = runner(_select_sql(experiment))
+    except ClickHouseError as e:
+        if _missing_table(e):
+            return None
+        raise
+    rows = [dict(zip(res.columns, r, strict=True)) for r in res.rows]
+    return _from_row(rows[0]) if rows else None
+
+
+def register_design(
+    settings: Settings, design: ExperimentDesign, *, client: Any = None
+) -> tuple[ExperimentDesign, bool]:
+    """Store ``design``; returns the stored design and whether it was new (``False``: the
+    same design was registered before). A different design for the same experiment raises
+    :class:`ConfigError`.
+    """
+    from feedbackloop.analysis.reads.writes import database_name, whoami, writable_client
+    from feedbackloop.sinks.migrations import migrate
+
+    if not design.experiment.strip():
+        raise ConfigError("a design needs the experiment's name")
+    db = database_name(settings)
+    own = client is None
+    if own:
+        client = writable_client(settings)
+    try:
+        migrate(client, db)  # the registry table arrives with migration 4
+
+        def current() -> ExperimentDesign | None:
+            res = client.query(_select_sql(design.experiment, db))
+            rows = [dict(zip(res.column_names, r, strict=True)) for r in res.result_rows]
+            return _from_row(rows[0]) if rows else None
+
+        found = current()
+        if found is not None:
+            if design_row(found)[:-2] == design_row(design)[:-2]:
+                return found, False
+            raise ConfigError(
+                f"experiment {design.experiment!r} already has a design (registered "
+                f"{found.created_at[:19]} by {found.created_by or '?'}: {found.summary()}); "
+                "designs are immutable, because a design changed after the data was seen "
+                "loses its error rates: register the new design under a new experiment name"
+            )
+        stored = ExperimentDesign(
+            **{
+                **{f: getattr(design, f) for f in design.__dataclass_fields__},
+                "created_by": design.created_by or whoami(),
+            }
+        )
+        client.insert(TABLE, [design_row(stored)], database=db, column_names=list(_COLUMNS))
+        result = current()
+        assert result is not None
+        return result, True
+    except FeedbackLoopError:
+        raise
+    except Exception as e:
+        raise ClickHouseError(f"cannot register the design of {design.experiment}: {e}") from e
+    finally:
+        if own:
+            client.close()
