@@ -85,6 +85,7 @@ __all__ = [
     "build_report",
     "format_report",
     "report_experiment",
+    "metric_rules",
     "pick_control",
 ]
 
@@ -309,7 +310,12 @@ def _judge(
         srm_p=srm.p_value,
         error=error,
     )
-    rules = Rules(
+    return decide(evidence, metric_rules(design, spec, mde))
+
+
+def metric_rules(design: ExperimentDesign, spec: MetricSpec, mde: float | None) -> Rules:
+    """The design's rules for one metric (``mde`` already on the metric's scale)."""
+    return Rules(
         mode=design.mode,
         alpha=design.alpha,
         power=design.power,
@@ -318,7 +324,6 @@ def _judge(
         higher_is_better=spec.higher_is_better,
         fmt=_fmt(spec.kind),
     )
-    return decide(evidence, rules)
 
 
 def build_report(

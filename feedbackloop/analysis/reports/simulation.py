@@ -3,10 +3,21 @@
 A statistics claim about a verdict is only worth the simulation of that verdict. This module
 generates experiments with chatty sessions (several rated interactions per session, with a
 per-session propensity, so interactions within a session are correlated), looks at them on a
-schedule (e.g. after every 100 sessions per variant), and at each look builds the report with
-:func:`~feedbackloop.analysis.reports.report.build_report` exactly as the CLI and the dashboard do,
-then reads its headline verdict. Used by ``tests/unit/test_verdict_simulation.py`` (small, in
-CI) and ``bench/bench_verdicts.py`` (large; its output is in docs/STATISTICS.md).
+schedule (e.g. after every 100 sessions per variant) and reads the headline verdict at each
+look, two ways:
+
+* :func:`printed_verdicts` builds the report with
+  :func:`~feedbackloop.analysis.reports.report.build_report`, exactly as the CLI and the
+  dashboard do (about 2 ms a look);
+* :func:`fast_verdicts` computes the same evidence for every look at once with numpy (the
+  vectorised mSPRT and confidence-sequence functions the report's tests call) and passes
+  each look through the same :func:`~feedbackloop.analysis.statistics.decision.decide` with
+  the same :func:`~feedbackloop.analysis.reports.report.metric_rules` (about 20 us a look).
+  A parity test holds the two equal, verdict, words and reason.
+
+Used by ``tests/unit/test_verdict_simulation.py`` (small, in CI),
+``tests/integration/test_verdict_pipeline.py`` (through ClickHouse) and
+``bench/bench_verdicts.py`` (large; its output is in docs/STATISTICS.md).
 
 Fixed-horizon designs are read as the report reads them from ClickHouse: the tests see the
 first ``planned_sessions`` sessions per variant only, while the session counts (and so
@@ -16,15 +27,21 @@ first ``planned_sessions`` sessions per variant only, while the session counts (
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import stats
 
 from feedbackloop.analysis.reads.queries import CORE_METRICS, ExperimentStats, VariantStats
 from feedbackloop.analysis.reads.scope import Scope
-from feedbackloop.analysis.statistics.decision import Verdict
+from feedbackloop.analysis.statistics.decision import Decision, Evidence, Verdict, decide
 from feedbackloop.analysis.statistics.design import ExperimentDesign
+from feedbackloop.analysis.statistics.sequential import (
+    DEFAULT_TAU,
+    confidence_sequence_halfwidth,
+    msprt_p_value,
+)
 from feedbackloop.analysis.statistics.sufficient import BinaryStats, RatioStats
 
 __all__ = [
@@ -34,7 +51,12 @@ __all__ = [
     "per_session_sd",
     "looks_every",
     "printed_verdicts",
+    "printed_decisions",
+    "fast_decisions",
+    "fast_verdicts",
+    "ratio_variance",
     "simulate",
+    "simulate_designs",
 ]
 
 _SATISFACTION = next(m for m in CORE_METRICS if m.name == "satisfaction")
@@ -97,31 +119,21 @@ def _variant(name: str, sessions_seen: int, sat: RatioStats) -> VariantStats:
     return VariantStats(name, sessions_seen, rated.n, rated, {"satisfaction": sat})
 
 
-def printed_verdicts(
+def printed_decisions(
     control: tuple[np.ndarray, np.ndarray],
     treatment: tuple[np.ndarray, np.ndarray],
     looks: Sequence[int],
     design: ExperimentDesign,
-    *,
-    stop_at_significant: bool = True,
-) -> list[Verdict]:
-    """The headline verdict ``build_report`` prints at each look (sessions per variant).
-
-    With ``stop_at_significant`` the looks after the first significant verdict are not
-    evaluated (that experiment already printed a significant verdict; the list is shorter).
-    """
+) -> list[Decision]:
+    """The headline decision ``build_report`` prints at each look (sessions per variant)."""
     from feedbackloop.analysis.reports.report import build_report
 
     horizon = design.planned_sessions if design.mode == "fixed" else None
     seen = [min(n, horizon) if horizon else n for n in looks]
-    stats_c = _prefix_stats(*control, seen)
-    stats_t = _prefix_stats(*treatment, seen)
-    out: list[Verdict] = []
-    previous: tuple[int, Verdict] | None = None
-    for n, m, sc, st in zip(looks, seen, stats_c, stats_t, strict=True):
-        if previous is not None and horizon and m == horizon and previous[0] >= horizon:
-            out.append(previous[1])  # past the horizon the tests see the same sessions
-            continue
+    out: list[Decision] = []
+    for n, sc, st in zip(
+        looks, _prefix_stats(*control, seen), _prefix_stats(*treatment, seen), strict=True
+    ):
         data = ExperimentStats(
             Scope("simulated"),
             {"control": _variant("control", n, sc), "treatment": _variant("treatment", n, st)},
@@ -129,15 +141,102 @@ def printed_verdicts(
             horizon=horizon,
         )
         report = build_report(data, design=design, weights={"control": 1, "treatment": 1})
-        v = report.decisions[0].decision.verdict
-        out.append(v)
-        previous = (n, v)
-        if stop_at_significant and v in (
-            Verdict.SIGNIFICANT_IMPROVEMENT,
-            Verdict.SIGNIFICANT_REGRESSION,
-        ):
-            break
+        out.append(report.decisions[0].decision)
     return out
+
+
+def printed_verdicts(
+    control: tuple[np.ndarray, np.ndarray],
+    treatment: tuple[np.ndarray, np.ndarray],
+    looks: Sequence[int],
+    design: ExperimentDesign,
+) -> list[Verdict]:
+    return [d.verdict for d in printed_decisions(control, treatment, looks, design)]
+
+
+_FLOOR = 1e-12  # RatioStats.variance's relative cancellation floor
+
+
+def ratio_variance(
+    n: np.ndarray, sy: np.ndarray, sd: np.ndarray, syy: np.ndarray, sdd: np.ndarray, syd: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:attr:`RatioStats.variance` and ``ratio`` for arrays of sufficient statistics (the
+    vectorised twin; ``tests/unit/test_verdict_simulation.py`` holds them equal)."""
+    r = sy / sd
+    m = n - 1.0
+    s_yy = (syy - sy * sy / n) / m
+    s_nn = (sdd - sd * sd / n) / m
+    s_yn = (syd - sy * sd / n) / m
+    spread = s_yy - 2.0 * r * s_yn + r * r * s_nn
+    raw = (syy + r * r * sdd) / m
+    mean_den = sd / n
+    var = np.where(spread <= _FLOOR * raw, 0.0, spread / (n * mean_den * mean_den))
+    return r, var
+
+
+def _cumulative(y: np.ndarray, d: np.ndarray, ends: Sequence[int]) -> tuple[np.ndarray, ...]:
+    idx = np.asarray(ends) - 1
+    return (
+        np.asarray(ends, dtype=float),
+        np.cumsum(y)[idx],
+        np.cumsum(d)[idx],
+        np.cumsum(y * y)[idx],
+        np.cumsum(d * d)[idx],
+        np.cumsum(y * d)[idx],
+    )
+
+
+def fast_decisions(
+    control: tuple[np.ndarray, np.ndarray],
+    treatment: tuple[np.ndarray, np.ndarray],
+    looks: Sequence[int],
+    design: ExperimentDesign,
+    tau: float = DEFAULT_TAU,
+) -> list[Decision]:
+    """The same decisions as :func:`printed_decisions`, with the evidence computed for all
+    looks at once (one treatment, equal split, so no SRM and no multiplicity adjustment)."""
+    from feedbackloop.analysis.reports.report import metric_rules
+
+    horizon = design.planned_sessions if design.mode == "fixed" else None
+    seen = [min(n, horizon) if horizon else n for n in looks]
+    rc, vc = ratio_variance(*_cumulative(*control, seen))
+    rt, vt = ratio_variance(*_cumulative(*treatment, seen))
+    n = np.asarray(seen, dtype=float)
+    var = vc + vt
+    diff = rt - rc
+    with np.errstate(divide="ignore", invalid="ignore"):
+        se = np.sqrt(var)
+        z = diff / se
+        fixed_p = 2.0 * stats.norm.sf(np.abs(z))
+        n_eff = n / 2.0
+        seq_p = msprt_p_value(z, n_eff, tau)
+        half = confidence_sequence_halfwidth(se, n_eff, design.alpha, tau)
+    out = []
+    for i, looked in enumerate(looks):
+        mde = design.absolute_mde(float(rc[i]))
+        ok = var[i] > 0
+        evidence = Evidence(
+            estimate=float(diff[i]),
+            sequential_p=float(seq_p[i]) if ok else math.nan,
+            cs_lower=float(diff[i] - half[i]) if ok else math.nan,
+            cs_upper=float(diff[i] + half[i]) if ok else math.nan,
+            fixed_p=float(fixed_p[i]) if ok else math.nan,
+            n_smallest=int(looked),
+            fixed_method="delta-method z-test",
+            srm_p=1.0,
+            error=None if ok else "the metric does not vary between sessions",
+        )
+        out.append(decide(evidence, metric_rules(design, _SATISFACTION, mde)))
+    return out
+
+
+def fast_verdicts(
+    control: tuple[np.ndarray, np.ndarray],
+    treatment: tuple[np.ndarray, np.ndarray],
+    looks: Sequence[int],
+    design: ExperimentDesign,
+) -> list[Verdict]:
+    return [d.verdict for d in fast_decisions(control, treatment, looks, design)]
 
 
 @dataclass(frozen=True)
@@ -157,6 +256,57 @@ class SimulationResult:
         return math.sqrt(max(share * (1.0 - share), 1e-12) / self.sims)
 
 
+def simulate_designs(
+    scenario: Scenario,
+    designs: Mapping[str, ExperimentDesign],
+    looks: Sequence[int],
+    sims: int,
+    seed: int,
+) -> dict[str, SimulationResult]:
+    """Run ``sims`` experiments of ``scenario``, each read at ``looks`` under every design
+    (the same data for all designs, so they differ only by their rules). The printed
+    verdict comes from :func:`fast_verdicts`."""
+    rng = np.random.default_rng(seed)
+    # Past a fixed horizon the tests see no new sessions: generate only what some design reads.
+    needed = max(
+        min(n, d.planned_sessions) if d.mode == "fixed" and d.planned_sessions else n
+        for n in looks
+        for d in designs.values()
+    )
+    counts = {k: dict.fromkeys(("sig", "imp", "fut", "fut_first"), 0) for k in designs}
+    final: dict[str, dict[str, int]] = {k: {} for k in designs}
+    for _ in range(sims):
+        c = sessions(rng, needed, scenario.base_rate, scenario)
+        t = sessions(rng, needed, scenario.base_rate + scenario.effect, scenario)
+        for name, design in designs.items():
+            verdicts = fast_verdicts(c, t, looks, design)
+            significant = [
+                v in (Verdict.SIGNIFICANT_IMPROVEMENT, Verdict.SIGNIFICANT_REGRESSION)
+                for v in verdicts
+            ]
+            futile = [v is Verdict.NO_DIFFERENCE for v in verdicts]
+            k = counts[name]
+            k["sig"] += any(significant)
+            k["imp"] += Verdict.SIGNIFICANT_IMPROVEMENT in verdicts
+            k["fut"] += any(futile)
+            if any(futile):
+                k["fut_first"] += not any(significant[: futile.index(True)])
+            last = verdicts[-1].value
+            final[name][last] = final[name].get(last, 0) + 1
+    return {
+        name: SimulationResult(
+            sims,
+            len(looks),
+            k["sig"] / sims,
+            k["imp"] / sims,
+            k["fut"] / sims,
+            k["fut_first"] / sims,
+            {v: n / sims for v, n in sorted(final[name].items())},
+        )
+        for name, k in counts.items()
+    }
+
+
 def simulate(
     scenario: Scenario,
     design: ExperimentDesign,
@@ -164,32 +314,5 @@ def simulate(
     sims: int,
     seed: int,
 ) -> SimulationResult:
-    """Run ``sims`` experiments of ``scenario`` under ``design``, read at ``looks``."""
-    rng = np.random.default_rng(seed)
-    last = max(looks)
-    sig = imp = fut = fut_first = 0
-    final: dict[str, int] = {}
-    for _ in range(sims):
-        c = sessions(rng, last, scenario.base_rate, scenario)
-        t = sessions(rng, last, scenario.base_rate + scenario.effect, scenario)
-        verdicts = printed_verdicts(c, t, looks, design, stop_at_significant=False)
-        significant = [
-            v in (Verdict.SIGNIFICANT_IMPROVEMENT, Verdict.SIGNIFICANT_REGRESSION) for v in verdicts
-        ]
-        futile = [v is Verdict.NO_DIFFERENCE for v in verdicts]
-        sig += any(significant)
-        imp += Verdict.SIGNIFICANT_IMPROVEMENT in verdicts
-        fut += any(futile)
-        if any(futile):
-            first_fut = futile.index(True)
-            fut_first += not any(significant[:first_fut])
-        final[verdicts[-1].value] = final.get(verdicts[-1].value, 0) + 1
-    return SimulationResult(
-        sims,
-        len(looks),
-        sig / sims,
-        imp / sims,
-        fut / sims,
-        fut_first / sims,
-        {k: v / sims for k, v in sorted(final.items())},
-    )
+    """:func:`simulate_designs` for one design."""
+    return simulate_designs(scenario, {"design": design}, looks, sims, seed)["design"]
