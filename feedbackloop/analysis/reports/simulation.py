@@ -26,9 +26,12 @@ first ``planned_sessions`` sessions per variant only, while the session counts (
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -57,6 +60,7 @@ __all__ = [
     "ratio_variance",
     "simulate",
     "simulate_designs",
+    "load_into_clickhouse",
 ]
 
 _SATISFACTION = next(m for m in CORE_METRICS if m.name == "satisfaction")
@@ -316,3 +320,69 @@ def simulate(
 ) -> SimulationResult:
     """:func:`simulate_designs` for one design."""
     return simulate_designs(scenario, {"design": design}, looks, sims, seed)["design"]
+
+
+def load_into_clickhouse(
+    client: Any,
+    database: str,
+    experiment: str,
+    control: tuple[np.ndarray, np.ndarray],
+    treatment: tuple[np.ndarray, np.ndarray],
+    start: dt.datetime,
+    app_id: str = "sim",
+) -> None:
+    """Store simulated sessions as ``interactions`` and ``feedback`` rows (thumbs).
+
+    Session ``s`` of variant ``a`` (0 control, 1 treatment) starts at ``start + 2s + a``
+    seconds, so the look "after L sessions per variant" is ``Scope(until=start + 2L s)``.
+    Its ``d`` interactions are 1 ms apart; the first ``y`` get a thumbs up, the rest a thumbs
+    down. ``client`` is a clickhouse-connect client able to write (tests, benchmarks).
+    """
+    cols: dict[str, list[Any]] = {
+        k: [] for k in ("event_id", "occurred_at", "session_id", "interaction_id", "variant")
+    }
+    fb: dict[str, list[Any]] = {
+        k: [] for k in ("event_id", "occurred_at", "session_id", "interaction_id", "thumbs")
+    }
+    base = uuid.uuid4().int & ~((1 << 40) - 1)
+    serial = 0
+    for arm, (name, (y, d)) in enumerate((("control", control), ("treatment", treatment))):
+        for s, (pos, n) in enumerate(zip(y.astype(int), d.astype(int), strict=True)):
+            sid = f"{experiment}-{name}-{s}"
+            t0 = start + dt.timedelta(seconds=2 * s + arm)
+            for k in range(n):
+                at = t0 + dt.timedelta(milliseconds=k)
+                iid = uuid.UUID(int=base + serial)
+                cols["event_id"].append(uuid.UUID(int=base + serial + 1))
+                cols["occurred_at"].append(at)
+                cols["session_id"].append(sid)
+                cols["interaction_id"].append(iid)
+                cols["variant"].append(name)
+                fb["event_id"].append(uuid.UUID(int=base + serial + 2))
+                fb["occurred_at"].append(at + dt.timedelta(milliseconds=500))
+                fb["session_id"].append(sid)
+                fb["interaction_id"].append(iid)
+                fb["thumbs"].append(1 if k < pos else -1)
+                serial += 3
+    rows = len(cols["event_id"])
+    interactions = {
+        **cols,
+        "app_id": [app_id] * rows,
+        "experiment": [experiment] * rows,
+        "shadow": [False] * rows,
+    }
+    client.insert(
+        "interactions",
+        list(interactions.values()),
+        column_names=list(interactions),
+        database=database,
+        column_oriented=True,
+    )
+    feedback = {**fb, "app_id": [app_id] * rows, "kind": ["thumbs"] * rows}
+    client.insert(
+        "feedback",
+        list(feedback.values()),
+        column_names=list(feedback),
+        database=database,
+        column_oriented=True,
+    )
