@@ -1041,6 +1041,116 @@ def ab_report(
     _emit(report, as_json)
 
 
+@cli.group()
+def experiments() -> None:
+    """Experiment designs: the rules an experiment is judged by, registered before its data.
+
+    `ab report`, the dashboard and the alerts read the registered design; without one a
+    report says which defaults it assumed.
+    """
+
+
+@experiments.command("design")
+@click.argument("experiment")
+@click.option(
+    "--primary",
+    default="satisfaction",
+    show_default=True,
+    help="The metric that decides (e.g. satisfaction, outcome.code_accepted).",
+)
+@click.option(
+    "--guardrail",
+    "guardrails",
+    multiple=True,
+    help="A metric that must not regress (repeatable), e.g. --guardrail latency_ms.",
+)
+@functools.partial(_design_options, defaults=True)
+@_plan_options
+@click.option(
+    "--weights",
+    type=_NamedWeightsType(),
+    default=None,
+    help="Configured split, e.g. control=50,treatment=50 (default: equal).",
+)
+@click.option("--note", default="", help="Why this design (hypothesis, owner, ticket).")
+@click.pass_context
+def experiments_design(
+    ctx: click.Context,
+    experiment: str,
+    primary: str,
+    guardrails: tuple[str, ...],
+    mde: float | None,
+    mde_relative: bool,
+    alpha: float,
+    power: float,
+    mode: str,
+    baseline: float | None,
+    sd: float | None,
+    sessions: int | None,
+    weights: dict[str, float] | None,
+    note: str,
+) -> None:
+    """Register EXPERIMENT's design (immutable; registering the same design again is a no-op).
+
+    \b
+    Examples:
+      feedbackloop experiments design new-prompt --mde 0.02 --guardrail latency_ms
+      feedbackloop experiments design new-prompt --mode fixed --mde 0.05 --mde-relative \\
+          --baseline 0.6
+    Needs write access: with embedded chDB, stop a running `sink run` first.
+    """
+    from feedbackloop.analysis.reads.designs import register_design
+
+    design = _design(
+        experiment=experiment,
+        primary=primary,
+        guardrails=tuple(guardrails),
+        mde=mde,
+        mde_relative=mde_relative,
+        alpha=alpha,
+        power=power,
+        mode=mode,
+        baseline=baseline,
+        sd=sd,
+        planned_sessions=sessions,
+        weights=dict(weights or {}),
+        note=note,
+    )
+    stored, new = register_design(settings_of(ctx), design)
+    what = "registered" if new else "already registered (same design)"
+    click.echo(f"{experiment}: {what}: {stored.summary()}")
+
+
+@experiments.command("show")
+@click.argument("experiment")
+@_url_opt
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def experiments_show(ctx: click.Context, experiment: str, url: str | None, as_json: bool) -> None:
+    """Print EXPERIMENT's registered design."""
+    import json
+
+    from feedbackloop.analysis.reads.designs import fetch_design
+    from feedbackloop.analysis.reads.queries import settings_runner
+    from feedbackloop.errors import ConfigError
+
+    found = fetch_design(settings_runner(settings_of(ctx), url), experiment)
+    if found is None:
+        raise ConfigError(
+            f"no design registered for {experiment!r}: "
+            f"feedbackloop experiments design {experiment} --mde ..."
+        )
+    if as_json:
+        click.echo(json.dumps(found.to_dict(), indent=1))
+        return
+    click.echo(f"{experiment}: {found.summary()}")
+    click.echo(f"registered {found.created_at[:19]} UTC by {found.created_by or '?'}")
+    if found.weights:
+        click.echo("weights: " + ", ".join(f"{k}={v:g}" for k, v in found.weights.items()))
+    if found.note:
+        click.echo(f"note: {found.note}")
+
+
 @ab.command("versions")
 @click.option("--experiment", "-e", default=None, help="Only this experiment's interactions.")
 @_since_opt
