@@ -248,12 +248,18 @@ def _design_check(check: Any, *args: Any) -> Any:
 
 
 def _design(**kwargs: Any) -> Any:
-    """An ExperimentDesign from options; a contradiction between them is a usage error."""
-    from feedbackloop.analysis.statistics.design import ExperimentDesign
+    """An ExperimentDesign from options; a contradiction between them is a usage error
+    (so is an absolute MDE of 1 or more on a rate metric)."""
+    from feedbackloop.analysis.reads.queries import metric_kind
+    from feedbackloop.analysis.statistics.design import ExperimentDesign, check_mde
     from feedbackloop.errors import ConfigError
 
     try:
-        return ExperimentDesign(**kwargs)
+        design = ExperimentDesign(**kwargs)
+        if design.mde is not None:
+            rate = metric_kind(design.primary) == "proportion"
+            check_mde(design.mde, design.mde_relative, rate, "--mde")
+        return design
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
 

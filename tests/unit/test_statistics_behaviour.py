@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from feedbackloop.analysis.statistics import (
+    VERDICT_PROMISES,
     BinaryStats,
     CountComparison,
     ErrorCode,
+    Evidence,
     InvalidStatistics,
     MeanStats,
     RatioStats,
-    VERDICT_PROMISES,
-    Evidence,
     Rules,
     Verdict,
     beta_binomial,

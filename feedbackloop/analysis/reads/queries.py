@@ -41,6 +41,7 @@ __all__ = [
     "Runner",
     "MetricSpec",
     "CORE_METRICS",
+    "metric_kind",
     "VariantStats",
     "ExperimentStats",
     "OutcomeDistribution",
@@ -154,6 +155,14 @@ CORE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("latency_ms", "latency (ms)", "mean", False, "latency_sum", "latency_n"),
     MetricSpec("cost_usd", "cost per interaction (USD)", "mean", False, "cost_sum", "cost_n"),
 )
+
+
+def metric_kind(name: str) -> str | None:
+    """``"proportion"`` or ``"mean"`` for a metric name a report can have (``None``: not a
+    metric we know), so an MDE can be checked against it before any data is read."""
+    if name.startswith("outcome."):
+        return "proportion"
+    return next((m.kind for m in CORE_METRICS if m.name == name), None)
 
 
 def outcome_metric(outcome: str, level: str) -> MetricSpec:
