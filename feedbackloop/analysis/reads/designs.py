@@ -23,7 +23,7 @@ from feedbackloop.analysis.statistics.design import ExperimentDesign
 from feedbackloop.config import Settings
 from feedbackloop.errors import ClickHouseError, ConfigError, FeedbackLoopError
 
-__all__ = ["TABLE", "fetch_design", "register_design", "design_row"]
+__all__ = ["TABLE", "fetch_design", "register_design", "registered_experiments", "design_row"]
 
 TABLE = "experiment_designs"
 _COLUMNS = (
@@ -113,6 +113,17 @@ def fetch_design(runner: Any, experiment: str) -> ExperimentDesign | None:
         raise
     rows = [dict(zip(res.columns, r, strict=True)) for r in res.rows]
     return _from_row(rows[0]) if rows else None
+
+
+def registered_experiments(runner: Any) -> list[str]:
+    """Names of the experiments with a registered design (empty before migration 4)."""
+    try:
+        res = runner(f"SELECT DISTINCT experiment FROM {TABLE} FINAL ORDER BY experiment")
+    except ClickHouseError as e:
+        if _missing_table(e):
+            return []
+        raise
+    return [str(r[0]) for r in res.rows]
 
 
 def register_design(
