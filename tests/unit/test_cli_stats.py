@@ -61,6 +61,8 @@ def test_options_reach_the_library(run: Invoke) -> None:
     assert early["decision"]["text"] == "keep running (1,000 of 4,356)"
     at = json.loads(run("--control", "2178/4356", "--treatment", "2400/4356", *fixed).output)
     assert at["decision"]["verdict"] == "significant_improvement"
+    past = json.loads(run("--control", "2500/5000", "--treatment", "2700/5000", *fixed).output)
+    assert "valid only if this is its one evaluation" in past["decision"]["reason"]
     srm = run("--control", "500/5000", "--treatment", "500/5000", "--weights", "90/10")
     assert "do not trust: sample-ratio mismatch" in srm.output
     lower = run("--control", "540/10000", "--treatment", "400/10000", "--lower-is-better")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from feedbackloop.analysis.statistics.bayesian import BayesianResult, beta_binomial
@@ -236,6 +236,15 @@ def compare_counts(
             fmt=lambda x: _pct(x, True),
         ),
     )
+    horizon = design.planned_sessions if design.mode == "fixed" else None
+    if horizon is not None and min(c.n, t.n) > horizon and decision.basis == "fixed-horizon":
+        # Counts alone cannot be cut back to the first N units, as ab report's are.
+        decision = replace(
+            decision,
+            reason=decision.reason
+            + f"; these counts go past the horizon ({min(c.n, t.n):,} > {horizon:,}): the "
+            "test is valid only if this is its one evaluation",
+        )
     return CountComparison(
         design=design,
         control=VariantSummary("control", c.n, c.successes, wilson_interval(c, alpha)),
