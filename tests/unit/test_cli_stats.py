@@ -92,6 +92,7 @@ def test_options_reach_the_library(run: Invoke) -> None:
             "baseline",
         ),
         (["--control", "540/1000", "--treatment", "580/1010", "--sessions", "1"], "--sessions"),
+        (["--control", "540/1000", "--treatment", "580/1010", "--sessions", "99"], "fixed"),
         (["--control", "540/1000", "--treatment", "580/1010", "--baseline", "nan"], "finite"),
         (["--control", "540/1000", "--treatment", "580/1010", "--weights", "x/y"], "50/50"),
         (["--treatment", "580/1010"], "--control"),

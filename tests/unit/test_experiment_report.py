@@ -223,6 +223,10 @@ def test_control_and_primary_choices(two: ExperimentStats) -> None:
     assert r.control == "treatment" and r.decisions[0].metric == "implicit.copy"
     with pytest.raises(ConfigError, match="primary metric"):
         build_report(two, design=ExperimentDesign(primary="nope"))
+    # A registered primary metric without events yet is no error: no verdict, and why.
+    later = ExperimentDesign(primary="outcome.code_accepted", registered=True)
+    r = build_report(two, design=later)
+    assert r.decisions == [] and any("has no data yet" in w for w in r.warnings)
     with pytest.raises(ConfigError, match="no interactions found"):
         build_report(ExperimentStats(Scope("exp"), {}, ()))
 

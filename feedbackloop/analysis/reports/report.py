@@ -389,9 +389,13 @@ def build_report(
         )
     known = {m.name for m in data.metrics}
     if design.primary not in known:
-        raise ConfigError(
-            f"primary metric {design.primary!r} is not in this report: {', '.join(sorted(known))}"
-        )
+        if not design.registered:  # a typo on the command line
+            raise ConfigError(
+                f"primary metric {design.primary!r} is not in this report: "
+                f"{', '.join(sorted(known))}"
+            )
+        # A registered primary metric (an outcome, say) may simply have no events yet.
+        warnings.append(f"primary metric {design.primary!r} has no data yet: no verdict")
     missing = [g for g in design.guardrails if g not in known]
     if missing:
         warnings.append(f"guardrail metric(s) without data yet: {', '.join(missing)}")
@@ -549,8 +553,10 @@ def _headline(
     # control on the metric we declared up front".
     fixed = _adjust([c.fixed.p_value for c in prim], "holm", design.alpha)
     seq = _adjust([c.sequential.p_value for c in prim], "holm", design.alpha)
-    spec = next(m for m in data.metrics if m.name == primary)
-    out = []
+    spec = next((m for m in data.metrics if m.name == primary), None)
+    out: list[TreatmentDecision] = []
+    if spec is None:
+        return out
     for c, fp, sp in zip(prim, fixed, seq, strict=True):
         rc, rt = variants[ctl].metrics[primary], variants[c.treatment].metrics[primary]
         d = _judge(

@@ -135,6 +135,10 @@ class ExperimentDesign:
         for k, w in self.weights.items():
             if not (_finite(f"weight of {k}", w) >= 0):
                 raise ConfigError(f"weight of {k} must be >= 0, got {w!r}")
+        if self.mode == "sequential" and self.planned_sessions is not None:
+            raise ConfigError(
+                "a planned number of sessions applies to fixed-horizon mode only (--mode fixed)"
+            )
         if self.mode == "fixed":
             if self.mde is None:
                 raise ConfigError(
