@@ -83,10 +83,16 @@ def _power(x: float) -> float:
     return check_power(x, 0.0, "power")
 
 
-def _positive(x: float) -> float:
+def _mde(x: float) -> float:
     from feedbackloop.analysis.statistics.design import check_mde
 
-    return check_mde(x, relative=True, proportion=False, name="value")
+    return check_mde(x, relative=True, proportion=False, name="mde")
+
+
+def _positive(x: float) -> float:
+    from feedbackloop.analysis.statistics.design import check_positive
+
+    return check_positive(x, "value")
 
 
 def _finite(x: float) -> float:
@@ -99,6 +105,7 @@ def _finite(x: float) -> float:
 
 _ALPHA = CheckedFloat(_alpha, "alpha in (0, 0.5)")
 _POWER = CheckedFloat(_power, "power in (0, 1)")
+_MDE = CheckedFloat(_mde, "finite, > 0, at most 10")
 _POSITIVE = CheckedFloat(_positive, "finite, > 0")
 _FINITE = CheckedFloat(_finite, "finite")
 
@@ -161,7 +168,7 @@ SHARED_OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         ("--mde",),
         {
             "default": None,
-            "type": _POSITIVE,
+            "type": _MDE,
             "help": "Minimum detectable effect of the deciding metric: an absolute change "
             "(0.02 = 2 points of a rate) unless --mde-relative. Plans the fixed horizon and "
             "enables the verdict 'no difference as large as the MDE'. Never the observed one.",

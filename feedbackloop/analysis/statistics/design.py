@@ -27,6 +27,7 @@ from feedbackloop.errors import ConfigError
 __all__ = [
     "MODES",
     "ExperimentDesign",
+    "check_positive",
     "check_alpha",
     "check_power",
     "check_mde",
@@ -41,6 +42,14 @@ def _finite(name: str, value: Any) -> float:
     x = float(value)
     if not math.isfinite(x):
         raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return x
+
+
+def check_positive(value: Any, name: str) -> float:
+    """A finite number > 0 (a standard deviation, a size)."""
+    x = _finite(name, value)
+    if x <= 0.0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
     return x
 
 
@@ -122,8 +131,8 @@ class ExperimentDesign:
         if self.mde is not None:
             rate = self.baseline is not None and 0.0 <= self.baseline <= 1.0 and self.sd is None
             check_mde(self.mde, self.mde_relative, rate)
-        if self.sd is not None and not _finite("sd", self.sd) > 0:
-            raise ConfigError(f"sd must be > 0, got {self.sd!r}")
+        if self.sd is not None:
+            check_positive(self.sd, "sd")
         if self.planned_sessions is not None and (
             isinstance(self.planned_sessions, bool)
             or not isinstance(self.planned_sessions, int)
