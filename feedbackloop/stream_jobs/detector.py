@@ -289,11 +289,11 @@ def _deciding_p(report: ExperimentReport, treatment: str, metric: str, basis: st
     return comp.fixed.p_value if basis == "fixed-horizon" else comp.sequential.p_value
 
 
-def check_verdicts(settings: Any, watch: VerdictWatch) -> list[Alert]:
+def check_verdicts(settings: Any, watch: VerdictWatch, runner: Any = None) -> list[Alert]:
     """Judge every experiment with a registered design (as ``ab report`` does) and return
     the alerts of the verdicts that turned bad since the last check. Needs the ``analysis``
     extra; reads go through :func:`feedbackloop.sinks.run_query` (the sink worker's endpoint
-    while it holds embedded chDB)."""
+    while it holds embedded chDB), or through ``runner`` when given."""
     from feedbackloop.analysis.reads import Scope, settings_runner
     from feedbackloop.analysis.reads.designs import registered_experiments
     from feedbackloop.analysis.reads.writes import worker_holding
@@ -301,11 +301,13 @@ def check_verdicts(settings: Any, watch: VerdictWatch) -> list[Alert]:
     from feedbackloop.errors import ConfigError
     from feedbackloop.infra.clickhouse import is_embedded
 
-    if is_embedded(settings.clickhouse_dsn) and worker_holding(settings) is None:
-        # Opening embedded chDB here would hold its directory and lock the sink out: read
-        # only through a running sink worker's endpoint.
-        return []
-    run = settings_runner(settings)
+    if runner is None:
+        if is_embedded(settings.clickhouse_dsn) and worker_holding(settings) is None:
+            # Opening embedded chDB here would hold its directory and lock the sink out:
+            # read only through a running sink worker's endpoint.
+            return []
+        runner = settings_runner(settings)
+    run = runner
     alerts: list[Alert] = []
     for name in registered_experiments(run):
         try:

@@ -37,6 +37,7 @@ from feedbackloop.config import Settings
 from feedbackloop.infra import get_client
 from feedbackloop.sinks import migrate
 from feedbackloop.sinks.query import execute, readonly_client
+from feedbackloop.stream_jobs.detector import VerdictWatch, check_verdicts
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -75,6 +76,8 @@ def test_ab_report_prints_the_pure_verdict_at_every_look(store: Any, tmp_path: A
     for i in range(2):
         d = ExperimentDesign(experiment=f"ab-{i}", mde=0.05, registered=True)
         experiments[f"ab-{i}"] = (d, 0.12, True)
+    worse = ExperimentDesign(experiment="ab-worse", mde=0.05, registered=True)
+    experiments["ab-worse"] = (worse, -0.12, True)
 
     data = {}
     for name, (design, effect, registered) in experiments.items():
@@ -107,7 +110,7 @@ def test_ab_report_prints_the_pure_verdict_at_every_look(store: Any, tmp_path: A
             printed[name].append(head.decision.verdict)
 
     significant = {Verdict.SIGNIFICANT_IMPROVEMENT, Verdict.SIGNIFICANT_REGRESSION}
-    aa = [n for n in printed if n.startswith("aa")]
+    aa = [n for n in printed if n.startswith("aa") or n == "fixed-aa"]
     false_positives = sum(any(v in significant for v in printed[n]) for n in aa)
     print(f"\nA/A through ab report on chDB: {false_positives} of {len(aa)} printed significant")
     assert false_positives <= 1  # expected ~0.1 (always-valid p-values, alpha 0.05)
@@ -116,6 +119,15 @@ def test_ab_report_prints_the_pure_verdict_at_every_look(store: Any, tmp_path: A
     f = printed["fixed-aa"]
     assert f[:2] == [Verdict.KEEP_RUNNING] * 2 and len(set(f[2:])) == 1
     assert all(Verdict.SIGNIFICANT_IMPROVEMENT in printed[f"ab-{i}"] for i in range(2))
+
+    assert Verdict.SIGNIFICANT_REGRESSION in printed["ab-worse"]
+
+    # The alerts judge the registered experiments the same way: one alert, for ab-worse.
+    watch = VerdictWatch()
+    (alert,) = check_verdicts(settings, watch, runner=run)
+    assert alert.experiment == "ab-worse" and alert.alert_type == "experiment_verdict"
+    assert "significant regression" in alert.message
+    assert check_verdicts(settings, watch, runner=run) == []  # once per change
 
     # The CLI prints the same, with the registered design.
     env = {
