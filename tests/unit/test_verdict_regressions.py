@@ -106,7 +106,7 @@ def test_mde_is_validated_everywhere(
 
 def test_fishers_test_runs_only_for_small_counts_in_constant_memory() -> None:
     assert compare_counts((5000, 10000), (5100, 10000)).fisher is None
-    # 10^8 per arm took 23 s and 5.7 GB (the hypergeometric support was materialised).
+    # Issue 14: 10^8 per arm took 23 s and 5.7 GB (the hypergeometric support was built).
     tracemalloc.start()
     res = compare_counts((50_000_000, 100_000_000), (50_010_000, 100_000_000))
     peak = tracemalloc.get_traced_memory()[1]
