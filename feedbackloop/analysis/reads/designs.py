@@ -16,6 +16,7 @@ any process; embedded chDB only while no sink worker holds it
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any
 
 from feedbackloop.analysis.reads.literals import quote
@@ -26,42 +27,40 @@ from feedbackloop.errors import ClickHouseError, ConfigError, FeedbackLoopError
 __all__ = ["TABLE", "fetch_design", "register_design", "registered_experiments", "design_row"]
 
 TABLE = "experiment_designs"
-_COLUMNS = (
-    "experiment",
-    "primary_metric",
-    "guardrails",
-    "mde",
-    "mde_relative",
-    "alpha",
-    "power",
-    "mode",
-    "baseline",
-    "sd",
-    "planned_sessions",
-    "weights_json",
-    "note",
-    "created_by",
-)
 
 
-def design_row(d: ExperimentDesign) -> list[Any]:
-    """The row stored for ``d`` (in :data:`_COLUMNS` order)."""
-    return [
-        d.experiment,
-        d.primary,
-        list(d.guardrails),
-        d.mde,
-        d.mde_relative,
-        d.alpha,
-        d.power,
-        d.mode,
-        d.baseline,
-        d.sd,
-        d.planned_sessions,
-        json.dumps(d.weights, sort_keys=True),
-        d.note,
-        d.created_by,
-    ]
+def _table() -> Any:
+    # The registry's columns as sinks/tables.py declares them (tests hold that declaration to
+    # the migrated table). Imported on use: the sinks package is heavy.
+    from feedbackloop.sinks.tables import TABLES
+
+    return TABLES[TABLE]
+
+
+def design_row(d: ExperimentDesign) -> dict[str, Any]:
+    """The stored row of ``d``, by column name (``created_at`` is ClickHouse's)."""
+    return {
+        "experiment": d.experiment,
+        "primary_metric": d.primary,
+        "guardrails": list(d.guardrails),
+        "mde": d.mde,
+        "mde_relative": d.mde_relative,
+        "alpha": d.alpha,
+        "power": d.power,
+        "mode": d.mode,
+        "baseline": d.baseline,
+        "sd": d.sd,
+        "planned_sessions": d.planned_sessions,
+        "weights_json": json.dumps(d.weights, sort_keys=True),
+        "note": d.note,
+        "created_by": d.created_by,
+    }
+
+
+def _same_rules(a: ExperimentDesign, b: ExperimentDesign) -> bool:
+    """Equal but for who registered it and the note."""
+    ra, rb = design_row(a), design_row(b)
+    return all(ra[k] == rb[k] for k in ra if k not in ("note", "created_by"))
 
 
 def _from_row(row: dict[str, Any]) -> ExperimentDesign:
@@ -92,7 +91,7 @@ def _from_row(row: dict[str, Any]) -> ExperimentDesign:
 def _select_sql(experiment: str, db: str | None = None) -> str:
     table = f"{db}.{TABLE}" if db else TABLE
     return (
-        f"SELECT {', '.join(_COLUMNS)}, toString(created_at) AS created_at "
+        f"SELECT {', '.join(_table().names)}, toString(created_at) AS created_at "
         f"FROM {table} FINAL WHERE experiment = {quote(experiment)}"
     )
 
@@ -152,7 +151,7 @@ def register_design(
 
         found = current()
         if found is not None:
-            if design_row(found)[:-2] == design_row(design)[:-2]:
+            if _same_rules(found, design):
                 return found, False
             raise ConfigError(
                 f"experiment {design.experiment!r} already has a design (registered "
@@ -166,7 +165,11 @@ def register_design(
                 "created_by": design.created_by or whoami(),
             }
         )
-        client.insert(TABLE, [design_row(stored)], database=db, column_names=list(_COLUMNS))
+        from feedbackloop.sinks.tables import Source
+
+        table = _table()
+        row = table.row(Source(SimpleNamespace(**design_row(stored))))
+        client.insert(TABLE, [row], database=db, column_names=list(table.names))
         result = current()
         assert result is not None
         return result, True
