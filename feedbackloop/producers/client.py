@@ -39,7 +39,7 @@ from pydantic_core import PydanticSerializationError
 from feedbackloop.config import Settings
 from feedbackloop.errors import SchemaError
 from feedbackloop.producers.assignment import Experiment
-from feedbackloop.producers.delivery import Counters, DeliveryStats
+from feedbackloop.producers.delivery import Counters, DeliveryStats, permanent_refusal
 from feedbackloop.producers.fastpath import EVENT_IDS, FastEncoder, utc_timestamp, uuid_from_str
 from feedbackloop.producers.spool import Spool
 from feedbackloop.schemas import (
@@ -370,7 +370,10 @@ class FeedbackClient:
 
     def stats(self) -> DeliveryStats:
         """Counters the app can read (and export to its own metrics)."""
-        return self._counters.snapshot(self._spool.count if self._spool else 0)
+        spool = self._spool
+        return self._counters.snapshot(
+            spool.count if spool else 0, spool.quarantined if spool else 0
+        )
 
     def flush(self, timeout: float = 10.0) -> int:
         """Wait up to ``timeout`` s for queued events; returns how many are still queued."""
@@ -589,7 +592,7 @@ class FeedbackClient:
         )
         payload = json.dumps({"event_type": event_type, **fields}, default=str).encode()
         dl = DeadLetter(reason=error.reason, error=str(error), payload=payload, source="sdk")
-        self._send(self.topics.dead_letters, None, payload, dl.headers())
+        self._send(self.topics.dead_letters, None, dl.payload, dl.headers())
 
     # ------------------------------------------------------------------ internals: transport
 
@@ -678,6 +681,10 @@ class FeedbackClient:
                 # here on by sending everything through the spool until it has drained.
                 pass
             except Exception as e:  # KafkaException: e.g. fatal producer state
+                refused = permanent_refusal(e)
+                if refused is not None:
+                    self._quarantine_new(topic, key, value, headers, refused)
+                    return True
                 if _is_fatal(e):
                     self._fatal = True
                 log.warning("feedbackloop: produce failed (%s); spooling", e)
@@ -736,12 +743,29 @@ class FeedbackClient:
                 self._spooling = True
                 self._spool_append(msg.topic(), msg.key(), msg.value(), headers)
             return
+        self._quarantine_new(msg.topic(), msg.key(), msg.value(), headers, str(err))
+
+    def _quarantine_new(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None,
+        reason: str,
+    ) -> None:
+        """A record the broker refuses for good: kept aside on disk, counted, logged; never
+        spooled, where it would block everything behind it."""
+        assert self._spool is not None
+        self._spool.add_quarantined(topic, key, value, headers, reason)
         self._counters.add("failed")
         log.error(
-            "feedbackloop: broker refused an event permanently (%s) on topic %s, key %r",
-            err,
-            msg.topic(),
-            msg.key(),
+            "feedbackloop: broker refused a record permanently (%s) on topic %s, key %r, "
+            "%d bytes; quarantined in %s",
+            reason,
+            topic,
+            key,
+            len(value),
+            self._spool.path,
         )
 
     def _on_error(self, err: Any) -> None:
@@ -816,6 +840,7 @@ class FeedbackClient:
             return
         acked: list[int] = []
         failed: list[int] = []
+        refused: dict[int, str] = {}
         for rec in records:
             try:
                 producer.produce(
@@ -823,15 +848,31 @@ class FeedbackClient:
                     rec.value,
                     rec.key,
                     headers=rec.headers or None,
-                    on_delivery=functools.partial(_replay_report, acked, failed, rec.seq),
+                    on_delivery=functools.partial(_replay_report, acked, failed, refused, rec.seq),
                 )
             except BufferError:
                 break
+            except Exception as e:
+                reason = permanent_refusal(e)
+                if reason is None:
+                    raise
+                refused[rec.seq] = reason
         producer.flush(self.settings.producer_message_timeout_ms / 1000 + 5)
         self._spool.remove(acked)
+        for seq, reason in refused.items():
+            # One record the broker will never take must not hold back the rest (issue 13).
+            self._spool.quarantine(seq, reason)
+            self._counters.add("failed")
+            log.error(
+                "feedbackloop: broker refused a spooled record permanently (%s); "
+                "quarantined in %s (%d so far)",
+                reason,
+                self._spool.path,
+                self._spool.quarantined,
+            )
         self._counters.add("replayed", len(acked))
         self._counters.add("delivered", len(acked))
-        if failed and not acked:
+        if failed and not acked and not refused:
             # The broker answers metadata but takes nothing: typically it restarted without
             # its state and rejects our idempotent producer id, and librdkafka's local epoch
             # bump cannot recover that. A new producer gets a new id from the broker.
@@ -872,12 +913,18 @@ def _is_fatal(exc: BaseException | None) -> bool:
     return False
 
 
-def _replay_report(acked: list[int], failed: list[int], seq: int, err: Any, _msg: Any) -> None:
-    if err is not None:
+def _replay_report(
+    acked: list[int], failed: list[int], refused: dict[int, str], seq: int, err: Any, _msg: Any
+) -> None:
+    if err is None:
+        acked.append(seq)
+        return
+    reason = permanent_refusal(err)
+    if reason is not None:
+        refused[seq] = reason
+    else:
         log.debug("feedbackloop: replay of spooled event failed: %s", err)
         failed.append(seq)
-    else:
-        acked.append(seq)
 
 
 # Clients still open at interpreter exit flush and spool, so a crashing-out app loses nothing.

@@ -9,23 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from feedbackloop.config import Settings
 from feedbackloop.errors import FeedbackLoopError
+from feedbackloop.producers.delivery import DeliveryStats
 from feedbackloop.schemas import SCHEMA_VERSION, Event
 from feedbackloop.web import collector as collector_mod
 from feedbackloop.web import dashboard as dashboard_mod
@@ -44,6 +46,17 @@ _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
+
+
+class SpoolHealth(BaseModel):
+    pending: int
+    quarantined: int
+
+
+class Health(BaseModel):
+    status: Literal["ok", "spooling", "degraded"]
+    spool: SpoolHealth
+    producer: dict[str, int] | None
 
 
 def create_app(
@@ -107,10 +120,27 @@ def create_app(
         name="dashboard-static",
     )
 
-    @app.get("/healthz", tags=["operations"], summary="Liveness and producer counters")
-    async def healthz() -> dict[str, Any]:
+    @app.get(
+        "/healthz",
+        tags=["operations"],
+        summary="Liveness, spool backlog and quarantine, producer counters",
+        description="Always 200 while the server runs. status is 'ok', 'spooling' (events "
+        "wait on disk for the broker) or 'degraded' (records the broker refused for good are "
+        "quarantined in the spool file; see docs/RELIABILITY.md).",
+        response_model=Health,
+    )
+    async def healthz() -> Health:
         stats = client.stats() if hasattr(client, "stats") else None
-        return {"status": "ok", "producer": getattr(stats, "__dict__", None) or stats}
+        pending = int(getattr(stats, "spool_pending", 0) or 0)
+        quarantined = int(getattr(stats, "spool_quarantined", 0) or 0)
+        status: Literal["ok", "spooling", "degraded"] = (
+            "degraded" if quarantined else "spooling" if pending else "ok"
+        )
+        return Health(
+            status=status,
+            spool=SpoolHealth(pending=pending, quarantined=quarantined),
+            producer=dataclasses.asdict(stats) if isinstance(stats, DeliveryStats) else None,
+        )
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
