@@ -11,6 +11,7 @@ import contextlib
 import copy
 import dataclasses
 import logging
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -108,6 +109,9 @@ def create_app(
         settings=settings,
         keys=KeyRing.from_settings(settings),
         limiter=RateLimiter(settings.web_rate_limit_per_s, settings.web_rate_limit_burst),
+        auth_failures=RateLimiter(
+            settings.web_auth_failures_per_min / 60, settings.web_auth_failures_burst
+        ),
         query=query,
         collector=Collector(client, max_batch_events=settings.web_max_batch_events),
         dashboard=dashboard_mod.DashboardQueries(query, cache_s=settings.web_cache_s),
@@ -194,8 +198,17 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FeedbackLoopError)
     async def backend_error(_: Request, e: FeedbackLoopError) -> Any:
         # ClickHouse unreachable, analysis extra missing: the server is fine, a backend not.
-        log.warning("backend error: %s", e)
-        return _error(503, "backend_unavailable", str(e), {"Retry-After": "5"})
+        # The details (SQL, paths, driver messages) go to the log only, under a reference
+        # the caller can quote; the body says nothing about the internals.
+        ref = secrets.token_hex(4)
+        log.warning("backend error (ref %s): %s", ref, e)
+        return _error(
+            503,
+            "backend_unavailable",
+            f"the query backend is unavailable or failed; retry later (ref {ref} in the "
+            "server log)",
+            {"Retry-After": "5"},
+        )
 
 
 def _install_headers(app: FastAPI) -> None:
@@ -203,6 +216,9 @@ def _install_headers(app: FastAPI) -> None:
     async def security_headers(request: Request, call_next: Any) -> Any:
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if request.url.path.startswith("/api"):
+            # Experiment data must not stay in browser or proxy caches.
+            response.headers["Cache-Control"] = "no-store"
         if request.url.path.startswith("/dashboard"):
             response.headers.setdefault("Content-Security-Policy", _CSP)
             response.headers.setdefault("Referrer-Policy", "no-referrer")

@@ -19,11 +19,12 @@ pytest.importorskip("fastapi", reason="the web extra is not installed")
 httpx = pytest.importorskip("httpx")
 
 from feedbackloop.config import Settings  # noqa: E402
+from feedbackloop.errors import ClickHouseError  # noqa: E402
 from feedbackloop.infra import ensure_topics  # noqa: E402
 from feedbackloop.producers import FeedbackClient  # noqa: E402
 from feedbackloop.producers.spool import Spool  # noqa: E402
 from feedbackloop.schemas import DeadLetter, Topics  # noqa: E402
-from feedbackloop.sinks import SinkConfig, run_query  # noqa: E402
+from feedbackloop.sinks import ReadOnlyViolation, SinkConfig, run_query  # noqa: E402
 from feedbackloop.web import WebServer  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.hostile]
@@ -63,6 +64,10 @@ def stack(
             "web_public_keys": {APP: PK},
             "web_secret_keys": {APP: SK},
             "producer_linger_ms": 5.0,
+            "sql_max_execution_s": 3.0,
+            "sql_max_memory_bytes": 200_000_000,
+            "web_cache_s": 0.0,
+            "web_read_timeout_s": 2.0,
         }
     )
     cfg = SinkConfig(raw=True, group_id=f"g-{uuid.uuid4().hex[:6]}", max_age_s=0.2)
@@ -151,3 +156,185 @@ def test_a_spooled_record_the_broker_refuses_is_quarantined_and_the_rest_is_deli
     [(record, reason)] = kept.quarantined_records()
     assert len(record.value) == 1_200_000 and "MSG_SIZE_TOO_LARGE" in reason
     kept.close()
+
+
+# ---------------------------------------------------------------- 2-4, 7: analyst SQL
+
+
+def _refused(stack: Stack, sql: str, match: str) -> None:
+    with pytest.raises(ReadOnlyViolation, match=match):
+        run_query(stack.settings, sql)
+
+
+def test_a_heredoc_cannot_smuggle_a_second_statement_and_the_endpoint_keeps_working(
+    stack: Stack,
+) -> None:
+    _refused(stack, "SELECT $$'$$; USE system; SELECT $$'$$", "one statement")
+    _refused(stack, "SELECT $$'$$; SELECT 2; SELECT $$'$$", "one statement")
+    _refused(stack, "SELECT 1; DROP TABLE interactions", "one statement")
+    db = stack.settings.clickhouse_database
+    assert stack.scalar("SELECT currentDatabase()") == db
+    r = stack.http.get("/api/experiments", headers={"Authorization": f"Bearer {SK}"})
+    assert r.status_code == 200, r.text
+
+
+def test_describe_cannot_read_local_files_or_make_the_server_fetch_urls(stack: Stack) -> None:
+    import http.server
+    import threading
+
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"a\tb\n1\t2\n")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        _refused(stack, "DESCRIBE file('/etc/passwd','TSVWithNames')", r"file\(\) is not allowed")
+        _refused(
+            stack,
+            f"DESCRIBE url('http://127.0.0.1:{port}/x','TSVWithNames', "
+            "headers('X-Injected'='yes'))",
+            r"url\(\) is not allowed",
+        )
+        _refused(
+            stack, f"SELECT * FROM (SELECT 1) AS a, url('http://127.0.0.1:{port}/y', 'TSV')", "url"
+        )
+        _refused(stack, "DESC remote('127.0.0.1:9000', system.one)", "remote")
+    finally:
+        server.shutdown()
+    assert hits == []
+
+
+def test_into_outfile_is_refused_and_writes_nothing(stack: Stack, tmp_path: Path) -> None:
+    target = tmp_path / "out.csv"
+    _refused(stack, f"SELECT 1 INTO OUTFILE '{target}'", "INTO OUTFILE")
+    _refused(stack, f"SHOW TABLES INTO OUTFILE '{target}'", "INTO OUTFILE")
+    assert not target.exists()
+    # ...but the words inside a literal or a quoted name are just text
+    res = run_query(stack.settings, "SELECT 'INTO OUTFILE' AS `INTO OUTFILE`")
+    assert res.rows == [["INTO OUTFILE"]]
+
+
+def test_comment_markers_inside_string_literals_reach_clickhouse_untouched(stack: Stack) -> None:
+    assert run_query(stack.settings, "SELECT 'a/*b*/c', 'x--y'").rows == [["a/*b*/c", "x--y"]]
+    events = [interaction(session_id="lit-1") for _ in range(3)]
+    assert stack.post("/v1/events", events).status_code == 202
+    ids = [e["event_id"] for e in events]
+    wait_until(lambda: stored(stack, ids) == 3)
+    in_ids = ",".join(f"'{i}'" for i in ids)
+    # The app filter sits between two literals that look like a comment's ends.
+    sql = (
+        f"SELECT count() FROM interactions FINAL WHERE event_id IN ({in_ids}) "
+        "AND 'x/*' = 'x/*' AND app_id = 'another-app' AND '*/y' = '*/y'"
+    )
+    assert stack.scalar(sql) == 0
+
+
+def test_an_experiment_named_with_a_double_dash_opens_on_the_dashboard(stack: Stack) -> None:
+    name = f"exp--{uuid.uuid4().hex[:6]}"
+    events = [
+        interaction(session_id=f"dd-{i}", experiment=name, variant="control") for i in range(3)
+    ]
+    assert stack.post("/v1/events", events).status_code == 202
+    wait_until(lambda: stored(stack, [e["event_id"] for e in events]) == 3)
+    auth = {"Authorization": f"Bearer {SK}"}
+    listed = stack.http.get("/api/experiments", headers=auth).json()
+    assert name in {e["experiment"] for e in listed}
+    r = stack.http.get(f"/api/experiments/{APP}/{name}", headers=auth)
+    assert r.status_code == 200, r.text
+
+
+def test_analyst_queries_stop_at_the_time_memory_and_row_limits(stack: Stack) -> None:
+    with pytest.raises(ClickHouseError, match="TIMEOUT_EXCEEDED|Timeout exceeded"):
+        run_query(stack.settings, "SELECT count() FROM system.numbers")
+    with pytest.raises(ClickHouseError, match="MEMORY_LIMIT_EXCEEDED|memory limit"):
+        run_query(stack.settings, "SELECT groupArray(number) FROM numbers(100000000)")
+    _refused(stack, "SELECT 1 SETTINGS max_execution_time = 1000", "readonly|READONLY")
+    res = run_query(stack.settings, "SELECT number FROM numbers(1000000)", max_rows=50)
+    assert len(res.rows) == 50 and res.truncated
+    # and the sink still stores events afterwards
+    events = [interaction(session_id="after-limits")]
+    assert stack.post("/v1/events", events).status_code == 202
+    wait_until(lambda: stored(stack, [events[0]["event_id"]]) == 1)
+
+
+# ---------------------------------------------------------------- 6, 9: malformed bodies
+
+
+def _dead_letter_count(stack: Stack, reason: str) -> int:
+    return int(
+        stack.scalar(
+            f"SELECT count() FROM dead_letters WHERE source = 'collector' AND reason = '{reason}'"
+        )
+    )
+
+
+def test_malformed_json_is_a_4xx_with_a_reason_and_a_dead_letter_never_a_500(
+    stack: Stack,
+) -> None:
+    before = _dead_letter_count(stack, "invalid_json")
+    bodies = [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'[{"event_type": "interaction", "input_tokens": ' + b"9" * 5000 + b"}]",
+        '[{"event_type": "interaction"}]'.encode("utf-16"),
+    ]
+    for body in bodies:
+        r = stack.post("/v1/events", body)
+        assert r.status_code == 400, r.text
+        assert r.headers["content-type"] == "application/json"
+        assert r.json()["error"] == "invalid_json"
+    wait_until(lambda: _dead_letter_count(stack, "invalid_json") >= before + len(bodies))
+
+
+def test_a_batch_with_unusable_items_stores_its_valid_events_and_says_so_per_event(
+    stack: Stack,
+) -> None:
+    good = interaction()
+    bad = [
+        interaction(event_type={"nested": "object"}),
+        interaction(event_type=["a", "list"]),
+        interaction(input_tokens=2**32),
+        interaction(shadow="yes"),
+    ]
+    r = stack.post("/v1/events", [bad[0], good, *bad[1:]])
+    assert r.status_code == 202, r.text
+    statuses = [x["status"] for x in r.json()["results"]]
+    assert statuses == ["rejected", "accepted", "rejected", "rejected", "rejected"]
+    wait_until(lambda: stored(stack, [good["event_id"]]) == 1)
+    ids = ",".join(f"'{e['event_id']}'" for e in bad)
+    sql = (
+        "SELECT count() FROM dead_letters WHERE source = 'collector' "
+        f"AND JSONExtractString(payload, 'event_id') IN ({ids})"
+    )
+    wait_until(lambda: stack.scalar(sql) == len(bad))
+    assert stored(stack, [e["event_id"] for e in bad]) == 0
+
+
+def test_a_client_that_promises_a_body_and_stalls_is_answered_408_and_dropped(
+    stack: Stack,
+) -> None:
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    u = urlparse(stack.url)
+    with socket.create_connection((u.hostname, u.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {PK}\r\nContent-Length: 4000000\r\n\r\n[{{".encode()
+        )
+        started = time.monotonic()
+        answer = sock.recv(4096)
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"request_timeout" in answer
+    assert waited < 20  # web_read_timeout_s is 2 s here; main held it for more than 75 s
