@@ -58,8 +58,10 @@ def _operations(s: Settings, service: str, metrics: bool = True) -> Callable[[],
     """
     import os
 
+    from feedbackloop.infra.files import owner_only
     from feedbackloop.infra.logs import setup_logging
 
+    owner_only(s.data_dir)  # before anything is created under it (docs/SECURITY.md)
     setup_logging(service, s.log_format, s.log_level)
     if not metrics:
         return lambda: None

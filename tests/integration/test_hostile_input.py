@@ -338,3 +338,45 @@ def test_a_client_that_promises_a_body_and_stalls_is_answered_408_and_dropped(
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"request_timeout" in answer
     assert waited < 20  # web_read_timeout_s is 2 s here; main held it for more than 75 s
+
+
+# ---------------------------------------------------------------- 5: owner-only local state
+
+
+def test_data_files_spool_and_logs_are_owner_only(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    data = tmp_path / "var"
+    (data / "old").mkdir(parents=True)
+    (data / "old" / "left-by-an-earlier-run.log").write_text("event text")
+    (data / "old").chmod(0o755)
+    (data / "old" / "left-by-an-earlier-run.log").chmod(0o644)
+    # In a child: the umask is per process, and chDB admits one data path per process.
+    script = textwrap.dedent(
+        f"""
+        import logging
+        from pathlib import Path
+        from feedbackloop.infra import get_client
+        from feedbackloop.infra.files import owner_only
+        from feedbackloop.producers.spool import Spool
+        data = Path({str(data)!r})
+        owner_only(data)
+        logging.basicConfig(filename=data / "logs.txt")
+        logging.getLogger().warning("event text")
+        ch = get_client(f"chdb://{{data / 'clickhouse'}}")
+        ch.command("CREATE DATABASE IF NOT EXISTS d")
+        ch.command("CREATE TABLE d.t (s String) ENGINE = MergeTree ORDER BY s")
+        ch.command("INSERT INTO d.t VALUES ('secret event text')")
+        Spool(data / "spool" / "x.sqlite3", 10_000).append("t", None, b"secret")
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    loose = [
+        (str(p.relative_to(data)), oct(p.stat().st_mode & 0o777))
+        for p in [data, *data.rglob("*")]
+        if not p.is_symlink() and p.stat().st_mode & 0o077
+    ]
+    assert loose == []
+    assert any(p.suffix == ".bin" or p.name.endswith(".bin") for p in data.rglob("*.bin"))
