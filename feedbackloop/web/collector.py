@@ -212,6 +212,11 @@ def batch_status(results: Sequence[EventResult]) -> int:
 
 async def read_json_body(request: Request, limit: int) -> tuple[bytes, Any]:
     """The request body parsed as JSON, within ``limit`` bytes; :class:`ApiError` otherwise."""
+    unknown = sorted(set(request.query_params) - {"key"})
+    if unknown:  # the document lists only ``key``; anything else is a client's mistake
+        raise ApiError(
+            400, "unknown_parameter", f"unknown query parameter(s): {', '.join(unknown)[:200]}"
+        )
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype and ctype not in _JSON_TYPES and not ctype.endswith("+json"):
         raise ApiError(

@@ -421,7 +421,13 @@ def test_openapi_conformance_with_schemathesis(tmp_path: Path, rec: Recorder) ->
     """Generated requests against every operation: responses match the document."""
     schemathesis = pytest.importorskip("schemathesis")
 
-    app = create_app(_settings(tmp_path, web_max_batch_events=1000), client=rec, query=_query)
+    # The failed-authentication limit would answer schemathesis' own bad-key probes with 429
+    # after a while; it has its own test.
+    app = create_app(
+        _settings(tmp_path, web_max_batch_events=1000, web_auth_failures_per_min=0),
+        client=rec,
+        query=_query,
+    )
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     # Reads need ClickHouse and are covered by the integration test; here, the collector
     # and the shapes of its answers.
@@ -431,6 +437,47 @@ def test_openapi_conformance_with_schemathesis(tmp_path: Path, rec: Recorder) ->
         _conformance(op.ok())()
         checked += 1
     assert checked == 3
+
+
+def test_requests_that_violate_the_openapi_document_are_refused(
+    tmp_path: Path, rec: Recorder
+) -> None:
+    """Schemathesis' negative mode: every request the document rules out (a wrong type, a
+    string over its maxLength, an id or time outside its pattern, an unknown query
+    parameter) is answered 4xx, so the server accepts nothing the document does not."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+    app = create_app(
+        _settings(
+            tmp_path,
+            web_max_batch_events=1000,
+            web_max_body_bytes=50_000_000,  # a 413 would hide what the contract refuses
+            web_auth_failures_per_min=0,
+        ),
+        client=rec,
+        query=_query,
+    )
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app).include(path_regex=r"^/v1/")
+    checked = 0
+    for op in schema.get_all_operations():
+        operation = op.ok()
+
+        @settings(
+            max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
+        @given(case=operation.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+        def run(case: Any) -> None:
+            case.call_and_validate(
+                headers={"Authorization": f"Bearer {OPS}"},
+                excluded_checks=[positive_data_acceptance],
+            )
+
+        run()
+        checked += 1
+    assert checked == 2
 
 
 def test_vendored_chart_js_is_untouched_and_the_page_loads_nothing_remote(
