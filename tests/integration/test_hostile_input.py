@@ -6,6 +6,7 @@ and secret keys configured, as ``feedbackloop up`` runs it. Every test names the
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -333,7 +334,9 @@ def test_a_client_that_promises_a_body_and_stalls_is_answered_408_and_dropped(
             + f"Authorization: Bearer {PK}\r\nContent-Length: 4000000\r\n\r\n[{{".encode()
         )
         started = time.monotonic()
-        answer = sock.recv(4096)
+        answer = b""
+        while chunk := sock.recv(4096):  # until the server closes the connection
+            answer += chunk
         waited = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"request_timeout" in answer
@@ -380,3 +383,26 @@ def test_data_files_spool_and_logs_are_owner_only(tmp_path: Path) -> None:
     ]
     assert loose == []
     assert any(p.suffix == ".bin" or p.name.endswith(".bin") for p in data.rglob("*.bin"))
+
+
+def test_the_query_endpoint_drops_a_client_that_stalls(stack: Stack) -> None:
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    from feedbackloop.sinks.query import READ_TIMEOUT_S, discovery_path
+
+    info = json.loads(discovery_path(stack.settings).read_text())
+    u = urlparse(info["url"])
+    with socket.create_connection((u.hostname, u.port), timeout=READ_TIMEOUT_S * 3) as sock:
+        sock.sendall(
+            b"POST /query HTTP/1.1\r\nHost: x\r\nContent-Length: 4000000\r\n"
+            + f"Authorization: Bearer {info['token']}\r\n\r\n{{".encode()
+        )
+        started = time.monotonic()
+        rest = sock.recv(4096)  # b"" once the endpoint closes the connection
+        waited = time.monotonic() - started
+    assert rest == b"" or rest.startswith(b"HTTP/1.")
+    assert waited < READ_TIMEOUT_S * 2
+    # and it still answers
+    assert stack.scalar("SELECT 1") == 1
