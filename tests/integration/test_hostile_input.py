@@ -35,9 +35,10 @@ APP = "shop"
 
 
 class Stack:
-    def __init__(self, settings: Settings, url: str) -> None:
+    def __init__(self, settings: Settings, url: str, worker: Any = None) -> None:
         self.settings = settings
         self.url = url
+        self.worker = worker
         self.http = httpx.Client(base_url=url, timeout=60)
 
     def post(self, path: str, body: Any, key: str = PK, **kw: Any) -> httpx.Response:
@@ -72,8 +73,8 @@ def stack(
         }
     )
     cfg = SinkConfig(raw=True, group_id=f"g-{uuid.uuid4().hex[:6]}", max_age_s=0.2)
-    with running_worker(s, cfg), WebServer(s, host="127.0.0.1", port=0) as web:
-        st = Stack(s, web.url)
+    with running_worker(s, cfg) as worker, WebServer(s, host="127.0.0.1", port=0) as web:
+        st = Stack(s, web.url, worker)
         yield st
         st.http.close()
 
@@ -406,3 +407,34 @@ def test_the_query_endpoint_drops_a_client_that_stalls(stack: Stack) -> None:
     assert waited < READ_TIMEOUT_S * 2
     # and it still answers
     assert stack.scalar("SELECT 1") == 1
+
+
+def test_events_are_stored_while_a_long_analyst_query_runs(stack: Stack) -> None:
+    import threading
+    import time
+
+    ended: list[float] = []
+
+    def long_query() -> None:
+        # Runs until the stack's 3 s max_execution_time stops it.
+        with pytest.raises(ClickHouseError, match="TIMEOUT_EXCEEDED|Timeout exceeded"):
+            run_query(stack.settings, "SELECT count() FROM system.numbers")
+        ended.append(time.monotonic())
+
+    # The pipeline is warm first (consumer assigned, tables there), so what is measured
+    # below is the analyst query's effect, not the sink's start.
+    rows = stack.worker.sink.stats.rows
+    warm = rows.get("interactions", 0)
+    assert stack.post("/v1/events", [interaction(session_id="warm-up")]).status_code == 202
+    wait_until(lambda: rows.get("interactions", 0) > warm, timeout=60, interval=0.05)
+    t = threading.Thread(target=long_query)
+    t.start()
+    time.sleep(0.3)  # the query holds the endpoint's session now
+    # Not asked through the endpoint (the long query holds it): the sink's own count of
+    # rows it inserted.
+    before = rows.get("interactions", 0)
+    assert stack.post("/v1/events", [interaction(session_id="during-query")]).status_code == 202
+    wait_until(lambda: rows.get("interactions", 0) > before, timeout=30, interval=0.05)
+    stored_at = time.monotonic()
+    t.join(30)
+    assert ended and stored_at < ended[0]
