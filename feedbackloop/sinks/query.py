@@ -218,7 +218,7 @@ def execute(client: Any, sql: str, max_rows: int = 10_000, parser: Any = None) -
     try:
         res = client.query(sql)
     except Exception as e:
-        raise ClickHouseError(_clean(str(e)), code=getattr(e, "code", None)) from e
+        raise ClickHouseError.from_driver(e, _clean(str(e))) from e
     rows = [list(r) for r in res.result_rows[: max_rows + 1]]
     return QueryResult(
         list(res.column_names),
@@ -341,7 +341,10 @@ class QueryEndpoint:
             res = execute(self._client_for(max_rows), sql, max_rows, parser=self._parser)
         except FeedbackLoopError as e:
             kind = "refused" if isinstance(e, ReadOnlyViolation) else "failed"
-            return _reply(req, 400, {"error": str(e), "kind": kind})
+            reply: dict[str, Any] = {"error": str(e), "kind": kind}
+            if isinstance(e, ClickHouseError):
+                reply |= {"code": e.code, "name": e.name}
+            return _reply(req, 400, reply)
         except Exception as e:  # a handler must answer, whatever the driver raised
             log.exception("query endpoint: unexpected error")
             return _reply(
@@ -445,7 +448,9 @@ def _via_endpoint(info: dict[str, Any], sql: str, max_rows: int) -> QueryResult:
             payload = {"error": str(e)}
         if payload.get("kind") == "refused":
             raise ReadOnlyViolation(payload.get("error", "refused")) from e
-        raise ClickHouseError(payload.get("error", str(e))) from e
+        raise ClickHouseError(
+            payload.get("error", str(e)), code=payload.get("code"), name=payload.get("name")
+        ) from e
     except OSError as e:
         raise ClickHouseError(
             f"the sink worker (pid {info.get('pid')}) advertises {info.get('url')} but it does "
