@@ -12,8 +12,10 @@ Read-only is enforced by ClickHouse, never by rewriting the text (issue 13):
   as a bound parameter): exactly one statement, and its normalized form must start with
   SELECT / WITH / SHOW / DESCRIBE / EXPLAIN / EXISTS and have no ``INTO OUTFILE``;
 * its syntax tree (``EXPLAIN AST``) may name no table function but the few that read nothing
-  outside the engine (:data:`SAFE_TABLE_FUNCTIONS`): ``DESCRIBE file(...)`` and
-  ``DESCRIBE url(...)`` pass ClickHouse's ``readonly`` check, so they are refused here;
+  outside the engine (:data:`SAFE_TABLE_FUNCTIONS`), and no function that reads files
+  (:data:`DENIED_FUNCTIONS`): ``DESCRIBE file(...)``, ``DESCRIBE url(...)`` and
+  ``SELECT file('/etc/passwd')`` pass ClickHouse's ``readonly`` check, so they are refused
+  here;
 * it runs exactly as written, in a session with ``readonly=1`` and limits the query cannot
   lift (``max_execution_time``, ``max_memory_usage``, ``max_result_rows`` with ``break``,
   ``max_threads``: :class:`~feedbackloop.config.Settings` ``sql_*``), so ClickHouse refuses
@@ -70,6 +72,9 @@ _ALLOWED = ("select", "with", "show", "describe", "desc", "explain", "exists")
 SAFE_TABLE_FUNCTIONS = frozenset(
     {"numbers", "numbers_mt", "zeros", "zeros_mt", "values", "generate_series", "generateSeries"}
 )
+#: Ordinary functions that read files or the network (``file('/etc/passwd')`` returns the
+#: file's text, and ``readonly`` allows it), refused wherever they appear.
+DENIED_FUNCTIONS = frozenset({"file", "reversednsquery"})
 _LEADING = re.compile(r"\s+|--[^\n]*(?:\n|$)|/\*.*?\*/|\(", re.S)
 _AST_LINE = re.compile(r"^( *)(\S+)(?: (\S+))?")
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`(?:[^`\\]|\\.)*`")
@@ -148,6 +153,9 @@ def inspect_statement(parser: Any, sql: str) -> str:
                 f"table function {fn}() is not allowed (it reads files or the network); "
                 f"allowed: {', '.join(sorted(SAFE_TABLE_FUNCTIONS))}"
             )
+    for fn in functions(lines):
+        if fn.lower() in DENIED_FUNCTIONS:
+            raise ReadOnlyViolation(f"function {fn}() is not allowed (it reads files)")
     return normalized
 
 
@@ -166,6 +174,16 @@ def table_functions(ast_lines: list[str]) -> list[str]:
         if node == "Function" and parents and parents[-1][1] == "TableExpression":
             found.append(m.group(3) or "")
         parents.append((depth, node))
+    return found
+
+
+def functions(ast_lines: list[str]) -> list[str]:
+    """Names of every function call in an ``EXPLAIN AST`` dump (operators included)."""
+    found = []
+    for line in ast_lines:
+        m = _AST_LINE.match(line)
+        if m and m.group(2) == "Function":
+            found.append(m.group(3) or "")
     return found
 
 

@@ -211,6 +211,8 @@ def test_describe_cannot_read_local_files_or_make_the_server_fetch_urls(stack: S
             stack, f"SELECT * FROM (SELECT 1) AS a, url('http://127.0.0.1:{port}/y', 'TSV')", "url"
         )
         _refused(stack, "DESC remote('127.0.0.1:9000', system.one)", "remote")
+        _refused(stack, "SELECT file('/etc/passwd')", r"file\(\) is not allowed")
+        _refused(stack, "SELECT length(FILE('/etc/hostname')) AS n", "not allowed")
     finally:
         server.shutdown()
     assert hits == []
