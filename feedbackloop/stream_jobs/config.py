@@ -64,6 +64,9 @@ class StreamConfig:
     alert_cooldown_s: float = 1800.0
     #: Slack-compatible incoming-webhook URL (JSON POST with a "text" field); None: off.
     alert_webhook_url: str | None = None
+    #: How often experiments with a registered design are judged (as `ab report` judges
+    #: them) for a verdict that turned "significant regression" or "do not trust"; 0: off.
+    verdict_check_s: float = 300.0
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> StreamConfig:
