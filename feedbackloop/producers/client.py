@@ -39,6 +39,7 @@ from pydantic_core import PydanticSerializationError
 from feedbackloop.config import Settings
 from feedbackloop.errors import SchemaError
 from feedbackloop.producers.assignment import Experiment
+from feedbackloop.producers.context import CallContext, context
 from feedbackloop.producers.delivery import Counters, DeliveryStats
 from feedbackloop.producers.fastpath import EVENT_IDS, FastEncoder, utc_timestamp, uuid_from_str
 from feedbackloop.producers.spool import Spool
@@ -343,6 +344,13 @@ class FeedbackClient:
         True once queued or spooled."""
         self._counters.add("invalid")
         return self._send(self.topics.dead_letters, letter.key, letter.payload, letter.headers())
+
+    def context(self, **fields: Any) -> contextlib.AbstractContextManager[CallContext]:
+        """A block whose interactions, as logged by the provider wrappers
+        (:mod:`feedbackloop.integrations`), carry these fields: ``session_id``, ``user_id``,
+        ``prompt_version``, ``experiment``, ``variant``, ``metadata``. See
+        :mod:`feedbackloop.producers.context`."""
+        return context(**fields)
 
     # ------------------------------------------------------------------ experiments
 
