@@ -27,6 +27,10 @@ def _sse(events: list[tuple[str | None, Any]]) -> bytes:
     return "".join(out).encode()
 
 
+def _event(kind: str, **fields: Any) -> tuple[str | None, Any]:
+    return kind, {"type": kind, **fields}
+
+
 class ProviderMock:
     """Answers every API the wrappers cover; ``requests`` keeps each request body seen, and
     ``status`` other than 200 makes every call fail with that HTTP status."""
@@ -164,12 +168,12 @@ class ProviderMock:
         a, b = self._halves()
         started = {**done, "status": "in_progress", "output": [], "usage": None}
         delta = {"item_id": "msg_1", "output_index": 0, "content_index": 0, "logprobs": []}
-        events: list[tuple[str | None, Any]] = [
-            ("response.created", {"type": "response.created", "response": started, "sequence_number": 0}),
-            ("response.output_text.delta", {"type": "response.output_text.delta", "delta": a, "sequence_number": 1, **delta}),
-            ("response.output_text.delta", {"type": "response.output_text.delta", "delta": b, "sequence_number": 2, **delta}),
-            ("response.completed", {"type": "response.completed", "response": done, "sequence_number": 3}),
-        ]  # fmt: skip
+        events = [
+            _event("response.created", response=started, sequence_number=0),
+            _event("response.output_text.delta", delta=a, sequence_number=1, **delta),
+            _event("response.output_text.delta", delta=b, sequence_number=2, **delta),
+            _event("response.completed", response=done, sequence_number=3),
+        ]
         return httpx2.Response(
             200, content=_sse(events), headers={"content-type": "text/event-stream"}
         )
@@ -199,16 +203,20 @@ class ProviderMock:
             "stop_reason": None,
             "usage": {**message["usage"], "output_tokens": 1},
         }
-        events: list[tuple[str | None, Any]] = [
-            ("message_start", {"type": "message_start", "message": start}),
-            ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-            ("ping", {"type": "ping"}),
-            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": a}}),
-            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": b}}),
-            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 5}}),
-            ("message_stop", {"type": "message_stop"}),
-        ]  # fmt: skip
+        events = [
+            _event("message_start", message=start),
+            _event("content_block_start", index=0, content_block={"type": "text", "text": ""}),
+            _event("ping"),
+            _event("content_block_delta", index=0, delta={"type": "text_delta", "text": a}),
+            _event("content_block_delta", index=0, delta={"type": "text_delta", "text": b}),
+            _event("content_block_stop", index=0),
+            _event(
+                "message_delta",
+                delta={"stop_reason": "end_turn", "stop_sequence": None},
+                usage={"output_tokens": 5},
+            ),
+            _event("message_stop"),
+        ]
         return httpx2.Response(
             200, content=_sse(events), headers={"content-type": "text/event-stream"}
         )
