@@ -29,6 +29,7 @@ from feedbackloop.errors import FeedbackLoopError
 from feedbackloop.schemas import SCHEMA_VERSION, Event
 from feedbackloop.web import collector as collector_mod
 from feedbackloop.web import dashboard as dashboard_mod
+from feedbackloop.web import otlp as otlp_mod
 from feedbackloop.web.auth import KeyRing
 from feedbackloop.web.collector import Collector, EventSink
 from feedbackloop.web.ratelimit import RateLimiter
@@ -100,6 +101,7 @@ def create_app(
         dashboard=dashboard_mod.DashboardQueries(query, cache_s=settings.web_cache_s),
     )
     app.include_router(collector_mod.router())
+    app.include_router(otlp_mod.router())
     app.include_router(dashboard_mod.router())
     app.mount(
         "/dashboard/static",

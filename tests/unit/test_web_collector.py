@@ -374,11 +374,11 @@ def test_openapi_document_lists_exactly_the_endpoints(client: TestClient) -> Non
     doc = client.get("/openapi.json").json()
     from fastapi.routing import APIRoute
 
-    from feedbackloop.web import collector, dashboard
+    from feedbackloop.web import collector, dashboard, otlp
 
     # Every route the app serves, from the routers it is built from plus its own.
     own = [r for r in client.app.routes if isinstance(r, APIRoute)]  # type: ignore[attr-defined]
-    all_routes = own + collector.router().routes + dashboard.router().routes
+    all_routes = own + collector.router().routes + dashboard.router().routes + otlp.router().routes
     routes = {
         (m.lower(), r.path)
         for r in all_routes
@@ -430,7 +430,7 @@ def test_openapi_conformance_with_schemathesis(tmp_path: Path, rec: Recorder) ->
     for op in schema.get_all_operations():
         _conformance(op.ok())()
         checked += 1
-    assert checked == 3
+    assert checked == 4  # /v1/events, /v1/feedback, /v1/traces, /healthz
 
 
 def test_vendored_chart_js_is_untouched_and_the_page_loads_nothing_remote(

@@ -1,0 +1,266 @@
+"""``POST /v1/traces``: OpenTelemetry GenAI spans from the real SDK become interactions;
+other spans are ignored and counted; what is not OTLP gets a clear 400."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the web extra is not installed")
+pytest.importorskip("opentelemetry.sdk", reason="the dev extra is not installed")
+
+import genai_spans as spans  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from google.protobuf import json_format  # noqa: E402
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans  # noqa: E402
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (  # noqa: E402
+    ExportTraceServiceResponse,
+)
+
+from feedbackloop.config import Settings  # noqa: E402
+from feedbackloop.integrations.genai_spans import interaction_id_for  # noqa: E402
+from feedbackloop.schemas import DeadLetter, Envelope, Interaction  # noqa: E402
+from feedbackloop.web import WebServer, create_app  # noqa: E402
+
+PK, SK, OPS = "pk_shop_123", "sk_shop_456", "sk_ops_789"
+PROTOBUF = {"Authorization": f"Bearer {PK}", "Content-Type": "application/x-protobuf"}
+JSON = {"Authorization": f"Bearer {PK}", "Content-Type": "application/json"}
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[Envelope] = []
+        self.dead: list[DeadLetter] = []
+        self.accept = True
+
+    def send(self, event: Envelope) -> bool:
+        if self.accept:
+            self.events.append(event)
+        return self.accept
+
+    def send_dead_letter(self, letter: DeadLetter) -> bool:
+        self.dead.append(letter)
+        return True
+
+    @property
+    def interactions(self) -> list[Interaction]:
+        return [e for e in self.events if isinstance(e, Interaction)]
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path,
+        web_public_keys={"shop": PK},
+        web_secret_keys={"shop": SK, "*": OPS},
+        web_max_body_bytes=200_000,
+        web_rate_limit_per_s=0,
+    )
+
+
+@pytest.fixture
+def sink() -> Sink:
+    return Sink()
+
+
+@pytest.fixture
+def client(tmp_path: Path, sink: Sink) -> Iterator[TestClient]:
+    with TestClient(create_app(_settings(tmp_path), client=sink)) as c:
+        yield c
+
+
+def _request(**chat_extra: Any) -> Any:
+    tp = spans.provider(**{"feedbackloop.prompt_version": "v3"})
+    memory = spans.in_memory(tp)
+    spans.chat_span(
+        tp,
+        "Where is my order?",
+        "It ships today.",
+        **{
+            "gen_ai.conversation.id": "conv-1",
+            "user.id": "u-1",
+            "feedbackloop.experiment": "tone",
+            "feedbackloop.variant": "short",
+            **chat_extra,
+        },
+    )
+    spans.legacy_span(tp, "Old question", "Old answer")
+    spans.other_spans(tp, n=2)
+    return encode_spans(memory.get_finished_spans())
+
+
+def _otlp_json(request: Any) -> dict[str, Any]:
+    """OTLP's JSON encoding: protobuf's JSON mapping, but ids in hex."""
+    data = json_format.MessageToDict(request)
+
+    def hexify(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: (
+                    base64.b64decode(v).hex()
+                    if k in ("traceId", "spanId", "parentSpanId")
+                    else hexify(v)
+                )
+                for k, v in node.items()
+            }
+        if isinstance(node, list):
+            return [hexify(v) for v in node]
+        return node
+
+    return hexify(data)  # type: ignore[no-any-return]
+
+
+def test_genai_spans_become_interactions_with_every_mapped_field(
+    client: TestClient, sink: Sink
+) -> None:
+    request = _request()
+    r = client.post("/v1/traces", content=request.SerializeToString(), headers=PROTOBUF)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/x-protobuf"
+    answer = ExportTraceServiceResponse.FromString(r.content)
+    assert answer.partial_success.rejected_spans == 0
+    assert r.headers["x-feedbackloop-spans-accepted"] == "2"
+    assert r.headers["x-feedbackloop-spans-ignored"] == "3"  # 2 HTTP spans + 1 embeddings
+    chat, legacy = sorted(sink.interactions, key=lambda i: i.model)[::-1]
+    assert (chat.app_id, chat.session_id, chat.user_id) == ("shop", "conv-1", "u-1")
+    assert chat.system_prompt == "You are a shop assistant."
+    assert (chat.user_input, chat.response) == ("Where is my order?", "It ships today.")
+    assert (chat.model, chat.input_tokens, chat.output_tokens) == (
+        "gpt-4o-mini-2024-07-18",
+        100,
+        20,
+    )
+    assert chat.cost_usd == pytest.approx((100 * 0.15 + 20 * 0.60) / 1e6)
+    assert (chat.prompt_version, chat.experiment, chat.variant) == ("v3", "tone", "short")
+    assert chat.metadata["provider"] == "openai" and chat.metadata["finish_reason"] == "stop"
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    assert chat.interaction_id == interaction_id_for(span.trace_id, span.span_id)
+    assert chat.latency_ms == pytest.approx(
+        (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6
+    )
+    assert (legacy.user_input, legacy.response, legacy.session_id) == (
+        "Old question",
+        "Old answer",
+        "legacy-session",
+    )
+    assert (legacy.input_tokens, legacy.output_tokens) == (50, 10)
+
+
+def test_the_same_spans_as_otlp_json_and_gzip_give_the_same_interactions(
+    client: TestClient, sink: Sink
+) -> None:
+    request = _request()
+    assert client.post("/v1/traces", content=request.SerializeToString(), headers=PROTOBUF)
+    body = json.dumps(_otlp_json(request)).encode()
+    r = client.post("/v1/traces", content=body, headers=JSON)
+    assert r.status_code == 200, r.text
+    assert r.json() == {}  # an ExportTraceServiceResponse with nothing to report
+    zipped = gzip.compress(request.SerializeToString())
+    r = client.post("/v1/traces", content=zipped, headers={**PROTOBUF, "Content-Encoding": "gzip"})
+    assert r.status_code == 200, r.text
+    dumped = [i.model_dump(exclude={"event_id"}) for i in sink.interactions]
+    assert dumped[0:2] == dumped[2:4] == dumped[4:6]
+    # The ids are derived from the spans: a re-sent export carries the same event ids.
+    assert len({e.event_id for e in sink.events}) == 2
+
+
+def test_an_invalid_span_is_refused_in_partial_success_and_dead_lettered(
+    client: TestClient, sink: Sink
+) -> None:
+    # experiment without variant breaks the contract
+    request = _request(**{"feedbackloop.variant": ""})
+    r = client.post("/v1/traces", content=request.SerializeToString(), headers=PROTOBUF)
+    assert r.status_code == 200
+    answer = ExportTraceServiceResponse.FromString(r.content)
+    assert answer.partial_success.rejected_spans == 1
+    assert "validation_error" in answer.partial_success.error_message
+    assert len(sink.interactions) == 1 and len(sink.dead) == 1
+
+
+def test_a_span_naming_another_app_is_refused(client: TestClient, sink: Sink) -> None:
+    request = _request(**{"feedbackloop.app_id": "someone-else"})
+    r = client.post("/v1/traces", content=request.SerializeToString(), headers=PROTOBUF)
+    answer = ExportTraceServiceResponse.FromString(r.content)
+    assert answer.partial_success.rejected_spans == 1
+    assert "forbidden_app_id" in answer.partial_success.error_message
+    assert [i.app_id for i in sink.interactions] == ["shop"]
+
+
+def test_an_operator_key_takes_the_app_from_service_name(client: TestClient, sink: Sink) -> None:
+    request = _request()
+    headers = {**PROTOBUF, "Authorization": f"Bearer {OPS}"}
+    assert client.post("/v1/traces", content=request.SerializeToString(), headers=headers)
+    assert {i.app_id for i in sink.interactions} == {"shop-assistant"}
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "reason"),
+    [
+        (b"\xff\xff\xff", PROTOBUF, 400, "invalid_otlp"),
+        (b"{not json", JSON, 400, "invalid_json"),
+        (b"[1, 2]", JSON, 400, "invalid_otlp"),
+        (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}', JSON, 400,
+         "invalid_otlp"),
+        (b'{"resourceSpans": "nope"}', JSON, 400, "invalid_otlp"),
+        (b"not gzip", {**PROTOBUF, "Content-Encoding": "gzip"}, 400, "invalid_gzip"),
+        (gzip.compress(b"\0" * 300_000), {**PROTOBUF, "Content-Encoding": "gzip"}, 413,
+         "body_too_large"),
+        (b"x", {**PROTOBUF, "Content-Type": "text/csv"}, 415, "unsupported_media_type"),
+        (b"x", {**PROTOBUF, "Content-Encoding": "br"}, 415, "unsupported_encoding"),
+        (b"", {"Content-Type": "application/x-protobuf"}, 401, "missing_key"),
+    ],
+)  # fmt: skip
+def test_malformed_payloads_get_a_clear_error_and_nothing_is_sent(
+    client: TestClient, sink: Sink, body: bytes, headers: dict[str, str], status: int, reason: str
+) -> None:
+    r = client.post("/v1/traces", content=body, headers=headers)
+    assert r.status_code == status, r.text
+    assert r.json()["error"] == reason and r.json()["message"]
+    assert sink.events == []
+
+
+def test_a_full_spool_answers_503_so_the_exporter_retries(client: TestClient, sink: Sink) -> None:
+    sink.accept = False
+    r = client.post("/v1/traces", content=_request().SerializeToString(), headers=PROTOBUF)
+    assert r.status_code == 503 and r.headers["retry-after"] == "5"
+
+
+def test_the_openapi_document_describes_v1_traces(client: TestClient) -> None:
+    op = client.get("/openapi.json").json()["paths"]["/v1/traces"]["post"]
+    assert set(op["requestBody"]["content"]) == {"application/x-protobuf", "application/json"}
+    assert set(op["responses"]["200"]["content"]) == {"application/x-protobuf", "application/json"}
+    assert {"200", "400", "401", "413", "415", "429", "503"} <= set(op["responses"])
+    assert op["security"]  # the collector's keys
+
+
+def test_the_real_otlp_exporter_delivers_to_the_collector(tmp_path: Path, sink: Sink) -> None:
+    from opentelemetry.exporter.otlp.proto.http import Compression
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
+
+    with WebServer(_settings(tmp_path), "127.0.0.1", 0, client=sink) as web:
+        for compression in (Compression.NoCompression, Compression.Gzip):
+            exporter = OTLPSpanExporter(
+                endpoint=f"{web.url}/v1/traces",
+                headers={"Authorization": f"Bearer {PK}"},
+                compression=compression,
+            )
+            tp = spans.provider()
+            tp.add_span_processor(BatchSpanProcessor(exporter))
+            spans.chat_span(tp, f"Q {compression.value}", "A")
+            spans.other_spans(tp)
+            assert tp.force_flush(10_000)
+            tp.shutdown()
+        tp = spans.provider()
+        memory = spans.in_memory(tp)
+        spans.chat_span(tp, "Q refused", "A")
+        bad = OTLPSpanExporter(
+            endpoint=f"{web.url}/v1/traces", headers={"Authorization": "Bearer wrong"}
+        )
+        assert bad.export(memory.get_finished_spans()) is SpanExportResult.FAILURE
+    assert sorted(i.user_input for i in sink.interactions) == ["Q gzip", "Q none"]
