@@ -30,6 +30,7 @@ from feedbackloop.schemas import SCHEMA_VERSION, Event
 from feedbackloop.web import collector as collector_mod
 from feedbackloop.web import dashboard as dashboard_mod
 from feedbackloop.web import otlp as otlp_mod
+from feedbackloop.web import snippet as snippet_mod
 from feedbackloop.web.auth import KeyRing
 from feedbackloop.web.collector import Collector, EventSink
 from feedbackloop.web.ratelimit import RateLimiter
@@ -102,6 +103,7 @@ def create_app(
     )
     app.include_router(collector_mod.router())
     app.include_router(otlp_mod.router())
+    app.include_router(snippet_mod.router())
     app.include_router(dashboard_mod.router())
     app.mount(
         "/dashboard/static",

@@ -374,11 +374,15 @@ def test_openapi_document_lists_exactly_the_endpoints(client: TestClient) -> Non
     doc = client.get("/openapi.json").json()
     from fastapi.routing import APIRoute
 
-    from feedbackloop.web import collector, dashboard, otlp
+    from feedbackloop.web import collector, dashboard, otlp, snippet
 
     # Every route the app serves, from the routers it is built from plus its own.
     own = [r for r in client.app.routes if isinstance(r, APIRoute)]  # type: ignore[attr-defined]
-    all_routes = own + collector.router().routes + dashboard.router().routes + otlp.router().routes
+    all_routes = own + [
+        route
+        for module in (collector, dashboard, otlp, snippet)
+        for route in module.router().routes
+    ]
     routes = {
         (m.lower(), r.path)
         for r in all_routes
