@@ -57,7 +57,7 @@ def _bucket_for(span_s: float) -> int:
 
 def _stats() -> Any:
     try:
-        import feedbackloop.analysis as analysis
+        import feedbackloop.analysis.statistics as analysis
     except ImportError as e:  # numpy / scipy missing
         from feedbackloop.errors import MissingDependency
 
@@ -66,7 +66,7 @@ def _stats() -> Any:
 
 
 def _interval(stats: Any) -> dict[str, Any]:
-    """``stats`` (a :class:`~feedbackloop.analysis.BinaryStats`) with its Wilson interval."""
+    """``stats`` (a :class:`~feedbackloop.analysis.statistics.BinaryStats`) with its Wilson interval."""
     a = _stats()
     est = a.wilson_interval(stats)
     return {"n": stats.n, "successes": stats.successes, **a.to_jsonable(est)}
