@@ -356,6 +356,8 @@ def text_of(content: Any) -> str:
 
 def get(obj: Any, name: str, default: Any = None) -> Any:
     """``obj[name]`` for the dicts an app passes, ``obj.name`` for the providers' models."""
+    if type(obj) is dict:  # the common case, without the cost of an ABC check
+        return obj.get(name, default)
     if isinstance(obj, Mapping):
         return obj.get(name, default)
     return getattr(obj, name, default)

@@ -120,7 +120,8 @@ def _parse(ctype: str, body: bytes) -> Any:
                 400, "invalid_otlp", f"the body is not an OTLP ExportTraceServiceRequest: {e}"
             ) from e
     try:
-        data = json.loads(body)
+        # Decoded first: json.loads on bytes would also take UTF-16 and UTF-32.
+        data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise ApiError(400, "invalid_json", f"the body is not valid UTF-8 JSON: {e}") from e
     if not isinstance(data, dict):
@@ -131,6 +132,14 @@ def _parse(ctype: str, body: bytes) -> Any:
         return json_format.ParseDict(_hex_ids_to_base64(data), request_type(), True)
     except (json_format.ParseError, ValueError, TypeError) as e:
         raise ApiError(400, "invalid_otlp", f"not an OTLP ExportTraceServiceRequest: {e}") from e
+
+
+def _mapped(ctype: str, body: bytes, default_app_id: str, bound_app_id: str | None) -> Any:
+    from feedbackloop.integrations.genai_spans import map_request
+
+    return map_request(
+        _parse(ctype, body), default_app_id=default_app_id, bound_app_id=bound_app_id
+    )
 
 
 def _hex_ids_to_base64(node: Any) -> Any:
@@ -239,11 +248,8 @@ def router() -> APIRouter:
     async def post_traces(request: Request, principal: WritePrincipal) -> Response:
         state = state_of(request)
         ctype, body = await _read_body(request, state.settings.web_max_body_bytes)
-        parsed = await run_in_threadpool(_parse, ctype, body)
-        from feedbackloop.integrations.genai_spans import map_request
-
         bound = None if principal.app_id == ALL_APPS else principal.app_id
-        mapped = map_request(parsed, default_app_id=state.settings.app_id, bound_app_id=bound)
+        mapped = await run_in_threadpool(_mapped, ctype, body, state.settings.app_id, bound)
         record_otlp_spans(len(mapped.interactions), mapped.ignored)
         results = []
         if mapped.interactions:

@@ -203,6 +203,7 @@ def test_an_operator_key_takes_the_app_from_service_name(client: TestClient, sin
     [
         (b"\xff\xff\xff", PROTOBUF, 400, "invalid_otlp"),
         (b"{not json", JSON, 400, "invalid_json"),
+        ('{"resourceSpans": []}'.encode("utf-16"), JSON, 400, "invalid_json"),
         (b"[1, 2]", JSON, 400, "invalid_otlp"),
         (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}', JSON, 400,
          "invalid_otlp"),
