@@ -168,11 +168,16 @@ class ProviderMock:
         a, b = self._halves()
         started = {**done, "status": "in_progress", "output": [], "usage": None}
         delta = {"item_id": "msg_1", "output_index": 0, "content_index": 0, "logprobs": []}
+        item = {**done["output"][0], "status": "in_progress", "content": []}
+        part = {"type": "output_text", "text": "", "annotations": []}
+        where = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
         events = [
             _event("response.created", response=started, sequence_number=0),
-            _event("response.output_text.delta", delta=a, sequence_number=1, **delta),
-            _event("response.output_text.delta", delta=b, sequence_number=2, **delta),
-            _event("response.completed", response=done, sequence_number=3),
+            _event("response.output_item.added", output_index=0, item=item, sequence_number=1),
+            _event("response.content_part.added", part=part, sequence_number=2, **where),
+            _event("response.output_text.delta", delta=a, sequence_number=3, **delta),
+            _event("response.output_text.delta", delta=b, sequence_number=4, **delta),
+            _event("response.completed", response=done, sequence_number=5),
         ]
         return httpx2.Response(
             200, content=_sse(events), headers={"content-type": "text/event-stream"}

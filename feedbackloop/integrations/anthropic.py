@@ -1,9 +1,9 @@
 """Log every Anthropic call as an interaction: ``wrap(Anthropic(), feedback_client)``.
 
-Covers ``messages.create`` of ``anthropic.Anthropic`` and ``anthropic.AsyncAnthropic``,
-streamed (``stream=True``) or not. The client is patched in place and returned, so it keeps
-its type. What is logged, and the guarantees to the app, are in
-:mod:`feedbackloop.integrations` and :mod:`.recording`.
+Covers ``messages.create`` (streamed with ``stream=True`` or not) and the
+``messages.stream()`` helper, of ``anthropic.Anthropic`` and ``anthropic.AsyncAnthropic``.
+The client is patched in place and returned, so it keeps its type. What is logged, and the
+guarantees to the app, are in :mod:`feedbackloop.integrations` and :mod:`.recording`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,14 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from feedbackloop.integrations.pricing import Price
-from feedbackloop.integrations.recording import Call, Recorder, get, patch, text_of
+from feedbackloop.integrations.recording import (
+    Call,
+    Recorder,
+    get,
+    patch,
+    patch_stream_helper,
+    text_of,
+)
 
 __all__ = ["wrap"]
 
@@ -57,6 +64,8 @@ def wrap(
         _read,
         _observe,
     )
+    # messages.stream() posts on its own (not through create): its raw events are the same.
+    patch_stream_helper(client.messages, "stream", recorder, "messages", _prepare, _observe)  # type: ignore[attr-defined]
     return client
 
 

@@ -1,7 +1,8 @@
 """Log every OpenAI call as an interaction: ``wrap(OpenAI(), feedback_client)``.
 
 Covers ``chat.completions.create`` / ``.parse`` and ``responses.create`` / ``.parse`` of
-``openai.OpenAI`` and ``openai.AsyncOpenAI``, streamed (``stream=True``) or not. The client is
+``openai.OpenAI`` and ``openai.AsyncOpenAI``, streamed (``stream=True``) or not; the
+``.stream()`` helpers go through ``create`` and are logged by it. The client is
 patched in place and returned, so it keeps its type; clients made from it later
 (``with_options``) are not wrapped. What is logged, and the guarantees to the app, are in
 :mod:`feedbackloop.integrations` and :mod:`.recording`.

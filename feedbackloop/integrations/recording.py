@@ -425,3 +425,80 @@ def patch(
     wrapper: Any = logged
     wrapper.__feedbackloop__ = True
     setattr(resource, name, wrapper)
+
+
+def patch_stream_helper(
+    resource: Any, name: str, recorder: Recorder, api: str, prepare: Prepare, observe: Observer
+) -> None:
+    """Like :func:`patch`, for a provider's ``.stream()`` helper that does not go through
+    ``create``: it returns a context manager whose stream object reads the raw event stream
+    from its ``_raw_stream`` attribute, which is replaced by a :class:`LoggedStream` when
+    the block is entered. (An SDK that renames the attribute loses the logging, counted as a
+    failure, never the stream.)"""
+    original = getattr(resource, name, None)
+    if original is None or getattr(original, "__feedbackloop__", False):
+        return
+
+    @functools.wraps(original)
+    def logged(*args: Any, **kwargs: Any) -> Any:
+        try:
+            call: Call | None = recorder.start(api, kwargs)
+        except Exception as e:
+            kwargs.pop(CALL_OPTION, None)
+            _failed(f"a {recorder.provider} {api} stream", e)
+            call = None
+        manager = original(*args, **kwargs)
+        return (
+            manager
+            if call is None
+            else _LoggedManager(manager, recorder, call, kwargs, prepare, observe)
+        )
+
+    logged.__feedbackloop__ = True  # type: ignore[attr-defined]
+    setattr(resource, name, logged)
+
+
+class _LoggedManager:
+    def __init__(
+        self,
+        manager: Any,
+        recorder: Recorder,
+        call: Call,
+        kwargs: Mapping[str, Any],
+        prepare: Prepare,
+        observe: Observer,
+    ) -> None:
+        self._manager = manager
+        self._recorder = recorder
+        self._call = call
+        self._kwargs = kwargs
+        self._prepare = prepare
+        self._observe = observe
+        self.interaction_id = call.interaction_id
+        call.stream = True
+
+    def _hook(self, stream: Any) -> Any:
+        try:
+            self._prepare(self._call, self._kwargs)
+            raw = stream._raw_stream
+            cls = LoggedAsyncStream if hasattr(raw, "__anext__") else LoggedStream
+            stream._raw_stream = cls(raw, self._recorder, self._call, self._observe)
+            _tag(stream, self._call.interaction_id)
+        except Exception as e:
+            _failed(f"a {self._recorder.provider} {self._call.api} stream", e)
+        return stream
+
+    def __enter__(self) -> Any:
+        return self._hook(self._manager.__enter__())
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._manager.__exit__(*exc)
+
+    async def __aenter__(self) -> Any:
+        return self._hook(await self._manager.__aenter__())
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._manager.__aexit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._manager, name)

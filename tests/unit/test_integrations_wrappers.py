@@ -268,3 +268,31 @@ def test_capture_content_off_logs_no_text(mock: ProviderMock, logged: Logged) ->
     got = logged.one
     assert (got.system_prompt, got.user_input, got.response) == ("", "", "")
     assert got.output_tokens == 3
+
+
+def test_the_stream_helpers_are_logged_once_each(mock: ProviderMock, logged: Logged) -> None:
+    oa = fl_openai.wrap(mock.openai(), logged)
+    an = fl_anthropic.wrap(mock.anthropic(), logged)
+    with oa.chat.completions.stream(model="gpt-4o-mini", messages=CHAT) as s:
+        assert [e for e in s]
+    with oa.responses.stream(model="gpt-4o-mini", input="Q?") as s:
+        assert s.get_final_response().output_text == ANSWER
+    with an.messages.stream(model="claude-haiku-4-5", max_tokens=8, messages=CHAT[1:]) as s:
+        assert "".join(s.text_stream) == ANSWER
+        assert interaction_id(s) is not None
+    apis = [(i.metadata["api"], i.metadata["stream"]) for i in logged.interactions]
+    assert apis == [("chat.completions", True), ("responses", True), ("messages", True)]
+    assert all(i.response == ANSWER for i in logged.interactions)
+    assert logged.interactions[2].input_tokens == 40  # from the raw events, as with create
+
+
+def test_the_async_anthropic_stream_helper_is_logged(mock: ProviderMock, logged: Logged) -> None:
+    async def app() -> str:
+        an = fl_anthropic.wrap(mock.anthropic(asynchronous=True), logged)
+        async with an.messages.stream(
+            model="claude-haiku-4-5", max_tokens=8, messages=CHAT[1:]
+        ) as s:
+            return str(await s.get_final_text())
+
+    assert asyncio.run(app()) == ANSWER
+    assert logged.one.response == ANSWER and "ttft_ms" in logged.one.metadata
