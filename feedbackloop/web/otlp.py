@@ -251,12 +251,14 @@ def router() -> APIRouter:
         bound = None if principal.app_id == ALL_APPS else principal.app_id
         mapped = await run_in_threadpool(_mapped, ctype, body, state.settings.app_id, bound)
         record_otlp_spans(len(mapped.interactions), mapped.ignored)
+        try:
+            # One token per interaction, and one per request at least: a stream of requests
+            # holding only ignored spans still costs parsing.
+            state.limiter.acquire(principal.rate_key, max(1, len(mapped.interactions)))
+        except RateLimited as e:
+            raise ApiError.from_rate(e) from e
         results = []
         if mapped.interactions:
-            try:
-                state.limiter.acquire(principal.rate_key, len(mapped.interactions))
-            except RateLimited as e:
-                raise ApiError.from_rate(e) from e
             results = await run_in_threadpool(
                 state.collector.ingest, mapped.interactions, principal
             )

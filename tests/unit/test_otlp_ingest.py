@@ -265,3 +265,19 @@ def test_the_real_otlp_exporter_delivers_to_the_collector(tmp_path: Path, sink: 
         )
         assert bad.export(memory.get_finished_spans()) is SpanExportResult.FAILURE
     assert sorted(i.user_input for i in sink.interactions) == ["Q gzip", "Q none"]
+
+
+def test_the_rate_limit_counts_model_calls_and_every_request(tmp_path: Path, sink: Sink) -> None:
+    settings = _settings(tmp_path).model_copy(
+        update={"web_rate_limit_per_s": 0.01, "web_rate_limit_burst": 3}
+    )
+    with TestClient(create_app(settings, client=sink)) as http:
+        body = _request().SerializeToString()  # two model calls: two tokens
+        assert http.post("/v1/traces", content=body, headers=PROTOBUF).status_code == 200
+        tp = spans.provider()
+        memory = spans.in_memory(tp)
+        spans.other_spans(tp)
+        ignored_only = encode_spans(memory.get_finished_spans()).SerializeToString()
+        assert http.post("/v1/traces", content=ignored_only, headers=PROTOBUF).status_code == 200
+        r = http.post("/v1/traces", content=ignored_only, headers=PROTOBUF)
+        assert r.status_code == 429 and r.headers["retry-after"]
