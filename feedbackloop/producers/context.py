@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections import deque
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = ["CallContext", "current_context", "context"]
+
+_KEPT_IDS = 1000
 
 
 @dataclass
@@ -31,8 +34,9 @@ class CallContext:
     experiment: str | None = None
     variant: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
-    #: Interactions logged inside this block (and blocks nested in it), oldest first.
-    interaction_ids: list[uuid.UUID] = field(default_factory=list)
+    #: Interactions logged inside this block (and blocks nested in it), oldest first; the
+    #: last thousand (a block may be held open for a whole process).
+    interaction_ids: deque[uuid.UUID] = field(default_factory=lambda: deque(maxlen=_KEPT_IDS))
     parent: CallContext | None = field(default=None, repr=False)
 
     @property
@@ -47,19 +51,18 @@ class CallContext:
         if unknown:
             raise TypeError(f"unknown context field(s): {', '.join(unknown)}")
         metadata = {**self.metadata, **dict(overrides.get("metadata") or {})}
-        return replace(self, **known, metadata=metadata, interaction_ids=[], parent=self)
+        return replace(
+            self, **known, metadata=metadata, interaction_ids=deque(maxlen=_KEPT_IDS), parent=self
+        )
 
     def note(self, interaction_id: uuid.UUID) -> None:
         """Record an interaction logged in this block and every enclosing one."""
         ctx: CallContext | None = self
-        while ctx is not None:
+        while ctx is not None and ctx is not _ROOT:  # outside every block: nobody to tell
             ctx.interaction_ids.append(interaction_id)
-            if len(ctx.interaction_ids) > _KEPT_IDS:  # a block held open for a whole process
-                del ctx.interaction_ids[0]
             ctx = ctx.parent
 
 
-_KEPT_IDS = 1000
 _FIELDS = frozenset({"session_id", "user_id", "prompt_version", "experiment", "variant"})
 _ROOT = CallContext()
 _current: ContextVar[CallContext] = ContextVar("feedbackloop_context", default=_ROOT)

@@ -296,3 +296,16 @@ def test_the_async_anthropic_stream_helper_is_logged(mock: ProviderMock, logged:
 
     assert asyncio.run(app()) == ANSWER
     assert logged.one.response == ANSWER and "ttft_ms" in logged.one.metadata
+
+
+def test_outside_every_block_nothing_is_remembered(mock: ProviderMock, logged: Logged) -> None:
+    from feedbackloop.producers.context import current_context
+
+    client = fl_openai.wrap(mock.openai(), logged)
+    for _ in range(3):
+        client.chat.completions.create(model="gpt-4o-mini", messages=CHAT)
+    assert len(current_context().interaction_ids) == 0
+    with context(session_id="long-lived") as ctx:
+        for _ in range(3):
+            client.chat.completions.create(model="gpt-4o-mini", messages=CHAT)
+    assert list(ctx.interaction_ids) == [i.interaction_id for i in logged.interactions[3:]]
