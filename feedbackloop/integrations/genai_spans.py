@@ -34,18 +34,20 @@ cost_usd            :func:`feedbackloop.integrations.pricing.cost_usd`
 ==================  ==========================================================================
 
 ``feedbackloop.*`` attributes may sit on the span or on the resource. Ids derived from the
-trace and span make a re-sent export idempotent (the event id is derived too).
+trace and span ids make a re-sent export idempotent (the event id is derived too).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
+import hashlib
 import re
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from feedbackloop.integrations.pricing import cost_usd
 from feedbackloop.schemas import MAX_TEXT_CHARS
@@ -54,14 +56,20 @@ __all__ = ["MODEL_CALLS", "Mapped", "interaction_id_for", "map_request"]
 
 #: gen_ai.operation.name values that are one model call, i.e. one interaction.
 MODEL_CALLS = frozenset({"chat", "text_completion", "generate_content"})
-_NAMESPACE = uuid.UUID("1b0c6f0e-2f5e-4c39-9d53-5d7e1c2a9f41")
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 _INDEXED = re.compile(r"^gen_ai\.(prompt|completion)\.(\d+)\.(role|content)$")
 
 
 def interaction_id_for(trace_id: bytes, span_id: bytes) -> uuid.UUID:
-    """The interaction id given to a span without ``feedbackloop.interaction_id``."""
-    return uuid.uuid5(_NAMESPACE, f"{trace_id.hex()}-{span_id.hex()}")
+    """The interaction id given to a span without ``feedbackloop.interaction_id``: the first
+    16 bytes of BLAKE2b-256 over trace id and span id, as a version-4 UUID."""
+    return _ids(trace_id, span_id)[0]
+
+
+def _ids(trace_id: bytes, span_id: bytes) -> tuple[uuid.UUID, uuid.UUID]:
+    """(interaction id, event id), both derived from one digest of the span's ids."""
+    digest = hashlib.blake2b(trace_id + span_id, digest_size=32, person=b"feedbackloop").digest()
+    return uuid.UUID(bytes=digest[:16], version=4), uuid.UUID(bytes=digest[16:], version=4)
 
 
 @dataclass
@@ -133,12 +141,11 @@ def _interaction(
     ttfc = attrs.get("gen_ai.response.time_to_first_chunk")  # seconds
     if isinstance(ttfc, (int, float)) and not isinstance(ttfc, bool):
         metadata["ttft_ms"] = round(ttfc * 1000, 3)
-    iid = ours.get("feedbackloop.interaction_id") or str(
-        interaction_id_for(span.trace_id, span.span_id)
-    )
+    derived_iid, event_id = _ids(span.trace_id, span.span_id)
+    iid = ours.get("feedbackloop.interaction_id") or str(derived_iid)
     item: dict[str, Any] = {
         "event_type": "interaction",
-        "event_id": str(uuid.uuid5(_NAMESPACE, f"event-{trace_hex}-{span_hex}")),
+        "event_id": str(event_id),
         "interaction_id": iid,
         "occurred_at": _time(span.start_time_unix_nano),
         "session_id": _first_str(
@@ -223,8 +230,8 @@ def _decoded(value: Any) -> Any:
     """Structured values arrive either as OTLP arrays/maps or as a JSON string."""
     if isinstance(value, str):
         try:
-            return json.loads(value)
-        except ValueError:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
             return value
     return value
 
@@ -304,21 +311,19 @@ def _value(v: Any) -> Any:
 
 
 def _first_str(attrs: Mapping[str, Any], *keys: str) -> str | None:
-    for value in _present(attrs, keys):
-        if isinstance(value, str) and value:
+    for key in keys:
+        value = attrs.get(key)
+        if type(value) is str and value:
             return value
     return None
 
 
 def _first_int(attrs: Mapping[str, Any], *keys: str) -> int | None:
-    for value in _present(attrs, keys):
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    for key in keys:
+        value = attrs.get(key)
+        if type(value) is int and value >= 0:
             return value
     return None
-
-
-def _present(attrs: Mapping[str, Any], keys: tuple[str, ...]) -> Iterator[Any]:
-    return (attrs[k] for k in keys if k in attrs)
 
 
 def _time(unix_nano: int) -> str:
