@@ -49,6 +49,7 @@ _CALL_FIELDS = frozenset(
     {"session_id", "user_id", "prompt_version", "experiment", "variant", "metadata"}
 )
 
+_MISSING = object()
 _failures = 0
 _failures_lock = threading.Lock()
 _last_warning = 0.0
@@ -228,11 +229,13 @@ class Recorder:
 
 
 def _is_uuid(value: Any) -> bool:
+    if value is None:
+        return False
     try:
         uuid.UUID(str(value))
     except (TypeError, ValueError):
         return False
-    return value is not None
+    return True
 
 
 class _Logged:
@@ -356,11 +359,15 @@ def text_of(content: Any) -> str:
 
 def get(obj: Any, name: str, default: Any = None) -> Any:
     """``obj[name]`` for the dicts an app passes, ``obj.name`` for the providers' models."""
-    if type(obj) is dict:  # the common case, without the cost of an ABC check
+    if type(obj) is dict:
         return obj.get(name, default)
+    # Attributes before the (slower) Mapping check: the providers' models are most of it.
+    value = getattr(obj, name, _MISSING)
+    if value is not _MISSING:
+        return value
     if isinstance(obj, Mapping):
         return obj.get(name, default)
-    return getattr(obj, name, default)
+    return default
 
 
 #: Fills a call from the request's keyword arguments (prompt, model, user).
