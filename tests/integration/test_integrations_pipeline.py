@@ -193,12 +193,13 @@ _SELECT_ANSWER = """() => {
 
 
 def _page_html(collector: str, session: str, ids: list[str], dnt: bool = False) -> str:
-    a, b, c = ids
+    a, b, c, d = ids
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Shop</title></head>
 <body>
   <div id="answer" data-feedbackloop-interaction="{a}">Reset it under Settings, Password.</div>
   <div id="thumbs" data-feedbackloop-widget="thumbs" data-feedbackloop-for="{a}"></div>
   <textarea id="draft" data-feedbackloop-interaction="{b}">Dear customer, thanks.</textarea>
+  <div id="earlier" data-feedbackloop-interaction="{d}">Followed by more conversation.</div>
   <div id="ignored" data-feedbackloop-interaction="{c}">An answer nobody touches.</div>
   <button id="elsewhere">ok</button>
   <script src="{collector}/sdk/feedbackloop.js" data-key="{PK}" data-session="{session}"
@@ -211,8 +212,8 @@ def test_the_browser_snippet_reports_feedback_and_implicit_signals_to_clickhouse
 ) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     session = f"browser-{uuid.uuid4().hex[:8]}"
-    ids = [str(uuid.uuid4()) for _ in range(3)]
-    a, b, c = ids
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    a, b, c, d = ids
     posted: list[int] = []
     console: list[str] = []
     with sync_api.sync_playwright() as pw:
@@ -272,12 +273,20 @@ def test_the_browser_snippet_reports_feedback_and_implicit_signals_to_clickhouse
         2,
     )
     assert feedback == [(b, "rating", 0, 4), (a, "thumbs", 1, None)]
-    implicit = stack.wait_rows(
+    sql = (
         "SELECT toString(interaction_id), signal, copied_chars, edited_text, edit_distance, "
         f"dwell_ms FROM implicit FINAL WHERE session_id = '{session}' ORDER BY signal, "
-        "interaction_id",
-        6,
+        "interaction_id"
     )
+
+    def complete() -> list[tuple[Any, ...]] | None:
+        rows = stack.rows(sql)
+        signals = {r[1] for r in rows}
+        dwelt = {r[0] for r in rows if r[1] == "dwell"}
+        done = {"copy", "edit", "abandon"} <= signals and len(dwelt) == 4
+        return rows if done else None
+
+    implicit = wait_until(complete)
     by_signal: dict[str, list[tuple[Any, ...]]] = {}
     for row in implicit:
         by_signal.setdefault(row[1], []).append(row)
@@ -287,12 +296,12 @@ def test_the_browser_snippet_reports_feedback_and_implicit_signals_to_clickhouse
     assert [(r[0], r[3], r[4]) for r in by_signal["edit"]] == [
         (b, "Dear customer, thanks. Regards", len(" Regards"))
     ]
-    # only the answer nobody engaged with was abandoned
+    # only the latest answer, untouched, was abandoned; an earlier untouched one was not
     assert [r[0] for r in by_signal["abandon"]] == [c]
     dwell: dict[str, float] = {}
     for r in by_signal["dwell"]:  # sent as increments (page hidden, then left)
         dwell[r[0]] = dwell.get(r[0], 0.0) + r[5]
-    assert set(dwell) == {a, b, c} and all(ms >= 1000 for ms in dwell.values()), dwell
+    assert set(dwell) == {a, b, c, d} and all(ms >= 1000 for ms in dwell.values()), dwell
     errors = [m for m in console if m.startswith(("error", "pageerror"))]
     # the one refused batch is a console error of the browser's own (a 503); nothing else
     assert all("503" in m for m in errors), errors
@@ -300,7 +309,7 @@ def test_the_browser_snippet_reports_feedback_and_implicit_signals_to_clickhouse
 
 def test_the_browser_snippet_sends_nothing_when_do_not_track_is_respected(stack: Stack) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
-    ids = [str(uuid.uuid4()) for _ in range(3)]
+    ids = [str(uuid.uuid4()) for _ in range(4)]
     requests: list[str] = []
     with sync_api.sync_playwright() as pw:
         browser = _chromium(sync_api, pw)

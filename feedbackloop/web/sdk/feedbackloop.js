@@ -8,7 +8,8 @@
  *
  * Marked responses report copy (copied_chars), edit (when an editable response loses focus
  * changed: edited_text, edit_distance), dwell (time on screen while the page is visible)
- * and abandon (the page is left without thumbs, rating, copy or edit). Calls:
+ * and abandon (the page is left right after the latest answer, with no thumbs, rating, copy
+ * or edit on it). Calls:
  * feedbackloop.thumbs(id, up), .rate(id, 1-5), .comment(id, text), .implicit(id, signal,
  * fields), .outcome(name, fields), .widget(element, {interactionId, kind}), .flush().
  * Events are batched, posted with the public key, retried with back-off on 429/5xx and
@@ -38,11 +39,13 @@
   var queue = [];
   var timer = null;
   var sending = false;
+  var inflight = null; // the batch being posted, resent by beacon if the page goes first
   var retries = 0;
   var disabled = false;
   var started = false;
   var watched = {}; // interaction id -> state of its response element
   var pageVisible = document.visibilityState === "visible";
+  var latest = null; // the interaction of the answer seen last
 
   function uuid() {
     if (window.crypto && window.crypto.randomUUID) return window.crypto.randomUUID();
@@ -93,9 +96,12 @@
     if (timer) { window.clearTimeout(timer); timer = null; }
     if (sending || !queue.length) return;
     var batch = queue.splice(0, 500);
+    var body = JSON.stringify(batch);
     sending = true;
+    inflight = batch;
     // text/plain and the key in the URL: a "simple" request, so no CORS preflight.
-    window.fetch(url(), { method: "POST", body: JSON.stringify(batch), keepalive: true,
+    // keepalive (the request outlives the page) only within the browsers' 64 KiB budget.
+    window.fetch(url(), { method: "POST", body: body, keepalive: body.length < BEACON_MAX / 3,
       headers: { "Content-Type": "text/plain" }, credentials: "omit", mode: "cors" })
       .then(function (r) {
         if (r.status === 429 || r.status >= 500) throw new Error("status " + r.status);
@@ -112,6 +118,7 @@
       })
       .then(function () {
         sending = false;
+        inflight = null;
         if (queue.length) timer = window.setTimeout(flush, retries ? Math.min(30000, 500 * Math.pow(2, retries)) : 0);
       });
   }
@@ -119,6 +126,9 @@
   // The page is going away: whatever is queued leaves with the browser's beacon.
   function beacon() {
     if (timer) { window.clearTimeout(timer); timer = null; }
+    // At least once: a batch still in flight may die with the page; event ids make the
+    // copy harmless.
+    if (inflight) { queue = inflight.concat(queue); inflight = null; }
     while (queue.length) {
       var n = queue.length;
       var blob = new window.Blob([JSON.stringify(queue)], { type: "text/plain" });
@@ -171,6 +181,7 @@
     if (!id || (watched[id] && watched[id].el === el)) return;
     // original: the text when the user starts editing (an answer may still be streaming in
     // when it is first seen)
+    latest = id;
     watched[id] = { el: el, id: id, session: el.getAttribute("data-feedbackloop-session") || "",
       original: null, reported: null, engaged: false, visible: false, since: 0, dwell: 0, abandoned: false };
     var st = watched[id];
@@ -244,15 +255,15 @@
     beacon();
   }
 
+  // Abandon: the page is left right after the latest answer, with no thumbs, rating, copy
+  // or edit on it. Earlier answers were followed by more conversation, not abandoned.
   function onPageHide() {
     reportDwell();
-    Object.keys(watched).forEach(function (id) {
-      var st = watched[id];
-      if (!st.engaged && !st.abandoned) {
-        st.abandoned = true;
-        enqueue({ event_type: "implicit", interaction_id: id, signal: "abandon" });
-      }
-    });
+    var st = latest && watched[latest];
+    if (st && !st.engaged && !st.abandoned) {
+      st.abandoned = true;
+      enqueue({ event_type: "implicit", interaction_id: st.id, signal: "abandon" });
+    }
     beacon();
   }
 
