@@ -281,3 +281,19 @@ def test_the_rate_limit_counts_model_calls_and_every_request(tmp_path: Path, sin
         assert http.post("/v1/traces", content=ignored_only, headers=PROTOBUF).status_code == 200
         r = http.post("/v1/traces", content=ignored_only, headers=PROTOBUF)
         assert r.status_code == 429 and r.headers["retry-after"]
+
+
+def test_the_exporter_configured_by_environment_as_the_readme_says(
+    tmp_path: Path, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    with WebServer(_settings(tmp_path), "127.0.0.1", 0, client=sink) as web:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{web.url}/v1/traces")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"Authorization=Bearer%20{PK}")
+        tp = spans.provider()
+        memory = spans.in_memory(tp)
+        spans.chat_span(tp, "from the environment", "A")
+        assert OTLPSpanExporter().export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
+    assert [i.user_input for i in sink.interactions] == ["from the environment"]
