@@ -297,3 +297,16 @@ def test_the_exporter_configured_by_environment_as_the_readme_says(
         spans.chat_span(tp, "from the environment", "A")
         assert OTLPSpanExporter().export(memory.get_finished_spans()) is SpanExportResult.SUCCESS
     assert [i.user_input for i in sink.interactions] == ["from the environment"]
+
+
+def test_ignored_spans_are_counted_in_the_metrics(client: TestClient) -> None:
+    from feedbackloop.infra.metrics import families
+
+    counter = families().otlp_spans
+
+    def count(outcome: str) -> float:
+        return float(counter.labels(outcome)._value.get())
+
+    before = count("ignored"), count("interaction")
+    client.post("/v1/traces", content=_request().SerializeToString(), headers=PROTOBUF)
+    assert (count("ignored") - before[0], count("interaction") - before[1]) == (3, 2)
