@@ -200,6 +200,7 @@ def _page_html(collector: str, session: str, ids: list[str], dnt: bool = False) 
   <div id="thumbs" data-feedbackloop-widget="thumbs" data-feedbackloop-for="{a}"></div>
   <textarea id="draft" data-feedbackloop-interaction="{b}">Dear customer, thanks.</textarea>
   <div id="earlier" data-feedbackloop-interaction="{d}">Followed by more conversation.</div>
+  <div id="stars" data-feedbackloop-widget="rating" data-feedbackloop-for="{d}"></div>
   <div id="ignored" data-feedbackloop-interaction="{c}">An answer nobody touches.</div>
   <button id="elsewhere">ok</button>
   <script src="{collector}/sdk/feedbackloop.js" data-key="{PK}" data-session="{session}"
@@ -256,6 +257,8 @@ def test_the_browser_snippet_reports_feedback_and_implicit_signals_to_clickhouse
             page.keyboard.type(" Regards")
             page.locator("#elsewhere").click()
             page.evaluate(f"feedbackloop.rate('{b}', 4)")
+            page.locator("#stars button[data-feedbackloop-rating='5']").click()
+            page.evaluate("feedbackloop.outcome('purchase', {value: 20})")
             for _ in range(100):  # the refused batch goes out again after its back-off
                 if posted:
                     break
@@ -269,10 +272,14 @@ def test_the_browser_snippet_reports_feedback_and_implicit_signals_to_clickhouse
     assert refused["n"] == 1 and posted, "the refused batch was not retried"
     feedback = stack.wait_rows(
         "SELECT toString(interaction_id), kind, thumbs, rating FROM feedback FINAL "
-        f"WHERE session_id = '{session}' ORDER BY kind",
-        2,
+        f"WHERE session_id = '{session}' ORDER BY kind, rating",
+        3,
     )
-    assert feedback == [(b, "rating", 0, 4), (a, "thumbs", 1, None)]
+    assert feedback == [(b, "rating", 0, 4), (d, "rating", 0, 5), (a, "thumbs", 1, None)]
+    outcomes = stack.wait_rows(
+        f"SELECT outcome, value FROM outcomes FINAL WHERE session_id = '{session}'", 1
+    )
+    assert outcomes == [("purchase", 20.0)]
     sql = (
         "SELECT toString(interaction_id), signal, copied_chars, edited_text, edit_distance, "
         f"dwell_ms FROM implicit FINAL WHERE session_id = '{session}' ORDER BY signal, "
