@@ -21,10 +21,10 @@ payload that is not OTLP gets a 400 with our usual error body.
 from __future__ import annotations
 
 import base64
-import json
 import zlib
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -120,9 +120,9 @@ def _parse(ctype: str, body: bytes) -> Any:
                 400, "invalid_otlp", f"the body is not an OTLP ExportTraceServiceRequest: {e}"
             ) from e
     try:
-        # Decoded first: json.loads on bytes would also take UTF-16 and UTF-32.
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+        # orjson: UTF-8 only (not the UTF-16/32 that json.loads guesses), nesting bounded.
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
         raise ApiError(400, "invalid_json", f"the body is not valid UTF-8 JSON: {e}") from e
     if not isinstance(data, dict):
         raise ApiError(
@@ -130,7 +130,7 @@ def _parse(ctype: str, body: bytes) -> Any:
         )
     try:
         return json_format.ParseDict(_hex_ids_to_base64(data), request_type(), True)
-    except (json_format.ParseError, ValueError, TypeError) as e:
+    except (json_format.ParseError, ValueError, TypeError, AttributeError, RecursionError) as e:
         raise ApiError(400, "invalid_otlp", f"not an OTLP ExportTraceServiceRequest: {e}") from e
 
 
@@ -142,21 +142,41 @@ def _mapped(ctype: str, body: bytes, default_app_id: str, bound_app_id: str | No
     )
 
 
-def _hex_ids_to_base64(node: Any) -> Any:
-    """OTLP's JSON writes trace and span ids in hex, protobuf's JSON mapping in base64."""
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            if key in _ID_KEYS and isinstance(value, str):
-                try:
-                    value = base64.b64encode(bytes.fromhex(value)).decode()
-                except ValueError as e:
-                    raise ApiError(400, "invalid_otlp", f"{key} {value!r} is not hex") from e
-            out[key] = _hex_ids_to_base64(value)
-        return out
-    if isinstance(node, list):
-        return [_hex_ids_to_base64(v) for v in node]
-    return node
+def _hex_ids_to_base64(data: dict[str, Any]) -> dict[str, Any]:
+    """OTLP's JSON writes trace and span ids in hex, protobuf's JSON mapping in base64.
+
+    Only where ids live (spans and their links), in place: attribute values are the app's
+    and keep their text, whatever their keys are called.
+    """
+    for resource in _list(data, "resourceSpans", "resource_spans"):
+        for scope in _list(resource, "scopeSpans", "scope_spans"):
+            for span in _list(scope, "spans"):
+                _hex_keys(span)
+                for link in _list(span, "links"):
+                    _hex_keys(link)
+    return data
+
+
+def _list(node: Any, *keys: str) -> list[Any]:
+    if not isinstance(node, dict):
+        return []
+    for key in keys:
+        value = node.get(key)
+        if isinstance(value, list):
+            return value
+    return []
+
+
+def _hex_keys(node: Any) -> None:
+    if not isinstance(node, dict):
+        return
+    for key in _ID_KEYS & node.keys():
+        value = node[key]
+        if isinstance(value, str):
+            try:
+                node[key] = base64.b64encode(bytes.fromhex(value)).decode()
+            except ValueError as e:
+                raise ApiError(400, "invalid_otlp", f"{key} {value[:64]!r} is not hex") from e
 
 
 def _answer(ctype: str, rejected: int, reasons: list[str], headers: dict[str, str]) -> Response:

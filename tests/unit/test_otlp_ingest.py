@@ -310,3 +310,28 @@ def test_ignored_spans_are_counted_in_the_metrics(client: TestClient) -> None:
     before = count("ignored"), count("interaction")
     client.post("/v1/traces", content=_request().SerializeToString(), headers=PROTOBUF)
     assert (count("ignored") - before[0], count("interaction") - before[1]) == (3, 2)
+
+
+@pytest.mark.parametrize("depth", [20, 40, 300])
+def test_deeply_nested_payloads_are_a_400_not_a_crash(
+    client: TestClient, sink: Sink, depth: int
+) -> None:
+    value = '{"kvlistValue": {"values": [{"key": "k", "value": ' * depth
+    value += '{"stringValue": "x"}' + "}]}}" * depth
+    span = f'{{"traceId": "{"01" * 16}", "spanId": "{"02" * 8}", "attributes": '
+    span += '[{"key": "gen_ai.request.model", "value": {"stringValue": "m"}}, '
+    span += f'{{"key": "deep", "value": {value}}}]}}'
+    body = '{"resourceSpans": [{"scopeSpans": [{"spans": [' + span + "]}]}]}"
+    r = client.post("/v1/traces", content=body, headers=JSON)
+    # protobuf's JSON parser allows 100 message levels (3 per level here), orjson 255
+    ok = depth * 3 + 6 < 100
+    assert r.status_code == (200 if ok else 400), r.text
+    # the same nesting in protobuf: refused by the parser's own depth limit
+    request = _request()
+    attr = request.resource_spans[0].scope_spans[0].spans[0].attributes.add(key="deep")
+    cur = attr.value
+    for _ in range(depth):  # built from the outside in: no copies of deep messages
+        cur = cur.kvlist_value.values.add(key="k").value
+    cur.string_value = "x"
+    r = client.post("/v1/traces", content=request.SerializeToString(), headers=PROTOBUF)
+    assert r.status_code == (200 if ok else 400), r.text
