@@ -57,6 +57,7 @@ __all__ = ["MODEL_CALLS", "Mapped", "interaction_id_for", "map_request"]
 #: gen_ai.operation.name values that are one model call, i.e. one interaction.
 MODEL_CALLS = frozenset({"chat", "text_completion", "generate_content"})
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
+_UINT32 = 2**32
 _INDEXED = re.compile(r"^gen_ai\.(prompt|completion)\.(\d+)\.(role|content)$")
 
 
@@ -319,9 +320,10 @@ def _first_str(attrs: Mapping[str, Any], *keys: str) -> str | None:
 
 
 def _first_int(attrs: Mapping[str, Any], *keys: str) -> int | None:
+    """A token count: a non-negative int that fits the stored UInt32 (else absent)."""
     for key in keys:
         value = attrs.get(key)
-        if type(value) is int and value >= 0:
+        if type(value) is int and 0 <= value < _UINT32:
             return value
     return None
 

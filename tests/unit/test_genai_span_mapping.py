@@ -207,3 +207,10 @@ def test_texts_longer_than_the_contract_allows_are_cut_not_refused() -> None:
         _request({**CHAT, "gen_ai.input.messages": json.dumps([{"role": "user", "content": long}])})
     )
     assert len(it.user_input) == 100_000
+
+
+def test_token_counts_that_cannot_be_stored_are_left_out() -> None:
+    it = _one(
+        _request({**CHAT, "gen_ai.usage.input_tokens": 2**40, "gen_ai.usage.output_tokens": -3})
+    )
+    assert (it.input_tokens, it.output_tokens, it.cost_usd) == (None, None, None)
