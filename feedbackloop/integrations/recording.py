@@ -370,6 +370,29 @@ def get(obj: Any, name: str, default: Any = None) -> Any:
     return default
 
 
+def _is_raw(result: Any) -> bool:
+    """The SDKs' raw-response wrappers (``with_raw_response``, ``with_streaming_response``)
+    hold the HTTP response and parse on demand."""
+    return hasattr(result, "http_response") and callable(getattr(result, "parse", None))
+
+
+def _parsed(raw: Any) -> Any | None:
+    """The model in a raw response whose body has already been read (the SDKs cache the
+    parse, so the app's own ``parse()`` gets the same object); None when reading it would
+    change what the app gets (a body still streaming, an async parse)."""
+    try:
+        _ = raw.http_response.content  # raises while the body has not been read
+    except Exception:
+        return None
+    parsed = raw.parse()
+    if inspect.isawaitable(parsed):
+        close = getattr(parsed, "close", None)
+        if close is not None:
+            close()  # never awaited: say so to the coroutine, not to the app's warnings
+        return None
+    return parsed
+
+
 #: Fills a call from the request's keyword arguments (prompt, model, user).
 Prepare = Callable[[Call, Mapping[str, Any]], None]
 #: Fills a call from a complete (not streamed) response.
@@ -402,6 +425,13 @@ def patch(
     def after(call: Call, kwargs: Mapping[str, Any], result: Any) -> Any:
         try:
             prepare(call, kwargs)
+            if _is_raw(result):  # with_raw_response / with_streaming_response
+                parsed = None if call.stream else _parsed(result)
+                if parsed is None:
+                    return result  # its body is the app's to read: not logged
+                read(call, parsed)
+                recorder.finish(call, result)
+                return result
             if call.stream:
                 cls = LoggedAsyncStream if hasattr(result, "__anext__") else LoggedStream
                 stream = cls(result, recorder, call, observe)

@@ -309,3 +309,18 @@ def test_outside_every_block_nothing_is_remembered(mock: ProviderMock, logged: L
         for _ in range(3):
             client.chat.completions.create(model="gpt-4o-mini", messages=CHAT)
     assert list(ctx.interaction_ids) == [i.interaction_id for i in logged.interactions[3:]]
+
+
+def test_raw_responses_are_logged_from_their_parsed_body_or_not_at_all(
+    mock: ProviderMock, logged: Logged
+) -> None:
+    oa = fl_openai.wrap(mock.openai(), logged)
+    raw = oa.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=CHAT)
+    assert raw.parse().choices[0].message.content == ANSWER
+    assert (logged.one.response, logged.one.output_tokens) == (ANSWER, 3)
+    # a raw stream's body is the app's to read: nothing logged, nothing consumed
+    raw = oa.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=CHAT, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices) == ANSWER
+    assert len(logged.interactions) == 1
