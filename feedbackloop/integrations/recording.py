@@ -38,6 +38,7 @@ __all__ = [
     "interaction_id",
     "logging_failures",
     "patch",
+    "patch_stream_helper",
 ]
 
 log = logging.getLogger(__name__)
