@@ -69,3 +69,10 @@ def test_bench_integrations_prints_wrapped_beside_bare_and_otlp_beside_json() ->
     assert "the wrapper's own work" in out
     assert "failed 0, dropped 0" in out
     assert "OTLP protobuf spans /v1/traces" in out and "ratio OTLP / JSON" in out
+
+
+def test_bench_verdicts_prints_ours_beside_the_rule_before_and_naive_peeking() -> None:
+    out = _run("bench_verdicts.py", "--sims", "10", "--chdb", "1")
+    assert "| ours: compare_counts, 10^8 per arm" in out and "ratio ours / raw z-test" in out
+    assert "before issue 14 | naive peeking |" in out
+    assert "| every 250 sessions to 2,000 | " in out and "| 8/8 |" in out
