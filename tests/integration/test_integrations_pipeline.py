@@ -120,7 +120,7 @@ def test_wrapped_provider_calls_land_in_clickhouse_with_their_context(
 
 
 def test_spans_from_the_opentelemetry_sdk_land_in_clickhouse(stack: Stack) -> None:
-    import genai_spans as spans
+    import otel_spans as spans
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 

@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the web extra is not installed")
 pytest.importorskip("opentelemetry.sdk", reason="the dev extra is not installed")
 
-import genai_spans as spans  # noqa: E402
+import otel_spans as spans  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from google.protobuf import json_format  # noqa: E402
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans  # noqa: E402
