@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from feedbackloop.infra.metrics import record_otlp_spans
 from feedbackloop.web.auth import ALL_APPS
+from feedbackloop.web.collector import receive_body
 from feedbackloop.web.ratelimit import RateLimited
 from feedbackloop.web.state import ApiError, WritePrincipal, error_responses, state_of
 
@@ -58,7 +59,13 @@ def _messages() -> tuple[Any, Any]:
 
 
 async def _read_body(request: Request, limit: int) -> tuple[str, bytes]:
-    """(media type, uncompressed body), each within ``limit`` bytes."""
+    """(media type, uncompressed body), each within ``limit`` bytes (the collector's
+    :func:`receive_body`: size limit and read timeout)."""
+    unknown = sorted(set(request.query_params) - {"key"})
+    if unknown:  # as on the other collector routes: the document lists only ``key``
+        raise ApiError(
+            400, "unknown_parameter", f"unknown query parameter(s): {', '.join(unknown)[:200]}"
+        )
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype in _PROTOBUF_TYPES:
         ctype = PROTOBUF
@@ -71,21 +78,7 @@ async def _read_body(request: Request, limit: int) -> tuple[str, bytes]:
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip"):
         raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r}: use gzip")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(
-            413, "body_too_large", f"request body is {declared} bytes; the limit is {limit}"
-        )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(
-                413, "body_too_large", f"request body exceeds the limit of {limit} bytes"
-            )
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = await receive_body(request, limit)
     if encoding == "gzip":
         body = _gunzip(body, limit)
     if not body.strip() and ctype == JSON:
@@ -146,30 +139,31 @@ def _hex_ids_to_base64(data: dict[str, Any]) -> dict[str, Any]:
     """OTLP's JSON writes trace and span ids in hex, protobuf's JSON mapping in base64.
 
     Only where ids live (spans and their links), in place: attribute values are the app's
-    and keep their text, whatever their keys are called.
+    and keep their text, whatever their keys are called. On the way, every level down to
+    the links must be a list of objects: protobuf's parser would read a string as an empty
+    message.
     """
-    for resource in _list(data, "resourceSpans", "resource_spans"):
-        for scope in _list(resource, "scopeSpans", "scope_spans"):
-            for span in _list(scope, "spans"):
+    for i, resource in enumerate(_objects(data, "resourceSpans", "resource_spans")):
+        for j, scope in enumerate(_objects(resource, "scopeSpans", "scope_spans", i)):
+            for span in _objects(scope, "spans", "spans", i, j):
                 _hex_keys(span)
-                for link in _list(span, "links"):
+                for link in _objects(span, "links", "links", i, j):
                     _hex_keys(link)
     return data
 
 
-def _list(node: Any, *keys: str) -> list[Any]:
-    if not isinstance(node, dict):
+def _objects(node: dict[str, Any], camel: str, snake: str, *where: int) -> list[dict[str, Any]]:
+    key = camel if camel in node else snake
+    value = node.get(key)
+    if value is None:
         return []
-    for key in keys:
-        value = node.get(key)
-        if isinstance(value, list):
-            return value
-    return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        path = "".join(f"[{i}]" for i in where)
+        raise ApiError(400, "invalid_otlp", f"{key}{path}: expected a list of objects")
+    return value
 
 
-def _hex_keys(node: Any) -> None:
-    if not isinstance(node, dict):
-        return
+def _hex_keys(node: dict[str, Any]) -> None:
     for key in _ID_KEYS & node.keys():
         value = node[key]
         if isinstance(value, str):
@@ -209,7 +203,10 @@ _BODY = {
                 "type": "object",
                 "description": "ExportTraceServiceRequest in OTLP's JSON encoding "
                 "(https://opentelemetry.io/docs/specs/otlp/#json-protobuf-encoding).",
-                "properties": {"resourceSpans": {"type": "array", "items": {"type": "object"}}},
+                # proto3's JSON mapping reads null as the empty default
+                "properties": {
+                    "resourceSpans": {"type": ["array", "null"], "items": {"type": "object"}}
+                },
             }
         },
     },
@@ -261,7 +258,7 @@ def router() -> APIRouter:
         openapi_extra={"requestBody": _BODY},
         responses={
             200: _RESPONSE,
-            **error_responses(400, 401, 413, 415, 429, 501, 503),
+            **error_responses(400, 401, 408, 413, 415, 429, 501, 503),
         },
         response_class=Response,
     )

@@ -208,6 +208,8 @@ def test_an_operator_key_takes_the_app_from_service_name(client: TestClient, sin
         (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}', JSON, 400,
          "invalid_otlp"),
         (b'{"resourceSpans": "nope"}', JSON, 400, "invalid_otlp"),
+        (b'{"resourceSpans": ["x"]}', JSON, 400, "invalid_otlp"),
+        (b'{"resourceSpans": [{"scopeSpans": [{"spans": ["x"]}]}]}', JSON, 400, "invalid_otlp"),
         (b"not gzip", {**PROTOBUF, "Content-Encoding": "gzip"}, 400, "invalid_gzip"),
         (gzip.compress(b"\0" * 300_000), {**PROTOBUF, "Content-Encoding": "gzip"}, 413,
          "body_too_large"),
