@@ -337,3 +337,24 @@ def test_deeply_nested_payloads_are_a_400_not_a_crash(
     cur.string_value = "x"
     r = client.post("/v1/traces", content=request.SerializeToString(), headers=PROTOBUF)
     assert r.status_code == (200 if ok else 400), r.text
+
+
+def test_a_stalled_body_is_answered_408_as_on_the_other_routes(tmp_path: Path, sink: Sink) -> None:
+    import socket
+    import time
+
+    settings = _settings(tmp_path).model_copy(update={"web_read_timeout_s": 1.0})
+    with WebServer(settings, "127.0.0.1", 0, client=sink) as web:
+        host, port = web.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                + f"Authorization: Bearer {PK}\r\nContent-Length: 100000\r\n\r\n\x0a".encode()
+            )
+            started = time.monotonic()
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+            waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer, answer[:200]
+    assert waited < 10
