@@ -415,7 +415,8 @@ def _wait_for_signal(while_true: Callable[[], bool] = lambda: True) -> None:
     "--storage",
     default=None,
     envvar="FEEDBACKLOOP_BROKER_STORAGE",
-    help="Tansu storage: memory://tansu/ (default) or postgres://user:pw@host/db.",
+    help="Tansu storage: durable (default: an embedded S3 store under the data dir), "
+    "memory://tansu/, or s3://bucket/ with AWS_* variables.",
 )
 @click.pass_context
 def broker_command(ctx: click.Context, port: int | None, storage: str | None) -> None:
@@ -425,19 +426,17 @@ def broker_command(ctx: click.Context, port: int | None, storage: str | None) ->
 
     s = settings_of(ctx)
     _operations(s, "broker", metrics=False)
-    broker = EmbeddedBroker(
-        host=s.broker_host,
-        port=s.broker_port if port is None else port,
-        storage=storage or s.broker_storage,
-        binary=s.broker_binary,
-        log_path=s.data_dir / "logs" / "broker.log",
-    )
+    if storage:
+        s = s.model_copy(update={"broker_storage": storage})
+    broker = EmbeddedBroker.from_settings(s, port=port)
     broker.start()
     try:
         s = s.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
         topics = Topics(s.topic_prefix).all()
         ensure_topics(s.kafka_client_config(), topics, s.topic_partitions)
-        click.echo(f"broker ready on {broker.bootstrap_servers} (tansu, {broker.storage})")
+        click.echo(
+            f"broker ready on {broker.bootstrap_servers} (tansu, {broker.storage_description})"
+        )
         click.echo(f"topics: {', '.join(topics)}")
         click.echo(f"use it with: FEEDBACKLOOP_BOOTSTRAP_SERVERS={broker.bootstrap_servers}")
         _wait_for_signal()
@@ -475,16 +474,13 @@ def up_command(ctx: click.Context, no_web: bool, no_stream: bool) -> None:
     click.echo(f"running. Kafka: {run.bootstrap_servers}  ClickHouse: {run.clickhouse_dsn}")
     click.echo('query with: feedbackloop sql "SELECT ..."   stop with: Ctrl-C')
     try:
-        _wait_for_signal(while_true=stack.healthy)
+        # A crashed child is restarted (with back-off); only a crash loop ends the wait.
+        _wait_for_signal(while_true=stack.supervise)
     finally:
         click.echo("stopping (flushing every service):")
-        unhealthy = [st for st in stack.status() if st.state != "ready"]
         stack.stop()
-    if unhealthy:
-        names = ", ".join(
-            f"{st.name} ({st.detail or st.state}, log: {st.log_path})" for st in unhealthy
-        )
-        raise InfraError(f"stopped because a service failed: {names}")
+    if stack.failure is not None:
+        raise InfraError(f"stopped: {stack.failure}")
 
 
 @cli.command("simulate")

@@ -241,4 +241,5 @@ def status_line(st: ServiceStatus) -> str:
     pid = f" pid {st.pid}" if st.pid else ""
     detail = f"  {st.detail}" if st.detail else ""
     where = f"  (log: {st.log_path})" if st.log_path and st.state == "starting" else ""
-    return f"  {st.name:<7} {st.state:<9}{pid}{detail}{where}"
+    restarts = f"  [restarts: {st.restarts}]" if st.restarts else ""
+    return f"  {st.name:<7} {st.state:<9}{pid}{detail}{where}{restarts}"
