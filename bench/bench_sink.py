@@ -94,7 +94,7 @@ def _enriched_messages(raw: list[bytes]) -> list[bytes]:
     topics = Topics("bench.")
     pipe = Pipeline(topics, StreamConfig(), Capture())
     for i in range(0, len(raw), 10_000):
-        pipe.process(0, [(None, v, i + j) for j, v in enumerate(raw[i : i + 10_000])])
+        pipe.process(0, [(None, v, i + j, 0) for j, v in enumerate(raw[i : i + 10_000])])
     assert len(out) == len(raw), (len(out), len(raw))
     return out
 

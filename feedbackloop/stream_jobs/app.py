@@ -34,15 +34,22 @@ from feedbackloop.stream_jobs.config import StreamConfig
 from feedbackloop.stream_jobs.consumer import FetchTuning, Transport
 from feedbackloop.stream_jobs.detector import SatisfactionDetector, detector_keys
 from feedbackloop.stream_jobs.enrich import InteractionRecord
-from feedbackloop.stream_jobs.pipeline import TABLES, Pipeline, PipelineStats, decode_pending
+from feedbackloop.stream_jobs.pipeline import (
+    ORIGIN_HEADER,
+    TABLES,
+    Pipeline,
+    PipelineStats,
+    decode_pending,
+)
 from feedbackloop.stream_jobs.windows import WindowState
 
 __all__ = ["StreamJobs", "KafkaOutput", "post_webhook", "run_worker"]
 
 log = logging.getLogger(__name__)
 
-#: ConsumerRecord -> (key, value, offset) in C: a list comprehension cost ~0.5 us per record.
-_KEY_VALUE_OFFSET = operator.attrgetter("key", "value", "offset")
+#: ConsumerRecord -> (key, value, offset, timestamp) in C: a list comprehension cost ~0.5 us
+#: per record.
+_RECORD = operator.attrgetter("key", "value", "offset", "timestamp")
 
 
 class StreamApp(faust.App):
@@ -228,6 +235,7 @@ class StreamJobs:
             pending=self._store("pending"),
             windows=self._store("windows"),
             watermarks=self._store("watermarks"),
+            partitions=settings.topic_partitions,
         )
         self.alerts_sent: list[Alert] = []
         #: Where the hot path spends its time (the benchmark prints it).
@@ -266,9 +274,21 @@ class StreamJobs:
     def _wire(self) -> None:
         app, cfg, topics = self.app, self.config, self.topics
         events = app.topic(topics.events, key_serializer="raw", value_serializer="raw")
-        # Subscribing the topic is enough: BatchConsumer hands its records to _on_batch.
+        # Same partition count as the raw topic and the tables: faust assigns partition p of
+        # all of them to one worker, which joins the interactions that partition owns.
+        repartition = app.topic(
+            topics.repartition,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=self.settings.topic_partitions,
+        )
+        # Subscribing the topics is enough: BatchConsumer hands their records to the handlers.
         app.topics.add(events)
-        app.batch_handlers = {topics.events: self._on_batch}
+        app.topics.add(repartition)
+        app.batch_handlers = {
+            topics.events: self._on_batch,
+            topics.repartition: self._on_forwarded_batch,
+        }
 
         aggregates = app.topic(topics.aggregates, key_serializer="raw", value_serializer="raw")
         self.satisfaction_topic = app.topic(
@@ -393,13 +413,33 @@ class StreamJobs:
     # --- hot path -------------------------------------------------------------------------
     async def _on_batch(self, tp: Any, records: Sequence[Any]) -> None:
         t0 = time.perf_counter()
-        self.pipeline.process(tp.partition, list(map(_KEY_VALUE_OFFSET, records)))
+        self.pipeline.process(tp.partition, list(map(_RECORD, records)))
         t1 = time.perf_counter()
         await self._flush()
         t = self.timing
         t["batches"] += 1
         t["process_s"] += t1 - t0
         t["flush_s"] += time.perf_counter() - t1
+
+    async def _on_forwarded_batch(self, tp: Any, records: Sequence[Any]) -> None:
+        """Events other partitions sent on to this one (see :mod:`.pipeline`)."""
+        seen: set[tuple[int, int]] = set()
+        kept: list[Any] = []
+        origins: list[tuple[int, int, int]] = []
+        for r in records:
+            origin = _origin(r)
+            if origin is None:
+                log.warning("repartition record %s:%d has no origin header", tp, r.offset)
+                continue
+            # A forwarder that crashed before committing sends the same events again; the
+            # windows skip what they hold, this skips repeats within one batch.
+            if origin[:2] in seen:
+                continue
+            seen.add(origin[:2])
+            kept.append(r)
+            origins.append(origin)
+        self.pipeline.process(tp.partition, list(map(_RECORD, kept)), origins=origins)
+        await self._flush()
 
     async def _flush(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.output.flush)
@@ -473,6 +513,17 @@ def run_worker(
         return jobs.pipeline.stats
 
     return asyncio.run(serve())
+
+
+def _origin(record: Any) -> tuple[int, int, int] | None:
+    for name, value in record.headers or ():
+        if name == ORIGIN_HEADER:
+            try:
+                p, o, t = value.split(b":")
+                return int(p), int(o), int(t)
+            except ValueError:
+                return None
+    return None
 
 
 def _detector_state(det: SatisfactionDetector) -> dict[str, Any]:

@@ -1,0 +1,194 @@
+"""The join never trusts the message key; replays never count twice; id-less events get
+deterministic identities (pure pipeline, no broker)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import uuid
+
+import pytest
+
+pytest.importorskip("faust")
+
+from test_stream_pipeline import T0, TOPICS, Collect, interaction, thumbs  # noqa: E402
+
+from feedbackloop.schemas import EnrichedEvent, WindowAggregate, encode  # noqa: E402
+from feedbackloop.schemas.identity import derived_event_id  # noqa: E402
+from feedbackloop.stream_jobs import Pipeline, StreamConfig, WindowState  # noqa: E402
+from feedbackloop.stream_jobs.enrich import InteractionRecord  # noqa: E402
+from feedbackloop.stream_jobs.pipeline import (  # noqa: E402
+    ORIGIN_HEADER,
+    decode_pending,
+    owner_partition,
+)
+
+MS = int(T0.timestamp() * 1000)
+
+
+def rec(key, event_or_bytes, offset):  # noqa: ANN001
+    value = event_or_bytes if isinstance(event_or_bytes, bytes) else encode(event_or_bytes)
+    return (key, value, offset, MS + offset)
+
+
+def enriched(out: Collect) -> list[EnrichedEvent]:
+    return [EnrichedEvent.model_validate_json(m[2]) for m in out.on(TOPICS.enriched)]
+
+
+def test_feedback_keyed_by_session_joins_its_own_interaction_not_the_keys() -> None:
+    out = Collect()
+    pipe = Pipeline(TOPICS, StreamConfig(), out)
+    ie1 = interaction(session_id="shared", variant="a", prompt_version="p1")
+    ie2 = interaction(session_id="shared", variant="b", prompt_version="p2")
+    fb1 = thumbs(ie1)
+    # a third-party producer keys everything by session id
+    pipe.process(0, [rec(b"shared", ie1, 0), rec(b"shared", ie2, 1), rec(b"shared", fb1, 2)])
+    (joined,) = [e for e in enriched(out) if e.event.event_type == "feedback"]
+    assert joined.event.interaction_id == ie1.interaction_id
+    assert joined.context is not None and joined.context.variant == "a"
+    assert joined.context.prompt_version == "p1"
+
+
+def test_no_key_and_upper_case_ids_join_under_the_canonical_id() -> None:
+    out = Collect()
+    pipe = Pipeline(TOPICS, StreamConfig(), out)
+    ia = interaction()
+    upper = str(ia.interaction_id).upper()
+    fb = json.loads(encode(thumbs(ia)))
+    fb["interaction_id"] = upper
+    pipe.process(0, [rec(None, ia, 0), rec(upper.encode(), json.dumps(fb).encode(), 1)])
+    (joined,) = [e for e in enriched(out) if e.event.event_type == "feedback"]
+    assert not joined.orphaned and joined.context is not None
+    assert list(pipe.interactions) == [str(ia.interaction_id).encode()]
+    assert not pipe.pending
+
+
+def test_events_on_a_partition_that_does_not_own_their_interaction_are_forwarded() -> None:
+    out = Collect()
+    pipe = Pipeline(TOPICS, StreamConfig(), out, partitions=4)
+    ia = interaction()
+    key = str(ia.interaction_id).encode()
+    owner = owner_partition(key, 4)
+    wrong = (owner + 1) % 4
+    pipe.process(wrong, [rec(b"session-key", ia, 41)])
+    assert pipe.stats.forwarded == 1 and not pipe.interactions and not enriched(out)
+    (fwd,) = out.on(TOPICS.repartition)
+    assert fwd[1] == key
+    assert fwd[3] == [(ORIGIN_HEADER, b"%d:41:%d" % (wrong, MS + 41))]
+    # the owner processes it with its origin
+    pipe.process(owner, [(key, fwd[2], 0, 0)], origins=[(wrong, 41, MS + 41)])
+    assert key in pipe.interactions and len(enriched(out)) == 1
+    # an event already on its owner partition is processed in place
+    pipe.process(owner, [rec(key, thumbs(ia), 7)])
+    assert pipe.stats.forwarded == 1 and enriched(out)[-1].context is not None
+
+
+def test_owner_partition_is_librdkafkas_default_partitioner() -> None:
+    # CRC-32 of the key modulo the partition count (librdkafka's consistent_random)
+    assert owner_partition(b"", 4) == 0
+    assert owner_partition(b"123456789", 1000) == 0xCBF43926 % 1000
+
+
+def _recover(out: Collect) -> dict[str, dict]:
+    """The tables a restarted worker recovers: the last changelog value per key."""
+    decode = {
+        "interactions": InteractionRecord.from_bytes,
+        "pending": decode_pending,
+        "windows": WindowState.from_bytes,
+        "watermarks": json.loads,
+    }
+    tables: dict[str, dict] = {name: {} for name in decode}
+    for table, _p, key, value in out.changelog_writes:
+        if value is None:
+            tables[table].pop(key, None)
+        else:
+            tables[table][key] = decode[table](value)
+    return tables
+
+
+def _traffic(n: int, seed: int) -> list:
+    rng = random.Random(seed)
+    events = []
+    for i in range(n):
+        ia = interaction(T0 + dt.timedelta(seconds=i * 0.1), variant=rng.choice("ab"))
+        early = rng.random() < 0.2  # feedback before its interaction waits in `pending`
+        fb = thumbs(ia, up=rng.random() < 0.6)
+        events.extend([fb, ia] if early else [ia, fb])
+    return events
+
+
+def _aggregates(out: Collect) -> dict:
+    got: dict = {}
+    for _t, _k, v, _h in out.on(TOPICS.aggregates):
+        a = WindowAggregate.model_validate_json(v)
+        key = (a.window_start, a.variant)
+        if key not in got or a.revision > got[key].revision:
+            got[key] = a  # ClickHouse keeps the highest revision
+    return {k: (a.interactions, a.thumbs_up, a.thumbs_down) for k, a in got.items()}
+
+
+@pytest.mark.parametrize("crash_after", [150, 333, 801])
+def test_a_replay_after_a_crash_counts_each_event_once_whatever_the_batch_boundaries(
+    crash_after: int,
+) -> None:
+    events = _traffic(400, seed=crash_after)
+    closer = interaction(T0 + dt.timedelta(hours=1), variant="z")
+    records = [rec(e.partition_key, e, i) for i, e in enumerate([*events, closer])]
+    cfg = StreamConfig(window_s=10, allowed_lateness_s=0)
+
+    clean = Collect()
+    p = Pipeline(TOPICS, cfg, clean)
+    for i in range(0, len(records), 50):
+        p.process(0, records[i : i + 50], now=T0.timestamp())
+
+    # the crashed run: batches of 50 processed and flushed up to `crash_after`, but offsets
+    # committed only up to 100 records before it; the restart replays from there in
+    # batches of another size
+    crashed = Collect()
+    p1 = Pipeline(TOPICS, cfg, crashed)
+    for i in range(0, crash_after, 50):
+        p1.process(0, records[i : min(i + 50, crash_after)], now=T0.timestamp())
+    state = _recover(crashed)
+    p2 = Pipeline(
+        TOPICS,
+        cfg,
+        crashed,
+        interactions=state["interactions"],
+        pending=state["pending"],
+        windows=state["windows"],
+        watermarks=state["watermarks"],
+    )
+    committed = max(0, crash_after - 100)
+    for i in range(committed, len(records), 37):
+        p2.process(0, records[i : i + 37], now=T0.timestamp())
+    assert p2.stats.replayed_effects > 0
+    assert _aggregates(crashed) == _aggregates(clean)
+    assert sum(v[0] for k, v in _aggregates(clean).items() if k[1] != "z") == 400
+
+
+def test_events_without_event_id_or_occurred_at_get_the_same_identity_on_every_replay() -> None:
+    ia = interaction()
+    bare_ia = json.loads(encode(ia))
+    del bare_ia["event_id"], bare_ia["occurred_at"]
+    bare_fb = json.loads(encode(thumbs(ia)))
+    del bare_fb["event_id"]
+    records = [
+        rec(None, json.dumps(bare_ia).encode(), 10),
+        rec(None, json.dumps(bare_fb).encode(), 11),
+    ]
+    runs = []
+    for batches in ([records], [records[:1], records[1:]]):
+        out = Collect()
+        pipe = Pipeline(TOPICS, StreamConfig(), out)
+        for b in batches:
+            pipe.process(0, b)
+        runs.append([(e.event.event_id, e.event.occurred_at) for e in enriched(out)])
+        assert pipe.stats.identities_derived == 2
+    assert runs[0] == runs[1]
+    (ia_id, ia_at), (fb_id, fb_at) = runs[0]
+    assert ia_id == derived_event_id(TOPICS.events, 0, 10)
+    assert fb_id == derived_event_id(TOPICS.events, 0, 11) and fb_id != ia_id
+    assert ia_at == dt.datetime.fromtimestamp((MS + 10) / 1000, dt.timezone.utc)
+    assert fb_at == ia.occurred_at  # given by the producer: kept
+    assert isinstance(ia_id, uuid.UUID)
