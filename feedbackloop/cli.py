@@ -1851,7 +1851,8 @@ def worker(
             broker.stop()
     click.echo(
         f"worker stopped: {stats.records_in} in = {stats.valid} valid + "
-        f"{stats.dead_letters} dead letters; {stats.enriched} enriched "
+        f"{stats.dead_letters} dead letters + {stats.forwarded} forwarded to the partition "
+        f"that joins them; {stats.enriched} enriched "
         f"({stats.orphaned} orphaned), {stats.aggregates} window aggregates"
     )
 

@@ -219,6 +219,10 @@ class Pipeline:
         self.partitions: dict[int, PartitionWindows] = {}
         self.last_event_wall: dict[int, float] = {}
         self.stats = PipelineStats()
+        #: Changelog deletions held back until the outputs they follow are flushed: a crash
+        #: must never keep a deletion (of a released pending list, of a closed window) and
+        #: lose what it was released into (the window, the aggregate).
+        self._deletions: list[tuple[str, int, bytes]] = []
 
     # --- state ----------------------------------------------------------------------------
     def windows_of(self, partition: int) -> PartitionWindows:
@@ -237,9 +241,13 @@ class Pipeline:
         return pw
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
-        """Drop the window view of revoked partitions; it is rebuilt from the store."""
-        for p in partitions:
+        """Drop the window view of revoked partitions; it is rebuilt from the store. Their
+        held-back deletions go too: the next owner releases and closes again, once."""
+        gone = set(partitions)
+        for p in gone:
             self.partitions.pop(p, None)
+            self.last_event_wall.pop(p, None)
+        self._deletions = [d for d in self._deletions if d[1] not in gone]
 
     # --- hot path -------------------------------------------------------------------------
     def process(
@@ -255,6 +263,7 @@ class Pipeline:
         offset, raw timestamp ms)`` from its header; None for the raw topic itself.
         """
         now = time.time() if now is None else now
+        self._write_deletions()
         stamp = iso_now()
         pw = self.windows_of(partition)
         produce = self.out.produce
@@ -326,22 +335,11 @@ class Pipeline:
                 if pending:
                     waiting = pending.pop(iid, None)
                     if waiting:
-                        changelog("pending", partition, iid, None)
+                        self._deletions.append(("pending", partition, iid))
                         stats.pending -= len(waiting)
                         for pe in waiting:
-                            # Counted as an effect of this interaction's record: a replay
-                            # of it finds the windows already holding them.
                             self._emit_joined(
-                                pw,
-                                partition,
-                                iid,
-                                pe.raw,
-                                pe.offset,
-                                rec,
-                                (now - pe.arrived) * 1000.0,
-                                stamp,
-                                op,
-                                oo,
+                                pw, partition, iid, pe, rec, (now - pe.arrived) * 1000.0, stamp
                             )
             else:
                 if not iid:  # a session-level outcome: nothing to join
@@ -411,28 +409,34 @@ class Pipeline:
         )
         self.stats.forwarded += 1
 
+    def _write_deletions(self) -> None:
+        """Write the deletions held back by the previous batch (flushed since)."""
+        if self._deletions:
+            for table, partition, key in self._deletions:
+                self.out.changelog(table, partition, key, None)
+            self._deletions.clear()
+
     def _emit_joined(
         self,
         pw: PartitionWindows,
         partition: int,
         iid: bytes,
-        raw: bytes,
-        offset: int,
+        pe: PendingEvent,
         rec: InteractionRecord,
         waited_ms: float,
         stamp: str,
-        origin_partition: int,
-        origin_offset: int,
     ) -> None:
-        ev = decode(raw)  # validated before; re-parsed only on this rare path
+        ev = decode(pe.raw)  # validated before; re-parsed only on this rare path
         self._count_signal(
             pw,
             ev,  # type: ignore[arg-type]
             rec.group,
             ev.occurred_at.timestamp(),
-            origin_partition,
-            origin_offset,
+            pe.origin_partition,
+            pe.origin_offset,
+            released=True,
         )
+        raw, offset = pe.raw, pe.offset
         self.out.produce(
             self.topics.enriched,
             iid,
@@ -520,18 +524,29 @@ class Pipeline:
         ts: float,
         origin_partition: int,
         origin_offset: int,
-        orphan_of: tuple[int, int] | None = None,
+        released: bool = False,
+        orphaned: bool = False,
     ) -> None:
-        st = pw.touch(ts, group, ev.session_id, origin_partition, origin_offset)
-        if st is None:
-            return
+        """Count one signal; ``released``: it waited for its interaction (see .windows)."""
+        if released:
+            st = pw.touch(ts, group, ev.session_id)
+            if st is None:
+                return
+            origin = (origin_partition, origin_offset)
+            if origin in st.released:
+                pw.replayed_effects += 1
+                return  # released before a crash, and its pending record came back
+            st.released.add(origin)
+        else:
+            st = pw.touch(ts, group, ev.session_id, origin_partition, origin_offset)
+            if st is None:
+                return
+            if st.released and (origin_partition, origin_offset) in st.released:
+                pw.replayed_effects += 1
+                return  # a replay of an event that had waited, then was released
         c = st.c
         get = c.get
-        if orphan_of is not None:
-            if orphan_of in st.orphans:
-                pw.replayed_effects += 1
-                return  # released before a crash, and the pending record came back
-            st.orphans.add(orphan_of)
+        if orphaned:
             c["orphaned"] = get("orphaned", 0) + 1
         t = type(ev)
         if t is Feedback:
@@ -584,14 +599,27 @@ class Pipeline:
             self.stats.aggregates += 1
             k = window_key(partition, start, group)
             self.window_store.pop(k, None)
-            self.out.changelog("windows", partition, k, None)
+            self._deletions.append(("windows", partition, k))
 
     # --- timers ---------------------------------------------------------------------------
     def tick(self, now: float | None = None, partitions: Iterable[int] | None = None) -> None:
         """Release orphans past the grace period; close the windows of idle partitions."""
         now = time.time() if now is None else now
+        self._write_deletions()
         stamp = iso_now()
         grace = self.config.grace_s
+        # Waiting events whose interaction is known (a pending list recovered after a crash
+        # that had released it) join now; the windows' released sets count them once.
+        for iid in [k for k, v in self.pending.items() if v and k in self.interactions]:
+            waiting = self.pending.pop(iid)
+            rec = self.interactions[iid]
+            partition = waiting[0].partition
+            pw = self.windows_of(partition)
+            for pe in waiting:
+                self._emit_joined(pw, partition, iid, pe, rec, (now - pe.arrived) * 1000.0, stamp)
+            self.stats.pending -= len(waiting)
+            self._deletions.append(("pending", partition, iid))
+            self._end_batch(partition, pw)
         for iid in [k for k, v in self.pending.items() if v and v[0].arrived + grace <= now]:
             waiting = self.pending[iid]
             due = [pe for pe in waiting if pe.arrived + grace <= now]
@@ -606,9 +634,10 @@ class Pipeline:
                     ev,
                     UNATTRIBUTED(pe.app_id),
                     pe.occurred_at,
-                    -1,
-                    -1,
-                    orphan_of=(pe.origin_partition, pe.origin_offset),
+                    pe.origin_partition,
+                    pe.origin_offset,
+                    released=True,
+                    orphaned=True,
                 )
                 self.out.produce(
                     self.topics.enriched,
@@ -632,12 +661,16 @@ class Pipeline:
                 self.out.changelog("pending", partition, iid, encode_pending(rest))
             else:
                 del self.pending[iid]
-                self.out.changelog("pending", partition, iid, None)
+                self._deletions.append(("pending", partition, iid))
             self._end_batch(partition, pw)
         idle = self.config.idle_close_s
         for p in list(partitions if partitions is not None else self.partitions):
             pw = self.windows_of(p)
-            if pw.open and self.last_event_wall.get(p, 0.0) + idle <= now:
+            # A partition this worker just took over (after a restart or a rebalance) is
+            # not idle: its backlog is on the way. Without this, its recovered windows would
+            # close by the wall clock and the backlog would arrive late.
+            last = self.last_event_wall.setdefault(p, now)
+            if pw.open and last + idle <= now:
                 # No events for a while: let wall-clock time stand in for the watermark.
                 pw.advance(now - self.config.allowed_lateness_s)
                 self._end_batch(p, pw)

@@ -9,8 +9,10 @@ Counting is idempotent across a crash: each window remembers, per origin partiti
 raw topic, the offset of the last record whose effect it holds (``upto``), written in the
 same changelog record as its counts. A record replayed after a crash (its offset was not
 committed) finds its offset at or below ``upto`` and is not counted again
-(``replayed_effects``). Orphans released by the grace timer have no record of their own; a
-window keeps the origins of the orphans it counted instead.
+(``replayed_effects``). An event that waited for its interaction is counted when it is
+released (joined when the interaction comes, or orphaned after the grace period), out of
+its origin's order: a window keeps the origins of the released events it counted
+(``released``), and neither a second release nor a replay of the event counts it again.
 """
 
 from __future__ import annotations
@@ -77,8 +79,8 @@ class WindowState:
     revision: int = 0
     #: Origin partition -> offset of the last raw record counted here (see the module doc).
     upto: dict[int, int] = field(default_factory=dict)
-    #: Origins ``(partition, offset)`` of the orphans counted here.
-    orphans: set[tuple[int, int]] = field(default_factory=set)
+    #: Origins ``(partition, offset)`` of the waiting events counted here on release.
+    released: set[tuple[int, int]] = field(default_factory=set)
 
     def add(self, name: str, value: float = 1) -> None:
         self.c[name] = self.c.get(name, 0) + value
@@ -112,7 +114,7 @@ class WindowState:
                 sk,
                 self.revision,
                 self.upto,
-                [list(o) for o in self.orphans],
+                [list(o) for o in self.released],
             ],
             separators=(",", ":"),
         ).encode()
@@ -121,8 +123,8 @@ class WindowState:
     def from_bytes(cls, data: bytes) -> WindowState:
         c, oc, ov, sk, rev, *rest = json.loads(data)
         upto = {int(p): o for p, o in rest[0].items()} if rest else {}
-        orphans = {(p, o) for p, o in rest[1]} if len(rest) > 1 else set()
-        return cls(c, oc, ov, set(sk), rev, upto, orphans)
+        released = {(p, o) for p, o in rest[1]} if len(rest) > 1 else set()
+        return cls(c, oc, ov, set(sk), rev, upto, released)
 
     def to_aggregate(
         self, group: Group, start: float, size: float, partition: int, emitted_at: dt.datetime
@@ -191,7 +193,7 @@ class PartitionWindows:
         """The state of the window holding ``ts`` for ``group`` to count the effect of the
         raw record at ``(origin_partition, origin_offset)`` in; None if it is too late or the
         window already holds that record's effects (a replay). ``origin_offset=-1``: no
-        record (the caller checks, as for orphans)."""
+        record (the caller checks :attr:`WindowState.released`)."""
         start = math.floor(ts / self.size) * self.size
         if start + self.size + self.lateness <= self.watermark:
             self.late_events += 1
