@@ -18,7 +18,7 @@ beside a baseline from the same run:
 Every answer of ours is also checked against the generated ground truth where it has one.
 
 Then the reads behind ``feedbackloop ab report`` / ``impact`` / ``ab versions`` and the
-dashboard (feedbackloop.analysis.queries), on the same data, beside the cost of merely
+dashboard (feedbackloop.analysis.reads.queries), on the same data, beside the cost of merely
 deduplicating what they read (``SELECT count() FROM … FINAL`` of each table they touch).
 """
 
@@ -32,8 +32,7 @@ import tempfile
 import time
 from typing import Any
 
-from feedbackloop.analysis.analyst_queries import ANALYST_QUERIES, analyst_query
-from feedbackloop.analysis.queries import (
+from feedbackloop.analysis.reads import (
     Scope,
     fetch_experiment,
     fetch_impact,
@@ -41,6 +40,7 @@ from feedbackloop.analysis.queries import (
     fetch_version_totals,
     fetch_versions,
 )
+from feedbackloop.analysis.reads.analyst_queries import ANALYST_QUERIES, analyst_query
 from feedbackloop.infra import get_client
 from feedbackloop.sinks import migrate
 from feedbackloop.sinks.query import execute

@@ -99,7 +99,7 @@ class _CountsType(click.ParamType):
         if not isinstance(value, str):
             return value
         try:
-            from feedbackloop.analysis.sufficient import BinaryStats, InvalidStatistics
+            from feedbackloop.analysis.statistics.sufficient import BinaryStats, InvalidStatistics
         except ImportError as e:
             raise MissingDependency("numpy/scipy", "analysis") from e
         try:
@@ -190,7 +190,7 @@ def stats_compare(
     """
     import json
 
-    from feedbackloop.analysis import compare_counts, format_comparison
+    from feedbackloop.analysis.statistics import compare_counts, format_comparison
 
     result = compare_counts(
         control,
@@ -371,7 +371,7 @@ def sql_command(
       feedbackloop sql --example satisfaction-by-day
       feedbackloop sql --examples
     """
-    from feedbackloop.analysis.analyst_queries import analyst_query, render_examples
+    from feedbackloop.analysis.reads.analyst_queries import analyst_query, render_examples
 
     if examples:
         click.echo(render_examples())
@@ -705,7 +705,7 @@ def demo_command(
 
 
 def format_demo(demo: object, spec: object) -> str:
-    from feedbackloop.analysis import compare_counts
+    from feedbackloop.analysis.statistics import compare_counts
     from feedbackloop.demo import DemoResult
     from feedbackloop.simulator import TrafficSpec
 
@@ -770,7 +770,8 @@ class _NamedWeightsType(click.ParamType):
 
 
 def _scope(experiment: str | None, since: str | None, app: str | None) -> Any:
-    from feedbackloop.analysis.queries import Scope, parse_since
+    from feedbackloop.analysis.reads.scope import Scope
+    from feedbackloop.analysis.reads.since import parse_since
 
     return Scope(experiment=experiment, since=parse_since(since) if since else None, app_id=app)
 
@@ -878,8 +879,8 @@ def ab_report(
     Example:
       feedbackloop ab report --experiment new-prompt --since 7d --weights control=50,treatment=50
     """
-    from feedbackloop.analysis.queries import fetch_experiment, settings_runner
-    from feedbackloop.analysis.report import build_report
+    from feedbackloop.analysis.reads.queries import fetch_experiment, settings_runner
+    from feedbackloop.analysis.reports.report import build_report
 
     data = fetch_experiment(settings_runner(settings_of(ctx), url), _scope(experiment, since, app))
     _emit(
@@ -923,8 +924,12 @@ def ab_versions(
     as_json: bool,
 ) -> None:
     """Satisfaction per prompt_version over time, with intervals (release cycles)."""
-    from feedbackloop.analysis.queries import fetch_version_totals, fetch_versions, settings_runner
-    from feedbackloop.analysis.versions import build_versions
+    from feedbackloop.analysis.reads.queries import (
+        fetch_version_totals,
+        fetch_versions,
+        settings_runner,
+    )
+    from feedbackloop.analysis.reports.versions import build_versions
 
     run, scope = settings_runner(settings_of(ctx), url), _scope(experiment, since, app)
     _emit(
@@ -972,8 +977,8 @@ def impact_command(
     as_json: bool,
 ) -> None:
     """Business impact: outcome rates, time to outcome, time saved per session vs control."""
-    from feedbackloop.analysis.impact import build_impact
-    from feedbackloop.analysis.queries import fetch_impact, settings_runner
+    from feedbackloop.analysis.reads.queries import fetch_impact, settings_runner
+    from feedbackloop.analysis.reports.impact import build_impact
 
     data = fetch_impact(
         settings_runner(settings_of(ctx), url), _scope(experiment, since, app), outcomes or None
@@ -1037,7 +1042,7 @@ def web_command(ctx: click.Context, host: str | None, port: int | None) -> None:
 
 
 def _negative_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Options that choose what counts as negative (feedbackloop.analysis.negative)."""
+    """Options that choose what counts as negative (feedbackloop.analysis.failures.negative)."""
     opts = [
         click.option(
             "--weight",
@@ -1077,7 +1082,7 @@ def _negative_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def _definition(
     weights: tuple[str, ...], signals: str | None, threshold: float, low_rating_max: int
 ) -> Any:
-    from feedbackloop.analysis.negative import NegativeDefinition
+    from feedbackloop.analysis.failures.negative import NegativeDefinition
 
     return NegativeDefinition.build(
         weights=weights,
@@ -1096,9 +1101,10 @@ def _selection(
     limit: int | None = None,
     with_text: bool = False,
 ) -> Any:
-    from feedbackloop.analysis.records import DEFAULT_LIMIT, Selection, parse_since
+    from feedbackloop.analysis.reads.scope import DEFAULT_LIMIT, Scope
+    from feedbackloop.analysis.reads.since import parse_since
 
-    return Selection(
+    return Scope(
         since=parse_since(since),
         experiment=experiment,
         app_id=app,
@@ -1196,9 +1202,9 @@ def failures_command(
     """
     import json
 
-    from feedbackloop.analysis.failures import analyze_failures
-    from feedbackloop.analysis.records import load_judged_interactions
-    from feedbackloop.analysis.slices import format_slice_report
+    from feedbackloop.analysis.failures.analyze import analyze_failures
+    from feedbackloop.analysis.failures.records import load_judged_interactions
+    from feedbackloop.analysis.failures.slices import format_slice_report
 
     definition = _definition(weights, signals, threshold, low_rating_max)
     sel = _selection(since, experiment, app, prompt_version, limit=limit)
@@ -1294,9 +1300,9 @@ def complaints_command(
     """
     import json
 
-    from feedbackloop.analysis.clusters import cluster_texts, format_clusters
-    from feedbackloop.analysis.failures import label_interactions, matches, parse_slice
-    from feedbackloop.analysis.records import load_judged_interactions
+    from feedbackloop.analysis.failures.analyze import label_interactions, matches, parse_slice
+    from feedbackloop.analysis.failures.clusters import cluster_texts, format_clusters
+    from feedbackloop.analysis.failures.records import load_judged_interactions
 
     conds = parse_slice(slice_)
     definition = _definition(weights, signals, threshold, low_rating_max)
@@ -1369,7 +1375,7 @@ def prompts_add(
 
     Needs write access: with embedded chDB, stop a running `sink run` first.
     """
-    from feedbackloop.analysis.prompts import add_prompt
+    from feedbackloop.analysis.loop.prompts import add_prompt
 
     pv, new = add_prompt(settings_of(ctx), name, version, file_.read(), parent=parent, note=note)
     what = "registered" if new else "already registered (same text)"
@@ -1388,7 +1394,7 @@ def prompts_list(ctx: click.Context, name: str | None, url: str | None, as_json:
     """List registered prompt versions, oldest first."""
     import json
 
-    from feedbackloop.analysis.prompts import list_prompts
+    from feedbackloop.analysis.loop.prompts import list_prompts
 
     found = list_prompts(settings_of(ctx), name, url=url)
     if as_json:
@@ -1409,7 +1415,7 @@ def prompts_list(ctx: click.Context, name: str | None, url: str | None, as_json:
 @click.pass_context
 def prompts_show(ctx: click.Context, version: str, name: str | None, url: str | None) -> None:
     """Print a version's text and where it came from."""
-    from feedbackloop.analysis.prompts import get_prompt
+    from feedbackloop.analysis.loop.prompts import get_prompt
 
     p = get_prompt(settings_of(ctx), version, name, url=url)
     click.echo(
@@ -1431,7 +1437,7 @@ def prompts_diff(
     ctx: click.Context, old: str, new: str | None, name: str | None, url: str | None
 ) -> None:
     """Unified diff between two versions (one version: against its parent)."""
-    from feedbackloop.analysis.prompts import diff_prompts, get_prompt
+    from feedbackloop.analysis.loop.prompts import diff_prompts, get_prompt
     from feedbackloop.errors import ConfigError
 
     s = settings_of(ctx)
@@ -1491,8 +1497,8 @@ def regressions_export(
     url: str | None,
 ) -> None:
     """Write the most common failure cases of a prompt version as a JSONL eval set."""
-    from feedbackloop.analysis.records import load_judged_interactions
-    from feedbackloop.analysis.regressions import select_regression_cases, write_suite
+    from feedbackloop.analysis.failures.records import load_judged_interactions
+    from feedbackloop.analysis.loop.regressions import select_regression_cases, write_suite
 
     definition = _definition(weights, signals, threshold, low_rating_max)
     sel = _selection(since, app=app, prompt_version=prompt_version, limit=limit)
@@ -1562,7 +1568,7 @@ def regressions_run(
     """
     from pathlib import Path
 
-    from feedbackloop.analysis.regressions import (
+    from feedbackloop.analysis.loop.regressions import (
         load_suite,
         resolve_candidate,
         run_suite,
@@ -1655,13 +1661,13 @@ def export_finetune(
     url: str | None,
 ) -> None:
     """Corrections as OpenAI chat JSONL and preference pairs, with provenance beside them."""
-    from feedbackloop.analysis.finetune import (
+    from feedbackloop.analysis.failures.records import load_judged_interactions
+    from feedbackloop.analysis.loop.finetune import (
         FinetuneOptions,
         build_finetune_export,
         corrections_of,
         write_finetune_export,
     )
-    from feedbackloop.analysis.records import load_judged_interactions
 
     opts = FinetuneOptions(
         min_chars=min_chars,

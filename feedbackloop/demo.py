@@ -198,17 +198,17 @@ def account_in_clickhouse(
 
 def results_text(settings: Settings, spec: TrafficSpec) -> str:
     """The experiment report, the top failure slices and the business impact, as text."""
-    from feedbackloop.analysis.failures import analyze_failures
-    from feedbackloop.analysis.impact import build_impact
-    from feedbackloop.analysis.queries import Scope, fetch_experiment, fetch_impact, settings_runner
-    from feedbackloop.analysis.records import Selection, load_judged_interactions
-    from feedbackloop.analysis.report import build_report
-    from feedbackloop.analysis.slices import format_slice_report
+    from feedbackloop.analysis.failures.analyze import analyze_failures
+    from feedbackloop.analysis.failures.records import load_judged_interactions
+    from feedbackloop.analysis.failures.slices import format_slice_report
+    from feedbackloop.analysis.reads import Scope, fetch_experiment, fetch_impact, settings_runner
+    from feedbackloop.analysis.reports.impact import build_impact
+    from feedbackloop.analysis.reports.report import build_report
 
     runner = settings_runner(settings)
     scope = Scope(experiment=spec.experiment, since=None, app_id=spec.app_id)
     report = build_report(fetch_experiment(runner, scope), weights=dict(spec.weights))
-    judged = load_judged_interactions(settings, Selection(experiment=spec.experiment))
+    judged = load_judged_interactions(settings, Scope(experiment=spec.experiment))
     slices = analyze_failures(judged)
     impact = build_impact(fetch_impact(runner, scope))
     return "\n\n".join(

@@ -368,7 +368,7 @@ GROUP BY hour, app_id, experiment, variant, prompt_version, model, input_languag
 """,
 )
 
-# The prompt-version registry (feedbackloop.analysis.prompts): the text behind each
+# The prompt-version registry (feedbackloop.analysis.loop.prompts): the text behind each
 # prompt_version, stored beside the events it produced. Versions are immutable (the writer
 # refuses a changed text), so plain ReplacingMergeTree collapses only identical re-adds.
 _V3 = (

@@ -9,7 +9,7 @@ into SQL unchecked.
 Feedback is joined to its interaction by ``interaction_id`` instead of trusting the
 variant copied onto the feedback row, so the numbers are the same whether the sink stored
 enriched events (stream jobs running) or raw ones (``sink run --raw``). Satisfaction is the
-experiment report's (:mod:`feedbackloop.analysis.queries`: the interaction's latest thumbs
+experiment report's (:mod:`feedbackloop.analysis.reads.queries`: the interaction's latest thumbs
 or rating, so a user who changes their mind counts once). The statistics come from
 :mod:`feedbackloop.analysis`.
 """
@@ -57,7 +57,7 @@ def _bucket_for(span_s: float) -> int:
 
 def _stats() -> Any:
     try:
-        import feedbackloop.analysis as analysis
+        import feedbackloop.analysis.statistics as analysis
     except ImportError as e:  # numpy / scipy missing
         from feedbackloop.errors import MissingDependency
 
@@ -66,7 +66,7 @@ def _stats() -> Any:
 
 
 def _interval(stats: Any) -> dict[str, Any]:
-    """``stats`` (a :class:`~feedbackloop.analysis.BinaryStats`) with its Wilson interval."""
+    """``stats`` (a :class:`~feedbackloop.analysis.statistics.BinaryStats`) with its Wilson interval."""
     a = _stats()
     est = a.wilson_interval(stats)
     return {"n": stats.n, "successes": stats.successes, **a.to_jsonable(est)}
@@ -107,7 +107,7 @@ class DashboardQueries:
     def _app_filter(app: str | None) -> str:
         if app is None:
             return ""
-        from feedbackloop.analysis.literals import quote
+        from feedbackloop.analysis.reads.literals import quote
 
         return f" AND app_id = {quote(app)}"
 
@@ -129,15 +129,15 @@ class DashboardQueries:
 
     def experiment(self, app_id: str, experiment: str) -> dict[str, Any] | None:
         """The experiment report (decision with the sequential result, SRM, per-variant
-        satisfaction, implicit-signal and outcome rates: :mod:`feedbackloop.analysis.report`)
+        satisfaction, implicit-signal and outcome rates: :mod:`~feedbackloop.analysis.reports`)
         and cumulative satisfaction over time per variant."""
         _stats()
-        from feedbackloop.analysis.queries import (
+        from feedbackloop.analysis.reads import (
             Scope,
             fetch_experiment,
             fetch_satisfaction_over_time,
         )
-        from feedbackloop.analysis.report import build_report
+        from feedbackloop.analysis.reports.report import build_report
 
         scope = Scope(experiment=experiment, app_id=app_id)
         span = self._rows(
@@ -177,10 +177,11 @@ class DashboardQueries:
         """Ranked failure slices (:func:`feedbackloop.analysis.failures.analyze_failures`)
         of the latest :data:`FAILURE_SAMPLE` interactions."""
         _stats()
-        from feedbackloop.analysis.failures import analyze_failures
-        from feedbackloop.analysis.records import Selection, load_judged_interactions
+        from feedbackloop.analysis.failures.analyze import analyze_failures
+        from feedbackloop.analysis.failures.records import load_judged_interactions
+        from feedbackloop.analysis.reads.scope import Scope
 
-        sel = Selection(app_id=app, experiment=experiment, limit=FAILURE_SAMPLE)
+        sel = Scope(app_id=app, experiment=experiment, limit=FAILURE_SAMPLE)
         found = analyze_failures(load_judged_interactions(settings, sel), min_support=min_support)
         out = found.to_dict()
         out["findings"] = out["findings"][:50]
@@ -201,10 +202,10 @@ class DashboardQueries:
     # --- prompt versions -----------------------------------------------------------------
     def prompt_versions(self, app: str | None, experiment: str | None) -> dict[str, Any]:
         """Satisfaction per prompt version, each against the one before it, with daily
-        buckets (:func:`feedbackloop.analysis.versions.build_versions`)."""
+        buckets (:func:`feedbackloop.analysis.reports.versions.build_versions`)."""
         _stats()
-        from feedbackloop.analysis.queries import Scope, fetch_version_totals, fetch_versions
-        from feedbackloop.analysis.versions import build_versions
+        from feedbackloop.analysis.reads import Scope, fetch_version_totals, fetch_versions
+        from feedbackloop.analysis.reports.versions import build_versions
 
         scope = Scope(experiment=experiment, app_id=app)
         report = build_versions(

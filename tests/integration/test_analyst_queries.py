@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from sink_helpers import enrich, make_events
 
-from feedbackloop.analysis.analyst_queries import ANALYST_QUERIES, analyst_query
+from feedbackloop.analysis.reads.analyst_queries import ANALYST_QUERIES, analyst_query
 from feedbackloop.cli import cli
 from feedbackloop.infra import get_client
 from feedbackloop.schemas import Feedback, Interaction, Outcome, Topics, WindowAggregate

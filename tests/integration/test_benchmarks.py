@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from feedbackloop.analysis.analyst_queries import ANALYST_QUERIES
+from feedbackloop.analysis.reads.analyst_queries import ANALYST_QUERIES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -30,7 +30,7 @@ def test_demo_accounts_for_every_event_and_finds_the_planted_effect(tmp_path: Pa
     assert any("broker" in line and "ready" in line for line in lines)
     assert any("broker" in line and "stopped" in line for line in lines)
 
-    from feedbackloop.analysis import compare_counts
+    from feedbackloop.analysis.statistics import compare_counts
 
     cmp = compare_counts(control=demo.thumbs["control"], treatment=demo.thumbs["treatment"])
     assert cmp.to_dict()["decision"]["verdict"] == "significant_improvement"

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
 from planted_failures import planted_events  # noqa: E402
 
-from feedbackloop.analysis.formats import validate_jsonl  # noqa: E402
+from feedbackloop.analysis.loop.formats import validate_jsonl  # noqa: E402
 from feedbackloop.cli import cli  # noqa: E402
 from feedbackloop.config import Settings  # noqa: E402
 from feedbackloop.infra import get_client  # noqa: E402

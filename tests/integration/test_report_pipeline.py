@@ -25,9 +25,7 @@ from click.testing import CliRunner
 from scipy import stats
 from sink_helpers import enrich, produce, running_worker, settings_for, wait_until
 
-from feedbackloop.analysis.decision import Verdict
-from feedbackloop.analysis.impact import build_impact
-from feedbackloop.analysis.queries import (
+from feedbackloop.analysis.reads import (
     Scope,
     fetch_experiment,
     fetch_impact,
@@ -36,7 +34,9 @@ from feedbackloop.analysis.queries import (
     parse_since,
     settings_runner,
 )
-from feedbackloop.analysis.report import build_report
+from feedbackloop.analysis.reports.impact import build_impact
+from feedbackloop.analysis.reports.report import build_report
+from feedbackloop.analysis.statistics.decision import Verdict
 from feedbackloop.cli import cli
 from feedbackloop.producers import Experiment, FeedbackClient
 from feedbackloop.schemas import Envelope, Feedback, Implicit, Interaction, Outcome, Topics

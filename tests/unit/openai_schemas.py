@@ -1,6 +1,6 @@
 """JSON Schemas of OpenAI's fine-tuning line formats, written from the documentation.
 
-An independent check of :mod:`feedbackloop.analysis.formats` (which validates by hand):
+An independent check of :mod:`feedbackloop.analysis.loop.formats` (which validates by hand):
 supervised chat lines (``{"messages": [...]}``) and preference / DPO lines
 (``{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}``).
 """

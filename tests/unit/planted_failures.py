@@ -13,8 +13,8 @@ import random
 import uuid
 from collections.abc import Iterator
 
-from feedbackloop.analysis.negative import InteractionSignals
-from feedbackloop.analysis.records import FeedbackText, JudgedInteraction
+from feedbackloop.analysis.failures.negative import InteractionSignals
+from feedbackloop.analysis.failures.records import FeedbackText, JudgedInteraction
 from feedbackloop.schemas import Feedback, Implicit, Interaction
 from feedbackloop.schemas.derive import derive
 
@@ -148,7 +148,7 @@ def planted_events(
 
 
 def judged(it: Interaction, evs: list[Feedback | Implicit]) -> JudgedInteraction:
-    """What :func:`feedbackloop.analysis.records.load_judged_interactions` returns for it."""
+    """What :func:`~feedbackloop.analysis.failures.load_judged_interactions` returns for it."""
     fb = [e for e in evs if isinstance(e, Feedback)]
     im = [e for e in evs if isinstance(e, Implicit)]
     d = derive(it)

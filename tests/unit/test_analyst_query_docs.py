@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from feedbackloop.analysis.analyst_queries import ANALYST_QUERIES, analyst_query, render_examples
+from feedbackloop.analysis.reads.analyst_queries import (
+    ANALYST_QUERIES,
+    analyst_query,
+    render_examples,
+)
 from feedbackloop.errors import ConfigError
 from feedbackloop.sinks.query import check_read_only
 

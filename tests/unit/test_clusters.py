@@ -6,7 +6,7 @@ import random
 
 from planted_failures import COMPLAINT_TOPICS, complaint
 
-from feedbackloop.analysis.clusters import cluster_texts, format_clusters
+from feedbackloop.analysis.failures.clusters import cluster_texts, format_clusters
 
 
 def _texts(seed: int = 1) -> tuple[list[str], list[str]]:

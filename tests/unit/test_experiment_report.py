@@ -15,10 +15,7 @@ from click.testing import CliRunner
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from feedbackloop.analysis.decision import Verdict
-from feedbackloop.analysis.impact import build_impact, format_impact
-from feedbackloop.analysis.power import required_sample_size
-from feedbackloop.analysis.queries import (
+from feedbackloop.analysis.reads import (
     CORE_METRICS,
     ExperimentStats,
     ImpactStats,
@@ -39,11 +36,14 @@ from feedbackloop.analysis.queries import (
     satisfaction_over_time_sql,
     versions_sql,
 )
-from feedbackloop.analysis.ratio_metrics import ratio_ztest
-from feedbackloop.analysis.report import build_report, format_report, pick_control
-from feedbackloop.analysis.sequential import sequential_test_ratios
-from feedbackloop.analysis.sufficient import BinaryStats, MeanStats, RatioStats
-from feedbackloop.analysis.versions import build_versions, format_versions
+from feedbackloop.analysis.reports.impact import build_impact, format_impact
+from feedbackloop.analysis.reports.report import build_report, format_report, pick_control
+from feedbackloop.analysis.reports.versions import build_versions, format_versions
+from feedbackloop.analysis.statistics.decision import Verdict
+from feedbackloop.analysis.statistics.power import required_sample_size
+from feedbackloop.analysis.statistics.ratio_metrics import ratio_ztest
+from feedbackloop.analysis.statistics.sequential import sequential_test_ratios
+from feedbackloop.analysis.statistics.sufficient import BinaryStats, MeanStats, RatioStats
 from feedbackloop.cli import cli
 from feedbackloop.errors import ConfigError
 

@@ -7,10 +7,14 @@ import random
 import pytest
 from planted_failures import planted_judged
 
-from feedbackloop.analysis.failures import analyze_failures, label_interactions, parse_slice
-from feedbackloop.analysis.language import detect_input_language, strip_code
-from feedbackloop.analysis.negative import InteractionSignals, NegativeDefinition
-from feedbackloop.analysis.slices import _one_sided_p, find_failure_slices, format_slice_report
+from feedbackloop.analysis.failures.analyze import analyze_failures, label_interactions, parse_slice
+from feedbackloop.analysis.failures.language import detect_input_language, strip_code
+from feedbackloop.analysis.failures.negative import InteractionSignals, NegativeDefinition
+from feedbackloop.analysis.failures.slices import (
+    _one_sided_p,
+    find_failure_slices,
+    format_slice_report,
+)
 from feedbackloop.errors import ConfigError
 
 

@@ -11,18 +11,18 @@ import jsonschema
 import pytest
 from openai_schemas import CHAT_SCHEMA, PREFERENCE_SCHEMA
 
-from feedbackloop.analysis.finetune import (
+from feedbackloop.analysis.loop.finetune import (
     CorrectionExample,
     FinetuneOptions,
     build_finetune_export,
     write_finetune_export,
 )
-from feedbackloop.analysis.formats import (
+from feedbackloop.analysis.loop.formats import (
     validate_chat_example,
     validate_jsonl,
     validate_preference_example,
 )
-from feedbackloop.analysis.scrub import ScrubStats, scrub
+from feedbackloop.analysis.loop.scrub import ScrubStats, scrub
 from feedbackloop.errors import ConfigError
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from planted_failures import planted_judged
 
-from feedbackloop.analysis.regressions import (
+from feedbackloop.analysis.loop.regressions import (
     load_suite,
     resolve_candidate,
     run_suite,

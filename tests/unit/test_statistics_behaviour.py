@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from feedbackloop.analysis import (
+from feedbackloop.analysis.statistics import (
     BinaryStats,
     CountComparison,
     ErrorCode,

@@ -22,7 +22,7 @@ from statsmodels.stats.proportion import (
 )
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW, ttest_ind
 
-from feedbackloop.analysis import (
+from feedbackloop.analysis.statistics import (
     BinaryStats,
     MeanStats,
     RatioStats,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from feedbackloop.analysis import (
+from feedbackloop.analysis.statistics import (
     DEFAULT_TAU,
     BinaryStats,
     RatioStats,

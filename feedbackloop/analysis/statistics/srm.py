@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from feedbackloop.analysis.results import ErrorCode
+from feedbackloop.analysis.statistics.results import ErrorCode
 
 __all__ = ["SrmResult", "sample_ratio_mismatch", "DEFAULT_SRM_THRESHOLD"]
 

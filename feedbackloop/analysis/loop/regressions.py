@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from feedbackloop.analysis.failures import Labeled, label_interactions, matches
-from feedbackloop.analysis.negative import NegativeDefinition
-from feedbackloop.analysis.records import JudgedInteraction, new_case_id, normalized
-from feedbackloop.analysis.slices import SliceReport, find_failure_slices
+from feedbackloop.analysis.failures.analyze import Labeled, label_interactions, matches
+from feedbackloop.analysis.failures.negative import NegativeDefinition
+from feedbackloop.analysis.failures.records import JudgedInteraction, new_case_id, normalized
+from feedbackloop.analysis.failures.slices import SliceReport, find_failure_slices
 from feedbackloop.errors import ConfigError, FeedbackLoopError
 
 __all__ = [

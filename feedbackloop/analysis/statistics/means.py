@@ -9,8 +9,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
-from feedbackloop.analysis.results import ErrorCode, Estimate, TestResult
-from feedbackloop.analysis.sufficient import MeanStats
+from feedbackloop.analysis.statistics.results import ErrorCode, Estimate, TestResult
+from feedbackloop.analysis.statistics.sufficient import MeanStats
 
 __all__ = ["MeanComparison", "welch_ttest", "RankTestResult", "mann_whitney"]
 

@@ -1,7 +1,7 @@
 """Satisfaction over release cycles: each ``prompt_version`` per day (or week), with intervals.
 
-Pure assembly over :func:`~feedbackloop.analysis.queries.fetch_versions` (buckets) and
-:func:`~feedbackloop.analysis.queries.fetch_version_totals` (whole-period totals). Buckets
+Pure assembly over :func:`~feedbackloop.analysis.reads.queries.fetch_versions` (buckets) and
+:func:`~feedbackloop.analysis.reads.queries.fetch_version_totals` (whole-period totals). Buckets
 carry Wilson intervals on rated interactions, the number a trend chart shows. The step from
 one version to the next (in order of first appearance) is tested with sessions as units
 (delta method), because a release comparison is exactly where a few chatty sessions would
@@ -17,11 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from feedbackloop.analysis.plaintext import estimate, table
-from feedbackloop.analysis.proportions import wilson_interval
-from feedbackloop.analysis.queries import VersionBucket, VersionTotals
-from feedbackloop.analysis.ratio_metrics import ratio_ztest
-from feedbackloop.analysis.results import Estimate, TestResult, to_jsonable
+from feedbackloop.analysis.reads.queries import VersionBucket, VersionTotals
+from feedbackloop.analysis.reports.plaintext import estimate, table
+from feedbackloop.analysis.statistics.proportions import wilson_interval
+from feedbackloop.analysis.statistics.ratio_metrics import ratio_ztest
+from feedbackloop.analysis.statistics.results import Estimate, TestResult, to_jsonable
 
 __all__ = ["BucketRow", "VersionRow", "VersionsReport", "build_versions", "format_versions"]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from scipy import optimize, stats
 
-from feedbackloop.analysis.results import ErrorCode
+from feedbackloop.analysis.statistics.results import ErrorCode
 
 __all__ = [
     "cohens_h",

@@ -13,56 +13,25 @@ arrives an hour after its interaction still belongs to it. Shadow interactions a
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from feedbackloop.analysis.literals import datetime_literal, quote
-from feedbackloop.analysis.negative import InteractionSignals
-from feedbackloop.analysis.since import parse_since
+from feedbackloop.analysis.failures.negative import InteractionSignals
+from feedbackloop.analysis.reads.literals import datetime_literal
+from feedbackloop.analysis.reads.scope import Scope
 from feedbackloop.config import Settings
 
 __all__ = [
     "FeedbackText",
     "JudgedInteraction",
-    "Selection",
     "load_judged_interactions",
-    "parse_since",
 ]
 
 #: Enough of an input to detect its language and show it in a table.
 HEAD_CHARS = 600
-DEFAULT_LIMIT = 200_000
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Which interactions to read."""
-
-    since: dt.datetime | None = None
-    until: dt.datetime | None = None
-    app_id: str | None = None
-    experiment: str | None = None
-    prompt_version: str | None = None
-    model: str | None = None
-    limit: int = DEFAULT_LIMIT
-    #: Only interactions with a free text (correction, comment, report text, edit).
-    with_text: bool = False
-
-    def where(self, alias: str = "i") -> str:
-        conds = [f"NOT {alias}.shadow"]
-        if self.since is not None:
-            conds.append(f"{alias}.occurred_at >= {datetime_literal(self.since)}")
-        if self.until is not None:
-            conds.append(f"{alias}.occurred_at < {datetime_literal(self.until)}")
-        for col in ("app_id", "experiment", "prompt_version", "model"):
-            v = getattr(self, col)
-            if v is not None:
-                conds.append(f"{alias}.{col} = {quote(v)}")
-        return " AND ".join(conds)
 
 
 @dataclass(frozen=True)
@@ -103,7 +72,7 @@ class JudgedInteraction:
         return tuple(t for t in self.texts if t.kind == "correction")
 
 
-def _query(select_texts: bool, text_chars: int | None, sel: Selection, db: str) -> str:
+def _query(select_texts: bool, text_chars: int | None, sel: Scope, db: str) -> str:
     def head(col: str) -> str:
         return f"i.{col}" if text_chars is None else f"substring(i.{col}, 1, {int(text_chars)})"
 
@@ -154,7 +123,7 @@ SELECT
 FROM {db}.interactions AS i FINAL
 LEFT JOIN fb ON fb.interaction_id = i.interaction_id
 LEFT JOIN im ON im.interaction_id = i.interaction_id
-WHERE {sel.where("i")}{with_text}
+WHERE {sel.interaction_filter("i")}{with_text}
 ORDER BY i.occurred_at DESC
 LIMIT {int(sel.limit)}
 """
@@ -245,7 +214,7 @@ def row_to_judged(row: list[Any]) -> JudgedInteraction:
 
 def load_judged_interactions(
     settings: Settings,
-    selection: Selection,
+    selection: Scope,
     *,
     full_text: bool = False,
     url: str | None = None,

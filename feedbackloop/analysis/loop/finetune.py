@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from feedbackloop.analysis.formats import validate_chat_example, validate_preference_example
-from feedbackloop.analysis.records import JudgedInteraction, normalized
-from feedbackloop.analysis.scrub import ScrubStats, scrub
+from feedbackloop.analysis.failures.records import JudgedInteraction, normalized
+from feedbackloop.analysis.loop.formats import validate_chat_example, validate_preference_example
+from feedbackloop.analysis.loop.scrub import ScrubStats, scrub
 from feedbackloop.errors import ConfigError
 
 __all__ = [

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from scipy import stats
 
-from feedbackloop.analysis.results import ErrorCode, Estimate, TestResult
-from feedbackloop.analysis.sufficient import RatioStats
+from feedbackloop.analysis.statistics.results import ErrorCode, Estimate, TestResult
+from feedbackloop.analysis.statistics.sufficient import RatioStats
 
 __all__ = ["RatioComparison", "ratio_ztest"]
 

@@ -18,7 +18,7 @@ For each slice with at least ``min_support`` interactions:
   (an intersection-union test, level alpha). Otherwise every pair that contains a bad single
   (``v1.2 & variant=b`` when v1.2 alone is bad) would come out significant;
 * Benjamini-Hochberg over *all* tested slices, singles and pairs together
-  (:func:`feedbackloop.analysis.multiple.benjamini_hochberg`), so that among a thousand
+  (:func:`feedbackloop.analysis.statistics.multiple.benjamini_hochberg`), so that among a thousand
   slices the lucky small ones do not come out as findings. A slice is *significant* when
   its BH-adjusted q-value is at most ``alpha`` (false discovery rate).
 
@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
-from feedbackloop.analysis.multiple import benjamini_hochberg
-from feedbackloop.analysis.proportions import small_counts, wilson_interval
-from feedbackloop.analysis.sufficient import BinaryStats
+from feedbackloop.analysis.statistics.multiple import benjamini_hochberg
+from feedbackloop.analysis.statistics.proportions import small_counts, wilson_interval
+from feedbackloop.analysis.statistics.sufficient import BinaryStats
 
 __all__ = ["SliceFinding", "SliceReport", "find_failure_slices", "format_slice_report"]
 

@@ -12,15 +12,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from feedbackloop.analysis.bayesian import BayesianResult, beta_binomial
-from feedbackloop.analysis.decision import Decision, decide
-from feedbackloop.analysis.power import (
+from feedbackloop.analysis.statistics.bayesian import BayesianResult, beta_binomial
+from feedbackloop.analysis.statistics.decision import Decision, decide
+from feedbackloop.analysis.statistics.power import (
     PowerStatus,
     SampleSize,
     power_status,
     required_sample_size_proportions,
 )
-from feedbackloop.analysis.proportions import (
+from feedbackloop.analysis.statistics.proportions import (
     chi_square_test,
     fisher_exact_test,
     newcombe_interval,
@@ -29,14 +29,18 @@ from feedbackloop.analysis.proportions import (
     two_proportion_ztest,
     wilson_interval,
 )
-from feedbackloop.analysis.results import ErrorCode, Estimate, TestResult, to_jsonable
-from feedbackloop.analysis.sequential import (
+from feedbackloop.analysis.statistics.results import ErrorCode, Estimate, TestResult, to_jsonable
+from feedbackloop.analysis.statistics.sequential import (
     DEFAULT_TAU,
     SequentialResult,
     sequential_test_proportions,
 )
-from feedbackloop.analysis.srm import DEFAULT_SRM_THRESHOLD, SrmResult, sample_ratio_mismatch
-from feedbackloop.analysis.sufficient import BinaryStats, InvalidStatistics
+from feedbackloop.analysis.statistics.srm import (
+    DEFAULT_SRM_THRESHOLD,
+    SrmResult,
+    sample_ratio_mismatch,
+)
+from feedbackloop.analysis.statistics.sufficient import BinaryStats, InvalidStatistics
 
 __all__ = ["VariantSummary", "CountComparison", "compare_counts", "format_comparison"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from feedbackloop.analysis.results import Estimate
+from feedbackloop.analysis.statistics.results import Estimate
 
 __all__ = ["estimate", "number", "table"]
 

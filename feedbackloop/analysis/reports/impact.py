@@ -1,8 +1,8 @@
 """Business impact of an experiment: outcome rates, time to outcome, time saved per session.
 
-Pure assembly over :class:`~feedbackloop.analysis.queries.ImpactStats` (what
-:func:`~feedbackloop.analysis.queries.fetch_impact` reads from ClickHouse). The headline
-rates are defined in :class:`~feedbackloop.analysis.queries.VariantImpact`.
+Pure assembly over :class:`~feedbackloop.analysis.reads.queries.ImpactStats` (what
+:func:`~feedbackloop.analysis.reads.queries.fetch_impact` reads from ClickHouse). The headline
+rates are defined in :class:`~feedbackloop.analysis.reads.queries.VariantImpact`.
 
 Time saved per session is ``mean(control) - mean(treatment)`` of the per-session time to
 outcome, with a Welch interval: sessions are independent units (assignment is per session),
@@ -18,13 +18,13 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from feedbackloop.analysis.means import welch_ttest
-from feedbackloop.analysis.plaintext import estimate, number, table
-from feedbackloop.analysis.proportions import newcombe_interval, wilson_interval
-from feedbackloop.analysis.queries import ImpactStats
-from feedbackloop.analysis.report import pick_control
-from feedbackloop.analysis.results import Estimate, TestResult, to_jsonable
-from feedbackloop.analysis.sufficient import BinaryStats
+from feedbackloop.analysis.reads.queries import ImpactStats
+from feedbackloop.analysis.reports.plaintext import estimate, number, table
+from feedbackloop.analysis.reports.report import pick_control
+from feedbackloop.analysis.statistics.means import welch_ttest
+from feedbackloop.analysis.statistics.proportions import newcombe_interval, wilson_interval
+from feedbackloop.analysis.statistics.results import Estimate, TestResult, to_jsonable
+from feedbackloop.analysis.statistics.sufficient import BinaryStats
 from feedbackloop.errors import ConfigError
 
 __all__ = [

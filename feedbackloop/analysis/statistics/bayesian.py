@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import integrate, special, stats
 
-from feedbackloop.analysis.results import ErrorCode
-from feedbackloop.analysis.sufficient import BinaryStats
+from feedbackloop.analysis.statistics.results import ErrorCode
+from feedbackloop.analysis.statistics.sufficient import BinaryStats
 
 __all__ = ["BayesianResult", "beta_binomial", "prob_beta_greater", "expected_loss"]
 

@@ -24,15 +24,14 @@ their mind counts once, with their last word. Satisfaction = positive / rated in
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from feedbackloop.analysis.literals import datetime_literal, quote
-from feedbackloop.analysis.since import parse_since
-from feedbackloop.analysis.sufficient import BinaryStats, MeanStats, RatioStats
+from feedbackloop.analysis.reads.literals import quote
+from feedbackloop.analysis.reads.scope import Scope
+from feedbackloop.analysis.statistics.sufficient import BinaryStats, MeanStats, RatioStats
 from feedbackloop.config import Settings
 from feedbackloop.errors import ConfigError
 
@@ -40,7 +39,6 @@ __all__ = [
     "IMPLICIT_SIGNALS",
     "POSITIVE_RATING",
     "Runner",
-    "Scope",
     "MetricSpec",
     "CORE_METRICS",
     "VariantStats",
@@ -52,15 +50,16 @@ __all__ = [
     "VersionBucket",
     "VersionTotals",
     "fetch_version_totals",
-    "parse_since",
     "settings_runner",
     "fetch_experiment",
     "fetch_impact",
     "fetch_satisfaction_over_time",
     "fetch_versions",
     "experiment_sql",
+    "impact_sql",
+    "versions_sql",
+    "version_totals_sql",
     "satisfaction_over_time_sql",
-    "quote",
 ]
 
 #: Ratings at or above this count as positive (a 1-5 scale: 4 and 5).
@@ -69,52 +68,8 @@ IMPLICIT_SIGNALS = ("copy", "edit", "follow_up", "regenerate", "abandon", "dwell
 #: Quantiles reported for latency and time to outcome.
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
 
-# Feedback can be logged by a device whose clock lags the one that logged the interaction; a
-# day of slack keeps partition pruning on feedback tables without losing such rows (the join
-# on interaction_id, not this bound, decides what belongs to the experiment).
-_FEEDBACK_SLACK = "INTERVAL 1 DAY"
-
 #: Runs one read-only SQL statement and returns column names and rows.
 Runner = Callable[[str], Any]
-
-
-@dataclass(frozen=True)
-class Scope:
-    """Which interactions a query looks at. ``experiment=None`` means all of them."""
-
-    experiment: str | None = None
-    since: dt.datetime | None = None
-    app_id: str | None = None
-
-    def interaction_filter(self) -> str:
-        # Shadow responses were never shown to a user: no feedback, no effect to measure.
-        parts = ["NOT shadow"]
-        if self.experiment is not None:
-            parts.append(f"experiment = {quote(self.experiment)}")
-        if self.since is not None:
-            parts.append(f"occurred_at >= {datetime_literal(self.since)}")
-        if self.app_id is not None:
-            parts.append(f"app_id = {quote(self.app_id)}")
-        return " AND ".join(parts)
-
-    def event_filter(self) -> str:
-        """Pruning bound for feedback / implicit / outcome rows (membership is by join).
-
-        An event enriched with its request context carries its interaction's experiment; a
-        raw copy, an orphan or a session-level outcome carries ``''``. So ``experiment IN
-        (x, '')`` keeps every event that can join an interaction of experiment ``x`` and drops
-        the other experiments' enriched events, at the cost of reading one LowCardinality
-        column (a semi-join on ``interaction_id IN (units)`` instead would evaluate the
-        interactions a second time: 2-3x slower at 2M interactions, docs/PERFORMANCE.md).
-        """
-        parts = ["1"]
-        if self.experiment is not None:
-            parts.append(f"experiment IN ({quote(self.experiment)}, '')")
-        if self.since is not None:
-            parts.append(f"occurred_at >= {datetime_literal(self.since)} - {_FEEDBACK_SLACK}")
-        if self.app_id is not None:
-            parts.append(f"app_id = {quote(self.app_id)}")
-        return " AND ".join(parts)
 
 
 def settings_runner(settings: Settings, url: str | None = None) -> Runner:

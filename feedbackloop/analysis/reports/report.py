@@ -1,7 +1,7 @@
 """The experiment report: every variant against control, on every metric, SRM first.
 
-:func:`build_report` is pure: it takes :class:`~feedbackloop.analysis.queries.ExperimentStats`
-(per-variant sufficient statistics, as :func:`~feedbackloop.analysis.queries.fetch_experiment`
+:func:`build_report` is pure: it takes :class:`~feedbackloop.analysis.reads.queries.ExperimentStats`
+(per-variant sufficient statistics, as :func:`~feedbackloop.analysis.reads.queries.fetch_experiment`
 reads them from ClickHouse, or built by hand in a test) and returns a typed
 :class:`ExperimentReport`; :func:`format_report` renders it as text, ``to_dict`` as JSON.
 
@@ -9,11 +9,11 @@ Choices, and why:
 
 * **The session is the unit.** Variants are assigned per session, and one session's
   interactions are correlated, so every comparison is a delta-method test on per-session
-  ratios (:func:`~feedbackloop.analysis.ratio_metrics.ratio_ztest`) and every sample size
+  ratios (:func:`~feedbackloop.analysis.statistics.ratio_metrics.ratio_ztest`) and every sample size
   counts sessions. Interaction counts (rated, positive) are shown too, with a Wilson
   interval, because that is the number teams recognise; the decision never uses them.
 * **Two p-values per comparison.** The fixed-horizon p is valid once, at the planned sample
-  size; the always-valid mSPRT p (:mod:`~feedbackloop.analysis.sequential`) is valid at every
+  size; the always-valid mSPRT p (:mod:`~.statistics.sequential`) is valid at every
   look, which is how a live report is read.
 * **Multiplicity.** A report tests (treatments x metrics) hypotheses. Each metric row is
   adjusted across that whole family (Benjamini-Hochberg by default, Holm on request; both are
@@ -33,18 +33,31 @@ from typing import Any
 
 from scipy import stats
 
-from feedbackloop.analysis.bayesian import BayesianResult, beta_binomial
-from feedbackloop.analysis.decision import Decision, Verdict, decide
-from feedbackloop.analysis.multiple import benjamini_hochberg, holm
-from feedbackloop.analysis.plaintext import estimate, number, table
-from feedbackloop.analysis.power import PowerStatus, SampleSize, power_status, required_sample_size
-from feedbackloop.analysis.proportions import wilson_interval
-from feedbackloop.analysis.queries import ExperimentStats, MetricSpec, VariantStats
-from feedbackloop.analysis.ratio_metrics import RatioComparison, ratio_ztest
-from feedbackloop.analysis.results import ErrorCode, Estimate, TestResult, to_jsonable
-from feedbackloop.analysis.sequential import DEFAULT_TAU, SequentialResult, sequential_test_ratios
-from feedbackloop.analysis.srm import DEFAULT_SRM_THRESHOLD, SrmResult, sample_ratio_mismatch
-from feedbackloop.analysis.sufficient import BinaryStats, RatioStats
+from feedbackloop.analysis.reads.queries import ExperimentStats, MetricSpec, VariantStats
+from feedbackloop.analysis.reports.plaintext import estimate, number, table
+from feedbackloop.analysis.statistics.bayesian import BayesianResult, beta_binomial
+from feedbackloop.analysis.statistics.decision import Decision, Verdict, decide
+from feedbackloop.analysis.statistics.multiple import benjamini_hochberg, holm
+from feedbackloop.analysis.statistics.power import (
+    PowerStatus,
+    SampleSize,
+    power_status,
+    required_sample_size,
+)
+from feedbackloop.analysis.statistics.proportions import wilson_interval
+from feedbackloop.analysis.statistics.ratio_metrics import RatioComparison, ratio_ztest
+from feedbackloop.analysis.statistics.results import ErrorCode, Estimate, TestResult, to_jsonable
+from feedbackloop.analysis.statistics.sequential import (
+    DEFAULT_TAU,
+    SequentialResult,
+    sequential_test_ratios,
+)
+from feedbackloop.analysis.statistics.srm import (
+    DEFAULT_SRM_THRESHOLD,
+    SrmResult,
+    sample_ratio_mismatch,
+)
+from feedbackloop.analysis.statistics.sufficient import BinaryStats, RatioStats
 from feedbackloop.errors import ConfigError
 
 __all__ = [

@@ -25,10 +25,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from feedbackloop.analysis.language import UNDETERMINED, detect_input_language
-from feedbackloop.analysis.negative import NegativeDefinition
-from feedbackloop.analysis.records import JudgedInteraction
-from feedbackloop.analysis.slices import SliceReport, find_failure_slices
+from feedbackloop.analysis.failures.language import UNDETERMINED, detect_input_language
+from feedbackloop.analysis.failures.negative import NegativeDefinition
+from feedbackloop.analysis.failures.records import JudgedInteraction
+from feedbackloop.analysis.failures.slices import SliceReport, find_failure_slices
 from feedbackloop.errors import ConfigError
 from feedbackloop.schemas.derive import has_code, length_bucket
 
@@ -113,7 +113,7 @@ def analyze_failures(
     alpha: float = 0.05,
     exclude_dimensions: Sequence[str] = (),
 ) -> SliceReport:
-    """Rank the failure slices of ``interactions`` (see :mod:`feedbackloop.analysis.slices`)."""
+    """Rank the failure slices of ``interactions`` (see :mod:`.slices`)."""
     labeled = label_interactions(interactions, definition, population=population)
     drop = set(exclude_dimensions)
     units = [

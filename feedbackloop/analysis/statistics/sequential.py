@@ -35,8 +35,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
-from feedbackloop.analysis.results import ErrorCode, Estimate
-from feedbackloop.analysis.sufficient import BinaryStats, MeanStats, RatioStats
+from feedbackloop.analysis.statistics.results import ErrorCode, Estimate
+from feedbackloop.analysis.statistics.sufficient import BinaryStats, MeanStats, RatioStats
 
 __all__ = [
     "DEFAULT_TAU",

@@ -10,8 +10,8 @@ import math
 import numpy as np
 from scipy import stats
 
-from feedbackloop.analysis.results import ErrorCode, Estimate, TestResult
-from feedbackloop.analysis.sufficient import BinaryStats
+from feedbackloop.analysis.statistics.results import ErrorCode, Estimate, TestResult
+from feedbackloop.analysis.statistics.sufficient import BinaryStats
 
 __all__ = [
     "two_proportion_ztest",

@@ -1,0 +1,67 @@
+"""Failure analysis: judged interactions read from ClickHouse, what counts as negative,
+the slices where failures concentrate, input language, complaint clusters.
+"""
+
+from __future__ import annotations
+
+from feedbackloop.analysis.failures.analyze import (
+    POPULATIONS,
+    Labeled,
+    analyze_failures,
+    label_interactions,
+    matches,
+    parse_slice,
+)
+from feedbackloop.analysis.failures.clusters import (
+    Cluster,
+    cluster_texts,
+    format_clusters,
+)
+from feedbackloop.analysis.failures.language import (
+    UNDETERMINED,
+    detect_input_language,
+    strip_code,
+)
+from feedbackloop.analysis.failures.negative import (
+    DEFAULT_WEIGHTS,
+    SIGNALS,
+    InteractionSignals,
+    NegativeDefinition,
+)
+from feedbackloop.analysis.failures.records import (
+    FeedbackText,
+    JudgedInteraction,
+    load_judged_interactions,
+)
+from feedbackloop.analysis.failures.slices import (
+    SliceFinding,
+    SliceReport,
+    find_failure_slices,
+    format_slice_report,
+)
+
+__all__ = [
+    "UNDETERMINED",
+    "detect_input_language",
+    "strip_code",
+    "DEFAULT_WEIGHTS",
+    "SIGNALS",
+    "InteractionSignals",
+    "NegativeDefinition",
+    "FeedbackText",
+    "JudgedInteraction",
+    "load_judged_interactions",
+    "SliceFinding",
+    "SliceReport",
+    "find_failure_slices",
+    "format_slice_report",
+    "Cluster",
+    "cluster_texts",
+    "format_clusters",
+    "POPULATIONS",
+    "Labeled",
+    "analyze_failures",
+    "label_interactions",
+    "matches",
+    "parse_slice",
+]
