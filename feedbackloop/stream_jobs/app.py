@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, MutableMapping, S
 from pathlib import Path
 from typing import Any
 
+import aiokafka
 import faust
 from confluent_kafka import KafkaError, Producer
 from faust.stores.memory import Store as MemoryStore
@@ -238,6 +239,9 @@ class StreamJobs:
             partitions=settings.topic_partitions,
         )
         self.alerts_sent: list[Alert] = []
+        #: Why the worker must stop (an output the broker did not store), else None.
+        self.failure: BrokerError | None = None
+        self.failed = asyncio.Event()
         #: Where the hot path spends its time (the benchmark prints it).
         self.timing: dict[str, float] = {"batches": 0, "process_s": 0.0, "flush_s": 0.0}
         from feedbackloop.infra.metrics import StreamMetrics
@@ -359,7 +363,8 @@ class StreamJobs:
         @app.timer(interval=cfg.tick_s)
         async def tick() -> None:
             if not app.rebalancing:
-                self.pipeline.tick(partitions=self._assigned_partitions())
+                assigned = self._assigned_partitions()
+                self.pipeline.tick(partitions=assigned, closable=self._caught_up(assigned))
                 await self._flush()
             self.metrics.update(self)
 
@@ -410,6 +415,36 @@ class StreamJobs:
             return []
         return [tp.partition for tp in assigned if tp.topic == self.topics.events]
 
+    def _caught_up(self, partitions: Iterable[int]) -> list[int]:
+        """Partitions whose raw and repartition records are all processed, as a fetch
+        answered in the last few seconds says: only these may close windows by the wall
+        clock. A partition whose broker does not answer (its storage restarting) is not
+        idle, it is cut off, and its backlog must not arrive late."""
+        try:
+            aio = self.app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+            read = self.app.consumer._read_offset  # type: ignore[attr-defined]
+        except Exception:  # not started, or stopping
+            return []
+        now_ms = time.time() * 1000.0
+        out = []
+        for p in partitions:
+            ok = True
+            for topic in (self.topics.events, self.topics.repartition):
+                atp = aiokafka.TopicPartition(topic, p)
+                try:
+                    hw, polled = aio.highwater(atp), aio.last_poll_timestamp(atp)
+                except AssertionError:  # not assigned (rebalancing)
+                    ok = False
+                    break
+                last = read.get(TP(topic, p))
+                done = 0 if last is None else last + 1
+                if hw is None or polled is None or now_ms - polled > 3000 or done < hw:
+                    ok = False
+                    break
+            if ok:
+                out.append(p)
+        return out
+
     # --- hot path -------------------------------------------------------------------------
     async def _on_batch(self, tp: Any, records: Sequence[Any]) -> None:
         t0 = time.perf_counter()
@@ -442,7 +477,18 @@ class StreamJobs:
         await self._flush()
 
     async def _flush(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.output.flush)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.output.flush)
+        except BrokerError as e:
+            # Outputs or changelog records of the batch were not stored: the batch stays
+            # unacknowledged, and the worker must not carry on with state the changelog does
+            # not hold. It exits (run_worker raises); a restart recovers the state from the
+            # changelogs and replays from the committed offsets, counting nothing twice.
+            if self.failure is None:
+                log.error("stream jobs stopping: %s", e)
+                self.failure = e
+                self.failed.set()
+            raise
 
     # --- lifecycle ------------------------------------------------------------------------
     def ensure_topics(self) -> None:
@@ -463,7 +509,8 @@ class StreamJobs:
             yield self
         finally:
             await self.app.stop()
-            await self._flush()
+            if self.failure is None:
+                await self._flush()
             self.metrics.update(self)
 
     @property
@@ -509,7 +556,12 @@ def run_worker(
             await jobs.wait_assigned()
             if ready is not None:
                 ready(jobs)
-            await stop.wait()
+            waits = [asyncio.ensure_future(e.wait()) for e in (stop, jobs.failed)]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+        if jobs.failure is not None:
+            raise jobs.failure  # exit non-zero: `up` restarts the worker
         return jobs.pipeline.stats
 
     return asyncio.run(serve())

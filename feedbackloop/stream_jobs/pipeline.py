@@ -602,8 +602,17 @@ class Pipeline:
             self._deletions.append(("windows", partition, k))
 
     # --- timers ---------------------------------------------------------------------------
-    def tick(self, now: float | None = None, partitions: Iterable[int] | None = None) -> None:
-        """Release orphans past the grace period; close the windows of idle partitions."""
+    def tick(
+        self,
+        now: float | None = None,
+        partitions: Iterable[int] | None = None,
+        closable: Iterable[int] | None = None,
+    ) -> None:
+        """Release orphans past the grace period; close the windows of idle partitions.
+
+        ``closable``: the partitions known to be caught up (every record read and
+        processed); only their windows may close by the wall clock. None: all of them.
+        """
         now = time.time() if now is None else now
         self._write_deletions()
         stamp = iso_now()
@@ -664,12 +673,15 @@ class Pipeline:
                 self._deletions.append(("pending", partition, iid))
             self._end_batch(partition, pw)
         idle = self.config.idle_close_s
+        closable_set = set(closable) if closable is not None else set()
         for p in list(partitions if partitions is not None else self.partitions):
             pw = self.windows_of(p)
             # A partition this worker just took over (after a restart or a rebalance) is
             # not idle: its backlog is on the way. Without this, its recovered windows would
             # close by the wall clock and the backlog would arrive late.
             last = self.last_event_wall.setdefault(p, now)
+            if closable is not None and p not in closable_set:
+                continue
             if pw.open and last + idle <= now:
                 # No events for a while: let wall-clock time stand in for the watermark.
                 pw.advance(now - self.config.allowed_lateness_s)

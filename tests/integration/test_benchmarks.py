@@ -60,3 +60,26 @@ def test_bench_sink_writer_and_both_latency_paths() -> None:
     assert "[latency, SDK -> raw topic -> sink run --raw]" in out
     # every event sent in the timed span was stored, on both paths
     assert out.count(" achieved, 2,000 rows): p50") == 2
+
+
+def test_bench_durable_prints_durable_beside_memory_and_the_restart_figures() -> None:
+    out = _run(
+        "bench_durable.py",
+        "--sdk-events",
+        "4000",
+        "--stream-events",
+        "4000",
+        "--rate",
+        "500",
+        "--seconds",
+        "2",
+        "--log-events",
+        "5000",
+        "--skip",
+        "latency",  # the pipeline's latency path runs in test_bench_sink_... above
+    )
+    assert "durable/memory" in out
+    for label in ("SDK enqueue, events/s", "stream jobs, events/s", "raw aiokafka consume"):
+        assert label in out
+    assert "durable restart with 5,000 events in the log" in out
+    assert "read 5,000 back" in out

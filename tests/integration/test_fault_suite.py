@@ -180,7 +180,11 @@ def test_sigkill_under_sdk_load_loses_nothing_and_stores_each_event_once(
         assert missing == 0 and dupes == 0 and extra == 0, figures
         assert got == want, figures
         assert restarts[fault] == 1, figures
-        assert sum(restarts.values()) == 1, figures  # nothing else had to restart
+        # Nothing else had to restart, except that while the S3 store is down the broker
+        # cannot store the stream worker's outputs, and the worker exits to be restarted
+        # (it never carries on with state its changelogs do not hold).
+        others = {name: n for name, n in restarts.items() if name != fault and n}
+        assert set(others) <= ({"stream"} if fault == "s3" else set()), figures
     finally:
         stop.set()
         supervisor.join(10)

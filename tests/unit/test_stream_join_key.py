@@ -271,3 +271,15 @@ def test_a_partition_taken_over_is_not_idle_until_its_backlog_had_time_to_arrive
     assert not out.on(TOPICS.aggregates)  # the backlog may still come: not closed yet
     taker.tick(now=T0.timestamp() + 3611, partitions=[0])
     assert len(out.on(TOPICS.aggregates)) == 1  # idle for idle_close_s: closed
+
+
+def test_windows_close_by_the_wall_clock_only_on_partitions_known_to_be_caught_up() -> None:
+    cfg = StreamConfig(window_s=10, allowed_lateness_s=5, idle_close_s=10)
+    out = Collect()
+    pipe = Pipeline(TOPICS, cfg, out)
+    pipe.process(0, [rec(None, interaction(), 0)], now=1000.0)
+    # a broker that does not answer (its storage restarting) is not idleness
+    pipe.tick(now=T0.timestamp() + 3600, partitions=[0], closable=[])
+    assert not out.on(TOPICS.aggregates)
+    pipe.tick(now=T0.timestamp() + 3600, partitions=[0], closable=[0])
+    assert len(out.on(TOPICS.aggregates)) == 1
