@@ -382,6 +382,11 @@ class StreamJobs:
                 [tp.partition for tp in revoked if tp.topic == topics.events]
             )
 
+        @app.on_partitions_assigned.connect
+        async def on_assigned(*args: Any, **kwargs: Any) -> None:
+            assigned: Iterable[TP] = args[1]
+            self.pipeline.keep_only([tp.partition for tp in assigned if tp.topic == topics.events])
+
     def _detector(self, key: str, v: dict[str, Any], state: Any) -> SatisfactionDetector:
         cfg = self.config
         det = SatisfactionDetector(

@@ -241,13 +241,31 @@ class Pipeline:
         return pw
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
-        """Drop the window view of revoked partitions; it is rebuilt from the store. Their
-        held-back deletions go too: the next owner releases and closes again, once."""
+        """Drop the window view of revoked partitions (rebuilt from the store if they come
+        back) and their held-back deletions (the next owner releases and closes again, once).
+
+        faust revokes every partition at the start of each rebalance, also those it then
+        assigns again: the stores' state stays here, see :meth:`keep_only`."""
         gone = set(partitions)
         for p in gone:
             self.partitions.pop(p, None)
             self.last_event_wall.pop(p, None)
         self._deletions = [d for d in self._deletions if d[1] not in gone]
+
+    def keep_only(self, assigned: Iterable[int]) -> None:
+        """Drop the stores' state of every partition not in ``assigned`` (the assignment
+        after a rebalance). faust removes a lost partition's keys only if it recovered them
+        itself, and the pipeline writes the stores directly: left behind, a waiting event of
+        a partition another worker now owns would be released here too, counted twice."""
+        keep = set(assigned)
+        for k in [k for k, r in self.interactions.items() if r.partition not in keep]:
+            del self.interactions[k]
+        for k in [k for k, v in self.pending.items() if v and v[0].partition not in keep]:
+            self.stats.pending -= len(self.pending.pop(k))
+        for k in [k for k in self.window_store if parse_window_key(k)[0] not in keep]:
+            del self.window_store[k]
+        for k in [k for k in self.watermark_store if int(k) not in keep]:
+            del self.watermark_store[k]
 
     # --- hot path -------------------------------------------------------------------------
     def process(

@@ -283,3 +283,19 @@ def test_windows_close_by_the_wall_clock_only_on_partitions_known_to_be_caught_u
     assert not out.on(TOPICS.aggregates)
     pipe.tick(now=T0.timestamp() + 3600, partitions=[0], closable=[0])
     assert len(out.on(TOPICS.aggregates)) == 1
+
+
+def test_after_a_rebalance_the_state_of_partitions_now_owned_elsewhere_is_dropped() -> None:
+    out = Collect()
+    pipe = Pipeline(TOPICS, StreamConfig(), out)
+    a, b = interaction(), interaction()
+    pipe.process(0, [rec(None, a, 0)], now=1000.0)
+    pipe.process(1, [rec(None, thumbs(b), 0)], now=1000.0)  # waits on partition 1
+    pipe.process(1, [rec(None, interaction(session_id="x"), 1)], now=1000.0)
+    pipe.keep_only([0])
+    assert list(pipe.interactions) == [str(a.interaction_id).encode()]
+    assert not pipe.pending and pipe.stats.pending == 0
+    assert {json.loads(k)[0] for k in pipe.window_store} == {0}
+    assert list(pipe.watermark_store) == [b"0"]
+    pipe.tick(now=1000.0 + 3600)  # nothing of partition 1 is released as an orphan here
+    assert pipe.stats.orphaned == 0
