@@ -17,7 +17,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "load_settings", "settings_env"]
+__all__ = ["Settings", "default_of", "load_settings", "settings_env", "settings_table"]
 
 _TOML_ENV = "FEEDBACKLOOP_CONFIG"
 
@@ -213,6 +213,27 @@ class Settings(BaseSettings):
         if self.kafka_sasl_password:
             conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
         return conf
+
+
+def default_of(name: str) -> Any:
+    """The default of setting ``name``: per-part configs take their defaults from here, so
+    each default is written once, in :class:`Settings`."""
+    return Settings.model_fields[name].get_default(call_default_factory=True)
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting (docs/CONFIGURATION.md embeds it verbatim)."""
+    rows = ["| env var / TOML key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        ann = field.annotation
+        kind = getattr(ann, "__name__", None) if getattr(ann, "__args__", None) is None else None
+        kind = (kind or str(ann)).replace("typing.", "").replace("pathlib.", "")
+        kind = kind.replace("pydantic.types.", "").replace("|", "\\|")
+        default = field.get_default(call_default_factory=True)
+        shown = "" if default is None else f"`{default}`"
+        meaning = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `FEEDBACKLOOP_{name.upper()}` / `{name}` | {kind} | {shown} | {meaning} |")
+    return "\n".join(rows) + "\n"
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -28,6 +28,7 @@ __all__ = [
     "results_text",
     "run_demo",
     "status_line",
+    "summary_text",
 ]
 
 Echo = Callable[[str], None]
@@ -218,6 +219,40 @@ def results_text(settings: Settings, spec: TrafficSpec) -> str:
             impact.to_text(),
         ]
     )
+
+
+def summary_text(demo: DemoResult, spec: TrafficSpec) -> str:
+    """What was sent, read back and stored, the thumbs-up rate by variant, then the results."""
+    sim = demo.simulation
+    sent = sum(sim.sent.values())
+    lines = [
+        f"sent through the SDK: {sent:,} events "
+        f"({', '.join(f'{k} {v:,}' for k, v in sorted(sim.sent.items()))}) "
+        f"+ {sim.malformed} malformed, in {sim.elapsed_s:.1f} s "
+        f"({(sent + sim.malformed) / max(sim.elapsed_s, 1e-9):,.0f} events/s)",
+        f"SDK counters: {', '.join(f'{k} {v:,}' for k, v in demo.sdk_stats.items())}",
+        f"read back from Kafka: {demo.read_back:,} of {sent:,} events by "
+        f"event_id ({demo.missing} missing), {demo.malformed_read} malformed payloads",
+        "",
+        f"experiment {spec.experiment!r}: thumbs-up rate by variant "
+        f"(planted: {', '.join(f'{v} {p:.0%}' for v, p in spec.satisfaction.items())})",
+    ]
+    for variant, (up, rated) in demo.thumbs.items():
+        lines.append(f"  {variant:<10} {up:>7,} / {rated:<7,} = {up / max(rated, 1):.1%}")
+    if demo.stored_events is not None:
+        lines.insert(
+            3,
+            f"in ClickHouse: {demo.stored_events:,} distinct events, "
+            f"{demo.stored_dead_letters:,} dead letters "
+            f"(expected {sent:,} and {sim.malformed:,})",
+        )
+        lines += ["", demo.results]
+    elif set(demo.thumbs) >= {"control", "treatment"}:
+        from feedbackloop.analysis.statistics import compare_counts
+
+        cmp = compare_counts(control=demo.thumbs["control"], treatment=demo.thumbs["treatment"])
+        lines += ["", cmp.to_text()]
+    return "\n".join(lines)
 
 
 class _raw_sender:  # noqa: N801 - a tiny private helper object

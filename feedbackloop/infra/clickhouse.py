@@ -40,7 +40,9 @@ def get_client(dsn: str, **kwargs: Any) -> Any:
     try:
         return clickhouse_connect.get_client(dsn=dsn, **kwargs)
     except Exception as e:
-        raise ClickHouseError(f"cannot connect to ClickHouse at {_redact(dsn)}: {e}") from e
+        raise ClickHouseError.from_driver(
+            e, f"cannot connect to ClickHouse at {_redact(dsn)}: {e}"
+        ) from e
 
 
 def _redact(dsn: str) -> str:

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from feedbackloop.config import default_of
+
 __all__ = ["BaseSink", "BatchingSink", "SinkBatch", "TopicPartition", "retry_delay"]
 
 TopicPartition = tuple[str, int]
@@ -81,7 +83,11 @@ class BatchingSink(BaseSink):
     :meth:`write`.
     """
 
-    def __init__(self, max_rows: int = 50_000, max_age_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        max_rows: int = default_of("sink_max_rows"),
+        max_age_s: float = default_of("sink_max_age"),
+    ) -> None:
         if max_rows < 1 or max_age_s <= 0:
             raise ValueError("max_rows must be >= 1 and max_age_s > 0")
         self.max_rows = max_rows

@@ -31,6 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from feedbackloop.config import default_of
 from feedbackloop.errors import BackPressure, ClickHouseError, SchemaError
 from feedbackloop.schemas import DeadLetter, Topics
 from feedbackloop.sinks.base import BatchingSink, SinkBatch, retry_delay
@@ -130,12 +131,7 @@ class _Prepared:
 
 
 def _error_code(e: BaseException) -> int | None:
-    code = getattr(e, "code", None)
-    if isinstance(code, int):
-        return code
-    from clickhouse_connect.driver.exceptions import _error_code_from_message
-
-    return _error_code_from_message(str(e))
+    return ClickHouseError.from_driver(e).code
 
 
 def is_rejection(e: BaseException) -> bool:
@@ -168,8 +164,8 @@ class ClickHouseSink(BatchingSink):
         database: str,
         topics: Topics,
         *,
-        max_rows: int = 50_000,
-        max_age_s: float = 0.5,
+        max_rows: int = default_of("sink_max_rows"),
+        max_age_s: float = default_of("sink_max_age"),
         client_factory: Callable[[], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
         json_path: bool = True,
@@ -671,7 +667,7 @@ class ClickHouseSink(BatchingSink):
             _short(e),
         )
         self._drop_client()
-        err = ClickHouseError(f"insert into {table} failed: {_short(e)}", code=_error_code(e))
+        err = ClickHouseError.from_driver(e, f"insert into {table} failed: {_short(e)}")
         raise BackPressure(str(err), retry_after=delay) from e
 
 

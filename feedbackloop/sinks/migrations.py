@@ -478,6 +478,8 @@ def migrate(
         applied.append(m.version)
     if ttl_days is not None:
         for table in _TTL_TABLES:
+            if ttl_days == 0 and not _has_ttl(client, db, table):
+                continue  # nothing to remove: ClickHouse refuses REMOVE TTL without one
             stmt = (
                 f"ALTER TABLE {db}.{table} REMOVE TTL"
                 if ttl_days == 0
@@ -491,8 +493,15 @@ def migrate(
     return applied
 
 
+def _has_ttl(client: Any, db: str, table: str) -> bool:
+    rows = client.query(
+        "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        parameters={"db": db, "t": table},
+    ).result_rows
+    return bool(rows) and " TTL " in f" {rows[0][0]} "
+
+
 def _wrap(e: Exception, what: str) -> ClickHouseError:
     if isinstance(e, ClickHouseError):
         return e
-    code = getattr(e, "code", None)
-    return ClickHouseError(f"{what}: {e}", code=code if isinstance(code, int) else None)
+    return ClickHouseError.from_driver(e, f"{what}: {e}")

@@ -108,7 +108,7 @@ def execute(client: Any, sql: str, max_rows: int = 10_000) -> QueryResult:
     try:
         res = client.query(text)
     except Exception as e:
-        raise ClickHouseError(_clean(str(e)), code=getattr(e, "code", None)) from e
+        raise ClickHouseError.from_driver(e, _clean(str(e))) from e
     rows = [list(r) for r in res.result_rows[:max_rows]]
     return QueryResult(list(res.column_names), [t.name for t in res.column_types], rows)
 
@@ -197,7 +197,10 @@ class QueryEndpoint:
                 res = execute(self._client, sql, max_rows)
         except FeedbackLoopError as e:
             kind = "refused" if isinstance(e, ReadOnlyViolation) else "failed"
-            return _reply(req, 400, {"error": str(e), "kind": kind})
+            reply: dict[str, Any] = {"error": str(e), "kind": kind}
+            if isinstance(e, ClickHouseError):
+                reply |= {"code": e.code, "name": e.name}
+            return _reply(req, 400, reply)
         _reply(req, 200, {"columns": res.columns, "types": res.types, "rows": res.rows})
 
 
@@ -281,7 +284,9 @@ def _via_endpoint(info: dict[str, Any], sql: str, max_rows: int) -> QueryResult:
             payload = {"error": str(e)}
         if payload.get("kind") == "refused":
             raise ReadOnlyViolation(payload.get("error", "refused")) from e
-        raise ClickHouseError(payload.get("error", str(e))) from e
+        raise ClickHouseError(
+            payload.get("error", str(e)), code=payload.get("code"), name=payload.get("name")
+        ) from e
     except OSError as e:
         raise ClickHouseError(
             f"the sink worker (pid {info.get('pid')}) advertises {info.get('url')} but it does "

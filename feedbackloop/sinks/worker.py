@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from feedbackloop.config import Settings
+from feedbackloop.config import Settings, default_of
 from feedbackloop.errors import BackPressure, BrokerError
 from feedbackloop.schemas import Topics
 from feedbackloop.sinks.clickhouse import ClickHouseSink, SinkMessage
@@ -50,13 +50,13 @@ class SinkConfig:
 
     #: Topic names to consume; empty means :func:`default_topics`.
     topics: tuple[str, ...] = ()
-    raw: bool = False
-    group_id: str = "feedbackloop-sink"
+    raw: bool = default_of("sink_raw")
+    group_id: str = default_of("sink_group_id")
     #: A batch per (topic, partition) is written at this many rows, or ...
-    max_rows: int = 50_000
+    max_rows: int = default_of("sink_max_rows")
     #: ... when its oldest row waited this long. ClickHouse likes about one insert per
     #: second per table; half a second keeps send-to-visible latency well under 2 s.
-    max_age_s: float = 0.5
+    max_age_s: float = default_of("sink_max_age")
     #: Messages fetched per consume() call.
     poll_batch: int = 10_000
     #: Apply pending migrations at start.
@@ -66,6 +66,19 @@ class SinkConfig:
     query_endpoint: bool = True
     #: Extra librdkafka consumer settings.
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> SinkConfig:
+        """The config ``settings`` describe; each override that is not None wins (the CLI
+        passes its options this way, so an option left out means the setting)."""
+        values: dict[str, Any] = {
+            "raw": settings.sink_raw,
+            "group_id": settings.sink_group_id,
+            "max_rows": settings.sink_max_rows,
+            "max_age_s": settings.sink_max_age,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
 
 
 class SinkWorker:
@@ -79,7 +92,7 @@ class SinkWorker:
         client_factory: Callable[[], Any] | None = None,
     ) -> None:
         self.settings = settings
-        self.config = config or SinkConfig()
+        self.config = config or SinkConfig.from_settings(settings)
         self.topics = Topics(settings.topic_prefix)
         self.sink = ClickHouseSink(
             settings.clickhouse_dsn,

@@ -194,7 +194,7 @@ class StreamJobs:
         if settings.bootstrap_servers is None:
             raise ConfigError("the stream worker needs bootstrap_servers (or the embedded broker)")
         self.settings = settings
-        self.config = config or StreamConfig()
+        self.config = config or StreamConfig.from_settings(settings)
         self.topics = Topics(settings.topic_prefix)
         cfg = self.config
         app_id = f"{settings.topic_prefix}{cfg.app_id}"

@@ -1,13 +1,18 @@
-"""Settings of the stream jobs that the shared :class:`~feedbackloop.config.Settings` lacks.
+"""The stream jobs' config: the ``stream_*`` settings plus tunables no deployment changes.
 
-A plain frozen dataclass: the CLI fills it from options / ``FEEDBACKLOOP_STREAM_*`` env vars,
-library code only receives it.
+A plain frozen dataclass built by :meth:`StreamConfig.from_settings` (the CLI passes its
+options as overrides); library code only receives it. Defaults of the fields that mirror a
+setting come from :class:`~feedbackloop.config.Settings`, so each is written once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
+
+from feedbackloop.config import Settings, default_of
 
 __all__ = ["StreamConfig"]
 
@@ -19,12 +24,12 @@ class StreamConfig:
     #: Faust app id, also the consumer group id and the prefix of changelog topics.
     app_id: str = "feedbackloop-stream"
     #: How long feedback that arrived before its interaction waits before it is orphaned.
-    grace_s: float = 30.0
+    grace_s: float = default_of("stream_grace_s")
     #: How long an interaction stays joinable (event time behind the partition watermark).
-    retention_s: float = 7 * 24 * 3600.0
+    retention_s: float = default_of("stream_retention_s")
     #: Tumbling window size and how late (event time) an event may be and still count.
-    window_s: float = 60.0
-    allowed_lateness_s: float = 60.0
+    window_s: float = default_of("stream_window_s")
+    allowed_lateness_s: float = default_of("stream_lateness_s")
     #: A partition without events for this long (wall clock) closes its due windows.
     idle_close_s: float = 10.0
     #: How often the timers release orphans, close idle windows and sweep retention.
@@ -59,6 +64,20 @@ class StreamConfig:
     alert_cooldown_s: float = 1800.0
     #: Slack-compatible incoming-webhook URL (JSON POST with a "text" field); None: off.
     alert_webhook_url: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> StreamConfig:
+        """The config ``settings`` describe; each override that is not None wins (the CLI
+        passes its options this way, so an option left out means the setting)."""
+        webhook = settings.stream_alert_webhook
+        config = cls(
+            grace_s=settings.stream_grace_s,
+            retention_s=settings.stream_retention_s,
+            window_s=settings.stream_window_s,
+            allowed_lateness_s=settings.stream_lateness_s,
+            alert_webhook_url=webhook.get_secret_value() if webhook else None,
+        )
+        return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
     @property
     def alert_threshold(self) -> float:

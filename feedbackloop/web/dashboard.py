@@ -66,7 +66,7 @@ def _stats() -> Any:
 
 
 def _interval(stats: Any) -> dict[str, Any]:
-    """``stats`` (a :class:`~feedbackloop.analysis.statistics.BinaryStats`) with its Wilson interval."""
+    """``stats`` (a :class:`~.statistics.BinaryStats`) with its Wilson interval."""
     a = _stats()
     est = a.wilson_interval(stats)
     return {"n": stats.n, "successes": stats.successes, **a.to_jsonable(est)}

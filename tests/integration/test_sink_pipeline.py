@@ -331,9 +331,12 @@ def test_migrations_are_idempotent_and_incremental(
         latest = max(m.version for m in MIGRATIONS)
         assert migrate(ch, db) == list(range(2, latest + 1))  # the newer one applies
         assert migrate(ch, db) == []  # and again: a no-op
+        assert migrate(ch, db, ttl_days=0) == []  # no TTL yet: removing none is no error
         assert migrate(ch, db, ttl_days=30) == []
         ddl = ch.command(f"SHOW CREATE TABLE {db}.interactions")
         assert "TTL" in str(ddl)
+        assert migrate(ch, db, ttl_days=0) == []  # and removing it
+        assert "TTL" not in str(ch.command(f"SHOW CREATE TABLE {db}.interactions"))
         assert scalar(ch, db, "SELECT count() FROM {db}.schema_migrations FINAL") == latest
     finally:
         ch.command(f"DROP DATABASE IF EXISTS {db}")

@@ -206,6 +206,6 @@ def test_every_setting_is_documented() -> None:
     ]
     assert not missing, f"settings missing from docs/CONFIGURATION.md: {missing}"
     # and the table is the generated one (regenerate: feedbackloop config docs)
-    from feedbackloop.cli import settings_table
+    from feedbackloop.config import settings_table
 
     assert settings_table() in doc

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from feedbackloop.analysis.failures.analyze import (
     POPULATIONS,
+    FailureReport,
     Labeled,
     analyze_failures,
+    failure_report,
     label_interactions,
     matches,
     parse_slice,
@@ -16,6 +18,12 @@ from feedbackloop.analysis.failures.clusters import (
     Cluster,
     cluster_texts,
     format_clusters,
+)
+from feedbackloop.analysis.failures.complaints import (
+    COMPLAINT_KINDS,
+    COMPLAINT_SOURCES,
+    ComplaintReport,
+    find_complaints,
 )
 from feedbackloop.analysis.failures.language import (
     UNDETERMINED,
@@ -58,9 +66,15 @@ __all__ = [
     "Cluster",
     "cluster_texts",
     "format_clusters",
+    "COMPLAINT_KINDS",
+    "COMPLAINT_SOURCES",
+    "ComplaintReport",
+    "find_complaints",
     "POPULATIONS",
+    "FailureReport",
     "Labeled",
     "analyze_failures",
+    "failure_report",
     "label_interactions",
     "matches",
     "parse_slice",

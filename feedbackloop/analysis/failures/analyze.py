@@ -24,18 +24,25 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from feedbackloop.analysis.failures.language import UNDETERMINED, detect_input_language
 from feedbackloop.analysis.failures.negative import NegativeDefinition
 from feedbackloop.analysis.failures.records import JudgedInteraction
-from feedbackloop.analysis.failures.slices import SliceReport, find_failure_slices
+from feedbackloop.analysis.failures.slices import (
+    SliceReport,
+    find_failure_slices,
+    format_slice_report,
+)
 from feedbackloop.errors import ConfigError
 from feedbackloop.schemas.derive import has_code, length_bucket
 
 __all__ = [
     "POPULATIONS",
+    "FailureReport",
     "Labeled",
     "analyze_failures",
+    "failure_report",
     "label_interactions",
     "matches",
     "parse_slice",
@@ -121,6 +128,52 @@ def analyze_failures(
         for lab in labeled
     ]
     return find_failure_slices(units, pairs=pairs, min_support=min_support, alpha=alpha)
+
+
+@dataclass(frozen=True)
+class FailureReport:
+    """The ranked failure slices, with the window read and what counted as negative."""
+
+    slices: SliceReport
+    definition: NegativeDefinition
+    #: The window as the user gave it (``7d``, an ISO date, ``all``) and the experiment.
+    since: str | None
+    experiment: str | None
+    #: The read stopped at this many interactions (newest first); None: everything read.
+    truncated_at: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "since": self.since,
+            "experiment": self.experiment,
+            "definition": self.definition.to_dict(),
+            **self.slices.to_dict(),
+        }
+
+    def to_text(self, *, top: int = 15, show_all: bool = False) -> str:
+        window = f"since {self.since or 'all'}"
+        window += f", experiment {self.experiment}" if self.experiment else ""
+        if self.truncated_at is not None:
+            window += f" (newest {self.truncated_at:,} only: raise --limit)"
+        heading = f"Failure slices, {window}\n{self.definition.describe()}\n"
+        return format_slice_report(self.slices, top=top, show_all=show_all, heading=heading)
+
+
+def failure_report(
+    interactions: Sequence[JudgedInteraction],
+    definition: NegativeDefinition | None = None,
+    *,
+    since: str | None = None,
+    experiment: str | None = None,
+    limit: int | None = None,
+    **options: Any,
+) -> FailureReport:
+    """:func:`analyze_failures` of ``interactions`` (``options`` are its keywords), with the
+    window they were read from; ``limit`` is the read's row limit, to say when it was hit."""
+    definition = definition or NegativeDefinition()
+    slices = analyze_failures(interactions, definition, **options)
+    truncated = limit if limit is not None and len(interactions) >= limit else None
+    return FailureReport(slices, definition, since, experiment, truncated)
 
 
 def parse_slice(text: str | None) -> tuple[tuple[str, str], ...]:

@@ -22,6 +22,7 @@ from feedbackloop.analysis.loop.prompts import (
     PromptVersion,
     add_prompt,
     diff_prompts,
+    diff_versions,
     get_prompt,
     list_prompts,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "PromptVersion",
     "add_prompt",
     "diff_prompts",
+    "diff_versions",
     "get_prompt",
     "list_prompts",
     "CandidateError",

@@ -36,6 +36,7 @@ __all__ = [
     "PromptVersion",
     "add_prompt",
     "diff_prompts",
+    "diff_versions",
     "get_prompt",
     "list_prompts",
 ]
@@ -51,6 +52,10 @@ _COLUMNS = (
     "created_by",
     "created_at",
 )
+
+
+#: Server error names meaning the registry was never created (the database neither).
+_NO_REGISTRY = ("UNKNOWN_TABLE", "UNKNOWN_DATABASE")
 
 
 class DatabaseBusy(FeedbackLoopError):
@@ -113,7 +118,7 @@ def _select(settings: Settings, where: str, url: str | None) -> list[PromptVersi
     try:
         res = run_query(settings, sql, url=url, max_rows=100_000)
     except ClickHouseError as e:
-        if "UNKNOWN_TABLE" in str(e) or "does not exist" in str(e) or "doesn't exist" in str(e):
+        if e.name in _NO_REGISTRY:
             raise ConfigError(
                 f"no prompt registry in database {settings.clickhouse_database}: "
                 "run `feedbackloop db migrate` first"
@@ -214,7 +219,7 @@ def add_prompt(
     except FeedbackLoopError:
         raise
     except Exception as e:
-        raise ClickHouseError(f"cannot register {name} {version}: {e}") from e
+        raise ClickHouseError.from_driver(e, f"cannot register {name} {version}: {e}") from e
     finally:
         if own:
             client.close()
@@ -247,3 +252,24 @@ def diff_prompts(old: PromptVersion, new: PromptVersion, *, context: int = 3) ->
     )
     out = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
     return out or f"{old.version} and {new.version} have the same text\n"
+
+
+def diff_versions(
+    settings: Settings,
+    old: str,
+    new: str | None = None,
+    name: str | None = None,
+    *,
+    url: str | None = None,
+) -> str:
+    """:func:`diff_prompts` of two registered versions; without ``new``, of ``old`` against
+    its parent."""
+    if new is None:
+        child = get_prompt(settings, old, name, url=url)
+        if not child.parent_version:
+            raise ConfigError(f"{old} has no parent version: give two versions")
+        parent = get_prompt(settings, child.parent_version, child.name, url=url)
+        return diff_prompts(parent, child)
+    return diff_prompts(
+        get_prompt(settings, old, name, url=url), get_prompt(settings, new, name, url=url)
+    )
