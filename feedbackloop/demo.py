@@ -131,7 +131,14 @@ def run_demo(
     With a sink among ``services``, also wait until ClickHouse holds every event (and every
     malformed payload as a dead letter) and compute the experiment report, failure slices and
     impact. ``while_running(result)`` is called before the stack stops (e.g. to keep the
-    dashboard up until Ctrl-C)."""
+    dashboard up until Ctrl-C).
+
+    The embedded broker keeps its log in memory here unless ``broker_storage`` was set: the
+    demo's 3,000 events/s through the stream jobs are visible within seconds that way, where
+    the durable embedded broker lags by tens of seconds on a small machine
+    (docs/PERFORMANCE.md, "Durable embedded broker"); `up` keeps the durable default."""
+    if "broker_storage" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"broker_storage": "memory://tansu/"})
     stack = Stack(settings, services, on_status=lambda st: echo(status_line(st)))
     run_settings = stack.start()
     try:
