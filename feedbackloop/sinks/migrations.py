@@ -4,7 +4,9 @@ Every migration is a numbered list of statements written with ``IF NOT EXISTS`` 
 statement interrupted half-way can simply be run again. Applied versions are recorded in
 ``<db>.schema_migrations`` together with a checksum of their SQL; a recorded migration whose
 SQL changed afterwards is reported, never silently re-applied. Migrations are append-only:
-to change a table, add a new migration with an ``ALTER``.
+to change a table, add a new migration with an ``ALTER``, and change its columns in
+:mod:`feedbackloop.sinks.tables`, which everything else reads them from
+(tests/integration/test_migrated_tables.py holds the migrated tables equal to it).
 
 The same DDL runs on embedded chDB and on a ClickHouse server (no ``ON CLUSTER``, no
 Replicated engines; on a cluster, apply it per shard or swap engines in a later migration).

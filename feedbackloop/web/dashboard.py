@@ -28,6 +28,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from feedbackloop.config import Settings
+from feedbackloop.sinks.tables import TABLES
 from feedbackloop.web.auth import ALL_APPS, Principal
 from feedbackloop.web.state import ApiError, QueryFn, ReadPrincipal, error_responses, state_of
 
@@ -40,6 +41,24 @@ _IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 _BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
 #: How many of the latest interactions the failure slices are computed over.
 FAILURE_SAMPLE = 20_000
+#: The alert fields the dashboard shows (checked against the table's declaration at import).
+_ALERT_COLUMNS = TABLES["alerts"].select(
+    "alert_id",
+    "alert_type",
+    "metric",
+    "dimension",
+    "detector_key",
+    "app_id",
+    "experiment",
+    "variant",
+    "prompt_version",
+    "baseline_rate",
+    "recent_rate",
+    "recent_n",
+    "statistic",
+    "threshold",
+    "message",
+)
 
 
 def _ident(value: str, what: str) -> str:
@@ -191,10 +210,7 @@ class DashboardQueries:
     def alerts(self, app: str | None, hours: int) -> list[dict[str, Any]]:
         """Alerts of the last ``hours``, newest first."""
         return self._rows(
-            "SELECT toString(alert_id) AS alert_id, alert_type, metric, dimension, "
-            "detector_key, app_id, experiment, variant, prompt_version, baseline_rate, "
-            "recent_rate, recent_n, statistic, threshold, message, "
-            "toUnixTimestamp64Milli(detected_at) AS detected_ms "
+            f"SELECT {_ALERT_COLUMNS}, toUnixTimestamp64Milli(detected_at) AS detected_ms "
             f"FROM alerts FINAL WHERE detected_at >= now64(3) - INTERVAL {int(hours)} HOUR"
             f"{self._app_filter(app)} ORDER BY detected_ms DESC LIMIT 1000"
         )

@@ -24,12 +24,15 @@ import getpass
 import hashlib
 import json
 import os
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 from feedbackloop.analysis.reads.literals import quote
 from feedbackloop.config import Settings
 from feedbackloop.errors import ClickHouseError, ConfigError, FeedbackLoopError
+
+if TYPE_CHECKING:
+    from feedbackloop.sinks.tables import Table
 
 __all__ = [
     "DatabaseBusy",
@@ -42,16 +45,6 @@ __all__ = [
 ]
 
 TABLE = "prompt_versions"
-_COLUMNS = (
-    "name",
-    "version",
-    "text",
-    "text_sha256",
-    "parent_version",
-    "note",
-    "created_by",
-    "created_at",
-)
 
 
 #: Server error names meaning the registry was never created (the database neither).
@@ -76,7 +69,7 @@ class PromptVersion:
     created_at: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {c: getattr(self, c) for c in _COLUMNS}
+        return asdict(self)
 
 
 def _sha(text: str) -> str:
@@ -108,11 +101,23 @@ def _holder(settings: Settings) -> int | None:
     return pid
 
 
+def _table() -> Table:
+    # The registry's columns as sinks/tables.py declares them (one per PromptVersion field,
+    # in order; tests/unit/test_table_declaration.py). Imported on use: the sinks package is heavy.
+    from feedbackloop.sinks.tables import TABLES
+
+    return TABLES[TABLE]
+
+
+def _select_list() -> str:
+    return ", ".join((*_table().names, "toString(created_at)"))
+
+
 def _select(settings: Settings, where: str, url: str | None) -> list[PromptVersion]:
     from feedbackloop.sinks import run_query
 
     sql = (
-        f"SELECT {', '.join(_COLUMNS[:-1])}, toString(created_at) "
+        f"SELECT {_select_list()} "
         f"FROM {_db(settings)}.{TABLE} FINAL {where} ORDER BY name, created_at, version"
     )
     try:
@@ -209,12 +214,11 @@ def add_prompt(
             )
         if parent and not existing(parent):
             raise ConfigError(f"parent version {parent!r} of {name!r} is not registered")
-        client.insert(
-            TABLE,
-            [[name, version, text, sha, parent or "", note, created_by or _whoami()]],
-            database=db,
-            column_names=list(_COLUMNS[:-1]),
-        )
+        from feedbackloop.sinks.tables import Source
+
+        new = PromptVersion(name, version, text, sha, parent or "", note, created_by or _whoami())
+        table = _table()
+        client.insert(TABLE, [table.row(Source(new))], database=db, column_names=list(table.names))
         return get_prompt_with(client, db, name, version), True
     except FeedbackLoopError:
         raise
@@ -227,7 +231,7 @@ def add_prompt(
 
 def get_prompt_with(client: Any, db: str, name: str, version: str) -> PromptVersion:
     row = client.query(
-        f"SELECT {', '.join(_COLUMNS[:-1])}, toString(created_at) FROM {db}.{TABLE} FINAL "
+        f"SELECT {_select_list()} FROM {db}.{TABLE} FINAL "
         "WHERE name = {n:String} AND version = {v:String}",
         parameters={"n": name, "v": version},
     ).result_rows[0]
