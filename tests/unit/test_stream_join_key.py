@@ -299,3 +299,27 @@ def test_after_a_rebalance_the_state_of_partitions_now_owned_elsewhere_is_droppe
     assert list(pipe.watermark_store) == [b"0"]
     pipe.tick(now=1000.0 + 3600)  # nothing of partition 1 is released as an orphan here
     assert pipe.stats.orphaned == 0
+
+
+def test_the_sinks_raw_path_derives_the_same_identity_as_the_stream_jobs() -> None:
+    from feedbackloop.sinks import COLUMNS, TopicRouter
+
+    ia = interaction()
+    bare = json.loads(encode(ia))
+    del bare["event_id"], bare["occurred_at"]
+    value = json.dumps(bare).encode()
+    router = TopicRouter(TOPICS)
+    rows = [router.rows(TOPICS.events, 3, 41, value, None, None, MS)[0][1] for _ in range(2)]
+    assert rows[0] == rows[1]  # a replay: the same row, so stored once
+    cols = COLUMNS["interactions"]
+    row = dict(zip(cols, rows[0], strict=True))
+    assert row["event_id"] in (
+        derived_event_id(TOPICS.events, 3, 41),
+        derived_event_id(TOPICS.events, 3, 41).int,
+    )
+    assert row["occurred_at"] == dt.datetime.fromtimestamp(MS / 1000, dt.timezone.utc)
+    # what the stream jobs derive for the same record
+    out = Collect()
+    Pipeline(TOPICS, StreamConfig(), out).process(3, [(None, value, 41, MS)])
+    (e,) = enriched(out)
+    assert e.event.event_id == derived_event_id(TOPICS.events, 3, 41)
