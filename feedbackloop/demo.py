@@ -137,8 +137,11 @@ def run_demo(
     demo's 3,000 events/s through the stream jobs are visible within seconds that way, where
     the durable embedded broker lags by tens of seconds on a small machine
     (docs/PERFORMANCE.md, "Durable embedded broker"); `up` keeps the durable default."""
+    from feedbackloop.infra.files import owner_only
+
     if "broker_storage" not in settings.model_fields_set:
         settings = settings.model_copy(update={"broker_storage": "memory://tansu/"})
+    owner_only(settings.data_dir)
     stack = Stack(settings, services, on_status=lambda st: echo(status_line(st)))
     run_settings = stack.start()
     try:

@@ -391,10 +391,39 @@ ORDER BY (name, version)
 """,
 )
 
+# The experiment design registry (feedbackloop.analysis.designs): the rules an experiment is
+# judged by, fixed before its data is seen. Designs are immutable (the writer refuses a
+# different design for the same experiment); ReplacingMergeTree collapses identical re-adds.
+_V4 = (
+    """
+CREATE TABLE IF NOT EXISTS {db}.experiment_designs
+(
+    experiment String,
+    primary_metric String,
+    guardrails Array(String),
+    mde Nullable(Float64),
+    mde_relative Bool,
+    alpha Float64,
+    power Float64,
+    mode LowCardinality(String),
+    baseline Nullable(Float64),
+    sd Nullable(Float64),
+    planned_sessions Nullable(UInt64),
+    weights_json String,
+    note String,
+    created_by String,
+    created_at DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY experiment
+""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "event, aggregate, alert and dead-letter tables", _V1),
     Migration(2, "hourly rollups (distinct-count materialized views)", _V2),
     Migration(3, "prompt version registry", _V3),
+    Migration(4, "experiment design registry", _V4),
 )
 
 #: Tables with an ``occurred_at`` column that an optional TTL applies to.

@@ -457,6 +457,32 @@ _PROMPT_VERSIONS = Table(
     ),
 )
 
+#: The experiment design registry (analysis.reads.designs; migration 4): one row per
+#: experiment, read from the attributes of the row object designs.py builds.
+_EXPERIMENT_DESIGNS = Table(
+    "experiment_designs",
+    _columns(
+        f"""
+        experiment String
+        primary_metric String
+        guardrails Array(String)
+        mde Nullable(Float64)
+        mde_relative Bool
+        alpha Float64
+        power Float64
+        mode {_LC}
+        baseline Nullable(Float64)
+        sd Nullable(Float64)
+        planned_sessions Nullable(UInt64)
+        weights_json String
+        note String
+        created_by String
+        created_at {_TIME}
+        """,
+        created_at=_NOW,
+    ),
+)
+
 # Hourly rollups: written by their materialized views (migration 2), never by us.
 _GROUP = f"app_id {_LC}\nexperiment {_LC}\nvariant {_LC}\nprompt_version {_LC}\nmodel {_LC}"
 _UNIQ = "AggregateFunction(uniqExact, Nullable(UUID))"
@@ -511,7 +537,14 @@ _SINK_TABLES = (
 )
 #: Every table the migrations create (but their own ``schema_migrations``), by name.
 TABLES: Mapping[str, Table] = {
-    t.name: t for t in (*_SINK_TABLES, _PROMPT_VERSIONS, _INTERACTIONS_HOURLY, _FEEDBACK_HOURLY)
+    t.name: t
+    for t in (
+        *_SINK_TABLES,
+        _PROMPT_VERSIONS,
+        _EXPERIMENT_DESIGNS,
+        _INTERACTIONS_HOURLY,
+        _FEEDBACK_HOURLY,
+    )
 }
 #: The columns the sink inserts into each of its tables, in row order (defaults fill the rest).
 COLUMNS: Mapping[str, tuple[str, ...]] = {t.name: t.names for t in _SINK_TABLES}

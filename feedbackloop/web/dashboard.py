@@ -147,16 +147,12 @@ class DashboardQueries:
         return rows
 
     def experiment(self, app_id: str, experiment: str) -> dict[str, Any] | None:
-        """The experiment report (decision with the sequential result, SRM, per-variant
+        """The experiment report (verdict by the registered design, SRM, per-variant
         satisfaction, implicit-signal and outcome rates: :mod:`~feedbackloop.analysis.reports`)
         and cumulative satisfaction over time per variant."""
         _stats()
-        from feedbackloop.analysis.reads import (
-            Scope,
-            fetch_experiment,
-            fetch_satisfaction_over_time,
-        )
-        from feedbackloop.analysis.reports.report import build_report
+        from feedbackloop.analysis.reads import Scope, fetch_satisfaction_over_time
+        from feedbackloop.analysis.reports.report import report_experiment
 
         scope = Scope(experiment=experiment, app_id=app_id)
         span = self._rows(
@@ -167,7 +163,9 @@ class DashboardQueries:
         if not span or not int(span[0]["n"]):
             return None
         first, last = int(span[0]["first_ms"]), int(span[0]["last_ms"])
-        report = build_report(fetch_experiment(self._query, scope))
+        # The registered design and the one decision function: the verdict shown here is the
+        # one `ab report` prints for the same data.
+        report = report_experiment(self._query, scope)
         bucket = _bucket_for((last - first) / 1000)
         over_time = fetch_satisfaction_over_time(self._query, scope, bucket)
         variants = [v.variant for v in report.variants]

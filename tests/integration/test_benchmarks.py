@@ -83,3 +83,10 @@ def test_bench_durable_prints_durable_beside_memory_and_the_restart_figures() ->
         assert label in out
     assert "durable restart with 5,000 events in the log" in out
     assert "read 5,000 back" in out
+
+
+def test_bench_verdicts_prints_ours_beside_the_rule_before_and_naive_peeking() -> None:
+    out = _run("bench_verdicts.py", "--sims", "10", "--chdb", "1")
+    assert "| ours: compare_counts, 10^8 per arm" in out and "ratio ours / raw z-test" in out
+    assert "before issue 14 | naive peeking |" in out
+    assert "| every 250 sessions to 2,000 | " in out and "| 8/8 |" in out
