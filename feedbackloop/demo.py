@@ -131,9 +131,16 @@ def run_demo(
     With a sink among ``services``, also wait until ClickHouse holds every event (and every
     malformed payload as a dead letter) and compute the experiment report, failure slices and
     impact. ``while_running(result)`` is called before the stack stops (e.g. to keep the
-    dashboard up until Ctrl-C)."""
+    dashboard up until Ctrl-C).
+
+    The embedded broker keeps its log in memory here unless ``broker_storage`` was set: the
+    demo's 3,000 events/s through the stream jobs are visible within seconds that way, where
+    the durable embedded broker lags by tens of seconds on a small machine
+    (docs/PERFORMANCE.md, "Durable embedded broker"); `up` keeps the durable default."""
     from feedbackloop.infra.files import owner_only
 
+    if "broker_storage" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"broker_storage": "memory://tansu/"})
     owner_only(settings.data_dir)
     stack = Stack(settings, services, on_status=lambda st: echo(status_line(st)))
     run_settings = stack.start()
@@ -285,4 +292,5 @@ def status_line(st: ServiceStatus) -> str:
     pid = f" pid {st.pid}" if st.pid else ""
     detail = f"  {st.detail}" if st.detail else ""
     where = f"  (log: {st.log_path})" if st.log_path and st.state == "starting" else ""
-    return f"  {st.name:<7} {st.state:<9}{pid}{detail}{where}"
+    restarts = f"  [restarts: {st.restarts}]" if st.restarts else ""
+    return f"  {st.name:<7} {st.state:<9}{pid}{detail}{where}{restarts}"

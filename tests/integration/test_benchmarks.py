@@ -77,6 +77,29 @@ def test_bench_integrations_prints_wrapped_beside_bare_and_otlp_beside_json() ->
     assert "OTLP protobuf spans /v1/traces" in out and "ratio OTLP / JSON" in out
 
 
+def test_bench_durable_prints_durable_beside_memory_and_the_restart_figures() -> None:
+    out = _run(
+        "bench_durable.py",
+        "--sdk-events",
+        "4000",
+        "--stream-events",
+        "4000",
+        "--rate",
+        "500",
+        "--seconds",
+        "2",
+        "--log-events",
+        "5000",
+        "--skip",
+        "latency",  # the pipeline's latency path runs in test_bench_sink_... above
+    )
+    assert "durable/memory" in out
+    for label in ("SDK enqueue, events/s", "stream jobs, events/s", "raw aiokafka consume"):
+        assert label in out
+    assert "durable restart with 5,000 events in the log" in out
+    assert "read 5,000 back" in out
+
+
 def test_bench_verdicts_prints_ours_beside_the_rule_before_and_naive_peeking() -> None:
     out = _run("bench_verdicts.py", "--sims", "10", "--chdb", "1")
     assert "| ours: compare_counts, 10^8 per arm" in out and "ratio ours / raw z-test" in out

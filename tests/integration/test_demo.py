@@ -52,7 +52,8 @@ def test_stack_starts_services_reports_health_and_stops_them_cleanly(tmp_path: P
     try:
         assert run.bootstrap_servers and run.bootstrap_servers.startswith("127.0.0.1:")
         assert stack.healthy()
-        assert [st.name for st in stack.status()] == ["broker", "sink"]
+        # the durable default: the broker's log on the embedded S3 store, supervised too
+        assert [st.name for st in stack.status()] == ["s3", "broker", "sink"]
     finally:
         stack.stop()
     ready = {name: detail for name, state, detail in seen if state == "ready"}

@@ -73,7 +73,11 @@ def shadow_of(ia: Interaction, **kw):
 
 
 def recs(events, start=0):
-    return [(e.partition_key, encode(e), start + i) for i, e in enumerate(events)]
+    """(key, value, offset, timestamp ms) records as the worker hands them over."""
+    return [
+        (e.partition_key, encode(e), start + i, int(e.occurred_at.timestamp() * 1000))
+        for i, e in enumerate(events)
+    ]
 
 
 def test_a_shadow_answer_is_keyed_by_its_live_interaction():
@@ -190,3 +194,22 @@ def test_a_shadow_answer_over_the_http_collector_is_keyed_by_its_live_interactio
     assert result.status == "accepted"
     ((key, event),) = sent
     assert key == str(ia.interaction_id).encode() and event.shadow_of == ia.interaction_id
+
+
+def test_a_shadow_answer_on_its_own_ids_partition_is_forwarded_to_its_live_answers_owner():
+    # A producer that keys the shadow by its own id (not the live one) puts it where the live
+    # interaction is not; the join key is the live id, so it goes to that id's partition.
+    from feedbackloop.stream_jobs.pipeline import owner_partition
+
+    out = Collect()
+    pipe = Pipeline(TOPICS, StreamConfig(), out, partitions=4)
+    ia = live()
+    sh = shadow_of(ia)
+    live_key = str(ia.interaction_id).encode()
+    owner = owner_partition(live_key, 4)
+    wrong = (owner + 1) % 4
+    ts = int(sh.occurred_at.timestamp() * 1000)
+    pipe.process(wrong, [(str(sh.interaction_id).encode(), encode(sh), 7, ts)])
+    assert pipe.stats.forwarded == 1 and not out.enriched()
+    (fwd,) = [m for m in out.msgs if m[0] == TOPICS.repartition]
+    assert fwd[1] == live_key
