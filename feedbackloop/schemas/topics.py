@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Topics"]
+__all__ = ["Topics", "topic_config"]
+
+_CONTROL = "control"
 
 
 @dataclass(frozen=True)
@@ -39,5 +41,24 @@ class Topics:
         """Anything that failed validation or processing, with the original bytes and reason."""
         return f"{self.prefix}deadletter"
 
+    @property
+    def control(self) -> str:
+        """Live experiment configuration (compacted: the latest version per
+        ``app_id|experiment`` is the truth; see :mod:`feedbackloop.control`)."""
+        return f"{self.prefix}{_CONTROL}"
+
     def all(self) -> list[str]:
-        return [self.events, self.enriched, self.aggregates, self.alerts, self.dead_letters]
+        return [
+            self.events,
+            self.enriched,
+            self.aggregates,
+            self.alerts,
+            self.dead_letters,
+            self.control,
+        ]
+
+
+def topic_config(name: str) -> dict[str, str]:
+    """Configs a topic is created with (beyond the broker's defaults), by its name: whoever
+    creates a prefix's topics (``ensure_topics``) compacts its control topic."""
+    return {"cleanup.policy": "compact"} if name.endswith(_CONTROL) else {}

@@ -144,6 +144,20 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         *_TRACE,
     ),
     "alerts": (*(n for n in Alert.model_fields if n != "alert_schema_version"), *_TRACE),
+    "experiment_changes": (
+        "app_id",
+        "name",
+        "version",
+        "action",
+        "status",
+        "serving_weights",
+        "canary_step",
+        "changed_by",
+        "reason",
+        "changed_at",
+        "config",
+        *_TRACE,
+    ),
     "dead_letters": (
         "failed_at",
         "reason",
@@ -725,6 +739,7 @@ class TopicRouter:
             topics.aggregates: self._aggregate,
             topics.alerts: self._alert,
             topics.dead_letters: self._dead_letter,
+            topics.control: self._experiment_change,
         }
 
     def knows(self, topic: str) -> bool:
@@ -796,6 +811,30 @@ class TopicRouter:
         fields = COLUMNS["alerts"][: -len(_TRACE)]
         row = tuple("" if (v := getattr(alert, f)) is None else v for f in fields)
         return (("alerts", (*row, topic, partition, offset)),)
+
+    @staticmethod
+    def _experiment_change(
+        value: bytes, key: bytes | None, headers: Any, topic: str, partition: int, offset: int
+    ) -> tuple[tuple[str, Row], ...]:
+        # A malformed version raises SchemaError: the sink dead-letters it, and every reader
+        # of the topic refuses it too (the last good version stays).
+        from feedbackloop.control.config import decode_config
+
+        cfg = decode_config(value)
+        row = (
+            cfg.app_id,
+            cfg.name,
+            cfg.version,
+            cfg.action,
+            cfg.status.value,
+            cfg.serving_weights(),
+            -1 if cfg.canary is None else cfg.canary.step,
+            cfg.changed_by,
+            cfg.reason,
+            cfg.changed_at,
+            cfg.model_dump_json(),
+        )
+        return (("experiment_changes", (*row, topic, partition, offset)),)
 
     @staticmethod
     def _dead_letter(
