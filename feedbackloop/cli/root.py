@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from feedbackloop.cli import (
+    control,
     demo,
     experiments,
     exports,
@@ -71,6 +72,8 @@ cli.add_command(storage.sql)
 cli.add_command(stats.stats)
 cli.add_command(experiments.ab)
 cli.add_command(experiments.impact)
+# Live experiments: the control plane and canaries (control.py).
+cli.add_command(control.experiments)
 # Find failures and close the loop (failures.py, prompts.py, exports.py).
 cli.add_command(failures.failures)
 cli.add_command(failures.complaints)

@@ -178,7 +178,7 @@ class CanaryGuard:
             ]
         for cfg in running:
             if self._acted.get(cfg.key, 0) >= cfg.version:
-                continue  # our change to this version is on its way back
+                continue  # we acted on this version: wait for our change to come back
             c = cfg.canary
             assert c is not None
             with self._lock:
@@ -206,9 +206,7 @@ class CanaryGuard:
         except FeedbackLoopError as e:  # broker down: judge again next time
             log.error("canary guard: cannot publish %s of %s: %s", verdict.action, cfg.name, e)
             return None
-        self._acted[cfg.key] = new.version
-        with self._lock:
-            self.configs[cfg.key] = new
+        self._acted[cfg.key] = cfg.version
         action = GuardAction(now, cfg.app_id, cfg.name, verdict.action, new.version, verdict.reason)
         self.actions.append(action)
         if verdict.action == "rollback":
