@@ -28,6 +28,7 @@ from feedbackloop.config import Settings
 from feedbackloop.errors import FeedbackLoopError
 from feedbackloop.schemas import SCHEMA_VERSION, Event
 from feedbackloop.web import collector as collector_mod
+from feedbackloop.web import control as control_mod
 from feedbackloop.web import dashboard as dashboard_mod
 from feedbackloop.web.auth import KeyRing
 from feedbackloop.web.collector import Collector, EventSink
@@ -76,6 +77,9 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        view = getattr(app.state, "control_view", None)
+        if view is not None:
+            view.close()
         for c in owned:
             stats = c.close()
             log.info("collector client closed: %s", stats)
@@ -100,6 +104,7 @@ def create_app(
         dashboard=dashboard_mod.DashboardQueries(query, cache_s=settings.web_cache_s),
     )
     app.include_router(collector_mod.router())
+    app.include_router(control_mod.router())
     app.include_router(dashboard_mod.router())
     app.mount(
         "/dashboard/static",
