@@ -57,6 +57,7 @@ class GuardAction:
     action: str
     version: int
     reason: str
+    config: ExperimentConfig
 
 
 @dataclass
@@ -207,7 +208,9 @@ class CanaryGuard:
             log.error("canary guard: cannot publish %s of %s: %s", verdict.action, cfg.name, e)
             return None
         self._acted[cfg.key] = cfg.version
-        action = GuardAction(now, cfg.app_id, cfg.name, verdict.action, new.version, verdict.reason)
+        action = GuardAction(
+            now, cfg.app_id, cfg.name, verdict.action, new.version, verdict.reason, new
+        )
         self.actions.append(action)
         if verdict.action == "rollback":
             log.warning(
