@@ -58,6 +58,19 @@ class Settings(BaseSettings):
         "server. Unset: chdb:///<data_dir>/clickhouse.",
     )
     clickhouse_database: str = "feedbackloop"
+    # Limits of every analyst query (``feedbackloop sql``, the dashboard's reads), enforced
+    # by ClickHouse itself, so a query cannot starve the sink that shares the engine.
+    sql_max_execution_s: float = Field(
+        default=30.0, gt=0, description="ClickHouse max_execution_time of an analyst query."
+    )
+    sql_max_memory_bytes: int = Field(
+        default=1_000_000_000,
+        ge=10_000_000,
+        description="ClickHouse max_memory_usage of an analyst query.",
+    )
+    sql_max_threads: int = Field(
+        default=2, ge=1, description="ClickHouse max_threads of an analyst query."
+    )
 
     # --- Local state -------------------------------------------------------------------
     data_dir: Path = Field(default=Path("var"), description="Local state (spool, chDB, logs).")
@@ -92,6 +105,19 @@ class Settings(BaseSettings):
         default=1000.0, ge=0, description="Events (writes) or requests (reads) per s per key."
     )
     web_rate_limit_burst: int = Field(default=5000, ge=1)
+    web_auth_failures_per_min: float = Field(
+        default=30.0,
+        ge=0,
+        description="Failed authentications allowed per minute per client address (after a "
+        "burst of web_auth_failures_burst); beyond it every request from the address is a "
+        "429 until the bucket refills, right key or not (0: no limit).",
+    )
+    web_auth_failures_burst: int = Field(default=60, ge=1)
+    web_read_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest a request body may take to arrive; a slower client gets 408.",
+    )
     web_cache_s: float = Field(
         default=5.0,
         ge=0,
@@ -116,6 +142,12 @@ class Settings(BaseSettings):
     )
     stream_alert_webhook: SecretStr | None = Field(
         default=None, description="Slack-compatible webhook URL for satisfaction-drop alerts."
+    )
+    stream_verdict_check_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds between verdict checks of experiments with a registered design "
+        "(an alert when one turns 'significant regression' or 'do not trust'); 0: off.",
     )
 
     # --- Sink (feedbackloop sink run; options of the same name override) -----------------

@@ -132,6 +132,9 @@ def run_demo(
     malformed payload as a dead letter) and compute the experiment report, failure slices and
     impact. ``while_running(result)`` is called before the stack stops (e.g. to keep the
     dashboard up until Ctrl-C)."""
+    from feedbackloop.infra.files import owner_only
+
+    owner_only(settings.data_dir)
     stack = Stack(settings, services, on_status=lambda st: echo(status_line(st)))
     run_settings = stack.start()
     try:

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from feedbackloop.cli.base import echo_json, settings_of
-from feedbackloop.cli.options import alpha_option, json_option
+from feedbackloop.cli.options import alpha_option, json_option, url_option
 from feedbackloop.config import Settings
 from feedbackloop.errors import ConfigError, FeedbackLoopError
 
@@ -121,7 +121,10 @@ def _print(cfg: Any, as_json: bool) -> None:
 
 @click.group()
 def experiments() -> None:
-    """Live experiments: create, ramp, pause, stop and roll back without a redeploy."""
+    """Experiments: live configuration (create, ramp, pause, stop, roll back without a
+    redeploy; canaries guarded automatically) and designs (the rules an experiment is
+    judged by, registered before its data; `ab report`, the dashboard and the alerts read
+    them)."""
 
 
 @experiments.command("create")
@@ -318,27 +321,53 @@ def list_cmd(ctx: click.Context, app_id: str | None, as_json: bool) -> None:
 @experiments.command("show")
 @click.argument("name")
 @_app_id_option
+@url_option
 @json_option
 @click.pass_context
-def show(ctx: click.Context, name: str, app_id: str | None, as_json: bool) -> None:
-    """NAME's current version, its canary and every change still on the control topic
-    (the full history is in ClickHouse: SELECT * FROM experiment_changes)."""
+def show(ctx: click.Context, name: str, app_id: str | None, url: str | None, as_json: bool) -> None:
+    """NAME's live configuration (current version, canary, every change still on the control
+    topic; the full history is in ClickHouse, experiment_changes) and its registered design."""
+    from feedbackloop.cli.experiments import design_of, print_design
     from feedbackloop.control.config import config_key
 
     app = _app(ctx, app_id)
     key = config_key(app, name)
-    history = [c for c in _plane(ctx).history() if c.key == key]
-    if not history:
-        raise ConfigError(f"no live experiment {name!r} for app {app!r}")
-    current = max(history, key=lambda c: c.version)
+    try:
+        history = [c for c in _plane(ctx).history() if c.key == key]
+        live_error = None
+    except FeedbackLoopError as e:  # no broker: the design may still be there
+        history, live_error = [], str(e)
+    try:
+        design = design_of(ctx, name, url)
+        design_error = None
+    except FeedbackLoopError as e:  # no ClickHouse: the live config may still be there
+        design, design_error = None, str(e)
+    if not history and design is None:
+        why = "; ".join(e for e in (live_error, design_error) if e)
+        raise ConfigError(
+            f"no live experiment {name!r} for app {app!r} and no design registered for it"
+            + (f" ({why})" if why else "")
+            + f": feedbackloop experiments create {name} ... / experiments design {name} ..."
+        )
+    current = max(history, key=lambda c: c.version) if history else None
     if as_json:
         echo_json(
             {
-                "current": json.loads(current.model_dump_json()),
+                "current": None if current is None else json.loads(current.model_dump_json()),
                 "history": [json.loads(c.model_dump_json()) for c in history],
+                "design": None if design is None else design.to_dict(),
             }
         )
         return
+    if current is not None:
+        _print_live(app, name, current, history)
+    if design is not None:
+        if current is not None:
+            click.echo("design:")
+        print_design(name, design)
+
+
+def _print_live(app: str, name: str, current: Any, history: list[Any]) -> None:
     click.echo(f"{app}/{name} {current.describe()}")
     if current.canary is not None:
         c = current.canary

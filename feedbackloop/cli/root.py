@@ -72,7 +72,8 @@ cli.add_command(storage.sql)
 cli.add_command(stats.stats)
 cli.add_command(experiments.ab)
 cli.add_command(experiments.impact)
-# Live experiments: the control plane and canaries (control.py).
+# Experiments: live configuration, canaries (control.py) and designs (experiments.py).
+control.experiments.add_command(experiments.design)
 cli.add_command(control.experiments)
 # Find failures and close the loop (failures.py, prompts.py, exports.py).
 cli.add_command(failures.failures)
