@@ -11,6 +11,9 @@ window keeps the false-rollback rate of a canary that is no worse than its toler
 most alpha (measured: ``scripts/canary_simulation.py``, docs/ARCHITECTURE.md "Canary
 releases").
 
+The verdict is the one decision function's (``analysis/statistics/decision.py``, issue 14),
+in sequential mode: "significant regression" of the shifted difference is a breach.
+
 A step *holds* once it ran ``min_step_s`` and every guardrail has ``min_step_samples``
 treatment samples at it, without a breach; the guard then advances the ramp.
 
@@ -26,6 +29,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from feedbackloop.analysis.statistics.decision import Evidence, Rules, Verdict, decide
 from feedbackloop.analysis.statistics.sequential import SequentialResult, sequential_test
 from feedbackloop.analysis.statistics.sufficient import BinaryStats, MeanStats
 from feedbackloop.control.config import HIGHER_IS_BETTER, ExperimentConfig, Guardrail, Status
@@ -111,10 +115,23 @@ class GuardrailCheck:
         )
 
 
-def _breached(result: SequentialResult, alpha: float) -> bool:
-    """The one call to the decision function: does the test say the treatment is worse than
-    tolerated? (``result`` tests the difference shifted by the tolerance against 0.)"""
-    return result.significant(alpha) and result.estimate < 0
+def _breached(result: SequentialResult, alpha: float, n_smallest: int) -> bool:
+    """Does the one decision function (:func:`~feedbackloop.analysis.statistics.decide`, the
+    verdict ``ab report`` prints, in sequential mode) call the treatment a significant
+    regression? ``result`` tests the good-direction difference shifted by the tolerance, so
+    a regression of it is a degradation beyond the tolerance."""
+    cs = result.confidence_sequence
+    evidence = Evidence(
+        estimate=result.estimate,
+        sequential_p=result.p_value,
+        cs_lower=cs.lower,
+        cs_upper=cs.upper,
+        fixed_p=math.nan,
+        n_smallest=n_smallest,
+        error=None if result.ok else result.message,
+    )
+    verdict = decide(evidence, Rules(mode="sequential", alpha=alpha, higher_is_better=True))
+    return verdict.verdict is Verdict.SIGNIFICANT_REGRESSION
 
 
 def check_guardrail(
@@ -153,7 +170,7 @@ def check_guardrail(
     if not result.ok:
         return GuardrailCheck(metric, tol, cv, tv, n_c, n_t, good, math.nan, False, result.message)
     return GuardrailCheck(
-        metric, tol, cv, tv, n_c, n_t, good, result.p_value, _breached(result, alpha)
+        metric, tol, cv, tv, n_c, n_t, good, result.p_value, _breached(result, alpha, min(n_c, n_t))
     )
 
 
