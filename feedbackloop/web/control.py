@@ -86,6 +86,15 @@ def _view(request: Request) -> ControlView:
 _VIEW_LOCK = threading.Lock()
 
 
+def _plane(request: Request) -> Any:
+    from feedbackloop.control import ControlPlane
+
+    settings = state_of(request).settings
+    if settings.bootstrap_servers is None:
+        raise ApiError(503, "no_broker", "no broker configured: live experiments are off")
+    return ControlPlane(settings)
+
+
 def _app_of(principal: Principal, app_id: str | None) -> str | None:
     if principal.app_id == ALL_APPS:
         return app_id
@@ -171,7 +180,7 @@ def router() -> APIRouter:
     async def create_experiment(
         request: Request, body: CreateBody, principal: ReadPrincipal
     ) -> dict[str, Any]:
-        from feedbackloop.control import ControlPlane, Guardrail, new_experiment
+        from feedbackloop.control import Guardrail, new_experiment
 
         app = _app_of(principal, body.app_id)
         if app is None:
@@ -201,8 +210,7 @@ def router() -> APIRouter:
                 salt=body.salt,
                 **kwargs,
             )
-            plane = ControlPlane(state_of(request).settings)
-            done = await run_in_threadpool(plane.create, cfg)
+            done = await run_in_threadpool(_plane(request).create, cfg)
         except ConfigError as e:
             raise ApiError(409 if "stop it before" in str(e) else 422, "refused", str(e)) from None
         return _public(done, principal)
@@ -215,14 +223,12 @@ def router() -> APIRouter:
     async def change_experiment(
         request: Request, name: str, action: str, body: ChangeBody, principal: ReadPrincipal
     ) -> dict[str, Any]:
-        from feedbackloop.control import ControlPlane
-
         if action not in _ACTIONS:
             raise ApiError(404, "unknown_action", f"action must be one of {', '.join(_ACTIONS)}")
         app = _app_of(principal, body.app_id)
         if app is None:
             raise ApiError(422, "app_id_required", "an operator key must name the app_id")
-        plane = ControlPlane(state_of(request).settings)
+        plane = _plane(request)
         try:
             current = await run_in_threadpool(plane.current)
             if f"{app}|{name}" not in current:
