@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from feedbackloop.config import Settings
-from feedbackloop.control.config import ExperimentConfig, Status, decode_config
+from feedbackloop.control.config import ExperimentConfig, Status, config_key, decode_config
 from feedbackloop.control.guardrails import ArmStats, Judgement, judge
 from feedbackloop.control.plane import ControlPlane, apply
 from feedbackloop.errors import FeedbackLoopError, SchemaError
@@ -165,6 +165,11 @@ class CanaryGuard:
         if not agg.experiment:
             return
         with self._lock:
+            # Only what a running canary will judge: memory stays bounded by the canaries,
+            # not by the history of every experiment. (Before its config is read, keep it.)
+            cfg = self.configs.get(config_key(agg.app_id, agg.experiment))
+            if cfg is not None and not _judged(cfg, agg.window_end.timestamp()):
+                return
             self.rows.setdefault((agg.app_id, agg.experiment), _Rows()).add(agg)
 
     def evaluate(self, now: dt.datetime | None = None) -> list[GuardAction]:
@@ -177,6 +182,15 @@ class CanaryGuard:
                 for c in self.configs.values()
                 if c.canary is not None and c.status is Status.running
             ]
+        with self._lock:
+            live = {
+                (c.app_id, c.name)
+                for c in self.configs.values()
+                if c.canary is not None and c.status in (Status.running, Status.paused)
+            }
+            for gone in [k for k in self.rows if k not in live]:
+                if config_key(*gone) in self.configs:  # finished canaries: forget their rows
+                    del self.rows[gone]
         for cfg in running:
             if self._acted.get(cfg.key, 0) >= cfg.version:
                 continue  # we acted on this version: wait for our change to come back
@@ -294,6 +308,17 @@ class CanaryGuard:
         finally:
             with contextlib.suppress(Exception):
                 consumer.close()
+
+
+def _judged(cfg: ExperimentConfig, window_end: float) -> bool:
+    """Whether a window ending at ``window_end`` counts for ``cfg``: a running (or paused,
+    to resume) canary's, after it started."""
+    c = cfg.canary
+    return (
+        c is not None
+        and cfg.status in (Status.running, Status.paused)
+        and window_end > c.started_at.timestamp()
+    )
 
 
 def post_json(url: str, body: dict[str, Any], timeout: float = 5.0) -> None:
