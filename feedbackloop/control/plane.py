@@ -286,6 +286,11 @@ class ControlPlane:
         self.publish_raw(config.key.encode(), config.model_dump_json().encode())
 
     def publish_raw(self, key: bytes, value: bytes, timeout: float = 15.0) -> None:
+        """Write raw bytes to the control topic (tests use it to plant a bad message)."""
+        self.publish_to(self.topic, key, value, timeout)
+
+    def publish_to(self, topic: str, key: bytes, value: bytes, timeout: float = 15.0) -> None:
+        """Write one message to ``topic`` and wait for the broker's acknowledgement."""
         from confluent_kafka import Producer
 
         if self._producer is None:
@@ -296,7 +301,7 @@ class ControlPlane:
             if err is not None:
                 errors.append(str(err))
 
-        self._producer.produce(self.topic, value, key, on_delivery=done)
+        self._producer.produce(topic, value, key, on_delivery=done)
         if self._producer.flush(timeout) or errors:
             why = errors[0] if errors else "timeout"
             raise BrokerError(f"the change was not acknowledged by the broker: {why}")

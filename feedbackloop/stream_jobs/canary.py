@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,6 +115,8 @@ class CanaryGuard:
         #: Last judgement per experiment key (``experiments show`` and the demo print it).
         self.judgements: dict[str, Judgement] = {}
         self.rejected = 0
+        #: Rollback alerts sent (tests, the demo).
+        self.alerts: list[Any] = []
         self._acted: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -230,34 +230,59 @@ class CanaryGuard:
             log.warning(
                 "CANARY ROLLBACK %s/%s v%d: %s", cfg.app_id, cfg.name, new.version, verdict.reason
             )
-            if self.webhook_url:
-                self._alert(new, verdict)
+            self._alert(new, verdict, now)
         else:
             log.info("canary %s/%s advanced: %s", cfg.app_id, cfg.name, new.describe())
         if self.on_action is not None:
             self.on_action(action)
         return action
 
-    def _alert(self, cfg: ExperimentConfig, verdict: Judgement) -> None:
-        text = (
-            f":rotating_light: [{cfg.app_id}] canary {cfg.name!r} rolled back "
-            f"automatically (v{cfg.version}): {verdict.reason}"
+    def _alert(self, cfg: ExperimentConfig, verdict: Judgement, now: dt.datetime) -> None:
+        """The rollback as an :class:`Alert` (``canary_rollback``) on the alerts topic (the
+        alerts table and the dashboard list it) and to the webhook, as alerts are sent."""
+        from feedbackloop.schemas import Alert
+
+        c = cfg.canary
+        assert c is not None
+        check = next(ch for ch in verdict.checks if ch.breached)
+        alert = Alert(
+            alert_type="canary_rollback",
+            metric=check.metric,
+            dimension="variant",
+            detector_key=f"canary:{cfg.key}",
+            app_id=cfg.app_id,
+            experiment=cfg.name,
+            variant=c.treatment,
+            baseline_rate=check.control,
+            baseline_n=check.n_control,
+            recent_rate=check.treatment,
+            recent_n=check.n_treatment,
+            recent_successes=0,
+            since=c.started_at,
+            detected_at=now,
+            statistic=check.p_value,
+            threshold=c.alpha,
+            design_drop=check.tolerance,
+            arl0_observations=0.0,  # a CUSUM's figure: no meaning here
+            message=(
+                f":rotating_light: [{cfg.app_id}] canary {cfg.name!r} rolled back "
+                f"automatically (v{cfg.version}): {verdict.reason}"
+            ),
         )
-        body = {
-            "text": text,
-            "rollback": {
-                "app_id": cfg.app_id,
-                "experiment": cfg.name,
-                "version": cfg.version,
-                "reason": verdict.reason,
-                "checks": [ch.__dict__ for ch in verdict.checks],
-            },
-        }
-        assert self.webhook_url is not None
         try:
-            post_json(self.webhook_url, body)
-        except Exception as e:  # a webhook outage must not stop the guard
-            log.error("canary guard: alert webhook POST failed: %s", e)
+            self.plane.publish_to(
+                self.topics.alerts, alert.detector_key.encode(), alert.model_dump_json().encode()
+            )
+        except Exception as e:  # the rollback stands; the alert is logged above anyway
+            log.error("canary guard: cannot publish the alert: %s", e)
+        if self.webhook_url:
+            from feedbackloop.stream_jobs.app import post_webhook
+
+            try:
+                post_webhook(self.webhook_url, alert)
+            except Exception as e:  # a webhook outage must not stop the guard
+                log.error("canary guard: alert webhook POST failed: %s", e)
+        self.alerts.append(alert)
 
     # ------------------------------------------------------------------ the loop
 
@@ -319,15 +344,3 @@ def _judged(cfg: ExperimentConfig, window_end: float) -> bool:
         and cfg.status in (Status.running, Status.paused)
         and window_end > c.started_at.timestamp()
     )
-
-
-def post_json(url: str, body: dict[str, Any], timeout: float = 5.0) -> None:
-    """POST a Slack-compatible JSON message."""
-    req = urllib.request.Request(
-        url,
-        data=json.dumps(body, default=str).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - configured URL
-        resp.read()

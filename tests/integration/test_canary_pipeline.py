@@ -178,7 +178,10 @@ def test_a_bad_canary_is_rolled_back_and_a_good_one_reaches_its_last_step(
         "advance",
     ]
     # the alert went out, with the reason
-    assert any(p["rollback"]["experiment"] == "bad-prompt" for p in _Hook.posts)
+    assert [
+        (p["alert"]["alert_type"], p["alert"]["experiment"], p["alert"]["metric"])
+        for p in _Hook.posts
+    ] == [("canary_rollback", "bad-prompt", "satisfaction")]
     assert "rolled back automatically" in _Hook.posts[0]["text"]
     # every SDK serves control to every session that had the treatment
     for c in clients:

@@ -7,16 +7,20 @@ import datetime as dt
 
 from feedbackloop.config import Settings
 from feedbackloop.control import ExperimentConfig, Guardrail, Status, new_experiment
-from feedbackloop.schemas import WindowAggregate
+from feedbackloop.schemas import Alert, WindowAggregate
 from feedbackloop.stream_jobs.canary import CanaryGuard
 
 
 class _Plane:
     def __init__(self) -> None:
         self.published: list[ExperimentConfig] = []
+        self.other: list[tuple[str, bytes]] = []
 
     def publish(self, cfg: ExperimentConfig) -> None:
         self.published.append(cfg)
+
+    def publish_to(self, topic: str, key: bytes, value: bytes) -> None:
+        self.other.append((topic, value))
 
 
 def _guard() -> tuple[CanaryGuard, _Plane]:
@@ -71,6 +75,11 @@ def test_the_guard_rolls_back_once_and_forgets_the_canary_afterwards() -> None:
     assert "treatment 0.5 (n=600)" in actions[0].reason
     assert guard.evaluate() == []  # waits for its own change to come back
     assert len(plane.published) == 1 and plane.published[0].status is Status.rolled_back
+    # the alert, on the alerts topic, readable by the sink's Alert model
+    ((topic, value),) = plane.other
+    alert = Alert.model_validate_json(value)
+    assert topic == guard.topics.alerts and alert.alert_type == "canary_rollback"
+    assert (alert.experiment, alert.variant, alert.recent_n) == ("prompt", "v2", 600)
     guard.on_control(plane.published[0].model_dump_json().encode())
     guard.evaluate()
     assert guard.rows == {}  # a finished canary's rows are forgotten
