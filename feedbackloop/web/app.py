@@ -33,6 +33,8 @@ from feedbackloop.schemas import SCHEMA_VERSION, Event
 from feedbackloop.web import collector as collector_mod
 from feedbackloop.web import control as control_mod
 from feedbackloop.web import dashboard as dashboard_mod
+from feedbackloop.web import otlp as otlp_mod
+from feedbackloop.web import snippet as snippet_mod
 from feedbackloop.web.auth import KeyRing
 from feedbackloop.web.collector import Collector, EventSink
 from feedbackloop.web.ratelimit import RateLimiter
@@ -122,6 +124,8 @@ def create_app(
     )
     app.include_router(collector_mod.router())
     app.include_router(control_mod.router())
+    app.include_router(otlp_mod.router())
+    app.include_router(snippet_mod.router())
     app.include_router(dashboard_mod.router())
     app.mount(
         "/dashboard/static",

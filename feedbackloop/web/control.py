@@ -95,6 +95,14 @@ def _plane(request: Request) -> Any:
     return ControlPlane(settings)
 
 
+def _known_params(request: Request, allowed: set[str]) -> None:
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:  # as on the collector's routes: anything not documented is a mistake
+        raise ApiError(
+            400, "unknown_parameter", f"unknown query parameter(s): {', '.join(unknown)[:200]}"
+        )
+
+
 def _app_of(principal: Principal, app_id: str | None) -> str | None:
     if principal.app_id == ALL_APPS:
         return app_id
@@ -155,11 +163,12 @@ def router() -> APIRouter:
     @r.get(
         "/experiments",
         summary="The live experiment configuration of an app (ETag / If-None-Match)",
-        responses={**error_responses(401, 403, 503), 304: {"description": "Not modified."}},
+        responses={**error_responses(400, 401, 403, 503), 304: {"description": "Not modified."}},
     )
     async def get_experiments(
         request: Request, principal: WritePrincipal, app_id: str | None = None
     ) -> Response:
+        _known_params(request, {"app_id", "key"})
         app = _app_of(principal, app_id)
         configs = _view(request).of(app)
         tag = hashlib.sha256(
@@ -175,13 +184,14 @@ def router() -> APIRouter:
         "/experiments",
         status_code=201,
         summary="Create a live experiment (a canary with 'canary')",
-        responses=error_responses(401, 403, 409, 422, 503),
+        responses=error_responses(400, 401, 403, 409, 422, 503),
     )
     async def create_experiment(
         request: Request, body: CreateBody, principal: ReadPrincipal
     ) -> dict[str, Any]:
         from feedbackloop.control import Guardrail, new_experiment
 
+        _known_params(request, set())
         app = _app_of(principal, body.app_id)
         if app is None:
             raise ApiError(422, "app_id_required", "an operator key must name the app_id")
@@ -218,11 +228,12 @@ def router() -> APIRouter:
     @r.post(
         "/experiments/{name}/{action}",
         summary="Change a live experiment: weights, ramp, pause, resume, stop, rollback",
-        responses=error_responses(401, 403, 404, 409, 422, 503),
+        responses=error_responses(400, 401, 403, 404, 409, 422, 503),
     )
     async def change_experiment(
         request: Request, name: str, action: str, body: ChangeBody, principal: ReadPrincipal
     ) -> dict[str, Any]:
+        _known_params(request, set())
         if action not in _ACTIONS:
             raise ApiError(404, "unknown_action", f"action must be one of {', '.join(_ACTIONS)}")
         app = _app_of(principal, body.app_id)
