@@ -111,7 +111,7 @@ class GuardrailCheck:
         return (
             f"{self.metric} {verb}: treatment {self.treatment:.4g} (n={self.n_treatment}) vs "
             f"control {self.control:.4g} (n={self.n_control}), tolerance {self.tolerance:g}, "
-            f"always-valid p={self.p_value:.3g}"
+            f"always-valid p={self.p_value:.3g} against a degradation of the tolerance"
         )
 
 
