@@ -201,7 +201,8 @@ def account_in_clickhouse(
 
 
 def results_text(settings: Settings, spec: TrafficSpec) -> str:
-    """The experiment report, the top failure slices and the business impact, as text."""
+    """The experiment report, the top failure slices, the business impact and, with a planted
+    shadow candidate, its shadow report, as text."""
     from feedbackloop.analysis.failures.analyze import analyze_failures
     from feedbackloop.analysis.failures.records import load_judged_interactions
     from feedbackloop.analysis.failures.slices import format_slice_report
@@ -215,13 +216,18 @@ def results_text(settings: Settings, spec: TrafficSpec) -> str:
     judged = load_judged_interactions(settings, Scope(experiment=spec.experiment))
     slices = analyze_failures(judged)
     impact = build_impact(fetch_impact(runner, scope))
-    return "\n\n".join(
-        [
-            report.to_text(),
-            format_slice_report(slices, top=5, heading="Top failure patterns\n"),
-            impact.to_text(),
-        ]
-    )
+    parts = [
+        report.to_text(),
+        format_slice_report(slices, top=5, heading="Top failure patterns\n"),
+        impact.to_text(),
+    ]
+    if spec.shadow is not None:
+        from feedbackloop.analysis.reads.shadow import ShadowScope
+        from feedbackloop.analysis.reports.shadow import run_shadow_report
+
+        shadow_scope = ShadowScope(candidate=spec.shadow.candidate, app_id=spec.app_id)
+        parts.append(run_shadow_report(runner, shadow_scope).to_text())
+    return "\n\n".join(parts)
 
 
 def summary_text(demo: DemoResult, spec: TrafficSpec) -> str:

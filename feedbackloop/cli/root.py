@@ -23,6 +23,7 @@ from feedbackloop.cli import (
     prompts,
     reference,
     services,
+    shadow,
     stats,
     storage,
 )
@@ -75,6 +76,7 @@ cli.add_command(experiments.impact)
 # Experiments: live configuration, canaries (control.py) and designs (experiments.py).
 control.experiments.add_command(experiments.design)
 cli.add_command(control.experiments)
+cli.add_command(shadow.shadow)
 # Find failures and close the loop (failures.py, prompts.py, exports.py).
 cli.add_command(failures.failures)
 cli.add_command(failures.complaints)

@@ -227,7 +227,9 @@ class Pipeline:
                 continue
             valid += 1
             ts = ev.occurred_at.timestamp()
-            if type(ev) is Interaction:
+            if type(ev) is Interaction and ev.shadow and ev.shadow_of is not None:
+                self._shadow(pw, partition, ev, value, offset, now, stamp, ts)
+            elif type(ev) is Interaction:
                 rec = interaction_record(ev, partition)
                 iid = key if key else str(ev.interaction_id).encode()
                 interactions[iid] = rec
@@ -312,6 +314,49 @@ class Pipeline:
         stats.enriched += enriched
         self._end_batch(partition, pw)
 
+    def _shadow(
+        self,
+        pw: PartitionWindows,
+        partition: int,
+        ev: Interaction,
+        raw: bytes,
+        offset: int,
+        now: float,
+        stamp: str,
+        ts: float,
+    ) -> None:
+        """A shadow answer joins its live interaction: emitted with the live answer's context,
+        or held (same grace period as feedback) until the live interaction arrives.
+
+        It never enters the join state (no feedback is about an answer nobody saw) and the
+        windows count it only as ``shadow_interactions``.
+        """
+        live_key = str(ev.shadow_of).encode()
+        rec = interaction_record(ev, partition)
+        self._count_interaction(pw, ev, rec, ts)
+        live = self.interactions.get(live_key)
+        if live is None:
+            lst = self.pending.setdefault(live_key, [])
+            lst.append(PendingEvent(raw, offset, now, ts, ev.session_id, ev.app_id, partition))
+            self.out.changelog("pending", partition, live_key, encode_pending(lst))
+            self.stats.pending += 1
+            return
+        self.out.produce(
+            self.topics.enriched,
+            live_key,
+            enriched_json(
+                raw,
+                context_json=live.context_json,
+                derived_json=rec.derived_json,
+                orphaned=False,
+                waited_ms=0.0,
+                partition=partition,
+                offset=offset,
+                enriched_at=stamp,
+            ),
+        )
+        self.stats.enriched += 1
+
     def _emit_joined(
         self,
         pw: PartitionWindows,
@@ -324,14 +369,18 @@ class Pipeline:
         stamp: str,
     ) -> None:
         ev = decode(raw)  # validated before; re-parsed only on this rare path
-        self._count_signal(pw, ev, rec.group, ev.occurred_at.timestamp())  # type: ignore[arg-type]
+        derived = rec.derived_json
+        if type(ev) is Interaction:  # a shadow answer, counted when it arrived
+            derived = interaction_record(ev, partition).derived_json
+        else:
+            self._count_signal(pw, ev, rec.group, ev.occurred_at.timestamp())  # type: ignore[arg-type]
         self.out.produce(
             self.topics.enriched,
             iid,
             enriched_json(
                 raw,
                 context_json=rec.context_json,
-                derived_json=rec.derived_json,
+                derived_json=derived,
                 orphaned=False,
                 waited_ms=waited_ms,
                 partition=partition,
@@ -480,15 +529,20 @@ class Pipeline:
             pw = self.windows_of(partition)
             for pe in due:
                 ev = decode(pe.raw)
-                assert not isinstance(ev, Interaction)  # only signals wait for their context
-                self._count_signal(pw, ev, UNATTRIBUTED(pe.app_id), pe.occurred_at, orphaned=True)
+                derived = None
+                if isinstance(ev, Interaction):  # a shadow answer whose live one never came
+                    derived = interaction_record(ev, partition).derived_json
+                else:
+                    self._count_signal(
+                        pw, ev, UNATTRIBUTED(pe.app_id), pe.occurred_at, orphaned=True
+                    )
                 self.out.produce(
                     self.topics.enriched,
                     iid,
                     enriched_json(
                         pe.raw,
                         context_json=None,
-                        derived_json=None,
+                        derived_json=derived,
                         orphaned=True,
                         waited_ms=(now - pe.arrived) * 1000.0,
                         partition=partition,

@@ -40,6 +40,12 @@ def test_bench_queries_runs_every_example_and_its_checks_pass() -> None:
     assert sum(line.endswith("; ok") for line in lines) == 6  # 5 examples + ab report
 
 
+def test_bench_shadow_prints_the_report_beside_count_final_and_its_check_passes() -> None:
+    out = _run("bench_shadow.py", "--interactions", "20000", "--runs", "1")
+    assert "shadow report, total" in out and "count() FINAL of interactions" in out
+    assert "check: ok (2,000 pairs" in out and "WRONG" not in out
+
+
 def test_bench_sdk_prints_ours_beside_raw_produce() -> None:
     out = _run("bench_sdk.py", "--events", "5000")
     assert "sustained: ours delivers" in out and "raw" in out
