@@ -353,6 +353,7 @@ async function refreshLive() {
     empty.textContent = "live experiments unavailable: " + e.message;
   }
   document.body.dataset.liveReady = "1";
+}
 
 // --- shadow candidates ------------------------------------------------------------------
 const SHADOW_SHOWN = 3;
