@@ -419,11 +419,38 @@ ORDER BY experiment
 """,
 )
 
+# The live experiment control plane's audit trail (feedbackloop.control): every version of
+# every experiment, copied by the sink from the compacted control topic (which keeps only
+# the latest). One row per (app, experiment, version); a version published twice (two canary
+# guards judging the same data) collapses to one.
+_V5 = (
+    f"""
+CREATE TABLE IF NOT EXISTS {{db}}.experiment_changes
+(
+    app_id LowCardinality(String),
+    name LowCardinality(String),
+    version UInt32,
+    action LowCardinality(String),
+    status LowCardinality(String),
+    serving_weights Map(String, Float64),
+    canary_step Int16,
+    changed_by String,
+    reason String CODEC(ZSTD(3)),
+    changed_at DateTime64(3, 'UTC'),
+    config String CODEC(ZSTD(3)),
+    {_TRACE_NO_VERSION}
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (app_id, name, version)
+""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "event, aggregate, alert and dead-letter tables", _V1),
     Migration(2, "hourly rollups (distinct-count materialized views)", _V2),
     Migration(3, "prompt version registry", _V3),
     Migration(4, "experiment design registry", _V4),
+    Migration(5, "experiment change audit trail (live control plane)", _V5),
 )
 
 #: Tables with an ``occurred_at`` column that an optional TTL applies to.

@@ -483,6 +483,23 @@ _EXPERIMENT_DESIGNS = Table(
     ),
 )
 
+#: The control plane's audit trail (feedbackloop.control; migration 5): one row per version
+#: of an experiment, read from its ExperimentConfig.
+_EXPERIMENT_CHANGES = Table(
+    "experiment_changes",
+    (
+        *_columns(f"app_id {_LC}\nname {_LC}\nversion UInt32\naction {_LC}"),
+        Column("status", _LC, lambda s: s.item.status.value),
+        Column("serving_weights", "Map(String, Float64)", lambda s: s.item.serving_weights()),
+        Column(
+            "canary_step", "Int16", lambda s: -1 if s.item.canary is None else s.item.canary.step
+        ),
+        *_columns(f"changed_by String\nreason String\nchanged_at {_TIME}"),
+        Column("config", "String", lambda s: s.item.model_dump_json()),
+        *_TRACE,
+    ),
+)
+
 # Hourly rollups: written by their materialized views (migration 2), never by us.
 _GROUP = f"app_id {_LC}\nexperiment {_LC}\nvariant {_LC}\nprompt_version {_LC}\nmodel {_LC}"
 _UNIQ = "AggregateFunction(uniqExact, Nullable(UUID))"
@@ -534,6 +551,7 @@ _SINK_TABLES = (
     _WINDOW_AGGREGATES,
     _ALERTS,
     _DEAD_LETTERS,
+    _EXPERIMENT_CHANGES,
 )
 #: Every table the migrations create (but their own ``schema_migrations``), by name.
 TABLES: Mapping[str, Table] = {
