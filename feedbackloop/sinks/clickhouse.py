@@ -26,7 +26,7 @@ import os
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -35,6 +35,16 @@ from feedbackloop.config import default_of
 from feedbackloop.errors import BackPressure, ClickHouseError, SchemaError
 from feedbackloop.schemas import DeadLetter, Topics
 from feedbackloop.sinks.base import BatchingSink, SinkBatch, retry_delay
+from feedbackloop.sinks.identity import (
+    CONFLICTING_RESEND,
+    EVENT_TABLES,
+    IdentityCheck,
+    error_text,
+    id_of_text,
+    lookup,
+    row_key,
+    scan_event_id,
+)
 from feedbackloop.sinks.ingest import (
     insert_sql,
     remove_stale_blocks,
@@ -115,8 +125,15 @@ class _Prepared:
     """A batch converted once into rows per table; survives retries of the same batch."""
 
     rows: dict[str, list[tuple[Row, int]]]  # table -> (row, index of its message in the batch)
-    #: table -> (message, offset, index in the batch): parsed by ClickHouse (ingest.py).
-    lines: dict[str, list[tuple[bytes, int, int]]] = field(default_factory=dict)
+    #: table -> (message, offset, index in the batch, scanned event id): parsed by ClickHouse
+    #: (ingest.py).
+    lines: dict[str, list[tuple[bytes, int, int, bytes]]] = field(default_factory=dict)
+    #: table -> offsets of lines taken off the parsed path by the identity check.
+    excluded: dict[str, set[int]] = field(default_factory=dict)
+    #: The batch's event ids, their stored keys and first keys (None: not checked yet).
+    identity: IdentityCheck | None = None
+    #: Event ids already looked up in ``event_keys``.
+    looked_up: set[int] = field(default_factory=set)
     #: table -> the ``enriched_at`` values of its lines and their milliseconds.
     stamps: dict[str, dict[bytes, int]] = field(default_factory=dict)
     #: table -> its block file, written while the insert before it runs (taken by the insert).
@@ -377,6 +394,10 @@ class ClickHouseSink(BatchingSink):
 
     def _insert_batch(self, batch: SinkBatch, prep: _Prepared) -> None:
         """Insert every table of a prepared batch (tables already stored are skipped)."""
+        if prep.identity is None:
+            # Here, on the insert thread, in batch order: the batches before this one are
+            # stored, so their event ids are in event_keys. Decided once; a retry reuses it.
+            self._check_identity(batch, prep)
         # Blocks parsed by ClickHouse first: a block it rejects joins the Python rows below.
         self._insert_parsed(batch, prep)
         # Dead letters last: rows rejected by the other tables are added to them on the way.
@@ -409,6 +430,10 @@ class ClickHouseSink(BatchingSink):
                     python.append((idx, msg))
                     continue
                 table, stamp = routed
+                event_id = scan_event_id(value)  # type: ignore[arg-type]
+                if event_id is None:
+                    python.append((idx, msg))
+                    continue
                 block = lines.get(table)
                 if block is None:
                     block = lines[table] = []
@@ -421,7 +446,7 @@ class ClickHouseSink(BatchingSink):
                         continue
                     known[stamp] = ms
                 offset = msg.offset if msg.offset >= 0 else first + idx
-                block.append((value, offset, idx))  # type: ignore[arg-type]
+                block.append((value, offset, idx, event_id))  # type: ignore[arg-type]
             items = python
             # Written here, on the consumer thread, while the insert before this one runs:
             # the insert thread's turn is then ClickHouse's work only.
@@ -522,7 +547,8 @@ class ClickHouseSink(BatchingSink):
             prep.done.add(f"json:{table}")
             self.stats.inserts += 1
             self.stats.insert_seconds += seconds
-            self.stats.rows[table] = self.stats.rows.get(table, 0) + len(prep.lines[table])
+            n = len(prep.lines[table]) - len(prep.excluded.get(table, ()))
+            self.stats.rows[table] = self.stats.rows.get(table, 0) + n
         unanswered: tuple[str, Exception] | None = None
         for table, err in errors.items():
             if _error_code(err) is None and not is_rejection(err):
@@ -538,8 +564,15 @@ class ClickHouseSink(BatchingSink):
                 len(lines),
                 _short(err),
             )
-            self._route(batch, ((idx, batch.items[idx]) for _, _, idx in lines), prep.rows)
+            skip = prep.excluded.get(table, set())  # on the Python path already
+            self._route(
+                batch,
+                ((idx, batch.items[idx]) for _, o, idx, _ in lines if o not in skip),
+                prep.rows,
+            )
             prep.done.add(f"json:{table}")
+            # The block may have been refused because a message hid its real event id.
+            self._refuse_conflicts(batch, prep)
         if unanswered is not None:
             self._transient(*unanswered)
 
@@ -561,6 +594,12 @@ class ClickHouseSink(BatchingSink):
     def _insert_json(self, client: Any, batch: SinkBatch, prep: _Prepared, table: str) -> float:
         """One ClickHouse-parsed insert of ``table``'s block; returns its seconds."""
         path = prep.files.pop(table, None) or write_block(prep.lines[table])  # a retry rewrites
+        exclude = prep.excluded.get(table, set())
+        token = f"{batch.key}/{table}/json"
+        if exclude:
+            # Another block than the one without exclusions: another token, so that neither
+            # can be dropped as the other's duplicate on a replay.
+            token += f"/x{min(exclude)}-{len(exclude)}"
         t0 = self._clock()
         try:
             client.command(
@@ -575,23 +614,97 @@ class ClickHouseSink(BatchingSink):
                         # Synchronous, deduplicated by the batch's token (as the Native insert).
                         "async_insert": 0,
                         "insert_deduplicate": 1,
-                        "insert_deduplication_token": f"{batch.key}/{table}/json",
+                        "insert_deduplication_token": token,
                         # ReplacingMergeTree's collapse within the block cost ~40 % of this
                         # insert; copies collapse at merge time instead (queries use FINAL).
                         "optimize_on_insert": 0,
                     },
+                    exclude,
                 )
             )
         finally:
             os.unlink(path)
         return self._clock() - t0
 
+    # --- event identity (feedbackloop.sinks.identity) ----------------------------------------
+    def _check_identity(self, batch: SinkBatch, prep: _Prepared) -> None:
+        """Look the batch's event ids up; refuse every message that would change an id's key.
+
+        Parsed lines whose id is stored already, or occurs twice in the batch, leave the
+        parsed path (excluded from its insert) for the Python path, where each row's key is
+        compared; the others are new and unique, so their key cannot conflict.
+        """
+        count: Counter[int] = Counter()
+        line_ids: list[tuple[str, int, int, int | None]] = []
+        for table, lines in prep.lines.items():
+            for _, offset, idx, text in lines:
+                eid = id_of_text(text)
+                line_ids.append((table, offset, idx, eid))
+                if eid is not None:
+                    count[eid] += 1
+        for table, pairs in prep.rows.items():
+            if table in EVENT_TABLES:
+                for row, _ in pairs:
+                    count[row[0]] += 1
+        known = self._lookup(count.keys())
+        prep.looked_up.update(count)
+        prep.identity = IdentityCheck(known)
+        moved = []
+        for table, offset, idx, eid in line_ids:
+            if eid is None or eid in known or count[eid] > 1:
+                prep.excluded.setdefault(table, set()).add(offset)
+                moved.append((idx, batch.items[idx]))
+        if moved:
+            moved.sort(key=lambda m: m[0])
+            self._route(batch, moved, prep.rows)
+        self._refuse_conflicts(batch, prep)
+
+    def _lookup(self, ids: Collection[int]) -> dict[int, Any]:
+        try:
+            return lookup(self._connect(), self.database, ids, bool(self._embedded))
+        except Exception as e:
+            self._transient("event_keys", e)
+            raise  # pragma: no cover - _transient raises
+
+    def _refuse_conflicts(self, batch: SinkBatch, prep: _Prepared) -> None:
+        """Turn event rows whose id has another key (stored, or earlier here) into dead letters.
+
+        Idempotent: a row admitted once is admitted again, so it may run after a fallback.
+        """
+        check = prep.identity
+        assert check is not None
+        keyed = [
+            (idx, table, *row_key(table, row))
+            for table, pairs in prep.rows.items()
+            if table in EVENT_TABLES and table not in prep.done
+            for row, idx in pairs
+        ]
+        new = {k[2] for k in keyed} - prep.looked_up
+        if new:
+            check.add(self._lookup(new))
+            prep.looked_up.update(new)
+        refused: dict[str, set[int]] = {}
+        keyed.sort(key=lambda k: k[0])  # the first in the batch wins
+        for idx, table, eid, key in keyed:
+            first = check.conflict(eid, key)
+            if first is None:
+                continue
+            refused.setdefault(table, set()).add(idx)
+            self.stats.by_reason[CONFLICTING_RESEND] += 1
+            dl = self._dead_letter_row(batch, idx, CONFLICTING_RESEND, error_text(eid, first, key))
+            prep.rows.setdefault(DEAD_LETTERS, []).append((dl, idx))
+        for table, gone in refused.items():
+            prep.rows[table] = [p for p in prep.rows[table] if p[1] not in gone]
+
     def _rejected_row(self, batch: SinkBatch, idx: int, table: str, reason: str) -> Row:
+        return self._dead_letter_row(batch, idx, "clickhouse_rejected", f"{table}: {reason}")
+
+    def _dead_letter_row(self, batch: SinkBatch, idx: int, reason: str, error: str) -> Row:
         msg: SinkMessage = batch.items[idx]
         offset = _offset_of(batch, idx)
         dl = DeadLetter(
-            reason="clickhouse_rejected",
-            error=f"{table}: {reason}",
+            reason=reason,
+            error=error,
             payload=msg.value or b"",
             key=msg.key,
             source="sink",

@@ -4,7 +4,9 @@ The Python path (:mod:`feedbackloop.sinks.rows`) turns every message into a row 
 clickhouse-connect serializes the rows column by column; both hold the GIL and together cost
 more than the insert itself. Here Python only looks at bytes: :func:`route` finds the event
 type (hence the table) and the ``enriched_at`` stamp, :func:`write_block` writes a batch's
-messages of one table to a file, each wrapped as ``{"_o":<Kafka offset>,"m":<message>}``,
+messages of one table to a file, each wrapped as
+``{"_o":<Kafka offset>,"_i":"<event id>","m":<message>}`` (the id scanned from the bytes for
+the identity check, feedbackloop.sinks.identity, and checked against the parsed one),
 and one ``INSERT … SELECT … FROM file(…, 'JSONEachRow', <structure>)`` (:func:`insert_sql`)
 has ClickHouse parse the JSON into typed named tuples and map them to the columns, in C++
 without the GIL.
@@ -35,6 +37,7 @@ import datetime as dt
 import os
 import re
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -292,8 +295,14 @@ def insert_sql(
     partition: int,
     stamps: dict[bytes, int],
     settings: dict[str, Any],
+    exclude: Collection[int] = (),
 ) -> str:
     """``INSERT … SELECT`` of one block file of ``table`` (lines from :func:`write_block`).
+
+    Lines whose offset is in ``exclude`` are not inserted (the sink takes them on the Python
+    path: their event id needs the identity check, feedbackloop.sinks.identity). Every
+    line's parsed event id must equal the id the sink scanned from its bytes (``_i``), or the
+    block is refused: the identity lookup was made with the scanned ids.
 
     ``stamps`` maps each ``enriched_at`` in the block to its milliseconds (:func:`stamp_ms`);
     ``settings`` (with :data:`INPUT_SETTINGS`) go into the statement's ``SETTINGS`` clause,
@@ -316,6 +325,7 @@ def insert_sql(
     checks = [
         f"event.event_type = {_quote(_TYPE_OF[table])}",
         "event.event_id IS NOT NULL",
+        "event.event_id = _i",
         f"match(event.occurred_at, {_quote(_TIME_RE)})",
         f"{stamp} > 0",
         *_CHECK[table],
@@ -327,6 +337,7 @@ def insert_sql(
             f"{_quote(_TIME_RE)}) AND {_DER_CHECK})",
         ]
     condition = " AND ".join(f"({c})" for c in checks)
+    skip = f" AND _o NOT IN ({', '.join(str(int(o)) for o in sorted(exclude))})" if exclude else ""
     exprs = {
         **_SELECT[table],
         "kafka_topic": _quote(topic),
@@ -338,9 +349,10 @@ def insert_sql(
     columns = ", ".join(f"`{c}`" for c in COLUMNS[table])
     return (
         f"INSERT INTO `{database}`.`{table}` ({columns}) SELECT {select} "
-        f"FROM (SELECT _o, {unwrap} FROM file({_quote(path)}, 'JSONEachRow', "
-        f"{_quote('_o UInt64, m Tuple(' + structure + ')')})) "
-        f"WHERE throwIf(NOT ({condition}), 'feedbackloop: a message not in the strict form') = 0 "
+        f"FROM (SELECT _o, _i, {unwrap} FROM file({_quote(path)}, 'JSONEachRow', "
+        f"{_quote('_o UInt64, _i UUID, m Tuple(' + structure + ')')})) "
+        f"WHERE throwIf(NOT ({condition}), 'feedbackloop: a message not in the strict form') = 0"
+        f"{skip} "
         f"SETTINGS {_settings({**INPUT_SETTINGS, **settings})}"
     )
 
@@ -354,16 +366,17 @@ def _settings(settings: dict[str, Any]) -> str:
     return ", ".join(out)
 
 
-def write_block(lines: list[tuple[bytes, int, int]]) -> str:
-    """Write ``(message, offset, …)`` as ``{"_o":<offset>,"m":<message>}`` lines to a temp file.
+def write_block(lines: list[tuple[bytes, int, int, bytes]]) -> str:
+    """Write ``(message, offset, index, event id)`` as ``{"_o":<offset>,"_i":"<event id>",
+    "m":<message>}`` lines to a temp file.
 
     Returns its path; the caller removes it. Wrapping the message (rather than splicing the
     offset into it) leaves its bytes as they are: they are copied once, into the file.
     """
     parts: list[bytes] = []
     add = parts.append
-    for value, offset, _ in lines:
-        add(b'{"_o":%d,"m":' % offset)
+    for value, offset, _, event_id in lines:
+        add(b'{"_o":%d,"_i":"%s","m":' % (offset, event_id))
         add(value)
         add(b"}\n")
     fd, path = tempfile.mkstemp(prefix=f"{_PREFIX}{os.getpid()}-", suffix=".jsonl")
