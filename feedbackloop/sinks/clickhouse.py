@@ -38,6 +38,7 @@ from feedbackloop.sinks.base import BatchingSink, SinkBatch, retry_delay
 from feedbackloop.sinks.identity import (
     CONFLICTING_RESEND,
     EVENT_TABLES,
+    EventKey,
     IdentityCheck,
     error_text,
     id_of_text,
@@ -47,6 +48,7 @@ from feedbackloop.sinks.identity import (
 )
 from feedbackloop.sinks.ingest import (
     insert_sql,
+    keys_sql,
     remove_stale_blocks,
     route,
     stamp_ms,
@@ -630,9 +632,10 @@ class ClickHouseSink(BatchingSink):
     def _check_identity(self, batch: SinkBatch, prep: _Prepared) -> None:
         """Look the batch's event ids up; refuse every message that would change an id's key.
 
-        Parsed lines whose id is stored already, or occurs twice in the batch, leave the
-        parsed path (excluded from its insert) for the Python path, where each row's key is
-        compared; the others are new and unique, so their key cannot conflict.
+        A parsed line whose id is new and occurs once in the batch cannot conflict; for the
+        others (resends, replays: rare) ClickHouse reads their keys from the block file
+        (:func:`~feedbackloop.sinks.ingest.keys_sql`), so they stay on the parsed path unless
+        refused. Python rows carry their keys.
         """
         count: Counter[int] = Counter()
         line_ids: list[tuple[str, int, int, int | None]] = []
@@ -649,15 +652,47 @@ class ClickHouseSink(BatchingSink):
         known = self._lookup(count.keys())
         prep.looked_up.update(count)
         prep.identity = IdentityCheck(known)
-        moved = []
+        suspects: dict[str, dict[int, int]] = {}  # table -> offset -> index in the batch
+        moved: list[tuple[int, SinkMessage]] = []
         for table, offset, idx, eid in line_ids:
-            if eid is None or eid in known or count[eid] > 1:
+            if eid is None:
                 prep.excluded.setdefault(table, set()).add(offset)
                 moved.append((idx, batch.items[idx]))
+            elif eid in known or count[eid] > 1:
+                suspects.setdefault(table, {})[offset] = idx
+        keyed: list[tuple[int, str, int, EventKey, int]] = []
+        for table, at in suspects.items():
+            try:
+                keys = self._line_keys(prep, table, at)
+            except Exception as e:
+                if _error_code(e) is None and not is_rejection(e):
+                    self._transient("event_keys", e)
+                # ClickHouse cannot read these lines: the Python path decides (and stores).
+                log.debug("keys of %d lines of %s unread: %s", len(at), table, _short(e))
+                keys = {}
+            for offset, idx in at.items():
+                if offset in keys:
+                    keyed.append((idx, table, *keys[offset], offset))
+                else:
+                    prep.excluded.setdefault(table, set()).add(offset)
+                    moved.append((idx, batch.items[idx]))
         if moved:
             moved.sort(key=lambda m: m[0])
             self._route(batch, moved, prep.rows)
-        self._refuse_conflicts(batch, prep)
+        self._refuse_conflicts(batch, prep, keyed)
+
+    def _line_keys(
+        self, prep: _Prepared, table: str, at: dict[int, int]
+    ) -> dict[int, tuple[int, EventKey]]:
+        """Offset -> (event id, key) of the parsed lines at those offsets, read by ClickHouse."""
+        path = prep.files.get(table)
+        if path is None:
+            path = prep.files[table] = write_block(prep.lines[table])
+        rows = self._connect().query(keys_sql(table, path, at)).result_rows
+        return {
+            int(o): (eid.int, EventKey(table, app_id, tuple(slice_), int(hour)))
+            for o, eid, app_id, slice_, hour in rows
+        }
 
     def _lookup(self, ids: Collection[int]) -> dict[int, Any]:
         try:
@@ -666,30 +701,41 @@ class ClickHouseSink(BatchingSink):
             self._transient("event_keys", e)
             raise  # pragma: no cover - _transient raises
 
-    def _refuse_conflicts(self, batch: SinkBatch, prep: _Prepared) -> None:
-        """Turn event rows whose id has another key (stored, or earlier here) into dead letters.
+    def _refuse_conflicts(
+        self,
+        batch: SinkBatch,
+        prep: _Prepared,
+        lines: Iterable[tuple[int, str, int, EventKey, int]] = (),
+    ) -> None:
+        """Turn messages whose id has another key (stored, or earlier here) into dead letters.
 
-        Idempotent: a row admitted once is admitted again, so it may run after a fallback.
+        ``lines``: parsed lines with their keys (index, table, id, key, offset); the Python
+        rows not yet stored are checked too. Idempotent (a message admitted once is admitted
+        again), so it may run again after a block fell back to the Python path.
         """
         check = prep.identity
         assert check is not None
-        keyed = [
-            (idx, table, *row_key(table, row))
+        keyed: list[tuple[int, str, int, EventKey, int | None]] = [
+            (idx, table, *row_key(table, row), None)
             for table, pairs in prep.rows.items()
             if table in EVENT_TABLES and table not in prep.done
             for row, idx in pairs
         ]
+        keyed += lines
         new = {k[2] for k in keyed} - prep.looked_up
         if new:
             check.add(self._lookup(new))
             prep.looked_up.update(new)
         refused: dict[str, set[int]] = {}
         keyed.sort(key=lambda k: k[0])  # the first in the batch wins
-        for idx, table, eid, key in keyed:
+        for idx, table, eid, key, offset in keyed:
             first = check.conflict(eid, key)
             if first is None:
                 continue
-            refused.setdefault(table, set()).add(idx)
+            if offset is None:
+                refused.setdefault(table, set()).add(idx)
+            else:
+                prep.excluded.setdefault(table, set()).add(offset)
             self.stats.by_reason[CONFLICTING_RESEND] += 1
             dl = self._dead_letter_row(batch, idx, CONFLICTING_RESEND, error_text(eid, first, key))
             prep.rows.setdefault(DEAD_LETTERS, []).append((dl, idx))

@@ -191,4 +191,3 @@ def lookup(
         eid = event_id.int if isinstance(event_id, uuid.UUID) else int(event_id)
         out.setdefault(eid, set()).add(EventKey(table, app_id, tuple(slice_), int(hour)))
     return out
-

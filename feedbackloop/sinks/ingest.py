@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from feedbackloop.schemas.events import SCHEMA_VERSION
+from feedbackloop.sinks.identity import KEY_COLUMNS
 from feedbackloop.sinks.tables import COLUMNS, RANK_ENRICHED, RANK_NO_CONTEXT, RANK_STEP
 from feedbackloop.sinks.tables import epoch_ms as _ms
 
@@ -49,6 +50,7 @@ __all__ = [
     "INPUT_SETTINGS",
     "JSON_TABLES",
     "insert_sql",
+    "keys_sql",
     "route",
     "remove_stale_blocks",
     "stamp_ms",
@@ -299,8 +301,8 @@ def insert_sql(
 ) -> str:
     """``INSERT … SELECT`` of one block file of ``table`` (lines from :func:`write_block`).
 
-    Lines whose offset is in ``exclude`` are not inserted (the sink takes them on the Python
-    path: their event id needs the identity check, feedbackloop.sinks.identity). Every
+    Lines whose offset is in ``exclude`` are not inserted (refused by the identity check,
+    feedbackloop.sinks.identity, or taken on the Python path). Every
     line's parsed event id must equal the id the sink scanned from its bytes (``_i``), or the
     block is refused: the identity lookup was made with the scanned ids.
 
@@ -309,16 +311,10 @@ def insert_sql(
     which applies to the insert and to reading the file (passing them to the client instead
     makes chDB's client SET and restore each one around the statement: ~40 extra queries).
     """
-    structure = f"event Tuple({_ENV}, {_EVENT[table]}), "
     if table == "interactions":
-        structure += f"{_DER}, {_TAIL}"
         rank = f"{RANK_ENRICHED * RANK_STEP}"
     else:
-        structure += f"{_CTX}, {_DER}, {_TAIL}"
         rank = f"if({_HAS}, {RANK_ENRICHED * RANK_STEP}, {RANK_NO_CONTEXT * RANK_STEP})"
-    fields = [f.split(" ", 1)[0] for f in _TAIL.split(", ")]
-    fields += ["event", "derived"] + ([] if table == "interactions" else ["context"])
-    unwrap = ", ".join(f"m.{f} AS {f}" for f in fields)
     keys = ", ".join(_quote(s.decode()) for s in stamps)
     values = ", ".join(str(int(v)) for v in stamps.values())
     stamp = f"transform(enriched_at, [{keys}], [{values}]::Array(UInt64), 0::UInt64)"
@@ -349,11 +345,44 @@ def insert_sql(
     columns = ", ".join(f"`{c}`" for c in COLUMNS[table])
     return (
         f"INSERT INTO `{database}`.`{table}` ({columns}) SELECT {select} "
-        f"FROM (SELECT _o, _i, {unwrap} FROM file({_quote(path)}, 'JSONEachRow', "
-        f"{_quote('_o UInt64, _i UUID, m Tuple(' + structure + ')')})) "
+        f"FROM {_from_file(table, path)} "
         f"WHERE throwIf(NOT ({condition}), 'feedbackloop: a message not in the strict form') = 0"
         f"{skip} "
         f"SETTINGS {_settings({**INPUT_SETTINGS, **settings})}"
+    )
+
+
+def _from_file(table: str, path: str) -> str:
+    """The block file of ``table`` as a subquery: ``_o``, ``_i`` and the message's fields."""
+    structure = f"event Tuple({_ENV}, {_EVENT[table]}), "
+    if table == "interactions":
+        structure += f"{_DER}, {_TAIL}"
+    else:
+        structure += f"{_CTX}, {_DER}, {_TAIL}"
+    fields = [f.split(" ", 1)[0] for f in _TAIL.split(", ")]
+    fields += ["event", "derived"] + ([] if table == "interactions" else ["context"])
+    unwrap = ", ".join(f"m.{f} AS {f}" for f in fields)
+    return (
+        f"(SELECT _o, _i, {unwrap} FROM file({_quote(path)}, 'JSONEachRow', "
+        f"{_quote('_o UInt64, _i UUID, m Tuple(' + structure + ')')}))"
+    )
+
+
+def keys_sql(table: str, path: str, offsets: Collection[int]) -> str:
+    """The identity key (feedbackloop.sinks.identity) of the lines at ``offsets`` of a block.
+
+    Rows of ``(offset, event_id, app_id, slice, hour)``, read with the same expressions as
+    :func:`insert_sql` stores, so the key is the one the row will have. Only run for lines
+    whose event id is already stored or repeated in the batch (resends: rare).
+    """
+    sel = _SELECT[table]
+    slice_ = ", ".join(sel[c] for c in KEY_COLUMNS[table])
+    return (
+        f"SELECT _o, {sel['event_id']}, {sel['app_id']}, [{slice_}], "
+        f"intDiv(toUnixTimestamp({sel['occurred_at']}), 3600) * 3600 "
+        f"FROM {_from_file(table, path)} "
+        f"WHERE _o IN ({', '.join(str(int(o)) for o in sorted(offsets))}) "
+        f"SETTINGS {_settings(INPUT_SETTINGS)}"
     )
 
 

@@ -95,6 +95,12 @@ def _final_counts(client: Any) -> dict[str, int]:
     return {t: int(client.command(f"SELECT count() FROM {db}.{t} FINAL")) for t in EVENT_TABLES}
 
 
+def _raw_counts(client: Any) -> dict[str, int]:
+    db = client.test_db
+    tables = (*EVENT_TABLES, "dead_letters")
+    return {t: int(client.command(f"SELECT count() FROM {db}.{t}")) for t in tables}
+
+
 def _distinct_ids(client: Any) -> dict[str, int]:
     db = client.test_db
     return {
@@ -131,7 +137,11 @@ def test_a_resend_under_other_key_columns_is_one_dead_letter_and_the_event_one_r
     resends += conflicting[len(harmless) * 3 :]
     sink = _write(client, json_path, [resends], offset=len(stored))
     assert sink.stats.by_reason["conflicting_resend"] == len(conflicting), sink.stats
+    if json_path:  # resends are keyed by ClickHouse and stay on the parsed path
+        assert sink.stats.json_fallbacks == 0, sink.stats
+    parts = _raw_counts(client)
     _write(client, json_path, [resends], offset=len(stored))
+    assert _raw_counts(client) == parts  # the replay was dropped by its tokens
     assert _final_counts(client) == counts
     refused = _refused(client)
     assert len(refused) == len(conflicting)

@@ -371,6 +371,10 @@ class FakeClient:
 
         from feedbackloop.sinks.identity import EVENT_TABLES, row_key
 
+        if "'JSONEachRow'" in sql:  # keys of parsed lines: this fake cannot parse JSON
+            from clickhouse_connect.driver.exceptions import DatabaseError
+
+            raise DatabaseError("Code: 27. Cannot parse input (fake)")
         self.lookups = getattr(self, "lookups", 0) + 1
         if external_data is not None:
             data = external_data.files[0].data
@@ -872,7 +876,7 @@ def test_the_event_id_is_scanned_from_the_bytes_or_not_at_all(value: bytes, foun
     assert scan_event_id(msg) == (eid.lower() if found else None)
 
 
-def test_copies_of_one_id_on_the_parsed_path_leave_it_and_the_first_key_wins() -> None:
+def test_copies_of_one_id_the_engine_cannot_key_take_the_python_path_first_key_wins() -> None:
     import orjson
 
     fake = FakeChdb()
