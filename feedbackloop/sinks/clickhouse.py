@@ -136,6 +136,8 @@ class _Prepared:
     identity: IdentityCheck | None = None
     #: Event ids already looked up in ``event_keys``.
     looked_up: set[int] = field(default_factory=set)
+    #: Rows added by a refused block, not yet held to the identity check.
+    unchecked: bool = False
     #: table -> the ``enriched_at`` values of its lines and their milliseconds.
     stamps: dict[str, dict[bytes, int]] = field(default_factory=dict)
     #: table -> its block file, written while the insert before it runs (taken by the insert).
@@ -399,9 +401,21 @@ class ClickHouseSink(BatchingSink):
         if prep.identity is None:
             # Here, on the insert thread, in batch order: the batches before this one are
             # stored, so their event ids are in event_keys. Decided once; a retry reuses it.
-            self._check_identity(batch, prep)
+            # All or nothing: a lookup that fails leaves the batch as it was prepared.
+            saved = {t: list(pairs) for t, pairs in prep.rows.items()}
+            try:
+                self._check_identity(batch, prep)
+            except BaseException:
+                prep.rows, prep.identity = saved, None
+                prep.excluded.clear()
+                prep.looked_up.clear()
+                raise
         # Blocks parsed by ClickHouse first: a block it rejects joins the Python rows below.
         self._insert_parsed(batch, prep)
+        if prep.unchecked:
+            # A refused block's messages, now Python rows: a message may have hidden its
+            # real event id from the scan. Checked before any of them is inserted.
+            self._refuse_conflicts(batch, prep)
         # Dead letters last: rows rejected by the other tables are added to them on the way.
         order = [t for t in prep.rows if t != DEAD_LETTERS] + [DEAD_LETTERS]
         for table in order:
@@ -573,8 +587,7 @@ class ClickHouseSink(BatchingSink):
                 prep.rows,
             )
             prep.done.add(f"json:{table}")
-            # The block may have been refused because a message hid its real event id.
-            self._refuse_conflicts(batch, prep)
+            prep.unchecked = True
         if unanswered is not None:
             self._transient(*unanswered)
 
@@ -741,6 +754,7 @@ class ClickHouseSink(BatchingSink):
             prep.rows.setdefault(DEAD_LETTERS, []).append((dl, idx))
         for table, gone in refused.items():
             prep.rows[table] = [p for p in prep.rows[table] if p[1] not in gone]
+        prep.unchecked = False
 
     def _rejected_row(self, batch: SinkBatch, idx: int, table: str, reason: str) -> Row:
         return self._dead_letter_row(batch, idx, "clickhouse_rejected", f"{table}: {reason}")

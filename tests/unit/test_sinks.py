@@ -894,3 +894,30 @@ def test_copies_of_one_id_the_engine_cannot_key_take_the_python_path_first_key_w
     refused = _dead_letters_by_reason(fake, "conflicting_resend")
     assert [r[COLUMNS["dead_letters"].index("source_offset")] for r in refused] == [11]
     assert sink.stats.rows == {"interactions": 3, "dead_letters": 1}
+
+
+def test_a_failed_identity_lookup_retries_the_batch_with_nothing_inserted_twice() -> None:
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    class FailsFirstLookup(FakeClient):
+        failed = False
+
+        def query(self, sql: str, external_data: Any = None, **kw: Any) -> Any:
+            if not self.failed:
+                self.failed = True
+                raise OperationalError("connection reset")
+            return super().query(sql, external_data, **kw)
+
+    fake = FailsFirstLookup()
+    sink = ClickHouseSink("http://x", "db", TOPICS, client_factory=lambda: fake)
+    it = _interaction(prompt_version="p1")
+    values = [it, it.model_copy(update={"prompt_version": "p2"}), _interaction()]
+    for i, m in enumerate(values):
+        sink.add(TOPICS.events, 0, i, SinkMessage(encode(m), None, None, 0, i))
+    with pytest.raises(BackPressure):
+        sink.flush()
+    assert fake.inserted == {}
+    assert sink.flush() == {(TOPICS.events, 0): 3}
+    assert [r[8] for r in fake.inserted["interactions"]] == ["p1", ""]
+    assert len(_dead_letters_by_reason(fake, "conflicting_resend")) == 1
+    assert sink.stats.by_reason["conflicting_resend"] == 1
