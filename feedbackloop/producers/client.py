@@ -27,6 +27,7 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -34,6 +35,7 @@ from typing import Any
 from feedbackloop.config import Settings
 from feedbackloop.errors import SchemaError
 from feedbackloop.producers.assignment import Experiment
+from feedbackloop.producers.context import CallContext, context
 from feedbackloop.producers.delivery import DeliveryStats
 from feedbackloop.producers.fastpath import EVENT_IDS, FastEncoder, utc_timestamp, uuid_from_str
 from feedbackloop.producers.kafka_transport import KafkaTransport
@@ -326,6 +328,13 @@ class FeedbackClient:
         True once queued or spooled."""
         self._counters.add("invalid")
         return self._transport.send_dead_letter(letter.key, letter.payload, letter.headers())
+
+    def context(self, **fields: Any) -> AbstractContextManager[CallContext]:
+        """A block whose interactions, as logged by the provider wrappers
+        (:mod:`feedbackloop.integrations`), carry these fields: ``session_id``, ``user_id``,
+        ``prompt_version``, ``experiment``, ``variant``, ``metadata``. See
+        :mod:`feedbackloop.producers.context`."""
+        return context(**fields)
 
     # ------------------------------------------------------------------ experiments
 

@@ -32,6 +32,8 @@ from feedbackloop.producers.delivery import DeliveryStats
 from feedbackloop.schemas import SCHEMA_VERSION, Event
 from feedbackloop.web import collector as collector_mod
 from feedbackloop.web import dashboard as dashboard_mod
+from feedbackloop.web import otlp as otlp_mod
+from feedbackloop.web import snippet as snippet_mod
 from feedbackloop.web.auth import KeyRing
 from feedbackloop.web.collector import Collector, EventSink
 from feedbackloop.web.ratelimit import RateLimiter
@@ -117,6 +119,8 @@ def create_app(
         dashboard=dashboard_mod.DashboardQueries(query, cache_s=settings.web_cache_s),
     )
     app.include_router(collector_mod.router())
+    app.include_router(otlp_mod.router())
+    app.include_router(snippet_mod.router())
     app.include_router(dashboard_mod.router())
     app.mount(
         "/dashboard/static",

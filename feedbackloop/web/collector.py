@@ -224,6 +224,20 @@ async def read_json_body(request: Request, limit: int) -> tuple[bytes, Any]:
         )
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise ApiError(415, "unsupported_encoding", "compressed request bodies are not accepted")
+    body = await receive_body(request, limit)
+    if not body.strip():
+        raise ApiError(400, "empty_body", "the request body is empty; send JSON")
+    try:
+        return body, parse_json(body)
+    except ValueError as e:
+        collector: Collector = state_of(request).collector
+        await run_in_threadpool(collector.dead_letter_body, body, "invalid_json", str(e))
+        raise ApiError(400, "invalid_json", f"the body is not valid UTF-8 JSON: {e}") from e
+
+
+async def receive_body(request: Request, limit: int) -> bytes:
+    """The raw request body: at most ``limit`` bytes (413), within ``web_read_timeout_s``
+    (408); every route that reads a body reads it through here."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(
@@ -254,15 +268,7 @@ async def read_json_body(request: Request, limit: int) -> tuple[bytes, Any]:
             f"the request body did not arrive within {timeout:g} s",
             {"Connection": "close"},
         ) from e
-    body = b"".join(chunks)
-    if not body.strip():
-        raise ApiError(400, "empty_body", "the request body is empty; send JSON")
-    try:
-        return body, parse_json(body)
-    except ValueError as e:
-        collector: Collector = state_of(request).collector
-        await run_in_threadpool(collector.dead_letter_body, body, "invalid_json", str(e))
-        raise ApiError(400, "invalid_json", f"the body is not valid UTF-8 JSON: {e}") from e
+    return b"".join(chunks)
 
 
 def parse_json(body: bytes) -> Any:

@@ -62,6 +62,15 @@ def test_bench_sink_writer_and_both_latency_paths() -> None:
     assert out.count(" achieved, 2,000 rows): p50") == 2
 
 
+def test_bench_integrations_prints_wrapped_beside_bare_and_otlp_beside_json() -> None:
+    out = _run("bench_integrations.py", "--calls", "50", "--spans", "1000")
+    for api in ("openai chat", "openai chat, stream", "anthropic messages"):
+        assert any(line.startswith(api + " ") for line in out.splitlines()), api
+    assert "the wrapper's own work" in out
+    assert "failed 0, dropped 0" in out
+    assert "OTLP protobuf spans /v1/traces" in out and "ratio OTLP / JSON" in out
+
+
 def test_bench_verdicts_prints_ours_beside_the_rule_before_and_naive_peeking() -> None:
     out = _run("bench_verdicts.py", "--sims", "10", "--chdb", "1")
     assert "| ours: compare_counts, 10^8 per arm" in out and "ratio ours / raw z-test" in out

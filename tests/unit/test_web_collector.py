@@ -374,11 +374,15 @@ def test_openapi_document_lists_exactly_the_endpoints(client: TestClient) -> Non
     doc = client.get("/openapi.json").json()
     from fastapi.routing import APIRoute
 
-    from feedbackloop.web import collector, dashboard
+    from feedbackloop.web import collector, dashboard, otlp, snippet
 
     # Every route the app serves, from the routers it is built from plus its own.
     own = [r for r in client.app.routes if isinstance(r, APIRoute)]  # type: ignore[attr-defined]
-    all_routes = own + collector.router().routes + dashboard.router().routes
+    all_routes = own + [
+        route
+        for module in (collector, dashboard, otlp, snippet)
+        for route in module.router().routes
+    ]
     routes = {
         (m.lower(), r.path)
         for r in all_routes
@@ -436,7 +440,7 @@ def test_openapi_conformance_with_schemathesis(tmp_path: Path, rec: Recorder) ->
     for op in schema.get_all_operations():
         _conformance(op.ok())()
         checked += 1
-    assert checked == 3
+    assert checked == 4  # /v1/events, /v1/feedback, /v1/traces, /healthz
 
 
 def test_requests_that_violate_the_openapi_document_are_refused(
@@ -477,7 +481,7 @@ def test_requests_that_violate_the_openapi_document_are_refused(
 
         run()
         checked += 1
-    assert checked == 2
+    assert checked == 3  # /v1/events, /v1/feedback, /v1/traces
 
 
 def test_vendored_chart_js_is_untouched_and_the_page_loads_nothing_remote(
