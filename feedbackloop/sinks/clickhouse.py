@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import gc
+import hashlib
 import logging
 import os
 import struct
@@ -614,7 +615,8 @@ class ClickHouseSink(BatchingSink):
         if exclude:
             # Another block than the one without exclusions: another token, so that neither
             # can be dropped as the other's duplicate on a replay.
-            token += f"/x{min(exclude)}-{len(exclude)}"
+            left_out = ",".join(map(str, sorted(exclude))).encode()
+            token += f"/x{hashlib.blake2b(left_out, digest_size=8).hexdigest()}"
         t0 = self._clock()
         try:
             client.command(
