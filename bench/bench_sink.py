@@ -12,8 +12,8 @@ Part 1 (embedded chDB, in-process), for each topic the writer reads: the *enrich
     table in which chDB parses and checks the messages (feedbackloop/sinks/ingest.py); also
     timed with that path off (``json_path=False``: decode, rows, Native insert) for reference.
     On the raw topic: validation, row building, dedup tokens and the Native insert.
-Identity lookup: the sink's one query per batch (feedbackloop/sinks/identity.py) for a
-  batch of new ids, timed with 0, 1M and 4M ids already in ``event_keys`` (its cost grows
+Identity lookup: the sink's one query per batch (feedbackloop/sinks/identity.py) for 500
+  and ``--batch`` new ids, timed with 0, 1M and 4M ids already in ``event_keys`` (its cost grows
   with the table: random ids hit most granules), beside an ``INSERT … SELECT`` of a batch of
   300-byte rows in the same run.
 Part 2 (embedded Tansu broker, services as child processes with their own chDB), twice: the
@@ -182,10 +182,12 @@ def bench_writer(
     return ours, raw_rate, py_rate
 
 
-def bench_identity_lookup(dsn: str, batch: int, sizes: list[int]) -> list[tuple[int, float, float]]:
-    """Seconds of the sink's identity lookup (sinks/identity.py) for ``batch`` new ids, by
-    the number of ids already stored, beside a parsed insert of a batch of the same size
-    into the same database (the baseline: what the lookup is added to)."""
+def bench_identity_lookup(
+    dsn: str, batch: int, sizes: list[int]
+) -> list[tuple[int, int, float, float]]:
+    """Seconds of the sink's identity lookup (sinks/identity.py) for 500 and ``batch`` new
+    ids, by the number of ids already stored, beside an insert of as many rows into the same
+    database (the baseline: what the lookup is added to)."""
     import uuid as _uuid
 
     from feedbackloop.sinks.identity import lookup
@@ -205,20 +207,21 @@ def bench_identity_lookup(dsn: str, batch: int, sizes: list[int]) -> list[tuple[
             client.command("OPTIMIZE TABLE bench_keys.event_keys FINAL")
             have = size
         _settle(client)
-        ids = [_uuid.uuid4().int for _ in range(batch)]
-        times = []
-        for _ in range(3):
+        for n in sorted({500, batch}):
+            ids = [_uuid.uuid4().int for _ in range(n)]
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                lookup(client, "bench_keys", ids, embedded=True)
+                times.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            lookup(client, "bench_keys", ids, embedded=True)
-            times.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        client.command(
-            "INSERT INTO bench_keys.dead_letters (failed_at, reason, error, source, source_topic, "
-            "source_partition, source_offset, key, payload) SELECT now64(3), 'x', '', 'bench', "
-            f"'t', 0, number, '', repeat('x', 300) FROM numbers({batch})"
-        )
-        insert = time.perf_counter() - t0
-        out.append((size, sorted(times)[1], insert))
+            client.command(
+                "INSERT INTO bench_keys.dead_letters (failed_at, reason, error, source, "
+                "source_topic, source_partition, source_offset, key, payload) SELECT now64(3), "
+                f"'x', '', 'bench', 't', 0, number, '', repeat('x', 300) FROM numbers({n})"
+            )
+            insert = time.perf_counter() - t0
+            out.append((size, n, sorted(times)[1], insert))
     client.command("DROP DATABASE IF EXISTS bench_keys")
     client.close()
     return out
@@ -446,13 +449,13 @@ def main() -> None:
             print(f"[{mode}] load average (1 min) after this part: {os.getloadavg()[0]:.2f}")
         del modes, raw_values
         sizes = [int(x) for x in args.lookup_sizes.split(",") if x]
-        for size, seconds, insert in bench_identity_lookup(
+        for size, n, seconds, insert in bench_identity_lookup(
             f"chdb:///{work / 'chdb'}", args.batch, sizes
         ):
             print(
-                f"[identity] lookup of {args.batch:,} new ids among {size:,} stored: "
+                f"[identity] lookup of {n:,} new ids among {size:,} stored: "
                 f"{seconds * 1000:.0f} ms (median of 3); baseline, an INSERT … SELECT of "
-                f"{args.batch:,} 300-byte rows, same run: {insert * 1000:.0f} ms"
+                f"{n:,} 300-byte rows, same run: {insert * 1000:.0f} ms"
             )
         print(f"[identity] load average (1 min): {os.getloadavg()[0]:.2f}")
         for path in () if args.skip_latency else ("pipeline", "raw"):

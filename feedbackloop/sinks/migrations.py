@@ -428,6 +428,9 @@ ORDER BY experiment
 # (Native and ClickHouse-parsed inserts alike). Identical keys collapse (ReplacingMergeTree);
 # the existing rows are backfilled once (re-running the INSERT only adds copies that
 # collapse). ``slice`` holds the table's slicing key columns in order (identity.KEY_COLUMNS).
+# Small granules: the ids of a batch are random, each hits one granule of the primary index,
+# so a lookup reads about (ids x granule) rows rather than the whole table (500 ids among 2M
+# stored: 16 ms with 256-row granules, 56 ms with the default 8192).
 _EVENT_KEY_SELECT = {
     "interactions": "[prompt_version, experiment, variant]",
     "feedback": "[kind]",
@@ -457,6 +460,7 @@ CREATE TABLE IF NOT EXISTS {db}.event_keys
 )
 ENGINE = ReplacingMergeTree
 ORDER BY (event_id, event_table, app_id, slice, hour)
+SETTINGS index_granularity = 256
 """,
     *(
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.event_keys_{t}_mv TO {{db}}.event_keys "
