@@ -189,3 +189,25 @@ def test_existing_rows_are_known_after_the_migration(client: Any) -> None:
     )
     _write(client, False, [_conflicting(stored)], offset=len(stored))
     assert len(_refused(client)) == len(_conflicting(stored))
+
+
+def test_a_message_that_hides_its_event_id_from_the_scan_is_still_checked(
+    client: Any, clickhouse_dsn: str
+) -> None:
+    if not is_embedded(clickhouse_dsn):
+        pytest.skip("the ClickHouse-parsed path is for embedded chDB only")
+    stored = pipeline_messages()
+    _write(client, True, [stored])
+    counts = _final_counts(client)
+    d = orjson.loads(_set(_find(stored, "interaction"), ("event", "prompt_version"), "p-hidden"))
+    # A client orders its keys as it likes: a metadata entry named event_id, first in the
+    # event, is what a scan of the bytes finds before the real id.
+    decoy = str(uuid.uuid4())
+    event = d["event"]
+    d["event"] = {"metadata": {"event_id": decoy, **event.pop("metadata")}, **event}
+    hidden = orjson.dumps(d)
+    assert hidden.find(decoy.encode()) < hidden.find(event["event_id"].encode())
+    sink = _write(client, True, [[hidden, *stored[1:4]]], offset=len(stored))
+    assert sink.stats.json_fallbacks >= 1, sink.stats  # the parsed id is not the scanned one
+    assert sink.stats.by_reason["conflicting_resend"] == 1, sink.stats
+    assert _final_counts(client) == counts
