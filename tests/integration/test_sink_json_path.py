@@ -75,7 +75,7 @@ def pipeline_messages() -> list[bytes]:
             metadata={"i": -7, "b": True, "n": None, "s": "x1"},
         )
     )
-    pipe.process(0, [(None, encode(e), i) for i, e in enumerate(events)])
+    pipe.process(0, [(None, encode(e), i, 0) for i, e in enumerate(events)])
     return out
 
 
