@@ -12,7 +12,7 @@ Part 1 (embedded chDB, in-process), for each topic the writer reads: the *enrich
     table in which chDB parses and checks the messages (feedbackloop/sinks/ingest.py); also
     timed with that path off (``json_path=False``: decode, rows, Native insert) for reference.
     On the raw topic: validation, row building, dedup tokens and the Native insert.
-Identity lookup: the sink's one query per batch (feedbackloop/sinks/identity.py) for 500
+Identity lookup: the sink's one query per batch (feedbackloop/sinks/event_keys.py) for 500
   and ``--batch`` new ids, timed with 0, 1M and 4M ids already in ``event_keys`` (its cost grows
   with the table: random ids hit most granules), beside an ``INSERT … SELECT`` of a batch of
   300-byte rows in the same run.
@@ -185,12 +185,12 @@ def bench_writer(
 def bench_identity_lookup(
     dsn: str, batch: int, sizes: list[int]
 ) -> list[tuple[int, int, float, float]]:
-    """Seconds of the sink's identity lookup (sinks/identity.py) for 500 and ``batch`` new
+    """Seconds of the sink's identity lookup (sinks/event_keys.py) for 500 and ``batch`` new
     ids, by the number of ids already stored, beside an insert of as many rows into the same
     database (the baseline: what the lookup is added to)."""
     import uuid as _uuid
 
-    from feedbackloop.sinks.identity import lookup
+    from feedbackloop.sinks.event_keys import lookup
 
     client = get_client(dsn)
     client.command("DROP DATABASE IF EXISTS bench_keys")

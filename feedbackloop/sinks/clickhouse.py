@@ -36,7 +36,7 @@ from feedbackloop.config import default_of
 from feedbackloop.errors import BackPressure, ClickHouseError, SchemaError
 from feedbackloop.schemas import DeadLetter, Topics
 from feedbackloop.sinks.base import BatchingSink, SinkBatch, retry_delay
-from feedbackloop.sinks.identity import (
+from feedbackloop.sinks.event_keys import (
     CONFLICTING_RESEND,
     EVENT_TABLES,
     EventKey,
@@ -645,7 +645,7 @@ class ClickHouseSink(BatchingSink):
             os.unlink(path)
         return self._clock() - t0
 
-    # --- event identity (feedbackloop.sinks.identity) ----------------------------------------
+    # --- event identity (feedbackloop.sinks.event_keys) ----------------------------------------
     def _check_identity(self, batch: SinkBatch, prep: _Prepared) -> None:
         """Look the batch's event ids up; refuse every message that would change an id's key.
 

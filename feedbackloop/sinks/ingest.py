@@ -6,7 +6,7 @@ more than the insert itself. Here Python only looks at bytes: :func:`route` find
 type (hence the table) and the ``enriched_at`` stamp, :func:`write_block` writes a batch's
 messages of one table to a file, each wrapped as
 ``{"_o":<Kafka offset>,"_i":"<event id>","m":<message>}`` (the id scanned from the bytes for
-the identity check, feedbackloop.sinks.identity, and checked against the parsed one),
+the identity check, feedbackloop.sinks.event_keys, and checked against the parsed one),
 and one ``INSERT … SELECT … FROM file(…, 'JSONEachRow', <structure>)`` (:func:`insert_sql`)
 has ClickHouse parse the JSON into typed named tuples and map them to the columns, in C++
 without the GIL.
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from feedbackloop.schemas.events import SCHEMA_VERSION
-from feedbackloop.sinks.identity import KEY_COLUMNS
+from feedbackloop.sinks.event_keys import KEY_COLUMNS
 from feedbackloop.sinks.tables import COLUMNS, RANK_ENRICHED, RANK_NO_CONTEXT, RANK_STEP
 from feedbackloop.sinks.tables import epoch_ms as _ms
 
@@ -302,7 +302,7 @@ def insert_sql(
     """``INSERT … SELECT`` of one block file of ``table`` (lines from :func:`write_block`).
 
     Lines whose offset is in ``exclude`` are not inserted (refused by the identity check,
-    feedbackloop.sinks.identity, or taken on the Python path). Every
+    feedbackloop.sinks.event_keys, or taken on the Python path). Every
     line's parsed event id must equal the id the sink scanned from its bytes (``_i``), or the
     block is refused: the identity lookup was made with the scanned ids.
 
@@ -369,7 +369,7 @@ def _from_file(table: str, path: str) -> str:
 
 
 def keys_sql(table: str, path: str, offsets: Collection[int]) -> str:
-    """The identity key (feedbackloop.sinks.identity) of the lines at ``offsets`` of a block.
+    """The identity key (feedbackloop.sinks.event_keys) of the lines at ``offsets`` of a block.
 
     Rows of ``(offset, event_id, app_id, slice, hour)``, read with the same expressions as
     :func:`insert_sql` stores, so the key is the one the row will have. Only run for lines

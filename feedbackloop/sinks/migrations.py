@@ -423,11 +423,11 @@ ORDER BY experiment
 # alone. The event tables' dedup key holds the key columns too (app_id, the slicing columns,
 # the hour), so a resend whose key columns differ would land under another key and read as
 # a second row under FINAL; the sink looks every batch's ids up here first and refuses such
-# a resend with a dead letter (feedbackloop.sinks.identity). A materialized view per event
+# a resend with a dead letter (feedbackloop.sinks.event_keys). A materialized view per event
 # table writes the rows, in the same INSERT statement as the event rows, on every path
 # (Native and ClickHouse-parsed inserts alike). Identical keys collapse (ReplacingMergeTree);
 # the existing rows are backfilled once (re-running the INSERT only adds copies that
-# collapse). ``slice`` holds the table's slicing key columns in order (identity.KEY_COLUMNS).
+# collapse). ``slice`` holds the table's slicing key columns in order (event_keys.KEY_COLUMNS).
 # Small granules: the ids of a batch are random, each hits one granule of the primary index,
 # so a lookup reads about (ids x granule) rows rather than the whole table (500 ids among 2M
 # stored: 16 ms with 256-row granules, 56 ms with the default 8192).

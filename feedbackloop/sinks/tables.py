@@ -525,7 +525,7 @@ _FEEDBACK_HOURLY = Table(
     ),
 )
 
-#: Event identity (migration 5; feedbackloop.sinks.identity): the key each event id was
+#: Event identity (migration 5; feedbackloop.sinks.event_keys): the key each event id was
 #: stored under, written by a materialized view per event table, read by the sink.
 _EVENT_KEYS = Table(
     "event_keys",

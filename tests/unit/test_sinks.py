@@ -369,7 +369,7 @@ class FakeClient:
         import uuid
         from types import SimpleNamespace
 
-        from feedbackloop.sinks.identity import EVENT_TABLES, row_key
+        from feedbackloop.sinks.event_keys import EVENT_TABLES, row_key
 
         if "'JSONEachRow'" in sql:  # keys of parsed lines: this fake cannot parse JSON
             from clickhouse_connect.driver.exceptions import DatabaseError
@@ -749,7 +749,7 @@ def test_without_a_second_client_the_tables_go_in_one_after_the_other() -> None:
     sink.close()
 
 
-# --- event identity (sinks/identity.py) ------------------------------------------------------
+# --- event identity (sinks/event_keys.py) ------------------------------------------------------
 
 
 def _dead_letters_by_reason(fake: FakeClient, reason: str) -> list[Any]:
@@ -843,7 +843,7 @@ def test_an_event_id_used_by_another_event_type_is_refused() -> None:
 def test_the_key_hour_is_the_utc_hour_whatever_the_offset() -> None:
     import datetime as dt
 
-    from feedbackloop.sinks.identity import row_key
+    from feedbackloop.sinks.event_keys import row_key
     from feedbackloop.sinks.rows import declared_row
 
     t = dt.datetime(2026, 3, 1, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
@@ -869,7 +869,7 @@ def test_the_key_hour_is_the_utc_hour_whatever_the_offset() -> None:
 def test_the_event_id_is_scanned_from_the_bytes_or_not_at_all(value: bytes, found: bool) -> None:
     import uuid
 
-    from feedbackloop.sinks.identity import scan_event_id
+    from feedbackloop.sinks.event_keys import scan_event_id
 
     eid = str(uuid.uuid4()).upper().encode()
     msg = value % eid if b"%s" in value else value

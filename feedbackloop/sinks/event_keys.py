@@ -1,4 +1,4 @@
-"""Event identity: one event id, one key; a resend under another key is refused.
+"""Event identity, one event id, one key: a resend under other key columns is refused.
 
 The event tables are ReplacingMergeTree whose dedup key is the sorting key: ``app_id``, the
 table's slicing columns (:data:`KEY_COLUMNS`), the hour of ``occurred_at`` (hence the day
@@ -13,7 +13,9 @@ and collapses (stored once); so does a resend with the same key and other conten
 higher ``_version`` wins, as before).
 
 This module is pure but for :func:`lookup` (one query per batch); the sink
-(feedbackloop.sinks.clickhouse) decides per message with :class:`IdentityCheck`.
+(feedbackloop.sinks.clickhouse) decides per message with :class:`IdentityCheck`. Where an
+id comes from when a producer sent none is :mod:`feedbackloop.schemas.identity`'s business;
+this module holds whatever id an event has to its first key.
 """
 
 from __future__ import annotations
