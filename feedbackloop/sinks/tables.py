@@ -542,6 +542,24 @@ _FEEDBACK_HOURLY = Table(
     ),
 )
 
+#: Event identity (migration 6; feedbackloop.sinks.event_keys): the key each event id was
+#: stored under, written by a materialized view per event table, read by the sink.
+_EVENT_KEYS = Table(
+    "event_keys",
+    _columns(
+        f"""
+        event_id UUID
+        event_table {_LC}
+        app_id {_LC}
+        slice Array(String)
+        hour DateTime('UTC')
+        inserted_at {_TIME}
+        """,
+        lambda name: None,
+        inserted_at=_NOW,
+    ),
+)
+
 
 _SINK_TABLES = (
     _INTERACTIONS,
@@ -562,6 +580,7 @@ TABLES: Mapping[str, Table] = {
         _EXPERIMENT_DESIGNS,
         _INTERACTIONS_HOURLY,
         _FEEDBACK_HOURLY,
+        _EVENT_KEYS,
     )
 }
 #: The columns the sink inserts into each of its tables, in row order (defaults fill the rest).
