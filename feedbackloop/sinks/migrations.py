@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from feedbackloop.errors import ClickHouseError, ConfigError
+from feedbackloop.sinks.report_rows import REPORT_ROWS_DDL
 
 __all__ = ["MIGRATIONS", "Migration", "applied_migrations", "migrate", "MIGRATIONS_TABLE"]
 
@@ -393,6 +394,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "event, aggregate, alert and dead-letter tables", _V1),
     Migration(2, "hourly rollups (distinct-count materialized views)", _V2),
     Migration(3, "prompt version registry", _V3),
+    # Per-session report rows and their totals (feedbackloop.sinks.report_rows): what the
+    # experiment, impact and version reports read instead of re-joining every event.
+    Migration(4, "per-session report rows", REPORT_ROWS_DDL),
 )
 
 #: Tables with an ``occurred_at`` column that an optional TTL applies to.

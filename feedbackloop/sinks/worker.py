@@ -64,6 +64,10 @@ class SinkConfig:
     #: Serve read-only analyst queries on 127.0.0.1 (needed with embedded chDB, where no
     #: other process may open the data directory while the worker runs).
     query_endpoint: bool = True
+    #: Bring the per-session report rows up to date this often, in a thread of its own
+    #: (feedbackloop.sinks.report_rows); 0 leaves it to another worker. Run it in one
+    #: worker per database.
+    compact_interval_s: float = 1.0
     #: Extra librdkafka consumer settings.
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -111,6 +115,7 @@ class SinkWorker:
         self._consumer: Any = None
         self._paused: list[Any] = []
         self.endpoint: Any = None
+        self.compactor: Any = None
 
     @property
     def topic_names(self) -> tuple[str, ...]:
@@ -158,6 +163,9 @@ class SinkWorker:
             finally:
                 self._consumer.close()
                 self._consumer = None
+                if self.compactor is not None:
+                    self.compactor.stop()
+                    self.compactor = None
                 if self.endpoint is not None:
                     self.endpoint.stop()
                     self.endpoint = None
@@ -179,6 +187,17 @@ class SinkWorker:
                 log.warning("ClickHouse not ready (%s); retrying", e)
                 self.sink.close()
                 time.sleep(min(5.0, 0.2 * 2**attempt))
+        if self.config.compact_interval_s > 0:
+            from feedbackloop.infra import get_client
+            from feedbackloop.sinks.report_rows import Compactor
+
+            dsn = self.settings.clickhouse_dsn
+            self.compactor = Compactor(
+                lambda: get_client(dsn),
+                self.settings.clickhouse_database,
+                self.config.compact_interval_s,
+            )
+            self.compactor.start()
         if self.config.query_endpoint:
             from feedbackloop.sinks.query import QueryEndpoint
 
