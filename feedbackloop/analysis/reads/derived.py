@@ -56,9 +56,11 @@ def _where(rows: Rows, scope: Scope) -> tuple[str, bool] | None:
     exists = rows("EXISTS TABLE report_variant_totals")
     if not exists or not int(next(iter(exists[0].values()))):
         return None
-    from feedbackloop.sinks.report_rows import changed_sessions_sql
+    from feedbackloop.sinks.report_rows import changed_rows_sql, changed_sessions_sql
 
-    changed = int(rows(changed_sessions_sql().replace("{db}.", ""))[0]["changed"])
+    changed = int(rows(changed_rows_sql().replace("{db}.", ""))[0]["changed"])
+    if changed:
+        changed = int(rows(changed_sessions_sql().replace("{db}.", ""))[0]["changed"])
     if changed > MAX_CHANGED_SESSIONS:
         return None
     parts = ["1"]
