@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     stream_alert_webhook: SecretStr | None = Field(
         default=None, description="Slack-compatible webhook URL for satisfaction-drop alerts."
     )
+    stream_verdict_check_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds between verdict checks of experiments with a registered design "
+        "(an alert when one turns 'significant regression' or 'do not trust'); 0: off.",
+    )
 
     # --- Sink (feedbackloop sink run; options of the same name override) -----------------
     sink_raw: bool = Field(

@@ -1,5 +1,6 @@
-"""``feedbackloop ab`` and ``impact``: experiment reports over the events stored in
-ClickHouse (:mod:`feedbackloop.analysis.reads` then :mod:`feedbackloop.analysis.reports`)."""
+"""``feedbackloop experiments``, ``ab`` and ``impact``: an experiment's registered design,
+and the reports over its events stored in ClickHouse (:mod:`feedbackloop.analysis.reads`
+then :mod:`feedbackloop.analysis.reports`)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,21 @@ from typing import Any
 
 import click
 
-from feedbackloop.cli.base import emit, scope_of, settings_of
+from feedbackloop.cli.base import echo_json, emit, scope_of, settings_of
 from feedbackloop.cli.options import (
     alpha_option,
     app_option,
+    build_design,
+    design_options,
     experiment_option,
     json_option,
-    mde_option,
-    power_option,
+    plan_options,
+    primary_option,
     since_option,
     url_option,
 )
 
-__all__ = ["ab", "impact"]
+__all__ = ["ab", "experiments", "impact"]
 
 
 class NamedWeightsType(click.ParamType):
@@ -49,6 +52,14 @@ class NamedWeightsType(click.ParamType):
         return out
 
 
+_weights_option = click.option(
+    "--weights",
+    type=NamedWeightsType(),
+    default=None,
+    help="Configured split for the sample-ratio check, e.g. control=50,treatment=50 "
+    "(default: equal).",
+)
+
 _control_option = click.option(
     "--control",
     default=None,
@@ -66,22 +77,9 @@ def ab() -> None:
 @since_option
 @app_option
 @_control_option
-@click.option(
-    "--weights",
-    type=NamedWeightsType(),
-    default=None,
-    help="Configured split for the sample-ratio check, e.g. control=50,treatment=50 "
-    "(default: equal).",
-)
-@alpha_option
-@power_option
-@mde_option
-@click.option(
-    "--primary",
-    default="satisfaction",
-    show_default=True,
-    help="Metric that decides (e.g. satisfaction, outcome.code_accepted).",
-)
+@_weights_option
+@design_options
+@primary_option
 @click.option(
     "--correction",
     type=click.Choice(["bh", "holm", "none"]),
@@ -99,34 +97,50 @@ def report(
     app: str | None,
     control: str | None,
     weights: dict[str, float] | None,
+    mde: float | None,
+    mde_relative: bool,
     alpha: float,
     power: float,
-    mde: float | None,
     primary: str,
     correction: str,
     url: str | None,
     as_json: bool,
 ) -> None:
-    """Per-variant metrics, differences vs control, SRM, power and a decision.
+    """Per-variant metrics, differences vs control, SRM and a verdict per treatment.
+
+    The experiment is judged by its registered design (`feedbackloop experiments design`);
+    without one, by --primary / --mde / --alpha / --power (sequential analysis), and the
+    report says which defaults it assumed.
 
     \b
     Example:
       feedbackloop ab report --experiment new-prompt --since 7d --weights control=50,treatment=50
     """
-    from feedbackloop.analysis.reads.queries import fetch_experiment, settings_runner
-    from feedbackloop.analysis.reports.report import build_report
+    from feedbackloop.analysis.reads.queries import settings_runner
+    from feedbackloop.analysis.reports.report import report_experiment
 
-    data = fetch_experiment(
-        settings_runner(settings_of(ctx), url), scope_of(since, experiment, app)
-    )
-    result = build_report(
-        data,
+    design_params = ("mde", "mde_relative", "alpha", "power", "primary")
+    given = [
+        p
+        for p in design_params
+        if ctx.get_parameter_source(p) is click.core.ParameterSource.COMMANDLINE
+    ]
+    options = None
+    if given:
+        options = build_design(
+            experiment=experiment,
+            mde=mde,
+            mde_relative=mde_relative,
+            alpha=alpha,
+            power=power,
+            primary=primary,
+        )
+    result = report_experiment(
+        settings_runner(settings_of(ctx), url),
+        scope_of(since, experiment, app),
+        options=options,
         control=control,
         weights=weights,
-        alpha=alpha,
-        power=power,
-        mde=mde,
-        primary=primary,
         correction=correction,
     )
     emit(result, as_json)
@@ -211,3 +225,100 @@ def impact(
     scope = scope_of(since, experiment, app)
     data = fetch_impact(settings_runner(settings_of(ctx), url), scope, outcomes or None)
     emit(build_impact(data, control=control, alpha=alpha), as_json)
+
+
+@click.group()
+def experiments() -> None:
+    """Experiment designs: the rules an experiment is judged by, registered before its data.
+
+    `ab report`, the dashboard and the alerts read the registered design; without one a
+    report says which defaults it assumed.
+    """
+
+
+@experiments.command("design")
+@click.argument("name")
+@primary_option
+@click.option(
+    "--guardrail",
+    "guardrails",
+    multiple=True,
+    help="A metric that must not regress (repeatable), e.g. --guardrail latency_ms.",
+)
+@design_options
+@plan_options
+@_weights_option
+@click.option("--note", default="", help="What is tested and why (hypothesis, owner, ticket).")
+@click.pass_context
+def design(
+    ctx: click.Context,
+    name: str,
+    primary: str,
+    guardrails: tuple[str, ...],
+    mde: float | None,
+    mde_relative: bool,
+    alpha: float,
+    power: float,
+    mode: str,
+    baseline: float | None,
+    sd: float | None,
+    sessions: int | None,
+    weights: dict[str, float] | None,
+    note: str,
+) -> None:
+    """Register experiment NAME's design (immutable; the same design again is a no-op).
+
+    \b
+    Examples:
+      feedbackloop experiments design new-prompt --mde 0.02 --guardrail latency_ms
+      feedbackloop experiments design new-prompt --mode fixed --mde 0.05 --mde-relative \\
+          --baseline 0.6
+    Needs write access: with embedded chDB, stop a running `sink run` first.
+    """
+    from feedbackloop.analysis.reads.designs import register_design
+
+    d = build_design(
+        experiment=name,
+        primary=primary,
+        guardrails=tuple(guardrails),
+        mde=mde,
+        mde_relative=mde_relative,
+        alpha=alpha,
+        power=power,
+        mode=mode,
+        baseline=baseline,
+        sd=sd,
+        planned_sessions=sessions,
+        weights=dict(weights or {}),
+        note=note,
+    )
+    stored, new = register_design(settings_of(ctx), d)
+    what = "registered" if new else "already registered (same design)"
+    click.echo(f"{name}: {what}: {stored.summary()}")
+
+
+@experiments.command("show")
+@click.argument("name")
+@url_option
+@json_option
+@click.pass_context
+def show(ctx: click.Context, name: str, url: str | None, as_json: bool) -> None:
+    """Print experiment NAME's registered design."""
+    from feedbackloop.analysis.reads.designs import fetch_design
+    from feedbackloop.analysis.reads.queries import settings_runner
+    from feedbackloop.errors import ConfigError
+
+    found = fetch_design(settings_runner(settings_of(ctx), url), name)
+    if found is None:
+        raise ConfigError(
+            f"no design registered for {name!r}: feedbackloop experiments design {name} --mde ..."
+        )
+    if as_json:
+        echo_json(found.to_dict())
+        return
+    click.echo(f"{name}: {found.summary()}")
+    click.echo(f"registered {found.created_at[:19]} UTC by {found.created_by or '?'}")
+    if found.weights:
+        click.echo("weights: " + ", ".join(f"{k}={v:g}" for k, v in found.weights.items()))
+    if found.note:
+        click.echo(f"note: {found.note}")

@@ -19,12 +19,18 @@ import click
 
 __all__ = [
     "SHARED_OPTIONS",
+    "CheckedFloat",
+    "build_design",
+    "design_options",
+    "plan_options",
     "alpha_option",
     "app_option",
     "experiment_option",
     "json_option",
     "limit_option",
     "mde_option",
+    "mde_relative_option",
+    "primary_option",
     "min_support_option",
     "negative_options",
     "power_option",
@@ -35,7 +41,73 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_PROBABILITY = click.FloatRange(0, 1, min_open=True, max_open=True)
+
+class CheckedFloat(click.ParamType):
+    """A float checked by a library validator that names the rule it enforces (``nan`` and
+    ``inf`` parse as floats, so a range type alone lets them through)."""
+
+    name = "number"
+
+    def __init__(self, check: Callable[[float], float], what: str) -> None:
+        self._check = check
+        self._what = what
+
+    def __repr__(self) -> str:
+        return f"CheckedFloat({self._what})"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from feedbackloop.errors import ConfigError
+
+        if isinstance(value, float):
+            x = value
+        else:
+            try:
+                x = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+        try:
+            return self._check(x)
+        except ConfigError as e:
+            self.fail(str(e), param, ctx)
+
+
+def _alpha(x: float) -> float:
+    from feedbackloop.analysis.statistics.design import check_alpha
+
+    return check_alpha(x, "alpha")
+
+
+def _power(x: float) -> float:
+    from feedbackloop.analysis.statistics.design import check_power
+
+    return check_power(x, 0.0, "power")
+
+
+def _mde(x: float) -> float:
+    from feedbackloop.analysis.statistics.design import check_mde
+
+    return check_mde(x, relative=True, proportion=False, name="mde")
+
+
+def _positive(x: float) -> float:
+    from feedbackloop.analysis.statistics.design import check_positive
+
+    return check_positive(x, "value")
+
+
+def _finite(x: float) -> float:
+    from feedbackloop.errors import ConfigError
+
+    if x != x or x in (float("inf"), float("-inf")):
+        raise ConfigError(f"must be a finite number, got {x!r}")
+    return x
+
+
+_ALPHA = CheckedFloat(_alpha, "alpha in (0, 0.5)")
+_POWER = CheckedFloat(_power, "power in (0, 1)")
+_MDE = CheckedFloat(_mde, "finite, > 0, at most 10")
+_POSITIVE = CheckedFloat(_positive, "finite, > 0")
+_FINITE = CheckedFloat(_finite, "finite")
 
 #: Every shared option by its long name: the introspection test compares each command's
 #: option of that name with these keyword arguments.
@@ -78,9 +150,9 @@ SHARED_OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         {
             "default": 0.05,
             "show_default": True,
-            "type": _PROBABILITY,
-            "help": "Error rate accepted: two-sided significance level, intervals are "
-            "1 - alpha; where many tests run at once, the false discovery rate.",
+            "type": _ALPHA,
+            "help": "Error rate accepted, in (0, 0.5): two-sided significance level, intervals "
+            "are 1 - alpha; where many tests run at once, the false discovery rate.",
         },
     ),
     "--power": (
@@ -88,17 +160,70 @@ SHARED_OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         {
             "default": 0.8,
             "show_default": True,
-            "type": _PROBABILITY,
-            "help": "Power for the required number of units (sessions or trials).",
+            "type": _POWER,
+            "help": "Power at the MDE for the fixed-horizon sample size, in (alpha/2, 1).",
         },
     ),
     "--mde": (
         ("--mde",),
         {
             "default": None,
-            "type": float,
-            "help": "Absolute change of the deciding metric to plan for, e.g. 0.02 "
-            "(default: the observed one).",
+            "type": _MDE,
+            "help": "Minimum detectable effect of the deciding metric: an absolute change "
+            "(0.02 = 2 points of a rate) unless --mde-relative. Plans the fixed horizon and "
+            "enables the verdict 'no difference as large as the MDE'. Never the observed one.",
+        },
+    ),
+    "--mde-relative": (
+        ("--mde-relative",),
+        {
+            "is_flag": True,
+            "help": "--mde is a share of the control's value (0.05 = 5%), not an absolute change.",
+        },
+    ),
+    "--primary": (
+        ("--primary",),
+        {
+            "default": "satisfaction",
+            "show_default": True,
+            "help": "The metric that decides (e.g. satisfaction, outcome.code_accepted).",
+        },
+    ),
+    "--mode": (
+        ("--mode",),
+        {
+            "type": click.Choice(["sequential", "fixed"]),
+            "default": "sequential",
+            "show_default": True,
+            "help": "sequential: always-valid verdicts at any look; fixed: one verdict at the "
+            "planned horizon, 'keep running (n of N)' before it.",
+        },
+    ),
+    "--baseline": (
+        ("--baseline",),
+        {
+            "type": _FINITE,
+            "default": None,
+            "help": "Expected control value of the deciding metric (a rate in [0, 1]), to plan "
+            "the fixed horizon from the MDE.",
+        },
+    ),
+    "--sd": (
+        ("--sd",),
+        {
+            "type": _POSITIVE,
+            "default": None,
+            "help": "Per-unit standard deviation of the deciding metric (a mean, or a rate "
+            "with chatty sessions), to plan the fixed horizon.",
+        },
+    ),
+    "--sessions": (
+        ("--sessions",),
+        {
+            "type": click.IntRange(min=2),
+            "default": None,
+            "help": "Planned units per variant of the fixed horizon (instead of planning it "
+            "from --baseline / --sd).",
         },
     ),
     "--json": (
@@ -136,6 +261,26 @@ url_option = _shared("--url")
 alpha_option = _shared("--alpha")
 power_option = _shared("--power")
 mde_option = _shared("--mde")
+mde_relative_option = _shared("--mde-relative")
+primary_option = _shared("--primary")
+
+
+def design_options(f: F) -> F:
+    """The design's error rates and effect (``stats compare``, ``ab report``,
+    ``experiments design``): --mde, --mde-relative, --alpha, --power."""
+    for o in reversed((mde_option, mde_relative_option, alpha_option, power_option)):
+        f = o(f)
+    return f
+
+
+def plan_options(f: F) -> F:
+    """How a design is analysed and its fixed horizon planned: --mode, --baseline, --sd,
+    --sessions (``stats compare``, ``experiments design``)."""
+    for name in reversed(("--mode", "--baseline", "--sd", "--sessions")):
+        f = _shared(name)(f)
+    return f
+
+
 json_option = _shared("--json")
 limit_option = _shared("--limit")
 min_support_option = _shared("--min-support")
@@ -209,3 +354,20 @@ def negative_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed(opts):
         decorated = opt(decorated)
     return decorated
+
+
+def build_design(**kwargs: Any) -> Any:
+    """An ExperimentDesign from the design options; a contradiction between them (fixed mode
+    without an MDE, an absolute MDE of 1 or more on a rate metric, ...) is a usage error."""
+    from feedbackloop.analysis.reads.queries import metric_kind
+    from feedbackloop.analysis.statistics.design import ExperimentDesign, check_mde
+    from feedbackloop.errors import ConfigError
+
+    try:
+        design = ExperimentDesign(**kwargs)
+        if design.mde is not None:
+            rate = metric_kind(design.primary) in ("proportion", None)
+            check_mde(design.mde, design.mde_relative, rate, "--mde")
+        return design
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None

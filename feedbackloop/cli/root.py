@@ -69,6 +69,7 @@ cli.add_command(storage.db)
 cli.add_command(storage.sql)
 # Judge experiments (stats.py, experiments.py).
 cli.add_command(stats.stats)
+cli.add_command(experiments.experiments)
 cli.add_command(experiments.ab)
 cli.add_command(experiments.impact)
 # Find failures and close the loop (failures.py, prompts.py, exports.py).

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from feedbackloop.cli.base import echo_json
-from feedbackloop.cli.options import alpha_option, json_option, mde_option, power_option
+from feedbackloop.cli.options import build_design, design_options, json_option, plan_options
 from feedbackloop.errors import MissingDependency
 
 __all__ = ["stats"]
@@ -64,9 +64,8 @@ def stats() -> None:
     type=CountsType(),
     help="Treatment successes/units, e.g. 580/1010.",
 )
-@alpha_option
-@power_option
-@mde_option
+@design_options
+@plan_options
 @click.option(
     "--weights",
     type=WeightsType(),
@@ -82,29 +81,42 @@ def stats() -> None:
 def compare(
     control: Any,
     treatment: Any,
+    mde: float | None,
+    mde_relative: bool,
     alpha: float,
     power: float,
-    mde: float | None,
+    mode: str,
+    baseline: float | None,
+    sd: float | None,
+    sessions: int | None,
     weights: tuple[float, float] | None,
     lower_is_better: bool,
     as_json: bool,
 ) -> None:
     """Compare two variants of a binary metric from counts alone.
 
+    The options are an experiment design's (`feedbackloop experiments design`), and the
+    verdict is the one `ab report` and the dashboard print for the same data.
+
     \b
     Example:
-      feedbackloop stats compare --control 540/1000 --treatment 580/1010
+      feedbackloop stats compare --control 540/1000 --treatment 580/1010 --mde 0.03
     """
     from feedbackloop.analysis.statistics import compare_counts, format_comparison
 
-    result = compare_counts(
-        control,
-        treatment,
+    design = build_design(
+        primary="rate",  # counts are a rate: an absolute MDE must be below 1
+        mde=mde,
+        mde_relative=mde_relative,
         alpha=alpha,
         power=power,
-        mde=mde,
-        weights=weights,
-        higher_is_better=not lower_is_better,
+        mode=mode,
+        baseline=baseline,
+        sd=sd,
+        planned_sessions=sessions,
+    )
+    result = compare_counts(
+        control, treatment, design=design, weights=weights, higher_is_better=not lower_is_better
     )
     if as_json:
         echo_json(result.to_dict())

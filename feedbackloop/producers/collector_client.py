@@ -1,34 +1,27 @@
-"""The SDK over HTTP: the same ``FeedbackClient`` API, sending to the feedbackloop collector
-(``POST /v1/events``) instead of Kafka, for hosts that cannot reach the brokers.
-
-Events are batched (up to ``batch_size`` or ``linger_s``) and posted by a background thread,
-so calls do not block on the network. A batch the collector cannot take right now (503, 429,
-connection refused) is retried with back-off, keeping order; events the collector rejects are
-dead-lettered by the collector itself and counted here as ``failed``.
+"""The SDK over HTTP: the same :class:`FeedbackClient` API and guarantees, sending to the
+feedbackloop collector (``POST /v1/events``) instead of Kafka, for hosts that cannot reach the
+brokers. The delivery mechanics are :class:`~feedbackloop.producers.http_transport.HttpTransport`'s.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import threading
-import time
-import urllib.error
-import urllib.request
-from collections import deque
 from typing import Any
 
 from feedbackloop.config import Settings
 from feedbackloop.producers.client import FeedbackClient
-from feedbackloop.producers.delivery import DeliveryStats
+from feedbackloop.producers.http_transport import HttpTransport
 
 __all__ = ["CollectorClient"]
 
-log = logging.getLogger(__name__)
-
 
 class CollectorClient(FeedbackClient):
-    """A :class:`FeedbackClient` whose transport is the HTTP collector at ``url``."""
+    """A :class:`FeedbackClient` configured with the HTTP collector at ``url`` (its base URL)
+    as its transport, with bearer ``key`` if given.
+
+    Events are posted in batches of up to ``batch_size`` after at most ``linger_s`` s; at
+    most ``max_pending`` wait in memory (more are counted ``dropped``). Other keyword
+    arguments are :class:`FeedbackClient`'s.
+    """
 
     def __init__(
         self,
@@ -41,121 +34,14 @@ class CollectorClient(FeedbackClient):
         max_pending: int = 100_000,
         **kwargs: Any,
     ) -> None:
-        super().__init__(settings, **kwargs)
-        self.url = url.rstrip("/") + "/v1/events"
-        self._key = key
-        self._batch_size = batch_size
-        self._linger_s = linger_s
-        self._max_pending = max_pending
-        self._pending: deque[bytes] = deque()
-        self._cv = threading.Condition()
-        self._in_flight = 0
-        self._stopping = False
-        self._sender = threading.Thread(target=self._run, name="feedbackloop-http", daemon=True)
-        self._sender.start()
-
-    # The SDK's transport hook: every accepted event (and client-side dead letter) comes here.
-    def _send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> bool:
-        if topic == self.topics.dead_letters:
-            return True  # the collector validates and dead-letters on its side
-        with self._cv:
-            if self._closed or len(self._pending) >= self._max_pending:
-                self._counters.add("dropped")
-                return False
-            self._pending.append(value)
-            if len(self._pending) >= self._batch_size:
-                self._cv.notify()
-        return True
-
-    def flush(self, timeout: float = 10.0) -> int:
-        deadline = time.monotonic() + timeout
-        with self._cv:
-            self._cv.notify()
-            while (self._pending or self._in_flight) and time.monotonic() < deadline:
-                self._cv.wait(0.05)
-            return len(self._pending) + self._in_flight
-
-    def close(self, timeout: float | None = None) -> DeliveryStats:
-        timeout = self.settings.close_timeout_s if timeout is None else timeout
-        self.flush(timeout)
-        with self._cv:
-            self._stopping = True
-            self._cv.notify()
-        self._sender.join(timeout=1.0)
-        with self._cv:
-            lost = len(self._pending)
-            self._pending.clear()
-        if lost:
-            self._counters.add("dropped", lost)
-            log.error("feedbackloop: %d events not accepted by %s before close", lost, self.url)
-        return super().close(timeout=0)
-
-    def _run(self) -> None:
-        backoff = 0.2
-        while True:
-            with self._cv:
-                if not self._pending:
-                    if self._stopping:
-                        return
-                    self._cv.wait(self._linger_s)
-                if not self._pending:
-                    continue
-                n = min(self._batch_size, len(self._pending))
-                batch = [self._pending[i] for i in range(n)]
-                self._in_flight = n
-            retry_after = self._post(batch)
-            with self._cv:
-                if retry_after is None:
-                    for _ in range(n):
-                        self._pending.popleft()
-                    backoff = 0.2
-                self._in_flight = 0
-                self._cv.notify_all()
-                stopping = self._stopping
-            if retry_after is not None:
-                if stopping:
-                    return
-                time.sleep(max(retry_after, backoff))
-                backoff = min(backoff * 2, 5.0)
-
-    def _post(self, batch: list[bytes]) -> float | None:
-        """Post one batch; None when done with it, else seconds to wait before retrying."""
-        body = b"[" + b",".join(batch) + b"]"
-        headers = {"Content-Type": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                payload = json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as e:
-            if e.code in (429, 503):
-                return float(e.headers.get("Retry-After") or 1.0)
-            payload = _json_or_empty(e.read())
-            if e.code not in (403, 422):  # whole request refused: not retryable
-                self._counters.add("failed", len(batch))
-                log.error("feedbackloop: collector refused a batch: %s %s", e.code, payload)
-                return None
-        except OSError as e:
-            log.warning("feedbackloop: collector %s unreachable (%s); retrying", self.url, e)
-            return 1.0
-        results = payload.get("results") or []
-        accepted = sum(1 for r in results if r.get("status") == "accepted")
-        self._counters.add("delivered", accepted)
-        if len(batch) - accepted:
-            self._counters.add("failed", len(batch) - accepted)
-        return None
-
-
-def _json_or_empty(data: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except ValueError:
-        return {}
-    return obj if isinstance(obj, dict) else {}
+        settings = settings or Settings()
+        transport = HttpTransport(
+            url,
+            key,
+            batch_size=batch_size,
+            linger_s=linger_s,
+            max_pending=max_pending,
+            close_timeout_s=settings.close_timeout_s,
+        )
+        self.url = transport.url
+        super().__init__(settings, transport=transport, **kwargs)

@@ -1,4 +1,5 @@
-"""Alerts: a detected drop in satisfaction, on ``Topics.alerts`` (JSON, keyed by detector key).
+"""Alerts on ``Topics.alerts`` (JSON, keyed by detector key): a detected drop in satisfaction,
+or an experiment whose verdict turned to "significant regression" or "do not trust".
 
 The detection rule (a one-sided Bernoulli CUSUM with a documented false-alarm bound) is
 described in docs/ARCHITECTURE.md, "Stream jobs / Satisfaction-drop alerts".
@@ -16,8 +17,9 @@ __all__ = ["ALERT_SCHEMA_VERSION", "Alert", "AlertDimension"]
 
 ALERT_SCHEMA_VERSION = 1
 
-#: Which slice a detector watches: one experiment arm, or one prompt version.
-AlertDimension = Literal["variant", "prompt_version"]
+#: Which slice a detector watches: one experiment arm, one prompt version, or one treatment
+#: of an experiment against its control (verdict alerts).
+AlertDimension = Literal["variant", "prompt_version", "experiment"]
 
 
 class Alert(BaseModel):
@@ -27,9 +29,15 @@ class Alert(BaseModel):
 
     alert_schema_version: int = ALERT_SCHEMA_VERSION
     alert_id: uuid.UUID = Field(default_factory=uuid.uuid4)
-    alert_type: Literal["satisfaction_drop"] = "satisfaction_drop"
-    #: Satisfaction = thumbs up / (thumbs up + thumbs down).
-    metric: Literal["satisfaction_rate"] = "satisfaction_rate"
+    #: ``satisfaction_drop``: the CUSUM below. ``experiment_verdict``: the experiment
+    #: report's verdict (feedbackloop.analysis.statistics.decision.decide, the one ``ab
+    #: report`` and the dashboard print) turned bad; then baseline / recent are control /
+    #: treatment (their sessions in the ``_n`` fields), ``statistic`` is the p-value that
+    #: decided and ``threshold`` alpha.
+    alert_type: Literal["satisfaction_drop", "experiment_verdict"] = "satisfaction_drop"
+    #: ``satisfaction_rate`` = thumbs up / (thumbs up + thumbs down), or the report metric
+    #: an experiment verdict is about (e.g. ``satisfaction``, ``latency_ms``).
+    metric: str = "satisfaction_rate"
     dimension: AlertDimension
     #: Stable id of the detector, e.g. ``variant:app|exp|arm`` (the Kafka key).
     detector_key: str

@@ -1,4 +1,5 @@
-"""ClickHouse sinks: versioned DDL (migrations), the batching writer, read-only analyst queries."""
+"""ClickHouse sinks: the tables' columns, versioned DDL (migrations), the batching writer,
+read-only analyst queries."""
 
 from feedbackloop.sinks.base import BaseSink, BatchingSink, SinkBatch, TopicPartition, retry_delay
 from feedbackloop.sinks.clickhouse import ClickHouseSink, SinkMessage, SinkStats, is_rejection
@@ -11,7 +12,8 @@ from feedbackloop.sinks.query import (
     format_result,
     run_query,
 )
-from feedbackloop.sinks.rows import COLUMNS, TopicRouter
+from feedbackloop.sinks.rows import TopicRouter
+from feedbackloop.sinks.tables import COLUMNS, TABLES, Column, Table
 from feedbackloop.sinks.worker import SinkConfig, SinkWorker, default_topics
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "BatchingSink",
     "COLUMNS",
     "ClickHouseSink",
+    "Column",
     "MIGRATIONS",
     "Migration",
     "QueryEndpoint",
@@ -29,6 +32,8 @@ __all__ = [
     "SinkMessage",
     "SinkStats",
     "SinkWorker",
+    "TABLES",
+    "Table",
     "TopicPartition",
     "TopicRouter",
     "applied_migrations",

@@ -42,7 +42,8 @@ from feedbackloop.sinks.ingest import (
     stamp_ms,
     write_block,
 )
-from feedbackloop.sinks.rows import COLUMNS, DEAD_LETTERS, Row, TopicRouter, dead_letter_row
+from feedbackloop.sinks.rows import DEAD_LETTERS, Row, TopicRouter, dead_letter_row
+from feedbackloop.sinks.tables import TABLES
 
 __all__ = ["ClickHouseSink", "SinkMessage", "is_rejection", "SinkStats"]
 
@@ -627,11 +628,14 @@ class ClickHouseSink(BatchingSink):
         client = self._connect()
         ctx = self._contexts.get(table)
         if ctx is None:
-            # One insert context per table, reused: the column types are looked up once.
+            # One insert context per table, reused; names and types come from the
+            # declaration (sinks/tables.py), which a test holds equal to the migrated DDL.
+            declared = TABLES[table]
             ctx = client.create_insert_context(
                 table=table,
                 database=self.database,
-                column_names=list(COLUMNS[table]),
+                column_names=list(declared.names),
+                column_type_names=list(declared.types),
                 column_oriented=True,
             )
             self._contexts[table] = ctx

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from feedbackloop.schemas.events import SCHEMA_VERSION
-from feedbackloop.sinks.rows import _RANK_ENRICHED, _RANK_NO_CONTEXT, _RANK_STEP, COLUMNS, _ms
+from feedbackloop.sinks.tables import COLUMNS, RANK_ENRICHED, RANK_NO_CONTEXT, RANK_STEP
+from feedbackloop.sinks.tables import epoch_ms as _ms
 
 __all__ = [
     "INPUT_SETTINGS",
@@ -161,83 +162,85 @@ def _u32(col: str) -> str:
 
 
 _HAS = "(context.model IS NOT NULL)"
-_ENV_SELECT = (
-    "assumeNotNull(event.event_id)",
-    "parseDateTime64BestEffort(event.occurred_at, 3, 'UTC')",
-    "event.app_id",
-    "event.session_id",
-    "ifNull(event.user_id, '')",
-    f"ifNull(event.schema_version, {SCHEMA_VERSION})",
-)
-_CTX_SELECT = (
-    f"if({_HAS}, 'enriched', if(orphaned, 'orphaned', 'none'))",
-    "orphaned",
-    "waited_ms",
-    f"if({_HAS}, parseDateTime64BestEffort(assumeNotNull(context.interaction_occurred_at), 3, "
-    "'UTC'), NULL)",
-    "ifNull(context.model, '')",
-    f"if({_HAS}, ifNull(context.prompt_version, ''), '')",
-    f"if({_HAS}, ifNull(context.experiment, ''), '')",
-    f"if({_HAS}, ifNull(context.variant, ''), '')",
-    f"if({_HAS}, context.shadow, false)",
-    f"if({_HAS}, context.latency_ms, NULL)",
-    f"if({_HAS}, assumeNotNull(derived.input_language), 'und')",
-    f"if({_HAS}, assumeNotNull(derived.input_has_code), false)",
-    f"if({_HAS}, assumeNotNull(derived.response_has_code), false)",
-    f"if({_HAS}, assumeNotNull(derived.input_length_bucket), '')",
-)
-_SELECT = {
-    "interactions": (
-        *_ENV_SELECT,
-        "assumeNotNull(event.interaction_id)",
-        "event.model",
-        "ifNull(event.prompt_version, '')",
-        "ifNull(event.experiment, '')",
-        "ifNull(event.variant, '')",
-        "event.system_prompt",
-        "event.user_input",
-        "event.response",
-        "event.latency_ms",
-        _u32("event.input_tokens"),
-        _u32("event.output_tokens"),
-        "event.cost_usd",
-        "mapApply((k, v) -> (k, ifNull(v, 'null')), event.metadata)",
-        "event.shadow",
-        "assumeNotNull(derived.input_language)",
-        "assumeNotNull(derived.input_has_code)",
-        "assumeNotNull(derived.response_has_code)",
-        "assumeNotNull(derived.input_chars)",
-        "assumeNotNull(derived.response_chars)",
-        "assumeNotNull(derived.input_length_bucket)",
-    ),
-    "feedback": (
-        *_ENV_SELECT,
-        "event.interaction_id",
-        "event.kind",
-        "ifNull(event.thumbs, 0)",
-        "event.rating",
-        "ifNull(event.text, '')",
-        "ifNull(event.category, '')",
-        *_CTX_SELECT,
-    ),
-    "implicit": (
-        *_ENV_SELECT,
-        "event.interaction_id",
-        "event.signal",
-        "ifNull(event.edited_text, '')",
-        _u32("event.edit_distance"),
-        "event.dwell_ms",
-        _u32("event.copied_chars"),
-        *_CTX_SELECT,
-    ),
-    "outcomes": (
-        *_ENV_SELECT,
-        "event.interaction_id",
-        "event.outcome",
-        "event.value",
-        "event.time_to_outcome_ms",
-        *_CTX_SELECT,
-    ),
+# What each inserted column is SELECTed as, by column name: insert_sql lists them in the
+# declared order (sinks/tables.py); the trace columns and _version are added per statement.
+_ENV_SELECT = {
+    "event_id": "assumeNotNull(event.event_id)",
+    "occurred_at": "parseDateTime64BestEffort(event.occurred_at, 3, 'UTC')",
+    "app_id": "event.app_id",
+    "session_id": "event.session_id",
+    "user_id": "ifNull(event.user_id, '')",
+    "schema_version": f"ifNull(event.schema_version, {SCHEMA_VERSION})",
+}
+_CTX_SELECT = {
+    "enrichment": f"if({_HAS}, 'enriched', if(orphaned, 'orphaned', 'none'))",
+    "orphaned": "orphaned",
+    "waited_ms": "waited_ms",
+    "interaction_occurred_at": f"if({_HAS}, parseDateTime64BestEffort("
+    "assumeNotNull(context.interaction_occurred_at), 3, 'UTC'), NULL)",
+    "model": "ifNull(context.model, '')",
+    "prompt_version": f"if({_HAS}, ifNull(context.prompt_version, ''), '')",
+    "experiment": f"if({_HAS}, ifNull(context.experiment, ''), '')",
+    "variant": f"if({_HAS}, ifNull(context.variant, ''), '')",
+    "shadow": f"if({_HAS}, context.shadow, false)",
+    "latency_ms": f"if({_HAS}, context.latency_ms, NULL)",
+    "input_language": f"if({_HAS}, assumeNotNull(derived.input_language), 'und')",
+    "input_has_code": f"if({_HAS}, assumeNotNull(derived.input_has_code), false)",
+    "response_has_code": f"if({_HAS}, assumeNotNull(derived.response_has_code), false)",
+    "input_length_bucket": f"if({_HAS}, assumeNotNull(derived.input_length_bucket), '')",
+}
+_SELECT: dict[str, dict[str, str]] = {
+    "interactions": {
+        **_ENV_SELECT,
+        "interaction_id": "assumeNotNull(event.interaction_id)",
+        "model": "event.model",
+        "prompt_version": "ifNull(event.prompt_version, '')",
+        "experiment": "ifNull(event.experiment, '')",
+        "variant": "ifNull(event.variant, '')",
+        "system_prompt": "event.system_prompt",
+        "user_input": "event.user_input",
+        "response": "event.response",
+        "latency_ms": "event.latency_ms",
+        "input_tokens": _u32("event.input_tokens"),
+        "output_tokens": _u32("event.output_tokens"),
+        "cost_usd": "event.cost_usd",
+        "metadata": "mapApply((k, v) -> (k, ifNull(v, 'null')), event.metadata)",
+        "shadow": "event.shadow",
+        "input_language": "assumeNotNull(derived.input_language)",
+        "input_has_code": "assumeNotNull(derived.input_has_code)",
+        "response_has_code": "assumeNotNull(derived.response_has_code)",
+        "input_chars": "assumeNotNull(derived.input_chars)",
+        "response_chars": "assumeNotNull(derived.response_chars)",
+        "input_length_bucket": "assumeNotNull(derived.input_length_bucket)",
+    },
+    "feedback": {
+        **_ENV_SELECT,
+        "interaction_id": "event.interaction_id",
+        "kind": "event.kind",
+        "thumbs": "ifNull(event.thumbs, 0)",
+        "rating": "event.rating",
+        "text": "ifNull(event.text, '')",
+        "category": "ifNull(event.category, '')",
+        **_CTX_SELECT,
+    },
+    "implicit": {
+        **_ENV_SELECT,
+        "interaction_id": "event.interaction_id",
+        "signal": "event.signal",
+        "edited_text": "ifNull(event.edited_text, '')",
+        "edit_distance": _u32("event.edit_distance"),
+        "dwell_ms": "event.dwell_ms",
+        "copied_chars": _u32("event.copied_chars"),
+        **_CTX_SELECT,
+    },
+    "outcomes": {
+        **_ENV_SELECT,
+        "interaction_id": "event.interaction_id",
+        "outcome": "event.outcome",
+        "value": "event.value",
+        "time_to_outcome_ms": "event.time_to_outcome_ms",
+        **_CTX_SELECT,
+    },
 }
 _CHECK = {
     "interactions": (
@@ -300,10 +303,10 @@ def insert_sql(
     structure = f"event Tuple({_ENV}, {_EVENT[table]}), "
     if table == "interactions":
         structure += f"{_DER}, {_TAIL}"
-        rank = f"{_RANK_ENRICHED * _RANK_STEP}"
+        rank = f"{RANK_ENRICHED * RANK_STEP}"
     else:
         structure += f"{_CTX}, {_DER}, {_TAIL}"
-        rank = f"if({_HAS}, {_RANK_ENRICHED * _RANK_STEP}, {_RANK_NO_CONTEXT * _RANK_STEP})"
+        rank = f"if({_HAS}, {RANK_ENRICHED * RANK_STEP}, {RANK_NO_CONTEXT * RANK_STEP})"
     fields = [f.split(" ", 1)[0] for f in _TAIL.split(", ")]
     fields += ["event", "derived"] + ([] if table == "interactions" else ["context"])
     unwrap = ", ".join(f"m.{f} AS {f}" for f in fields)
@@ -324,9 +327,14 @@ def insert_sql(
             f"{_quote(_TIME_RE)}) AND {_DER_CHECK})",
         ]
     condition = " AND ".join(f"({c})" for c in checks)
-    select = ", ".join(
-        (*_SELECT[table], _quote(topic), str(int(partition)), "_o", f"{rank} + {stamp}")
-    )
+    exprs = {
+        **_SELECT[table],
+        "kafka_topic": _quote(topic),
+        "kafka_partition": str(int(partition)),
+        "kafka_offset": "_o",
+        "_version": f"{rank} + {stamp}",
+    }
+    select = ", ".join(exprs[c] for c in COLUMNS[table])
     columns = ", ".join(f"`{c}`" for c in COLUMNS[table])
     return (
         f"INSERT INTO `{database}`.`{table}` ({columns}) SELECT {select} "

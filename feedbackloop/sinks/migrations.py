@@ -4,7 +4,9 @@ Every migration is a numbered list of statements written with ``IF NOT EXISTS`` 
 statement interrupted half-way can simply be run again. Applied versions are recorded in
 ``<db>.schema_migrations`` together with a checksum of their SQL; a recorded migration whose
 SQL changed afterwards is reported, never silently re-applied. Migrations are append-only:
-to change a table, add a new migration with an ``ALTER``.
+to change a table, add a new migration with an ``ALTER``, and change its columns in
+:mod:`feedbackloop.sinks.tables`, which everything else reads them from
+(tests/integration/test_migrated_tables.py holds the migrated tables equal to it).
 
 The same DDL runs on embedded chDB and on a ClickHouse server (no ``ON CLUSTER``, no
 Replicated engines; on a cluster, apply it per shard or swap engines in a later migration).
@@ -390,13 +392,42 @@ ORDER BY (name, version)
 """,
 )
 
+# The experiment design registry (feedbackloop.analysis.designs): the rules an experiment is
+# judged by, fixed before its data is seen. Designs are immutable (the writer refuses a
+# different design for the same experiment); ReplacingMergeTree collapses identical re-adds.
+_V4 = (
+    """
+CREATE TABLE IF NOT EXISTS {db}.experiment_designs
+(
+    experiment String,
+    primary_metric String,
+    guardrails Array(String),
+    mde Nullable(Float64),
+    mde_relative Bool,
+    alpha Float64,
+    power Float64,
+    mode LowCardinality(String),
+    baseline Nullable(Float64),
+    sd Nullable(Float64),
+    planned_sessions Nullable(UInt64),
+    weights_json String,
+    note String,
+    created_by String,
+    created_at DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY experiment
+""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "event, aggregate, alert and dead-letter tables", _V1),
     Migration(2, "hourly rollups (distinct-count materialized views)", _V2),
     Migration(3, "prompt version registry", _V3),
+    Migration(4, "experiment design registry", _V4),
     # Per-session report rows and their totals (feedbackloop.sinks.report_rows): what the
     # experiment, impact and version reports read instead of re-joining every event.
-    Migration(4, "per-session report rows", REPORT_ROWS_DDL),
+    Migration(5, "per-session report rows", REPORT_ROWS_DDL),
 )
 
 #: Tables with an ``occurred_at`` column that an optional TTL applies to.

@@ -877,3 +877,20 @@ class Compactor:
         finally:
             if client is not None:
                 client.close()
+
+
+def declared_columns() -> dict[str, tuple[tuple[str, str, str], ...]]:
+    """Every report-rows table's columns as ``(name, type, default)`` the way ``DESCRIBE
+    TABLE`` prints them: what :data:`feedbackloop.sinks.tables.TABLES` registers."""
+    out = {s.table: tuple((c, t, "") for c, t in s.columns) for s in _STATES}
+    for t in TOTALS:
+        out[t.table] = (
+            *((n, ty, "") for n, ty, _ in t.keys),
+            *((n, f"SimpleAggregateFunction(sum, {ty})", "") for n, ty, _ in t.sums),
+            *((n, f"SimpleAggregateFunction({f}, {ty})", "") for n, f, ty, _ in t.extremes),
+        )
+    out["report_rows_watermark"] = (
+        ("watermark", "DateTime64(3, 'UTC')", ""),
+        ("computed_at", "DateTime64(3, 'UTC')", "DEFAULT now64(3)"),
+    )
+    return out

@@ -1,7 +1,8 @@
 """From Kafka messages to ClickHouse rows: which table, which columns, in which order.
 
 Pure functions, no I/O: :class:`TopicRouter` turns one message value into ``(table, row)``
-pairs (or a dead letter), and the column tuples below are exactly what the sink inserts.
+pairs (or a dead letter). Rows hold the columns :mod:`feedbackloop.sinks.tables` declares
+(``COLUMNS``), in that order.
 
 Values are in the form clickhouse-connect serializes without converting them first where
 that is cheap to get: UUID columns hold the UUID's 128-bit ``int`` (every path, so a column
@@ -46,125 +47,38 @@ from feedbackloop.schemas.events import (
     ReportCategory,
 )
 from feedbackloop.schemas.serialization import format_validation_error
+from feedbackloop.sinks.tables import (
+    CONTEXT,
+    RANK_ENRICHED,
+    RANK_NO_CONTEXT,
+    RANK_RAW,
+    RANK_STEP,
+    TABLES,
+    Source,
+    epoch_ms,
+)
 
 __all__ = [
-    "COLUMNS",
     "DEAD_LETTERS",
     "Row",
     "Routed",
     "TopicRouter",
     "dead_letter_row",
+    "declared_row",
     "enriched_row",
 ]
 
 Row = tuple[Any, ...]
 
-_TRACE = ("kafka_topic", "kafka_partition", "kafka_offset")
-_ENVELOPE = ("event_id", "occurred_at", "app_id", "session_id", "user_id", "schema_version")
-_CONTEXT = (
-    "enrichment",
-    "orphaned",
-    "waited_ms",
-    "interaction_occurred_at",
-    "model",
-    "prompt_version",
-    "experiment",
-    "variant",
-    "shadow",
-    "latency_ms",
-    "input_language",
-    "input_has_code",
-    "response_has_code",
-    "input_length_bucket",
+DEAD_LETTERS = "dead_letters"
+_AGGREGATES, _ALERTS, _DEAD_LETTERS = (
+    TABLES["window_aggregates"],
+    TABLES["alerts"],
+    TABLES[DEAD_LETTERS],
 )
 
-#: The columns the sink inserts into each table, in row order (defaults fill the rest).
-COLUMNS: dict[str, tuple[str, ...]] = {
-    "interactions": (
-        *_ENVELOPE,
-        "interaction_id",
-        "model",
-        "prompt_version",
-        "experiment",
-        "variant",
-        "system_prompt",
-        "user_input",
-        "response",
-        "latency_ms",
-        "input_tokens",
-        "output_tokens",
-        "cost_usd",
-        "metadata",
-        "shadow",
-        "input_language",
-        "input_has_code",
-        "response_has_code",
-        "input_chars",
-        "response_chars",
-        "input_length_bucket",
-        *_TRACE,
-        "_version",
-    ),
-    "feedback": (
-        *_ENVELOPE,
-        "interaction_id",
-        "kind",
-        "thumbs",
-        "rating",
-        "text",
-        "category",
-        *_CONTEXT,
-        *_TRACE,
-        "_version",
-    ),
-    "implicit": (
-        *_ENVELOPE,
-        "interaction_id",
-        "signal",
-        "edited_text",
-        "edit_distance",
-        "dwell_ms",
-        "copied_chars",
-        *_CONTEXT,
-        *_TRACE,
-        "_version",
-    ),
-    "outcomes": (
-        *_ENVELOPE,
-        "interaction_id",
-        "outcome",
-        "value",
-        "time_to_outcome_ms",
-        *_CONTEXT,
-        *_TRACE,
-        "_version",
-    ),
-    "window_aggregates": (
-        *(n for n in WindowAggregate.model_fields if n != "aggregate_schema_version"),
-        *_TRACE,
-    ),
-    "alerts": (*(n for n in Alert.model_fields if n != "alert_schema_version"), *_TRACE),
-    "dead_letters": (
-        "failed_at",
-        "reason",
-        "error",
-        "source",
-        "source_topic",
-        "source_partition",
-        "source_offset",
-        "key",
-        "payload",
-        *_TRACE,
-    ),
-}
-
-DEAD_LETTERS = "dead_letters"
-
-# _version = rank * 10**13 + enrichment time in ms (see migrations._ENVELOPE's comment).
-_RANK_RAW, _RANK_NO_CONTEXT, _RANK_ENRICHED = 0, 1, 2
-_RANK_STEP = 10**13
-_NO_CONTEXT: tuple[Any, ...] = ("raw", False, 0.0, None, "", "", "", "", False, None, "und")
-_NO_CONTEXT += (False, False, "")
+#: The context columns of a row without context (read from the raw topic).
+_NO_CONTEXT: Row = tuple(c.read(Source(None)) for c in CONTEXT)  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
@@ -174,13 +88,33 @@ class Routed:
     rows: tuple[tuple[str, Row], ...]
 
 
-def _ms(t: dt.datetime) -> int:
-    return int(t.timestamp() * 1000)
+_ms = epoch_ms
 
 
 # The row builders below run once per message on the writer's hot path (bench/bench_sink.py):
 # rows are spelled out as flat tuples (no helper per envelope, no trace tuple to splat, no
 # wrapper object per message), since per-call overhead is most of what row building costs.
+# Their slow twin is the declaration itself, read column by column (declared_row, ~3x the
+# time per row); tests/unit/test_sinks.py holds every path equal to it.
+
+_EVENT_TABLES = {
+    "interaction": TABLES["interactions"],
+    "feedback": TABLES["feedback"],
+    "implicit": TABLES["implicit"],
+    "outcome": TABLES["outcomes"],
+}
+
+
+def declared_row(
+    e: Interaction | Feedback | Implicit | Outcome,
+    enriched: EnrichedEvent | None,
+    topic: str,
+    partition: int,
+    offset: int,
+) -> tuple[str, Row]:
+    """The row of event ``e`` read column by column from the declaration (the reference)."""
+    table = _EVENT_TABLES[e.event_type]
+    return table.name, table.row(Source(e, enriched, topic, partition, offset))
 
 
 def _interaction(
@@ -274,11 +208,11 @@ def _event_row(
     offset: int,
 ) -> tuple[str, Row]:
     if enriched is None:
-        version = _RANK_RAW * _RANK_STEP
+        version = RANK_RAW * RANK_STEP
     else:
         has_context = enriched.context is not None or isinstance(e, Interaction)
-        rank = _RANK_ENRICHED if has_context else _RANK_NO_CONTEXT
-        version = rank * _RANK_STEP + _ms(enriched.enriched_at)
+        rank = RANK_ENRICHED if has_context else RANK_NO_CONTEXT
+        version = rank * RANK_STEP + _ms(enriched.enriched_at)
     if isinstance(e, Interaction):
         derived = enriched.derived if enriched is not None else None
         return _interaction(e, derived, topic, partition, offset, version)
@@ -492,8 +426,8 @@ def _enriched_row(d: Any, topic: str, partition: int, offset: int) -> tuple[str,
     if stamp != last:
         stamp_ms = _ms(_time(stamp))
         _STAMP = (stamp, stamp_ms)
-    rank = _RANK_ENRICHED if ctx is not None or et == "interaction" else _RANK_NO_CONTEXT
-    row_version = rank * _RANK_STEP + stamp_ms
+    rank = RANK_ENRICHED if ctx is not None or et == "interaction" else RANK_NO_CONTEXT
+    row_version = rank * RANK_STEP + stamp_ms
     if et == "interaction":
         return "interactions", _enriched_interaction(
             e, der, envelope, row_version, topic, partition, offset
@@ -694,18 +628,7 @@ def _meta_json(v: Any) -> str:
 
 def dead_letter_row(dl: DeadLetter, trace: Row) -> Row:
     """The ``dead_letters`` row of ``dl``; ``trace`` is where the dead letter itself was read."""
-    return (
-        dl.failed_at or dt.datetime.now(dt.timezone.utc),
-        dl.reason,
-        dl.error,
-        dl.source,
-        dl.source_topic or "",
-        -1 if dl.source_partition is None else dl.source_partition,
-        -1 if dl.source_offset is None else dl.source_offset,
-        (dl.key or b"").decode("utf-8", "replace"),
-        dl.payload.decode("utf-8", "replace"),
-        *trace,
-    )
+    return _DEAD_LETTERS.row(Source(dl, None, *trace))
 
 
 class TopicRouter:
@@ -783,9 +706,8 @@ class TopicRouter:
         value: bytes, key: bytes | None, headers: Any, topic: str, partition: int, offset: int
     ) -> tuple[tuple[str, Row], ...]:
         agg = _validate(WindowAggregate, value)
-        fields = COLUMNS["window_aggregates"][: -len(_TRACE)]
         return (
-            ("window_aggregates", (*(getattr(agg, f) for f in fields), topic, partition, offset)),
+            ("window_aggregates", _AGGREGATES.row(Source(agg, None, topic, partition, offset))),
         )
 
     @staticmethod
@@ -793,9 +715,7 @@ class TopicRouter:
         value: bytes, key: bytes | None, headers: Any, topic: str, partition: int, offset: int
     ) -> tuple[tuple[str, Row], ...]:
         alert = _validate(Alert, value)
-        fields = COLUMNS["alerts"][: -len(_TRACE)]
-        row = tuple("" if (v := getattr(alert, f)) is None else v for f in fields)
-        return (("alerts", (*row, topic, partition, offset)),)
+        return (("alerts", _ALERTS.row(Source(alert, None, topic, partition, offset))),)
 
     @staticmethod
     def _dead_letter(

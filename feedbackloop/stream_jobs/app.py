@@ -32,7 +32,12 @@ from feedbackloop.errors import BrokerError, ConfigError
 from feedbackloop.schemas import Alert, Topics, WindowAggregate
 from feedbackloop.stream_jobs.config import StreamConfig
 from feedbackloop.stream_jobs.consumer import FetchTuning, Transport
-from feedbackloop.stream_jobs.detector import SatisfactionDetector, detector_keys
+from feedbackloop.stream_jobs.detector import (
+    SatisfactionDetector,
+    VerdictWatch,
+    check_verdicts,
+    detector_keys,
+)
 from feedbackloop.stream_jobs.enrich import InteractionRecord
 from feedbackloop.stream_jobs.pipeline import TABLES, Pipeline, PipelineStats, decode_pending
 from feedbackloop.stream_jobs.windows import WindowState
@@ -230,6 +235,7 @@ class StreamJobs:
             watermarks=self._store("watermarks"),
         )
         self.alerts_sent: list[Alert] = []
+        self.verdict_watch = VerdictWatch()
         #: Where the hot path spends its time (the benchmark prints it).
         self.timing: dict[str, float] = {"batches": 0, "process_s": 0.0, "flush_s": 0.0}
         from feedbackloop.infra.metrics import StreamMetrics
@@ -342,6 +348,32 @@ class StreamJobs:
                 self.pipeline.tick(partitions=self._assigned_partitions())
                 await self._flush()
             self.metrics.update(self)
+
+        if cfg.verdict_check_s > 0:
+
+            @app.timer(interval=cfg.verdict_check_s)
+            async def verdicts() -> None:
+                loop = asyncio.get_running_loop()
+                try:
+                    found = await loop.run_in_executor(
+                        None, check_verdicts, self.settings, self.verdict_watch
+                    )
+                except Exception as e:  # ClickHouse away or no analysis extra: keep streaming
+                    log.warning("experiment verdict check skipped: %s", e)
+                    return
+                for alert in found:
+                    log.warning("ALERT %s", alert.message)
+                    self.alerts_sent.append(alert)
+                    await alerts_topic.send(
+                        key=alert.detector_key.encode(), value=alert.model_dump_json().encode()
+                    )
+                    if cfg.alert_webhook_url:
+                        try:
+                            await loop.run_in_executor(
+                                None, post_webhook, cfg.alert_webhook_url, alert
+                            )
+                        except Exception as e:
+                            log.error("alert webhook POST failed: %s", e)
 
         @app.timer(interval=cfg.retention_sweep_s)
         async def sweep() -> None:

@@ -64,6 +64,9 @@ class StreamConfig:
     alert_cooldown_s: float = 1800.0
     #: Slack-compatible incoming-webhook URL (JSON POST with a "text" field); None: off.
     alert_webhook_url: str | None = None
+    #: How often experiments with a registered design are judged (as `ab report` judges
+    #: them) for a verdict that turned "significant regression" or "do not trust"; 0: off.
+    verdict_check_s: float = default_of("stream_verdict_check_s")
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> StreamConfig:
@@ -76,6 +79,7 @@ class StreamConfig:
             window_s=settings.stream_window_s,
             allowed_lateness_s=settings.stream_lateness_s,
             alert_webhook_url=webhook.get_secret_value() if webhook else None,
+            verdict_check_s=settings.stream_verdict_check_s,
         )
         return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
 

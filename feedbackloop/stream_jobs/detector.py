@@ -25,10 +25,21 @@ import datetime as dt
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from feedbackloop.schemas.alerts import Alert, AlertDimension
 
-__all__ = ["BernoulliCusum", "CusumStep", "SatisfactionDetector", "cusum_increment"]
+if TYPE_CHECKING:
+    from feedbackloop.analysis.reports.report import ExperimentReport
+
+__all__ = [
+    "BernoulliCusum",
+    "CusumStep",
+    "SatisfactionDetector",
+    "VerdictWatch",
+    "check_verdicts",
+    "cusum_increment",
+]
 
 
 def cusum_increment(n: int, successes: int, p0: float, p1: float) -> float:
@@ -183,3 +194,125 @@ def detector_keys(
         yield f"variant:{app_id}|{experiment}|{variant}", "variant"
     if prompt_version:
         yield f"prompt_version:{app_id}|{prompt_version}", "prompt_version"
+
+
+# --- experiment verdicts ---------------------------------------------------------------
+#
+# The CUSUM above watches one arm against its own past. An experiment's verdict compares a
+# treatment with its control under the experiment's registered design; the alert for it must
+# say what `ab report` and the dashboard say, so it is read from the same report
+# (feedbackloop.analysis.reports.report_experiment, whose verdicts all come from one
+# decision function) instead of being recomputed from the interaction-level windows here.
+
+#: Verdicts worth waking someone for.
+_BAD_VERDICTS = ("significant_regression", "do_not_trust")
+
+
+@dataclass
+class VerdictWatch:
+    """Alerts when an experiment's verdict on its primary metric or a guardrail *turns*
+    "significant regression" or "do not trust" (once per change, not at every check)."""
+
+    #: "experiment|treatment|metric" -> the verdict seen at the last check.
+    last: dict[str, str] = field(default_factory=dict)
+
+    def observe(self, report: ExperimentReport, at: dt.datetime | None = None) -> list[Alert]:
+        at = at or dt.datetime.now(dt.timezone.utc)
+        control = next((v for v in report.variants if v.variant == report.control), None)
+        out = []
+        for d in report.decisions:
+            treated = next((v for v in report.variants if v.variant == d.treatment), None)
+            judged = [(report.primary, d.decision), *d.guardrails.items()]
+            for metric, decision in judged:
+                key = f"{report.experiment}|{d.treatment}|{metric}"
+                verdict = decision.verdict.value
+                before, self.last[key] = self.last.get(key), verdict
+                if verdict not in _BAD_VERDICTS or before == verdict:
+                    continue
+                comp = next(
+                    (
+                        c
+                        for c in report.comparisons
+                        if c.treatment == d.treatment and c.metric == metric
+                    ),
+                    None,
+                )
+                role = "primary metric" if metric == report.primary else "guardrail"
+                out.append(
+                    Alert(
+                        alert_type="experiment_verdict",
+                        metric=metric,
+                        dimension="experiment",
+                        detector_key=f"verdict:{key}",
+                        app_id="",
+                        experiment=report.experiment,
+                        variant=d.treatment,
+                        baseline_rate=_finite(comp.control_value if comp else math.nan),
+                        baseline_n=control.sessions if control else 0,
+                        recent_rate=_finite(comp.treatment_value if comp else math.nan),
+                        recent_n=treated.sessions if treated else 0,
+                        recent_successes=0,
+                        since=at,
+                        detected_at=at,
+                        statistic=_finite(
+                            report.srm.p_value
+                            if decision.basis == "srm"
+                            else _deciding_p(report, d.treatment, metric, decision.basis)
+                        ),
+                        threshold=report.srm.threshold if decision.basis == "srm" else report.alpha,
+                        design_drop=report.design.mde or 0.0,
+                        arl0_observations=0.0,
+                        message=(
+                            f":rotating_light: experiment {report.experiment}: {d.treatment} vs "
+                            f"{report.control} on {metric} ({role}): {decision.text} "
+                            f"({decision.reason})"
+                        ),
+                    )
+                )
+        return out
+
+
+def _finite(x: float) -> float:
+    # Alerts travel as JSON, where nan has no spelling; 0 marks "not available".
+    return x if math.isfinite(x) else 0.0
+
+
+def _deciding_p(report: ExperimentReport, treatment: str, metric: str, basis: str) -> float:
+    for d in report.decisions:
+        if d.treatment == treatment and metric == report.primary:
+            return d.p_value if basis == "fixed-horizon" else d.sequential_p_value
+    comp = next(
+        (c for c in report.comparisons if c.treatment == treatment and c.metric == metric), None
+    )
+    if comp is None:
+        return math.nan
+    return comp.fixed.p_value if basis == "fixed-horizon" else comp.sequential.p_value
+
+
+def check_verdicts(settings: Any, watch: VerdictWatch, runner: Any = None) -> list[Alert]:
+    """Judge every experiment with a registered design (as ``ab report`` does) and return
+    the alerts of the verdicts that turned bad since the last check. Needs the ``analysis``
+    extra; reads go through :func:`feedbackloop.sinks.run_query` (the sink worker's endpoint
+    while it holds embedded chDB), or through ``runner`` when given."""
+    from feedbackloop.analysis.reads import Scope, settings_runner
+    from feedbackloop.analysis.reads.designs import registered_experiments
+    from feedbackloop.analysis.reads.writes import worker_holding
+    from feedbackloop.analysis.reports.report import report_experiment
+    from feedbackloop.errors import ConfigError
+    from feedbackloop.infra.clickhouse import is_embedded
+
+    if runner is None:
+        if is_embedded(settings.clickhouse_dsn) and worker_holding(settings) is None:
+            # Opening embedded chDB here would hold its directory and lock the sink out:
+            # read only through a running sink worker's endpoint.
+            return []
+        runner = settings_runner(settings)
+    run = runner
+    alerts: list[Alert] = []
+    for name in registered_experiments(run):
+        try:
+            report = report_experiment(run, Scope(experiment=name))
+        except ConfigError:  # registered, but no data yet
+            continue
+        alerts += watch.observe(report)
+    return alerts

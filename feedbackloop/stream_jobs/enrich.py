@@ -21,7 +21,7 @@ from feedbackloop.schemas.derive import (  # lives there so it imports without f
     has_code,
     length_bucket,
 )
-from feedbackloop.schemas.enriched import ENRICHED_SCHEMA_VERSION
+from feedbackloop.schemas.enriched import ENRICHED_SCHEMA_VERSION, RequestContext
 
 __all__ = [
     "InteractionRecord",
@@ -97,22 +97,11 @@ class InteractionRecord:
 
 
 _INTERACTION_SERIALIZER = Interaction.__pydantic_serializer__
+# The context is the interaction's fields that RequestContext declares; its own occurred_at
+# is renamed interaction_occurred_at below.
 _CONTEXT_FIELDS = {
-    "occurred_at",
-    "interaction_id",
-    "model",
-    "prompt_version",
-    "experiment",
-    "variant",
-    "system_prompt",
-    "user_input",
-    "response",
-    "latency_ms",
-    "input_tokens",
-    "output_tokens",
-    "cost_usd",
-    "shadow",
-    "metadata",
+    "occurred_at" if name == "interaction_occurred_at" else name
+    for name in RequestContext.model_fields
 }
 
 

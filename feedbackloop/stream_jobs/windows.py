@@ -33,29 +33,15 @@ def window_start(ts: float, size: float) -> float:
     return math.floor(ts / size) * size
 
 
-_COUNTERS = (
-    "interactions",
-    "shadow_interactions",
-    "latency_count",
-    "input_tokens_sum",
-    "output_tokens_sum",
-    "thumbs_up",
-    "thumbs_down",
-    "rating_count",
-    "rating_sum",
-    "rating_sum_squares",
-    "corrections",
-    "comments",
-    "reports",
-    "implicit_copy",
-    "implicit_edit",
-    "implicit_follow_up",
-    "implicit_regenerate",
-    "implicit_abandon",
-    "implicit_dwell",
-    "orphaned",
+# The statistics a window adds up: WindowAggregate's counts (int) and sums (float), but for
+# the int fields set when the window is emitted.
+_SET_ON_EMIT = {"aggregate_schema_version", "source_partition", "revision", "distinct_sessions"}
+_COUNTERS = tuple(
+    n
+    for n, f in WindowAggregate.model_fields.items()
+    if f.annotation is int and n not in _SET_ON_EMIT
 )
-_SUMS = ("latency_sum", "latency_sum_squares", "cost_usd_sum", "dwell_ms_sum")
+_SUMS = tuple(n for n, f in WindowAggregate.model_fields.items() if f.annotation is float)
 
 
 @dataclass

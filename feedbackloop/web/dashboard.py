@@ -28,6 +28,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from feedbackloop.config import Settings
+from feedbackloop.sinks.tables import TABLES
 from feedbackloop.web.auth import ALL_APPS, Principal
 from feedbackloop.web.state import ApiError, QueryFn, ReadPrincipal, error_responses, state_of
 
@@ -40,6 +41,24 @@ _IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 _BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
 #: How many of the latest interactions the failure slices are computed over.
 FAILURE_SAMPLE = 20_000
+#: The alert fields the dashboard shows (checked against the table's declaration at import).
+_ALERT_COLUMNS = TABLES["alerts"].select(
+    "alert_id",
+    "alert_type",
+    "metric",
+    "dimension",
+    "detector_key",
+    "app_id",
+    "experiment",
+    "variant",
+    "prompt_version",
+    "baseline_rate",
+    "recent_rate",
+    "recent_n",
+    "statistic",
+    "threshold",
+    "message",
+)
 
 
 def _ident(value: str, what: str) -> str:
@@ -128,16 +147,12 @@ class DashboardQueries:
         return rows
 
     def experiment(self, app_id: str, experiment: str) -> dict[str, Any] | None:
-        """The experiment report (decision with the sequential result, SRM, per-variant
+        """The experiment report (verdict by the registered design, SRM, per-variant
         satisfaction, implicit-signal and outcome rates: :mod:`~feedbackloop.analysis.reports`)
         and cumulative satisfaction over time per variant."""
         _stats()
-        from feedbackloop.analysis.reads import (
-            Scope,
-            fetch_experiment,
-            fetch_satisfaction_over_time,
-        )
-        from feedbackloop.analysis.reports.report import build_report
+        from feedbackloop.analysis.reads import Scope, fetch_satisfaction_over_time
+        from feedbackloop.analysis.reports.report import report_experiment
 
         scope = Scope(experiment=experiment, app_id=app_id)
         span = self._rows(
@@ -148,7 +163,9 @@ class DashboardQueries:
         if not span or not int(span[0]["n"]):
             return None
         first, last = int(span[0]["first_ms"]), int(span[0]["last_ms"])
-        report = build_report(fetch_experiment(self._query, scope))
+        # The registered design and the one decision function: the verdict shown here is the
+        # one `ab report` prints for the same data.
+        report = report_experiment(self._query, scope)
         bucket = _bucket_for((last - first) / 1000)
         over_time = fetch_satisfaction_over_time(self._query, scope, bucket)
         variants = [v.variant for v in report.variants]
@@ -191,10 +208,7 @@ class DashboardQueries:
     def alerts(self, app: str | None, hours: int) -> list[dict[str, Any]]:
         """Alerts of the last ``hours``, newest first."""
         return self._rows(
-            "SELECT toString(alert_id) AS alert_id, alert_type, metric, dimension, "
-            "detector_key, app_id, experiment, variant, prompt_version, baseline_rate, "
-            "recent_rate, recent_n, statistic, threshold, message, "
-            "toUnixTimestamp64Milli(detected_at) AS detected_ms "
+            f"SELECT {_ALERT_COLUMNS}, toUnixTimestamp64Milli(detected_at) AS detected_ms "
             f"FROM alerts FINAL WHERE detected_at >= now64(3) - INTERVAL {int(hours)} HOUR"
             f"{self._app_filter(app)} ORDER BY detected_ms DESC LIMIT 1000"
         )

@@ -60,3 +60,10 @@ def test_bench_sink_writer_and_both_latency_paths() -> None:
     assert "[latency, SDK -> raw topic -> sink run --raw]" in out
     # every event sent in the timed span was stored, on both paths
     assert out.count(" achieved, 2,000 rows): p50") == 2
+
+
+def test_bench_verdicts_prints_ours_beside_the_rule_before_and_naive_peeking() -> None:
+    out = _run("bench_verdicts.py", "--sims", "10", "--chdb", "1")
+    assert "| ours: compare_counts, 10^8 per arm" in out and "ratio ours / raw z-test" in out
+    assert "before issue 14 | naive peeking |" in out
+    assert "| every 250 sessions to 2,000 | " in out and "| 8/8 |" in out

@@ -291,8 +291,8 @@ def check_broken(run: Any, truth: Truth) -> None:
     counts = [len(truth.sessions(v)) for v in ("control", "treatment")]
     assert report.srm.observed == tuple(counts)
     assert report.srm.mismatch, report.srm
-    assert all(c.decision.verdict is Verdict.SAMPLE_RATIO_MISMATCH for c in report.comparisons)
-    assert report.decisions[0].decision.verdict is Verdict.SAMPLE_RATIO_MISMATCH
+    assert all(c.decision.verdict is Verdict.DO_NOT_TRUST for c in report.comparisons)
+    assert report.decisions[0].decision.verdict is Verdict.DO_NOT_TRUST
     assert report.to_text().splitlines()[2].startswith("!! SAMPLE-RATIO MISMATCH")
 
 

@@ -95,6 +95,7 @@ PER_COMMAND_MEANINGS = {
     "--out": "a suite file, a report base name, an export directory",
     "--port": "the port of the service the command starts (broker, web, metrics)",
     "--name": "prompts add: the prompt registered; list/show/diff: which prompt, if ambiguous",
+    "--note": "prompts add: what changed in the prompt; experiments design: what is tested",
 }
 
 

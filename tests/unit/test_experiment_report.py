@@ -40,6 +40,7 @@ from feedbackloop.analysis.reports.impact import build_impact, format_impact
 from feedbackloop.analysis.reports.report import build_report, format_report, pick_control
 from feedbackloop.analysis.reports.versions import build_versions, format_versions
 from feedbackloop.analysis.statistics.decision import Verdict
+from feedbackloop.analysis.statistics.design import ExperimentDesign
 from feedbackloop.analysis.statistics.power import required_sample_size
 from feedbackloop.analysis.statistics.ratio_metrics import ratio_ztest
 from feedbackloop.analysis.statistics.sequential import sequential_test_ratios
@@ -48,6 +49,7 @@ from feedbackloop.cli import cli
 from feedbackloop.errors import ConfigError
 
 SPECS = {m.name: m for m in CORE_METRICS}
+REGISTERED = ExperimentDesign(experiment="exp", registered=True)
 
 
 def sessions(seed: int, n: int, p: float, mean_len: float = 3.0) -> tuple[RatioStats, BinaryStats]:
@@ -114,8 +116,8 @@ def test_srm_overrides_every_verdict(two: ExperimentStats) -> None:
         experiment(two.variants["control"], lost), weights={"control": 50, "treatment": 50}
     )
     assert r.srm.mismatch and not r.trustworthy
-    assert {c.decision.verdict for c in r.comparisons} == {Verdict.SAMPLE_RATIO_MISMATCH}
-    assert r.decisions[0].decision.verdict is Verdict.SAMPLE_RATIO_MISMATCH
+    assert {c.decision.verdict for c in r.comparisons} == {Verdict.DO_NOT_TRUST}
+    assert r.decisions[0].decision.verdict is Verdict.DO_NOT_TRUST
     text = format_report(r)
     assert text.splitlines()[2] == "!! SAMPLE-RATIO MISMATCH: DO NOT TRUST THIS EXPERIMENT !!"
     assert r.to_dict()["trustworthy"] is False
@@ -125,6 +127,7 @@ def test_no_srm_for_the_configured_unequal_split() -> None:
     r = build_report(
         experiment(variant("control", 1, 9000, 0.5), variant("treatment", 2, 1000, 0.5)),
         weights={"control": 0.9, "treatment": 0.1},
+        design=REGISTERED,
     )
     assert not r.srm.mismatch and not r.warnings
     assert build_report(
@@ -147,7 +150,7 @@ def test_cross_variant_sessions_are_a_warning(two: ExperimentStats) -> None:
 
 
 def test_power_status_counts_sessions_and_uses_the_mde(two: ExperimentStats) -> None:
-    r = build_report(two, mde=0.01)
+    r = build_report(two, design=ExperimentDesign(mde=0.01))
     sat = next(c for c in r.comparisons if c.metric == "satisfaction")
     c = two.variants["control"].metrics["satisfaction"]
     want = required_sample_size(0.01 / math.sqrt(c.variance * c.n))
@@ -156,10 +159,14 @@ def test_power_status_counts_sessions_and_uses_the_mde(two: ExperimentStats) -> 
     assert r.decisions[0].decision.verdict is Verdict.SIGNIFICANT_IMPROVEMENT  # sequential
 
 
-def test_small_experiment_is_too_few_samples() -> None:
+def test_small_experiment_keeps_running() -> None:
     r = build_report(experiment(variant("control", 1, 60, 0.50), variant("treatment", 2, 60, 0.53)))
-    assert r.decisions[0].decision.verdict is Verdict.TOO_FEW_SAMPLES
-    assert "too few samples (60 of" in r.decisions[0].decision.text
+    assert r.decisions[0].decision.verdict is Verdict.KEEP_RUNNING
+    assert r.decisions[0].decision.text == "keep running"
+    fixed = ExperimentDesign(mode="fixed", mde=0.05, planned_sessions=800)
+    small = experiment(variant("control", 1, 60, 0.50), variant("treatment", 2, 60, 0.53))
+    r = build_report(replace(small, horizon=800), design=fixed)
+    assert r.decisions[0].decision.text == "keep running (60 of 800)"
 
 
 def test_neutral_metric_reports_an_increase_not_an_improvement() -> None:
@@ -200,7 +207,8 @@ def test_degenerate_metrics_do_not_raise_and_json_is_strict() -> None:
     data = experiment(c, t)
     r = build_report(data)
     copy = next(x for x in r.comparisons if x.metric == "implicit.copy")
-    assert copy.decision.verdict is Verdict.INVALID and not copy.fixed.ok
+    assert copy.decision.verdict is Verdict.CANNOT_DECIDE and not copy.fixed.ok
+    assert copy.decision.text == "cannot decide: the metric does not vary between sessions"
     json.dumps(r.to_dict(), allow_nan=False)
     only_control = experiment(variant("control", 1, 50, 0.5))
     assert build_report(only_control).decisions == []
@@ -211,10 +219,14 @@ def test_control_and_primary_choices(two: ExperimentStats) -> None:
     assert pick_control(["b", "a"]) == "b"
     with pytest.raises(ConfigError, match="has no data"):
         pick_control(["a", "b"], "c")
-    r = build_report(two, control="treatment", primary="implicit.copy")
+    r = build_report(two, control="treatment", design=ExperimentDesign(primary="implicit.copy"))
     assert r.control == "treatment" and r.decisions[0].metric == "implicit.copy"
     with pytest.raises(ConfigError, match="primary metric"):
-        build_report(two, primary="nope")
+        build_report(two, design=ExperimentDesign(primary="nope"))
+    # A registered primary metric without events yet is no error: no verdict, and why.
+    later = ExperimentDesign(primary="outcome.code_accepted", registered=True)
+    r = build_report(two, design=later)
+    assert r.decisions == [] and any("has no data yet" in w for w in r.warnings)
     with pytest.raises(ConfigError, match="no interactions found"):
         build_report(ExperimentStats(Scope("exp"), {}, ()))
 
@@ -222,7 +234,8 @@ def test_control_and_primary_choices(two: ExperimentStats) -> None:
 def test_text_report_sections(two: ExperimentStats) -> None:
     text = format_report(build_report(two))
     for part in (
-        "Sample ratio: split matches",
+        "Sample ratio: no evidence of mismatch (p = ",
+        "warning: no design registered for this experiment; assumed: primary satisfaction",
         "Variants",
         "Metrics per variant",
         "Differences vs control",

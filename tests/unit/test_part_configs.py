@@ -16,6 +16,7 @@ STREAM_FIELDS = {
     "window_s": "stream_window_s",
     "allowed_lateness_s": "stream_lateness_s",
     "retention_s": "stream_retention_s",
+    "verdict_check_s": "stream_verdict_check_s",
 }
 SINK_FIELDS = {
     "raw": "sink_raw",
@@ -42,9 +43,11 @@ def test_stream_config_takes_every_stream_setting_and_only_given_overrides() -> 
         stream_lateness_s=11,
         stream_retention_s=13,
         stream_alert_webhook="https://hooks.example/x",
+        stream_verdict_check_s=17,
     )
     c = StreamConfig.from_settings(s)
     assert (c.grace_s, c.window_s, c.allowed_lateness_s, c.retention_s) == (5, 7, 11, 13)
+    assert c.verdict_check_s == 17
     assert c.alert_webhook_url == "https://hooks.example/x"
     # An option left out (None) means the setting; a given one wins, zero included.
     c = StreamConfig.from_settings(s, grace_s=0.0, window_s=None, alert_webhook_url=None)

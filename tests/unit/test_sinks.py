@@ -227,6 +227,28 @@ def test_trusted_enriched_decoder_gives_the_validating_paths_rows(enriched: Any)
     ]
 
 
+@pytest.mark.parametrize("enriched", _enriched_cases())
+def test_every_event_row_builder_gives_the_row_the_declaration_reads(enriched: Any) -> None:
+    # The hand-written fast paths (validating, trusted) against their slow twin: the row read
+    # column by column from sinks/tables.py, by column name and by value type.
+    from feedbackloop.schemas import EnrichedEvent
+    from feedbackloop.sinks.rows import _event_row, declared_row, enriched_row
+
+    value = enriched.model_dump_json().encode()
+    ev = EnrichedEvent.model_validate_json(value)
+    raw = ev.event
+    for fast, slow in (
+        (_event_row(raw, None, TOPICS.events, 2, 4), declared_row(raw, None, TOPICS.events, 2, 4)),
+        (_event_row(raw, ev, TOPICS.enriched, 3, 9), declared_row(raw, ev, TOPICS.enriched, 3, 9)),
+        (enriched_row(value, TOPICS.enriched, 3, 9), declared_row(raw, ev, TOPICS.enriched, 3, 9)),
+    ):
+        assert fast is not None and fast[0] == slow[0]
+        names = COLUMNS[slow[0]]
+        assert len(fast[1]) == len(names)
+        assert dict(zip(names, fast[1], strict=True)) == dict(zip(names, slow[1], strict=True))
+        assert [type(v) for v in fast[1]] == [type(v) for v in slow[1]]
+
+
 def test_trusted_enriched_decoder_leaves_other_forms_to_validation() -> None:
     import json
 

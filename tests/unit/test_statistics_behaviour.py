@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 
 from feedbackloop.analysis.statistics import (
+    VERDICT_PROMISES,
     BinaryStats,
     CountComparison,
     ErrorCode,
+    Evidence,
     InvalidStatistics,
     MeanStats,
     RatioStats,
+    Rules,
     Verdict,
     beta_binomial,
     chi_square_test,
@@ -189,45 +192,66 @@ def test_power_status_says_how_far() -> None:
 # --- decisions ------------------------------------------------------------------------------
 
 
-def _decide(**overrides: object) -> Verdict:
+def _evidence(**overrides: object) -> Evidence:
     kwargs: dict = dict(
         estimate=0.02,
-        alpha=0.05,
         sequential_p=0.5,
+        cs_lower=-0.05,
+        cs_upper=0.09,
         fixed_p=0.5,
         n_smallest=1000,
-        n_required=500,
-        srm_mismatch=False,
     )
     kwargs.update(overrides)
-    return decide(**kwargs).verdict
+    return Evidence(**kwargs)
 
 
-def test_decision_precedence() -> None:
-    assert _decide(error="boom") == Verdict.INVALID
+def _verdict(rules: Rules | None = None, **overrides: object) -> Verdict:
+    return decide(_evidence(**overrides), rules or Rules()).verdict
+
+
+def test_decision_precedence_in_sequential_mode() -> None:
+    assert _verdict(error="boom") == Verdict.CANNOT_DECIDE
     # SRM wins even over a tiny p-value.
-    assert _decide(srm_mismatch=True, sequential_p=1e-9) == Verdict.SAMPLE_RATIO_MISMATCH
-    assert _decide(sequential_p=0.01) == Verdict.SIGNIFICANT_IMPROVEMENT
-    assert _decide(sequential_p=0.01, estimate=-0.02) == Verdict.SIGNIFICANT_REGRESSION
-    assert (
-        _decide(sequential_p=0.01, estimate=-0.02, higher_is_better=False)
-        == Verdict.SIGNIFICANT_IMPROVEMENT
-    )
-    # A fixed-horizon hit before the planned size is not trusted: peeking.
-    assert _decide(fixed_p=0.01, n_smallest=100) == Verdict.TOO_FEW_SAMPLES
-    assert _decide(fixed_p=0.01) == Verdict.SIGNIFICANT_IMPROVEMENT
-    assert _decide() == Verdict.NO_SIGNIFICANT_DIFFERENCE
-    assert _decide(n_required=None) == Verdict.NO_SIGNIFICANT_DIFFERENCE
-    text = decide(
-        estimate=0.01,
-        alpha=0.05,
-        sequential_p=0.5,
-        fixed_p=0.5,
-        n_smallest=1000,
-        n_required=3299,
-        srm_mismatch=False,
-    ).text
-    assert text == "too few samples (1,000 of 3,299 needed per variant)"
+    assert _verdict(srm_mismatch=True, sequential_p=1e-9) == Verdict.DO_NOT_TRUST
+    assert _verdict(sequential_p=0.01) == Verdict.SIGNIFICANT_IMPROVEMENT
+    assert _verdict(sequential_p=0.01, estimate=-0.02) == Verdict.SIGNIFICANT_REGRESSION
+    lower = Rules(higher_is_better=False)
+    assert _verdict(lower, sequential_p=0.01, estimate=-0.02) == Verdict.SIGNIFICANT_IMPROVEMENT
+    # Sequential mode never reads the fixed-horizon p, however small and however large n.
+    assert _verdict(fixed_p=1e-6, n_smallest=10**6) == Verdict.KEEP_RUNNING
+    # Futility: the confidence sequence inside (-MDE, +MDE); touching the MDE is not enough.
+    mde = Rules(mde=0.1)
+    assert _verdict(mde) == Verdict.NO_DIFFERENCE
+    assert _verdict(mde, cs_upper=0.1) == Verdict.KEEP_RUNNING
+    assert _verdict(Rules(mde=0.05)) == Verdict.KEEP_RUNNING
+    assert _verdict() == Verdict.KEEP_RUNNING  # no MDE: no futility verdict at all
+
+
+def test_decision_in_fixed_mode_waits_for_the_planned_horizon() -> None:
+    fixed = Rules(mode="fixed", mde=0.03, horizon=3299)
+    d = decide(_evidence(fixed_p=1e-9, sequential_p=1e-9, n_smallest=1000), fixed)
+    assert d.verdict == Verdict.KEEP_RUNNING and d.text == "keep running (1,000 of 3,299)"
+    at = decide(_evidence(fixed_p=0.01, n_smallest=3299), fixed)
+    assert at.verdict == Verdict.SIGNIFICANT_IMPROVEMENT and at.basis == "fixed-horizon"
+    miss = decide(_evidence(fixed_p=0.2, sequential_p=1e-9, n_smallest=5000), fixed)
+    assert miss.verdict == Verdict.NO_DIFFERENCE and "80% power" in miss.reason
+
+
+def test_every_verdict_has_a_reason_and_a_promise() -> None:
+    cases = [
+        _evidence(error="no samples"),
+        _evidence(srm_mismatch=True, srm_p=1e-5),
+        _evidence(sequential_p=0.001),
+        _evidence(sequential_p=0.001, estimate=-1.0),
+        _evidence(cs_lower=-0.01, cs_upper=0.01),
+        _evidence(),
+    ]
+    seen = set()
+    for e in cases:
+        d = decide(e, Rules(mde=0.05))
+        assert d.reason and d.text
+        seen.add(d.verdict)
+    assert seen == set(Verdict) == set(VERDICT_PROMISES)
 
 
 # --- the full comparison --------------------------------------------------------------------
@@ -238,17 +262,16 @@ def test_compare_counts_example() -> None:
     assert isinstance(res, CountComparison)
     assert res.control.rate.value == pytest.approx(0.54)
     assert res.difference.value == pytest.approx(580 / 1010 - 0.54)
-    assert res.z_test.p_value == pytest.approx(0.122105, abs=1e-6)
-    assert res.fixed_horizon is res.z_test and not res.small_counts
+    assert res.z_test is not None and res.z_test.p_value == pytest.approx(0.122105, abs=1e-6)
+    assert res.fixed_horizon is res.z_test and not res.small_counts and res.fisher is None
     assert 0 < res.sequential.p_value <= 1 and res.sequential.p_value > res.z_test.p_value
     cs = res.sequential.confidence_sequence
     assert cs.lower < res.difference.lower and cs.upper > res.difference.upper
     assert 0.9 < res.bayesian.prob_treatment_beats_control < 0.97
     assert not res.srm.mismatch
-    assert res.required.per_variant == res.power_status.required_per_variant
-    assert res.required.per_variant is not None and res.required.per_variant > 1010
-    assert res.decision.verdict == Verdict.TOO_FEW_SAMPLES
-    assert res.decision.text.startswith("too few samples (1,000 of ")
+    # No MDE: nothing is planned, and certainly not from the observed difference.
+    assert res.required.per_variant is None and res.mde is None
+    assert res.decision.verdict == Verdict.KEEP_RUNNING
 
 
 def test_compare_counts_significant_and_srm_cases() -> None:
@@ -260,10 +283,11 @@ def test_compare_counts_significant_and_srm_cases() -> None:
     lower = compare_counts((5400, 10000), (5000, 10000), higher_is_better=False)
     assert lower.decision.verdict == Verdict.SIGNIFICANT_IMPROVEMENT
     srm = compare_counts((5000, 10000), (5400, 9000))
-    assert srm.decision.verdict == Verdict.SAMPLE_RATIO_MISMATCH
-    assert srm.decision.text == "sample-ratio mismatch: do not trust this result"
-    planned = compare_counts((540, 10000), (541, 10000), mde=0.01)
-    assert planned.decision.text == "no significant difference"
+    assert srm.decision.verdict == Verdict.DO_NOT_TRUST
+    assert srm.decision.text == "do not trust: sample-ratio mismatch"
+    futile = compare_counts((5000, 20000), (5010, 20000), mde=0.02)
+    assert futile.decision.verdict == Verdict.NO_DIFFERENCE
+    assert futile.decision.text == "no difference as large as the MDE"
 
 
 def test_compare_counts_small_counts_uses_fisher() -> None:
@@ -274,20 +298,20 @@ def test_compare_counts_small_counts_uses_fisher() -> None:
 
 def test_compare_counts_degenerate_never_raises() -> None:
     res = compare_counts((0, 0), (3, 10))
-    assert res.decision.verdict == Verdict.INVALID
+    assert res.decision.verdict == Verdict.CANNOT_DECIDE
     assert "no samples" in res.decision.text
     json.dumps(res.to_dict())  # nan became None: valid JSON
     # No successes anywhere: Fisher (small counts) still answers; no effect to plan for.
     same = compare_counts((0, 100), (0, 100))
     assert same.fixed_horizon is same.fisher and same.fisher.p_value == pytest.approx(1.0)
     assert same.sequential.error == ErrorCode.ZERO_VARIANCE
-    assert same.decision.verdict == Verdict.NO_SIGNIFICANT_DIFFERENCE
+    assert same.decision.verdict == Verdict.CANNOT_DECIDE
 
 
 def test_compare_counts_rejects_impossible_input() -> None:
     with pytest.raises(InvalidStatistics):
         compare_counts((5, 0), (1, 10))
-    with pytest.raises(InvalidStatistics):
+    with pytest.raises(FeedbackLoopError, match="alpha"):
         compare_counts((1, 10), (1, 10), alpha=0)
 
 
@@ -295,7 +319,7 @@ def test_to_dict_is_plain_json() -> None:
     d = compare_counts((540, 1000), (580, 1010)).to_dict()
     text = json.dumps(d, allow_nan=False)
     back = json.loads(text)
-    assert back["decision"]["verdict"] == "too_few_samples"
+    assert back["decision"]["verdict"] == "keep_running"
     assert back["z_test"]["method"] == "two-proportion z-test"
     assert back["srm"]["observed"] == [1000, 1010]
     assert set(back) >= {
@@ -315,5 +339,5 @@ def test_to_dict_is_plain_json() -> None:
 def test_format_comparison_puts_srm_first_and_decision_last() -> None:
     lines = format_comparison(compare_counts((540, 1000), (580, 1010))).splitlines()
     assert lines[0].startswith("sample ratio")
-    assert lines[-1].startswith("decision")
+    assert lines[-2].startswith("verdict") and lines[-1].startswith("why")
     assert any("sequential p (always valid)" in line for line in lines)

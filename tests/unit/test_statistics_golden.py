@@ -32,6 +32,7 @@ from feedbackloop.analysis.statistics import (
     cohens_h,
     confidence_sequence_halfwidth,
     expected_loss,
+    fisher_exact_power,
     fisher_exact_test,
     holm,
     mann_whitney,
@@ -43,6 +44,7 @@ from feedbackloop.analysis.statistics import (
     relative_lift_interval,
     required_sample_size,
     required_sample_size_proportions,
+    required_sample_size_proportions_exact,
     sample_ratio_mismatch,
     two_proportion_ztest,
     welch_ttest,
@@ -391,3 +393,42 @@ def test_ratio_ztest_matches_welch_when_every_session_has_one_event() -> None:
     z = (yt.mean() - yc.mean()) / se
     assert res.test.statistic == approx(z)
     assert res.test.p_value == approx(2 * stats.norm.sf(abs(z)))
+
+
+# --- exact power of Fisher's test ----------------------------------------------------------
+
+
+def _fisher_power_by_enumeration(pc: float, pt: float, nc: int, nt: int, alpha: float) -> float:
+    total = 0.0
+    for x in range(nc + 1):
+        for y in range(nt + 1):
+            if stats.fisher_exact([[x, nc - x], [y, nt - y]]).pvalue <= alpha:
+                total += stats.binom.pmf(x, nc, pc) * stats.binom.pmf(y, nt, pt)
+    return total
+
+
+@pytest.mark.parametrize(
+    "pc,pt,nc,nt,alpha",
+    [
+        (0.0, 0.2, 20, 20, 0.05),
+        (0.1, 0.3, 25, 30, 0.05),
+        (0.5, 0.55, 40, 40, 0.1),
+        (0.02, 0.25, 12, 9, 0.05),
+    ],
+)
+def test_fisher_exact_power_equals_enumeration_with_scipy(
+    pc: float, pt: float, nc: int, nt: int, alpha: float
+) -> None:
+    want = _fisher_power_by_enumeration(pc, pt, nc, nt, alpha)
+    assert fisher_exact_power(pc, pt, nc, nt, alpha) == pytest.approx(want, abs=1e-10)
+
+
+def test_exact_plan_is_the_first_size_whose_exact_power_reaches_the_target() -> None:
+    for base, mde in ((0.02, 0.2), (0.0, 0.2), (0.9, 0.09)):
+        n = required_sample_size_proportions_exact(base, mde, 0.05, 0.8).per_variant
+        assert n is not None
+        assert fisher_exact_power(base, base + mde, n, n) >= 0.8
+        assert fisher_exact_power(base, base + mde, n - 1, n - 1) < 0.8
+    # Away from small counts the plan is the z-test's.
+    big = required_sample_size_proportions_exact(0.3, 0.03)
+    assert big.per_variant == required_sample_size_proportions(0.3, 0.03).per_variant

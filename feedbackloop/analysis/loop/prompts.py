@@ -9,10 +9,7 @@ Versions are immutable: adding an existing version again with the same text is a
 with a different text an error (make a new version). Reads go through the read-only query
 path (:func:`feedbackloop.sinks.run_query`), so they work while the sink worker runs.
 
-Writes need a normal client. A ClickHouse server takes them from any process. Embedded chDB
-admits one process per data directory, and a running ``feedbackloop sink run`` holds it; the
-worker's query endpoint is read-only by design (it runs with ``readonly=1``), and a write
-path into it would be a second, unauthenticated-by-role door into the store. So while a worker
+Writes need a normal client (:mod:`feedbackloop.analysis.reads.writes`): while a sink worker
 holds embedded chDB, ``prompts add`` refuses with :class:`DatabaseBusy`, saying which process
 holds it: stop the worker for the moment of the write, or use a ClickHouse server.
 """
@@ -20,16 +17,22 @@ holds it: stop the worker for the moment of the write, or use a ClickHouse serve
 from __future__ import annotations
 
 import difflib
-import getpass
 import hashlib
-import json
-import os
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 from feedbackloop.analysis.reads.literals import quote
+from feedbackloop.analysis.reads.writes import (
+    DatabaseBusy,
+    database_name,
+    whoami,
+    writable_client,
+)
 from feedbackloop.config import Settings
 from feedbackloop.errors import ClickHouseError, ConfigError, FeedbackLoopError
+
+if TYPE_CHECKING:
+    from feedbackloop.sinks.tables import Table
 
 __all__ = [
     "DatabaseBusy",
@@ -42,24 +45,10 @@ __all__ = [
 ]
 
 TABLE = "prompt_versions"
-_COLUMNS = (
-    "name",
-    "version",
-    "text",
-    "text_sha256",
-    "parent_version",
-    "note",
-    "created_by",
-    "created_at",
-)
 
 
 #: Server error names meaning the registry was never created (the database neither).
 _NO_REGISTRY = ("UNKNOWN_TABLE", "UNKNOWN_DATABASE")
-
-
-class DatabaseBusy(FeedbackLoopError):
-    """Embedded chDB is held by another process (the sink worker); writes cannot go in now."""
 
 
 @dataclass(frozen=True)
@@ -76,44 +65,31 @@ class PromptVersion:
     created_at: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {c: getattr(self, c) for c in _COLUMNS}
+        return asdict(self)
 
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _db(settings: Settings) -> str:
-    from feedbackloop.sinks.migrations import _check_identifier
+def _table() -> Table:
+    # The registry's columns as sinks/tables.py declares them (one per PromptVersion field,
+    # in order; tests/unit/test_table_declaration.py). Imported on use: the sinks package is heavy.
+    from feedbackloop.sinks.tables import TABLES
 
-    return _check_identifier(settings.clickhouse_database)
+    return TABLES[TABLE]
 
 
-def _holder(settings: Settings) -> int | None:
-    """Pid of a live sink worker that advertises the query endpoint for this data dir."""
-    from feedbackloop.sinks.query import discovery_path
-
-    try:
-        pid = int(json.loads(discovery_path(settings).read_text())["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if pid == os.getpid():
-        return None  # this very process holds chDB (tests, embedding): the write is fine
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return pid
+def _select_list() -> str:
+    return ", ".join((*_table().names, "toString(created_at)"))
 
 
 def _select(settings: Settings, where: str, url: str | None) -> list[PromptVersion]:
     from feedbackloop.sinks import run_query
 
     sql = (
-        f"SELECT {', '.join(_COLUMNS[:-1])}, toString(created_at) "
-        f"FROM {_db(settings)}.{TABLE} FINAL {where} ORDER BY name, created_at, version"
+        f"SELECT {_select_list()} "
+        f"FROM {database_name(settings)}.{TABLE} FINAL {where} ORDER BY name, created_at, version"
     )
     try:
         res = run_query(settings, sql, url=url, max_rows=100_000)
@@ -167,25 +143,16 @@ def add_prompt(
     ``client`` (a clickhouse-connect client able to write) is used when given; otherwise
     one is opened from the settings, after checking that no sink worker holds embedded chDB.
     """
-    from feedbackloop.infra.clickhouse import get_client, is_embedded
     from feedbackloop.sinks.migrations import migrate
 
     if not name.strip() or not version.strip():
         raise ConfigError("a prompt needs a non-empty name and version")
     if not text.strip():
         raise ConfigError("the prompt text is empty")
-    db = _db(settings)
+    db = database_name(settings)
     own = client is None
     if own:
-        if is_embedded(settings.clickhouse_dsn) and (pid := _holder(settings)) is not None:
-            raise DatabaseBusy(
-                f"the sink worker (pid {pid}) holds the embedded ClickHouse at "
-                f"{settings.clickhouse_dsn}; chDB admits one process per data directory and the "
-                "worker only serves read-only queries. Stop the worker (Ctrl-C), run this "
-                "again, then restart it; or point FEEDBACKLOOP_CLICKHOUSE_URL at a ClickHouse "
-                "server, where writes and the worker coexist."
-            )
-        client = get_client(settings.clickhouse_dsn)
+        client = writable_client(settings)
     try:
         migrate(client, db)  # the registry table arrives with migration 3
 
@@ -209,12 +176,11 @@ def add_prompt(
             )
         if parent and not existing(parent):
             raise ConfigError(f"parent version {parent!r} of {name!r} is not registered")
-        client.insert(
-            TABLE,
-            [[name, version, text, sha, parent or "", note, created_by or _whoami()]],
-            database=db,
-            column_names=list(_COLUMNS[:-1]),
-        )
+        from feedbackloop.sinks.tables import Source
+
+        new = PromptVersion(name, version, text, sha, parent or "", note, created_by or whoami())
+        table = _table()
+        client.insert(TABLE, [table.row(Source(new))], database=db, column_names=list(table.names))
         return get_prompt_with(client, db, name, version), True
     except FeedbackLoopError:
         raise
@@ -227,18 +193,11 @@ def add_prompt(
 
 def get_prompt_with(client: Any, db: str, name: str, version: str) -> PromptVersion:
     row = client.query(
-        f"SELECT {', '.join(_COLUMNS[:-1])}, toString(created_at) FROM {db}.{TABLE} FINAL "
+        f"SELECT {_select_list()} FROM {db}.{TABLE} FINAL "
         "WHERE name = {n:String} AND version = {v:String}",
         parameters={"n": name, "v": version},
     ).result_rows[0]
     return PromptVersion(*(str(v) for v in row))
-
-
-def _whoami() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no user name in some containers
-        return ""
 
 
 def diff_prompts(old: PromptVersion, new: PromptVersion, *, context: int = 3) -> str:

@@ -1,6 +1,7 @@
 """ClickHouse reads: the filter every read takes (:class:`Scope`), the experiment, impact and
-version queries, and the documented analyst queries. Each is one read-only ``SELECT``
-through :func:`feedbackloop.sinks.run_query`.
+version queries, the documented analyst queries, and the experiment design registry. Each
+read is one read-only ``SELECT`` through :func:`feedbackloop.sinks.run_query`; registry
+writes go through :mod:`.writes`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ from feedbackloop.analysis.reads.analyst_queries import (
     AnalystQuery,
     analyst_query,
     render_examples,
+)
+from feedbackloop.analysis.reads.designs import (
+    fetch_design,
+    register_design,
+    registered_experiments,
 )
 from feedbackloop.analysis.reads.literals import (
     datetime_literal,
@@ -36,6 +42,7 @@ from feedbackloop.analysis.reads.queries import (
     fetch_version_totals,
     fetch_versions,
     impact_sql,
+    metric_kind,
     satisfaction_over_time_sql,
     settings_runner,
     version_totals_sql,
@@ -47,6 +54,10 @@ from feedbackloop.analysis.reads.scope import (
 )
 from feedbackloop.analysis.reads.since import (
     parse_since,
+)
+from feedbackloop.analysis.reads.writes import (
+    DatabaseBusy,
+    writable_client,
 )
 
 __all__ = [
@@ -83,4 +94,10 @@ __all__ = [
     "AnalystQuery",
     "analyst_query",
     "render_examples",
+    "metric_kind",
+    "fetch_design",
+    "register_design",
+    "registered_experiments",
+    "DatabaseBusy",
+    "writable_client",
 ]

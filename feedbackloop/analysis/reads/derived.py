@@ -6,7 +6,7 @@ cannot answer the scope exactly, and the caller re-joins the events instead:
 
 * a scope with ``since`` / ``until`` / ``prompt_version`` / ``model`` (a session row cannot
   be split by time or by a column of its interactions);
-* a database without the report rows (migration 4 not applied);
+* a database without the report rows (its migration not applied);
 * a scope without both app and experiment that holds a *split* session (one whose events
   straddle apps or experiments; the rows count it once per (app, experiment)).
 

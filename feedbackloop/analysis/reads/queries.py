@@ -42,6 +42,7 @@ __all__ = [
     "Runner",
     "MetricSpec",
     "CORE_METRICS",
+    "metric_kind",
     "VariantStats",
     "ExperimentStats",
     "OutcomeDistribution",
@@ -157,6 +158,14 @@ CORE_METRICS: tuple[MetricSpec, ...] = (
 )
 
 
+def metric_kind(name: str) -> str | None:
+    """``"proportion"`` or ``"mean"`` for a metric name a report can have (``None``: not a
+    metric we know), so an MDE can be checked against it before any data is read."""
+    if name.startswith("outcome."):
+        return "proportion"
+    return next((m.kind for m in CORE_METRICS if m.name == name), None)
+
+
 def outcome_metric(outcome: str, level: str) -> MetricSpec:
     """The rate of one business outcome: per interaction, or per session when the outcome is
     recorded for the session as a whole (no ``interaction_id``)."""
@@ -198,13 +207,26 @@ class ExperimentStats:
     metrics: tuple[MetricSpec, ...]
     cross_variant_sessions: int = 0
     quantiles: tuple[float, ...] = QUANTILES
+    #: Metrics cover only the first ``horizon`` sessions per variant (a fixed-horizon
+    #: design's planned size); session counts always cover every session.
+    horizon: int | None = None
 
 
-def _units_cte(scope: Scope, extra: str = "") -> str:
+def _units_cte(scope: Scope, extra: str = "", horizon: int | None = None) -> str:
+    where = scope.interaction_filter()
+    if horizon is not None:
+        # A fixed-horizon test is evaluated once, on the first N sessions of each variant
+        # (by their first interaction); later sessions cannot change its verdict.
+        where += (
+            " AND session_id IN (SELECT session_id FROM (SELECT variant, session_id,"
+            " min(occurred_at) AS first_at FROM interactions FINAL"
+            f" WHERE {scope.interaction_filter()} GROUP BY variant, session_id"
+            f" ORDER BY first_at, session_id LIMIT {int(horizon)} BY variant))"
+        )
     return (
         "units AS (SELECT interaction_id, session_id, variant, prompt_version, occurred_at,"
         f" latency_ms, cost_usd{extra} FROM interactions FINAL"
-        f" WHERE {scope.interaction_filter()})"
+        f" WHERE {where})"
     )
 
 
@@ -231,8 +253,12 @@ def _implicit_cte(scope: Scope) -> str:
     GROUP BY interaction_id)"""
 
 
-def experiment_sql(scope: Scope) -> dict[str, str]:
-    """The statements :func:`fetch_experiment` runs, by name (for docs and debugging)."""
+def experiment_sql(scope: Scope, horizon: int | None = None) -> dict[str, str]:
+    """The statements :func:`fetch_experiment` runs, by name (for docs and debugging).
+
+    ``horizon``: the metrics and outcomes read the first ``horizon`` sessions per variant
+    only; the assignment counts (SRM, "n of N") read every session.
+    """
     sig_sums = ", ".join(f"sum(toUInt64(imp.sig_{s})) AS sig_{s}" for s in IMPLICIT_SIGNALS)
     per_session = f"""per_session AS (
     SELECT u.variant AS variant, u.session_id AS session_id, count() AS n,
@@ -255,7 +281,7 @@ def experiment_sql(scope: Scope) -> dict[str, str]:
             f"sum({y}) AS {key}__y, sum({d}) AS {key}__d, sum({y} * {y}) AS {key}__yy, "
             f"sum({d} * {d}) AS {key}__dd, sum({y} * {d}) AS {key}__yd"
         )
-    metrics = f"""WITH {_units_cte(scope)},
+    metrics = f"""WITH {_units_cte(scope, horizon=horizon)},
 {_feedback_cte(scope)},
 {_implicit_cte(scope)},
 {per_session}
@@ -276,7 +302,7 @@ FROM units GROUP BY variant ORDER BY variant"""
 
     # Outcomes tied to an interaction count per interaction (Y_i = interactions of session i
     # with the outcome); outcomes of a whole session count per session (Y_i in {0, 1}).
-    outcomes = f"""WITH {_units_cte(scope)},
+    outcomes = f"""WITH {_units_cte(scope, horizon=horizon)},
 sess AS (SELECT variant, session_id, count() AS n FROM units GROUP BY variant, session_id),
 oi AS (
     SELECT u.variant AS variant, u.session_id AS session_id, o.outcome AS outcome,
@@ -315,20 +341,29 @@ def _ratio(row: dict[str, Any], key: str, n: int) -> RatioStats:
     )
 
 
-def fetch_experiment(runner: Runner, scope: Scope, *, exact: bool = False) -> ExperimentStats:
+def fetch_experiment(
+    runner: Runner, scope: Scope, horizon: int | None = None, *, exact: bool = False
+) -> ExperimentStats:
     """Read one experiment's per-variant sufficient statistics (three small queries).
 
-    From the per-session report rows when they can answer ``scope`` (module docstring,
-    "Derived rows"), else, or with ``exact``, by re-joining every event.
+    ``horizon`` (a fixed-horizon design's planned sessions per variant): the metrics cover
+    the first ``horizon`` sessions of each variant, the session counts all of them.
+    Without a horizon the statistics come from the per-session report rows when they can
+    answer ``scope`` (:mod:`.derived`); with one, or with ``exact``, from re-joining every
+    event.
 
     Metrics whose numerator is zero in every variant (a signal the app never sends) are
     left out rather than reported as a vacuous 0% vs 0%.
     """
-    derived = None if exact else derived_reads.experiment_rows(runner, scope, QUANTILES)
+    if horizon is not None and (isinstance(horizon, bool) or int(horizon) < 1):
+        raise ConfigError(f"horizon must be a positive number of sessions, got {horizon!r}")
+    derived = None
+    if not exact and horizon is None:
+        derived = derived_reads.experiment_rows(runner, scope, QUANTILES)
     if derived is not None:
         metric_rows, assign_rows, outcome_rows = derived
     else:
-        sql = experiment_sql(scope)
+        sql = experiment_sql(scope, horizon)
         metric_rows = {r["variant"]: r for r in _rows(runner, sql["metrics"])}
         assign_rows = {r["variant"]: r for r in _rows(runner, sql["assignment"])}
         outcome_rows = _rows(runner, sql["outcomes"])
@@ -372,13 +407,13 @@ def fetch_experiment(runner: Runner, scope: Scope, *, exact: bool = False) -> Ex
         variants[name] = VariantStats(
             variant=name,
             sessions=_i(a.get("sessions", sessions)),
-            interactions=_i(row["interactions_total"]),
+            interactions=_i(a.get("interactions", row["interactions_total"])),
             rated=BinaryStats(n=_i(row["rated_total"]), successes=_i(row["positive_total"])),
             metrics=metrics,
             latency_quantiles=tuple(_f(v) for v in q),
             cost_total=_f(a.get("cost_total", 0.0)),
         )
-    return ExperimentStats(scope, variants, tuple(specs), cross)
+    return ExperimentStats(scope, variants, tuple(specs), cross, horizon=horizon)
 
 
 # --- satisfaction over time ----------------------------------------------------------------

@@ -27,7 +27,9 @@ from feedbackloop.analysis.reports.report import (
     VariantRow,
     build_report,
     format_report,
+    metric_rules,
     pick_control,
+    report_experiment,
 )
 from feedbackloop.analysis.reports.versions import (
     BucketRow,
@@ -49,6 +51,8 @@ __all__ = [
     "build_report",
     "format_report",
     "pick_control",
+    "report_experiment",
+    "metric_rules",
     "HEADLINE_RATES",
     "RateRow",
     "OutcomeRow",

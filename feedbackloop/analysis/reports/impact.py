@@ -131,11 +131,18 @@ def build_impact(
     ctl = pick_control(names, control)
     names = [ctl] + [n for n in names if n != ctl]
     c = data.variants[ctl]
+    # An outcome no variant ever had (one the app does not send) gets no row: "0/10,584 =
+    # 0.0% [0.0%, 0.0%]" in every variant reads as a measurement, and it is none.
+    headline = [
+        (attr, label)
+        for attr, label in HEADLINE_RATES
+        if any(getattr(data.variants[n], attr).successes for n in names)
+    ]
     rows = []
     for name in names:
         v = data.variants[name]
         rates = []
-        for attr, label in HEADLINE_RATES:
+        for attr, label in headline:
             b: BinaryStats = getattr(v, attr)
             diff = None if name == ctl else newcombe_interval(getattr(c, attr), b, alpha)
             rates.append(RateRow(label, b.successes, b.n, wilson_interval(b, alpha), diff))

@@ -11,6 +11,7 @@ from feedbackloop.analysis.statistics.bayesian import (
     BayesianResult,
     beta_binomial,
     expected_loss,
+    normal_difference_posterior,
     prob_beta_greater,
 )
 from feedbackloop.analysis.statistics.comparison import (
@@ -20,9 +21,19 @@ from feedbackloop.analysis.statistics.comparison import (
     format_comparison,
 )
 from feedbackloop.analysis.statistics.decision import (
+    VERDICT_PROMISES,
     Decision,
+    Evidence,
+    Rules,
     Verdict,
     decide,
+)
+from feedbackloop.analysis.statistics.design import (
+    MODES,
+    ExperimentDesign,
+    check_alpha,
+    check_mde,
+    check_power,
 )
 from feedbackloop.analysis.statistics.means import (
     MeanComparison,
@@ -39,11 +50,13 @@ from feedbackloop.analysis.statistics.power import (
     PowerStatus,
     SampleSize,
     cohens_h,
+    fisher_exact_power,
     power_status,
     power_two_sample,
     required_sample_size,
     required_sample_size_means,
     required_sample_size_proportions,
+    required_sample_size_proportions_exact,
 )
 from feedbackloop.analysis.statistics.proportions import (
     chi_square_test,
@@ -88,6 +101,17 @@ from feedbackloop.analysis.statistics.sufficient import (
 )
 
 __all__ = [
+    "VERDICT_PROMISES",
+    "Evidence",
+    "Rules",
+    "MODES",
+    "ExperimentDesign",
+    "check_alpha",
+    "check_mde",
+    "check_power",
+    "fisher_exact_power",
+    "required_sample_size_proportions_exact",
+    "normal_difference_posterior",
     "InvalidStatistics",
     "BinaryStats",
     "MeanStats",

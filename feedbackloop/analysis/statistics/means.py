@@ -45,7 +45,12 @@ def welch_ttest(control: MeanStats, treatment: MeanStats, alpha: float = 0.05) -
     se2 = qc + qt
     diff = treatment.mean - control.mean
     if se2 <= 0.0:
-        msg = "both variants have zero variance"
+        # MeanStats.variance floors a spread under ~1e-6 of the values' magnitude to 0: the
+        # data may vary (1.7e12 +- 1000 does), but sums of squares cannot tell.
+        msg = (
+            "no variance above the precision limit: both variants are constant, or vary by "
+            "less than ~1e-6 of their magnitude (subtract a typical value to test such data)"
+        )
         return MeanComparison(
             TestResult.failed(method, ErrorCode.ZERO_VARIANCE, msg),
             Estimate.failed(method, level, ErrorCode.ZERO_VARIANCE, msg),

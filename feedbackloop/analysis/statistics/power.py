@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 from scipy import optimize, stats
 
 from feedbackloop.analysis.statistics.results import ErrorCode
@@ -15,6 +16,8 @@ __all__ = [
     "required_sample_size",
     "required_sample_size_proportions",
     "required_sample_size_means",
+    "required_sample_size_proportions_exact",
+    "fisher_exact_power",
     "SampleSize",
     "PowerStatus",
     "power_status",
@@ -180,3 +183,95 @@ def power_status(required: SampleSize, *variant_sizes: int) -> PowerStatus:
         "" if reached else f" ({fraction:.0%}; {remaining:,} more)"
     )
     return PowerStatus(need, smallest, fraction, remaining, reached, message)
+
+
+# --- exact power of Fisher's test (small counts) ----------------------------------------
+
+# Outcomes further than this into a binomial tail carry less than 1e-12 of the mass
+# together: leaving them out changes a power figure in the 12th digit.
+_TAIL = 1e-13
+
+
+def _binomial_support(n: int, p: float) -> tuple[np.ndarray, np.ndarray]:
+    lo = int(stats.binom.ppf(_TAIL, n, p)) if p > 0.0 else 0
+    hi = int(stats.binom.isf(_TAIL, n, p)) + 1 if p < 1.0 else n
+    x = np.arange(max(0, lo - 1), min(n, hi) + 1)
+    return x, stats.binom.pmf(x, n, p)
+
+
+def fisher_exact_power(
+    p_control: float, p_treatment: float, n_control: int, n_treatment: int, alpha: float = 0.05
+) -> float:
+    """Exact power of the two-sided Fisher test (the one :func:`fisher_exact_test` runs).
+
+    ``sum over (x, y) of Bin(x; n_c, p_c) Bin(y; n_t, p_t) 1[p_Fisher(x, y) <= alpha]``, the
+    definition (e.g. Agresti 2013, sec. 3.5; the same sum as R's ``Exact::power.exact.test``
+    for Fisher's test). The p-value of every table with the same total of successes comes
+    from one hypergeometric distribution, so each total is handled at once; tables whose
+    probability is below 1e-13 in both arms are left out.
+    """
+    if n_control <= 0 or n_treatment <= 0:
+        return math.nan
+    xs, px = _binomial_support(n_control, p_control)
+    ys, py = _binomial_support(n_treatment, p_treatment)
+    total = n_control + n_treatment
+    power = 0.0
+    for s in np.unique((xs[:, None] + ys[None, :]).ravel()):
+        # Control successes given s successes in all: hypergeometric over its support.
+        lo, hi = max(0, s - n_treatment), min(s, n_control)
+        support = np.arange(lo, hi + 1)
+        pmf = stats.hypergeom.pmf(support, total, s, n_control)
+        order = np.sort(pmf)
+        cum = np.cumsum(order)
+        # p(x) = sum of pmf over tables no more likely than x (relative tie tolerance 1e-7).
+        p_values = cum[np.searchsorted(order, pmf * (1.0 + 1e-7), side="right") - 1]
+        reject = support[p_values <= alpha]
+        if reject.size == 0:
+            continue
+        x = reject[(reject >= xs[0]) & (reject <= xs[-1]) & (s - reject >= ys[0])]
+        x = x[s - x <= ys[-1]]
+        power += float((px[x - xs[0]] * py[s - x - ys[0]]).sum())
+    return min(1.0, power)
+
+
+def required_sample_size_proportions_exact(
+    baseline: float, mde: float, alpha: float = 0.05, power: float = 0.8
+) -> SampleSize:
+    """Units per variant for the test the report will use at that size.
+
+    From :func:`required_sample_size_proportions` (z-test); when an expected 2x2 cell count
+    at that size is below 5 (Cochran's rule, as :func:`~feedbackloop.analysis.proportions.
+    small_counts` decides), the report will use Fisher's exact test, which has less power
+    there, so the size is searched again with :func:`fisher_exact_power`: the smallest ``n``
+    from the z-test's size upward at which the exact power reaches ``power``. (Exact power is
+    a saw-tooth in ``n``; this is the first size that reaches it, not a size above which it
+    always stays.)
+    """
+    normal = required_sample_size_proportions(baseline, mde, alpha, power)
+    n = normal.per_variant
+    if n is None:
+        return normal
+    target = baseline + mde
+    if _min_expected_cell(baseline, target, n) >= 5.0:
+        return normal
+    lo, hi = n, max(n + 1, 2 * n)
+    while fisher_exact_power(baseline, target, hi, hi, alpha) < power:
+        lo, hi = hi, 2 * hi
+        if hi > 10_000_000:
+            return SampleSize.failed(
+                normal.effect_size, alpha, power, ErrorCode.UNDEFINED, "effect too small to plan"
+            )
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fisher_exact_power(baseline, target, mid, mid, alpha) >= power:
+            hi = mid
+        else:
+            lo = mid
+    if fisher_exact_power(baseline, target, lo, lo, alpha) >= power:
+        hi = lo
+    return SampleSize(float(hi), float(hi), normal.effect_size, alpha, power)
+
+
+def _min_expected_cell(p_control: float, p_treatment: float, n: int) -> float:
+    pooled = (p_control + p_treatment) / 2.0
+    return n * min(pooled, 1.0 - pooled)

@@ -172,6 +172,8 @@ def relative_lift_interval(
         return Estimate.failed(
             method, level, ErrorCode.UNDEFINED, "treatment has no successes: log ratio undefined"
         )
+    if control.failures == 0 or treatment.failures == 0:
+        return _mover_ratio(control, treatment, alpha)
     log_rr = math.log(treatment.rate / control.rate)
     se = math.sqrt(
         1.0 / treatment.successes - 1.0 / treatment.n + 1.0 / control.successes - 1.0 / control.n
@@ -184,3 +186,27 @@ def relative_lift_interval(
         math.exp(log_rr + z * se) - 1.0,
         level,
     )
+
+
+def _mover_ratio(control: BinaryStats, treatment: BinaryStats, alpha: float) -> Estimate:
+    """Lift ``p_t / p_c - 1`` by MOVER-R from the two Wilson intervals.
+
+    For an arm at 100% the log-risk-ratio variance ``1/x - 1/n`` is 0, so Katz's interval
+    shrinks to a point (both arms at 100%: ``+0% [+0%, +0%]`` however few the units). The
+    method of variance estimates recovery for a ratio (Donner & Zou 2012, Stat. Methods Med.
+    Res. 21:347, eq. 6; Li, Tang & Wong 2014, Stat. Med. 33:3030) keeps the width the Wilson
+    limits ``(l, u)`` carry: with ``p_1 = p_t``, ``p_2 = p_c``,
+    ``L = (p1 p2 - sqrt((p1 p2)^2 - l1 u2 (2 p1 - l1)(2 p2 - u2))) / (u2 (2 p2 - u2))`` and
+    ``U = (p1 p2 + sqrt((p1 p2)^2 - u1 l2 (2 p1 - u1)(2 p2 - l2))) / (l2 (2 p2 - l2))``.
+    """
+    method, level = "MOVER-R (Wilson limits)", 1.0 - alpha
+    wt, wc = wilson_interval(treatment, alpha), wilson_interval(control, alpha)
+    p1, p2 = treatment.rate, control.rate
+    l1, u1, l2, u2 = wt.lower, wt.upper, wc.lower, wc.upper
+    prod = p1 * p2
+    den_l, den_u = u2 * (2.0 * p2 - u2), l2 * (2.0 * p2 - l2)
+    lower = prod - math.sqrt(max(0.0, prod * prod - l1 * u2 * (2 * p1 - l1) * (2 * p2 - u2)))
+    upper = prod + math.sqrt(max(0.0, prod * prod - u1 * l2 * (2 * p1 - u1) * (2 * p2 - l2)))
+    lo = lower / den_l if den_l > 0 else 0.0
+    hi = upper / den_u if den_u > 0 else math.inf
+    return Estimate(method, p1 / p2 - 1.0, lo - 1.0, hi - 1.0, level)

@@ -135,7 +135,14 @@ def sequential_test(
     if not (n_eff > 0 and math.isfinite(null_std_error) and math.isfinite(std_error)):
         return _failed(method, tau, n_eff, alpha, ErrorCode.ZERO_SAMPLES, "too few samples")
     if null_std_error <= 0.0 or std_error <= 0.0:
-        return _failed(method, tau, n_eff, alpha, ErrorCode.ZERO_VARIANCE, "zero variance")
+        return _failed(
+            method,
+            tau,
+            n_eff,
+            alpha,
+            ErrorCode.ZERO_VARIANCE,
+            "no variance: every unit has the same outcome",
+        )
     p = float(msprt_p_value(estimate / null_std_error, n_eff, tau))
     half = float(confidence_sequence_halfwidth(std_error, n_eff, alpha, tau))
     cs = Estimate(

@@ -90,7 +90,8 @@ def sample_ratio_mismatch(
     message = (
         f"sample-ratio mismatch (p = {p:.2g} < {threshold}): do not trust this experiment"
         if mismatch
-        else f"split matches configured weights (p = {p:.2g})"
+        # A large p is no proof the split is right, only the absence of evidence against it.
+        else f"no evidence of mismatch (p = {p:.2g})"
     )
     return SrmResult(
         observed, tuple(map(float, expected)), chi2, p, threshold, mismatch, None, message

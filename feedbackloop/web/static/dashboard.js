@@ -137,6 +137,7 @@ function renderExperiment(d) {
     div.dataset.verdict = c.decision.verdict;
     div.appendChild(el("span", `${c.treatment} vs ${d.control}:`, "verdict"));
     div.appendChild(el("span", c.decision.text));
+    div.appendChild(el("span", `(${c.decision.reason})`, "muted"));
     div.appendChild(el("span", `${c.metric} difference ${interval(c.difference)}`));
     div.appendChild(el("span", `sequential p ${pval(c.sequential_p_value)} (always valid; confidence sequence ${interval(seq.confidence_sequence)})`, "muted"));
     const pb = c.bayesian ? ` · P(better) ${pct(c.bayesian.prob_treatment_beats_control)}` : "";
@@ -144,6 +145,7 @@ function renderExperiment(d) {
     if (c.power && c.power.message) div.appendChild(el("span", c.power.message, "muted"));
     box.appendChild(div);
   });
+  if (rep.design && rep.design.registered) box.appendChild(el("p", `design: ${rep.design_text}`, "muted"));
   (rep.warnings || []).forEach((w) => box.appendChild(el("p", w, "muted")));
   if (!rep.decisions.length) box.appendChild(el("p", "Only one variant seen so far.", "muted"));
 
