@@ -18,10 +18,11 @@ Three layers, each exact under redelivery and late events:
    AggregatingMergeTree tables of sums. A report reads a handful of rows whatever the
    traffic: the per-session sums of squares the tests need are additive over sessions.
 
-A read is *fresh* as well as exact: it adds to the totals the difference that sessions
-touched since the watermark make (their recomputed rows minus their stored rows), computed
-by the same SQL the compaction would insert (:func:`delta_rows_sql`). Compaction only moves
-that work out of the read path.
+A read uses the totals only when no event row was inserted after the watermark
+(:func:`changed_rows_sql`), so its answer is the exact one; otherwise it re-joins the events.
+(Adding the changed sessions' recomputed rows inside the read, with the compaction's own
+SQL, is exact too, but ClickHouse inlines every CTE at each use and took 4-30 s to *plan*
+that query on this machine, whatever the number of sessions changed.)
 
 What is not derived: reads with ``--since``/``until``, ``--prompt-version`` or ``--model``
 (a session row cannot be split by time or by a column of its interactions), and a session
@@ -466,13 +467,6 @@ def changed_rows_sql() -> str:
     return f"SELECT {counts} AS changed"
 
 
-def changed_sessions_sql() -> str:
-    """How many sessions have events inserted after the watermark: the ones a read must
-    recompute (``{db}`` templated). Without the compaction's overlap: an insert committed
-    late is picked up by the next compaction, not by every read in between."""
-    return f"SELECT count() AS changed FROM ({_touched(watermark_sql())})"
-
-
 def delta_rows_sql(
     table: str, computed_at: str = "now64(3)", scratch: dict[str, str] | None = None
 ) -> str:
@@ -674,32 +668,17 @@ def totals(table: str) -> _Totals:
 
 
 def current_sql(
-    table: str,
-    where: str,
-    group: tuple[str, ...],
-    having: str = "1",
-    db: str = "",
-    *,
-    delta: bool = True,
+    table: str, where: str, group: tuple[str, ...], having: str = "1", db: str = ""
 ) -> str:
     """The totals ``table`` summed by ``group`` (``expr AS name`` or column names) over the
-    rows matching ``where`` (on its key columns), with the changes not yet compacted added:
-    the stored sums plus what the view would add for the delta rows. Tables are qualified
-    with ``db`` (unqualified when empty: the client's database)."""
+    rows matching ``where`` (on its key columns): the report rows as of the last compaction.
+    Tables are qualified with ``db`` (unqualified when empty: the client's database)."""
     t = totals(table)
-    ctes, _ = _delta_ctes(t.source, "now64(3)") if delta else ("", "")
     cols = [*group]
     cols += [f"sum({n}) AS {n}" for n, _, _ in t.sums]
     cols += [f"{f}({n}) AS {n}" for n, f, _, _ in t.extremes]
-    plain = ", ".join(
-        [n for n, _, _ in t.keys] + [n for n, _, _ in t.sums] + [n for n, _, _, _ in t.extremes]
-    )
     names = ", ".join(g.rsplit(" AS ", 1)[-1] for g in group)
-    changes = f"UNION ALL SELECT {plain} FROM ({t.select('delta')}) WHERE {where}"
-    sql = f"""{ctes}
-SELECT {", ".join(cols)} FROM (
-    SELECT {plain} FROM {{db}}.{table} WHERE {where}
-    {changes if delta else ""})
+    sql = f"""SELECT {", ".join(cols)} FROM {{db}}.{table} WHERE {where}
 GROUP BY {names} HAVING {having} ORDER BY {names}"""
     return sql.replace("{db}.", f"{db}." if db else "")
 

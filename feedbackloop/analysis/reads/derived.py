@@ -8,10 +8,9 @@ cannot answer the scope exactly, and the caller re-joins the events instead:
   be split by time or by a column of its interactions);
 * a database without the report rows (its migration not applied);
 * a scope without both app and experiment that holds a *split* session (one whose events
-  straddle apps or experiments; the rows count it once per (app, experiment)).
-
-The rows include what was inserted since the last compaction (``current_sql``), so the
-answer is as fresh as the exact path's.
+  straddle apps or experiments; the rows count it once per (app, experiment));
+* events inserted after the last compaction (the sink worker's compactor runs every
+  second): the rows do not hold them yet, so the answer would not be the exact one.
 """
 
 from __future__ import annotations
@@ -43,32 +42,24 @@ def _as_rows(runner: Any) -> Rows:
     return rows
 
 
-#: Above this many sessions changed since the last compaction, a read re-joins the events
-#: instead: recomputing that many sessions inside the read costs as much.
-MAX_CHANGED_SESSIONS = 20_000
-
-
-def _where(rows: Rows, scope: Scope) -> tuple[str, bool] | None:
-    """The condition on the report rows' keys for ``scope`` and whether sessions changed
-    since the last compaction must be recomputed in the read; ``None`` for the exact path."""
+def _where(rows: Rows, scope: Scope) -> str | None:
+    """The condition on the report rows' keys for ``scope``; ``None`` for the exact path."""
     if any(v is not None for v in (scope.since, scope.until, scope.prompt_version, scope.model)):
         return None
     exists = rows("EXISTS TABLE report_variant_totals")
     if not exists or not int(next(iter(exists[0].values()))):
         return None
-    from feedbackloop.sinks.report_rows import changed_rows_sql, changed_sessions_sql
+    from feedbackloop.sinks.report_rows import changed_rows_sql
 
-    changed = int(rows(changed_rows_sql().replace("{db}.", ""))[0]["changed"])
-    if changed:
-        changed = int(rows(changed_sessions_sql().replace("{db}.", ""))[0]["changed"])
-    if changed > MAX_CHANGED_SESSIONS:
+    # Rows inserted after the last compaction are not in the report rows yet: re-join.
+    if int(rows(changed_rows_sql().replace("{db}.", ""))[0]["changed"]):
         return None
     parts = ["1"]
     if scope.experiment is not None:
         parts.append(f"experiment = {quote(scope.experiment)}")
     if scope.app_id is not None:
         parts.append(f"app_id = {quote(scope.app_id)}")
-    return " AND ".join(parts), changed > 0
+    return " AND ".join(parts)
 
 
 def _split(scope: Scope, totals: list[dict[str, Any]]) -> bool:
@@ -77,34 +68,30 @@ def _split(scope: Scope, totals: list[dict[str, Any]]) -> bool:
     return not whole and any(int(r["split"] or 0) for r in totals)
 
 
-def _current(table: str, where: tuple[str, bool], group: tuple[str, ...], having: str) -> str:
+def _current(table: str, where: str, group: tuple[str, ...], having: str) -> str:
     from feedbackloop.sinks.report_rows import current_sql
 
-    return current_sql(table, where[0], group, having, delta=where[1])
+    return current_sql(table, where, group, having)
 
 
-def _quantiles(
-    table: str, where: tuple[str, bool], group: tuple[str, ...], quantiles: Sequence[float]
-) -> str:
+def _quantiles(table: str, where: str, group: tuple[str, ...], quantiles: Sequence[float]) -> str:
     """``quantilesExactInclusive`` from a value -> count table: the same interpolation
     (ClickHouse's QuantileExactInclusive: h = q (N - 1) + 1, x[⌊h⌋] + (h - ⌊h⌋) (x[⌊h⌋+1] -
     x[⌊h⌋]) over the sorted values), computed on cumulative counts instead of N values."""
-    per_q = []
-    for q in quantiles:
-        h = f"({float(q)!r} * toFloat64(total - 1) + 1)"
-        k = f"toInt64(floor({h}))"
-        xk = f"v[arrayFirstIndex(x -> x >= {k}, c)]"
-        xk1 = f"v[arrayFirstIndex(x -> x >= {k} + 1, c)]"
-        per_q.append(
-            f"if(total = 0, nan, if({k} >= total, v[-1], if({k} < 1, v[1], "
-            f"{xk} + ({h} - {k}) * ({xk1} - {xk}))))"
-        )
+    levels = ", ".join(repr(float(q)) for q in quantiles)
+    at = "v[arrayFirstIndex(x -> x >= {k}, c)]"
+    xk, xk1 = at.format(k="k"), at.format(k="k + 1")
+    pick = (
+        f"arrayMap((h, k) -> if(k >= total, v[-1], if(k < 1, v[1], "
+        f"{xk} + (h - k) * ({xk1} - {xk}))), hs, arrayMap(h -> toInt64(floor(h)), hs))"
+    )
     names = ", ".join(group)
     inner = _current(table, where, (*group, "value"), "n != 0")
-    return f"""SELECT {names}, [{", ".join(per_q)}] AS q FROM (
+    return f"""SELECT {names},
+       if(total = 0, arrayMap(h -> nan, hs), {pick}) AS q FROM (
     SELECT {names}, arraySort(groupArray((value, n))) AS vc,
            arrayMap(x -> x.1, vc) AS v, arrayCumSum(arrayMap(x -> x.2, vc)) AS c,
-           c[-1] AS total
+           c[-1] AS total, arrayMap(q -> q * toFloat64(total - 1) + 1, [{levels}]) AS hs
     FROM ({inner}) GROUP BY {names})"""
 
 
@@ -255,7 +242,7 @@ def version_rows(runner: Any, scope: Scope, bucket: str) -> list[dict[str, Any]]
     buckets = rows(
         _current(
             "report_version_buckets",
-            (f"{where[0]} AND kind = {quote(bucket)}", where[1]),
+            f"{where} AND kind = {quote(bucket)}",
             ("prompt_version", "toString(start) AS bucket"),
             "sessions != 0",
         )
