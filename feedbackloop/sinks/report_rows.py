@@ -816,14 +816,42 @@ def _drop(client: Any, scratch: dict[str, str]) -> None:
         client.command(f"DROP TABLE IF EXISTS {table}")
 
 
+class _Locked:
+    """A client whose statements each run under ``lock``."""
+
+    def __init__(self, client: Any, lock: threading.Lock) -> None:
+        self.client, self.lock = client, lock
+
+    def command(self, *a: Any, **kw: Any) -> Any:
+        with self.lock:
+            return self.client.command(*a, **kw)
+
+    def query(self, *a: Any, **kw: Any) -> Any:
+        with self.lock:
+            return self.client.query(*a, **kw)
+
+    def close(self) -> None:
+        self.client.close()
+
+
 class Compactor:
     """Runs :func:`compact` every ``interval_s`` in a thread of its own, on a client of its
     own, so the sink's flushes never wait for a whole round (only, on embedded chDB, for
     the statement running at that moment). A failed round is logged and retried next time:
     the report rows lag, the reads stay exact (they recompute what changed)."""
 
-    def __init__(self, client_factory: Any, database: str, interval_s: float) -> None:
+    def __init__(
+        self,
+        client_factory: Any,
+        database: str,
+        interval_s: float,
+        lock: threading.Lock | None = None,
+    ) -> None:
         self._factory = client_factory
+        #: Held by the sink for a whole flush and by the compactor for each statement, so a
+        #: flush's inserts into several tables become visible together, never split by a
+        #: compaction statement (a reader that saw the interactions sees their feedback).
+        self.lock = lock or threading.Lock()
         self.database = database
         self.interval_s = interval_s
         self._stop = threading.Event()
@@ -846,7 +874,7 @@ class Compactor:
         try:
             while not self._stop.wait(self.interval_s):
                 try:
-                    client = client or self._factory()
+                    client = client or _Locked(self._factory(), self.lock)
                     self.last = compact(client, self.database)
                     if self.last.sessions:
                         log.debug(

@@ -116,6 +116,8 @@ class SinkWorker:
         self._paused: list[Any] = []
         self.endpoint: Any = None
         self.compactor: Any = None
+        # Shared with the compactor: a flush's inserts are not split by its statements.
+        self._flush_lock = threading.Lock()
 
     @property
     def topic_names(self) -> tuple[str, ...]:
@@ -196,6 +198,7 @@ class SinkWorker:
                 lambda: get_client(dsn),
                 self.settings.clickhouse_database,
                 self.config.compact_interval_s,
+                self._flush_lock,
             )
             self.compactor.start()
         if self.config.query_endpoint:
@@ -235,7 +238,8 @@ class SinkWorker:
         """Write every pending batch, retrying while ClickHouse is down; then commit."""
         while True:
             try:
-                offsets = self.sink.flush()
+                with self._flush_lock:
+                    offsets = self.sink.flush()
             except BackPressure as bp:
                 if self._stop.is_set():
                     if final:
@@ -292,7 +296,8 @@ class SinkWorker:
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         try:
-            offsets = self.sink.flush()
+            with self._flush_lock:
+                offsets = self.sink.flush()
         except BackPressure:
             dropped = self.sink.discard(revoked)
             log.warning("rebalance during an outage: %d rows left for the next owner", dropped)
