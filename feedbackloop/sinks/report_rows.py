@@ -846,8 +846,14 @@ class Compactor:
         database: str,
         interval_s: float,
         lock: threading.Lock | None = None,
+        idle: Any = None,
+        max_lag_s: float = 10.0,
     ) -> None:
         self._factory = client_factory
+        #: ``idle()`` says the sink has nothing pending; a round waits for that (it would
+        #: delay the next flush on embedded chDB) unless the last one is ``max_lag_s`` old.
+        self._idle = idle
+        self.max_lag_s = max_lag_s
         #: Held by the sink for a whole flush and by the compactor for each statement, so a
         #: flush's inserts into several tables become visible together, never split by a
         #: compaction statement (a reader that saw the interactions sees their feedback).
@@ -872,7 +878,12 @@ class Compactor:
     def _run(self) -> None:
         client = None
         try:
+            last = time.monotonic()
             while not self._stop.wait(self.interval_s):
+                busy = self._idle is not None and not self._idle()
+                if busy and time.monotonic() - last < self.max_lag_s:
+                    continue
+                last = time.monotonic()
                 try:
                     client = client or _Locked(self._factory(), self.lock)
                     self.last = compact(client, self.database)

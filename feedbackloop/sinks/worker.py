@@ -199,6 +199,7 @@ class SinkWorker:
                 self.settings.clickhouse_database,
                 self.config.compact_interval_s,
                 self._flush_lock,
+                idle=self._sink_idle,
             )
             self.compactor.start()
         if self.config.query_endpoint:
@@ -206,6 +207,14 @@ class SinkWorker:
 
             self.endpoint = QueryEndpoint(self.settings)
             self.endpoint.start()
+
+    def _sink_idle(self) -> bool:
+        """Nothing pending in the sink (read from the compactor's thread: the batches may
+        change under it, which counts as busy)."""
+        try:
+            return self.sink.pending == 0
+        except RuntimeError:
+            return False
 
     def _loop(self) -> None:
         consumer, sink, cfg = self._consumer, self.sink, self.config
