@@ -94,7 +94,7 @@ def _enriched_messages(raw: list[bytes]) -> list[bytes]:
     topics = Topics("bench.")
     pipe = Pipeline(topics, StreamConfig(), Capture())
     for i in range(0, len(raw), 10_000):
-        pipe.process(0, [(None, v, i + j) for j, v in enumerate(raw[i : i + 10_000])])
+        pipe.process(0, [(None, v, i + j, 0) for j, v in enumerate(raw[i : i + 10_000])])
     assert len(out) == len(raw), (len(out), len(raw))
     return out
 
@@ -197,10 +197,15 @@ def _wait_for_line(path: Path, marker: str, proc: subprocess.Popen[bytes], timeo
 
 
 def bench_latency(
-    rate: int, seconds: float, workdir: Path, stream_jobs: bool = False
+    rate: int,
+    seconds: float,
+    workdir: Path,
+    stream_jobs: bool = False,
+    storage: str = "memory://tansu/",
 ) -> dict[str, float]:
     """Send -> visible. ``stream_jobs``: the default pipeline (SDK -> raw topic -> stream jobs
-    -> enriched topic -> sink), else the sink reading the raw topic (``sink run --raw``)."""
+    -> enriched topic -> sink), else the sink reading the raw topic (``sink run --raw``).
+    ``storage``: the embedded broker's (``durable``: its log on the embedded S3 store)."""
     from confluent_kafka import Consumer
 
     from feedbackloop.config import Settings
@@ -210,7 +215,9 @@ def bench_latency(
     prefix = f"lat{uuid.uuid4().hex[:6]}."
     topics = Topics(prefix)
     data_dir = workdir / ("pipeline" if stream_jobs else "worker")
-    with EmbeddedBroker(port=0, log_path=workdir / "tansu.log") as broker:
+    with EmbeddedBroker(
+        port=0, storage=storage, data_dir=workdir / "broker", log_path=workdir / "tansu.log"
+    ) as broker:
         bootstrap = broker.bootstrap_servers
         ensure_topics({"bootstrap.servers": bootstrap}, topics.all(), 4)
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEEDBACKLOOP_")}

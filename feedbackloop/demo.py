@@ -131,7 +131,17 @@ def run_demo(
     With a sink among ``services``, also wait until ClickHouse holds every event (and every
     malformed payload as a dead letter) and compute the experiment report, failure slices and
     impact. ``while_running(result)`` is called before the stack stops (e.g. to keep the
-    dashboard up until Ctrl-C)."""
+    dashboard up until Ctrl-C).
+
+    The embedded broker keeps its log in memory here unless ``broker_storage`` was set: the
+    demo's 3,000 events/s through the stream jobs are visible within seconds that way, where
+    the durable embedded broker lags by tens of seconds on a small machine
+    (docs/PERFORMANCE.md, "Durable embedded broker"); `up` keeps the durable default."""
+    from feedbackloop.infra.files import owner_only
+
+    if "broker_storage" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"broker_storage": "memory://tansu/"})
+    owner_only(settings.data_dir)
     stack = Stack(settings, services, on_status=lambda st: echo(status_line(st)))
     run_settings = stack.start()
     try:
@@ -198,7 +208,8 @@ def account_in_clickhouse(
 
 
 def results_text(settings: Settings, spec: TrafficSpec) -> str:
-    """The experiment report, the top failure slices and the business impact, as text."""
+    """The experiment report, the top failure slices, the business impact and, with a planted
+    shadow candidate, its shadow report, as text."""
     from feedbackloop.analysis.failures.analyze import analyze_failures
     from feedbackloop.analysis.failures.records import load_judged_interactions
     from feedbackloop.analysis.failures.slices import format_slice_report
@@ -212,13 +223,18 @@ def results_text(settings: Settings, spec: TrafficSpec) -> str:
     judged = load_judged_interactions(settings, Scope(experiment=spec.experiment))
     slices = analyze_failures(judged)
     impact = build_impact(fetch_impact(runner, scope))
-    return "\n\n".join(
-        [
-            report.to_text(),
-            format_slice_report(slices, top=5, heading="Top failure patterns\n"),
-            impact.to_text(),
-        ]
-    )
+    parts = [
+        report.to_text(),
+        format_slice_report(slices, top=5, heading="Top failure patterns\n"),
+        impact.to_text(),
+    ]
+    if spec.shadow is not None:
+        from feedbackloop.analysis.reads.shadow import ShadowScope
+        from feedbackloop.analysis.reports.shadow import run_shadow_report
+
+        shadow_scope = ShadowScope(candidate=spec.shadow.candidate, app_id=spec.app_id)
+        parts.append(run_shadow_report(runner, shadow_scope).to_text())
+    return "\n\n".join(parts)
 
 
 def summary_text(demo: DemoResult, spec: TrafficSpec) -> str:
@@ -276,4 +292,5 @@ def status_line(st: ServiceStatus) -> str:
     pid = f" pid {st.pid}" if st.pid else ""
     detail = f"  {st.detail}" if st.detail else ""
     where = f"  (log: {st.log_path})" if st.log_path and st.state == "starting" else ""
-    return f"  {st.name:<7} {st.state:<9}{pid}{detail}{where}"
+    restarts = f"  [restarts: {st.restarts}]" if st.restarts else ""
+    return f"  {st.name:<7} {st.state:<9}{pid}{detail}{where}{restarts}"

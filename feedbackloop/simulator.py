@@ -5,6 +5,12 @@ rate (the planted effect); non-English inputs and inputs with code fail more oft
 prompt version; implicit signals and business outcomes follow with realistic rates and
 delays; a small share of events arrives late (backdated ``occurred_at``) or malformed (raw
 bytes that the stream jobs must dead-letter).
+
+With a :class:`ShadowPlan`, a candidate shadows a sampled share of sessions
+(:meth:`FeedbackClient.shadow`): it answers what users wanted on one slice (on inputs with
+code: the correction the user then writes, else a good answer), answers off the point on
+another (one language), and answers exactly as the live model elsewhere, so
+``feedbackloop shadow report`` has a planted win and a planted loss to find.
 """
 
 from __future__ import annotations
@@ -18,9 +24,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from feedbackloop.producers import Experiment, FeedbackClient
+from feedbackloop.producers import Experiment, FeedbackClient, shadow_sampled
 
-__all__ = ["TrafficSpec", "SimulationResult", "Simulator"]
+__all__ = ["ShadowPlan", "TrafficSpec", "SimulationResult", "Simulator"]
 
 _INPUTS: dict[str, list[str]] = {
     "en": [
@@ -62,6 +68,27 @@ _CORRECTIONS = [
 ]
 
 
+#: What the planted candidate answers on its bad slice: off the point, in no user's words.
+OFF_THE_POINT = "Thanks for your message! Our team will get back to you soon."
+
+
+@dataclass(frozen=True)
+class ShadowPlan:
+    """A shadow candidate planted into the simulated traffic.
+
+    On inputs with code it answers what users wanted (the correction they write, else the
+    good answer); on inputs in ``worse_language`` it answers :data:`OFF_THE_POINT`; everywhere
+    else exactly what the live model answered. Sessions are sampled at ``rate``.
+    """
+
+    candidate: str = "v2.0-shadow"
+    model: str = "gpt-4o"
+    rate: float = 0.5
+    worse_language: str = "de"
+    #: The candidate is this much faster than the live answer, on average.
+    latency_factor: float = 0.8
+
+
 @dataclass(frozen=True)
 class TrafficSpec:
     """What to simulate. ``satisfaction`` is each variant's true probability that a response
@@ -99,6 +126,8 @@ class TrafficSpec:
     late_share: float = 0.01
     malformed_share: float = 0.002
     seed: int = 7
+    #: A shadow candidate to plant (none by default).
+    shadow: ShadowPlan | None = None
 
     def experiment_config(self) -> Experiment:
         return Experiment(self.experiment, dict(self.weights))
@@ -169,6 +198,8 @@ class Simulator:
         self.result = SimulationResult()
         client.register_experiment(self.spec.experiment_config())
         self._session_no = 0
+        # Its own stream, so the live traffic is the same with or without a shadow.
+        self._shadow_rng = random.Random(self.spec.seed + 1)
 
     def run(
         self,
@@ -222,12 +253,13 @@ class Simulator:
             when = None
             if rng.random() < s.late_share:
                 when = _utcnow() - dt.timedelta(minutes=rng.uniform(2, 30))
+            response = _response(rng, good, lang, has_code)
             iid = c.log_interaction(
                 session_id=session_id,
                 user_id=user_id,
                 system_prompt=f"You are a helpful support assistant. ({prompt_version})",
                 user_input=user_input,
-                response=_response(rng, good, lang, has_code),
+                response=response,
                 model=s.model,
                 prompt_version=prompt_version,
                 experiment=s.experiment,
@@ -240,7 +272,11 @@ class Simulator:
                 occurred_at=when,
             )
             self._sent("interaction", variant)
-            self._feedback(iid, session_id, variant, good, lang, has_code, when)
+            correction = self._feedback(iid, session_id, variant, good, lang, has_code, when)
+            if s.shadow is not None and self._shadow(
+                s.shadow, iid, session_id, response, correction, lang, has_code
+            ):
+                self._sent("shadow", variant)
             self._implicit(iid, session_id, variant, good, when)
             self._outcome(iid, session_id, variant, good, has_code, when)
             if self.raw_send is not None and rng.random() < s.malformed_share:
@@ -260,8 +296,10 @@ class Simulator:
         lang: str,
         has_code: bool,
         when: dt.datetime | None,
-    ) -> None:
+    ) -> str | None:
+        """Explicit feedback; returns the correction the user wrote, if any."""
         s, rng, c = self.spec, self.rng, self.client
+        correction = None
         if rng.random() < s.feedback_rate:
             c.thumbs(iid, good, session_id=session_id, occurred_at=when)
             self._sent("feedback", variant, "thumbs_up" if good else "thumbs_down")
@@ -270,14 +308,51 @@ class Simulator:
             c.rate(iid, rating, session_id=session_id, occurred_at=when)
             self._sent("feedback", variant, "rating")
         if good:
-            return
+            return None
         if rng.random() < s.correction_rate:
-            c.correct(iid, rng.choice(_CORRECTIONS), session_id=session_id, occurred_at=when)
+            correction = rng.choice(_CORRECTIONS)
+            c.correct(iid, correction, session_id=session_id, occurred_at=when)
             self._sent("feedback", variant, "correction")
         if rng.random() < s.comment_rate:
             topic = "code" if has_code else ("language" if lang != "en" else "length")
             c.comment(iid, rng.choice(_COMMENTS[topic]), session_id=session_id, occurred_at=when)
             self._sent("feedback", variant, "comment")
+        return correction
+
+    def _shadow(
+        self,
+        plan: ShadowPlan,
+        iid: uuid.UUID,
+        session_id: str,
+        response: str,
+        correction: str | None,
+        lang: str,
+        has_code: bool,
+    ) -> bool:
+        """The planted candidate's answer to this live interaction; False if the session is
+        not sampled."""
+        if not shadow_sampled(plan.candidate, session_id, plan.rate):
+            return False  # decided before computing the answer, as an app would
+        if has_code:
+            answer = correction or _response(self._shadow_rng, True, lang, True)
+        elif lang == plan.worse_language:
+            answer = OFF_THE_POINT
+        else:
+            answer = response
+        rng = self._shadow_rng
+        sid = self.client.shadow(
+            iid,
+            rate=plan.rate,
+            response=answer,
+            model=plan.model,
+            prompt_version=plan.candidate,
+            session_id=session_id,
+            latency_ms=round(rng.lognormvariate(6.5, 0.4) * plan.latency_factor, 1),
+            input_tokens=rng.randint(20, 400),
+            output_tokens=rng.randint(50, 800),
+            cost_usd=round(rng.uniform(0.0004, 0.006), 6),
+        )
+        return sid is not None
 
     def _implicit(
         self, iid: uuid.UUID, session_id: str, variant: str, good: bool, when: dt.datetime | None

@@ -142,8 +142,10 @@ def operations(s: Settings, service: str, metrics: bool = True) -> Callable[[], 
     Metrics go to the shared directory (the one ``up`` chose, else ``s.metrics_path``), so
     the web server's /metrics, ``feedbackloop metrics`` or ``metrics_port`` show them all.
     """
+    from feedbackloop.infra.files import owner_only
     from feedbackloop.infra.logs import setup_logging
 
+    owner_only(s.data_dir)  # before anything is created under it (docs/SECURITY.md)
     setup_logging(service, s.log_format, s.log_level)
     if not metrics:
         return lambda: None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from typing import Any
 
 import click
 
@@ -23,6 +24,20 @@ _effect_option = click.option(
 _seed_option = click.option(
     "--seed", type=int, default=7, show_default=True, help="Simulator seed."
 )
+_shadow_option = click.option(
+    "--shadow-candidate",
+    default=None,
+    metavar="VERSION",
+    help="Plant a shadow candidate named VERSION in half the sessions: it answers what users "
+    "wanted on inputs with code, off the point on German ones, as the live model elsewhere "
+    "(then: feedbackloop shadow report --candidate VERSION).",
+)
+
+
+def _shadow_plan(candidate: str | None) -> Any:
+    from feedbackloop.simulator import ShadowPlan
+
+    return ShadowPlan(candidate=candidate) if candidate else None
 
 
 @click.command("simulate")
@@ -41,6 +56,7 @@ _seed_option = click.option(
 )
 @_effect_option
 @_seed_option
+@_shadow_option
 @click.option(
     "--collector",
     default=None,
@@ -60,6 +76,7 @@ def simulate(
     rate: float,
     effect: float,
     seed: int,
+    shadow_candidate: str | None,
     collector: str | None,
     key: str | None,
 ) -> None:
@@ -71,7 +88,9 @@ def simulate(
 
     s = settings_of(ctx)
     spec = TrafficSpec(
-        satisfaction={"control": 0.62, "treatment": min(1.0, 0.62 + effect)}, seed=seed
+        satisfaction={"control": 0.62, "treatment": min(1.0, 0.62 + effect)},
+        seed=seed,
+        shadow=_shadow_plan(shadow_candidate),
     )
     client = (
         CollectorClient(collector, key, s, app_id=spec.app_id)
@@ -121,6 +140,7 @@ def simulate(
 )
 @_effect_option
 @_seed_option
+@_shadow_option
 @click.option(
     "--broker-only",
     is_flag=True,
@@ -145,6 +165,7 @@ def demo(
     control_satisfaction: float,
     effect: float,
     seed: int,
+    shadow_candidate: str | None,
     broker_only: bool,
     no_stream: bool,
     wait: bool,
@@ -157,7 +178,9 @@ def demo(
     s = settings_of(ctx)
     treatment = min(1.0, max(0.0, control_satisfaction + effect))
     spec = TrafficSpec(
-        satisfaction={"control": control_satisfaction, "treatment": treatment}, seed=seed
+        satisfaction={"control": control_satisfaction, "treatment": treatment},
+        seed=seed,
+        shadow=_shadow_plan(shadow_candidate),
     )
     click.echo("starting the embedded pipeline:")
 
@@ -188,6 +211,11 @@ def demo(
             f"reports:    feedbackloop ab report --experiment {spec.experiment}   "
             "feedbackloop failures   "
             f"feedbackloop impact --experiment {spec.experiment}"
+            + (
+                f"   feedbackloop shadow report --candidate {spec.shadow.candidate}"
+                if spec.shadow
+                else ""
+            )
         )
         if wait:
             click.echo(

@@ -22,6 +22,7 @@ from feedbackloop.cli import (
     prompts,
     reference,
     services,
+    shadow,
     stats,
     storage,
 )
@@ -72,6 +73,7 @@ cli.add_command(stats.stats)
 cli.add_command(experiments.experiments)
 cli.add_command(experiments.ab)
 cli.add_command(experiments.impact)
+cli.add_command(shadow.shadow)
 # Find failures and close the loop (failures.py, prompts.py, exports.py).
 cli.add_command(failures.failures)
 cli.add_command(failures.complaints)

@@ -34,7 +34,9 @@ def get_client(dsn: str, **kwargs: Any) -> Any:
             import chdb  # noqa: F401  (clickhouse-connect loads it; fail with our message)
         except ImportError as e:
             raise MissingDependency("chdb (embedded ClickHouse)", "embedded") from e
-        Path(parsed.path).mkdir(parents=True, exist_ok=True)
+        from feedbackloop.infra.files import private_dir
+
+        private_dir(Path(parsed.path))
     elif parsed.scheme not in ("http", "https", "clickhouse", "clickhouses"):
         raise ConfigError(f"unsupported ClickHouse URL {dsn!r}: use chdb:///path or http(s)://")
     try:

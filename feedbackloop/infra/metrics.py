@@ -39,6 +39,7 @@ __all__ = [
     "prepare_dir",
     "record_collector",
     "record_dead_letter",
+    "record_otlp_spans",
     "serve_http",
 ]
 
@@ -114,6 +115,7 @@ class Families:
     sink_batch_seconds: Any
     sink_pending_rows: Any
     consumer_lag: Any
+    otlp_spans: Any
 
 
 _families: Families | None = None
@@ -210,6 +212,13 @@ def _create() -> Families:
             registry=reg,
             multiprocess_mode="livemostrecent",
         ),
+        otlp_spans=Counter(
+            p + "otlp_spans",
+            "Spans posted to the collector's /v1/traces, by outcome (interaction: a GenAI "
+            "model call, handed on as an interaction; ignored: any other span).",
+            ["outcome"],
+            registry=reg,
+        ),
     )
 
 
@@ -254,6 +263,16 @@ def record_collector(outcomes: Iterable[tuple[str, str | None]]) -> None:
         f.collector_events.labels(status).inc(n)
         if status == "rejected":  # the collector sends every rejected event to dead letters
             f.dead_letters.labels("collector", reason or "unknown").inc(n)
+
+
+def record_otlp_spans(interactions: int, ignored: int) -> None:
+    """Count the spans of one OTLP request (what became of the interactions is counted by
+    :func:`record_collector`)."""
+    f = families()
+    if interactions:
+        f.otlp_spans.labels("interaction").inc(interactions)
+    if ignored:
+        f.otlp_spans.labels("ignored").inc(ignored)
 
 
 def record_dead_letter(source: str, reason: str) -> None:

@@ -7,6 +7,7 @@ from feedbackloop.producers.collector_client import CollectorClient
 from feedbackloop.producers.delivery import DeliveryStats
 from feedbackloop.producers.http_transport import HttpTransport
 from feedbackloop.producers.kafka_transport import KafkaTransport
+from feedbackloop.producers.shadow import shadow_sampled
 from feedbackloop.producers.transport import Transport
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "Transport",
     "assign_variant",
     "bucket_of",
+    "shadow_sampled",
 ]

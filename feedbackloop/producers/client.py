@@ -27,18 +27,21 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from feedbackloop.config import Settings
-from feedbackloop.errors import SchemaError
+from feedbackloop.errors import ConfigError, SchemaError
 from feedbackloop.producers.assignment import Experiment
+from feedbackloop.producers.context import CallContext, context
 from feedbackloop.producers.delivery import DeliveryStats
 from feedbackloop.producers.fastpath import EVENT_IDS, FastEncoder, utc_timestamp, uuid_from_str
 from feedbackloop.producers.kafka_transport import KafkaTransport
 from feedbackloop.producers.modelpath import dead_letter, encode_fields
 from feedbackloop.producers.sessions import InteractionSessions, StickyVariants
+from feedbackloop.producers.shadow import shadow_fields, shadow_sampled
 from feedbackloop.producers.transport import Transport
 from feedbackloop.schemas import (
     DeadLetter,
@@ -308,6 +311,63 @@ class FeedbackClient:
             context["session_id"] = session_id
         return self._emit(Outcome, self._envelope(interaction_id, context, fields))
 
+    def shadow(
+        self,
+        interaction_id: uuid.UUID,
+        *,
+        response: str,
+        model: str,
+        prompt_version: str | None = None,
+        rate: float = 1.0,
+        user_input: str = "",
+        system_prompt: str = "",
+        latency_ms: float | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cost_usd: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        **context: Any,
+    ) -> uuid.UUID | None:
+        """Log a candidate's answer to live interaction ``interaction_id`` (never shown).
+
+        The candidate is ``prompt_version`` (else ``model``); its session is sampled at
+        ``rate`` (:func:`~feedbackloop.producers.shadow.shadow_sampled`). Returns the shadow
+        answer's own interaction id, or ``None`` when the session is not sampled (or the
+        event was invalid). The session comes from the live interaction if this client
+        logged it, else pass ``session_id=``.
+        """
+        session = context.get("session_id")
+        if session is None:
+            memo = self._interactions.recall(interaction_id)
+            session = memo[0] if memo is not None else None
+        candidate = prompt_version or model
+        if isinstance(session, str) and isinstance(candidate, str):
+            try:
+                sampled = shadow_sampled(candidate, session, rate)
+            except ConfigError:
+                if self.strict:
+                    raise
+                log.error("feedbackloop: shadow answer not logged: rate %r is not in [0, 1]", rate)
+                return None
+            if not sampled:
+                return None
+        fields = shadow_fields(
+            interaction_id,
+            response=response,
+            model=model,
+            prompt_version=prompt_version,
+            user_input=user_input,
+            system_prompt=system_prompt,
+            latency_ms=latency_ms,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=cost_usd,
+            metadata=metadata,
+        )
+        if self._emit(Interaction, self._envelope(interaction_id, context, fields)) is None:
+            return None
+        return fields["interaction_id"]  # type: ignore[no-any-return]
+
     def send(self, event: Envelope) -> bool:
         """Hand one already validated event (e.g. from the HTTP collector) to the transport.
 
@@ -326,6 +386,13 @@ class FeedbackClient:
         True once queued or spooled."""
         self._counters.add("invalid")
         return self._transport.send_dead_letter(letter.key, letter.payload, letter.headers())
+
+    def context(self, **fields: Any) -> AbstractContextManager[CallContext]:
+        """A block whose interactions, as logged by the provider wrappers
+        (:mod:`feedbackloop.integrations`), carry these fields: ``session_id``, ``user_id``,
+        ``prompt_version``, ``experiment``, ``variant``, ``metadata``. See
+        :mod:`feedbackloop.producers.context`."""
+        return context(**fields)
 
     # ------------------------------------------------------------------ experiments
 

@@ -6,7 +6,7 @@ import itertools
 import threading
 from dataclasses import dataclass, fields
 
-__all__ = ["DeliveryStats", "Counters"]
+__all__ = ["DeliveryStats", "Counters", "permanent_refusal"]
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,9 @@ class DeliveryStats:
     ``spooled`` to disk and later ``replayed``. ``failed`` are permanent broker refusals
     (logged with their event id); ``dropped`` are events lost because the spool was full or
     the client already closed (logged loudly); ``invalid`` failed validation and went to the
-    dead-letter topic instead. ``spool_pending`` is how many wait on disk right now.
+    dead-letter topic instead. ``spool_pending`` is how many wait on disk right now;
+    ``spool_quarantined`` how many records the broker refused permanently are kept aside in
+    the spool file (never replayed, so they cannot block the rest).
     """
 
     enqueued: int = 0
@@ -29,6 +31,7 @@ class DeliveryStats:
     dropped: int = 0
     invalid: int = 0
     spool_pending: int = 0
+    spool_quarantined: int = 0
 
 
 class Counters:
@@ -57,12 +60,41 @@ class Counters:
             with self._lock:
                 self._bulk[name] += n
 
-    def snapshot(self, spool_pending: int) -> DeliveryStats:
+    def snapshot(self, spool_pending: int, spool_quarantined: int = 0) -> DeliveryStats:
         with self._lock:
             values = {name: _peek(tick) + self._bulk[name] for name, tick in self._ticks.items()}
-        return DeliveryStats(**{**values, "spool_pending": spool_pending})
+        values.update(spool_pending=spool_pending, spool_quarantined=spool_quarantined)
+        return DeliveryStats(**values)
 
 
 def _peek(tick: itertools.count[int]) -> int:
     """How many times ``next()`` was called: the value ``repr`` shows, ``count(5)``."""
     return int(repr(tick)[6:-1])
+
+
+# Broker or librdkafka refusals of one record that no retry can cure: this record is too
+# large or malformed. Retrying it forever would block every record behind it in the spool.
+_PERMANENT = frozenset(
+    {
+        2,  # INVALID_MSG (corrupt)
+        4,  # INVALID_MSG_SIZE
+        10,  # MSG_SIZE_TOO_LARGE (librdkafka's message.max.bytes, or the broker's)
+        18,  # RECORD_LIST_TOO_LARGE
+        44,  # POLICY_VIOLATION
+        87,  # INVALID_RECORD
+        -186,  # _INVALID_ARG
+    }
+)
+
+
+def permanent_refusal(err: object) -> str | None:
+    """The reason if the Kafka error ``err`` (a ``KafkaError``, or a ``KafkaException``
+    carrying one) refuses this record for good; ``None`` if a retry may succeed."""
+    if isinstance(err, BaseException):
+        err = err.args[0] if err.args else None
+    code = getattr(err, "code", None)
+    if code is None or not callable(code):
+        return None
+    if code() in _PERMANENT and not getattr(err, "fatal", lambda: False)():
+        return f"{getattr(err, 'name', lambda: code())()}: {getattr(err, 'str', lambda: '')()}"
+    return None

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from feedbackloop.schemas.events import (
+    MAX_COUNT,
     MAX_METADATA_KEYS,
     MAX_TEXT_CHARS,
     SCHEMA_VERSION,
@@ -139,8 +140,8 @@ def _opt_sized(v: object, hi: int) -> bool:
 
 
 def _opt_count(v: object) -> bool:
-    """``int | None`` with ``ge=0``."""
-    return v is None or (type(v) is int and 0 <= v < _MAX_INT)
+    """``Count | None``: an int in 0..MAX_COUNT (UInt32)."""
+    return v is None or (type(v) is int and 0 <= v <= MAX_COUNT)
 
 
 def _float(v: object, nonneg: bool) -> float | None | bool:

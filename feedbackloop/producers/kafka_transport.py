@@ -9,7 +9,9 @@ Broker down, slow or full queue: the event goes to the spool, and from that mome
 new event does too, so that order is kept, until the delivery thread has replayed the spool
 (oldest first, each record removed only after the broker acknowledged it). Every event is
 delivered, spooled, or counted and logged as ``failed`` (a permanent refusal) or ``dropped``
-(spool full, or sent after close).
+(spool full, or sent after close). A permanently refused record (too large, invalid) is
+kept in the spool file's quarantine instead of the replay order, so it cannot block the
+records behind it (:meth:`Spool.quarantine`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from feedbackloop.config import Settings
-from feedbackloop.producers.delivery import Counters, DeliveryStats
+from feedbackloop.producers.delivery import Counters, DeliveryStats, permanent_refusal
 from feedbackloop.producers.spool import Spool
 from feedbackloop.producers.transport import Headers, close_at_exit, forget_at_exit
 from feedbackloop.schemas import Topics
@@ -88,7 +90,10 @@ class KafkaTransport:
         return self._send(self.topics.dead_letters, key, value, list(headers))
 
     def stats(self) -> DeliveryStats:
-        return self.counters.snapshot(self._spool.count if self._spool else 0)
+        spool = self._spool
+        return self.counters.snapshot(
+            spool.count if spool else 0, spool.quarantined if spool else 0
+        )
 
     def flush(self, timeout: float) -> int:
         if self._producer is None:
@@ -217,6 +222,10 @@ class KafkaTransport:
                 # here on by sending everything through the spool until it has drained.
                 pass
             except Exception as e:  # KafkaException: e.g. fatal producer state
+                refused = permanent_refusal(e)
+                if refused is not None:
+                    self._quarantine_new(topic, key, value, headers, refused)
+                    return True
                 if _is_fatal(e):
                     self._fatal = True
                 log.warning("feedbackloop: produce failed (%s); spooling", e)
@@ -269,6 +278,10 @@ class KafkaTransport:
                 KafkaError._TRANSPORT,
                 KafkaError._ALL_BROKERS_DOWN,
                 KafkaError.UNKNOWN_TOPIC_OR_PART,
+                # The broker failed, not the event: the embedded broker answers this while
+                # its S3 store restarts (test_fault_suite.py, SIGKILL of SeaweedFS). Sending
+                # again is safe, since stores deduplicate on event_id.
+                KafkaError.UNKNOWN,
             )
             or err.retriable()
             or self._fatal
@@ -277,12 +290,29 @@ class KafkaTransport:
                 self._spooling = True
                 self._spool_append(msg.topic(), msg.key(), msg.value(), headers)
             return
+        self._quarantine_new(msg.topic(), msg.key(), msg.value(), headers, str(err))
+
+    def _quarantine_new(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None,
+        reason: str,
+    ) -> None:
+        """A record the broker refuses for good: kept aside on disk, counted, logged; never
+        spooled, where it would block everything behind it (issue 13)."""
+        assert self._spool is not None
+        self._spool.add_quarantined(topic, key, value, headers, reason)
         self.counters.add("failed")
         log.error(
-            "feedbackloop: broker refused an event permanently (%s) on topic %s, key %r",
-            err,
-            msg.topic(),
-            msg.key(),
+            "feedbackloop: broker refused a record permanently (%s) on topic %s, key %r, "
+            "%d bytes; quarantined in %s",
+            reason,
+            topic,
+            key,
+            len(value),
+            self._spool.path,
         )
 
     def _on_error(self, err: Any) -> None:
@@ -357,6 +387,7 @@ class KafkaTransport:
             return
         acked: list[int] = []
         failed: list[int] = []
+        refused: dict[int, str] = {}
         for rec in records:
             try:
                 producer.produce(
@@ -364,15 +395,31 @@ class KafkaTransport:
                     rec.value,
                     rec.key,
                     headers=rec.headers or None,
-                    on_delivery=functools.partial(_replay_report, acked, failed, rec.seq),
+                    on_delivery=functools.partial(_replay_report, acked, failed, refused, rec.seq),
                 )
             except BufferError:
                 break
+            except Exception as e:
+                reason = permanent_refusal(e)
+                if reason is None:
+                    raise
+                refused[rec.seq] = reason
         producer.flush(self.settings.producer_message_timeout_ms / 1000 + 5)
         self._spool.remove(acked)
+        for seq, reason in refused.items():
+            # One record the broker will never take must not hold back the rest (issue 13).
+            self._spool.quarantine(seq, reason)
+            self.counters.add("failed")
+            log.error(
+                "feedbackloop: broker refused a spooled record permanently (%s); "
+                "quarantined in %s (%d so far)",
+                reason,
+                self._spool.path,
+                self._spool.quarantined,
+            )
         self.counters.add("replayed", len(acked))
         self.counters.add("delivered", len(acked))
-        if failed and not acked:
+        if failed and not acked and not refused:
             # The broker answers metadata but takes nothing: typically it restarted without
             # its state and rejects our idempotent producer id, and librdkafka's local epoch
             # bump cannot recover that. A new producer gets a new id from the broker.
@@ -413,9 +460,15 @@ def _is_fatal(exc: BaseException | None) -> bool:
     return False
 
 
-def _replay_report(acked: list[int], failed: list[int], seq: int, err: Any, _msg: Any) -> None:
-    if err is not None:
+def _replay_report(
+    acked: list[int], failed: list[int], refused: dict[int, str], seq: int, err: Any, _msg: Any
+) -> None:
+    if err is None:
+        acked.append(seq)
+        return
+    reason = permanent_refusal(err)
+    if reason is not None:
+        refused[seq] = reason
+    else:
         log.debug("feedbackloop: replay of spooled event failed: %s", err)
         failed.append(seq)
-    else:
-        acked.append(seq)

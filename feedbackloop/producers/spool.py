@@ -9,6 +9,7 @@ them.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -59,7 +60,10 @@ class Spool:
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
         self.max_bytes = max_bytes
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Create the file owner-only before SQLite opens it (it would use the umask); its
+        # -wal and -shm companions take the main file's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -69,14 +73,26 @@ class Spool:
             "CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
             "topic TEXT NOT NULL, key BLOB, value BLOB NOT NULL, headers BLOB)"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS quarantine (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "topic TEXT NOT NULL, "
+            "key BLOB, value BLOB NOT NULL, headers BLOB, reason TEXT NOT NULL, "
+            "quarantined_at TEXT NOT NULL DEFAULT (datetime('now')))"
+        )
         row = self._db.execute(
             "SELECT count(*), coalesce(sum(length(value)), 0) FROM spool"
         ).fetchone()
         self._count, self._bytes = int(row[0]), int(row[1])
+        self._quarantined = int(self._db.execute("SELECT count(*) FROM quarantine").fetchone()[0])
 
     @property
     def count(self) -> int:
         return self._count
+
+    @property
+    def quarantined(self) -> int:
+        """Records set aside by :meth:`quarantine` (they are not replayed)."""
+        return self._quarantined
 
     @property
     def size_bytes(self) -> int:
@@ -129,6 +145,48 @@ class Spool:
                 removed_bytes += int(row[1])
             self._db.execute("COMMIT")
             self._bytes -= removed_bytes
+
+    def quarantine(self, seq: int, reason: str) -> None:
+        """Move the spooled record ``seq`` out of the replay order, keeping it with ``reason``."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            row = self._db.execute(
+                "SELECT length(value) FROM spool WHERE seq = ?", (seq,)
+            ).fetchone()
+            if row is not None:
+                self._db.execute(
+                    "INSERT INTO quarantine (topic, key, value, headers, reason) "
+                    "SELECT topic, key, value, headers, ? FROM spool WHERE seq = ?",
+                    (reason, seq),
+                )
+                self._db.execute("DELETE FROM spool WHERE seq = ?", (seq,))
+            self._db.execute("COMMIT")
+            if row is not None:
+                self._count -= 1
+                self._bytes -= int(row[0])
+                self._quarantined += 1
+
+    def add_quarantined(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers | None, reason: str
+    ) -> None:
+        """Keep a record the broker refused before it was ever spooled (same table)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO quarantine (topic, key, value, headers, reason) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (topic, key, value, _pack_headers(headers), reason),
+            )
+            self._quarantined += 1
+
+    def quarantined_records(self, limit: int = 100) -> list[tuple[SpooledRecord, str]]:
+        """The quarantined records, oldest first, each with the broker's reason."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, topic, key, value, headers, reason FROM quarantine ORDER BY seq "
+                "LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(SpooledRecord(r[0], r[1], r[2], r[3], _unpack_headers(r[4])), r[5]) for r in rows]
 
     def close(self) -> None:
         with self._lock:

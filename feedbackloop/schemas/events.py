@@ -13,6 +13,7 @@ topic instead of being half-understood. Upgrade consumers before producers.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 import uuid
 from enum import Enum
@@ -27,6 +28,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonDict
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -43,6 +45,7 @@ __all__ = [
     "KnownOutcome",
     "Event",
     "EVENT_TYPES",
+    "SHADOW_OF",
     "utcnow",
 ]
 
@@ -54,14 +57,54 @@ MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 #: Nothing feedbackloop stores predates this; older timestamps are a client bug.
 EARLIEST = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
 MAX_METADATA_KEYS = 64
+#: Metadata key of a shadow interaction naming the live interaction it was computed for.
+SHADOW_OF = "shadow_of"
+#: Counts (tokens, characters, edit distances) are stored as ClickHouse UInt32.
+MAX_COUNT = 2**32 - 1
 _MAX_CLOCK_SKEW_S = MAX_CLOCK_SKEW.total_seconds()
 _EARLIEST_TS = EARLIEST.timestamp()
+
+# What the server accepts is what the JSON Schema (and so the OpenAPI document) says: ids in
+# the canonical 8-4-4-4-12 form only (pydantic alone also takes 32 bare hex digits, braces
+# and "urn:uuid:"), times as RFC 3339 strings from 2020 on (pydantic alone also takes Unix
+# seconds), thumbs as the integers 1 / -1 (not true, not 1.0).
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_TIME_REST = (
+    r"-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+#: The documented form, years 2020-9999 (the validator below checks the form, and
+#: ``_plausible_time`` the range, with a message that says which bound was crossed).
+TIME_PATTERN = r"^(20[2-9][0-9]|2[1-9][0-9]{2}|[3-9][0-9]{3})" + _TIME_REST
+_UUID_RE = re.compile(UUID_PATTERN)
+_TIME_RE = re.compile(r"^[0-9]{4}" + _TIME_REST)
+_ID_SCHEMA: JsonDict = {"pattern": UUID_PATTERN}
+
+
+def _canonical_uuid(v: object) -> object:
+    if type(v) is str and not _UUID_RE.match(v):
+        raise ValueError("expected a UUID in the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx")
+    return v
+
+
+def _rfc3339(v: object) -> object:
+    if type(v) is str:
+        if not _TIME_RE.match(v):
+            raise ValueError("expected an RFC 3339 date-time with a UTC offset")
+    elif not isinstance(v, dt.datetime):
+        raise ValueError("expected an RFC 3339 date-time string")
+    return v
+
 
 Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
 ]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
+# Numbers and flags are strict (a JSON true is not a rating, "yes" not a flag, "12" not a
+# count), as the JSON Schema says, and bounded by the column types they are stored in.
+Count = Annotated[int, Field(strict=True, ge=0, le=MAX_COUNT)]
+NonNegative = Annotated[float, Field(strict=True, ge=0)]
+Flag = Annotated[bool, Field(strict=True)]
 MetadataValue = Union[str, int, float, bool, None]  # noqa: UP007 - pydantic needs a runtime alias
 
 
@@ -79,13 +122,27 @@ class Envelope(BaseModel):
     # allow_inf_nan=False: JSON has no infinity; pydantic would silently write it as null.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4, json_schema_extra=_ID_SCHEMA)
     event_type: str
-    schema_version: int = Field(default=SCHEMA_VERSION, ge=1)
-    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    schema_version: int = Field(default=SCHEMA_VERSION, ge=1, le=255, strict=True)
+    occurred_at: AwareDatetime = Field(
+        default_factory=utcnow,
+        json_schema_extra={"pattern": TIME_PATTERN},
+        description="RFC 3339, from 2020 on, at most 5 minutes in the future.",
+    )
     app_id: Identifier
     session_id: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     user_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+
+    @field_validator("event_id", "interaction_id", mode="before", check_fields=False)
+    @classmethod
+    def _id_form(cls, v: object) -> object:
+        return _canonical_uuid(v)
+
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _time_form(cls, v: object) -> object:
+        return _rfc3339(v)
 
     @field_validator("schema_version")
     @classmethod
@@ -124,7 +181,7 @@ class Interaction(Envelope):
     """One LLM request and its response, with everything needed to judge it later."""
 
     event_type: Literal["interaction"] = "interaction"
-    interaction_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    interaction_id: uuid.UUID = Field(default_factory=uuid.uuid4, json_schema_extra=_ID_SCHEMA)
     system_prompt: Text = ""
     user_input: Text
     response: Text
@@ -132,21 +189,42 @@ class Interaction(Envelope):
     prompt_version: Name | None = None
     experiment: Identifier | None = None
     variant: Identifier | None = None
-    latency_ms: float | None = Field(default=None, ge=0)
-    input_tokens: int | None = Field(default=None, ge=0)
-    output_tokens: int | None = Field(default=None, ge=0)
-    cost_usd: float | None = Field(default=None, ge=0)
+    latency_ms: NonNegative | None = None
+    input_tokens: Count | None = None
+    output_tokens: Count | None = None
+    cost_usd: NonNegative | None = None
     metadata: dict[Annotated[str, StringConstraints(max_length=64)], MetadataValue] = Field(
         default_factory=dict, max_length=MAX_METADATA_KEYS
     )
-    #: Produced in shadow mode: computed for comparison, never shown to the user.
-    shadow: bool = False
+    #: Produced in shadow mode: computed for comparison, never shown to the user. A shadow
+    #: answer names its live interaction in ``metadata["shadow_of"]`` (:data:`SHADOW_OF`).
+    shadow: Flag = False
 
     @model_validator(mode="after")
     def _experiment_and_variant(self) -> Interaction:
         if (self.experiment is None) != (self.variant is None):
             raise ValueError("experiment and variant must be given together")
         return self
+
+    @property
+    def shadow_of(self) -> uuid.UUID | None:
+        """The live interaction this shadow answer was computed for, if it names one."""
+        if not self.shadow:
+            return None
+        live = self.metadata.get(SHADOW_OF)
+        if not isinstance(live, str):
+            return None
+        try:
+            return uuid.UUID(live)
+        except ValueError:
+            return None
+
+    @property
+    def partition_key(self) -> bytes:
+        """A shadow answer goes to its live interaction's partition: the stream jobs join the
+        two there, with the feedback on the live answer."""
+        live = self.shadow_of
+        return str(live if live is not None else self.interaction_id).encode()
 
 
 class FeedbackKind(str, Enum):
@@ -171,12 +249,19 @@ class Feedback(Envelope):
     """Explicit feedback on one interaction: thumbs, rating, correction, comment or report."""
 
     event_type: Literal["feedback"] = "feedback"
-    interaction_id: uuid.UUID
+    interaction_id: uuid.UUID = Field(json_schema_extra=_ID_SCHEMA)
     kind: FeedbackKind
     thumbs: Literal[-1, 1] | None = None
-    rating: int | None = Field(default=None, ge=1, le=5)
+    rating: int | None = Field(default=None, ge=1, le=5, strict=True)
     text: Text | None = None
     category: ReportCategory | None = None
+
+    @field_validator("thumbs", mode="before")
+    @classmethod
+    def _thumbs_is_an_int(cls, v: object) -> object:
+        if v is not None and type(v) is not int:
+            raise ValueError("thumbs is the integer 1 or -1")
+        return v
 
     @model_validator(mode="after")
     def _fields_match_kind(self) -> Feedback:
@@ -209,15 +294,15 @@ class Implicit(Envelope):
     """A behavioural signal about one interaction, observed rather than asked for."""
 
     event_type: Literal["implicit"] = "implicit"
-    interaction_id: uuid.UUID
+    interaction_id: uuid.UUID = Field(json_schema_extra=_ID_SCHEMA)
     signal: ImplicitSignal
     #: For ``edit``: the text after the user's edit, and/or its edit distance to the response.
     edited_text: Text | None = None
-    edit_distance: int | None = Field(default=None, ge=0)
+    edit_distance: Count | None = None
     #: For ``dwell``: how long the response was on screen.
-    dwell_ms: float | None = Field(default=None, ge=0)
+    dwell_ms: NonNegative | None = None
     #: For ``copy``: how many characters were copied.
-    copied_chars: int | None = Field(default=None, ge=0)
+    copied_chars: Count | None = None
 
     @model_validator(mode="after")
     def _fields_match_signal(self) -> Implicit:
@@ -248,10 +333,10 @@ class Outcome(Envelope):
     """A business outcome, tied to an interaction where known, else to the session."""
 
     event_type: Literal["outcome"] = "outcome"
-    interaction_id: uuid.UUID | None = None
+    interaction_id: uuid.UUID | None = Field(default=None, json_schema_extra=_ID_SCHEMA)
     outcome: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
-    value: float | None = None
-    time_to_outcome_ms: float | None = Field(default=None, ge=0)
+    value: Annotated[float, Field(strict=True)] | None = None
+    time_to_outcome_ms: NonNegative | None = None
 
 
 Event = Annotated[Interaction | Feedback | Implicit | Outcome, Field(discriminator="event_type")]

@@ -54,7 +54,7 @@ def decode_dict(obj: Any) -> Event:
             "validation_error", f"an event is a JSON object, got {type(obj).__name__}"
         )
     event_type = obj.get("event_type")
-    if event_type not in EVENT_TYPES:
+    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
         raise SchemaError(
             "unknown_event_type",
             f"unknown event_type {event_type!r}; expected one of {sorted(EVENT_TYPES)}",
@@ -70,6 +70,8 @@ def decode_dict(obj: Any) -> Event:
         return _ADAPTER.validate_python(obj)
     except ValidationError as e:
         raise SchemaError("validation_error", format_validation_error(e, event_type)) from e
+    except (RecursionError, ValueError, TypeError) as e:  # what pydantic does not wrap
+        raise SchemaError("validation_error", f"{event_type}: {type(e).__name__}: {e}") from e
 
 
 def format_validation_error(err: ValidationError, event_type: str | None = None) -> str:

@@ -39,5 +39,18 @@ class Topics:
         """Anything that failed validation or processing, with the original bytes and reason."""
         return f"{self.prefix}deadletter"
 
+    @property
+    def repartition(self) -> str:
+        """Raw events the stream jobs move to the partition that joins their interaction
+        (produced elsewhere with another key or partitioner); internal to the stream jobs."""
+        return f"{self.prefix}stream.repartition"
+
     def all(self) -> list[str]:
-        return [self.events, self.enriched, self.aggregates, self.alerts, self.dead_letters]
+        return [
+            self.events,
+            self.enriched,
+            self.aggregates,
+            self.alerts,
+            self.dead_letters,
+            self.repartition,
+        ]

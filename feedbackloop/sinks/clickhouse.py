@@ -459,7 +459,9 @@ class ClickHouseSink(BatchingSink):
         for idx, msg in items:
             offset = msg.offset if msg.offset >= 0 else batch.first_offset + idx
             try:
-                routed = to_rows(topic, partition, offset, msg.value, msg.key, msg.headers)
+                routed = to_rows(
+                    topic, partition, offset, msg.value, msg.key, msg.headers, msg.timestamp_ms
+                )
             except SchemaError as e:
                 self.stats.by_reason[e.reason] += 1
                 dl = DeadLetter(

@@ -6,10 +6,25 @@ ephemeral port) and advertises ``{url, token, pid}`` in ``<data_dir>/sink-query.
 (mode 0600; the token keeps other local users out). :func:`run_query` uses that endpoint
 when a live worker advertises one, and otherwise opens ClickHouse itself.
 
-Read-only twice over: statements other than SELECT / WITH / SHOW / DESCRIBE / EXPLAIN /
-EXISTS are refused before they are sent, and the client that runs them has ``readonly=1``
-in its session, so ClickHouse refuses writes and setting changes as well. Against a server,
-also give the analysts' URL a read-only user (``--url`` / ``FEEDBACKLOOP_SQL_URL``).
+Read-only is enforced by ClickHouse, never by rewriting the text (issue 13):
+
+* the statement is parsed by ClickHouse's own parser (``formatQuerySingleLine`` with the text
+  as a bound parameter): exactly one statement, and its normalized form must start with
+  SELECT / WITH / SHOW / DESCRIBE / EXPLAIN / EXISTS and have no ``INTO OUTFILE``;
+* its syntax tree (``EXPLAIN AST``) may name no table function but the few that read nothing
+  outside the engine (:data:`SAFE_TABLE_FUNCTIONS`), and no function that reads files
+  (:data:`DENIED_FUNCTIONS`): ``DESCRIBE file(...)``, ``DESCRIBE url(...)`` and
+  ``SELECT file('/etc/passwd')`` pass ClickHouse's ``readonly`` check, so they are refused
+  here;
+* it runs exactly as written, in a session with ``readonly=1`` and limits the query cannot
+  lift (``max_execution_time``, ``max_memory_usage``, ``max_result_rows`` with ``break``,
+  ``max_threads``: :class:`~feedbackloop.config.Settings` ``sql_*``), so ClickHouse refuses
+  writes, setting changes and file / network table functions, and stops runaway reads.
+
+The endpoint runs one analyst query at a time on its own ClickHouse session (the sink's
+inserts run on another and are not queued behind it); a query that waits more than a few
+seconds for its turn is answered "busy". Against a server, also give the analysts' URL a
+read-only user (``--url`` / ``FEEDBACKLOOP_SQL_URL``).
 """
 
 from __future__ import annotations
@@ -40,8 +55,11 @@ __all__ = [
     "QueryEndpoint",
     "QueryResult",
     "ReadOnlyViolation",
+    "SAFE_TABLE_FUNCTIONS",
+    "analyst_settings",
     "check_read_only",
     "discovery_path",
+    "inspect_statement",
     "format_result",
     "run_query",
 ]
@@ -50,7 +68,23 @@ log = logging.getLogger(__name__)
 
 DISCOVERY_FILE = "sink-query.json"
 _ALLOWED = ("select", "with", "show", "describe", "desc", "explain", "exists")
-_COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
+#: Table functions that only generate or reshape values: nothing outside the engine.
+SAFE_TABLE_FUNCTIONS = frozenset(
+    {"numbers", "numbers_mt", "zeros", "zeros_mt", "values", "generate_series", "generateSeries"}
+)
+#: Ordinary functions that read files or the network (``file('/etc/passwd')`` returns the
+#: file's text, and ``readonly`` allows it), refused wherever they appear.
+DENIED_FUNCTIONS = frozenset({"file", "reversednsquery"})
+_LEADING = re.compile(r"\s+|--[^\n]*(?:\n|$)|/\*.*?\*/|\(", re.S)
+_AST_LINE = re.compile(r"^( *)(\S+)(?: (\S+))?")
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`(?:[^`\\]|\\.)*`")
+#: How long a query waits for the endpoint's session before it is answered "busy".
+BUSY_WAIT_S = 5.0
+#: The endpoint drops a client that sends nothing for this long.
+READ_TIMEOUT_S = 10.0
+MAX_REQUEST_BYTES = 1_000_000
+#: Most rows one query may return (the analysis layer asks for up to 100,000).
+MAX_ROWS = 1_000_000
 
 
 class ReadOnlyViolation(FeedbackLoopError):
@@ -59,32 +93,104 @@ class ReadOnlyViolation(FeedbackLoopError):
 
 @dataclass(frozen=True)
 class QueryResult:
-    """Column names, ClickHouse type names and rows of one query."""
+    """Column names, ClickHouse type names and rows of one query; ``truncated`` when the
+    result had more rows than asked for."""
 
     columns: list[str]
     types: list[str]
     rows: list[list[Any]]
+    truncated: bool = False
 
 
 def check_read_only(sql: str) -> str:
-    """Return ``sql`` stripped if it is one read-only statement, else raise ReadOnlyViolation."""
-    text = _COMMENT.sub(" ", sql).strip().rstrip(";").strip()
-    if not text:
+    """``sql`` unchanged if its first keyword is a read-only one, else ReadOnlyViolation.
+
+    A quick refusal before anything is sent; the authority is :func:`inspect_statement`,
+    which asks ClickHouse's parser (:func:`execute` always runs it).
+    """
+    pos = 0
+    while m := _LEADING.match(sql, pos):  # comments and "(" may precede the keyword
+        if m.end() == pos:
+            break
+        pos = m.end()
+    words = sql[pos:].split(None, 1)
+    if not words or not words[0].strip(";"):
         raise ReadOnlyViolation("empty query")
-    # A second statement could write; quotes make a literal ';' legal, so only reject a
-    # semicolon outside string literals.
-    if ";" in re.sub(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`[^`]*`", "", text):
-        raise ReadOnlyViolation("one statement at a time")
-    first = text.split(None, 1)[0].lower().lstrip("(")
+    first = re.split(r"[^A-Za-z]", words[0], maxsplit=1)[0].lower()
     if first not in _ALLOWED:
         raise ReadOnlyViolation(
             f"only read-only statements are allowed ({', '.join(a.upper() for a in _ALLOWED)}); "
-            f"got {first.upper()}"
+            f"got {words[0][:40].upper()}"
         )
-    # SELECT ... INTO OUTFILE writes a file on the server side.
-    if re.search(r"\binto\s+outfile\b", text, re.I):
+    return sql
+
+
+def inspect_statement(parser: Any, sql: str) -> str:
+    """Check ``sql`` with ClickHouse's own parser on the client ``parser``; returns its
+    normalized form. Raises :class:`ReadOnlyViolation` (see the module docstring)."""
+    check_read_only(sql)
+    try:
+        res = parser.query("SELECT formatQuerySingleLine({q:String})", parameters={"q": sql})
+        normalized = str(res.result_rows[0][0])
+    except Exception as e:
+        msg = _clean(str(e))
+        if "Multi-statements" in msg:
+            raise ReadOnlyViolation("one statement at a time") from e
+        raise ReadOnlyViolation(f"not a valid statement: {_syntax_error(msg)}") from e
+    check_read_only(normalized)
+    if re.search(r"\bINTO\s+OUTFILE\b", _QUOTED.sub("''", normalized), re.I):
         raise ReadOnlyViolation("INTO OUTFILE writes files; not allowed")
-    return text
+    try:
+        lines = [str(r[0]) for r in parser.query("EXPLAIN AST " + sql).result_rows]
+    except Exception as e:
+        msg = _syntax_error(_clean(str(e)))
+        if "READONLY" in msg:  # e.g. SETTINGS readonly = 0 in the statement
+            raise ReadOnlyViolation(f"refused by ClickHouse's read-only session: {msg}") from e
+        raise ReadOnlyViolation(f"not a valid statement: {msg}") from e
+    for fn in table_functions(lines):
+        if fn not in SAFE_TABLE_FUNCTIONS:
+            raise ReadOnlyViolation(
+                f"table function {fn}() is not allowed (it reads files or the network); "
+                f"allowed: {', '.join(sorted(SAFE_TABLE_FUNCTIONS))}"
+            )
+    for fn in functions(lines):
+        if fn.lower() in DENIED_FUNCTIONS:
+            raise ReadOnlyViolation(f"function {fn}() is not allowed (it reads files)")
+    return normalized
+
+
+def table_functions(ast_lines: list[str]) -> list[str]:
+    """Names of the table functions in an ``EXPLAIN AST`` dump: a ``Function`` node directly
+    under a ``TableExpression``."""
+    found: list[str] = []
+    parents: list[tuple[int, str]] = []
+    for line in ast_lines:
+        m = _AST_LINE.match(line)
+        if not m:
+            continue
+        depth, node = len(m.group(1)), m.group(2)
+        while parents and parents[-1][0] >= depth:
+            parents.pop()
+        if node == "Function" and parents and parents[-1][1] == "TableExpression":
+            found.append(m.group(3) or "")
+        parents.append((depth, node))
+    return found
+
+
+def functions(ast_lines: list[str]) -> list[str]:
+    """Names of every function call in an ``EXPLAIN AST`` dump (operators included)."""
+    found = []
+    for line in ast_lines:
+        m = _AST_LINE.match(line)
+        if m and m.group(2) == "Function":
+            found.append(m.group(3) or "")
+    return found
+
+
+def _syntax_error(msg: str) -> str:
+    # "Code: 62. DB::Exception: Syntax error: failed at position 8 ... : In scope SELECT ..."
+    msg = re.sub(r"^(Code: \d+\. DB::Exception: )+", "", msg)
+    return msg.split(": In scope", 1)[0][:300]
 
 
 def discovery_path(settings: Settings) -> Path:
@@ -92,33 +198,63 @@ def discovery_path(settings: Settings) -> Path:
     return settings.data_dir / DISCOVERY_FILE
 
 
-def readonly_client(dsn: str, database: str | None) -> Any:
-    """A client whose session has ``readonly=1``: ClickHouse itself refuses any write."""
+def analyst_settings(settings: Settings | None, max_rows: int | None = None) -> dict[str, Any]:
+    """Session settings of an analyst query: limits first, ``readonly`` last (once it is
+    set, ClickHouse refuses to change any other setting, the query's own SETTINGS included)."""
+    s = settings or Settings()
+    out: dict[str, Any] = {
+        "max_execution_time": s.sql_max_execution_s,
+        "max_memory_usage": s.sql_max_memory_bytes,
+        "max_threads": s.sql_max_threads,
+    }
+    if max_rows is not None:
+        # "break": stop reading once enough rows are there, rather than materialize them all
+        out.update(max_result_rows=max_rows + 1, result_overflow_mode="break")
+    out["readonly"] = 1
+    return out
+
+
+def readonly_client(
+    dsn: str,
+    database: str | None,
+    settings: Settings | None = None,
+    max_rows: int | None = 10_000,
+) -> Any:
+    """A client whose session is read-only and limited (:func:`analyst_settings`)."""
     from feedbackloop.infra import get_client
 
-    kwargs: dict[str, Any] = {"settings": {"readonly": 1}}
+    kwargs: dict[str, Any] = {"settings": analyst_settings(settings, max_rows)}
     if database:
         kwargs["database"] = database
     return get_client(dsn, **kwargs)
 
 
-def execute(client: Any, sql: str, max_rows: int = 10_000) -> QueryResult:
-    """Run one checked read-only statement on ``client``."""
-    text = check_read_only(sql)
+def execute(client: Any, sql: str, max_rows: int = 10_000, parser: Any = None) -> QueryResult:
+    """Run one read-only statement on ``client`` exactly as written, after
+    :func:`inspect_statement` on ``parser`` (default: ``client``)."""
+    inspect_statement(parser if parser is not None else client, sql)
     try:
-        res = client.query(text)
+        res = client.query(sql)
     except Exception as e:
         raise ClickHouseError.from_driver(e, _clean(str(e))) from e
-    rows = [list(r) for r in res.result_rows[:max_rows]]
-    return QueryResult(list(res.column_names), [t.name for t in res.column_types], rows)
+    rows = [list(r) for r in res.result_rows[: max_rows + 1]]
+    return QueryResult(
+        list(res.column_names),
+        [t.name for t in res.column_types],
+        rows[:max_rows],
+        truncated=len(rows) > max_rows,
+    )
 
 
 class QueryEndpoint:
     """A tiny HTTP endpoint in the sink process that runs read-only queries.
 
     ``POST /query`` with JSON ``{"sql": ..., "max_rows": ...}`` and header
-    ``Authorization: Bearer <token>``; answers ``{"columns", "types", "rows"}`` or
-    ``{"error"}`` with status 400 (refused or failed query) / 401 (bad token).
+    ``Authorization: Bearer <token>``; answers ``{"columns", "types", "rows", "truncated"}``
+    or ``{"error"}`` with status 400 (refused or failed query), 401 (bad token), 413 (body
+    over :data:`MAX_REQUEST_BYTES`) or 503 (busy: another query holds the session longer
+    than :data:`BUSY_WAIT_S`). A client that stops sending is dropped after
+    :data:`READ_TIMEOUT_S`.
     """
 
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -128,7 +264,8 @@ class QueryEndpoint:
         self.token = secrets.token_urlsafe(24)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._client: Any = None
+        self._parser: Any = None
+        self._clients: dict[int, Any] = {}  # by max_rows: the row limit is a session setting
         self._lock = threading.Lock()
 
     @property
@@ -138,13 +275,13 @@ class QueryEndpoint:
         return f"http://{host!s}:{port}"
 
     def start(self) -> None:
-        """Open the read-only client, start serving and write the discovery file."""
-        self._client = readonly_client(
-            self.settings.clickhouse_dsn, self.settings.clickhouse_database
-        )
+        """Open the read-only parser session, start serving and write the discovery file."""
+        self._parser = self._open(None)
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = READ_TIMEOUT_S  # per socket read: a silent client cannot hold a thread
+
             def do_POST(self) -> None:  # noqa: N802 - http.server naming
                 endpoint._handle(self)
 
@@ -178,9 +315,23 @@ class QueryEndpoint:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        for c in [self._parser, *self._clients.values()]:
+            if c is not None:
+                c.close()
+        self._parser, self._clients = None, {}
+
+    def _open(self, max_rows: int | None) -> Any:
+        s = self.settings
+        return readonly_client(s.clickhouse_dsn, s.clickhouse_database, s, max_rows)
+
+    def _client_for(self, max_rows: int) -> Any:
+        client = self._clients.get(max_rows)
+        if client is None:
+            if len(self._clients) >= 4:  # callers use a handful of limits; keep it bounded
+                _, old = self._clients.popitem()
+                old.close()
+            client = self._clients[max_rows] = self._open(max_rows)
+        return client
 
     def _handle(self, req: BaseHTTPRequestHandler) -> None:
         if req.path != "/query":
@@ -188,20 +339,47 @@ class QueryEndpoint:
         if not secrets.compare_digest(req.headers.get("Authorization", ""), f"Bearer {self.token}"):
             return _reply(req, 401, {"error": "bad token"})
         try:
-            body = json.loads(req.rfile.read(int(req.headers.get("Content-Length", 0))))
+            length = int(req.headers.get("Content-Length", 0))
+            if length > MAX_REQUEST_BYTES:
+                return _reply(req, 413, {"error": f"request over {MAX_REQUEST_BYTES} bytes"})
+            body = json.loads(req.rfile.read(length))
             sql, max_rows = str(body["sql"]), int(body.get("max_rows", 10_000))
-        except (ValueError, KeyError, TypeError):
-            return _reply(req, 400, {"error": 'expected JSON {"sql": ...}'})
+            if not 1 <= max_rows <= MAX_ROWS:
+                raise ValueError(max_rows)
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return _reply(
+                req, 400, {"error": f'expected JSON {{"sql": ..., "max_rows": 1..{MAX_ROWS}}}'}
+            )
+        except OSError:  # the client went silent (READ_TIMEOUT_S) or away
+            return None
+        # One analyst query at a time on these sessions; the sink inserts on its own.
+        if not self._lock.acquire(timeout=BUSY_WAIT_S):
+            return _reply(req, 503, {"error": "busy: another analyst query is running"})
         try:
-            with self._lock:  # one chDB session handle; serialize its use
-                res = execute(self._client, sql, max_rows)
+            res = execute(self._client_for(max_rows), sql, max_rows, parser=self._parser)
         except FeedbackLoopError as e:
             kind = "refused" if isinstance(e, ReadOnlyViolation) else "failed"
             reply: dict[str, Any] = {"error": str(e), "kind": kind}
             if isinstance(e, ClickHouseError):
                 reply |= {"code": e.code, "name": e.name}
             return _reply(req, 400, reply)
-        _reply(req, 200, {"columns": res.columns, "types": res.types, "rows": res.rows})
+        except Exception as e:  # a handler must answer, whatever the driver raised
+            log.exception("query endpoint: unexpected error")
+            return _reply(
+                req, 400, {"error": f"query failed: {type(e).__name__}", "kind": "failed"}
+            )
+        finally:
+            self._lock.release()
+        _reply(
+            req,
+            200,
+            {
+                "columns": res.columns,
+                "types": res.types,
+                "rows": res.rows,
+                "truncated": res.truncated,
+            },
+        )
 
 
 def _reply(req: BaseHTTPRequestHandler, status: int, payload: dict[str, Any]) -> None:
@@ -260,11 +438,15 @@ def run_query(
         if info is not None:
             return _via_endpoint(info, sql, max_rows)
     dsn = url or settings.clickhouse_dsn
-    client = readonly_client(dsn, settings.clickhouse_database)
+    parser = readonly_client(dsn, settings.clickhouse_database, settings, None)
     try:
-        return execute(client, sql, max_rows)
+        client = readonly_client(dsn, settings.clickhouse_database, settings, max_rows)
+        try:
+            return execute(client, sql, max_rows, parser=parser)
+        finally:
+            client.close()
     finally:
-        client.close()
+        parser.close()
 
 
 def _via_endpoint(info: dict[str, Any], sql: str, max_rows: int) -> QueryResult:
@@ -292,7 +474,9 @@ def _via_endpoint(info: dict[str, Any], sql: str, max_rows: int) -> QueryResult:
             f"the sink worker (pid {info.get('pid')}) advertises {info.get('url')} but it does "
             f"not answer: {e}"
         ) from e
-    return QueryResult(payload["columns"], payload["types"], payload["rows"])
+    return QueryResult(
+        payload["columns"], payload["types"], payload["rows"], bool(payload.get("truncated"))
+    )
 
 
 def format_result(res: QueryResult, fmt: str = "table") -> str:

@@ -46,6 +46,7 @@ from feedbackloop.schemas.events import (
     ImplicitSignal,
     ReportCategory,
 )
+from feedbackloop.schemas.identity import needs_identity, with_identity
 from feedbackloop.schemas.serialization import format_validation_error
 from feedbackloop.sinks.tables import (
     CONTEXT,
@@ -643,7 +644,6 @@ class TopicRouter:
         self._decoders: dict[
             str, Callable[[bytes, bytes | None, Any, str, int, int], tuple[tuple[str, Row], ...]]
         ] = {
-            topics.events: self._raw,
             topics.enriched: self._enriched,
             topics.aggregates: self._aggregate,
             topics.alerts: self._alert,
@@ -651,7 +651,7 @@ class TopicRouter:
         }
 
     def knows(self, topic: str) -> bool:
-        return topic in self._decoders
+        return topic == self.topics.events or topic in self._decoders
 
     def route(
         self,
@@ -661,9 +661,10 @@ class TopicRouter:
         value: bytes | None,
         key: bytes | None = None,
         headers: Any = None,
+        timestamp_ms: int = 0,
     ) -> Routed:
         """Rows for one message; raises :class:`SchemaError` if it cannot be understood."""
-        return Routed(self.rows(topic, partition, offset, value, key, headers))
+        return Routed(self.rows(topic, partition, offset, value, key, headers, timestamp_ms))
 
     def rows(
         self,
@@ -673,10 +674,15 @@ class TopicRouter:
         value: bytes | None,
         key: bytes | None = None,
         headers: Any = None,
+        timestamp_ms: int = 0,
     ) -> tuple[tuple[str, Row], ...]:
-        """Like :meth:`route`, without the wrapper (the sink's per-message path)."""
+        """Like :meth:`route`, without the wrapper (the sink's per-message path).
+        ``timestamp_ms``: the message's Kafka timestamp (a raw event's ``occurred_at``
+        when it has none, see :mod:`feedbackloop.schemas.identity`)."""
         if value is None:
             raise SchemaError("empty_message", "message has no value (tombstone?)")
+        if topic == self.topics.events:
+            return self._raw(value, topic, partition, offset, timestamp_ms)
         try:
             decoder = self._decoders[topic]
         except KeyError:
@@ -685,10 +691,14 @@ class TopicRouter:
 
     @staticmethod
     def _raw(
-        value: bytes, key: bytes | None, headers: Any, topic: str, partition: int, offset: int
+        value: bytes, topic: str, partition: int, offset: int, timestamp_ms: int
     ) -> tuple[tuple[str, Row], ...]:
-        # Events from outside: fully validated (schemas.decode), never trusted.
-        return (_event_row(decode(value), None, topic, partition, offset),)
+        # Events from outside: fully validated (schemas.decode), never trusted; an event
+        # without event_id / occurred_at gets the ones the stream jobs would derive.
+        ev = decode(value)
+        if needs_identity(ev):
+            ev, _ = with_identity(ev, value, topic, partition, offset, timestamp_ms)  # type: ignore[assignment]
+        return (_event_row(ev, None, topic, partition, offset),)
 
     @staticmethod
     def _enriched(

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, MutableMapping, S
 from pathlib import Path
 from typing import Any
 
+import aiokafka
 import faust
 from confluent_kafka import KafkaError, Producer
 from faust.stores.memory import Store as MemoryStore
@@ -39,15 +40,22 @@ from feedbackloop.stream_jobs.detector import (
     detector_keys,
 )
 from feedbackloop.stream_jobs.enrich import InteractionRecord
-from feedbackloop.stream_jobs.pipeline import TABLES, Pipeline, PipelineStats, decode_pending
+from feedbackloop.stream_jobs.pipeline import (
+    ORIGIN_HEADER,
+    TABLES,
+    Pipeline,
+    PipelineStats,
+    decode_pending,
+)
 from feedbackloop.stream_jobs.windows import WindowState
 
 __all__ = ["StreamJobs", "KafkaOutput", "post_webhook", "run_worker"]
 
 log = logging.getLogger(__name__)
 
-#: ConsumerRecord -> (key, value, offset) in C: a list comprehension cost ~0.5 us per record.
-_KEY_VALUE_OFFSET = operator.attrgetter("key", "value", "offset")
+#: ConsumerRecord -> (key, value, offset, timestamp) in C: a list comprehension cost ~0.5 us
+#: per record.
+_RECORD = operator.attrgetter("key", "value", "offset", "timestamp")
 
 
 class StreamApp(faust.App):
@@ -233,8 +241,12 @@ class StreamJobs:
             pending=self._store("pending"),
             windows=self._store("windows"),
             watermarks=self._store("watermarks"),
+            partitions=settings.topic_partitions,
         )
         self.alerts_sent: list[Alert] = []
+        #: Why the worker must stop (an output the broker did not store), else None.
+        self.failure: BrokerError | None = None
+        self.failed = asyncio.Event()
         self.verdict_watch = VerdictWatch()
         #: Where the hot path spends its time (the benchmark prints it).
         self.timing: dict[str, float] = {"batches": 0, "process_s": 0.0, "flush_s": 0.0}
@@ -272,9 +284,21 @@ class StreamJobs:
     def _wire(self) -> None:
         app, cfg, topics = self.app, self.config, self.topics
         events = app.topic(topics.events, key_serializer="raw", value_serializer="raw")
-        # Subscribing the topic is enough: BatchConsumer hands its records to _on_batch.
+        # Same partition count as the raw topic and the tables: faust assigns partition p of
+        # all of them to one worker, which joins the interactions that partition owns.
+        repartition = app.topic(
+            topics.repartition,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=self.settings.topic_partitions,
+        )
+        # Subscribing the topics is enough: BatchConsumer hands their records to the handlers.
         app.topics.add(events)
-        app.batch_handlers = {topics.events: self._on_batch}
+        app.topics.add(repartition)
+        app.batch_handlers = {
+            topics.events: self._on_batch,
+            topics.repartition: self._on_forwarded_batch,
+        }
 
         aggregates = app.topic(topics.aggregates, key_serializer="raw", value_serializer="raw")
         self.satisfaction_topic = app.topic(
@@ -345,7 +369,8 @@ class StreamJobs:
         @app.timer(interval=cfg.tick_s)
         async def tick() -> None:
             if not app.rebalancing:
-                self.pipeline.tick(partitions=self._assigned_partitions())
+                assigned = self._assigned_partitions()
+                self.pipeline.tick(partitions=assigned, closable=self._caught_up(assigned))
                 await self._flush()
             self.metrics.update(self)
 
@@ -389,6 +414,11 @@ class StreamJobs:
                 [tp.partition for tp in revoked if tp.topic == topics.events]
             )
 
+        @app.on_partitions_assigned.connect
+        async def on_assigned(*args: Any, **kwargs: Any) -> None:
+            assigned: Iterable[TP] = args[1]
+            self.pipeline.keep_only([tp.partition for tp in assigned if tp.topic == topics.events])
+
     def _detector(self, key: str, v: dict[str, Any], state: Any) -> SatisfactionDetector:
         cfg = self.config
         det = SatisfactionDetector(
@@ -422,10 +452,40 @@ class StreamJobs:
             return []
         return [tp.partition for tp in assigned if tp.topic == self.topics.events]
 
+    def _caught_up(self, partitions: Iterable[int]) -> list[int]:
+        """Partitions whose raw and repartition records are all processed, as a fetch
+        answered in the last few seconds says: only these may close windows by the wall
+        clock. A partition whose broker does not answer (its storage restarting) is not
+        idle, it is cut off, and its backlog must not arrive late."""
+        try:
+            aio = self.app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+            read = self.app.consumer._read_offset  # type: ignore[attr-defined]
+        except Exception:  # not started, or stopping
+            return []
+        now_ms = time.time() * 1000.0
+        out = []
+        for p in partitions:
+            ok = True
+            for topic in (self.topics.events, self.topics.repartition):
+                atp = aiokafka.TopicPartition(topic, p)
+                try:
+                    hw, polled = aio.highwater(atp), aio.last_poll_timestamp(atp)
+                except AssertionError:  # not assigned (rebalancing)
+                    ok = False
+                    break
+                last = read.get(TP(topic, p))
+                done = 0 if last is None else last + 1
+                if hw is None or polled is None or now_ms - polled > 3000 or done < hw:
+                    ok = False
+                    break
+            if ok:
+                out.append(p)
+        return out
+
     # --- hot path -------------------------------------------------------------------------
     async def _on_batch(self, tp: Any, records: Sequence[Any]) -> None:
         t0 = time.perf_counter()
-        self.pipeline.process(tp.partition, list(map(_KEY_VALUE_OFFSET, records)))
+        self.pipeline.process(tp.partition, list(map(_RECORD, records)))
         t1 = time.perf_counter()
         await self._flush()
         t = self.timing
@@ -433,8 +493,39 @@ class StreamJobs:
         t["process_s"] += t1 - t0
         t["flush_s"] += time.perf_counter() - t1
 
+    async def _on_forwarded_batch(self, tp: Any, records: Sequence[Any]) -> None:
+        """Events other partitions sent on to this one (see :mod:`.pipeline`)."""
+        seen: set[tuple[int, int]] = set()
+        kept: list[Any] = []
+        origins: list[tuple[int, int, int]] = []
+        for r in records:
+            origin = _origin(r)
+            if origin is None:
+                log.warning("repartition record %s:%d has no origin header", tp, r.offset)
+                continue
+            # A forwarder that crashed before committing sends the same events again; the
+            # windows skip what they hold, this skips repeats within one batch.
+            if origin[:2] in seen:
+                continue
+            seen.add(origin[:2])
+            kept.append(r)
+            origins.append(origin)
+        self.pipeline.process(tp.partition, list(map(_RECORD, kept)), origins=origins)
+        await self._flush()
+
     async def _flush(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.output.flush)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.output.flush)
+        except BrokerError as e:
+            # Outputs or changelog records of the batch were not stored: the batch stays
+            # unacknowledged, and the worker must not carry on with state the changelog does
+            # not hold. It exits (run_worker raises); a restart recovers the state from the
+            # changelogs and replays from the committed offsets, counting nothing twice.
+            if self.failure is None:
+                log.error("stream jobs stopping: %s", e)
+                self.failure = e
+                self.failed.set()
+            raise
 
     # --- lifecycle ------------------------------------------------------------------------
     def ensure_topics(self) -> None:
@@ -455,7 +546,8 @@ class StreamJobs:
             yield self
         finally:
             await self.app.stop()
-            await self._flush()
+            if self.failure is None:
+                await self._flush()
             self.metrics.update(self)
 
     @property
@@ -501,10 +593,26 @@ def run_worker(
             await jobs.wait_assigned()
             if ready is not None:
                 ready(jobs)
-            await stop.wait()
+            waits = [asyncio.ensure_future(e.wait()) for e in (stop, jobs.failed)]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+        if jobs.failure is not None:
+            raise jobs.failure  # exit non-zero: `up` restarts the worker
         return jobs.pipeline.stats
 
     return asyncio.run(serve())
+
+
+def _origin(record: Any) -> tuple[int, int, int] | None:
+    for name, value in record.headers or ():
+        if name == ORIGIN_HEADER:
+            try:
+                p, o, t = value.split(b":")
+                return int(p), int(o), int(t)
+            except ValueError:
+                return None
+    return None
 
 
 def _detector_state(det: SatisfactionDetector) -> dict[str, Any]:

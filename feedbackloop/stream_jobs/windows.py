@@ -4,6 +4,15 @@ Each partition of the raw topic is aggregated where it is read (no repartition h
 rows it emits are partials that sum exactly (see :mod:`feedbackloop.schemas.aggregates`).
 A window closes when the partition's watermark (the largest event time seen there) passes
 ``window_end + allowed_lateness``; later events are counted in ``late_events`` and left out.
+
+Counting is idempotent across a crash: each window remembers, per origin partition of the
+raw topic, the offset of the last record whose effect it holds (``upto``), written in the
+same changelog record as its counts. A record replayed after a crash (its offset was not
+committed) finds its offset at or below ``upto`` and is not counted again
+(``replayed_effects``). An event that waited for its interaction is counted when it is
+released (joined when the interaction comes, or orphaned after the grace period), out of
+its origin's order: a window keeps the origins of the released events it counted
+(``released``), and neither a second release nor a replay of the event counts it again.
 """
 
 from __future__ import annotations
@@ -54,6 +63,10 @@ class WindowState:
     #: Session hashes: all of them below 2K, pruned to the K smallest above (KMV).
     sessions: set[int] = field(default_factory=set)
     revision: int = 0
+    #: Origin partition -> offset of the last raw record counted here (see the module doc).
+    upto: dict[int, int] = field(default_factory=dict)
+    #: Origins ``(partition, offset)`` of the waiting events counted here on release.
+    released: set[tuple[int, int]] = field(default_factory=set)
 
     def add(self, name: str, value: float = 1) -> None:
         self.c[name] = self.c.get(name, 0) + value
@@ -80,14 +93,24 @@ class WindowState:
         s = self.sessions
         sk = list(s) if len(s) <= SESSION_SKETCH_K else self.sketch
         return json.dumps(
-            [self.c, self.outcome_counts, self.outcome_value_sums, sk, self.revision],
+            [
+                self.c,
+                self.outcome_counts,
+                self.outcome_value_sums,
+                sk,
+                self.revision,
+                self.upto,
+                [list(o) for o in self.released],
+            ],
             separators=(",", ":"),
         ).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> WindowState:
-        c, oc, ov, sk, rev = json.loads(data)
-        return cls(c, oc, ov, set(sk), rev)
+        c, oc, ov, sk, rev, *rest = json.loads(data)
+        upto = {int(p): o for p, o in rest[0].items()} if rest else {}
+        released = {(p, o) for p, o in rest[1]} if len(rest) > 1 else set()
+        return cls(c, oc, ov, set(sk), rev, upto, released)
 
     def to_aggregate(
         self, group: Group, start: float, size: float, partition: int, emitted_at: dt.datetime
@@ -133,14 +156,30 @@ class PartitionWindows:
         self.watermark = -math.inf
         self.dirty: set[WindowKey] = set()
         self.late_events = 0
+        #: Effects not counted again because the window already held them (replays).
+        self.replayed_effects = 0
         #: Session ids seen in the current batch per window, hashed once at flush.
         self._batch_sessions: dict[WindowKey, set[str]] = {}
+        #: Origins counted in the current batch per window; ``upto`` moves at batch end so
+        #: that several effects of one record (an interaction releasing its waiting
+        #: feedback) all count.
+        self._batch_upto: dict[WindowKey, dict[int, int]] = {}
 
     def is_late(self, ts: float) -> bool:
         return window_start(ts, self.size) + self.size + self.lateness <= self.watermark
 
-    def touch(self, ts: float, group: Group, session_id: str) -> WindowState | None:
-        """The state of the window holding ``ts`` for ``group``; None if it is too late."""
+    def touch(
+        self,
+        ts: float,
+        group: Group,
+        session_id: str,
+        origin_partition: int = -1,
+        origin_offset: int = -1,
+    ) -> WindowState | None:
+        """The state of the window holding ``ts`` for ``group`` to count the effect of the
+        raw record at ``(origin_partition, origin_offset)`` in; None if it is too late or the
+        window already holds that record's effects (a replay). ``origin_offset=-1``: no
+        record (the caller checks :attr:`WindowState.released`)."""
         start = math.floor(ts / self.size) * self.size
         if start + self.size + self.lateness <= self.watermark:
             self.late_events += 1
@@ -149,6 +188,15 @@ class PartitionWindows:
         st = self.open.get(key)
         if st is None:
             st = self.open[key] = WindowState()
+        if origin_offset >= 0:
+            if origin_offset <= st.upto.get(origin_partition, -1):
+                self.replayed_effects += 1
+                return None
+            bu = self._batch_upto.get(key)
+            if bu is None:
+                self._batch_upto[key] = {origin_partition: origin_offset}
+            else:
+                bu[origin_partition] = origin_offset
         if key not in self.dirty:
             self.dirty.add(key)
             self._batch_sessions[key] = {session_id}
@@ -168,10 +216,14 @@ class PartitionWindows:
             if st is None:
                 continue
             st.add_sessions({session_hash(s) for s in self._batch_sessions.get(key, ())})
+            bu = self._batch_upto.get(key)
+            if bu:
+                st.upto.update(bu)
             st.revision += 1
             out.append((key, st))
         self.dirty.clear()
         self._batch_sessions.clear()
+        self._batch_upto.clear()
         return out
 
     def close_due(self) -> list[tuple[WindowKey, WindowState]]:

@@ -9,26 +9,31 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from feedbackloop.config import Settings
 from feedbackloop.errors import FeedbackLoopError
+from feedbackloop.producers.delivery import DeliveryStats
 from feedbackloop.schemas import SCHEMA_VERSION, Event
 from feedbackloop.web import collector as collector_mod
 from feedbackloop.web import dashboard as dashboard_mod
+from feedbackloop.web import otlp as otlp_mod
+from feedbackloop.web import snippet as snippet_mod
 from feedbackloop.web.auth import KeyRing
 from feedbackloop.web.collector import Collector, EventSink
 from feedbackloop.web.ratelimit import RateLimiter
@@ -44,6 +49,17 @@ _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
+
+
+class SpoolHealth(BaseModel):
+    pending: int
+    quarantined: int
+
+
+class Health(BaseModel):
+    status: Literal["ok", "spooling", "degraded"]
+    spool: SpoolHealth
+    producer: dict[str, int] | None
 
 
 def create_app(
@@ -95,11 +111,16 @@ def create_app(
         settings=settings,
         keys=KeyRing.from_settings(settings),
         limiter=RateLimiter(settings.web_rate_limit_per_s, settings.web_rate_limit_burst),
+        auth_failures=RateLimiter(
+            settings.web_auth_failures_per_min / 60, settings.web_auth_failures_burst
+        ),
         query=query,
         collector=Collector(client, max_batch_events=settings.web_max_batch_events),
         dashboard=dashboard_mod.DashboardQueries(query, cache_s=settings.web_cache_s),
     )
     app.include_router(collector_mod.router())
+    app.include_router(otlp_mod.router())
+    app.include_router(snippet_mod.router())
     app.include_router(dashboard_mod.router())
     app.mount(
         "/dashboard/static",
@@ -107,10 +128,27 @@ def create_app(
         name="dashboard-static",
     )
 
-    @app.get("/healthz", tags=["operations"], summary="Liveness and producer counters")
-    async def healthz() -> dict[str, Any]:
+    @app.get(
+        "/healthz",
+        tags=["operations"],
+        summary="Liveness, spool backlog and quarantine, producer counters",
+        description="Always 200 while the server runs. status is 'ok', 'spooling' (events "
+        "wait on disk for the broker) or 'degraded' (records the broker refused for good are "
+        "quarantined in the spool file; see docs/RELIABILITY.md).",
+        response_model=Health,
+    )
+    async def healthz() -> Health:
         stats = client.stats() if hasattr(client, "stats") else None
-        return {"status": "ok", "producer": getattr(stats, "__dict__", None) or stats}
+        pending = int(getattr(stats, "spool_pending", 0) or 0)
+        quarantined = int(getattr(stats, "spool_quarantined", 0) or 0)
+        status: Literal["ok", "spooling", "degraded"] = (
+            "degraded" if quarantined else "spooling" if pending else "ok"
+        )
+        return Health(
+            status=status,
+            spool=SpoolHealth(pending=pending, quarantined=quarantined),
+            producer=dataclasses.asdict(stats) if isinstance(stats, DeliveryStats) else None,
+        )
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -164,8 +202,17 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FeedbackLoopError)
     async def backend_error(_: Request, e: FeedbackLoopError) -> Any:
         # ClickHouse unreachable, analysis extra missing: the server is fine, a backend not.
-        log.warning("backend error: %s", e)
-        return _error(503, "backend_unavailable", str(e), {"Retry-After": "5"})
+        # The details (SQL, paths, driver messages) go to the log only, under a reference
+        # the caller can quote; the body says nothing about the internals.
+        ref = secrets.token_hex(4)
+        log.warning("backend error (ref %s): %s", ref, e)
+        return _error(
+            503,
+            "backend_unavailable",
+            f"the query backend is unavailable or failed; retry later (ref {ref} in the "
+            "server log)",
+            {"Retry-After": "5"},
+        )
 
 
 def _install_headers(app: FastAPI) -> None:
@@ -173,6 +220,9 @@ def _install_headers(app: FastAPI) -> None:
     async def security_headers(request: Request, call_next: Any) -> Any:
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if request.url.path.startswith("/api"):
+            # Experiment data must not stay in browser or proxy caches.
+            response.headers["Cache-Control"] = "no-store"
         if request.url.path.startswith("/dashboard"):
             response.headers.setdefault("Content-Security-Policy", _CSP)
             response.headers.setdefault("Referrer-Policy", "no-referrer")

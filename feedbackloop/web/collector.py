@@ -16,9 +16,18 @@ Per event, in order:
    dead-letter topic (source ``collector``) with its JSON, like any other invalid event;
 3. a valid event is handed over: ``accepted``, or ``unavailable`` if the spool is full.
 
-The batch answer is 202 if anything was accepted and nothing was unavailable; otherwise 503
-(retry: resend the whole batch, ``event_id`` makes that idempotent), 403 (something was
-forbidden) or 422 (everything was invalid), always with the per-event results.
+A batch is answered **per event**, never all-or-nothing: each valid event of a batch is
+handed over whatever happens to its neighbours, and the answer lists what happened to each.
+It is 202 if anything was accepted and nothing was unavailable; otherwise 503 (retry: resend
+the whole batch, ``event_id`` makes that idempotent), 403 (something was forbidden) or 422
+(everything was invalid), always with the per-event results. No event can make the request
+fail as a whole: an item the contract cannot even look at (a ``event_type`` that is an
+object, nesting too deep) is rejected like any other invalid event.
+
+A body that is not JSON at all is a 400 ``invalid_json`` and goes to the dead-letter topic
+whole (bounded, see :class:`~feedbackloop.schemas.DeadLetter`). JSON here means RFC 8259
+in UTF-8 as parsed by orjson: nesting up to 1024 levels and integers within 64 bits (no
+stored field is wider), no UTF-16 or UTF-32, no byte-order mark.
 
 A retry is only idempotent if the client chose the ``event_id``; without one the collector
 makes a new id per attempt, so clients that retry should set it.
@@ -26,11 +35,14 @@ makes a new id per attempt, so clients that retry should set it.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -51,6 +63,8 @@ __all__ = [
     "FeedbackResponse",
     "router",
 ]
+
+log = logging.getLogger(__name__)
 
 Status = Literal["accepted", "rejected", "forbidden", "unavailable"]
 _JSON_TYPES = ("application/json", "text/plain")  # text/plain: navigator.sendBeacon
@@ -106,7 +120,7 @@ class Collector:
         self, items: Sequence[Any], principal: Principal, default_type: str | None = None
     ) -> list[EventResult]:
         """Validate and hand over each item; one :class:`EventResult` per item."""
-        results = [self._one(i, item, principal, default_type) for i, item in enumerate(items)]
+        results = [self._safe_one(i, item, principal, default_type) for i, item in enumerate(items)]
         record_collector((r.status, r.reason) for r in results)
         return results
 
@@ -116,6 +130,19 @@ class Collector:
         self.sink.send_dead_letter(
             DeadLetter(reason=reason, error=error, payload=body, source="collector")
         )
+
+    def _safe_one(
+        self, index: int, item: Any, principal: Principal, default_type: str | None
+    ) -> EventResult:
+        try:
+            return self._one(index, item, principal, default_type)
+        except Exception as e:
+            # A bug of ours must not fail the request after its neighbours were handed
+            # over: this item is rejected (and dead-lettered) like an invalid one.
+            log.exception("collector: unexpected error on event %d", index)
+            return self._reject(
+                index, item, SchemaError("validation_error", f"cannot process: {type(e).__name__}")
+            )
 
     def _one(
         self, index: int, item: Any, principal: Principal, default_type: str | None
@@ -161,7 +188,10 @@ class Collector:
         return EventResult(index=index, status="accepted", event_id=str(event.event_id))
 
     def _reject(self, index: int, item: Any, err: SchemaError) -> EventResult:
-        payload = json.dumps(item, separators=(",", ":"), default=str).encode()
+        try:
+            payload = orjson.dumps(item, default=str)
+        except (TypeError, ValueError, RecursionError):
+            payload = json.dumps(item, default=str).encode("utf-8", "replace")
         self.sink.send_dead_letter(
             DeadLetter(reason=err.reason, error=str(err), payload=payload, source="collector")
         )
@@ -182,6 +212,11 @@ def batch_status(results: Sequence[EventResult]) -> int:
 
 async def read_json_body(request: Request, limit: int) -> tuple[bytes, Any]:
     """The request body parsed as JSON, within ``limit`` bytes; :class:`ApiError` otherwise."""
+    unknown = sorted(set(request.query_params) - {"key"})
+    if unknown:  # the document lists only ``key``; anything else is a client's mistake
+        raise ApiError(
+            400, "unknown_parameter", f"unknown query parameter(s): {', '.join(unknown)[:200]}"
+        )
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype and ctype not in _JSON_TYPES and not ctype.endswith("+json"):
         raise ApiError(
@@ -189,6 +224,20 @@ async def read_json_body(request: Request, limit: int) -> tuple[bytes, Any]:
         )
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise ApiError(415, "unsupported_encoding", "compressed request bodies are not accepted")
+    body = await receive_body(request, limit)
+    if not body.strip():
+        raise ApiError(400, "empty_body", "the request body is empty; send JSON")
+    try:
+        return body, parse_json(body)
+    except ValueError as e:
+        collector: Collector = state_of(request).collector
+        await run_in_threadpool(collector.dead_letter_body, body, "invalid_json", str(e))
+        raise ApiError(400, "invalid_json", f"the body is not valid UTF-8 JSON: {e}") from e
+
+
+async def receive_body(request: Request, limit: int) -> bytes:
+    """The raw request body: at most ``limit`` bytes (413), within ``web_read_timeout_s``
+    (408); every route that reads a body reads it through here."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(
@@ -196,22 +245,37 @@ async def read_json_body(request: Request, limit: int) -> tuple[bytes, Any]:
         )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # chunked uploads declare no length: count as they arrive
-            raise ApiError(
-                413, "body_too_large", f"request body exceeds the limit of {limit} bytes"
-            )
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    if not body.strip():
-        raise ApiError(400, "empty_body", "the request body is empty; send JSON")
+    timeout = state_of(request).settings.web_read_timeout_s
+
+    async def receive() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:  # chunked uploads declare no length: count as they arrive
+                raise ApiError(
+                    413, "body_too_large", f"request body exceeds the limit of {limit} bytes"
+                )
+            chunks.append(chunk)
+
     try:
-        return body, json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        collector: Collector = state_of(request).collector
-        await run_in_threadpool(collector.dead_letter_body, body, "invalid_json", str(e))
-        raise ApiError(400, "invalid_json", f"the body is not valid UTF-8 JSON: {e}") from e
+        # A client that promises a body and sends it slowly (or never) must not hold a
+        # connection and its buffers for longer than this.
+        await asyncio.wait_for(receive(), timeout)
+    except asyncio.TimeoutError as e:
+        raise ApiError(
+            408,
+            "request_timeout",
+            f"the request body did not arrive within {timeout:g} s",
+            {"Connection": "close"},
+        ) from e
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    """``body`` as JSON (see the module docstring); ValueError with a reason otherwise."""
+    if body[:3] == b"\xef\xbb\xbf" or body[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise ValueError("byte-order mark: send UTF-8 without a BOM")
+    return orjson.loads(body)  # orjson.JSONDecodeError is a ValueError
 
 
 def _charge(request: Request, principal: Principal, cost: int) -> None:
@@ -265,7 +329,7 @@ def router() -> APIRouter:
         "BatchResponse). A key bound to one app may omit app_id.",
         openapi_extra={"requestBody": _BATCH_BODY},
         responses={
-            **error_responses(400, 401, 413, 415, 429),
+            **error_responses(400, 401, 408, 413, 415, 429),
             403: {"model": BatchResponse, "description": "No event accepted; some forbidden."},
             422: {"model": BatchResponse, "description": "Every event was invalid."},
             503: {
@@ -312,7 +376,7 @@ def router() -> APIRouter:
         description="One feedback object (thumbs, rating, correction, comment or report); "
         "event_type may be omitted. A key bound to one app may omit app_id.",
         openapi_extra={"requestBody": _FEEDBACK_BODY},
-        responses=error_responses(400, 401, 403, 413, 415, 422, 429, 503),
+        responses=error_responses(400, 401, 403, 408, 413, 415, 422, 429, 503),
     )
     async def post_feedback(request: Request, principal: WritePrincipal) -> FeedbackResponse:
         state = state_of(request)

@@ -41,6 +41,9 @@ _IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
 _BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
 #: How many of the latest interactions the failure slices are computed over.
 FAILURE_SAMPLE = 20_000
+#: How many of the latest shadow pairs the dashboard's shadow report judges (the read path's
+#: row limit; `feedbackloop shadow report` reads them all).
+SHADOW_SAMPLE = 10_000
 #: The alert fields the dashboard shows (checked against the table's declaration at import).
 _ALERT_COLUMNS = TABLES["alerts"].select(
     "alert_id",
@@ -106,7 +109,15 @@ class DashboardQueries:
     every open dashboard asks again every 15 s.
     """
 
-    _CACHED = ("experiments", "experiment", "failure_slices", "alerts", "prompt_versions")
+    _CACHED = (
+        "experiments",
+        "experiment",
+        "failure_slices",
+        "alerts",
+        "prompt_versions",
+        "shadow_candidates",
+        "shadow_report",
+    )
 
     def __init__(self, query: QueryFn, cache_s: float = 0.0) -> None:
         self._query = query
@@ -232,6 +243,33 @@ class DashboardQueries:
         assert isinstance(out, dict)
         return out
 
+    # --- shadow deployments ----------------------------------------------------------------
+    def shadow_candidates(self, app: str | None) -> list[dict[str, Any]]:
+        """Every shadow candidate, most answers first."""
+        from dataclasses import asdict
+
+        from feedbackloop.analysis.reads.shadow import fetch_shadow_candidates
+
+        return [asdict(c) for c in fetch_shadow_candidates(self._query, app_id=app)]
+
+    def shadow_report(self, app: str | None, candidate: str, against: str | None) -> Any:
+        """The shadow report of one candidate over its latest :data:`SHADOW_SAMPLE` pairs
+        (:func:`feedbackloop.analysis.reports.shadow.run_shadow_report`)."""
+        _stats()
+        from feedbackloop.analysis.reads.shadow import ShadowScope
+        from feedbackloop.analysis.reports.shadow import run_shadow_report
+
+        scope = ShadowScope(candidate=candidate, against=against, app_id=app, limit=SHADOW_SAMPLE)
+        rep = run_shadow_report(self._query, scope)
+        return {**rep.to_dict(), "text": rep.to_text()}
+
+
+def _name(value: str, what: str) -> str:
+    """A prompt version or model name as the contract allows it (1-200 characters)."""
+    if not 1 <= len(value) <= 200:
+        raise ApiError(422, "invalid_parameter", f"{what} must have 1 to 200 characters")
+    return value
+
 
 def _app_for(principal: Principal, app_id: str | None) -> str | None:
     """The app a read covers: the one asked for if the key may read it, else the key's own
@@ -350,6 +388,37 @@ def router() -> APIRouter:
         if experiment is not None:
             _ident(experiment, "experiment")
         return await run_in_threadpool(queries(request).prompt_versions, app, experiment)
+
+    @r.get(
+        "/api/shadow",
+        tags=["dashboard"],
+        responses=_READ_ERRORS,
+        summary="Shadow candidates, most answers first",
+    )
+    async def shadow_candidates(
+        request: Request, principal: ReadPrincipal, app_id: str | None = AppQ
+    ) -> list[dict[str, Any]]:
+        app = _app_for(principal, app_id)
+        return await run_in_threadpool(queries(request).shadow_candidates, app)
+
+    @r.get(
+        "/api/shadow/report",
+        tags=["dashboard"],
+        responses=_READ_ERRORS,
+        summary="Shadow report: is the candidate closer than live to what users wanted?",
+    )
+    async def shadow_report(
+        request: Request,
+        principal: ReadPrincipal,
+        candidate: str = Query(description="The candidate's prompt_version (or model)."),
+        against: str | None = Query(default=None, description="Only this live version."),
+        app_id: str | None = AppQ,
+    ) -> Any:
+        app = _app_for(principal, app_id)
+        _name(candidate, "candidate")
+        if against is not None:
+            _name(against, "against")
+        return await run_in_threadpool(queries(request).shadow_report, app, candidate, against)
 
     # The page itself is static and holds no data, so it needs no key; its scripts call
     # /api with the key (or, in local mode, without one).

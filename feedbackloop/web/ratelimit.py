@@ -51,6 +51,17 @@ class RateLimiter:
     def enabled(self) -> bool:
         return self.rate > 0
 
+    def retry_after(self, key: str, cost: float = 1.0) -> float:
+        """Seconds until ``key``'s bucket holds ``cost`` tokens (0: it does now); takes none."""
+        if not self.enabled:
+            return 0.0
+        cost = min(float(cost), float(self.burst))
+        now = self._clock()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        return 0.0 if tokens >= cost else (cost - tokens) / self.rate
+
     def acquire(self, key: str, cost: float = 1.0) -> None:
         """Take ``cost`` tokens from ``key``'s bucket or raise :class:`RateLimited`.
 

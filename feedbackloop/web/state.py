@@ -7,6 +7,7 @@ FastAPI's own parameter validation or an unknown path, so a client handles one s
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +75,8 @@ class WebState:
     settings: Settings
     keys: KeyRing
     limiter: RateLimiter
+    #: failed authentications per client address (a key guesser is slowed down)
+    auth_failures: RateLimiter
     query: QueryFn
     collector: Any  # feedbackloop.web.collector.Collector (kept loose: no import cycle)
     dashboard: Any  # feedbackloop.web.dashboard.DashboardQueries (same)
@@ -96,14 +99,30 @@ _query_key = APIKeyQuery(
 
 def _authenticate(request: Request, *, allow_query: bool) -> Principal:
     state = state_of(request)
+    host = request.client.host if request.client else None
+    address = f"addr:{host}"
+    # Checked before the key: once an address has failed too often, a right guess must not
+    # be told apart from a wrong one.
+    wait = state.auth_failures.retry_after(address)
+    if wait > 0:
+        raise ApiError(
+            429,
+            "too_many_failed_authentications",
+            "too many requests with a missing or unknown key from this address; "
+            f"retry in {math.ceil(wait)} s",
+            {"Retry-After": str(max(1, math.ceil(wait)))},
+        )
     try:
         return state.keys.authenticate(
             authorization=request.headers.get("authorization"),
             api_key=request.headers.get("x-api-key"),
             query_key=request.query_params.get("key") if allow_query else None,
-            client_host=request.client.host if request.client else None,
+            client_host=host,
         )
     except AuthError as e:
+        if e.status == 401:
+            with contextlib.suppress(RateLimited):
+                state.auth_failures.acquire(address)
         raise ApiError.from_auth(e) from e
 
 
@@ -149,8 +168,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "Not found.",
         413: "Request body or batch too large.",
         415: "Unsupported content type.",
+        408: "The request body did not arrive within web_read_timeout_s.",
         422: "Invalid parameters or events.",
-        429: "Rate limit exceeded; see Retry-After.",
-        503: "Events could not be handed to Kafka nor spooled; retry after Retry-After.",
+        429: "Rate limit exceeded, or too many failed authentications from this address; "
+        "see Retry-After.",
+        503: "Events could not be handed to Kafka nor spooled, or the query backend is "
+        "unavailable; retry after Retry-After.",
     }
     return {s: {"model": ErrorBody, "description": what.get(s, "Error.")} for s in statuses}

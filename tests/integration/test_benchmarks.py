@@ -40,6 +40,12 @@ def test_bench_queries_runs_every_example_and_its_checks_pass() -> None:
     assert sum(line.endswith("; ok") for line in lines) == 6  # 5 examples + ab report
 
 
+def test_bench_shadow_prints_the_report_beside_count_final_and_its_check_passes() -> None:
+    out = _run("bench_shadow.py", "--interactions", "20000", "--runs", "1")
+    assert "shadow report, total" in out and "count() FINAL of interactions" in out
+    assert "check: ok (2,000 pairs" in out and "WRONG" not in out
+
+
 def test_bench_sdk_prints_ours_beside_raw_produce() -> None:
     out = _run("bench_sdk.py", "--events", "5000")
     assert "sustained: ours delivers" in out and "raw" in out
@@ -60,6 +66,38 @@ def test_bench_sink_writer_and_both_latency_paths() -> None:
     assert "[latency, SDK -> raw topic -> sink run --raw]" in out
     # every event sent in the timed span was stored, on both paths
     assert out.count(" achieved, 2,000 rows): p50") == 2
+
+
+def test_bench_integrations_prints_wrapped_beside_bare_and_otlp_beside_json() -> None:
+    out = _run("bench_integrations.py", "--calls", "50", "--spans", "1000")
+    for api in ("openai chat", "openai chat, stream", "anthropic messages"):
+        assert any(line.startswith(api + " ") for line in out.splitlines()), api
+    assert "the wrapper's own work" in out
+    assert "failed 0, dropped 0" in out
+    assert "OTLP protobuf spans /v1/traces" in out and "ratio OTLP / JSON" in out
+
+
+def test_bench_durable_prints_durable_beside_memory_and_the_restart_figures() -> None:
+    out = _run(
+        "bench_durable.py",
+        "--sdk-events",
+        "4000",
+        "--stream-events",
+        "4000",
+        "--rate",
+        "500",
+        "--seconds",
+        "2",
+        "--log-events",
+        "5000",
+        "--skip",
+        "latency",  # the pipeline's latency path runs in test_bench_sink_... above
+    )
+    assert "durable/memory" in out
+    for label in ("SDK enqueue, events/s", "stream jobs, events/s", "raw aiokafka consume"):
+        assert label in out
+    assert "durable restart with 5,000 events in the log" in out
+    assert "read 5,000 back" in out
 
 
 def test_bench_verdicts_prints_ours_beside_the_rule_before_and_naive_peeking() -> None:

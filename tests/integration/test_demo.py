@@ -10,7 +10,7 @@ import pytest
 from feedbackloop.config import Settings
 from feedbackloop.demo import run_demo
 from feedbackloop.infra.stack import Stack, default_services
-from feedbackloop.simulator import TrafficSpec
+from feedbackloop.simulator import ShadowPlan, TrafficSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,7 +52,8 @@ def test_stack_starts_services_reports_health_and_stops_them_cleanly(tmp_path: P
     try:
         assert run.bootstrap_servers and run.bootstrap_servers.startswith("127.0.0.1:")
         assert stack.healthy()
-        assert [st.name for st in stack.status()] == ["broker", "sink"]
+        # the durable default: the broker's log on the embedded S3 store, supervised too
+        assert [st.name for st in stack.status()] == ["s3", "broker", "sink"]
     finally:
         stack.stop()
     ready = {name: detail for name, state, detail in seen if state == "ready"}
@@ -70,7 +71,10 @@ def test_demo_through_the_whole_pipeline_accounts_for_every_event(tmp_path: Path
 
     settings = Settings(data_dir=tmp_path, broker_port=0, web_port=0)
     spec = TrafficSpec(
-        satisfaction={"control": 0.60, "treatment": 0.75}, seed=5, malformed_share=0.01
+        satisfaction={"control": 0.60, "treatment": 0.75},
+        seed=5,
+        malformed_share=0.01,
+        shadow=ShadowPlan(),
     )
     demo = run_demo(
         settings,
@@ -87,4 +91,7 @@ def test_demo_through_the_whole_pipeline_accounts_for_every_event(tmp_path: Path
     assert demo.stored_dead_letters >= demo.simulation.malformed > 0
     assert "satisfaction" in demo.results and "significant improvement" in demo.results
     assert "Top failure patterns" in demo.results
+    # the planted shadow candidate's answers are stored and its report is printed
+    assert demo.simulation.sent["shadow"] > 0
+    assert "Shadow candidate v2.0-shadow" in demo.results and "Recommendation:" in demo.results
     assert any(st.name == "web" and "dashboard http://" in st.detail for st in demo.services)

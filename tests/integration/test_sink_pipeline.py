@@ -111,8 +111,10 @@ def test_rejected_and_undecodable_messages_become_dead_letters(
     db = clickhouse_database
     topics = Topics(topic_prefix)
     good = [e for e in make_events(40) if isinstance(e, Interaction)]
-    # Valid for the contract (no upper bound) but out of range for the UInt32 column.
-    too_big = good[0].model_copy(update={"event_id": uuid.uuid4(), "input_tokens": 2**40})
+    # Valid for the contract but refused by ClickHouse: the contract now bounds every value
+    # to its column (issue 13), so the test adds a table constraint the contract knows nothing
+    # of (below) to keep the path for rows ClickHouse refuses covered.
+    too_big = good[0].model_copy(update={"event_id": uuid.uuid4(), "app_id": "refused-app"})
     upstream = DeadLetter(
         reason="validation_error",
         error="feedback.rating: too big",
@@ -162,6 +164,10 @@ def test_rejected_and_undecodable_messages_become_dead_letters(
     from confluent_kafka import Producer
 
     with running_worker(s, cfg) as worker:
+        ch.command(
+            f"ALTER TABLE {db}.interactions ADD CONSTRAINT not_refused CHECK "
+            "app_id != 'refused-app'"
+        )
         produce(
             kafka_bootstrap,
             topics.events,
@@ -309,7 +315,7 @@ def test_sql_goes_through_the_running_worker_and_refuses_writes(
         ro = readonly_client(clickhouse_dsn, db)
         with pytest.raises(Exception, match="readonly|READONLY"):
             ro.command(f"DROP TABLE {db}.interactions")
-        with pytest.raises(ClickHouseError, match="READONLY|readonly"):
+        with pytest.raises((ClickHouseError, ReadOnlyViolation), match="READONLY|readonly"):
             execute(ro, "SELECT 1 SETTINGS readonly = 0")
         ro.close()
     assert not discovery_path(s).exists()

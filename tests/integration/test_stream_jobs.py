@@ -259,7 +259,15 @@ def test_window_totals_are_exact_across_a_restart(
     # The second worker resumes at the committed offsets and recovers the open windows
     # from their changelog; it sees only the second half.
     second = asyncio.run(run_until(len(evs) - half, close=True))
-    assert second.pipeline.stats.records_in == len(evs) - half
+    # It may also see the last records of the first half again, when the first worker's
+    # last commit did not land before it stopped (seen under heavy CPU load): a replay is
+    # not counted twice (windows skip what they hold, or the records are late for windows
+    # already emitted), so the totals below stay exact either way.
+    replayed = second.pipeline.stats.records_in - (len(evs) - half)
+    assert 0 <= replayed <= half
+    if replayed:
+        stats = second.pipeline.stats
+        assert stats.replayed_effects + stats.late_events >= replayed
 
     msgs = read_all(kafka_bootstrap, topics.aggregates, 10_000, timeout=5)
     latest: dict[tuple, WindowAggregate] = {}

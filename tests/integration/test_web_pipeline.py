@@ -193,14 +193,32 @@ def test_dashboard_in_a_real_browser(stack: Stack, artifacts_dir: Path) -> None:
         pytest.fail(f"no chromium at {CHROMIUM}: apt-get install -y chromium")
     sync_api = pytest.importorskip("playwright.sync_api")
     events = _seed()
+    # A shadow candidate over the collector: every answer it gives is the live one reworded.
+    shadows = [
+        {
+            "event_type": "interaction",
+            "session_id": e["session_id"],
+            "occurred_at": e["occurred_at"],
+            "user_input": "",
+            "response": "Here is how to do it.",
+            "model": "m-next",
+            "prompt_version": "v3-shadow",
+            "latency_ms": 250,
+            "shadow": True,
+            "metadata": {"shadow_of": e["interaction_id"]},
+        }
+        for e in events
+        if e["event_type"] == "interaction"
+    ]
+    events += shadows
     for i in range(0, len(events), 500):
         r = stack.post("/v1/events", events[i : i + 500])
         assert r.status_code == 202 and r.json()["rejected"] == 0, r.text
-    n_inter = sum(1 for e in events if e["event_type"] == "interaction")
+    n_inter = sum(1 for e in events if e["event_type"] == "interaction") - len(shadows)
     wait_until(
         lambda: (
             stack.count("SELECT count() FROM interactions FINAL WHERE session_id LIKE 'sess-3-%'")
-            == n_inter
+            == n_inter + len(shadows)
         )
     )
     wait_until(
@@ -228,6 +246,19 @@ def test_dashboard_in_a_real_browser(stack: Stack, artifacts_dir: Path) -> None:
     assert {"implicit.copy", "outcome.purchase.session"} <= {m["name"] for m in rep["metrics"]}
     for path in ("/api/failures", "/api/alerts", "/api/prompt-versions"):
         assert stack.http.get(path, headers=auth).status_code == 200, path
+    # shadow answers never enter the experiment, and the shadow report pairs them
+    live = stack.count(f"SELECT count() FROM interactions FINAL WHERE experiment = '{EXPERIMENT}'")
+    assert sum(v["interactions"] for v in rep["variants"]) == live
+    assert stack.count("SELECT count() FROM interactions FINAL WHERE shadow") == len(shadows)
+    cands = stack.http.get("/api/shadow", headers=auth).json()
+    assert [(c["candidate"], c["shadows"]) for c in cands] == [("v3-shadow", len(shadows))]
+    shadow_rep = stack.http.get(
+        "/api/shadow/report", params={"candidate": "v3-shadow"}, headers=auth
+    ).json()
+    assert shadow_rep["pairs"] == len(shadows) and shadow_rep["accepted"]["n"] > 0
+    assert "Recommendation:" in shadow_rep["text"]
+    too_long = stack.http.get("/api/shadow/report", params={"candidate": "x" * 201}, headers=auth)
+    assert too_long.status_code == 422
 
     console: list[str] = []
     with sync_api.sync_playwright() as pw:
@@ -271,6 +302,8 @@ def test_dashboard_in_a_real_browser(stack: Stack, artifacts_dir: Path) -> None:
                 "Chart.getChart('chart-satisfaction').data.datasets.filter(d => !d.band).length"
             )
             assert n_sets == 2
+            shadow_row = page.locator("[data-testid=shadow] tr").nth(1).inner_text()
+            assert "v3-shadow" in shadow_row and "keep shadowing" in shadow_row
             assert "#key=" not in page.url
             shot = artifacts_dir / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)

@@ -188,7 +188,7 @@ def test_valid_events_roundtrip_byte_for_byte(obj: dict[str, object]) -> None:
                 "thumbs": 1,
             },
             "validation_error",
-            "feedback.interaction_id: Input should be a valid UUID",
+            "feedback.interaction_id: expected a UUID in the form",
         ),
         (
             {"event_type": "implicit", **BASE, "interaction_id": str(IID), "signal": "dwell"},
@@ -223,7 +223,7 @@ def test_valid_events_roundtrip_byte_for_byte(obj: dict[str, object]) -> None:
         (
             _interaction(occurred_at="2026-01-01T00:00:00"),
             "validation_error",
-            "interaction.occurred_at: Input should have timezone info",
+            "interaction.occurred_at: expected an RFC 3339 date-time with a UTC offset",
         ),
         (
             _interaction(model=""),
@@ -323,3 +323,27 @@ def test_json_schema_validates_with_an_independent_validator() -> None:
             },
             schema,
         )
+
+
+def test_a_dead_letter_keeps_a_bounded_payload_with_its_length_hash_and_reason() -> None:
+    import hashlib
+
+    from feedbackloop.schemas.deadletter import (
+        MAX_DEAD_LETTER_PAYLOAD,
+        TRUNCATED_PAYLOAD,
+        DeadLetter,
+    )
+
+    small = DeadLetter(reason="invalid_json", error="bad", payload=b"{" * 1000)
+    assert small.payload == b"{" * 1000 and not small.truncated
+    big = b"x" * 1_500_000
+    dl = DeadLetter(reason="oversized", error="too big", payload=big, source="collector")
+    assert len(dl.payload) == TRUNCATED_PAYLOAD < MAX_DEAD_LETTER_PAYLOAD
+    assert dl.reason == "oversized" and dl.payload_bytes == len(big)
+    assert dl.payload_sha256 == hashlib.sha256(big).hexdigest()
+    assert "1500000 bytes" in dl.error
+    # Through Kafka headers and back: the same letter, not truncated twice.
+    again = DeadLetter.from_message(dl.payload, None, dl.headers())
+    assert (again.payload_bytes, again.payload_sha256) == (dl.payload_bytes, dl.payload_sha256)
+    assert again.payload == dl.payload and again.reason == "oversized"
+    assert sum(len(k) + len(v) for k, v in dl.headers()) + len(dl.payload) < 100_000

@@ -34,3 +34,37 @@ def test_spool_is_bounded(tmp_path: Path) -> None:
     assert not spool.append("t", None, b"x" * 41)
     assert spool.append("t", None, b"x" * 40)
     assert spool.count == 2 and spool.size_bytes == 100
+
+
+def test_a_quarantined_record_leaves_the_replay_order_and_is_kept_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.sqlite3"
+    spool = Spool(path, max_bytes=10_000)
+    for v in (b"a", b"too-large", b"c"):
+        spool.append("t", None, v, [("h", b"1")])
+    poison = spool.head(3)[1]
+    spool.quarantine(poison.seq, "MSG_SIZE_TOO_LARGE")
+    spool.add_quarantined("dlq", b"k", b"refused-before-spooling", None, "INVALID_RECORD")
+    assert [r.value for r in spool.head(10)] == [b"a", b"c"]
+    assert (spool.count, spool.size_bytes, spool.quarantined) == (2, 2, 2)
+    spool.close()
+
+    reopened = Spool(path, max_bytes=10_000)
+    assert reopened.quarantined == 2
+    kept = reopened.quarantined_records()
+    assert [(r.value, r.headers, why) for r, why in kept] == [
+        (b"too-large", [("h", b"1")], "MSG_SIZE_TOO_LARGE"),
+        (b"refused-before-spooling", [], "INVALID_RECORD"),
+    ]
+
+
+def test_the_spool_file_and_its_folder_are_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "spool" / "s.sqlite3"
+    spool = Spool(path, max_bytes=10_000)
+    spool.append("t", None, b"secret text")
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    for companion in path.parent.iterdir():
+        assert companion.stat().st_mode & 0o077 == 0, companion
+    spool.close()

@@ -54,7 +54,11 @@ class Collect:
 
 
 def recs(events, start_offset=0):
-    return [(e.partition_key, encode(e), start_offset + i) for i, e in enumerate(events)]
+    """(key, value, offset, timestamp ms) records as the worker hands them over."""
+    return [
+        (e.partition_key, encode(e), start_offset + i, int(e.occurred_at.timestamp() * 1000))
+        for i, e in enumerate(events)
+    ]
 
 
 def interaction(t=T0, **kw):
@@ -315,7 +319,7 @@ def test_retention_sweep_forgets_old_interactions_with_tombstones():
 def test_bad_input_goes_to_dead_letters_and_processing_continues(payload, reason):
     pipe, out = make()
     ia = interaction()
-    rs = [(b"k", payload, 0), *recs([ia], start_offset=1)]
+    rs = [(b"k", payload, 0, 0), *recs([ia], start_offset=1)]
     pipe.process(3, rs)
     (dl,) = out.on(TOPICS.dead_letters)
     letter = DeadLetter.from_message(dl[2], dl[1], dl[3])
@@ -375,7 +379,7 @@ def test_dead_letter_refused_whole_is_truncated_not_fatal():
     out = Refusing()
     pipe = Pipeline(TOPICS, StreamConfig(), out)
     big = b'{"event_type":"interaction","user_input":"' + b"x" * 1_000_001 + b'"}'
-    pipe.process(0, [(b"k", big, 7), *recs([interaction()], 8)])
+    pipe.process(0, [(b"k", big, 7, 0), *recs([interaction()], 8)])
     (dl,) = out.on(TOPICS.dead_letters)
     assert len(dl[2]) == 256 * 1024
     assert ("feedbackloop.dlq.truncated_from", str(len(big)).encode()) in dl[3]

@@ -374,11 +374,15 @@ def test_openapi_document_lists_exactly_the_endpoints(client: TestClient) -> Non
     doc = client.get("/openapi.json").json()
     from fastapi.routing import APIRoute
 
-    from feedbackloop.web import collector, dashboard
+    from feedbackloop.web import collector, dashboard, otlp, snippet
 
     # Every route the app serves, from the routers it is built from plus its own.
     own = [r for r in client.app.routes if isinstance(r, APIRoute)]  # type: ignore[attr-defined]
-    all_routes = own + collector.router().routes + dashboard.router().routes
+    all_routes = own + [
+        route
+        for module in (collector, dashboard, otlp, snippet)
+        for route in module.router().routes
+    ]
     routes = {
         (m.lower(), r.path)
         for r in all_routes
@@ -421,7 +425,13 @@ def test_openapi_conformance_with_schemathesis(tmp_path: Path, rec: Recorder) ->
     """Generated requests against every operation: responses match the document."""
     schemathesis = pytest.importorskip("schemathesis")
 
-    app = create_app(_settings(tmp_path, web_max_batch_events=1000), client=rec, query=_query)
+    # The failed-authentication limit would answer schemathesis' own bad-key probes with 429
+    # after a while; it has its own test.
+    app = create_app(
+        _settings(tmp_path, web_max_batch_events=1000, web_auth_failures_per_min=0),
+        client=rec,
+        query=_query,
+    )
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     # Reads need ClickHouse and are covered by the integration test; here, the collector
     # and the shapes of its answers.
@@ -430,7 +440,48 @@ def test_openapi_conformance_with_schemathesis(tmp_path: Path, rec: Recorder) ->
     for op in schema.get_all_operations():
         _conformance(op.ok())()
         checked += 1
-    assert checked == 3
+    assert checked == 4  # /v1/events, /v1/feedback, /v1/traces, /healthz
+
+
+def test_requests_that_violate_the_openapi_document_are_refused(
+    tmp_path: Path, rec: Recorder
+) -> None:
+    """Schemathesis' negative mode: every request the document rules out (a wrong type, a
+    string over its maxLength, an id or time outside its pattern, an unknown query
+    parameter) is answered 4xx, so the server accepts nothing the document does not."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+    app = create_app(
+        _settings(
+            tmp_path,
+            web_max_batch_events=1000,
+            web_max_body_bytes=50_000_000,  # a 413 would hide what the contract refuses
+            web_auth_failures_per_min=0,
+        ),
+        client=rec,
+        query=_query,
+    )
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app).include(path_regex=r"^/v1/")
+    checked = 0
+    for op in schema.get_all_operations():
+        operation = op.ok()
+
+        @settings(
+            max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
+        @given(case=operation.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+        def run(case: Any) -> None:
+            case.call_and_validate(
+                headers={"Authorization": f"Bearer {OPS}"},
+                excluded_checks=[positive_data_acceptance],
+            )
+
+        run()
+        checked += 1
+    assert checked == 3  # /v1/events, /v1/feedback, /v1/traces
 
 
 def test_vendored_chart_js_is_untouched_and_the_page_loads_nothing_remote(
@@ -448,3 +499,127 @@ def test_vendored_chart_js_is_untouched_and_the_page_loads_nothing_remote(
     for asset in ("static/vendor/chart.umd.min.js", "static/dashboard.js", "static/dashboard.css"):
         assert client.get(f"/dashboard/{asset}").status_code == 200
     assert client.get("/", follow_redirects=False).headers["location"] == "/dashboard/"
+
+
+# ------------------------------------------------------------------ hostile input (issue 13)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"[" * 5_000 + b"]" * 5_000, "depth"),
+        (b'[{"event_type": "interaction", "input_tokens": ' + b"9" * 5000 + b"}]", "number"),
+        ('[{"event_type": "interaction"}]'.encode("utf-16"), "byte-order mark"),
+        ('[{"event_type": "interaction"}]'.encode("utf-16-le"), "unexpected character"),
+        (b'\xef\xbb\xbf[{"event_type": "interaction"}]', "byte-order mark"),
+    ],
+)
+def test_bodies_that_are_not_utf8_json_are_a_400_and_dead_lettered(
+    client: TestClient, rec: Recorder, body: bytes, reason: str
+) -> None:
+    r = client.post(
+        "/v1/events", content=body, headers={**PUBLIC, "Content-Type": "application/json"}
+    )
+    assert r.status_code == 400
+    assert r.json()["error"] == "invalid_json" and reason in r.json()["message"]
+    assert [d.reason for d in rec.dead] == ["invalid_json"] and not rec.events
+
+
+def test_an_event_type_that_is_an_object_or_list_is_rejected_per_event_and_the_rest_stored(
+    client: TestClient, rec: Recorder
+) -> None:
+    good = interaction()
+    batch = [interaction(event_type={"x": 1}), good, interaction(event_type=[1, 2])]
+    r = client.post("/v1/events", json=batch, headers=PUBLIC)
+    assert r.status_code == 202
+    assert [x["status"] for x in r.json()["results"]] == ["rejected", "accepted", "rejected"]
+    assert {x["reason"] for x in r.json()["results"] if x["status"] == "rejected"} == {
+        "unknown_event_type"
+    }
+    assert [str(e.interaction_id) for e in rec.events] == [good["interaction_id"]]
+    assert len(rec.dead) == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ({"input_tokens": 2**32}, "input_tokens"),
+        ({"output_tokens": True}, "output_tokens"),
+        ({"shadow": "yes"}, "shadow"),
+        ({"latency_ms": "12"}, "latency_ms"),
+        ({"interaction_id": "a" * 32}, "interaction_id"),
+        ({"occurred_at": 1_780_000_000}, "occurred_at"),
+        ({"occurred_at": "2019-12-31T23:59:59Z"}, "occurred_at"),
+    ],
+)
+def test_values_the_storage_or_the_schema_does_not_allow_are_a_422(
+    client: TestClient, rec: Recorder, fields: dict[str, Any], where: str
+) -> None:
+    r = client.post("/v1/events", json=[interaction(**fields)], headers=PUBLIC)
+    assert r.status_code == 422
+    assert where in r.json()["results"][0]["error"]
+    assert len(rec.dead) == 1 and not rec.events
+
+
+def test_a_rating_of_true_or_thumbs_of_1_0_are_refused(client: TestClient, rec: Recorder) -> None:
+    iid = str(uuid.uuid4())
+    for body in (
+        {"session_id": "s", "interaction_id": iid, "kind": "rating", "rating": True},
+        {"session_id": "s", "interaction_id": iid, "kind": "thumbs", "thumbs": 1.0},
+    ):
+        r = client.post("/v1/feedback", json=body, headers=PUBLIC)
+        assert r.status_code == 422, body
+    assert not rec.events and len(rec.dead) == 2
+
+
+def test_failed_authentications_are_limited_per_client_address(
+    tmp_path: Path, rec: Recorder
+) -> None:
+    s = _settings(tmp_path, web_auth_failures_per_min=1.0, web_auth_failures_burst=3)
+    with TestClient(create_app(s, client=rec, query=_query)) as c:
+        bad = {"Authorization": "Bearer guess"}
+        assert c.post("/v1/events", json=[interaction()], headers=bad).status_code == 401
+        for _ in range(2):
+            assert c.get("/api/experiments", headers=bad).status_code == 401
+        r = c.post("/v1/events", json=[interaction()], headers=bad)
+        assert r.status_code == 429 and r.json()["error"] == "too_many_failed_authentications"
+        assert int(r.headers["retry-after"]) >= 1
+        # Now even the right key is refused: a guesser learns nothing from this address.
+        assert c.post("/v1/events", json=[interaction()], headers=PUBLIC).status_code == 429
+    assert not rec.events
+
+
+def test_api_answers_are_not_cached_and_backend_errors_reveal_no_internals(
+    tmp_path: Path, rec: Recorder
+) -> None:
+    from feedbackloop.errors import ClickHouseError
+
+    def failing(sql: str) -> QueryResult:
+        raise ClickHouseError(f"Code: 60. Unknown table /var/lib/secret/path in {sql}")
+
+    with TestClient(create_app(_settings(tmp_path), client=rec, query=failing)) as c:
+        r = c.get("/api/experiments", headers=SECRET)
+        assert r.status_code == 503 and r.headers["cache-control"] == "no-store"
+        assert r.json()["error"] == "backend_unavailable"
+        assert "SELECT" not in r.text and "/var/lib" not in r.text and "Code" not in r.text
+    with TestClient(create_app(_settings(tmp_path), client=rec, query=_query)) as c:
+        r = c.get("/api/experiments", headers=SECRET)
+        assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+
+
+def test_healthz_reports_the_spool_backlog_and_quarantine(tmp_path: Path) -> None:
+    from feedbackloop.producers.delivery import DeliveryStats
+
+    class Spooling(Recorder):
+        def stats(self) -> DeliveryStats:
+            return DeliveryStats(spool_pending=7, spool_quarantined=self.q)
+
+        q = 0
+
+    rec = Spooling()
+    with TestClient(create_app(_settings(tmp_path), client=rec, query=_query)) as c:
+        h = c.get("/healthz").json()
+        assert h["status"] == "spooling" and h["spool"] == {"pending": 7, "quarantined": 0}
+        rec.q = 1
+        h = c.get("/healthz").json()
+        assert h["status"] == "degraded" and h["producer"]["spool_quarantined"] == 1

@@ -52,6 +52,14 @@ from feedbackloop.analysis.reads.scope import (
     DEFAULT_LIMIT,
     Scope,
 )
+from feedbackloop.analysis.reads.shadow import (
+    ShadowCandidateRow,
+    ShadowPair,
+    ShadowScope,
+    fetch_shadow_candidates,
+    fetch_shadow_pairs,
+    fetch_shadow_totals,
+)
 from feedbackloop.analysis.reads.since import (
     parse_since,
 )
@@ -100,4 +108,10 @@ __all__ = [
     "registered_experiments",
     "DatabaseBusy",
     "writable_client",
+    "ShadowCandidateRow",
+    "ShadowPair",
+    "ShadowScope",
+    "fetch_shadow_candidates",
+    "fetch_shadow_pairs",
+    "fetch_shadow_totals",
 ]

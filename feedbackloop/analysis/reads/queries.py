@@ -74,12 +74,12 @@ QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
 Runner = Callable[[str], Any]
 
 
-def settings_runner(settings: Settings, url: str | None = None) -> Runner:
+def settings_runner(settings: Settings, url: str | None = None, max_rows: int = 100_000) -> Runner:
     """A :data:`Runner` over ``feedbackloop sql``'s read-only path (worker endpoint or direct)."""
     from feedbackloop.sinks.query import run_query
 
     def run(sql: str) -> Any:
-        return run_query(settings, sql, url=url, max_rows=100_000)
+        return run_query(settings, sql, url=url, max_rows=max_rows)
 
     return run
 

@@ -31,6 +31,12 @@ from feedbackloop.analysis.reports.report import (
     pick_control,
     report_experiment,
 )
+from feedbackloop.analysis.reports.shadow import (
+    ShadowReport,
+    build_shadow_report,
+    format_shadow_report,
+    run_shadow_report,
+)
 from feedbackloop.analysis.reports.versions import (
     BucketRow,
     VersionRow,
@@ -66,4 +72,8 @@ __all__ = [
     "VersionsReport",
     "build_versions",
     "format_versions",
+    "ShadowReport",
+    "build_shadow_report",
+    "format_shadow_report",
+    "run_shadow_report",
 ]

@@ -46,6 +46,12 @@ from feedbackloop.analysis.statistics.multiple import (
     benjamini_hochberg,
     holm,
 )
+from feedbackloop.analysis.statistics.paired import (
+    PairedCounts,
+    WinTieLoss,
+    paired_mean_difference,
+    win_tie_loss,
+)
 from feedbackloop.analysis.statistics.power import (
     PowerStatus,
     SampleSize,
@@ -167,4 +173,8 @@ __all__ = [
     "CountComparison",
     "compare_counts",
     "format_comparison",
+    "PairedCounts",
+    "WinTieLoss",
+    "win_tie_loss",
+    "paired_mean_difference",
 ]

@@ -269,6 +269,38 @@ function renderPrompts(rep) {
   );
 }
 
+// --- shadow candidates ------------------------------------------------------------------
+const SHADOW_SHOWN = 3;
+const signedPp = (e) => (!e || e.value === null ? "n/a" : `${(100 * e.value).toFixed(1)} pp [${(100 * e.lower).toFixed(1)}, ${(100 * e.upper).toFixed(1)}]`);
+
+async function loadShadow(appQuery) {
+  const candidates = await api("/api/shadow" + appQuery);
+  const shown = candidates.slice(0, SHADOW_SHOWN);
+  const sep = appQuery ? "&" : "?";
+  const reports = await Promise.all(shown.map((c) =>
+    api(`/api/shadow/report${appQuery}${sep}candidate=${encodeURIComponent(c.candidate)}`).catch((e) => ({ error: e.message }))));
+  return shown.map((c, i) => ({ candidate: c, report: reports[i] }));
+}
+
+function renderShadow(rows) {
+  document.getElementById("shadow-empty").hidden = rows.length > 0;
+  table(
+    document.getElementById("shadow"),
+    ["candidate", "pairs", "corrected: net win (95% CI)", "accepted: departs", "latency Δ ms", "recommendation"],
+    rows.map(({ candidate, report }) => {
+      if (report.error) return [candidate.candidate, num(candidate.shadows), "n/a", "n/a", "n/a", "could not load: " + report.error];
+      const lat = report.deltas.find((d) => d.metric === "latency_ms");
+      const latText = lat && lat.difference.value !== null ? lat.difference.value.toFixed(1) : "n/a";
+      return [
+        candidate.candidate, num(report.pairs),
+        report.corrected.n ? `${signedPp(report.corrected.result.net)} over ${num(report.corrected.n)}` : "no corrections",
+        report.accepted.n ? interval(report.accepted.departs) : "n/a",
+        latText, `${report.recommendation}: ${report.reason}`,
+      ];
+    }),
+  );
+}
+
 // --- main loop --------------------------------------------------------------------------
 function selectionFromHash() {
   const params = new URLSearchParams(location.hash.slice(1));
@@ -286,16 +318,19 @@ async function refresh() {
     if (!selected && exps.length) selected = { app_id: exps[0].app_id, experiment: exps[0].experiment };
     renderExperimentList(exps);
     const q = selected ? `?app_id=${encodeURIComponent(selected.app_id)}&experiment=${encodeURIComponent(selected.experiment)}` : "";
-    const [detail, failures, alerts, prompts] = await Promise.all([
+    const appQuery = selected ? `?app_id=${encodeURIComponent(selected.app_id)}` : "";
+    const [detail, failures, alerts, prompts, shadow] = await Promise.all([
       selected ? api(`/api/experiments/${encodeURIComponent(selected.app_id)}/${encodeURIComponent(selected.experiment)}`) : null,
       api("/api/failures" + q),
-      api("/api/alerts" + (selected ? `?app_id=${encodeURIComponent(selected.app_id)}` : "")),
-      api("/api/prompt-versions" + (selected ? `?app_id=${encodeURIComponent(selected.app_id)}` : "")),
+      api("/api/alerts" + appQuery),
+      api("/api/prompt-versions" + appQuery),
+      loadShadow(appQuery),
     ]);
     if (detail) renderExperiment(detail);
     renderFailures(failures);
     renderAlerts(alerts);
     renderPrompts(prompts);
+    renderShadow(shadow);
     status.textContent = "updated " + new Date().toLocaleTimeString();
     document.getElementById("keyform").hidden = true;
     document.body.dataset.ready = "1";
