@@ -18,8 +18,12 @@ beside a baseline from the same run:
 Every answer of ours is also checked against the generated ground truth where it has one.
 
 Then the reads behind ``feedbackloop ab report`` / ``impact`` / ``ab versions`` and the
-dashboard (feedbackloop.analysis.reads.queries), on the same data, beside the cost of merely
-deduplicating what they read (``SELECT count() FROM … FINAL`` of each table they touch).
+dashboard (feedbackloop.analysis.reads.queries), on the same data, from the per-session report
+rows (feedbackloop.sinks.report_rows: built by ``compact`` first, timed), beside the cost of
+merely deduplicating what the exact queries read (``SELECT count() FROM … FINAL`` of each
+table they touch); ``--exact`` also times the exact queries once and compares the answers.
+Last, 10,000 late thumbs: a report before the next compaction (exact path), the compaction
+round, a report after it. ``--skip-analyst`` leaves out the analyst queries.
 """
 
 from __future__ import annotations
