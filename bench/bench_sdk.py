@@ -7,6 +7,10 @@ librdkafka alone. Our side makes the ids and the timestamp, validates and encode
 (the SDK's fast path; the pydantic models for anything it cannot prove valid), remembers the
 session and produces it: what an app pays per ``log_interaction`` / ``thumbs`` call.
 
+A third column runs our side again with the client following the live experiment config
+(``live_experiments=True``) and assigning each interaction's variant itself from a live
+experiment: the SDK's call cost with the control plane on.
+
 The target "within 2x of raw produce" is read on the sustained rate (enqueue + flush, events
 actually delivered): ours >= 0.5 x raw. A raw produce of ready bytes does no Python work at all,
 so the per-call ratio is printed too but is not the target (see docs/PERFORMANCE.md).
@@ -75,10 +79,21 @@ def bench_raw(bootstrap: str, topic: str, payloads: list[tuple[bytes, bytes]]) -
     }
 
 
-def bench_ours(settings: Settings, n: int) -> dict[str, float]:
+def bench_ours(settings: Settings, n: int, live: bool = False) -> dict[str, float]:
+    """``live``: the client follows the live config and assigns the variant itself from a
+    live experiment (what an app pays with the control plane on)."""
     lat: list[int] = []
     clock = time.perf_counter_ns
-    client = FeedbackClient(settings, producer_config={"queue.buffering.max.messages": QUEUE})
+    client = FeedbackClient(
+        settings,
+        producer_config={"queue.buffering.max.messages": QUEUE},
+        live_experiments=live,
+    )
+    variant: str | None = "treatment"
+    if live:
+        assert client.live_config is not None
+        assert client.live_config.wait_for(lambda lc: lc.version("support-prompt"), timeout=30)
+        variant = None
     # warm up: producer start, first connection
     client.thumbs(uuid.uuid4(), True, session_id="warm")
     client.flush(10)
@@ -93,7 +108,7 @@ def bench_ours(settings: Settings, n: int) -> dict[str, float]:
             model="gpt-4o-mini",
             prompt_version="v1.1",
             experiment="support-prompt",
-            variant="treatment",
+            variant=variant,
             latency_ms=812.5,
             input_tokens=12,
             output_tokens=40,
@@ -156,8 +171,19 @@ def main() -> None:
         raw = bench_raw(broker.bootstrap_servers, "bench.raw", payloads)
         del payloads
         ours = bench_ours(settings, n)
+        from feedbackloop.control import ControlPlane, new_experiment
+
+        ControlPlane(settings).create(
+            new_experiment(
+                settings.app_id,
+                "support-prompt",
+                {"control": 0.5, "treatment": 0.5},
+                changed_by="bench",
+            )
+        )
+        live = bench_ours(settings, n, live=True)
     print(f"SDK enqueue benchmark, {n:,} events (half log_interaction, half thumbs)")
-    print(f"{'':22}{'ours':>14}{'raw produce':>14}{'ratio':>8}")
+    print(f"{'':22}{'ours':>14}{'raw produce':>14}{'ratio':>8}{'ours, live':>14}{'ratio':>8}")
     for key, label, fmt in [
         ("enqueue_rate", "enqueue events/s", "{:>14,.0f}"),
         ("total_rate", "incl. flush events/s", "{:>14,.0f}"),
@@ -166,12 +192,19 @@ def main() -> None:
         ("p99_us", "p99 call us", "{:>14.2f}"),
     ]:
         ratio = ours[key] / raw[key]
-        print(f"{label:22}{fmt.format(ours[key])}{fmt.format(raw[key])}{ratio:>8.2f}")
+        print(
+            f"{label:22}{fmt.format(ours[key])}{fmt.format(raw[key])}{ratio:>8.2f}"
+            f"{fmt.format(live[key])}{live[key] / raw[key]:>8.2f}"
+        )
     sustained = ours["total_rate"] / raw["total_rate"]
     print(
         f"sustained: ours delivers {sustained:.2f}x raw's rate (target >= 0.5, i.e. within 2x); "
         f"enqueue rate {ours['enqueue_rate']:,.0f}/s (target >= 100,000/s); one SDK call costs "
         f"{ours['mean_us'] / raw['mean_us']:.2f}x a raw produce of ready bytes"
+    )
+    print(
+        "ours, live: the client follows the control topic and assigns each interaction's "
+        "variant from a live experiment"
     )
 
 

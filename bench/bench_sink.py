@@ -12,6 +12,10 @@ Part 1 (embedded chDB, in-process), for each topic the writer reads: the *enrich
     table in which chDB parses and checks the messages (feedbackloop/sinks/ingest.py); also
     timed with that path off (``json_path=False``: decode, rows, Native insert) for reference.
     On the raw topic: validation, row building, dedup tokens and the Native insert.
+Identity lookup: the sink's one query per batch (feedbackloop/sinks/event_keys.py) for 500
+  and ``--batch`` new ids, timed with 0, 1M and 4M ids already in ``event_keys`` (its cost grows
+  with the table: random ids hit most granules), beside an ``INSERT … SELECT`` of a batch of
+  300-byte rows in the same run.
 Part 2 (embedded Tansu broker, services as child processes with their own chDB), twice: the
   default pipeline (``feedbackloop worker`` + ``feedbackloop sink run``: SDK -> stream jobs ->
   enriched topic -> sink) and ``sink run --raw`` alone. After one warm-up event has crossed
@@ -176,6 +180,51 @@ def bench_writer(
     assert set(counts) == {n // 2}, counts  # half of the messages are interactions
     client.close()
     return ours, raw_rate, py_rate
+
+
+def bench_identity_lookup(
+    dsn: str, batch: int, sizes: list[int]
+) -> list[tuple[int, int, float, float]]:
+    """Seconds of the sink's identity lookup (sinks/event_keys.py) for 500 and ``batch`` new
+    ids, by the number of ids already stored, beside an insert of as many rows into the same
+    database (the baseline: what the lookup is added to)."""
+    import uuid as _uuid
+
+    from feedbackloop.sinks.event_keys import lookup
+
+    client = get_client(dsn)
+    client.command("DROP DATABASE IF EXISTS bench_keys")
+    migrate(client, "bench_keys")
+    out = []
+    have = 0
+    for size in sizes:
+        if size > have:
+            client.command(
+                "INSERT INTO bench_keys.event_keys (event_id, event_table, app_id, slice, hour) "
+                "SELECT generateUUIDv4(), 'interactions', 'bench', ['p1', 'exp1', 'a'], "
+                f"toStartOfHour(now()) FROM numbers({size - have})"
+            )
+            client.command("OPTIMIZE TABLE bench_keys.event_keys FINAL")
+            have = size
+        _settle(client)
+        for n in sorted({500, batch}):
+            ids = [_uuid.uuid4().int for _ in range(n)]
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                lookup(client, "bench_keys", ids, embedded=True)
+                times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            client.command(
+                "INSERT INTO bench_keys.dead_letters (failed_at, reason, error, source, "
+                "source_topic, source_partition, source_offset, key, payload) SELECT now64(3), "
+                f"'x', '', 'bench', 't', 0, number, '', repeat('x', 300) FROM numbers({n})"
+            )
+            insert = time.perf_counter() - t0
+            out.append((size, n, sorted(times)[1], insert))
+    client.command("DROP DATABASE IF EXISTS bench_keys")
+    client.close()
+    return out
 
 
 def _endpoint_query(data_dir: Path, sql: str) -> list[list[Any]]:
@@ -368,6 +417,11 @@ def main() -> None:
         help="Topics for the writer part: enriched (the default sink), raw, or both.",
     )
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument(
+        "--lookup-sizes",
+        default="0,1000000,4000000",
+        help="Stored event ids at which the identity lookup is timed ('' to skip).",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-sink-") as tmp:
         work = Path(tmp)
@@ -401,6 +455,16 @@ def main() -> None:
                 )
             print(f"[{mode}] load average (1 min) after this part: {os.getloadavg()[0]:.2f}")
         del modes, raw_values
+        sizes = [int(x) for x in args.lookup_sizes.split(",") if x]
+        for size, n, seconds, insert in bench_identity_lookup(
+            f"chdb:///{work / 'chdb'}", args.batch, sizes
+        ):
+            print(
+                f"[identity] lookup of {n:,} new ids among {size:,} stored: "
+                f"{seconds * 1000:.0f} ms (median of 3); baseline, an INSERT … SELECT of "
+                f"{n:,} 300-byte rows, same run: {insert * 1000:.0f} ms"
+            )
+        print(f"[identity] load average (1 min): {os.getloadavg()[0]:.2f}")
         for path in () if args.skip_latency else ("pipeline", "raw"):
             r = bench_latency(args.rate, args.seconds, work, stream_jobs=path == "pipeline")
             what = (

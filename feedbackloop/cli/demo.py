@@ -157,9 +157,19 @@ def simulate(
     show_default=True,
     help="Keep the pipeline and dashboard running after the results, until Ctrl-C.",
 )
+@click.option(
+    "--scenario",
+    type=click.Choice(["experiment", "canary"]),
+    default="experiment",
+    show_default=True,
+    help="experiment: an A/B test, judged (the default story). canary: a good canary that "
+    "ramps and a bad one (a planted satisfaction drop) that the canary guard rolls back, "
+    "with the timeline.",
+)
 @click.pass_context
 def demo(
     ctx: click.Context,
+    scenario: str,
     duration: float,
     rate: float,
     control_satisfaction: float,
@@ -171,6 +181,16 @@ def demo(
     wait: bool,
 ) -> None:
     """Run the pipeline on embedded defaults with simulated traffic and show the results."""
+    if scenario == "canary":
+        from feedbackloop.canary_demo import run_canary_demo
+
+        drop = 0.10 if effect == 0.10 else max(0.0, -effect)  # --effect -0.2: a 20-point drop
+        result = run_canary_demo(
+            settings_of(ctx), base=control_satisfaction, drop=drop, seed=seed, echo=click.echo
+        )
+        if not result.finished:
+            raise click.ClickException("the canaries did not finish within the time limit")
+        return
     from feedbackloop.demo import DemoResult, run_demo, summary_text
     from feedbackloop.infra.stack import default_services
     from feedbackloop.simulator import SimulationResult, TrafficSpec

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from feedbackloop.cli.base import echo_json, emit, scope_of, settings_of
+from feedbackloop.cli.base import emit, scope_of, settings_of
 from feedbackloop.cli.options import (
     alpha_option,
     app_option,
@@ -22,7 +22,7 @@ from feedbackloop.cli.options import (
     url_option,
 )
 
-__all__ = ["ab", "experiments", "impact"]
+__all__ = ["ab", "design", "design_of", "impact", "print_design"]
 
 
 class NamedWeightsType(click.ParamType):
@@ -227,16 +227,7 @@ def impact(
     emit(build_impact(data, control=control, alpha=alpha), as_json)
 
 
-@click.group()
-def experiments() -> None:
-    """Experiment designs: the rules an experiment is judged by, registered before its data.
-
-    `ab report`, the dashboard and the alerts read the registered design; without one a
-    report says which defaults it assumed.
-    """
-
-
-@experiments.command("design")
+@click.command("design")
 @click.argument("name")
 @primary_option
 @click.option(
@@ -297,25 +288,15 @@ def design(
     click.echo(f"{name}: {what}: {stored.summary()}")
 
 
-@experiments.command("show")
-@click.argument("name")
-@url_option
-@json_option
-@click.pass_context
-def show(ctx: click.Context, name: str, url: str | None, as_json: bool) -> None:
-    """Print experiment NAME's registered design."""
+def design_of(ctx: click.Context, name: str, url: str | None) -> Any:
+    """Experiment NAME's registered design, or None (``experiments show`` prints it)."""
     from feedbackloop.analysis.reads.designs import fetch_design
     from feedbackloop.analysis.reads.queries import settings_runner
-    from feedbackloop.errors import ConfigError
 
-    found = fetch_design(settings_runner(settings_of(ctx), url), name)
-    if found is None:
-        raise ConfigError(
-            f"no design registered for {name!r}: feedbackloop experiments design {name} --mde ..."
-        )
-    if as_json:
-        echo_json(found.to_dict())
-        return
+    return fetch_design(settings_runner(settings_of(ctx), url), name)
+
+
+def print_design(name: str, found: Any) -> None:
     click.echo(f"{name}: {found.summary()}")
     click.echo(f"registered {found.created_at[:19]} UTC by {found.created_by or '?'}")
     if found.weights:

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from feedbackloop.cli import (
+    control,
     demo,
     experiments,
     exports,
@@ -70,9 +71,11 @@ cli.add_command(storage.db)
 cli.add_command(storage.sql)
 # Judge experiments (stats.py, experiments.py).
 cli.add_command(stats.stats)
-cli.add_command(experiments.experiments)
 cli.add_command(experiments.ab)
 cli.add_command(experiments.impact)
+# Experiments: live configuration, canaries (control.py) and designs (experiments.py).
+control.experiments.add_command(experiments.design)
+cli.add_command(control.experiments)
 cli.add_command(shadow.shadow)
 # Find failures and close the loop (failures.py, prompts.py, exports.py).
 cli.add_command(failures.failures)

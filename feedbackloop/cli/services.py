@@ -141,7 +141,7 @@ def worker(
     retention_s: float | None,
     webhook: str | None,
 ) -> None:
-    """Run the stream jobs (validate, enrich, window, alert) until Ctrl-C.
+    """Run the stream jobs (validate, enrich, window, alert, guard canaries) until Ctrl-C.
 
     Each option overrides the setting of the same name (see docs/CONFIGURATION.md).
     """
@@ -162,15 +162,22 @@ def worker(
         alert_webhook_url=webhook,
     )
     s, embedded = connect_or_start(s)
+    from feedbackloop.stream_jobs.canary import CanaryGuard
+
+    # Judges running canaries beside the stream jobs (ramps them, rolls them back).
+    guard = CanaryGuard(s, webhook_url=config.alert_webhook_url)
     try:
+        guard.start()
         stats = run_worker(
             s,
             config,
             ready=lambda jobs: click.echo(
-                f"worker running on {s.bootstrap_servers}; reading {jobs.topics.events}"
+                f"worker running on {s.bootstrap_servers}; reading {jobs.topics.events}; "
+                "guarding canaries"
             ),
         )
     finally:
+        guard.stop()
         done()
         if embedded is not None:
             embedded.stop()

@@ -22,7 +22,11 @@ def ensure_topics(
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as e:
         raise BrokerError(f"cannot list topics: {e}") from e
-    wanted = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
+    from feedbackloop.schemas.topics import topic_config
+
+    wanted = [
+        NewTopic(t, partitions, 1, config=topic_config(t)) for t in topics if t not in existing
+    ]
     if not wanted:
         return
     for topic, fut in admin.create_topics(wanted, request_timeout=timeout).items():

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from feedbackloop.config import Settings
 from feedbackloop.errors import ConfigError, SchemaError
@@ -58,6 +58,9 @@ from feedbackloop.schemas import (
 )
 from feedbackloop.schemas.serialization import MAX_EVENT_BYTES
 
+if TYPE_CHECKING:  # the control plane imports the producers: no cycle at run time
+    from feedbackloop.control.live import LiveConfig
+
 __all__ = ["FeedbackClient"]
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,14 @@ class FeedbackClient:
     override single settings. ``on_event(event, payload)`` sees every accepted event and its
     exact bytes before they are sent (an audit tap; its exceptions are logged, never raised).
 
+    ``live_experiments`` follows the live experiment configuration of the app (see
+    :mod:`feedbackloop.control.live`): ``True`` reads the control topic of ``settings``
+    (:class:`~feedbackloop.producers.collector_client.CollectorClient`: polls its collector),
+    or pass a :class:`~feedbackloop.control.live.LiveConfig`. A live experiment is assigned
+    by its current version's weights (by bucket alone, so every process agrees the moment
+    it has the version); a name defined in ``experiments`` as well is served from the live
+    version unless ``local_experiments_win``.
+
     ``transport`` carries the events; by default a
     :class:`~feedbackloop.producers.kafka_transport.KafkaTransport` built from the settings,
     ``spool_path`` and ``producer_config`` (librdkafka properties to add or override), which
@@ -95,6 +106,8 @@ class FeedbackClient:
         producer_config: Mapping[str, Any] | None = None,
         on_event: Callable[[Envelope, bytes], None] | None = None,
         transport: Transport | None = None,
+        live_experiments: bool | LiveConfig = False,
+        local_experiments_win: bool = False,
     ) -> None:
         if transport is not None and (spool_path or producer_config):
             raise TypeError(
@@ -116,6 +129,16 @@ class FeedbackClient:
         self._transport: Transport = transport or KafkaTransport(
             self.settings, spool_path=spool_path, producer_config=producer_config
         )
+        self._local_wins = local_experiments_win
+        self._live: LiveConfig | None = None
+        if live_experiments is True:
+            from feedbackloop.control.live import LiveConfig
+
+            self._live = LiveConfig.for_kafka(self.settings)
+        elif live_experiments is not False:
+            self._live = live_experiments
+        if self._live is not None:
+            self._live.start()
         # Bound once: the hot path hands each event over with a single call.
         self._send_event = self._transport.send_event
         self._counters = self._transport.counters
@@ -159,9 +182,9 @@ class FeedbackClient:
         if (
             variant is None
             and isinstance(experiment, str)  # anything else is the model's to reject
-            and experiment in self._experiments
+            and (self._live is not None or experiment in self._experiments)
         ):
-            variant = self.assign_variant(experiment, session_id)
+            variant = self._variant_of(experiment, session_id)
         self._interactions.remember(iid, session_id, iid_s)
         if iid_s is not None and occurred_at is None and self._fast.enabled:
             value = self._fast.interaction(
@@ -400,10 +423,30 @@ class FeedbackClient:
         self._experiments[experiment.name] = experiment
 
     def assign_variant(self, experiment: str | Experiment, session_id: str) -> str:
-        """The session's variant: deterministic by hashing, and sticky for this session in
-        this process even if the experiment's weights change while it is active."""
-        exp = experiment if isinstance(experiment, Experiment) else self._experiments[experiment]
-        return self._variants.variant(exp, session_id)
+        """The session's variant: deterministic by hashing. A code-defined experiment's is
+        sticky for this session in this process even if its weights change while it is
+        active; a live experiment's follows its current version (``KeyError`` if the name
+        is neither)."""
+        if isinstance(experiment, Experiment):
+            return self._variants.variant(experiment, session_id)
+        variant = self._variant_of(experiment, session_id)
+        if variant is None:
+            raise KeyError(experiment)
+        return variant
+
+    @property
+    def live_config(self) -> LiveConfig | None:
+        """The live configuration this client follows, if any."""
+        return self._live
+
+    def _variant_of(self, name: str, session_id: str) -> str | None:
+        live = self._live
+        if live is not None and not (self._local_wins and name in self._experiments):
+            exp = live.experiments.get(name)
+            if exp is not None:
+                return exp.assign(session_id)
+        local = self._experiments.get(name)
+        return None if local is None else self._variants.variant(local, session_id)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -418,6 +461,8 @@ class FeedbackClient:
     def close(self, timeout: float | None = None) -> DeliveryStats:
         """Flush for up to ``timeout`` s (default ``Settings.close_timeout_s``), spool whatever
         is still queued, and stop. Idempotent; also runs at interpreter exit."""
+        if self._live is not None:
+            self._live.close()
         self._transport.close(self.settings.close_timeout_s if timeout is None else timeout)
         return self.stats()
 

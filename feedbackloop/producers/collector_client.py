@@ -5,11 +5,14 @@ brokers. The delivery mechanics are :class:`~feedbackloop.producers.http_transpo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from feedbackloop.config import Settings
 from feedbackloop.producers.client import FeedbackClient
 from feedbackloop.producers.http_transport import HttpTransport
+
+if TYPE_CHECKING:  # the control plane imports the producers: no cycle at run time
+    from feedbackloop.control.live import LiveConfig
 
 __all__ = ["CollectorClient"]
 
@@ -32,6 +35,7 @@ class CollectorClient(FeedbackClient):
         batch_size: int = 500,
         linger_s: float = 0.2,
         max_pending: int = 100_000,
+        live_experiments: bool | LiveConfig = False,
         **kwargs: Any,
     ) -> None:
         settings = settings or Settings()
@@ -44,4 +48,8 @@ class CollectorClient(FeedbackClient):
             close_timeout_s=settings.close_timeout_s,
         )
         self.url = transport.url
-        super().__init__(settings, transport=transport, **kwargs)
+        if live_experiments is True:  # followed from the collector, not the broker
+            from feedbackloop.control.live import LiveConfig
+
+            live_experiments = LiveConfig.for_collector(url, key, settings)
+        super().__init__(settings, transport=transport, live_experiments=live_experiments, **kwargs)

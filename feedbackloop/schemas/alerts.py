@@ -34,7 +34,9 @@ class Alert(BaseModel):
     #: report`` and the dashboard print) turned bad; then baseline / recent are control /
     #: treatment (their sessions in the ``_n`` fields), ``statistic`` is the p-value that
     #: decided and ``threshold`` alpha.
-    alert_type: Literal["satisfaction_drop", "experiment_verdict"] = "satisfaction_drop"
+    alert_type: Literal["satisfaction_drop", "experiment_verdict", "canary_rollback"] = (
+        "satisfaction_drop"
+    )
     #: ``satisfaction_rate`` = thumbs up / (thumbs up + thumbs down), or the report metric
     #: an experiment verdict is about (e.g. ``satisfaction``, ``latency_ms``).
     metric: str = "satisfaction_rate"

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Topics"]
+__all__ = ["Topics", "topic_config"]
+
+_CONTROL = "control"
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,12 @@ class Topics:
         (produced elsewhere with another key or partitioner); internal to the stream jobs."""
         return f"{self.prefix}stream.repartition"
 
+    @property
+    def control(self) -> str:
+        """Live experiment configuration (compacted: the latest version per
+        ``app_id|experiment`` is the truth; see :mod:`feedbackloop.control`)."""
+        return f"{self.prefix}{_CONTROL}"
+
     def all(self) -> list[str]:
         return [
             self.events,
@@ -53,4 +61,11 @@ class Topics:
             self.alerts,
             self.dead_letters,
             self.repartition,
+            self.control,
         ]
+
+
+def topic_config(name: str) -> dict[str, str]:
+    """Configs a topic is created with (beyond the broker's defaults), by its name: whoever
+    creates a prefix's topics (``ensure_topics``) compacts its control topic."""
+    return {"cleanup.policy": "compact"} if name.endswith(_CONTROL) else {}

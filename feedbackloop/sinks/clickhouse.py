@@ -21,12 +21,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import gc
+import hashlib
 import logging
 import os
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -35,8 +36,20 @@ from feedbackloop.config import default_of
 from feedbackloop.errors import BackPressure, ClickHouseError, SchemaError
 from feedbackloop.schemas import DeadLetter, Topics
 from feedbackloop.sinks.base import BatchingSink, SinkBatch, retry_delay
+from feedbackloop.sinks.event_keys import (
+    CONFLICTING_RESEND,
+    EVENT_TABLES,
+    EventKey,
+    IdentityCheck,
+    error_text,
+    id_of_text,
+    lookup,
+    row_key,
+    scan_event_id,
+)
 from feedbackloop.sinks.ingest import (
     insert_sql,
+    keys_sql,
     remove_stale_blocks,
     route,
     stamp_ms,
@@ -115,8 +128,17 @@ class _Prepared:
     """A batch converted once into rows per table; survives retries of the same batch."""
 
     rows: dict[str, list[tuple[Row, int]]]  # table -> (row, index of its message in the batch)
-    #: table -> (message, offset, index in the batch): parsed by ClickHouse (ingest.py).
-    lines: dict[str, list[tuple[bytes, int, int]]] = field(default_factory=dict)
+    #: table -> (message, offset, index in the batch, scanned event id): parsed by ClickHouse
+    #: (ingest.py).
+    lines: dict[str, list[tuple[bytes, int, int, bytes]]] = field(default_factory=dict)
+    #: table -> offsets of lines taken off the parsed path by the identity check.
+    excluded: dict[str, set[int]] = field(default_factory=dict)
+    #: The batch's event ids, their stored keys and first keys (None: not checked yet).
+    identity: IdentityCheck | None = None
+    #: Event ids already looked up in ``event_keys``.
+    looked_up: set[int] = field(default_factory=set)
+    #: Rows added by a refused block, not yet held to the identity check.
+    unchecked: bool = False
     #: table -> the ``enriched_at`` values of its lines and their milliseconds.
     stamps: dict[str, dict[bytes, int]] = field(default_factory=dict)
     #: table -> its block file, written while the insert before it runs (taken by the insert).
@@ -377,8 +399,24 @@ class ClickHouseSink(BatchingSink):
 
     def _insert_batch(self, batch: SinkBatch, prep: _Prepared) -> None:
         """Insert every table of a prepared batch (tables already stored are skipped)."""
+        if prep.identity is None:
+            # Here, on the insert thread, in batch order: the batches before this one are
+            # stored, so their event ids are in event_keys. Decided once; a retry reuses it.
+            # All or nothing: a lookup that fails leaves the batch as it was prepared.
+            saved = {t: list(pairs) for t, pairs in prep.rows.items()}
+            try:
+                self._check_identity(batch, prep)
+            except BaseException:
+                prep.rows, prep.identity = saved, None
+                prep.excluded.clear()
+                prep.looked_up.clear()
+                raise
         # Blocks parsed by ClickHouse first: a block it rejects joins the Python rows below.
         self._insert_parsed(batch, prep)
+        if prep.unchecked:
+            # A refused block's messages, now Python rows: a message may have hidden its
+            # real event id from the scan. Checked before any of them is inserted.
+            self._refuse_conflicts(batch, prep)
         # Dead letters last: rows rejected by the other tables are added to them on the way.
         order = [t for t in prep.rows if t != DEAD_LETTERS] + [DEAD_LETTERS]
         for table in order:
@@ -409,6 +447,10 @@ class ClickHouseSink(BatchingSink):
                     python.append((idx, msg))
                     continue
                 table, stamp = routed
+                event_id = scan_event_id(value)  # type: ignore[arg-type]
+                if event_id is None:
+                    python.append((idx, msg))
+                    continue
                 block = lines.get(table)
                 if block is None:
                     block = lines[table] = []
@@ -421,7 +463,7 @@ class ClickHouseSink(BatchingSink):
                         continue
                     known[stamp] = ms
                 offset = msg.offset if msg.offset >= 0 else first + idx
-                block.append((value, offset, idx))  # type: ignore[arg-type]
+                block.append((value, offset, idx, event_id))  # type: ignore[arg-type]
             items = python
             # Written here, on the consumer thread, while the insert before this one runs:
             # the insert thread's turn is then ClickHouse's work only.
@@ -524,7 +566,8 @@ class ClickHouseSink(BatchingSink):
             prep.done.add(f"json:{table}")
             self.stats.inserts += 1
             self.stats.insert_seconds += seconds
-            self.stats.rows[table] = self.stats.rows.get(table, 0) + len(prep.lines[table])
+            n = len(prep.lines[table]) - len(prep.excluded.get(table, ()))
+            self.stats.rows[table] = self.stats.rows.get(table, 0) + n
         unanswered: tuple[str, Exception] | None = None
         for table, err in errors.items():
             if _error_code(err) is None and not is_rejection(err):
@@ -540,8 +583,14 @@ class ClickHouseSink(BatchingSink):
                 len(lines),
                 _short(err),
             )
-            self._route(batch, ((idx, batch.items[idx]) for _, _, idx in lines), prep.rows)
+            skip = prep.excluded.get(table, set())  # on the Python path already
+            self._route(
+                batch,
+                ((idx, batch.items[idx]) for _, o, idx, _ in lines if o not in skip),
+                prep.rows,
+            )
             prep.done.add(f"json:{table}")
+            prep.unchecked = True
         if unanswered is not None:
             self._transient(*unanswered)
 
@@ -563,6 +612,13 @@ class ClickHouseSink(BatchingSink):
     def _insert_json(self, client: Any, batch: SinkBatch, prep: _Prepared, table: str) -> float:
         """One ClickHouse-parsed insert of ``table``'s block; returns its seconds."""
         path = prep.files.pop(table, None) or write_block(prep.lines[table])  # a retry rewrites
+        exclude = prep.excluded.get(table, set())
+        token = f"{batch.key}/{table}/json"
+        if exclude:
+            # Another block than the one without exclusions: another token, so that neither
+            # can be dropped as the other's duplicate on a replay.
+            left_out = ",".join(map(str, sorted(exclude))).encode()
+            token += f"/x{hashlib.blake2b(left_out, digest_size=8).hexdigest()}"
         t0 = self._clock()
         try:
             client.command(
@@ -577,23 +633,142 @@ class ClickHouseSink(BatchingSink):
                         # Synchronous, deduplicated by the batch's token (as the Native insert).
                         "async_insert": 0,
                         "insert_deduplicate": 1,
-                        "insert_deduplication_token": f"{batch.key}/{table}/json",
+                        "insert_deduplication_token": token,
                         # ReplacingMergeTree's collapse within the block cost ~40 % of this
                         # insert; copies collapse at merge time instead (queries use FINAL).
                         "optimize_on_insert": 0,
                     },
+                    exclude,
                 )
             )
         finally:
             os.unlink(path)
         return self._clock() - t0
 
+    # --- event identity (feedbackloop.sinks.event_keys) ----------------------------------------
+    def _check_identity(self, batch: SinkBatch, prep: _Prepared) -> None:
+        """Look the batch's event ids up; refuse every message that would change an id's key.
+
+        A parsed line whose id is new and occurs once in the batch cannot conflict; for the
+        others (resends, replays: rare) ClickHouse reads their keys from the block file
+        (:func:`~feedbackloop.sinks.ingest.keys_sql`), so they stay on the parsed path unless
+        refused. Python rows carry their keys.
+        """
+        count: Counter[int] = Counter()
+        line_ids: list[tuple[str, int, int, int | None]] = []
+        for table, lines in prep.lines.items():
+            for _, offset, idx, text in lines:
+                eid = id_of_text(text)
+                line_ids.append((table, offset, idx, eid))
+                if eid is not None:
+                    count[eid] += 1
+        for table, pairs in prep.rows.items():
+            if table in EVENT_TABLES:
+                for row, _ in pairs:
+                    count[row[0]] += 1
+        known = self._lookup(count.keys())
+        prep.looked_up.update(count)
+        prep.identity = IdentityCheck(known)
+        suspects: dict[str, dict[int, int]] = {}  # table -> offset -> index in the batch
+        moved: list[tuple[int, SinkMessage]] = []
+        for table, offset, idx, eid in line_ids:
+            if eid is None:
+                prep.excluded.setdefault(table, set()).add(offset)
+                moved.append((idx, batch.items[idx]))
+            elif eid in known or count[eid] > 1:
+                suspects.setdefault(table, {})[offset] = idx
+        keyed: list[tuple[int, str, int, EventKey, int]] = []
+        for table, at in suspects.items():
+            try:
+                keys = self._line_keys(prep, table, at)
+            except Exception as e:
+                if _error_code(e) is None and not is_rejection(e):
+                    self._transient("event_keys", e)
+                # ClickHouse cannot read these lines: the Python path decides (and stores).
+                log.debug("keys of %d lines of %s unread: %s", len(at), table, _short(e))
+                keys = {}
+            for offset, idx in at.items():
+                if offset in keys:
+                    keyed.append((idx, table, *keys[offset], offset))
+                else:
+                    prep.excluded.setdefault(table, set()).add(offset)
+                    moved.append((idx, batch.items[idx]))
+        if moved:
+            moved.sort(key=lambda m: m[0])
+            self._route(batch, moved, prep.rows)
+        self._refuse_conflicts(batch, prep, keyed)
+
+    def _line_keys(
+        self, prep: _Prepared, table: str, at: dict[int, int]
+    ) -> dict[int, tuple[int, EventKey]]:
+        """Offset -> (event id, key) of the parsed lines at those offsets, read by ClickHouse."""
+        path = prep.files.get(table)
+        if path is None:
+            path = prep.files[table] = write_block(prep.lines[table])
+        rows = self._connect().query(keys_sql(table, path, at)).result_rows
+        return {
+            int(o): (eid.int, EventKey(table, app_id, tuple(slice_), int(hour)))
+            for o, eid, app_id, slice_, hour in rows
+        }
+
+    def _lookup(self, ids: Collection[int]) -> dict[int, Any]:
+        try:
+            return lookup(self._connect(), self.database, ids, bool(self._embedded))
+        except Exception as e:
+            self._transient("event_keys", e)
+            raise  # pragma: no cover - _transient raises
+
+    def _refuse_conflicts(
+        self,
+        batch: SinkBatch,
+        prep: _Prepared,
+        lines: Iterable[tuple[int, str, int, EventKey, int]] = (),
+    ) -> None:
+        """Turn messages whose id has another key (stored, or earlier here) into dead letters.
+
+        ``lines``: parsed lines with their keys (index, table, id, key, offset); the Python
+        rows not yet stored are checked too. Idempotent (a message admitted once is admitted
+        again), so it may run again after a block fell back to the Python path.
+        """
+        check = prep.identity
+        assert check is not None
+        keyed: list[tuple[int, str, int, EventKey, int | None]] = [
+            (idx, table, *row_key(table, row), None)
+            for table, pairs in prep.rows.items()
+            if table in EVENT_TABLES and table not in prep.done
+            for row, idx in pairs
+        ]
+        keyed += lines
+        new = {k[2] for k in keyed} - prep.looked_up
+        if new:
+            check.add(self._lookup(new))
+            prep.looked_up.update(new)
+        refused: dict[str, set[int]] = {}
+        keyed.sort(key=lambda k: k[0])  # the first in the batch wins
+        for idx, table, eid, key, offset in keyed:
+            first = check.conflict(eid, key)
+            if first is None:
+                continue
+            if offset is None:
+                refused.setdefault(table, set()).add(idx)
+            else:
+                prep.excluded.setdefault(table, set()).add(offset)
+            self.stats.by_reason[CONFLICTING_RESEND] += 1
+            dl = self._dead_letter_row(batch, idx, CONFLICTING_RESEND, error_text(eid, first, key))
+            prep.rows.setdefault(DEAD_LETTERS, []).append((dl, idx))
+        for table, gone in refused.items():
+            prep.rows[table] = [p for p in prep.rows[table] if p[1] not in gone]
+        prep.unchecked = False
+
     def _rejected_row(self, batch: SinkBatch, idx: int, table: str, reason: str) -> Row:
+        return self._dead_letter_row(batch, idx, "clickhouse_rejected", f"{table}: {reason}")
+
+    def _dead_letter_row(self, batch: SinkBatch, idx: int, reason: str, error: str) -> Row:
         msg: SinkMessage = batch.items[idx]
         offset = _offset_of(batch, idx)
         dl = DeadLetter(
-            reason="clickhouse_rejected",
-            error=f"{table}: {reason}",
+            reason=reason,
+            error=error,
             payload=msg.value or b"",
             key=msg.key,
             source="sink",

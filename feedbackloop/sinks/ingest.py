@@ -4,7 +4,9 @@ The Python path (:mod:`feedbackloop.sinks.rows`) turns every message into a row 
 clickhouse-connect serializes the rows column by column; both hold the GIL and together cost
 more than the insert itself. Here Python only looks at bytes: :func:`route` finds the event
 type (hence the table) and the ``enriched_at`` stamp, :func:`write_block` writes a batch's
-messages of one table to a file, each wrapped as ``{"_o":<Kafka offset>,"m":<message>}``,
+messages of one table to a file, each wrapped as
+``{"_o":<Kafka offset>,"_i":"<event id>","m":<message>}`` (the id scanned from the bytes for
+the identity check, feedbackloop.sinks.event_keys, and checked against the parsed one),
 and one ``INSERT … SELECT … FROM file(…, 'JSONEachRow', <structure>)`` (:func:`insert_sql`)
 has ClickHouse parse the JSON into typed named tuples and map them to the columns, in C++
 without the GIL.
@@ -35,10 +37,12 @@ import datetime as dt
 import os
 import re
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from feedbackloop.schemas.events import SCHEMA_VERSION
+from feedbackloop.sinks.event_keys import KEY_COLUMNS
 from feedbackloop.sinks.tables import COLUMNS, RANK_ENRICHED, RANK_NO_CONTEXT, RANK_STEP
 from feedbackloop.sinks.tables import epoch_ms as _ms
 
@@ -46,6 +50,7 @@ __all__ = [
     "INPUT_SETTINGS",
     "JSON_TABLES",
     "insert_sql",
+    "keys_sql",
     "route",
     "remove_stale_blocks",
     "stamp_ms",
@@ -292,30 +297,31 @@ def insert_sql(
     partition: int,
     stamps: dict[bytes, int],
     settings: dict[str, Any],
+    exclude: Collection[int] = (),
 ) -> str:
     """``INSERT … SELECT`` of one block file of ``table`` (lines from :func:`write_block`).
+
+    Lines whose offset is in ``exclude`` are not inserted (refused by the identity check,
+    feedbackloop.sinks.event_keys, or taken on the Python path). Every
+    line's parsed event id must equal the id the sink scanned from its bytes (``_i``), or the
+    block is refused: the identity lookup was made with the scanned ids.
 
     ``stamps`` maps each ``enriched_at`` in the block to its milliseconds (:func:`stamp_ms`);
     ``settings`` (with :data:`INPUT_SETTINGS`) go into the statement's ``SETTINGS`` clause,
     which applies to the insert and to reading the file (passing them to the client instead
     makes chDB's client SET and restore each one around the statement: ~40 extra queries).
     """
-    structure = f"event Tuple({_ENV}, {_EVENT[table]}), "
     if table == "interactions":
-        structure += f"{_DER}, {_TAIL}"
         rank = f"{RANK_ENRICHED * RANK_STEP}"
     else:
-        structure += f"{_CTX}, {_DER}, {_TAIL}"
         rank = f"if({_HAS}, {RANK_ENRICHED * RANK_STEP}, {RANK_NO_CONTEXT * RANK_STEP})"
-    fields = [f.split(" ", 1)[0] for f in _TAIL.split(", ")]
-    fields += ["event", "derived"] + ([] if table == "interactions" else ["context"])
-    unwrap = ", ".join(f"m.{f} AS {f}" for f in fields)
     keys = ", ".join(_quote(s.decode()) for s in stamps)
     values = ", ".join(str(int(v)) for v in stamps.values())
     stamp = f"transform(enriched_at, [{keys}], [{values}]::Array(UInt64), 0::UInt64)"
     checks = [
         f"event.event_type = {_quote(_TYPE_OF[table])}",
         "event.event_id IS NOT NULL",
+        "event.event_id = _i",
         f"match(event.occurred_at, {_quote(_TIME_RE)})",
         f"{stamp} > 0",
         *_CHECK[table],
@@ -327,6 +333,7 @@ def insert_sql(
             f"{_quote(_TIME_RE)}) AND {_DER_CHECK})",
         ]
     condition = " AND ".join(f"({c})" for c in checks)
+    skip = f" AND _o NOT IN ({', '.join(str(int(o)) for o in sorted(exclude))})" if exclude else ""
     exprs = {
         **_SELECT[table],
         "kafka_topic": _quote(topic),
@@ -338,10 +345,44 @@ def insert_sql(
     columns = ", ".join(f"`{c}`" for c in COLUMNS[table])
     return (
         f"INSERT INTO `{database}`.`{table}` ({columns}) SELECT {select} "
-        f"FROM (SELECT _o, {unwrap} FROM file({_quote(path)}, 'JSONEachRow', "
-        f"{_quote('_o UInt64, m Tuple(' + structure + ')')})) "
-        f"WHERE throwIf(NOT ({condition}), 'feedbackloop: a message not in the strict form') = 0 "
+        f"FROM {_from_file(table, path)} "
+        f"WHERE throwIf(NOT ({condition}), 'feedbackloop: a message not in the strict form') = 0"
+        f"{skip} "
         f"SETTINGS {_settings({**INPUT_SETTINGS, **settings})}"
+    )
+
+
+def _from_file(table: str, path: str) -> str:
+    """The block file of ``table`` as a subquery: ``_o``, ``_i`` and the message's fields."""
+    structure = f"event Tuple({_ENV}, {_EVENT[table]}), "
+    if table == "interactions":
+        structure += f"{_DER}, {_TAIL}"
+    else:
+        structure += f"{_CTX}, {_DER}, {_TAIL}"
+    fields = [f.split(" ", 1)[0] for f in _TAIL.split(", ")]
+    fields += ["event", "derived"] + ([] if table == "interactions" else ["context"])
+    unwrap = ", ".join(f"m.{f} AS {f}" for f in fields)
+    return (
+        f"(SELECT _o, _i, {unwrap} FROM file({_quote(path)}, 'JSONEachRow', "
+        f"{_quote('_o UInt64, _i UUID, m Tuple(' + structure + ')')}))"
+    )
+
+
+def keys_sql(table: str, path: str, offsets: Collection[int]) -> str:
+    """The identity key (feedbackloop.sinks.event_keys) of the lines at ``offsets`` of a block.
+
+    Rows of ``(offset, event_id, app_id, slice, hour)``, read with the same expressions as
+    :func:`insert_sql` stores, so the key is the one the row will have. Only run for lines
+    whose event id is already stored or repeated in the batch (resends: rare).
+    """
+    sel = _SELECT[table]
+    slice_ = ", ".join(sel[c] for c in KEY_COLUMNS[table])
+    return (
+        f"SELECT _o, {sel['event_id']}, {sel['app_id']}, [{slice_}], "
+        f"intDiv(toUnixTimestamp({sel['occurred_at']}), 3600) * 3600 "
+        f"FROM {_from_file(table, path)} "
+        f"WHERE _o IN ({', '.join(str(int(o)) for o in sorted(offsets))}) "
+        f"SETTINGS {_settings(INPUT_SETTINGS)}"
     )
 
 
@@ -354,16 +395,17 @@ def _settings(settings: dict[str, Any]) -> str:
     return ", ".join(out)
 
 
-def write_block(lines: list[tuple[bytes, int, int]]) -> str:
-    """Write ``(message, offset, …)`` as ``{"_o":<offset>,"m":<message>}`` lines to a temp file.
+def write_block(lines: list[tuple[bytes, int, int, bytes]]) -> str:
+    """Write ``(message, offset, index, event id)`` as ``{"_o":<offset>,"_i":"<event id>",
+    "m":<message>}`` lines to a temp file.
 
     Returns its path; the caller removes it. Wrapping the message (rather than splicing the
     offset into it) leaves its bytes as they are: they are copied once, into the file.
     """
     parts: list[bytes] = []
     add = parts.append
-    for value, offset, _ in lines:
-        add(b'{"_o":%d,"m":' % offset)
+    for value, offset, _, event_id in lines:
+        add(b'{"_o":%d,"_i":"%s","m":' % (offset, event_id))
         add(value)
         add(b"}\n")
     fd, path = tempfile.mkstemp(prefix=f"{_PREFIX}{os.getpid()}-", suffix=".jsonl")

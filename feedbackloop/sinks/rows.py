@@ -77,6 +77,7 @@ _AGGREGATES, _ALERTS, _DEAD_LETTERS = (
     TABLES["alerts"],
     TABLES[DEAD_LETTERS],
 )
+_CHANGES = TABLES["experiment_changes"]
 
 #: The context columns of a row without context (read from the raw topic).
 _NO_CONTEXT: Row = tuple(c.read(Source(None)) for c in CONTEXT)  # type: ignore[misc]
@@ -648,6 +649,7 @@ class TopicRouter:
             topics.aggregates: self._aggregate,
             topics.alerts: self._alert,
             topics.dead_letters: self._dead_letter,
+            topics.control: self._experiment_change,
         }
 
     def knows(self, topic: str) -> bool:
@@ -726,6 +728,17 @@ class TopicRouter:
     ) -> tuple[tuple[str, Row], ...]:
         alert = _validate(Alert, value)
         return (("alerts", _ALERTS.row(Source(alert, None, topic, partition, offset))),)
+
+    @staticmethod
+    def _experiment_change(
+        value: bytes, key: bytes | None, headers: Any, topic: str, partition: int, offset: int
+    ) -> tuple[tuple[str, Row], ...]:
+        # A malformed version raises SchemaError: the sink dead-letters it, and every reader
+        # of the topic refuses it too (the last good version stays).
+        from feedbackloop.control.config import decode_config
+
+        cfg = decode_config(value)
+        return (("experiment_changes", _CHANGES.row(Source(cfg, None, topic, partition, offset))),)
 
     @staticmethod
     def _dead_letter(

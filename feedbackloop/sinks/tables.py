@@ -485,6 +485,23 @@ _EXPERIMENT_DESIGNS = Table(
     ),
 )
 
+#: The control plane's audit trail (feedbackloop.control; migration 5): one row per version
+#: of an experiment, read from its ExperimentConfig.
+_EXPERIMENT_CHANGES = Table(
+    "experiment_changes",
+    (
+        *_columns(f"app_id {_LC}\nname {_LC}\nversion UInt32\naction {_LC}"),
+        Column("status", _LC, lambda s: s.item.status.value),
+        Column("serving_weights", "Map(String, Float64)", lambda s: s.item.serving_weights()),
+        Column(
+            "canary_step", "Int16", lambda s: -1 if s.item.canary is None else s.item.canary.step
+        ),
+        *_columns(f"changed_by String\nreason String\nchanged_at {_TIME}"),
+        Column("config", "String", lambda s: s.item.model_dump_json()),
+        *_TRACE,
+    ),
+)
+
 # Hourly rollups: written by their materialized views (migration 2), never by us.
 _GROUP = f"app_id {_LC}\nexperiment {_LC}\nvariant {_LC}\nprompt_version {_LC}\nmodel {_LC}"
 _UNIQ = "AggregateFunction(uniqExact, Nullable(UUID))"
@@ -527,8 +544,26 @@ _FEEDBACK_HOURLY = Table(
     ),
 )
 
+#: Event identity (migration 6; feedbackloop.sinks.event_keys): the key each event id was
+#: stored under, written by a materialized view per event table, read by the sink.
+_EVENT_KEYS = Table(
+    "event_keys",
+    _columns(
+        f"""
+        event_id UUID
+        event_table {_LC}
+        app_id {_LC}
+        slice Array(String)
+        hour DateTime('UTC')
+        inserted_at {_TIME}
+        """,
+        lambda name: None,
+        inserted_at=_NOW,
+    ),
+)
 
-# Per-session report rows (migration 5): written by the compactor and by their materialized
+
+# Per-session report rows (migration 7): written by the compactor and by their materialized
 # views; their columns are declared with the SQL that fills them (sinks/report_rows.py).
 _REPORT_ROWS = tuple(
     Table(name, tuple(Column(n, t, None, d) for n, t, d in cols))
@@ -543,6 +578,7 @@ _SINK_TABLES = (
     _WINDOW_AGGREGATES,
     _ALERTS,
     _DEAD_LETTERS,
+    _EXPERIMENT_CHANGES,
 )
 #: Every table the migrations create (but their own ``schema_migrations``), by name.
 TABLES: Mapping[str, Table] = {
@@ -553,6 +589,7 @@ TABLES: Mapping[str, Table] = {
         _EXPERIMENT_DESIGNS,
         _INTERACTIONS_HOURLY,
         _FEEDBACK_HOURLY,
+        _EVENT_KEYS,
         *_REPORT_ROWS,
     )
 }

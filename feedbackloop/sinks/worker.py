@@ -38,7 +38,13 @@ def default_topics(topics: Topics, raw: bool = False) -> tuple[str, ...]:
     request context on feedback). Both at once is safe: an enriched copy of an event
     replaces the raw copy (see ``_version`` in the migrations).
     """
-    names = [topics.enriched, topics.aggregates, topics.alerts, topics.dead_letters]
+    names = [
+        topics.enriched,
+        topics.aggregates,
+        topics.alerts,
+        topics.dead_letters,
+        topics.control,
+    ]
     if raw:
         names.insert(0, topics.events)
     return tuple(names)

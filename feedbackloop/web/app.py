@@ -31,6 +31,7 @@ from feedbackloop.errors import FeedbackLoopError
 from feedbackloop.producers.delivery import DeliveryStats
 from feedbackloop.schemas import SCHEMA_VERSION, Event
 from feedbackloop.web import collector as collector_mod
+from feedbackloop.web import control as control_mod
 from feedbackloop.web import dashboard as dashboard_mod
 from feedbackloop.web import otlp as otlp_mod
 from feedbackloop.web import snippet as snippet_mod
@@ -92,6 +93,9 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        view = getattr(app.state, "control_view", None)
+        if view is not None:
+            view.close()
         for c in owned:
             stats = c.close()
             log.info("collector client closed: %s", stats)
@@ -119,6 +123,7 @@ def create_app(
         dashboard=dashboard_mod.DashboardQueries(query, cache_s=settings.web_cache_s),
     )
     app.include_router(collector_mod.router())
+    app.include_router(control_mod.router())
     app.include_router(otlp_mod.router())
     app.include_router(snippet_mod.router())
     app.include_router(dashboard_mod.router())
@@ -246,6 +251,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             required.insert(0, "event_type")
     components.update(defs)
     components["Event"] = schema
+    components.update(control_mod.body_schemas())
     app.openapi_schema = doc
     return doc
 

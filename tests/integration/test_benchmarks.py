@@ -58,10 +58,14 @@ def test_bench_stream_prints_ours_beside_raw_aiokafka() -> None:
 
 
 def test_bench_sink_writer_and_both_latency_paths() -> None:
-    out = _run("bench_sink.py", "--rows", "4000", "--rate", "1000", "--seconds", "2")
+    out = _run(
+        "bench_sink.py",
+        *("--rows", "4000", "--rate", "1000", "--seconds", "2", "--lookup-sizes", "0,20000"),
+    )
     for mode in ("enriched", "raw"):
         assert f"[{mode}] writer into embedded chDB:" in out
         assert f"[{mode}] raw client.insert, same rows:" in out
+    assert "[identity] lookup of 500 new ids among 20,000 stored:" in out
     assert "[latency, SDK -> stream jobs -> enriched topic -> sink (the default pipeline)]" in out
     assert "[latency, SDK -> raw topic -> sink run --raw]" in out
     # every event sent in the timed span was stored, on both paths

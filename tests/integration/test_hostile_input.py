@@ -440,3 +440,44 @@ def test_events_are_stored_while_a_long_analyst_query_runs(stack: Stack) -> None
     stored_at = time.monotonic()
     t.join(30)
     assert ended and stored_at < ended[0]
+
+
+# ------------------------------------------------ 8: one event id, one key (event identity)
+
+
+def test_a_resend_of_an_event_id_under_other_key_columns_is_refused_with_a_dead_letter(
+    stack: Stack,
+) -> None:
+    import datetime as dt
+
+    then = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=3)
+    first = interaction(
+        occurred_at=then.isoformat(), prompt_version="v1", experiment="exp", variant="a"
+    )
+    eid = first["event_id"]
+    assert stack.post("/v1/events", [first]).status_code == 202
+    wait_until(lambda: stored(stack, [eid]) == 1)
+    resends = [
+        {**first, "prompt_version": "v2"},
+        {**first, "variant": "b"},
+        {**first, "occurred_at": (then - dt.timedelta(hours=1)).isoformat()},
+        {**first, "occurred_at": (then - dt.timedelta(days=1)).isoformat()},
+    ]
+    identical = dict(first)
+    for body in [*resends, identical]:
+        assert stack.post("/v1/events", [body]).status_code == 202
+    sql = (
+        "SELECT count() FROM dead_letters FINAL WHERE source = 'sink' "
+        f"AND reason = 'conflicting_resend' AND position(payload, '{eid}') > 0"
+    )
+    wait_until(lambda: stack.scalar(sql) == len(resends))
+    # Give the identical resend (sent last) time to be stored too, then read the one row.
+    marker = interaction()  # same session, same partition: stored after the resends
+    assert stack.post("/v1/events", [marker]).status_code == 202
+    wait_until(lambda: stored(stack, [marker["event_id"]]) == 1)
+    assert stored(stack, [eid]) == 1
+    assert (
+        stack.scalar(f"SELECT prompt_version FROM interactions FINAL WHERE event_id = '{eid}'")
+        == "v1"
+    )
+    assert stack.scalar(sql) == len(resends)

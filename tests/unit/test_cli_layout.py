@@ -96,6 +96,8 @@ PER_COMMAND_MEANINGS = {
     "--port": "the port of the service the command starts (broker, web, metrics)",
     "--name": "prompts add: the prompt registered; list/show/diff: which prompt, if ambiguous",
     "--note": "prompts add: what changed in the prompt; experiments design: what is tested",
+    "--guardrail": "experiments design: a metric the verdict watches; experiments create "
+    "--canary: METRIC[:TOLERANCE], with the degradation the canary guard tolerates",
     "--candidate": "regressions run: the program that answers the suite; shadow report: the "
     "shadow candidate's version, as the app logged it",
 }

@@ -363,6 +363,40 @@ class FakeClient:
         self.tokens.append(context.settings["insert_deduplication_token"])
         self.inserted.setdefault(context.table, []).extend(rows)
 
+    def query(self, sql: str, external_data: Any = None, **kw: Any) -> Any:
+        """The identity lookup, answered from the event rows inserted so far (the views' job)."""
+        import re
+        import uuid
+        from types import SimpleNamespace
+
+        from feedbackloop.sinks.event_keys import EVENT_TABLES, row_key
+
+        if "'JSONEachRow'" in sql:  # keys of parsed lines: this fake cannot parse JSON
+            from clickhouse_connect.driver.exceptions import DatabaseError
+
+            raise DatabaseError("Code: 27. Cannot parse input (fake)")
+        self.lookups = getattr(self, "lookups", 0) + 1
+        if external_data is not None:
+            data = external_data.files[0].data
+        else:
+            path = re.search(r"file\('([^']+)', 'RowBinary'", sql).group(1)  # type: ignore[union-attr]
+            with open(path, "rb") as f:
+                data = f.read()
+        ids = {
+            int.from_bytes(data[i : i + 8], "little") << 64
+            | int.from_bytes(data[i + 8 : i + 16], "little")
+            for i in range(0, len(data), 16)
+        }
+        rows = []
+        for table in EVENT_TABLES:
+            for row in self.inserted.get(table, []):
+                eid, key = row_key(table, row)
+                if eid in ids:
+                    rows.append(
+                        (uuid.UUID(int=eid), key.table, key.app_id, list(key.slice), key.hour)
+                    )
+        return SimpleNamespace(result_rows=rows)
+
     def close(self) -> None:
         pass
 
@@ -562,7 +596,8 @@ def test_enriched_batch_is_one_parsed_insert_per_table_with_its_token() -> None:
     assert sql.startswith("INSERT INTO `db`.`interactions`")
     token = f"insert_deduplication_token = '{TOPICS.enriched}/0/10-12/interactions/json'"
     assert token in sql and "async_insert = 0" in sql
-    assert fake.files[0].count(b"\n") == 3 and fake.files[0].startswith(b'{"_o":10,"m":{')
+    assert fake.files[0].count(b"\n") == 3 and fake.files[0].startswith(b'{"_o":10,"_i":"')
+    assert b'","m":{' in fake.files[0] and "NOT IN" not in sql
     assert not any(os.path.exists(p) for p in _paths(fake))  # block files are removed
     assert sink.stats.rows == {"interactions": 3} and sink.stats.json_fallbacks == 0
 
@@ -712,3 +747,177 @@ def test_without_a_second_client_the_tables_go_in_one_after_the_other() -> None:
     assert sink.flush() == {(TOPICS.enriched, 0): 2}
     assert sink.stats.rows == {"interactions": 1, "feedback": 1} and len(fake.commands) == 2
     sink.close()
+
+
+# --- event identity (sinks/event_keys.py) ------------------------------------------------------
+
+
+def _dead_letters_by_reason(fake: FakeClient, reason: str) -> list[Any]:
+    return [r for r in fake.inserted.get("dead_letters", []) if r[1] == reason]
+
+
+def test_a_resend_that_changes_a_key_column_is_a_dead_letter_and_not_a_second_row() -> None:
+    import datetime as dt
+
+    fake = FakeClient()
+    sink = ClickHouseSink("http://x", "db", TOPICS, client_factory=lambda: fake)
+    earlier = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=3)
+    first = _interaction(prompt_version="p1", experiment="e", variant="a", occurred_at=earlier)
+    other = _interaction(prompt_version="p1")
+    for i, m in enumerate([first, other]):
+        sink.add(TOPICS.events, 0, i, SinkMessage(encode(m), None, None, 0, i))
+    sink.flush()
+    later = first.occurred_at + dt.timedelta(hours=1)
+    resends = [
+        first.model_copy(update={"prompt_version": "p2"}),
+        first.model_copy(update={"variant": "b"}),
+        first.model_copy(update={"occurred_at": later}),
+        first.model_copy(update={"app_id": "another"}),
+        first,  # identical: stored once, as before
+        other.model_copy(update={"response": "changed"}),  # same key, other content
+    ]
+    for i, m in enumerate(resends, start=2):
+        sink.add(TOPICS.events, 0, i, SinkMessage(encode(m), None, None, 0, i))
+    assert sink.flush() == {(TOPICS.events, 0): 8}
+    ids = [r[0] for r in fake.inserted["interactions"]]
+    assert ids.count(first.event_id.int) == 2 and ids.count(other.event_id.int) == 2
+    stored_versions = {r[8] for r in fake.inserted["interactions"] if r[0] == first.event_id.int}
+    assert stored_versions == {"p1"}
+    refused = _dead_letters_by_reason(fake, "conflicting_resend")
+    assert sorted(r[COLUMNS["dead_letters"].index("source_offset")] for r in refused) == [
+        2,
+        3,
+        4,
+        5,
+    ]
+    assert "prompt_version='p2'" in refused[0][2] and str(first.event_id) in refused[0][2]
+    assert sink.stats.by_reason["conflicting_resend"] == 4
+
+
+def test_conflicting_copies_within_one_batch_keep_the_first() -> None:
+    fake = FakeClient()
+    sink = ClickHouseSink("http://x", "db", TOPICS, client_factory=lambda: fake)
+    fb = Feedback(
+        app_id="a",
+        session_id="s",
+        interaction_id=_interaction().interaction_id,
+        kind="thumbs",
+        thumbs=1,
+    )
+    comment = Feedback(
+        event_id=fb.event_id,
+        app_id="a",
+        session_id="s",
+        interaction_id=fb.interaction_id,
+        kind="comment",
+        text="meh",
+    )
+    for i, m in enumerate([fb, comment, fb]):
+        sink.add(TOPICS.events, 0, i, SinkMessage(encode(m), None, None, 0, i))
+    sink.flush()
+    assert [r[7] for r in fake.inserted["feedback"]] == ["thumbs", "thumbs"]
+    refused = _dead_letters_by_reason(fake, "conflicting_resend")
+    assert [r[COLUMNS["dead_letters"].index("source_offset")] for r in refused] == [1]
+    assert fake.lookups == 1  # one lookup for the batch
+
+
+def test_an_event_id_used_by_another_event_type_is_refused() -> None:
+    fake = FakeClient()
+    sink = ClickHouseSink("http://x", "db", TOPICS, client_factory=lambda: fake)
+    it = _interaction()
+    fb = Feedback(
+        event_id=it.event_id,
+        app_id="a",
+        session_id="s",
+        interaction_id=it.interaction_id,
+        kind="thumbs",
+        thumbs=1,
+    )
+    for i, m in enumerate([it, fb]):
+        sink.add(TOPICS.events, 0, i, SinkMessage(encode(m), None, None, 0, i))
+    sink.flush()
+    assert "feedback" not in fake.inserted
+    assert len(_dead_letters_by_reason(fake, "conflicting_resend")) == 1
+
+
+def test_the_key_hour_is_the_utc_hour_whatever_the_offset() -> None:
+    import datetime as dt
+
+    from feedbackloop.sinks.event_keys import row_key
+    from feedbackloop.sinks.rows import declared_row
+
+    t = dt.datetime(2026, 3, 1, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    a = _interaction(occurred_at=t)
+    b = a.model_copy(update={"occurred_at": t.astimezone(dt.timezone.utc)})
+    rows = [declared_row(e, None, "t", 0, 0)[1] for e in (a, b)]
+    assert row_key("interactions", rows[0]) == row_key("interactions", rows[1])
+    assert row_key("interactions", rows[0])[1].hour == int(
+        dt.datetime(2026, 3, 1, 21, tzinfo=dt.timezone.utc).timestamp()
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "found"),
+    [
+        (b'{"event":{"event_type":"interaction","event_id":"%s","x":1}}', True),
+        (b'{"event":{"event_type":"interaction","event_id":"%s"}}', True),
+        (b'{"event":{"event_type":"interaction","event_id":"not-an-id"}}', False),
+        (b'{"event":{"event_type":"interaction","event_id":null}}', False),
+        (b'{"event":{"event_type":"interaction"}}', False),
+    ],
+)
+def test_the_event_id_is_scanned_from_the_bytes_or_not_at_all(value: bytes, found: bool) -> None:
+    import uuid
+
+    from feedbackloop.sinks.event_keys import scan_event_id
+
+    eid = str(uuid.uuid4()).upper().encode()
+    msg = value % eid if b"%s" in value else value
+    assert scan_event_id(msg) == (eid.lower() if found else None)
+
+
+def test_copies_of_one_id_the_engine_cannot_key_take_the_python_path_first_key_wins() -> None:
+    import orjson
+
+    fake = FakeChdb()
+    sink = ClickHouseSink("chdb:///x", "db", TOPICS, client_factory=lambda: fake)
+    first = _enriched(prompt_version="p1")
+    d = orjson.loads(first)
+    d["event"]["prompt_version"] = "p2"
+    values = [first, orjson.dumps(d), first, _enriched()]
+    for i, v in enumerate(values):
+        sink.add(TOPICS.enriched, 0, 10 + i, SinkMessage(v, None, None, 0, 10 + i))
+    assert sink.flush() == {(TOPICS.enriched, 0): 14}
+    sql, _ = fake.commands[0]
+    assert "AND _o NOT IN (10, 11, 12) " in sql and "/interactions/json/x" in sql
+    assert [r[8] for r in fake.inserted["interactions"]] == ["p1", "p1"]  # Python path
+    refused = _dead_letters_by_reason(fake, "conflicting_resend")
+    assert [r[COLUMNS["dead_letters"].index("source_offset")] for r in refused] == [11]
+    assert sink.stats.rows == {"interactions": 3, "dead_letters": 1}
+
+
+def test_a_failed_identity_lookup_retries_the_batch_with_nothing_inserted_twice() -> None:
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    class FailsFirstLookup(FakeClient):
+        failed = False
+
+        def query(self, sql: str, external_data: Any = None, **kw: Any) -> Any:
+            if not self.failed:
+                self.failed = True
+                raise OperationalError("connection reset")
+            return super().query(sql, external_data, **kw)
+
+    fake = FailsFirstLookup()
+    sink = ClickHouseSink("http://x", "db", TOPICS, client_factory=lambda: fake)
+    it = _interaction(prompt_version="p1")
+    values = [it, it.model_copy(update={"prompt_version": "p2"}), _interaction()]
+    for i, m in enumerate(values):
+        sink.add(TOPICS.events, 0, i, SinkMessage(encode(m), None, None, 0, i))
+    with pytest.raises(BackPressure):
+        sink.flush()
+    assert fake.inserted == {}
+    assert sink.flush() == {(TOPICS.events, 0): 3}
+    assert [r[8] for r in fake.inserted["interactions"]] == ["p1", ""]
+    assert len(_dead_letters_by_reason(fake, "conflicting_resend")) == 1
+    assert sink.stats.by_reason["conflicting_resend"] == 1

@@ -269,6 +269,92 @@ function renderPrompts(rep) {
   );
 }
 
+// --- live experiments (the control plane) ---------------------------------------------
+// Every button asks for confirmation and a reason; the change is a new version, recorded
+// with who (the dashboard and the key used) and why, exactly like one from the CLI.
+async function post(path, body) {
+  const res = await fetch(path, {
+    method: "POST",
+    headers: { ...authHeaders(), "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  let out = null;
+  try { out = await res.json(); } catch (_) { /* not JSON */ }
+  if (!res.ok) throw new ApiFailure(res.status, out);
+  return out;
+}
+
+function serving(cfg) {
+  const names = Object.keys(cfg.variants);
+  if (cfg.status !== "running") return names.map((n, i) => `${n} ${i === 0 ? "100" : "0"}%`).join(", ");
+  if (cfg.canary) {
+    const w = cfg.canary.steps[cfg.canary.step];
+    return `${names[0]} ${+(100 * (1 - w)).toFixed(2)}%, ${cfg.canary.treatment} ${+(100 * w).toFixed(2)}%`;
+  }
+  return names.map((n) => `${n} ${+(100 * cfg.variants[n]).toFixed(2)}%`).join(", ");
+}
+
+function liveActions(cfg) {
+  if (cfg.status === "running") {
+    const acts = [["pause", "Pause"], ["rollback", "Roll back"], ["stop", "Stop"]];
+    if (cfg.canary && cfg.canary.step < cfg.canary.steps.length - 1) acts.unshift(["ramp", "Next step"]);
+    return acts;
+  }
+  if (cfg.status === "paused") return [["resume", "Resume"], ["rollback", "Roll back"], ["stop", "Stop"]];
+  return [];
+}
+
+async function change(cfg, action) {
+  if (!window.confirm(`${action} ${cfg.name} (${cfg.app_id}) now? Every SDK follows within seconds.`)) return;
+  const reason = window.prompt("Why? (recorded in the audit trail)");
+  if (!reason) return;
+  const body = { app_id: cfg.app_id, reason, by: "dashboard" };
+  if (action === "ramp") body.to = cfg.canary.steps[cfg.canary.step + 1];
+  const status = document.getElementById("status");
+  try {
+    const v = await post(`/v1/experiments/${encodeURIComponent(cfg.name)}/${action}`, body);
+    status.textContent = `${cfg.name}: v${v.version} ${v.status}`;
+  } catch (e) {
+    status.textContent = `${cfg.name}: ${action} refused: ${e.message}`;
+  }
+  refreshLive();
+}
+
+function renderLive(cfgs) {
+  const list = document.getElementById("live-list");
+  list.replaceChildren();
+  document.getElementById("live-empty").hidden = cfgs.length > 0;
+  cfgs.forEach((cfg) => {
+    const li = el("li");
+    li.dataset.experiment = cfg.name;
+    li.appendChild(el("div", cfg.name, "name"));
+    const step = cfg.canary ? ` · canary step ${cfg.canary.step + 1}/${cfg.canary.steps.length}` : "";
+    li.appendChild(el("div", `${cfg.app_id} · v${cfg.version} ${cfg.status}${step}`, "muted live-state"));
+    li.appendChild(el("div", serving(cfg), "muted"));
+    li.appendChild(el("div", `${cfg.action} by ${cfg.changed_by}${cfg.reason ? ": " + cfg.reason : ""}`, "muted"));
+    liveActions(cfg).forEach(([action, label]) => {
+      const b = el("button", label);
+      b.type = "button";
+      b.dataset.action = action;
+      b.addEventListener("click", () => change(cfg, action));
+      li.appendChild(b);
+    });
+    list.appendChild(li);
+  });
+}
+
+async function refreshLive() {
+  try {
+    const body = await api("/v1/experiments");
+    renderLive(body.experiments);
+  } catch (e) {
+    const empty = document.getElementById("live-empty");
+    empty.hidden = false;
+    empty.textContent = "live experiments unavailable: " + e.message;
+  }
+  document.body.dataset.liveReady = "1";
+}
+
 // --- shadow candidates ------------------------------------------------------------------
 const SHADOW_SHOWN = 3;
 const signedPp = (e) => (!e || e.value === null ? "n/a" : `${(100 * e.value).toFixed(1)} pp [${(100 * e.lower).toFixed(1)}, ${(100 * e.upper).toFixed(1)}]`);
@@ -350,7 +436,10 @@ document.addEventListener("DOMContentLoaded", () => {
     ev.preventDefault();
     sessionStorage.setItem("feedbackloop.key", document.getElementById("key").value.trim());
     refresh();
+    refreshLive();
   });
   refresh();
+  refreshLive();
   setInterval(refresh, REFRESH_MS);
+  setInterval(refreshLive, 5000);
 });
