@@ -215,7 +215,13 @@ def create(
         salt=salt,
         **kwargs,
     )
-    _print(_plane(ctx).create(cfg), as_json)
+    _print(create_live(ctx, cfg), as_json)
+
+
+def create_live(ctx: click.Context, cfg: Any) -> Any:
+    """Publish version 1 of a live experiment (``experiments create``, ``shadow report
+    --promote``) and return it as published."""
+    return _plane(ctx).create(cfg)
 
 
 def _change(

@@ -44,8 +44,9 @@ def shadow() -> None:
 @click.option(
     "--promote",
     is_flag=True,
-    help="Start a canary for the candidate. Needs the control plane (issue 16), which has not "
-    "landed: the report is printed and the command fails, saying so.",
+    help="When the recommendation is 'promote to canary', create the live canary experiment "
+    "canary-CANDIDATE (AGAINST or 'live' as control, the candidate ramped 1%->5%->25%->50% and "
+    "guarded on satisfaction) through the control plane; otherwise refuse, saying why.",
 )
 @url_option
 @json_option
@@ -76,7 +77,7 @@ def report(
     from feedbackloop.analysis.reads.queries import settings_runner
     from feedbackloop.analysis.reads.shadow import ShadowScope
     from feedbackloop.analysis.reads.since import parse_since
-    from feedbackloop.analysis.reports.shadow import PROMOTE_UNAVAILABLE, run_shadow_report
+    from feedbackloop.analysis.reports.shadow import PROMOTE_RECOMMENDATION, run_shadow_report
 
     scope = ShadowScope(candidate=candidate, against=against, since=parse_since(since), app_id=app)
     result = run_shadow_report(
@@ -84,7 +85,35 @@ def report(
     )
     emit(result, as_json)
     if promote:
-        raise FeedbackLoopError(PROMOTE_UNAVAILABLE)
+        if result.recommendation != PROMOTE_RECOMMENDATION:
+            raise FeedbackLoopError(
+                f"not promoted: the recommendation is {result.recommendation!r} ({result.reason})"
+            )
+        _promote(ctx, candidate, against, app, result.reason)
+
+
+def _promote(
+    ctx: click.Context, candidate: str, against: str | None, app: str | None, why: str
+) -> None:
+    """The candidate as a canary on the live control plane (``feedbackloop experiments``)."""
+    from feedbackloop.cli.control import create_live
+    from feedbackloop.control import new_experiment
+
+    name = f"canary-{candidate}"
+    cfg = new_experiment(
+        app or settings_of(ctx).app_id,
+        name,
+        {against or "live": 1.0, candidate: 0.0},
+        changed_by="feedbackloop shadow report --promote",
+        reason=f"promoted from shadow: {why}",
+        canary_steps=(0.01, 0.05, 0.25, 0.5),
+    )
+    create_live(ctx, cfg)
+    click.echo(
+        f"canary {name!r} created: the app serves variant {candidate!r} to the canary's "
+        f"sessions (FeedbackClient(live_experiments=True)); follow it with "
+        f"`feedbackloop experiments show {name}`."
+    )
 
 
 @shadow.command("list")

@@ -395,7 +395,7 @@ def test_the_stream_jobs_join_each_shadow_answer_to_its_live_answer(data: Data) 
     assert [e.event.prompt_version for e in orphans] == ["rogue"]  # type: ignore[union-attr]
 
 
-def test_the_shadow_commands_print_the_report_and_refuse_to_fake_a_promotion(
+def test_the_shadow_commands_print_the_report_and_promote_only_a_recommended_candidate(
     data: Data, artifacts_dir: Path
 ) -> None:
     from click.testing import CliRunner
@@ -416,9 +416,21 @@ def test_the_shadow_commands_print_the_report_and_refuse_to_fake_a_promotion(
     assert "Recommendation: hold (loses on has_code=yes" in res.output
     res = runner.invoke(cli, ["shadow", "report", "--candidate", "cand-copy", "--json"], env=env)
     assert json.loads(res.output)["recommendation"] == "promote to canary"
-    res = runner.invoke(cli, ["shadow", "report", "--candidate", "cand-copy", "--promote"], env=env)
-    assert res.exit_code == 1 and "Recommendation: promote to canary" in res.output
-    assert "error: --promote is not available" in res.output and "issue 16" in res.output
+    # --promote acts only on "promote to canary", and then through the live control plane
+    env["FEEDBACKLOOP_BOOTSTRAP_SERVERS"] = s.bootstrap_servers or ""
+    env["FEEDBACKLOOP_TOPIC_PREFIX"] = s.topic_prefix
+    promote = ["shadow", "report", "--promote", "--candidate"]
+    res = runner.invoke(cli, [*promote, "cand-slice"], env=env)
+    assert res.exit_code == 1 and "error: not promoted: the recommendation is 'hold'" in res.output
+    res = runner.invoke(cli, [*promote, "cand-copy"], env=env)
+    assert res.exit_code == 0, res.output
+    assert "canary 'canary-cand-copy' created" in res.output
+    from feedbackloop.control import ControlPlane
+
+    (live,) = [c for c in ControlPlane(s).current().values() if c.name == "canary-cand-copy"]
+    assert live.canary is not None and live.canary.treatment == "cand-copy"
+    assert live.serving_weights() == {"live": 0.99, "cand-copy": 0.01}
+    assert live.reason.startswith("promoted from shadow: closer to users' corrections")
     res = runner.invoke(
         cli, ["shadow", "report", "--candidate", "cand-copy", "--since", "1d", "--json"], env=env
     )

@@ -15,7 +15,7 @@ import pytest
 
 from feedbackloop.analysis.reads.shadow import ShadowPair, ShadowScope, row_to_pair
 from feedbackloop.analysis.reports.shadow import (
-    PROMOTE_UNAVAILABLE,
+    PROMOTE_RECOMMENDATION,
     build_shadow_report,
     format_shadow_report,
     similarity,
@@ -92,7 +92,7 @@ def test_a_candidate_writing_the_correction_wins_and_is_recommended() -> None:
     assert rep.recommendation == "promote to canary", rep.reason
     text = format_shadow_report(rep)
     assert "Recommendation: promote to canary" in text and "win 100.0%" in text
-    assert rep.promote == PROMOTE_UNAVAILABLE and "issue 16" in rep.promote
+    assert rep.recommendation == PROMOTE_RECOMMENDATION
     assert json.loads(json.dumps(rep.to_dict()))["corrected"]["n"] == 40
 
 

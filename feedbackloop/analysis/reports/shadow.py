@@ -61,7 +61,7 @@ from feedbackloop.errors import MissingDependency
 __all__ = [
     "ACCEPTED_CLOSE",
     "MIN_JUDGED",
-    "PROMOTE_UNAVAILABLE",
+    "PROMOTE_RECOMMENDATION",
     "TIE_MARGIN",
     "AcceptedSection",
     "CorrectedSection",
@@ -88,11 +88,8 @@ MIN_JUDGED = 30
 MIN_SLICE = 20
 #: Accepted answers departed from more often than this (lower bound) block a promotion.
 DRIFT_LIMIT = 0.2
-PROMOTE_UNAVAILABLE = (
-    "--promote is not available: creating a canary needs the control plane (issue 16), which "
-    "has not landed. Start the canary by hand, e.g. an Experiment with weights "
-    "{live: 0.95, candidate: 0.05}, and compare it with `feedbackloop ab report`."
-)
+#: The recommendation under which ``shadow report --promote`` starts a canary.
+PROMOTE_RECOMMENDATION = "promote to canary"
 
 
 @functools.cache
@@ -233,7 +230,6 @@ class ShadowReport:
     loses_most: tuple[SliceRow, ...]
     recommendation: str
     reason: str
-    promote: str = PROMOTE_UNAVAILABLE
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
@@ -478,7 +474,7 @@ def _recommend(
             f"are kept, but nothing yet shows the candidate better{costs}"
         )
     if c.net.ok and c.net.lower > 0:
-        return "promote to canary", (
+        return PROMOTE_RECOMMENDATION, (
             f"closer to users' corrections than live: net {_net(c)}, no slice losing, "
             f"accepted answers kept{costs}"
         )
