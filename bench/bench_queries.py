@@ -18,13 +18,19 @@ beside a baseline from the same run:
 Every answer of ours is also checked against the generated ground truth where it has one.
 
 Then the reads behind ``feedbackloop ab report`` / ``impact`` / ``ab versions`` and the
-dashboard (feedbackloop.analysis.reads.queries), on the same data, beside the cost of merely
-deduplicating what they read (``SELECT count() FROM … FINAL`` of each table they touch).
+dashboard (feedbackloop.analysis.reads.queries), on the same data, from the per-session report
+rows (feedbackloop.sinks.report_rows: built by ``compact`` first, timed), beside the cost of
+merely deduplicating what the exact queries read (``SELECT count() FROM … FINAL`` of each
+table they touch); ``--exact`` also times the exact queries once and compares the answers.
+Last, 10,000 late thumbs: a report before the next compaction (exact path), the compaction
+round, a report after it. ``--skip-analyst`` leaves out the analyst queries.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import os
 import statistics
 import sys
@@ -44,6 +50,7 @@ from feedbackloop.analysis.reads.analyst_queries import ANALYST_QUERIES, analyst
 from feedbackloop.infra import get_client
 from feedbackloop.sinks import migrate
 from feedbackloop.sinks.query import execute
+from feedbackloop.sinks.report_rows import OVERLAP_MS, compact
 
 DB = "benchq"
 
@@ -178,48 +185,113 @@ def _time_call(fn: Any, runs: int) -> tuple[float, Any]:
     return statistics.median(times), out
 
 
-def _analysis_reads(q: Any, n: int, runs: int) -> bool:
-    """Time the analysis layer's reads; True if an answer is wrong."""
+def _analysis_reads(client: Any, q: Any, n: int, runs: int, exact: bool) -> bool:
+    """Time the analysis layer's reads from the report rows (and, with ``exact``, by
+    re-joining the events, one run); True if an answer is wrong."""
 
     def runner(sql: str) -> Any:
         return execute(q, sql, max_rows=100_000)
 
+    # The sink worker's compactor keeps the report rows current; here: one round for
+    # everything just loaded, timed, then one more so that nothing is left to recompute.
+    built = compact(client, DB)
+    time.sleep(OVERLAP_MS / 1000 + 1)
+    compact(client, DB)
+    print(
+        f"report rows built in {built.seconds:.1f} s ({built.sessions:,} sessions); "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     scope = Scope(experiment="exp1")
     reads: list[tuple[str, Any, tuple[str, ...]]] = [
         (
             "ab report (experiment stats)",
-            lambda: fetch_experiment(runner, scope),
+            lambda e: fetch_experiment(runner, scope, exact=e),
             ("interactions", "feedback", "implicit", "outcomes"),
         ),
-        ("impact", lambda: fetch_impact(runner, scope), ("interactions", "outcomes")),
-        ("ab versions", lambda: fetch_versions(runner, Scope()), ("interactions", "feedback")),
+        ("impact", lambda e: fetch_impact(runner, scope, exact=e), ("interactions", "outcomes")),
+        (
+            "ab versions",
+            lambda e: fetch_versions(runner, Scope(), exact=e),
+            ("interactions", "feedback"),
+        ),
         (
             "version totals",
-            lambda: fetch_version_totals(runner, Scope()),
+            lambda e: fetch_version_totals(runner, Scope(), exact=e),
             ("interactions", "feedback"),
         ),
         (
             "satisfaction over time (1 h)",
-            lambda: fetch_satisfaction_over_time(runner, scope, 3600),
+            lambda e: fetch_satisfaction_over_time(runner, scope, 3600, exact=e),
             ("interactions", "feedback"),
         ),
     ]
-    print(f"{'analysis read':30} {'ours s':>8} {'baseline s':>11} {'ratio':>6}  baseline / check")
+    print(
+        f"{'analysis read':30} {'ours s':>8} {'baseline s':>11} {'ratio':>6} {'exact s':>8} "
+        f"{'load':>5}  baseline / check"
+    )
     wrong = False
     for name, fn, tables in reads:
-        ours, out = _time_call(fn, runs)
+        ours, out = _time_call(lambda fn=fn: fn(False), runs)
         dedup = " UNION ALL ".join(f"SELECT count() FROM {t} FINAL" for t in tables)
         base, _ = _time(q, dedup, runs)
+        old = "-"
+        if exact:
+            t_exact, want = _time_call(lambda fn=fn: fn(True), 1)
+            old = f"{t_exact:.3f}"
+            if not _same(want, out):
+                wrong = True
+                old += " DIFFERS"
         check = ""
         if name.startswith("ab report"):
             got = sum(v.interactions for v in out.variants.values())
             check = "ok" if got == n else f"WRONG: {got} interactions, expected {n}"
             wrong |= got != n
         print(
-            f"{name:30} {ours:8.3f} {base:11.3f} {ours / base:6.2f}  "
-            f"count() FINAL of {', '.join(tables)}; {check}"
+            f"{name:30} {ours:8.3f} {base:11.3f} {ours / base:6.2f} {old:>8} "
+            f"{os.getloadavg()[0]:5.2f}  count() FINAL of {', '.join(tables)}; {check}"
         )
+    _late_feedback(client, q, runner, n)
     return wrong
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal up to float summation order (1e-9 relative), NaN equal to NaN."""
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        return _same(dataclasses.asdict(a), dataclasses.asdict(b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) or isinstance(b, float):
+        both_nan = math.isnan(a) and math.isnan(b)
+        return both_nan or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+    return bool(a == b)
+
+
+def _late_feedback(client: Any, q: Any, runner: Any, n: int, late: int = 10_000) -> None:
+    """What a change costs: ``late`` thumbs on old interactions, read before the compaction
+    (the read recomputes the changed sessions) and after it; and the compaction round."""
+    client.command(f"""
+INSERT INTO {DB}.feedback
+    (event_id, occurred_at, app_id, session_id, schema_version, interaction_id, kind, thumbs,
+     enrichment, experiment, variant, kafka_topic, kafka_offset, _version)
+SELECT reinterpretAsUUID(sipHash128('late', number)), now64(3), 'app1',
+       concat('s', toString(intDiv(number * 97, 3))), 1,
+       reinterpretAsUUID(sipHash128('i', number * 97)), 'thumbs', -1, 'enriched', 'exp1',
+       ['control', 'treatment'][1 + sipHash64('v', intDiv(number * 97, 3)) % 2], 'bench',
+       number, 2
+FROM numbers({min(late, n // 97)})""")
+    scope = Scope(experiment="exp1")
+    fresh, _ = _time_call(lambda: fetch_experiment(runner, scope), 1)
+    rnd = compact(client, DB)
+    time.sleep(OVERLAP_MS / 1000 + 1)
+    compact(client, DB)
+    after, _ = _time_call(lambda: fetch_experiment(runner, scope), 1)
+    print(
+        f"{min(late, n // 97):,} late thumbs: ab report before compaction {fresh:.3f} s, "
+        f"compaction round {rnd.seconds:.2f} s ({rnd.sessions:,} sessions), "
+        f"ab report after {after:.3f} s; load average {os.getloadavg()[0]:.2f}"
+    )
 
 
 def main() -> None:
@@ -228,9 +300,14 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=7)
     ap.add_argument("--dup", type=float, default=0.05, help="share inserted twice")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--exact", action="store_true", help="also time the exact reads (one run) and compare"
+    )
+    ap.add_argument("--tmp", default=None, help="where the data directory goes")
+    ap.add_argument("--skip-analyst", action="store_true", help="only the analysis reads")
     args = ap.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="bench-queries-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-queries-", dir=args.tmp) as tmp:
         client = get_client(f"chdb://{os.path.join(tmp, 'ch')}")
         migrate(client, DB)
         t0 = time.perf_counter()
@@ -244,7 +321,7 @@ def main() -> None:
         q = get_client(f"chdb://{os.path.join(tmp, 'ch')}", database=DB)
         print(f"{'query':30} {'ours s':>8} {'baseline s':>11} {'ratio':>6}  baseline / check")
         failed = False
-        for aq in ANALYST_QUERIES:
+        for aq in () if args.skip_analyst else ANALYST_QUERIES:
             ours, rows = _time(q, aq.sql, args.runs)
             base = _baseline(aq.name, aq.sql)
             check = _check(aq.name, rows, args.interactions)
@@ -255,7 +332,7 @@ def main() -> None:
             label, sql = base
             b, _ = _time(q, sql, args.runs)
             print(f"{aq.name:30} {ours:8.3f} {b:11.3f} {ours / b:6.2f}  {label}; {check}")
-        failed |= _analysis_reads(q, args.interactions, args.runs)
+        failed |= _analysis_reads(client, q, args.interactions, args.runs, args.exact)
         print(f"load average {os.getloadavg()[0]:.2f}")
     sys.exit(1 if failed else 0)
 

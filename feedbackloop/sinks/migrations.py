@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from feedbackloop.errors import ClickHouseError, ConfigError
+from feedbackloop.sinks.report_rows import REPORT_ROWS_DDL
 
 __all__ = ["MIGRATIONS", "Migration", "applied_migrations", "migrate", "MIGRATIONS_TABLE"]
 
@@ -507,6 +508,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "experiment design registry", _V4),
     Migration(5, "experiment change audit trail (live control plane)", _V5),
     Migration(6, "event identity: the key each event id was first stored under", _V6),
+    # Per-session report rows and their totals (feedbackloop.sinks.report_rows): what the
+    # experiment, impact and version reports read instead of re-joining every event.
+    Migration(7, "per-session report rows", REPORT_ROWS_DDL),
 )
 
 #: Tables with an ``occurred_at`` column that an optional TTL applies to.

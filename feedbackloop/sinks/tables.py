@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, NamedTuple
 
+from feedbackloop.sinks.report_rows import declared_columns
+
 __all__ = [
     "COLUMNS",
     "RANK_ENRICHED",
@@ -561,6 +563,13 @@ _EVENT_KEYS = Table(
 )
 
 
+# Per-session report rows (migration 7): written by the compactor and by their materialized
+# views; their columns are declared with the SQL that fills them (sinks/report_rows.py).
+_REPORT_ROWS = tuple(
+    Table(name, tuple(Column(n, t, None, d) for n, t, d in cols))
+    for name, cols in declared_columns().items()
+)
+
 _SINK_TABLES = (
     _INTERACTIONS,
     _FEEDBACK,
@@ -581,6 +590,7 @@ TABLES: Mapping[str, Table] = {
         _INTERACTIONS_HOURLY,
         _FEEDBACK_HOURLY,
         _EVENT_KEYS,
+        *_REPORT_ROWS,
     )
 }
 #: The columns the sink inserts into each of its tables, in row order (defaults fill the rest).

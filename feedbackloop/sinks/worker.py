@@ -70,6 +70,10 @@ class SinkConfig:
     #: Serve read-only analyst queries on 127.0.0.1 (needed with embedded chDB, where no
     #: other process may open the data directory while the worker runs).
     query_endpoint: bool = True
+    #: Bring the per-session report rows up to date this often, in a thread of its own
+    #: (feedbackloop.sinks.report_rows); 0 leaves it to another worker. Run it in one
+    #: worker per database.
+    compact_interval_s: float = 1.0
     #: Extra librdkafka consumer settings.
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -117,6 +121,9 @@ class SinkWorker:
         self._consumer: Any = None
         self._paused: list[Any] = []
         self.endpoint: Any = None
+        self.compactor: Any = None
+        # Shared with the compactor: a flush's inserts are not split by its statements.
+        self._flush_lock = threading.Lock()
 
     @property
     def topic_names(self) -> tuple[str, ...]:
@@ -164,6 +171,9 @@ class SinkWorker:
             finally:
                 self._consumer.close()
                 self._consumer = None
+                if self.compactor is not None:
+                    self.compactor.stop()
+                    self.compactor = None
                 if self.endpoint is not None:
                     self.endpoint.stop()
                     self.endpoint = None
@@ -185,11 +195,32 @@ class SinkWorker:
                 log.warning("ClickHouse not ready (%s); retrying", e)
                 self.sink.close()
                 time.sleep(min(5.0, 0.2 * 2**attempt))
+        if self.config.compact_interval_s > 0:
+            from feedbackloop.infra import get_client
+            from feedbackloop.sinks.report_rows import Compactor
+
+            dsn = self.settings.clickhouse_dsn
+            self.compactor = Compactor(
+                lambda: get_client(dsn),
+                self.settings.clickhouse_database,
+                self.config.compact_interval_s,
+                self._flush_lock,
+                idle=self._sink_idle,
+            )
+            self.compactor.start()
         if self.config.query_endpoint:
             from feedbackloop.sinks.query import QueryEndpoint
 
             self.endpoint = QueryEndpoint(self.settings)
             self.endpoint.start()
+
+    def _sink_idle(self) -> bool:
+        """Nothing pending in the sink (read from the compactor's thread: the batches may
+        change under it, which counts as busy)."""
+        try:
+            return self.sink.pending == 0
+        except RuntimeError:
+            return False
 
     def _loop(self) -> None:
         consumer, sink, cfg = self._consumer, self.sink, self.config
@@ -222,7 +253,8 @@ class SinkWorker:
         """Write every pending batch, retrying while ClickHouse is down; then commit."""
         while True:
             try:
-                offsets = self.sink.flush()
+                with self._flush_lock:
+                    offsets = self.sink.flush()
             except BackPressure as bp:
                 if self._stop.is_set():
                     if final:
@@ -279,7 +311,8 @@ class SinkWorker:
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         try:
-            offsets = self.sink.flush()
+            with self._flush_lock:
+                offsets = self.sink.flush()
         except BackPressure:
             dropped = self.sink.discard(revoked)
             log.warning("rebalance during an outage: %d rows left for the next owner", dropped)

@@ -164,9 +164,13 @@ def test_collector_batches_land_in_clickhouse_and_invalid_ones_in_dead_letters(
             == interactions
         )
     )
-    assert (
-        stack.count("SELECT count() FROM feedback FINAL WHERE session_id LIKE 'sess-11-%'")
-        == feedback
+    # Feedback may land one flush after its interactions (the sink worker's compactor shares
+    # embedded chDB): wait for the exact count as for the interactions.
+    wait_until(
+        lambda: (
+            stack.count("SELECT count() FROM feedback FINAL WHERE session_id LIKE 'sess-11-%'")
+            == feedback
+        )
     )
     wait_until(
         lambda: stack.count("SELECT count() FROM feedback FINAL WHERE session_id = 'single'") == 1

@@ -407,7 +407,7 @@ def test_fetch_experiment_maps_rows_and_drops_unseen_signals() -> None:
         cols = list(rows[0])
         return SimpleNamespace(columns=cols, rows=[[r[c] for c in cols] for r in rows])
 
-    data = fetch_experiment(runner, Scope("exp"))
+    data = fetch_experiment(runner, Scope("exp"), exact=True)
     assert [m.name for m in data.metrics] == [
         "satisfaction",
         "implicit.copy",
@@ -453,7 +453,7 @@ def test_fetch_satisfaction_over_time_accumulates_per_variant_in_time_order() ->
         )
 
     scope = Scope("exp")
-    got = fetch_satisfaction_over_time(runner, scope, 60)
+    got = fetch_satisfaction_over_time(runner, scope, 60, exact=True)
     assert seen == [satisfaction_over_time_sql(scope, 60)]
     assert list(got) == ["control", "treatment"]
     assert got["control"] == [
@@ -467,6 +467,7 @@ def test_fetch_satisfaction_over_time_accumulates_per_variant_in_time_order() ->
             lambda _: SimpleNamespace(columns=["variant", "t", "rated", "positive"], rows=[]),
             scope,
             60,
+            exact=True,
         )
         == {}
     )

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from feedbackloop.analysis.reads import derived as derived_reads
 from feedbackloop.analysis.reads.literals import quote
 from feedbackloop.analysis.reads.scope import Scope
 from feedbackloop.analysis.statistics.sufficient import BinaryStats, MeanStats, RatioStats
@@ -340,21 +341,32 @@ def _ratio(row: dict[str, Any], key: str, n: int) -> RatioStats:
     )
 
 
-def fetch_experiment(runner: Runner, scope: Scope, horizon: int | None = None) -> ExperimentStats:
+def fetch_experiment(
+    runner: Runner, scope: Scope, horizon: int | None = None, *, exact: bool = False
+) -> ExperimentStats:
     """Read one experiment's per-variant sufficient statistics (three small queries).
 
     ``horizon`` (a fixed-horizon design's planned sessions per variant): the metrics cover
     the first ``horizon`` sessions of each variant, the session counts all of them.
+    Without a horizon the statistics come from the per-session report rows when they can
+    answer ``scope`` (:mod:`.derived`); with one, or with ``exact``, from re-joining every
+    event.
 
     Metrics whose numerator is zero in every variant (a signal the app never sends) are
     left out rather than reported as a vacuous 0% vs 0%.
     """
     if horizon is not None and (isinstance(horizon, bool) or int(horizon) < 1):
         raise ConfigError(f"horizon must be a positive number of sessions, got {horizon!r}")
-    sql = experiment_sql(scope, horizon)
-    metric_rows = {r["variant"]: r for r in _rows(runner, sql["metrics"])}
-    assign_rows = {r["variant"]: r for r in _rows(runner, sql["assignment"])}
-    outcome_rows = _rows(runner, sql["outcomes"])
+    derived = None
+    if not exact and horizon is None:
+        derived = derived_reads.experiment_rows(runner, scope, QUANTILES)
+    if derived is not None:
+        metric_rows, assign_rows, outcome_rows = derived
+    else:
+        sql = experiment_sql(scope, horizon)
+        metric_rows = {r["variant"]: r for r in _rows(runner, sql["metrics"])}
+        assign_rows = {r["variant"]: r for r in _rows(runner, sql["assignment"])}
+        outcome_rows = _rows(runner, sql["outcomes"])
 
     specs: list[MetricSpec] = []
     for m in CORE_METRICS:
@@ -445,7 +457,7 @@ GROUP BY variant, t ORDER BY variant, t"""
 
 
 def fetch_satisfaction_over_time(
-    runner: Runner, scope: Scope, bucket_seconds: int
+    runner: Runner, scope: Scope, bucket_seconds: int, *, exact: bool = False
 ) -> dict[str, list[SatisfactionBucket]]:
     """Per-variant satisfaction in buckets of ``bucket_seconds``, oldest bucket first.
 
@@ -454,11 +466,11 @@ def fetch_satisfaction_over_time(
     report's ``rated`` for it. Buckets without a rated interaction are absent. Variants are
     keyed by name in sorted order.
     """
+    sql = satisfaction_over_time_sql(scope, bucket_seconds)
+    found = None if exact else derived_reads.satisfaction_rows(runner, scope, bucket_seconds)
     rows = sorted(
-        (
-            (str(r["variant"]), _i(r["t"]), _i(r["rated"]), _i(r["positive"]))
-            for r in _rows(runner, satisfaction_over_time_sql(scope, bucket_seconds))
-        ),
+        (str(r["variant"]), _i(r["t"]), _i(r["rated"]), _i(r["positive"]))
+        for r in (found if found is not None else _rows(runner, sql))
     )
     out: dict[str, list[SatisfactionBucket]] = {}
     for name, start, rated, positive in rows:
@@ -582,13 +594,22 @@ GROUP BY variant ORDER BY variant"""
 
 
 def fetch_impact(
-    runner: Runner, scope: Scope, time_outcomes: Sequence[str] | None = None
+    runner: Runner,
+    scope: Scope,
+    time_outcomes: Sequence[str] | None = None,
+    *,
+    exact: bool = False,
 ) -> ImpactStats:
     """Read per-variant business outcomes; ``time_outcomes`` limits which outcomes' times
     make up a session's time (default: every outcome with a ``time_to_outcome_ms``)."""
-    sql = impact_sql(scope, time_outcomes)
+    found = None
+    if not exact and not time_outcomes:
+        found = derived_reads.impact_rows(runner, scope, QUANTILES)
+    if found is None:
+        sql = impact_sql(scope, time_outcomes)
+        found = (_rows(runner, sql["per_outcome"]), _rows(runner, sql["headline"]))
     per_outcome: dict[str, dict[str, OutcomeDistribution]] = {}
-    for r in _rows(runner, sql["per_outcome"]):
+    for r in found[0]:
         per_outcome.setdefault(r["variant"], {})[r["outcome"]] = OutcomeDistribution(
             outcome=r["outcome"],
             events=_i(r["events"]),
@@ -599,7 +620,7 @@ def fetch_impact(
             time_quantiles=tuple(_f(v) for v in (r["t_q"] or [])),
         )
     variants: dict[str, VariantImpact] = {}
-    for r in _rows(runner, sql["headline"]):
+    for r in found[1]:
         name = r["variant"]
         variants[name] = VariantImpact(
             variant=name,
@@ -646,7 +667,9 @@ GROUP BY prompt_version, bucket
 ORDER BY first_seen, prompt_version, bucket"""
 
 
-def fetch_versions(runner: Runner, scope: Scope, bucket: str = "day") -> list[VersionBucket]:
+def fetch_versions(
+    runner: Runner, scope: Scope, bucket: str = "day", *, exact: bool = False
+) -> list[VersionBucket]:
     """Satisfaction per ``prompt_version`` and day (or week), oldest version first."""
     return [
         VersionBucket(
@@ -657,8 +680,14 @@ def fetch_versions(runner: Runner, scope: Scope, bucket: str = "day") -> list[Ve
             satisfaction=BinaryStats(_i(r["rated"]), _i(r["positive"])),
             first_seen=str(r["first_seen"]),
         )
-        for r in _rows(runner, versions_sql(scope, bucket))
+        for r in _version_rows(runner, scope, bucket, exact)
     ]
+
+
+def _version_rows(runner: Runner, scope: Scope, bucket: str, exact: bool) -> list[dict[str, Any]]:
+    sql = versions_sql(scope, bucket)
+    found = None if exact else derived_reads.version_rows(runner, scope, bucket)
+    return found if found is not None else _rows(runner, sql)
 
 
 @dataclass(frozen=True)
@@ -688,7 +717,9 @@ SELECT prompt_version, toString(min(t0)) AS first_seen, toString(max(t1)) AS las
 FROM per_session GROUP BY prompt_version ORDER BY first_seen, prompt_version"""
 
 
-def fetch_version_totals(runner: Runner, scope: Scope) -> list[VersionTotals]:
+def fetch_version_totals(
+    runner: Runner, scope: Scope, *, exact: bool = False
+) -> list[VersionTotals]:
     """Per ``prompt_version`` totals, oldest first (a session using two versions is a unit
     of each)."""
     return [
@@ -707,5 +738,10 @@ def fetch_version_totals(runner: Runner, scope: Scope) -> list[VersionTotals]:
                 _f(r["s_yd"]),
             ),
         )
-        for r in _rows(runner, version_totals_sql(scope))
+        for r in _version_total_rows(runner, scope, exact)
     ]
+
+
+def _version_total_rows(runner: Runner, scope: Scope, exact: bool) -> list[dict[str, Any]]:
+    found = None if exact else derived_reads.version_total_rows(runner, scope)
+    return found if found is not None else _rows(runner, version_totals_sql(scope))

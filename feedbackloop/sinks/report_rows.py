@@ -1,0 +1,918 @@
+"""Per-session report rows: what the experiment, impact and version reports read instead of
+re-joining every event (issue 15, docs/PERFORMANCE.md "Queries").
+
+Three layers, each exact under redelivery and late events:
+
+1. **Session state** (``report_sessions``: one row per (app, experiment, variant, session);
+   ``report_version_sessions``: one per (app, experiment, prompt version, session)). A row
+   is the exact answer of the report queries (:mod:`feedbackloop.analysis.reads.queries`)
+   for that one session: its interactions deduplicated the way ``FINAL`` does, the latest
+   thumbs or rating per interaction, implicit flags, attributed outcomes. It is recomputed
+   from the event tables only for sessions *touched* by events inserted since the last
+   compaction (their ``inserted_at``), so the cost grows with what changed.
+2. **Collapsing**: a recomputed session is written as its old row with ``sign = -1`` and its
+   new row with ``sign = +1`` in one insert (CollapsingMergeTree). Nothing is updated in
+   place; every sum over ``sign * x`` is the sum over current rows.
+3. **Totals**: materialized views turn every inserted state row into ``sign``-weighted
+   sums per variant / outcome / latency value / second / prompt version, in
+   AggregatingMergeTree tables of sums. A report reads a handful of rows whatever the
+   traffic: the per-session sums of squares the tests need are additive over sessions.
+
+A read uses the totals only when no event row was inserted after the watermark
+(:func:`changed_rows_sql`), so its answer is the exact one; otherwise it re-joins the events.
+(Adding the changed sessions' recomputed rows inside the read, with the compaction's own
+SQL, is exact too, but ClickHouse inlines every CTE at each use and took 4-30 s to *plan*
+that query on this machine, whatever the number of sessions changed.)
+
+What is not derived: reads with ``--since``/``until``, ``--prompt-version`` or ``--model``
+(a session row cannot be split by time or by a column of its interactions), and a session
+whose events straddle apps or experiments (a session id reused across apps, an event that
+names another experiment than its interaction): the row counts such a session once per
+(app, experiment) while the exact path joins it whole, so the reader falls back to the
+exact path when a scope without both app and experiment holds one (``split``).
+
+Values that stay exact: counts, quantiles (exact value-count histograms: the same
+``quantileExactInclusive`` interpolation), minima. Sums of floats (latency, cost, time to
+outcome) are the same numbers added in another order: equal to about 1e-12 relative.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "POSITIVE_RATING",
+    "IMPLICIT_SIGNALS",
+    "REPORT_ROWS_DDL",
+    "CompactionResult",
+    "Compactor",
+    "compact",
+    "delta_rows_sql",
+    "watermark_sql",
+    "OVERLAP_MS",
+]
+
+log = logging.getLogger(__name__)
+
+#: Ratings at or above this count as positive (a 1-5 scale: 4 and 5).
+POSITIVE_RATING = 4
+IMPLICIT_SIGNALS = ("copy", "edit", "follow_up", "regenerate", "abandon", "dwell")
+#: Events inserted this long before the watermark are looked at again: an insert stamped
+#: before the watermark but committed after the compaction read would otherwise be missed.
+#: Recomputing a session is idempotent, so the overlap costs time, never correctness.
+OVERLAP_MS = 5_000
+
+_EPOCH = "toDateTime64(0, 3, 'UTC')"
+
+# --- state rows: the per-session answer ---------------------------------------------------
+
+
+def _dedup(table: str, cols: str, key: str, where: str) -> str:
+    """Rows of ``table`` matching ``where``, one per sorting key with the highest _version:
+    what ``FINAL`` keeps, without merging the rows that do not match (FINAL would)."""
+    return (
+        f"SELECT {cols} FROM {{db}}.{table} WHERE {where} ORDER BY _version DESC LIMIT 1 BY {key}"
+    )
+
+
+_MATCH = "e.experiment IN (u.experiment, '') AND e.app_id = u.app_id"
+
+
+def _sources(touched: str) -> tuple[tuple[str, str], ...]:
+    """The touched sessions and their deduplicated events, in dependency order."""
+    units = _dedup(
+        "interactions",
+        "interaction_id, session_id, app_id, experiment, variant, prompt_version, occurred_at,"
+        " latency_ms, cost_usd, shadow",
+        "app_id, prompt_version, experiment, variant, toStartOfHour(occurred_at), event_id",
+        "session_id IN (SELECT session_id FROM touched)",
+    )
+    fb = _dedup(
+        "feedback",
+        "event_id, occurred_at, interaction_id, kind, thumbs, rating, app_id, experiment",
+        "app_id, kind, toStartOfHour(occurred_at), event_id",
+        "kind IN ('thumbs', 'rating') AND interaction_id IN (SELECT interaction_id FROM units)",
+    )
+    imp = _dedup(
+        "implicit",
+        "interaction_id, signal, app_id, experiment",
+        "app_id, signal, toStartOfHour(occurred_at), event_id",
+        "interaction_id IN (SELECT interaction_id FROM units)",
+    )
+    oc = _dedup(
+        "outcomes",
+        "event_id, outcome, interaction_id, session_id, value, time_to_outcome_ms, app_id,"
+        " experiment",
+        "app_id, outcome, toStartOfHour(occurred_at), event_id",
+        "(interaction_id IS NOT NULL AND interaction_id IN (SELECT interaction_id FROM units))"
+        " OR (interaction_id IS NULL AND session_id IN (SELECT session_id FROM touched))",
+    )
+    return (
+        ("touched", touched),
+        ("units", f"SELECT * FROM ({units}) WHERE NOT shadow"),
+        ("fb_e", fb),
+        ("imp_e", imp),
+        ("oc_e", oc),
+    )
+
+
+def _state_ctes(touched: str, scratch: dict[str, str] | None = None) -> str:
+    """CTEs shared by both state queries: the touched sessions' deduplicated events (read
+    from ``scratch`` tables when the compaction materialized them), and per interaction the
+    latest explicit feedback and the implicit flags. Each event is kept only where the exact
+    path's scope filter (``experiment IN (x, '')``, the app) would keep it for its
+    interaction's own app and experiment."""
+    sources = ",\n".join(
+        f"{name} AS ({f'SELECT * FROM {scratch[name]}' if scratch else body})"
+        for name, body in _sources(touched)
+    )
+    flags = ", ".join(f"max(e.signal = '{s}') AS sig_{s}" for s in IMPLICIT_SIGNALS)
+    return f"""{sources},
+fb AS (
+    SELECT e.interaction_id AS interaction_id, 1 AS rated,
+           argMax(if(e.kind = 'thumbs', e.thumbs = 1, ifNull(e.rating, 0) >= {POSITIVE_RATING}),
+                  (e.occurred_at, e.event_id)) AS positive,
+           countIf(e.kind = 'rating') > 0 AS has_rating,
+           argMaxIf(ifNull(e.rating, 0), (e.occurred_at, e.event_id), e.kind = 'rating')
+               AS last_rating
+    FROM fb_e AS e INNER JOIN units AS u ON e.interaction_id = u.interaction_id
+    WHERE {_MATCH}
+    GROUP BY interaction_id),
+imp AS (
+    SELECT e.interaction_id AS interaction_id, {flags}
+    FROM imp_e AS e INNER JOIN units AS u ON e.interaction_id = u.interaction_id
+    WHERE {_MATCH}
+    GROUP BY interaction_id),
+sess AS (SELECT app_id, experiment, variant, session_id, count() AS n FROM units
+         GROUP BY app_id, experiment, variant, session_id),
+split AS (
+    SELECT session_id FROM units GROUP BY session_id
+    HAVING uniqExact(app_id, experiment) > 1
+    UNION DISTINCT
+    SELECT u.session_id FROM (
+        SELECT interaction_id, app_id, experiment FROM fb_e
+        UNION ALL SELECT interaction_id, app_id, experiment FROM imp_e
+        UNION ALL SELECT assumeNotNull(interaction_id), app_id, experiment FROM oc_e
+                  WHERE interaction_id IS NOT NULL) AS e
+    INNER JOIN units AS u ON e.interaction_id = u.interaction_id
+    WHERE NOT ({_MATCH})
+    UNION DISTINCT
+    SELECT e.session_id FROM oc_e AS e INNER JOIN sess AS u ON e.session_id = u.session_id
+    WHERE e.interaction_id IS NULL AND NOT ({_MATCH}))"""
+
+
+# Columns of the two state tables, in insert order: (name, ClickHouse type).
+_KEY_TYPES = {
+    "app_id": "LowCardinality(String)",
+    "experiment": "LowCardinality(String)",
+    "variant": "LowCardinality(String)",
+    "prompt_version": "LowCardinality(String)",
+    "session_id": "String",
+}
+_SESSION_COLUMNS: tuple[tuple[str, str], ...] = (
+    *((k, _KEY_TYPES[k]) for k in ("app_id", "experiment", "variant", "session_id")),
+    ("sign", "Int8"),
+    ("computed_at", "DateTime64(3, 'UTC')"),
+    ("split", "UInt8"),
+    ("cross_variant", "UInt8"),
+    ("n", "UInt64"),
+    ("rated", "UInt64"),
+    ("positive", "UInt64"),
+    ("ratings", "UInt64"),
+    ("rating_sum", "UInt64"),
+    ("latency_n", "UInt64"),
+    ("latency_sum", "Float64"),
+    ("cost_n", "UInt64"),
+    ("cost_sum", "Float64"),
+    *((f"sig_{s}", "UInt64") for s in IMPLICIT_SIGNALS),
+    ("latency_values", "Array(Float64)"),
+    ("rated_at", "Array(DateTime('UTC'))"),
+    ("rated_positive", "Array(UInt8)"),
+    ("po_outcome", "Array(String)"),
+    ("po_events", "Array(UInt64)"),
+    ("po_interactions", "Array(UInt64)"),
+    ("po_session_level", "Array(UInt8)"),
+    ("po_value_sum", "Array(Float64)"),
+    ("po_t_n", "Array(UInt64)"),
+    ("po_t_sum", "Array(Float64)"),
+    ("po_t_sq", "Array(Float64)"),
+    ("po_t_values", "Array(Array(Float64))"),
+    ("code_n", "UInt64"),
+    ("code_ok", "UInt64"),
+    ("opened", "UInt64"),
+    ("resolved", "UInt8"),
+    ("escalated", "UInt8"),
+    ("st_t", "Float64"),
+    ("st_timed", "UInt8"),
+)
+_VERSION_COLUMNS: tuple[tuple[str, str], ...] = (
+    *((k, _KEY_TYPES[k]) for k in ("app_id", "experiment", "prompt_version", "session_id")),
+    ("sign", "Int8"),
+    ("computed_at", "DateTime64(3, 'UTC')"),
+    ("split", "UInt8"),
+    ("n", "UInt64"),
+    ("rated", "UInt64"),
+    ("positive", "UInt64"),
+    ("t0", "DateTime64(3, 'UTC')"),
+    ("t1", "DateTime64(3, 'UTC')"),
+    ("b_kind", "Array(String)"),
+    ("b_start", "Array(Date)"),
+    ("b_n", "Array(UInt64)"),
+    ("b_rated", "Array(UInt64)"),
+    ("b_positive", "Array(UInt64)"),
+)
+
+
+def _sessions_select(computed_at: str) -> str:
+    """CTEs ending in ``new_rows``: one ``report_sessions`` row per (app, experiment,
+    variant, session) of ``units``, as the exact queries would aggregate that session."""
+    sigs = ", ".join(f"sum(toUInt64(imp.sig_{s})) AS sig_{s}" for s in IMPLICIT_SIGNALS)
+    sig_cols = ", ".join(f"p.sig_{s} AS sig_{s}" for s in IMPLICIT_SIGNALS)
+    unit = "app_id, experiment, variant, session_id"
+    on = " AND ".join(f"p.{k} = {{a}}.{k}" for k in unit.split(", "))
+    return f"""per_unit AS (
+    SELECT u.app_id AS app_id, u.experiment AS experiment, u.variant AS variant,
+           u.session_id AS session_id, count() AS n,
+           sum(toUInt64(fb.rated)) AS rated, sum(toUInt64(fb.positive)) AS positive,
+           sum(toUInt64(fb.has_rating)) AS ratings,
+           sum(if(fb.has_rating, toUInt64(fb.last_rating), 0)) AS rating_sum,
+           count(u.latency_ms) AS latency_n, sum(ifNull(u.latency_ms, 0)) AS latency_sum,
+           count(u.cost_usd) AS cost_n, sum(ifNull(u.cost_usd, 0)) AS cost_sum,
+           {sigs},
+           arraySort(groupArrayIf(assumeNotNull(u.latency_ms), u.latency_ms IS NOT NULL))
+               AS latency_values,
+           arraySort(groupArrayIf((toDateTime(u.occurred_at, 'UTC'), toUInt8(fb.positive)),
+                                  fb.rated = 1)) AS _rated
+    FROM units AS u
+    LEFT JOIN fb ON u.interaction_id = fb.interaction_id
+    LEFT JOIN imp ON u.interaction_id = imp.interaction_id
+    GROUP BY app_id, experiment, variant, session_id),
+attributed AS (
+    SELECT u.app_id AS app_id, u.experiment AS experiment, u.variant AS variant,
+           u.session_id AS session_id, e.outcome AS outcome,
+           toNullable(u.interaction_id) AS interaction_id, e.value AS value,
+           e.time_to_outcome_ms AS ttm
+    FROM oc_e AS e INNER JOIN units AS u ON assumeNotNull(e.interaction_id) = u.interaction_id
+    WHERE e.interaction_id IS NOT NULL AND {_MATCH}
+    UNION ALL
+    SELECT u.app_id, u.experiment, u.variant, u.session_id, e.outcome,
+           CAST(NULL, 'Nullable(UUID)'), e.value, e.time_to_outcome_ms
+    FROM oc_e AS e INNER JOIN sess AS u ON e.session_id = u.session_id
+    WHERE e.interaction_id IS NULL AND {_MATCH}),
+per_outcome AS (
+    SELECT {unit}, outcome, count() AS events,
+           uniqExactIf(interaction_id, interaction_id IS NOT NULL) AS iw,
+           toUInt8(countIf(interaction_id IS NULL) > 0) AS session_level,
+           sum(ifNull(value, 0)) AS value_sum, count(ttm) AS t_n, sum(ifNull(ttm, 0)) AS t_sum,
+           sum(ifNull(ttm, 0) * ifNull(ttm, 0)) AS t_sq,
+           arraySort(groupArrayIf(assumeNotNull(ttm), ttm IS NOT NULL)) AS t_values
+    FROM attributed GROUP BY {unit}, outcome),
+outcome_rows AS (
+    SELECT {unit},
+           arraySort(groupArray((outcome, events, iw, session_level, value_sum, t_n, t_sum,
+                                 t_sq, t_values))) AS _o,
+           max(outcome = 'ticket_resolved') AS resolved,
+           max(outcome = 'ticket_escalated') AS escalated,
+           sum(t_sum) AS st_t, sum(t_n) > 0 AS st_timed
+    FROM per_outcome GROUP BY {unit}),
+per_interaction AS (
+    SELECT {unit}, interaction_id,
+           max(outcome = 'code_accepted') AS acc, max(outcome = 'code_rejected') AS rej,
+           max(outcome = 'original_opened') AS op
+    FROM attributed WHERE interaction_id IS NOT NULL GROUP BY {unit}, interaction_id),
+code_rows AS (
+    SELECT {unit}, countIf(acc OR rej) AS code_n, countIf(acc AND NOT rej) AS code_ok,
+           countIf(op) AS opened
+    FROM per_interaction GROUP BY {unit}),
+variants_of AS (
+    SELECT app_id, experiment, session_id, min(variant) AS first_variant,
+           uniqExact(variant) AS variants
+    FROM sess GROUP BY app_id, experiment, session_id),
+new_rows AS (
+    SELECT p.app_id AS app_id, p.experiment AS experiment, p.variant AS variant,
+           p.session_id AS session_id, toInt8(1) AS sign, {computed_at} AS computed_at,
+           toUInt8(p.session_id IN (SELECT session_id FROM split)) AS split,
+           toUInt8(v.variants > 1 AND p.variant = v.first_variant) AS cross_variant,
+           p.n AS n, p.rated AS rated, p.positive AS positive, p.ratings AS ratings,
+           p.rating_sum AS rating_sum, p.latency_n AS latency_n, p.latency_sum AS latency_sum,
+           p.cost_n AS cost_n, p.cost_sum AS cost_sum, {sig_cols},
+           p.latency_values AS latency_values,
+           arrayMap(x -> x.1, p._rated) AS rated_at,
+           arrayMap(x -> x.2, p._rated) AS rated_positive,
+           arrayMap(x -> x.1, o._o) AS po_outcome,
+           arrayMap(x -> x.2, o._o) AS po_events,
+           arrayMap(x -> x.3, o._o) AS po_interactions,
+           arrayMap(x -> x.4, o._o) AS po_session_level,
+           arrayMap(x -> x.5, o._o) AS po_value_sum,
+           arrayMap(x -> x.6, o._o) AS po_t_n,
+           arrayMap(x -> x.7, o._o) AS po_t_sum,
+           arrayMap(x -> x.8, o._o) AS po_t_sq,
+           arrayMap(x -> x.9, o._o) AS po_t_values,
+           c.code_n AS code_n, c.code_ok AS code_ok, c.opened AS opened,
+           toUInt8(o.resolved) AS resolved, toUInt8(o.escalated) AS escalated,
+           o.st_t AS st_t, toUInt8(o.st_timed) AS st_timed
+    FROM per_unit AS p
+    LEFT JOIN outcome_rows AS o ON {on.format(a="o")}
+    LEFT JOIN code_rows AS c ON {on.format(a="c")}
+    LEFT JOIN variants_of AS v ON p.app_id = v.app_id AND p.experiment = v.experiment
+         AND p.session_id = v.session_id)"""
+
+
+def _versions_select(computed_at: str) -> str:
+    """CTEs ending in ``new_rows``: one ``report_version_sessions`` row per (app, experiment,
+    prompt version, session), with its day and week buckets."""
+    unit = "app_id, experiment, prompt_version, session_id"
+    return f"""pv AS (
+    SELECT u.app_id AS app_id, u.experiment AS experiment, u.prompt_version AS prompt_version,
+           u.session_id AS session_id, u.occurred_at AS occurred_at,
+           toUInt64(fb.rated) AS rated, toUInt64(fb.positive) AS positive
+    FROM units AS u LEFT JOIN fb ON u.interaction_id = fb.interaction_id),
+pv_b AS (
+    SELECT {unit}, kind,
+           if(kind = 'day', toDate(occurred_at), toMonday(occurred_at)) AS start,
+           count() AS n, sum(rated) AS r, sum(positive) AS p
+    FROM pv ARRAY JOIN ['day', 'week'] AS kind
+    GROUP BY {unit}, kind, start),
+pv_bs AS (
+    SELECT {unit}, arraySort(groupArray((kind, start, n, r, p))) AS _b
+    FROM pv_b GROUP BY {unit}),
+new_rows AS (
+    SELECT s.app_id AS app_id, s.experiment AS experiment, s.prompt_version AS prompt_version,
+           s.session_id AS session_id, toInt8(1) AS sign, {computed_at} AS computed_at,
+           toUInt8(s.session_id IN (SELECT session_id FROM split)) AS split,
+           s.n AS n, s.rated AS rated, s.positive AS positive, s.t0 AS t0, s.t1 AS t1,
+           arrayMap(x -> x.1, b._b) AS b_kind, arrayMap(x -> x.2, b._b) AS b_start,
+           arrayMap(x -> x.3, b._b) AS b_n, arrayMap(x -> x.4, b._b) AS b_rated,
+           arrayMap(x -> x.5, b._b) AS b_positive
+    FROM (SELECT {unit}, count() AS n, sum(rated) AS rated, sum(positive) AS positive,
+                 min(occurred_at) AS t0, max(occurred_at) AS t1
+          FROM pv GROUP BY {unit}) AS s
+    INNER JOIN pv_bs AS b ON s.app_id = b.app_id AND s.experiment = b.experiment
+         AND s.prompt_version = b.prompt_version AND s.session_id = b.session_id)"""
+
+
+@dataclass(frozen=True)
+class _State:
+    table: str
+    columns: tuple[tuple[str, str], ...]
+    key: tuple[str, ...]
+    select: Any  # (computed_at SQL) -> CTE text ending in new_rows
+
+
+_STATES = (
+    _State(
+        "report_sessions",
+        _SESSION_COLUMNS,
+        ("session_id", "app_id", "experiment", "variant"),
+        _sessions_select,
+    ),
+    _State(
+        "report_version_sessions",
+        _VERSION_COLUMNS,
+        ("session_id", "app_id", "experiment", "prompt_version"),
+        _versions_select,
+    ),
+)
+
+# --- touched sessions and the delta ---------------------------------------------------------
+
+
+def watermark_sql() -> str:
+    """The last compaction's watermark (the epoch before the first)."""
+    return f"(SELECT ifNull(max(watermark), {_EPOCH}) FROM {{db}}.report_rows_watermark)"
+
+
+def _touched(since: str) -> str:
+    """Sessions with an event inserted after ``since``: a new interaction, or an event about
+    one of its interactions (late feedback, an outcome), or a session-level outcome."""
+    new = f"inserted_at > {since}"
+    return f"""SELECT session_id FROM {{db}}.interactions WHERE {new}
+    UNION DISTINCT
+    SELECT session_id FROM {{db}}.interactions WHERE interaction_id IN (
+        SELECT interaction_id FROM {{db}}.feedback WHERE {new}
+        UNION ALL SELECT interaction_id FROM {{db}}.implicit WHERE {new}
+        UNION ALL SELECT assumeNotNull(interaction_id) FROM {{db}}.outcomes
+                  WHERE {new} AND interaction_id IS NOT NULL)
+    UNION DISTINCT
+    SELECT session_id FROM {{db}}.outcomes WHERE {new} AND interaction_id IS NULL"""
+
+
+def _delta_ctes(
+    table: str, computed_at: str, scratch: dict[str, str] | None = None
+) -> tuple[str, str]:
+    """``WITH`` clauses ending in ``delta``: for every session touched since the watermark
+    (less :data:`OVERLAP_MS`), its stored row with ``sign = -1`` and its recomputed row with
+    ``sign = +1``; and the column list."""
+    state = next(s for s in _STATES if s.table == table)
+    since = f"{watermark_sql()} - toIntervalMillisecond({OVERLAP_MS})"
+    names = ", ".join(c for c, _ in state.columns)
+    keys = ", ".join(state.key)
+    # Stored rows are identical to their cancel rows, so the live ones are the (key,
+    # computed_at) groups whose signs do not sum to zero.
+    inner = ", ".join(
+        c if c in state.key or c == "computed_at" else f"any({c}) AS _{c}"
+        for c, _ in state.columns
+        if c != "sign"
+    )
+    outer = ", ".join(
+        c
+        if c in state.key or c == "computed_at"
+        else ("toInt8(-1) AS sign" if c == "sign" else f"_{c} AS {c}")
+        for c, _ in state.columns
+    )
+    ctes = f"""WITH {_state_ctes(_touched(since), scratch)},
+{state.select(computed_at)},
+old_rows AS (
+    SELECT {outer} FROM (
+        SELECT {inner}, sum(sign) AS _live FROM {{db}}.{table}
+        WHERE session_id IN (SELECT session_id FROM touched)
+        GROUP BY {keys}, computed_at)
+    WHERE _live > 0),
+delta AS (SELECT {names} FROM new_rows UNION ALL SELECT {names} FROM old_rows)"""
+    return ctes, names
+
+
+def _cte_list(ctes: str) -> list[tuple[str, str]]:
+    """``name AS (body), …`` (each name at the start of a line, as written in this module)
+    as ``[(name, body)]``."""
+    text = ctes.removeprefix("WITH ").strip()
+    out = []
+    for chunk in _split_top(text):
+        name, _, rest = chunk.partition(" AS (")
+        out.append((name.strip(), rest.rstrip()[:-1]))
+    return out
+
+
+def _split_top(text: str) -> list[str]:
+    cuts = list(re.finditer(r",\n(?=\w+ AS \()", text))
+    starts = [0] + [m.end() for m in cuts]
+    ends = [m.start() for m in cuts] + [len(text)]
+    return [text[a:b] for a, b in zip(starts, ends, strict=True)]
+
+
+def changed_rows_sql(overlap_ms: int = 0) -> str:
+    """How many event rows were inserted after the watermark (less ``overlap_ms``;
+    ``{db}`` templated): a read's first check, and the compactor's, which then has nothing
+    to do (min-max index on ``inserted_at``, no join)."""
+    w = f"({watermark_sql()} - toIntervalMillisecond({int(overlap_ms)}))"
+    counts = " + ".join(
+        f"(SELECT count() FROM {{db}}.{t} WHERE inserted_at > {w})"
+        for t in ("interactions", "feedback", "implicit", "outcomes")
+    )
+    return f"SELECT {counts} AS changed"
+
+
+def delta_rows_sql(
+    table: str, computed_at: str = "now64(3)", scratch: dict[str, str] | None = None
+) -> str:
+    """``WITH … SELECT`` of the rows that bring the state ``table`` up to date (the
+    compaction inserts them). ``{db}`` is left to fill."""
+    ctes, names = _delta_ctes(table, computed_at, scratch)
+    return f"{ctes}\nSELECT {names} FROM delta"
+
+
+# --- totals: sign-weighted sums maintained by materialized views ---------------------------
+
+
+def _i(expr: str) -> str:
+    return f"toInt64(sign) * toInt64({expr})"
+
+
+def _f(expr: str) -> str:
+    return f"sign * toFloat64({expr})"
+
+
+#: The per-session ratio metrics (num, den, whether num is a float): the experiment report's
+#: CORE_METRICS (feedbackloop.analysis.reads.queries) by key.
+METRIC_COLUMNS: tuple[tuple[str, str, str, bool], ...] = (
+    ("satisfaction", "positive", "rated", False),
+    ("rating", "rating_sum", "ratings", False),
+    *((f"implicit_{s}", f"sig_{s}", "n", False) for s in IMPLICIT_SIGNALS),
+    ("latency_ms", "latency_sum", "latency_n", True),
+    ("cost_usd", "cost_sum", "cost_n", True),
+)
+
+
+def _metric_sums() -> list[tuple[str, str, str]]:
+    out = []
+    for key, num, den, is_float in METRIC_COLUMNS:
+        w = _f if is_float else _i
+        t = "Float64" if is_float else "Int64"
+        out += [
+            (f"{key}__y", t, w(num)),
+            (f"{key}__d", "Int64", _i(den)),
+            (f"{key}__yy", t, w(f"{num} * {num}")),
+            (f"{key}__dd", "Int64", _i(f"{den} * {den}")),
+            (f"{key}__yd", t, w(f"{num} * {den}")),
+        ]
+    return out
+
+
+@dataclass(frozen=True)
+class _Totals:
+    """One totals table: key columns, ``(name, type, per-row expression)`` sums, what the
+    view selects from (a state table with an optional ARRAY JOIN) and min/max columns."""
+
+    table: str
+    source: str
+    array_join: str
+    keys: tuple[tuple[str, str, str], ...]  # (name, type, expression)
+    sums: tuple[tuple[str, str, str], ...]
+    extremes: tuple[tuple[str, str, str, str], ...] = ()  # (name, func, type, expression)
+
+    def select(self, source: str) -> str:
+        cols = [f"{e} AS {n}" for n, _, e in self.keys]
+        cols += [f"sum({e}) AS {n}" for n, _, e in self.sums]
+        cols += [f"{f}({e}) AS {n}" for n, f, _, e in self.extremes]
+        keys = ", ".join(n for n, _, _ in self.keys)
+        return f"SELECT {', '.join(cols)} FROM {source} {self.array_join} GROUP BY {keys}"
+
+    def ddl(self) -> tuple[str, str]:
+        cols = [f"{n} {t}" for n, t, _ in self.keys]
+        cols += [f"{n} SimpleAggregateFunction(sum, {t})" for n, t, _ in self.sums]
+        cols += [f"{n} SimpleAggregateFunction({f}, {t})" for n, f, t, _ in self.extremes]
+        body = ",\n    ".join(cols)
+        keys = ", ".join(n for n, _, _ in self.keys)
+        table = (
+            f"CREATE TABLE IF NOT EXISTS {{db}}.{self.table}\n(\n    {body}\n)\n"
+            f"ENGINE = AggregatingMergeTree\nORDER BY ({keys})"
+        )
+        view = (
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.{self.table}_mv TO "
+            f"{{db}}.{self.table}\nAS {self.select('{db}.' + self.source)}"
+        )
+        return table, view
+
+
+_APP_EXP = (
+    ("app_id", "LowCardinality(String)", "app_id"),
+    ("experiment", "LowCardinality(String)", "experiment"),
+)
+_VARIANT = (*_APP_EXP, ("variant", "LowCardinality(String)", "variant"))
+_PO = (
+    "ARRAY JOIN po_outcome AS o, po_events AS o_events, po_interactions AS o_iw, "
+    "po_session_level AS o_sl, po_value_sum AS o_value, po_t_n AS o_tn, po_t_sum AS o_tsum, "
+    "po_t_sq AS o_tsq"
+)
+
+TOTALS: tuple[_Totals, ...] = (
+    _Totals(
+        "report_variant_totals",
+        "report_sessions",
+        "",
+        _VARIANT,
+        (
+            ("sessions", "Int64", "sign"),
+            ("split", "Int64", _i("split")),
+            ("cross_variant", "Int64", _i("cross_variant")),
+            ("interactions", "Int64", _i("n")),
+            ("n_sq", "Int64", _i("n * n")),
+            ("cost_total", "Float64", _f("cost_sum")),
+            *_metric_sums(),
+            ("code_n", "Int64", _i("code_n")),
+            ("code_ok", "Int64", _i("code_ok")),
+            ("opened", "Int64", _i("opened")),
+            ("ticket_n", "Int64", _i("resolved OR escalated")),
+            ("ticket_ok", "Int64", _i("resolved AND NOT escalated")),
+            ("st_n", "Int64", _i("st_timed")),
+            ("st_sum", "Float64", _f("if(st_timed, st_t, 0)")),
+            ("st_sq", "Float64", _f("if(st_timed, st_t * st_t, 0)")),
+        ),
+    ),
+    _Totals(
+        "report_variant_outcomes",
+        "report_sessions",
+        _PO,
+        (*_VARIANT, ("outcome", "LowCardinality(String)", "o")),
+        (
+            ("events", "Int64", _i("o_events")),
+            ("sessions_with", "Int64", "sign"),
+            ("iw", "Int64", _i("o_iw")),
+            ("iw_sq", "Int64", _i("o_iw * o_iw")),
+            ("iw_n", "Int64", _i("o_iw * n")),
+            ("session_level", "Int64", _i("o_sl")),
+            ("value_sum", "Float64", _f("o_value")),
+            ("t_n", "Int64", _i("o_tn")),
+            ("t_sum", "Float64", _f("o_tsum")),
+            ("t_sq", "Float64", _f("o_tsq")),
+        ),
+    ),
+    _Totals(
+        "report_variant_latency",
+        "report_sessions",
+        "ARRAY JOIN latency_values AS v",
+        (*_VARIANT, ("value", "Float64", "v")),
+        (("n", "Int64", "sign"),),
+    ),
+    _Totals(
+        "report_variant_time_to_outcome",
+        "report_sessions",
+        "ARRAY JOIN po_outcome AS o, po_t_values AS vs ARRAY JOIN vs AS v",
+        (*_VARIANT, ("outcome", "LowCardinality(String)", "o"), ("value", "Float64", "v")),
+        (("n", "Int64", "sign"),),
+    ),
+    _Totals(
+        "report_variant_seconds",
+        "report_sessions",
+        "ARRAY JOIN rated_at AS t, rated_positive AS p",
+        (*_VARIANT, ("t", "DateTime('UTC')", "t")),
+        (("rated", "Int64", "sign"), ("positive", "Int64", _i("p"))),
+    ),
+    _Totals(
+        "report_version_totals",
+        "report_version_sessions",
+        "",
+        (*_APP_EXP, ("prompt_version", "LowCardinality(String)", "prompt_version")),
+        (
+            ("sessions", "Int64", "sign"),
+            ("split", "Int64", _i("split")),
+            ("interactions", "Int64", _i("n")),
+            ("s_y", "Int64", _i("positive")),
+            ("s_d", "Int64", _i("rated")),
+            ("s_yy", "Int64", _i("positive * positive")),
+            ("s_dd", "Int64", _i("rated * rated")),
+            ("s_yd", "Int64", _i("positive * rated")),
+        ),
+        (
+            ("t0", "min", "DateTime64(3, 'UTC')", "t0"),
+            ("t1", "max", "DateTime64(3, 'UTC')", "t1"),
+        ),
+    ),
+    _Totals(
+        "report_version_buckets",
+        "report_version_sessions",
+        "ARRAY JOIN b_kind AS k, b_start AS b, b_n AS bn, b_rated AS br, b_positive AS bp",
+        (
+            *_APP_EXP,
+            ("prompt_version", "LowCardinality(String)", "prompt_version"),
+            ("kind", "LowCardinality(String)", "k"),
+            ("start", "Date", "b"),
+        ),
+        (
+            ("interactions", "Int64", _i("bn")),
+            ("sessions", "Int64", "sign"),
+            ("rated", "Int64", _i("br")),
+            ("positive", "Int64", _i("bp")),
+        ),
+    ),
+)
+
+
+def totals(table: str) -> _Totals:
+    return next(t for t in TOTALS if t.table == table)
+
+
+def current_sql(
+    table: str, where: str, group: tuple[str, ...], having: str = "1", db: str = ""
+) -> str:
+    """The totals ``table`` summed by ``group`` (``expr AS name`` or column names) over the
+    rows matching ``where`` (on its key columns): the report rows as of the last compaction.
+    Tables are qualified with ``db`` (unqualified when empty: the client's database)."""
+    t = totals(table)
+    cols = [*group]
+    cols += [f"sum({n}) AS {n}" for n, _, _ in t.sums]
+    cols += [f"{f}({n}) AS {n}" for n, f, _, _ in t.extremes]
+    names = ", ".join(g.rsplit(" AS ", 1)[-1] for g in group)
+    sql = f"""SELECT {", ".join(cols)} FROM {{db}}.{table} WHERE {where}
+GROUP BY {names} HAVING {having} ORDER BY {names}"""
+    return sql.replace("{db}.", f"{db}." if db else "")
+
+
+def _state_ddl(state: _State) -> str:
+    body = ",\n    ".join(f"{c} {t}" for c, t in state.columns)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {{db}}.{state.table}\n(\n    {body}\n)\n"
+        f"ENGINE = CollapsingMergeTree(sign)\nORDER BY ({', '.join(state.key)})"
+    )
+
+
+#: Migration statements (``{db}`` templated): state tables, totals tables and their views,
+#: the watermark, and a min-max index on ``inserted_at`` so finding what changed since the
+#: watermark skips the parts written before it.
+REPORT_ROWS_DDL: tuple[str, ...] = (
+    *(_state_ddl(s) for s in _STATES),
+    *(stmt for t in TOTALS for stmt in t.ddl()),
+    """CREATE TABLE IF NOT EXISTS {db}.report_rows_watermark
+(
+    watermark DateTime64(3, 'UTC'),
+    computed_at DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(computed_at)
+ORDER BY tuple()""",
+    *(
+        f"ALTER TABLE {{db}}.{t} ADD INDEX IF NOT EXISTS idx_inserted_at inserted_at "
+        "TYPE minmax GRANULARITY 1"
+        for t in ("interactions", "feedback", "implicit", "outcomes")
+    ),
+)
+
+
+# --- compaction ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    """One compaction round: the new watermark, sessions recomputed, seconds."""
+
+    watermark: dt.datetime
+    rows: dict[str, int]
+    sessions: int
+    seconds: float
+
+
+#: Sessions recomputed per compaction step: bounds the memory of the scratch tables.
+CHUNK_SESSIONS = 200_000
+
+
+def compact(client: Any, database: str, chunk: int = CHUNK_SESSIONS) -> CompactionResult:
+    """Bring the state tables up to date with every event inserted so far.
+
+    Sessions touched since the last watermark are recomputed and written as (old row
+    cancelled, new row); the views update the totals in the same insert. The watermark moves
+    to the time this round started, so an event inserted during the round is looked at
+    again next time. The touched sessions and their deduplicated events are materialized
+    once in Memory scratch tables (a CTE would be evaluated once per reference), ``chunk``
+    sessions at a time. One compactor per database: two at once would both cancel the same
+    rows.
+    """
+    t0 = time.perf_counter()
+    start = client.query("SELECT now64(3, 'UTC')").result_rows[0][0]
+    stamp = f"toDateTime64('{start:%Y-%m-%d %H:%M:%S.%f}', 3, 'UTC')"
+    since = f"{watermark_sql()} - toIntervalMillisecond({OVERLAP_MS})".replace("{db}", database)
+    scratch = {name: f"{database}.report_scratch_{name}" for name, _ in _sources("")}
+    rows = dict.fromkeys((s.table for s in _STATES), 0)
+    changed = client.query(changed_rows_sql(OVERLAP_MS).replace("{db}", database)).result_rows
+    if not int(changed[0][0]):  # the common case between flushes: not one statement more
+        return CompactionResult(start, rows, 0, time.perf_counter() - t0)
+    try:
+        _drop(client, scratch)
+        all_touched = f"{database}.report_scratch_all"
+        client.command(f"DROP TABLE IF EXISTS {all_touched}")
+        client.command(
+            f"CREATE TABLE {all_touched} ENGINE = Memory AS "
+            + _touched(since).replace("{db}", database)
+        )
+        total = int(client.command(f"SELECT count() FROM {all_touched}"))
+        parts = max(1, -(-total // chunk))
+        for part in range(parts):
+            this = (
+                f"SELECT session_id FROM {all_touched} "
+                f"WHERE cityHash64(session_id) % {parts} = {part}"
+            )
+            done: list[str] = []
+            for name, body in _sources(this):
+                prior = ", ".join(f"{d} AS (SELECT * FROM {scratch[d]})" for d in done)
+                sql = (f"WITH {prior} " if prior else "") + body.replace("{db}", database)
+                client.command(f"CREATE TABLE {scratch[name]} ENGINE = Memory AS {sql}")
+                done.append(name)
+            for state in _STATES:
+                _insert_state(client, database, state, stamp, scratch)
+                rows[state.table] += int(
+                    client.command(f"SELECT count() FROM {scratch['touched']}")
+                )
+            _drop(client, scratch)
+        client.command(f"DROP TABLE IF EXISTS {all_touched}")
+        client.command(f"INSERT INTO {database}.report_rows_watermark (watermark) SELECT {stamp}")
+    finally:
+        _drop(client, scratch)
+    return CompactionResult(start, rows, total, time.perf_counter() - t0)
+
+
+def _insert_state(
+    client: Any, database: str, state: _State, stamp: str, scratch: dict[str, str]
+) -> None:
+    """Materialize every step of the state query in its own Memory table, then insert the
+    delta rows: one statement per step keeps each plan small (the whole query inlines its
+    CTEs dozens of times and takes seconds to plan)."""
+    ctes, names = _delta_ctes(state.table, stamp, scratch)
+    steps = [(n, b) for n, b in _cte_list(ctes) if n not in scratch]
+    made: dict[str, str] = dict(scratch)
+    try:
+        for name, body in steps[:-1]:
+            prior = ", ".join(f"{d} AS (SELECT * FROM {t})" for d, t in made.items())
+            table = f"{database}.report_scratch_{name}"
+            client.command(f"DROP TABLE IF EXISTS {table}")
+            sql = f"WITH {prior} {body}".replace("{db}", database)
+            client.command(f"CREATE TABLE {table} ENGINE = Memory AS {sql}")
+            made[name] = table
+        prior = ", ".join(f"{d} AS (SELECT * FROM {t})" for d, t in made.items())
+        last, body = steps[-1]
+        sql = f"WITH {prior}, {last} AS ({body}) SELECT {names} FROM {last}"
+        client.command(
+            f"INSERT INTO {database}.{state.table} ({names}) {sql.replace('{db}', database)}"
+        )
+    finally:
+        _drop(client, {n: t for n, t in made.items() if n not in scratch})
+
+
+def _drop(client: Any, scratch: dict[str, str]) -> None:
+    for table in scratch.values():
+        client.command(f"DROP TABLE IF EXISTS {table}")
+
+
+class _Locked:
+    """A client whose statements each run under ``lock``."""
+
+    def __init__(self, client: Any, lock: threading.Lock) -> None:
+        self.client, self.lock = client, lock
+
+    def command(self, *a: Any, **kw: Any) -> Any:
+        with self.lock:
+            return self.client.command(*a, **kw)
+
+    def query(self, *a: Any, **kw: Any) -> Any:
+        with self.lock:
+            return self.client.query(*a, **kw)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class Compactor:
+    """Runs :func:`compact` every ``interval_s`` in a thread of its own, on a client of its
+    own, so the sink's flushes never wait for a whole round (only, on embedded chDB, for
+    the statement running at that moment). A failed round is logged and retried next time:
+    the report rows lag, the reads stay exact (they recompute what changed)."""
+
+    def __init__(
+        self,
+        client_factory: Any,
+        database: str,
+        interval_s: float,
+        lock: threading.Lock | None = None,
+        idle: Any = None,
+        max_lag_s: float = 10.0,
+    ) -> None:
+        self._factory = client_factory
+        #: ``idle()`` says the sink has nothing pending; a round waits for that (it would
+        #: delay the next flush on embedded chDB) unless the last one is ``max_lag_s`` old.
+        self._idle = idle
+        self.max_lag_s = max_lag_s
+        #: Held by the sink for a whole flush and by the compactor for each statement, so a
+        #: flush's inserts into several tables become visible together, never split by a
+        #: compaction statement (a reader that saw the interactions sees their feedback).
+        self.lock = lock or threading.Lock()
+        self.database = database
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last: CompactionResult | None = None
+        self.failures = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="report-compactor", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        client = None
+        try:
+            last = time.monotonic()
+            while not self._stop.wait(self.interval_s):
+                busy = self._idle is not None and not self._idle()
+                if busy and time.monotonic() - last < self.max_lag_s:
+                    continue
+                last = time.monotonic()
+                try:
+                    client = client or _Locked(self._factory(), self.lock)
+                    self.last = compact(client, self.database)
+                    if self.last.sessions:
+                        log.debug(
+                            "compacted %d sessions in %.2f s",
+                            self.last.sessions,
+                            self.last.seconds,
+                        )
+                except Exception as e:  # a round that fails is retried; ingestion goes on
+                    self.failures += 1
+                    log.warning("report rows compaction failed (will retry): %s", e)
+        finally:
+            if client is not None:
+                client.close()
+
+
+def declared_columns() -> dict[str, tuple[tuple[str, str, str], ...]]:
+    """Every report-rows table's columns as ``(name, type, default)`` the way ``DESCRIBE
+    TABLE`` prints them: what :data:`feedbackloop.sinks.tables.TABLES` registers."""
+    out = {s.table: tuple((c, t, "") for c, t in s.columns) for s in _STATES}
+    for t in TOTALS:
+        out[t.table] = (
+            *((n, ty, "") for n, ty, _ in t.keys),
+            *((n, f"SimpleAggregateFunction(sum, {ty})", "") for n, ty, _ in t.sums),
+            *((n, f"SimpleAggregateFunction({f}, {ty})", "") for n, f, ty, _ in t.extremes),
+        )
+    out["report_rows_watermark"] = (
+        ("watermark", "DateTime64(3, 'UTC')", ""),
+        ("computed_at", "DateTime64(3, 'UTC')", "DEFAULT now64(3)"),
+    )
+    return out
