@@ -9,35 +9,23 @@ import pytest
 
 pytest.importorskip("faust")  # the stream extra; the package imports faust
 
+from test_stream_pipeline import T0, TOPICS, recs  # noqa: E402
+from test_stream_pipeline import Collect as PipelineCollect  # noqa: E402
+
 from feedbackloop.schemas import (  # noqa: E402
     SHADOW_OF,
     EnrichedEvent,
     Feedback,
     Interaction,
-    Topics,
     WindowAggregate,
     encode,
 )
 from feedbackloop.stream_jobs import Pipeline, StreamConfig  # noqa: E402
 
-T0 = dt.datetime(2026, 1, 5, 12, 0, tzinfo=dt.timezone.utc)
-TOPICS = Topics("u.")
 
-
-class Collect:
-    def __init__(self) -> None:
-        self.msgs: list[tuple[str, bytes | None, bytes | None]] = []
-
-    def produce(self, topic, key, value, partition=None, headers=None):  # noqa: ANN001
-        self.msgs.append((topic, key, value))
-
-    def changelog(self, table, partition, key, value):  # noqa: ANN001
-        pass
-
+class Collect(PipelineCollect):
     def enriched(self) -> list[EnrichedEvent]:
-        return [
-            EnrichedEvent.model_validate_json(v) for t, _, v in self.msgs if t == TOPICS.enriched
-        ]
+        return [EnrichedEvent.model_validate_json(m[2]) for m in self.on(TOPICS.enriched)]
 
 
 def live(**kw):
@@ -70,14 +58,6 @@ def shadow_of(ia: Interaction, **kw):
         occurred_at=ia.occurred_at + dt.timedelta(seconds=1),
     )
     return Interaction(**{**base, **kw})
-
-
-def recs(events, start=0):
-    """(key, value, offset, timestamp ms) records as the worker hands them over."""
-    return [
-        (e.partition_key, encode(e), start + i, int(e.occurred_at.timestamp() * 1000))
-        for i, e in enumerate(events)
-    ]
 
 
 def test_a_shadow_answer_is_keyed_by_its_live_interaction():
@@ -142,9 +122,7 @@ def test_shadow_answers_are_counted_apart_from_the_live_window_metrics():
     pipe.process(0, recs([ia, shadow_of(ia), shadow_of(ia, experiment="exp", variant="a")]))
     later = live(occurred_at=T0 + dt.timedelta(minutes=10), session_id="s2")
     pipe.process(0, recs([later], 3))
-    aggs = [
-        WindowAggregate.model_validate_json(v) for t, _, v in out.msgs if t == TOPICS.aggregates
-    ]
+    aggs = [WindowAggregate.model_validate_json(m[2]) for m in out.on(TOPICS.aggregates)]
     first = [a for a in aggs if a.window_start == T0]
     live_rows = [a for a in first if a.model == "m1"]
     assert sum(a.interactions for a in live_rows) == 1
@@ -211,5 +189,5 @@ def test_a_shadow_answer_on_its_own_ids_partition_is_forwarded_to_its_live_answe
     ts = int(sh.occurred_at.timestamp() * 1000)
     pipe.process(wrong, [(str(sh.interaction_id).encode(), encode(sh), 7, ts)])
     assert pipe.stats.forwarded == 1 and not out.enriched()
-    (fwd,) = [m for m in out.msgs if m[0] == TOPICS.repartition]
+    (fwd,) = out.on(TOPICS.repartition)
     assert fwd[1] == live_key
