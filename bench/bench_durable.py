@@ -2,7 +2,7 @@
 in-memory one, same run, same machine.
 
     .venv/bin/python bench/bench_durable.py [--sdk-events 200000] [--stream-events 200000]
-        [--rate 3000 --seconds 10] [--log-events 1000000]
+        [--rate 3000 --seconds 10 --drain 300 --hops] [--log-events 1000000]
 
 For each storage (``memory://tansu/``, then ``durable``), on a fresh broker:
 
@@ -10,7 +10,9 @@ For each storage (``memory://tansu/``, then ``durable``), on a fresh broker:
 2. stream rate: the stream-jobs worker over a backlog (bench_stream.ours), beside a bare
    aiokafka consumer of the same backlog (the raw baseline);
 3. send -> visible: p50 / p99 from the SDK to ClickHouse through the default pipeline
-   (bench_sink.bench_latency), beside Kafka's own send -> consumer latency.
+   (bench_sink.bench_latency), beside Kafka's own send -> consumer latency; with ``--hops``
+   also when the worker took each event, produced it to the enriched topic, and a consumer
+   of that topic saw it (ms after the SDK call).
 
 Then, durable only: ``--log-events`` events in the broker's log (the raw topic), the broker
 and its S3 store stopped, and the time until (a) the broker answers again and (b) the whole
@@ -128,6 +130,11 @@ def main() -> None:
     ap.add_argument(
         "--drain", type=float, default=300.0, help="Seconds the last event may take to arrive."
     )
+    ap.add_argument(
+        "--hops",
+        action="store_true",
+        help="Also time each hop through the enriched topic (one more consumer on the broker).",
+    )
     ap.add_argument("--log-events", type=int, default=1_000_000)
     ap.add_argument("--skip", default="", help="comma-separated: sdk,stream,latency,restart")
     args = ap.parse_args()
@@ -151,6 +158,7 @@ def main() -> None:
                     stream_jobs=True,
                     storage=storage,
                     drain_s=args.drain,
+                    hops=args.hops,
                 )
                 r.update({k: v for k, v in lat.items() if k.endswith("_ms")})
             print(f"[{storage}] {r}", flush=True)

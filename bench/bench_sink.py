@@ -253,10 +253,13 @@ def bench_latency(
     stream_jobs: bool = False,
     storage: str = "memory://tansu/",
     drain_s: float = 60.0,
+    hops: bool = False,
 ) -> dict[str, float]:
     """Send -> visible. ``stream_jobs``: the default pipeline (SDK -> raw topic -> stream jobs
     -> enriched topic -> sink), else the sink reading the raw topic (``sink run --raw``).
-    ``storage``: the embedded broker's (``durable``: its log on the embedded S3 store)."""
+    ``storage``: the embedded broker's (``durable``: its log on the embedded S3 store).
+    ``hops`` (with ``stream_jobs``): also time each hop through the enriched topic, with one
+    more consumer on the broker (on the durable broker its fetches cost S3 requests too)."""
     from confluent_kafka import Consumer
 
     from feedbackloop.config import Settings
@@ -318,9 +321,9 @@ def bench_latency(
             # the sink does; each enriched record carries the event's occurred_at, the
             # worker's enriched_at (stamped when it took the batch) and, as its Kafka
             # timestamp, the moment the worker produced it.
-            hops: dict[str, list[float]] = {"picked": [], "produced": [], "enriched": []}
+            hop_ms: dict[str, list[float]] = {"picked": [], "produced": [], "enriched": []}
             observer = None
-            if stream_jobs:
+            if stream_jobs and hops:
                 observer = Consumer(
                     {
                         "bootstrap.servers": bootstrap,
@@ -345,7 +348,7 @@ def bench_latency(
                     for m in observer.consume(10_000, 0.1):
                         if m.error() is None:
                             seen = time.time() * 1000
-                            _enriched_hops(m.value(), m.timestamp()[1], seen, hops)
+                            _enriched_hops(m.value(), m.timestamp()[1], seen, hop_ms)
 
             # Wait for the worker's endpoint (group join, migrations) and the baseline join.
             deadline = time.monotonic() + 60
@@ -436,7 +439,7 @@ def bench_latency(
             "p99_ms": q[0][1],
             "rows": q[1],
         }
-        for name, values in {"kafka": kafka_lat, **hops}.items():
+        for name, values in {"kafka": kafka_lat, **hop_ms}.items():
             if values or name == "kafka":
                 out[f"{name}_p50_ms"] = _quantile(values, 0.5)
                 out[f"{name}_p99_ms"] = _quantile(values, 0.99)
