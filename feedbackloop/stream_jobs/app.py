@@ -16,7 +16,6 @@ import math
 import operator
 import time
 import urllib.request
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -83,66 +82,44 @@ class _StateTable(faust.Table):
 
 
 class KafkaOutput:
-    """The pipeline's :class:`~.pipeline.Output` on librdkafka producers.
+    """The pipeline's :class:`~.pipeline.Output` on a librdkafka producer."""
 
-    ``connections`` producers, each with its own broker connection, every partition of a
-    topic always written by the same one (so its order is kept). Why several: Tansu answers
-    the requests of one connection one at a time, and on the durable broker each partition's
-    batch is two sequential S3 PUTs (~5-25 ms each on a loaded machine), so one connection
-    caps the worker at a few dozen partition batches per second whatever the CPU; separate
-    connections are served concurrently (docs/PERFORMANCE.md, "Durable embedded broker").
-    """
-
-    def __init__(
-        self,
-        client_config: dict[str, Any],
-        changelog_topics: dict[str, str],
-        connections: int = 4,
-    ) -> None:
-        conf = {
-            **client_config,
-            # Every batch ends in flush(), which sends at once whatever linger says; a short
-            # linger only splits a batch's outputs into more, smaller produce requests while
-            # it is processed, each of them two S3 PUTs on the durable broker.
-            "linger.ms": 1000,
-            "batch.size": 1_000_000,
-            "compression.type": "lz4",
-            "queue.buffering.max.messages": 1_000_000,
-            "queue.buffering.max.kbytes": 1_048_576,
-            "enable.idempotence": False,
-            # Python callbacks only for failures: one per message would cost ~1 us each.
-            "delivery.report.only.error": True,
-            # Set once here rather than per message: a kwargs dict per produce() call
-            # was ~0.5 us of the hot path.
-            "on_delivery": self._on_delivery,
-            # Dead letters carry oversized events byte for byte; the broker still
-            # applies its own limit (to the compressed batch).
-            "message.max.bytes": 16 * 1024 * 1024,
-            "log_level": 3,
-            # Through Python logging (served by flush/poll), not librdkafka's own stderr
-            # writer, which also fires from a producer left alive at interpreter exit.
-            "logger": logging.getLogger("feedbackloop.stream_jobs.librdkafka"),
-        }
-        self._producers = [Producer(conf) for _ in range(max(1, connections))]
+    def __init__(self, client_config: dict[str, Any], changelog_topics: dict[str, str]) -> None:
+        self._producer = Producer(
+            {
+                **client_config,
+                # Every batch ends in flush(), which sends at once whatever linger says; a
+                # short linger only splits a batch's outputs into more, smaller produce
+                # requests while it is processed. On the durable broker each partition's
+                # batch costs two sequential S3 PUTs, and Tansu serves one connection's
+                # requests one at a time (docs/PERFORMANCE.md, "Durable embedded broker").
+                "linger.ms": 1000,
+                "batch.size": 1_000_000,
+                "compression.type": "lz4",
+                "queue.buffering.max.messages": 1_000_000,
+                "queue.buffering.max.kbytes": 1_048_576,
+                "enable.idempotence": False,
+                # Python callbacks only for failures: one per message would cost ~1 us each.
+                "delivery.report.only.error": True,
+                # Set once here rather than per message: a kwargs dict per produce() call
+                # was ~0.5 us of the hot path.
+                "on_delivery": self._on_delivery,
+                # Dead letters carry oversized events byte for byte; the broker still
+                # applies its own limit (to the compressed batch).
+                "message.max.bytes": 16 * 1024 * 1024,
+                "log_level": 3,
+                # Through Python logging (served by flush/poll), not librdkafka's own stderr
+                # writer, which also fires from a producer left alive at interpreter exit.
+                "logger": logging.getLogger("feedbackloop.stream_jobs.librdkafka"),
+            }
+        )
+        self._produce = self._producer.produce
         self._changelog_topics = changelog_topics
-        #: Partition count per topic, looked up once: keyed records get their partition
-        #: here (crc32 of the key, as librdkafka's default partitioner), so that one
-        #: producer owns each partition.
-        self._partition_counts: dict[str, int] = {}
         self.errors: list[str] = []
 
     def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
         if err is not None:
             self.errors.append(str(err))
-
-    def _partition_of(self, topic: str, key: bytes) -> int:
-        n = self._partition_counts.get(topic)
-        if n is None:
-            meta = self._producers[0].list_topics(topic, timeout=10).topics.get(topic)
-            n = len(meta.partitions) if meta is not None and meta.error is None else 0
-            if n:
-                self._partition_counts[topic] = n
-        return zlib.crc32(key) % n if n else -1
 
     def produce(
         self,
@@ -152,37 +129,25 @@ class KafkaOutput:
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        # -1 is librdkafka's "let the partitioner choose" (unkeyed records, or a topic whose
-        # partitions could not be listed: then the key picks the producer).
-        if partition is not None:
-            p = partition
-        elif key:
-            p = self._partition_of(topic, key)
-        else:
-            p = -1
-        producers = self._producers
-        producer = producers[(p if p >= 0 else zlib.crc32(key or b"")) % len(producers)]
+        # Positional arguments: (topic, value, key, partition); -1 is librdkafka's "let the
+        # partitioner choose".
+        p = -1 if partition is None else partition
         while True:
             try:
-                # Positional arguments: (topic, value, key, partition).
                 if headers:
-                    producer.produce(topic, value, key, p, headers=headers)  # type: ignore[arg-type]
+                    self._produce(topic, value, key, p, headers=headers)  # type: ignore[arg-type]
                 else:
-                    producer.produce(topic, value, key, p)
+                    self._produce(topic, value, key, p)
                 return
             except BufferError:
-                producer.poll(0.01)  # queue full: let deliveries drain
+                self._producer.poll(0.01)  # queue full: let deliveries drain
 
     def changelog(self, table: str, partition: int, key: bytes, value: bytes | None) -> None:
         self.produce(self._changelog_topics[table], key, value, partition=partition)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Block until everything produced so far is acknowledged; raise on any failure."""
-        # The producers send concurrently; flushing one after the other waits for the slowest.
-        deadline = time.monotonic() + timeout
-        remaining = sum(
-            producer.flush(max(0.0, deadline - time.monotonic())) for producer in self._producers
-        )
+        remaining = self._producer.flush(timeout)
         if remaining:
             raise BrokerError(f"{remaining} messages not delivered within {timeout:.0f} s")
         if self.errors:
