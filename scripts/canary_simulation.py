@@ -11,7 +11,7 @@ the votes of one session are strongly correlated); 30 % of interactions get a th
 up with probability ``p_s`` (the treatment's: ``p_s - drop``). A session keeps the variant
 it got when it arrived (the ramp assigns new sessions by the current step's weight).
 
-Each canary ramps 1% -> 5% -> 25% -> 50% (each step >= 10 min and >= 500 treatment
+Each canary ramps 1% -> 5% -> 25% -> 50% (each step >= 10 min and >= 200 treatment
 sessions with a vote), guarded on satisfaction (tolerance 0, alpha 0.05). After every
 minute (one look, as the guard looks at least that often) the guard's own ``judge`` reads
 the per-session sums (the ``RatioStats`` the guard's :class:`ArmStats` keeps). A canary not
@@ -79,7 +79,7 @@ def _canary(alpha: float, t0: dt.datetime):  # type: ignore[no-untyped-def]
         canary_steps=(0.01, 0.05, 0.25, 0.5),
         guardrails=(Guardrail(metric="satisfaction", tolerance=0.0),),
         min_step_s=600,
-        min_step_samples=500,
+        min_step_samples=200,
         alpha=alpha,
     )
     assert cfg.canary is not None
