@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from feedbackloop.cli.base import echo_json, settings_of
-from feedbackloop.cli.options import alpha_option, json_option, url_option
+from feedbackloop.cli.options import alpha_option, if_version_option, json_option, url_option
 from feedbackloop.config import Settings
 from feedbackloop.errors import ConfigError, FeedbackLoopError
 
@@ -91,19 +91,6 @@ def _by_option(f: Any) -> Any:
 def _reason_option(f: Any) -> Any:
     return click.option(
         "--reason", required=True, help="Why: recorded with the new version in the audit trail."
-    )(f)
-
-
-def _if_version_option(f: Any) -> Any:
-    return click.option(
-        "--if-version",
-        type=click.IntRange(min=1),
-        default=None,
-        metavar="N",
-        help="Compare-and-set: change only if the experiment is still at version N (as "
-        "`experiments show` printed it); otherwise nothing changes and the command fails. "
-        "Without it a change made by someone else in the meantime still wins over this one "
-        "only if it reached the control topic first: no change overwrites another unseen.",
     )(f)
 
 
@@ -221,15 +208,8 @@ def create(
         kwargs["alpha"] = alpha
     elif guardrails:
         raise click.UsageError("--guardrail applies to a --canary")
-    cfg = new_experiment(
-        _app(ctx, app_id),
-        name,
-        weights,
-        changed_by=_who(by),
-        reason=reason,
-        salt=salt,
-        **kwargs,
-    )
+    app, who = _app(ctx, app_id), _who(by)
+    cfg = new_experiment(app, name, weights, changed_by=who, reason=reason, salt=salt, **kwargs)
     _print(create_live(ctx, cfg), as_json)
 
 
@@ -250,14 +230,9 @@ def _change(
     if_version: int | None,
     **kw: Any,
 ) -> None:
+    app, who = _app(ctx, app_id), _who(by)
     cfg = _plane(ctx).change(
-        _app(ctx, app_id),
-        name,
-        action,
-        if_version=if_version,
-        changed_by=_who(by),
-        reason=reason,
-        **kw,
+        app, name, action, if_version=if_version, changed_by=who, reason=reason, **kw
     )
     _print(cfg, as_json)
 
@@ -268,7 +243,7 @@ def _simple(action: str, doc: str) -> None:
     @_app_id_option
     @_by_option
     @_reason_option
-    @_if_version_option
+    @if_version_option
     @json_option
     @click.pass_context
     def command(
@@ -295,7 +270,7 @@ _simple("rollback", "Roll NAME back: every session of the treatment returns to c
 @_app_id_option
 @_by_option
 @_reason_option
-@_if_version_option
+@if_version_option
 @json_option
 @click.pass_context
 def weights_cmd(
@@ -309,9 +284,8 @@ def weights_cmd(
     as_json: bool,
 ) -> None:
     """Set the weight of every variant of NAME (not a canary: ramp it)."""
-    _change(
-        ctx, "weights", name, app_id, by, reason, as_json, if_version, weights=_weights(weights)
-    )
+    w = _weights(weights)
+    _change(ctx, "weights", name, app_id, by, reason, as_json, if_version, weights=w)
 
 
 @experiments.command("ramp")
@@ -320,7 +294,7 @@ def weights_cmd(
 @_app_id_option
 @_by_option
 @_reason_option
-@_if_version_option
+@if_version_option
 @json_option
 @click.pass_context
 def ramp(
