@@ -216,7 +216,9 @@ class KafkaSource:
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            # A daemon thread: do not hold the app's close() for a metadata request to a
+            # broker that is down (it ends on its own when that times out).
+            self._thread.join(timeout=1)
 
     def _run(self, offer: Offer) -> None:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition

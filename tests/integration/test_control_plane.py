@@ -76,12 +76,9 @@ def test_cli_changes_reach_kafka_and_http_sdks_and_show_prints_the_audit_trail(
     )
     assert "v1 running: v1 95%, v2 5% (canary step 1/3)" in out
     server = WebServer(s.model_copy(update={"web_port": 0}), "127.0.0.1", 0).start()
-    kafka_sdk = FeedbackClient(
-        s.model_copy(update={"data_dir": tmp_path / "k"}), live_experiments=True
-    )
-    http_sdk = CollectorClient(
-        server.url, None, s.model_copy(update={"data_dir": tmp_path / "h"}), live_experiments=True
-    )
+    # no live_experiments argument: following the live config is the default
+    kafka_sdk = FeedbackClient(s.model_copy(update={"data_dir": tmp_path / "k"}))
+    http_sdk = CollectorClient(server.url, None, s.model_copy(update={"data_dir": tmp_path / "h"}))
     sdks = [kafka_sdk, http_sdk]
     try:
         for sdk in sdks:

@@ -197,6 +197,39 @@ def test_the_client_serves_the_live_version_and_rollback_moves_every_session_bac
     assert client.assign_variant("prompt", "s1") == "v1"
 
 
+def test_a_client_on_its_kafka_transport_follows_live_config_by_default_without_waiting(
+    tmp_path: Path,
+) -> None:
+    """No broker at all (a closed port): the client starts, serves its code-defined
+    experiment, and closes; following runs in the background and never raises."""
+    from feedbackloop.producers.assignment import Experiment
+
+    dead = Settings(app_id="app", data_dir=tmp_path, bootstrap_servers="127.0.0.1:1")
+    code = [Experiment("prompt", {"v1": 0.0, "v2": 1.0})]
+    client = FeedbackClient(dead, experiments=code, spool_path=tmp_path / "spool")
+    try:
+        assert client.live_config is not None  # followed by default
+        assert client.live_config.configs == {}
+        assert client.assign_variant("prompt", "s1") == "v2"  # code-defined still serves
+        iid = client.log_interaction(
+            session_id="s1", user_input="q", response="a", model="m", experiment="prompt"
+        )
+        assert iid is not None
+    finally:
+        client.close(timeout=0)
+    # off when the app or the settings say so, and for a client given its own transport
+    off = [
+        FeedbackClient(dead, live_experiments=False, spool_path=tmp_path / "s2"),
+        FeedbackClient(
+            dead.model_copy(update={"live_experiments": False}), spool_path=tmp_path / "s3"
+        ),
+        FeedbackClient(dead, transport=_Null()),
+    ]
+    for c in off:
+        assert c.live_config is None
+        c.close(timeout=0)
+
+
 def test_a_code_defined_experiment_wins_only_when_the_app_says_so(tmp_path: Path) -> None:
     from feedbackloop.producers.assignment import Experiment
 
