@@ -44,7 +44,8 @@ VOTE_SHARE = 0.3
 CHATTY_SHARE = 0.05
 SHORT_MEAN = 2.5
 CHATTY_RANGE = (20, 80)
-MEAN_INTERACTIONS = (1 - CHATTY_SHARE) * SHORT_MEAN + CHATTY_SHARE * sum(CHATTY_RANGE) / 2
+#: The seed of a row is 1000 * rate + this (drop -> offset).
+ROW_SEEDS = {0.0: 0, 0.05: 1, 0.10: 2, 0.20: 3}
 
 
 @dataclass
@@ -89,12 +90,19 @@ def _canary(alpha: float, t0: dt.datetime):  # type: ignore[no-untyped-def]
 
 
 def simulate(
-    rate_per_min: int, drop: float, runs: int, hours: float, seed: int, alpha: float = 0.05
+    rate_per_min: int,
+    drop: float,
+    runs: int,
+    hours: float,
+    seed: int,
+    alpha: float = 0.05,
+    chatty_share: float = CHATTY_SHARE,
 ) -> list[tuple[float | None, bool]]:
     """Per run: (minutes to rollback or None, whether the per-vote test would have rolled
     back by then)."""
     rng = np.random.default_rng(seed)
-    arrivals = rate_per_min / MEAN_INTERACTIONS
+    mean = (1 - chatty_share) * SHORT_MEAN + chatty_share * sum(CHATTY_RANGE) / 2
+    arrivals = rate_per_min / mean
     a, b = BASE * CONCENTRATION, (1 - BASE) * CONCENTRATION
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     out: list[tuple[float | None, bool]] = []
@@ -116,7 +124,7 @@ def simulate(
         for minute in range(1, int(hours * 60) + 1):
             assert cfg.canary is not None
             k = int(rng.poisson(arrivals))
-            chatty = rng.random(k) < CHATTY_SHARE
+            chatty = rng.random(k) < chatty_share
             n_new = np.where(
                 chatty,
                 rng.integers(CHATTY_RANGE[0], CHATTY_RANGE[1] + 1, k),
@@ -182,11 +190,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=400)
     parser.add_argument("--hours", type=float, default=12.0)
     parser.add_argument("--rates", default="1000,10000")
+    parser.add_argument("--drops", default="0,0.05,0.10,0.20")
+    parser.add_argument("--chatty", type=float, default=CHATTY_SHARE, help="chatty session share")
     args = parser.parse_args()
     print(
         f"canary guard simulation: {args.runs} canaries per row, {args.hours:g} h horizon, "
         f"satisfaction {BASE:.0%} (per-session Beta, concentration {CONCENTRATION:g}), "
-        f"{VOTE_SHARE:.0%} of interactions voted, {CHATTY_SHARE:.0%} chatty sessions "
+        f"{VOTE_SHARE:.0%} of interactions voted, {args.chatty:.0%} chatty sessions "
         f"({CHATTY_RANGE[0]}-{CHATTY_RANGE[1]} interactions), ramp 1/5/25/50%, alpha 0.05, "
         "tolerance 0"
     )
@@ -197,8 +207,12 @@ def main() -> None:
     )
     print("|---:|---:|---:|---:|---:|---:|")
     for rate in (int(r) for r in args.rates.split(",")):
-        for i, drop in enumerate((0.0, 0.05, 0.10, 0.20)):
-            res = simulate(rate, drop, args.runs, args.hours, seed=1000 * rate + i)
+        for drop in (float(d) for d in args.drops.split(",")):
+            # each row's seed depends on its rate and drop only, so rows can run apart
+            i = ROW_SEEDS.get(drop, round(drop * 1000))
+            res = simulate(
+                rate, drop, args.runs, args.hours, seed=1000 * rate + i, chatty_share=args.chatty
+            )
             hit = [r for r, _ in res if r is not None]
             share = len(hit) / len(res)
             per_vote = sum(v for _, v in res) / len(res)
