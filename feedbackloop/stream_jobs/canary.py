@@ -160,6 +160,8 @@ class CanaryGuard:
         #: Rollback alerts sent (tests, the demo).
         self.alerts: list[Any] = []
         self._acted: dict[str, int] = {}
+        #: The tracked canaries' names, JSON-quoted (the cheap pre-filter of on_enriched).
+        self._needles: tuple[bytes, ...] = ()
         #: Epoch seconds the enriched topic should be re-read from (a canary appeared).
         self._rewind: float | None = None
         self._ids: tuple[set[bytes], set[bytes]] = (set(), set())
@@ -202,23 +204,35 @@ class CanaryGuard:
             if seen is not None and cfg.version <= seen.version:
                 return  # the first message of a version wins (see control/plane.py)
             self.configs[cfg.key] = cfg
-            c = cfg.canary
-            if c is None or cfg.status not in (Status.running, Status.paused):
-                self.tracked.pop(cfg.key, None)  # finished: forget its sessions
-                return
-            started = c.started_at.timestamp()
-            step = (c.step, c.step_started_at.timestamp())
-            tr = self.tracked.get(cfg.key)
-            if tr is None or tr.started_at != started:
-                self.tracked[cfg.key] = _Tracked(started, step)
-                since = started - REWIND_S
-                self._rewind = since if self._rewind is None else min(self._rewind, since)
-            elif tr.step != step:
-                tr.step, tr.at_step = step, ArmStats()
+            try:
+                self._track(cfg)
+            finally:
+                self._needles = tuple(
+                    {orjson.dumps(self.configs[k].name) for k in self.tracked if k in self.configs}
+                )
+
+    def _track(self, cfg: ExperimentConfig) -> None:
+        """Start, restart or stop holding sessions for ``cfg`` (under the lock)."""
+        c = cfg.canary
+        if c is None or cfg.status not in (Status.running, Status.paused):
+            self.tracked.pop(cfg.key, None)  # finished: forget its sessions
+            return
+        started = c.started_at.timestamp()
+        step = (c.step, c.step_started_at.timestamp())
+        tr = self.tracked.get(cfg.key)
+        if tr is None or tr.started_at != started:
+            self.tracked[cfg.key] = _Tracked(started, step)
+            since = started - REWIND_S
+            self._rewind = since if self._rewind is None else min(self._rewind, since)
+        elif tr.step != step:
+            tr.step, tr.at_step = step, ArmStats()
 
     def on_enriched(self, value: bytes | None, partition: int = 0, offset: int = -1) -> None:
         """Count one enriched event for the live canary its interaction belongs to."""
-        if not value:
+        needles = self._needles
+        # Most events belong to no canary: a substring test of the quoted experiment names
+        # (any JSON spacing) spares them the parse.
+        if not value or not any(n in value for n in needles):
             return
         try:
             doc = orjson.loads(value)
