@@ -19,7 +19,7 @@ rolled back within the horizon counts as not rolled back. For comparison, the sa
 also judged per vote (each vote an independent unit, the guard's test before it counted
 sessions); that column only records whether the per-vote test would have rolled back.
 
-    .venv/bin/python scripts/canary_simulation.py [--runs 400] [--hours 12] [--rates 1000,10000]
+    .venv/bin/python scripts/canary_simulation.py [--runs 400] [--hours 6] [--rates 1000,10000]
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def _q(xs: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=400)
-    parser.add_argument("--hours", type=float, default=12.0)
+    parser.add_argument("--hours", type=float, default=6.0)
     parser.add_argument("--rates", default="1000,10000")
     parser.add_argument("--drops", default="0,0.05,0.10,0.20")
     parser.add_argument("--chatty", type=float, default=CHATTY_SHARE, help="chatty session share")
