@@ -147,15 +147,16 @@ def _fill(client: Any, n: int, days: int, dup: float, chunk: int = 500_000) -> d
 
 
 def _filled(client: Any, n: int, days: int, dup: float) -> dict[str, int]:
-    """``_fill`` unless the database already holds ``n`` interactions (a kept ``--data``)."""
+    """``_fill`` unless the database already holds ``n`` interactions (a kept ``--data``;
+    more once a ``--traffic`` run wrote to it)."""
     have = client.query(f"SELECT uniqExact(event_id) FROM {DB}.interactions").result_rows[0][0]
-    if have == n:
+    if have >= n:
         return {
             t: client.query(f"SELECT count() FROM {DB}.{t}").result_rows[0][0]
             for t in ("interactions", "feedback", "outcomes", "window_aggregates")
         }
     if have:
-        sys.exit(f"the kept database holds {have:,} interactions, not {n:,}: use another --data")
+        sys.exit(f"the kept database holds {have:,} interactions, < {n:,}: use another --data")
     return _fill(client, n, days, dup)
 
 

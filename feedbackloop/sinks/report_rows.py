@@ -98,6 +98,25 @@ DEDUP_KEYS = {
 }
 
 
+#: The columns the report statements read of each event table (a matching row would
+#: otherwise pull its whole granule of prompts and responses through the deduplication).
+_READ_COLUMNS = {
+    "interactions": (
+        "event_id, interaction_id, session_id, app_id, experiment, variant, prompt_version,"
+        " model, occurred_at, latency_ms, cost_usd, shadow",
+    ),
+    "feedback": (
+        "event_id, interaction_id, session_id, app_id, experiment, kind, thumbs, rating,"
+        " occurred_at",
+    ),
+    "implicit": ("event_id, interaction_id, session_id, app_id, experiment, signal, occurred_at",),
+    "outcomes": (
+        "event_id, interaction_id, session_id, app_id, experiment, outcome, value,"
+        " time_to_outcome_ms, occurred_at",
+    ),
+}
+
+
 def restricted_sql(sql: str, sessions: str) -> str:
     """An exact report statement (:mod:`feedbackloop.analysis.reads.queries`: ``WITH …``,
     reading ``<table> FINAL``) answered for the sessions ``sessions`` only (a tuple
@@ -113,8 +132,9 @@ def restricted_sql(sql: str, sessions: str) -> str:
         " OR (interaction_id IS NULL AND session_id IN _sessions)",
     }
     for table, cond in where.items():
+        cols = ", ".join((*_READ_COLUMNS[table], "_version"))
         sql = sql.replace(
-            f"FROM {table} FINAL", f"FROM ({_dedup(table, '*', DEDUP_KEYS[table], cond)})"
+            f"FROM {table} FINAL", f"FROM ({_dedup(table, cols, DEDUP_KEYS[table], cond)})"
         )
     if " FINAL" in sql or not sql.startswith("WITH "):
         raise ValueError("not a report statement this module can restrict")
