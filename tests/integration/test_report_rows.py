@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
-import operator
 import random
 import uuid
 from collections.abc import Callable
@@ -477,25 +476,3 @@ def test_reads_take_the_exact_path_when_too_many_sessions_changed_since_the_comp
     scope = Scope(experiment="exp1")
     assert derived.experiment_rows(runner, scope, (0.5,)) is None
     _same(fetch_experiment(runner, scope, exact=True), fetch_experiment(runner, scope))
-
-
-def test_failures_read_of_the_newest_interactions_equals_the_full_join(store: Any) -> None:
-    """``failures`` reads only the newest ``limit`` interactions' events (deduplicated as
-    FINAL does); the answer is the join of every stored event's, redeliveries included."""
-    from feedbackloop.analysis.failures.records import HEAD_CHARS, _query
-
-    client, db, runner = store
-    ev = Events(client, db, seed=31)
-    pop = _population(ev, 40)
-    for table, rows in pop.items():
-        ev.insert(table, rows)
-        ev.insert(table, rows[: len(rows) // 2])  # redelivered
-    late = pop["interactions"][::5]
-    ev.insert("feedback", [ev.feedback(i, "thumbs", T0 + dt.timedelta(days=3)) for i in late])
-    for scope in (Scope(limit=25), Scope(limit=10_000), Scope(experiment="exp1", limit=40)):
-        full, fast = (
-            runner(_query(False, HEAD_CHARS, scope, db, restrict=r)).rows for r in (False, True)
-        )
-        assert len(fast) == min(scope.limit, len(pop["interactions"]))
-        key = operator.itemgetter(2, 0)  # occurred_at, then interaction id
-        _same(sorted(full, key=key), sorted(fast, key=key))

@@ -72,42 +72,15 @@ class JudgedInteraction:
         return tuple(t for t in self.texts if t.kind == "correction")
 
 
-def _query(
-    select_texts: bool, text_chars: int | None, sel: Scope, db: str, restrict: bool = True
-) -> str:
-    """The read; ``restrict=False`` joins every stored event (what a ``with_text``
-    selection needs; held equal to the restricted read by tests/integration/test_report_rows)."""
-
+def _query(select_texts: bool, text_chars: int | None, sel: Scope, db: str) -> str:
     def head(col: str) -> str:
         return f"i.{col}" if text_chars is None else f"substring(i.{col}, 1, {int(text_chars)})"
 
-    since = "1"
+    fb_since = im_since = ""
     if sel.since is not None:
         # Feedback follows its interaction: older feedback cannot belong to the window.
-        since = f"occurred_at >= {datetime_literal(sel.since)}"
-    where = sel.interaction_filter("i")
+        fb_since = im_since = f"WHERE occurred_at >= {datetime_literal(sel.since)}"
     with_text = " AND (notEmpty(fb.texts) OR notEmpty(im.edit_texts))" if sel.with_text else ""
-    if sel.with_text or not restrict:
-        # The text condition needs every interaction's signals before the limit.
-        fb_src = f"(SELECT * FROM {db}.feedback FINAL WHERE {since})"
-        im_src = f"(SELECT * FROM {db}.implicit FINAL WHERE {since})"
-    else:
-        # Only the newest ``limit`` interactions are returned: their ids first, then only
-        # their events, deduplicated as FINAL does (ORDER BY _version DESC LIMIT 1 BY the
-        # sorting key; every version of an event has the same interaction_id), instead of
-        # merging every feedback and implicit row ever stored (docs/PERFORMANCE.md).
-        from feedbackloop.sinks.report_rows import DEDUP_KEYS
-
-        ids = (
-            f"(SELECT i.interaction_id FROM {db}.interactions AS i FINAL WHERE {where}"
-            f" ORDER BY i.occurred_at DESC LIMIT {int(sel.limit)})"
-        )
-        fb_src, im_src = (
-            f"(SELECT * FROM {db}.{t} WHERE interaction_id IN {ids} AND {since}"
-            f" ORDER BY _version DESC LIMIT 1 BY {DEDUP_KEYS[t]})"
-            for t in ("feedback", "implicit")
-        )
-        where += f" AND i.interaction_id IN {ids}"
     response = head("response") if select_texts else "''"
     system = head("system_prompt") if select_texts else "''"
     return f"""
@@ -122,7 +95,8 @@ WITH fb AS (
         groupArrayIf(
             (kind, text, toString(event_id), toString(occurred_at)), text != ''
         ) AS texts
-    FROM {fb_src}
+    FROM {db}.feedback FINAL
+    {fb_since}
     GROUP BY interaction_id
 ), im AS (
     SELECT interaction_id,
@@ -134,7 +108,8 @@ WITH fb AS (
             ('edit', edited_text, toString(event_id), toString(occurred_at)),
             signal = 'edit' AND edited_text != ''
         ) AS edit_texts
-    FROM {im_src}
+    FROM {db}.implicit FINAL
+    {im_since}
     GROUP BY interaction_id
 )
 SELECT
@@ -148,7 +123,7 @@ SELECT
 FROM {db}.interactions AS i FINAL
 LEFT JOIN fb ON fb.interaction_id = i.interaction_id
 LEFT JOIN im ON im.interaction_id = i.interaction_id
-WHERE {where}{with_text}
+WHERE {sel.interaction_filter("i")}{with_text}
 ORDER BY i.occurred_at DESC
 LIMIT {int(sel.limit)}
 """
