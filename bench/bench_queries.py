@@ -1,6 +1,7 @@
 """Query benchmark: the documented analyst queries at millions of rows, in embedded chDB.
 
 Run:  .venv/bin/python bench/bench_queries.py [--interactions 2000000] [--days 7] [--runs 3]
+      [--exact] [--traffic 30] [--data DIR [--prepare | --only-traffic]]
 
 Builds a database with the real migrations (tables, rollup views) and fills it with SQL
 (``INSERT … SELECT … FROM numbers()``: the writer's own speed is bench_sink.py's subject):
@@ -22,8 +23,21 @@ dashboard (feedbackloop.analysis.reads.queries), on the same data, from the per-
 rows (feedbackloop.sinks.report_rows: built by ``compact`` first, timed), beside the cost of
 merely deduplicating what the exact queries read (``SELECT count() FROM … FINAL`` of each
 table they touch); ``--exact`` also times the exact queries once and compares the answers.
-Last, 10,000 late thumbs: a report before the next compaction (exact path), the compaction
-round, a report after it. ``--skip-analyst`` leaves out the analyst queries.
+Then ``feedbackloop failures``'s read (newest 200,000 interactions with every signal) beside
+the same ``count() FINAL``. Then 10,000 late thumbs: a report before the next compaction
+(more sessions touched than a read recomputes: exact path), the compaction round, a report
+after it. ``--skip-analyst`` leaves out the analyst queries.
+
+``--traffic SECONDS``: every report again while a writer inserts ``--write-rate``
+interactions/s (their feedback and outcomes as above) and ``--late-rate`` late thumbs/s on old
+interactions, and the sink worker's compactor runs every second: ours (totals plus the
+sessions touched since the last compaction, recomputed in the read) beside ``count() FINAL``,
+both timed during the traffic, with the sessions touched at the read and how many exact-path
+statements it ran (``BENCH_STATEMENTS=1`` prints each statement's time).
+
+``--data DIR`` keeps the database: ``--prepare`` only fills it and builds its report rows
+(``--chunk`` sessions per compaction step), later runs read it as it is (``--only-traffic``:
+``failures`` once, then the traffic part).
 """
 
 from __future__ import annotations
