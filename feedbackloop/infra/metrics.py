@@ -108,6 +108,7 @@ class Families:
     alerts: Any
     dead_letters: Any
     sink_messages: Any
+    offset_gaps: Any
     sink_rows: Any
     sink_inserts: Any
     sink_insert_errors: Any
@@ -182,6 +183,13 @@ def _create() -> Families:
         ),
         sink_messages=Counter(
             p + "sink_messages", "Kafka messages stored by the sink.", registry=reg
+        ),
+        offset_gaps=Counter(
+            p + "offset_gaps",
+            "Holes in a partition's offsets seen by a consumer: 'waited' (filled on a "
+            "re-fetch), 'skipped' (offsets passed over after the wait; never read).",
+            ["service", "outcome"],
+            registry=reg,
         ),
         sink_rows=Counter(
             p + "sink_rows", "Rows inserted into ClickHouse, by table.", ["table"], registry=reg
@@ -314,6 +322,13 @@ class StreamMetrics:
         for reason, n in list(st.by_reason.items()):
             d.inc(("dl", reason), f.dead_letters.labels("stream", reason), n)
         d.inc("aggregates", f.stream_aggregates, st.aggregates)
+        try:
+            gaps = jobs.app.consumer.gaps
+        except Exception:  # not started yet
+            gaps = None
+        if gaps is not None:
+            d.inc("gaps_waited", f.offset_gaps.labels("stream", "waited"), gaps.waited)
+            d.inc("gaps_skipped", f.offset_gaps.labels("stream", "skipped"), gaps.skipped)
         f.stream_pending.set(st.pending)
         alerts = jobs.alerts_sent
         seen = int(self._d._seen.get("alerts", 0))
@@ -374,6 +389,10 @@ class SinkMetrics:
         d.inc("inserts", f.sink_inserts, st.inserts)
         d.inc("errors", f.sink_insert_errors, st.transient_errors)
         d.inc("seconds", f.sink_insert_seconds, st.insert_seconds)
+        gaps = getattr(worker, "gaps", None)
+        if gaps is not None:
+            d.inc("gaps_waited", f.offset_gaps.labels("sink", "waited"), gaps.waited)
+            d.inc("gaps_skipped", f.offset_gaps.labels("sink", "skipped"), gaps.skipped)
         f.sink_pending_rows.set(worker.sink.pending)
         consumer = getattr(worker, "_consumer", None)
         if consumer is not None:

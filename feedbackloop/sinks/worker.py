@@ -9,6 +9,11 @@ Order of effects per flush, the whole reliability story in four lines:
 3. a crash before 2 replays those messages after restart, and ReplacingMergeTree plus the
    insert tokens make the replay harmless;
 4. on shutdown (Ctrl-C / SIGTERM) the worker flushes and commits before it exits.
+
+A message is added only when every earlier offset of its partition was (``GapGuard``: on
+Tansu's S3 engine a fetch can run ahead of a produce when several producers write a
+partition, e.g. two stream workers during a rebalance; docs/RELIABILITY.md), so a commit
+never passes a record the sink has not stored.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 from feedbackloop.config import Settings, default_of
 from feedbackloop.errors import BackPressure, BrokerError
+from feedbackloop.infra.offset_gaps import GapGuard
 from feedbackloop.schemas import Topics
 from feedbackloop.sinks.clickhouse import ClickHouseSink, SinkMessage
 from feedbackloop.sinks.migrations import migrate
@@ -94,6 +100,9 @@ class SinkConfig:
 class SinkWorker:
     """Runs one consumer and one :class:`ClickHouseSink` until :meth:`stop` is called."""
 
+    #: Seconds to wait before fetching a partition with a hole again.
+    gap_retry_s = 0.05
+
     def __init__(
         self,
         settings: Settings,
@@ -120,6 +129,8 @@ class SinkWorker:
         self._stop = threading.Event()
         self._consumer: Any = None
         self._paused: list[Any] = []
+        #: Holes in a partition's offsets: waited for, or passed over and counted.
+        self.gaps = GapGuard(name="sink")
         self.endpoint: Any = None
         self.compactor: Any = None
         # Shared with the compactor: a flush's inserts are not split by its statements.
@@ -228,6 +239,7 @@ class SinkWorker:
             wait = sink.time_to_due()
             timeout = 0.2 if wait is None else max(0.0, min(0.2, wait))
             msgs = consumer.consume(num_messages=cfg.poll_batch, timeout=timeout)
+            refetch: set[tuple[str, int]] = set()
             for m in msgs:
                 err = m.error()
                 if err is not None:
@@ -236,6 +248,14 @@ class SinkWorker:
                     if not err.retriable() and err.fatal():
                         raise BrokerError(f"fatal consumer error: {err}")
                     log.debug("consumer: %s", err)
+                    continue
+                tp = (m.topic(), m.partition())
+                if tp in refetch:
+                    continue  # fetched after a hole: read again once the hole is filled
+                admitted = self.gaps.admit(tp, (m.offset(),))
+                if admitted.missing is not None:
+                    refetch.add(tp)
+                    self._seek(tp, admitted.missing)
                     continue
                 ts = m.timestamp()[1]
                 sink.add(
@@ -247,6 +267,16 @@ class SinkWorker:
             if sink.due():
                 self._flush()
             self.metrics.maybe_update(self)
+            if refetch:
+                time.sleep(self.gap_retry_s)
+
+    def _seek(self, tp: tuple[str, int], offset: int) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        try:
+            self._consumer.seek(TopicPartition(tp[0], tp[1], offset))
+        except KafkaException as e:  # the guard keeps holding the partition; tried again
+            log.warning("cannot seek %s[%d] back to %d: %s", tp[0], tp[1], offset, e)
 
     # --- flushing ----------------------------------------------------------------------------
     def _flush(self, final: bool = False) -> None:
@@ -310,6 +340,8 @@ class SinkWorker:
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
+        for tp in revoked:
+            self.gaps.forget(tp)
         try:
             with self._flush_lock:
                 offsets = self.sink.flush()

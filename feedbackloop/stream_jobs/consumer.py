@@ -25,6 +25,14 @@ Why (evidence in docs/PERFORMANCE.md, "Stream jobs"):
    :meth:`TunedConsumerThread._highwaters` checks each listed end by fetching the record just
    before it: the fetch response's high watermark is right on Tansu, and on a correct broker
    it equals the listed end.
+4. A fetch can run ahead of a produce on Tansu's S3 engine: with several producers writing a
+   partition, a fetch may return a later batch while an earlier one is still being written
+   (docs/RELIABILITY.md, "A fetch can run ahead of a produce"). The topics with batch
+   handlers (raw events, repartition) are written without transactions, so a hole in their
+   offsets is a record not visible yet: :class:`~feedbackloop.infra.offset_gaps.GapGuard`
+   stops the batch before it, the partition is sought back to it and fetched again, and
+   nothing after it is acknowledged (so never committed) until it arrived or
+   ``GapGuard.max_wait_s`` passed.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ from typing import Any, cast
 import aiokafka
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+
+from feedbackloop.infra.offset_gaps import GapGuard
 
 __all__ = [
     "BatchConsumer",
@@ -100,6 +110,15 @@ class TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
         return await fetched_end_offsets(probe, listed)
 
+    async def _seek_wait(
+        self, consumer: aiokafka.AIOKafkaConsumer, partitions: Mapping[TP, int]
+    ) -> None:
+        gaps: GapGuard | None = getattr(self.consumer, "gaps", None)
+        if gaps is not None:  # the position every later record of the partition must follow
+            for tp, offset in partitions.items():
+                gaps.expect(tp, offset)
+        await super()._seek_wait(consumer, partitions)
+
 
 async def fetched_end_offsets(
     new_probe: Callable[[], aiokafka.AIOKafkaConsumer],
@@ -154,8 +173,20 @@ async def fetched_end_offsets(
 
 
 class BatchConsumer(faust_aiokafka.Consumer):
+    #: Seconds to wait between re-fetches of a partition with a hole (see the module doc, 4.).
+    gap_retry_s = 0.05
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gaps = GapGuard(name="stream worker")
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return TunedConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        for tp in revoked:
+            self.gaps.forget(tp)
+        await super().on_partitions_revoked(revoked)
 
     def ack_offsets(self, tp: TP, offsets: Sequence[int]) -> None:
         """Acknowledge processed offsets the way :meth:`Consumer.ack` does per message."""
@@ -182,6 +213,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     await asyncio.sleep(0)
                     continue
                 generation = self.app.consumer_generation_id
+                refetch = False
                 for tp, recs in records.items():
                     if not self.flow_active or self.app.consumer_generation_id != generation:
                         break  # rebalancing: faust seeks back to the committed offsets
@@ -200,14 +232,15 @@ class BatchConsumer(faust_aiokafka.Consumer):
                             await callback(to_message(tp, r))
                             read_offset[tp] = r.offset
                         continue
-                    # Shielded: a stop request must not cut a batch between its outputs and
-                    # its acknowledgement (faust gives the drainer 1 s to finish).
-                    task = asyncio.ensure_future(self._run_batch(handler, tp, recs, r_offset))
-                    try:
-                        await asyncio.shield(task)
-                    except asyncio.CancelledError:
-                        await task
-                        raise
+                    admitted = self.gaps.admit(tp, [r.offset for r in recs])
+                    if admitted.count:
+                        await self._run_shielded(handler, tp, recs[: admitted.count], r_offset)
+                    if admitted.missing is not None:
+                        # Drops what was fetched after the hole; the next fetch starts at it.
+                        await self._seek(tp, admitted.missing)
+                        refetch = True
+                if refetch:
+                    await asyncio.sleep(self.gap_retry_s)
                 if self._commit_every is not None and self._n_acked >= self._commit_every:
                     self._n_acked = 0
                     await self.commit()
@@ -220,10 +253,24 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 return
             raise
 
+    async def _run_shielded(
+        self, handler: BatchHandler, tp: TP, recs: Sequence[Any], r_offset: int | None
+    ) -> None:
+        # Shielded: a stop request must not cut a batch between its outputs and its
+        # acknowledgement (faust gives the drainer 1 s to finish).
+        task = asyncio.ensure_future(self._run_batch(handler, tp, recs, r_offset))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await task
+            raise
+
     async def _run_batch(
         self, handler: BatchHandler, tp: TP, recs: Sequence[Any], r_offset: int | None
     ) -> None:
         first = recs[0].offset
+        # Holes reach here only once GapGuard passed over them: faust commits past a hole
+        # only when it is registered as a gap.
         if r_offset and first - r_offset > 1:  # the same gap rule as faust's drain loop
             await self._add_gap(tp, r_offset + 1, first)
         await handler(tp, recs)
