@@ -212,7 +212,7 @@ def bench_identity_lookup(
             times = []
             for _ in range(3):
                 t0 = time.perf_counter()
-                lookup(client, "bench_keys", ids, embedded=True)
+                lookup(client, "bench_keys", True, ids=ids)
                 times.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             client.command(

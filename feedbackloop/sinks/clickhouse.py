@@ -22,7 +22,6 @@ import contextlib
 import datetime as dt
 import gc
 import hashlib
-import itertools
 import logging
 import os
 import struct
@@ -661,7 +660,7 @@ class ClickHouseSink(BatchingSink):
             if table in EVENT_TABLES
             for row, _ in pairs
         ]
-        known = self._lookup(itertools.chain(texts, ids))
+        known = self._lookup(texts, ids)
         prep.identity = IdentityCheck(known)
         text_suspects = _repeated(texts)
         suspects = _repeated(ids) | known.keys()
@@ -716,9 +715,9 @@ class ClickHouseSink(BatchingSink):
             for o, eid, app_id, slice_, hour in rows
         }
 
-    def _lookup(self, ids: Iterable[bytes | int]) -> dict[int, Any]:
+    def _lookup(self, texts: Collection[bytes] = (), ids: Iterable[int] = ()) -> dict[int, Any]:
         try:
-            return lookup(self._connect(), self.database, ids, bool(self._embedded))
+            return lookup(self._connect(), self.database, bool(self._embedded), texts, ids)
         except Exception as e:
             self._transient("event_keys", e)
             raise  # pragma: no cover - _transient raises
@@ -751,7 +750,7 @@ class ClickHouseSink(BatchingSink):
                 if suspects is None or row[0] in suspects
             ]
         if suspects is None and keyed:
-            check.add(self._lookup({k[2] for k in keyed}))
+            check.add(self._lookup(ids={k[2] for k in keyed}))
         keyed += lines
         refused: dict[str, set[int]] = {}
         keyed.sort(key=lambda k: k[0])  # the first in the batch wins

@@ -379,10 +379,10 @@ class FakeClient:
         if external_data is not None:
             data = external_data.files[0].data
         else:
-            path = re.search(r"file\('([^']+)', 'TSV', 'id UUID'\)", sql).group(1)  # type: ignore[union-attr]
+            path = re.search(r"file\('([^']+)', 'RowBinary'", sql).group(1)  # type: ignore[union-attr]
             with open(path, "rb") as f:
                 data = f.read()
-        ids = {uuid.UUID(line.decode()).int for line in data.split(b"\n")}
+        ids = {int.from_bytes(data[i : i + 16], "big") for i in range(0, len(data), 16)}
         rows = []
         for table in EVENT_TABLES:
             for row in self.inserted.get(table, []):
