@@ -890,7 +890,7 @@ class _CollectorPause:
 
 
 def _repeated(items: list[Any]) -> set[Any]:
-    """The items that occur more than once (one set of the list when none does: the rule)."""
+    """The items that occur more than once (the usual answer, none, costs one set)."""
     if len(set(items)) == len(items):
         return set()
     return {item for item, n in Counter(items).items() if n > 1}
