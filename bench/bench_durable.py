@@ -2,7 +2,7 @@
 in-memory one, same run, same machine.
 
     .venv/bin/python bench/bench_durable.py [--sdk-events 200000] [--stream-events 200000]
-        [--rate 3000 --seconds 10] [--log-events 1000000]
+        [--rate 3000 --seconds 10 --drain 300 --hops] [--log-events 1000000]
 
 For each storage (``memory://tansu/``, then ``durable``), on a fresh broker:
 
@@ -10,7 +10,9 @@ For each storage (``memory://tansu/``, then ``durable``), on a fresh broker:
 2. stream rate: the stream-jobs worker over a backlog (bench_stream.ours), beside a bare
    aiokafka consumer of the same backlog (the raw baseline);
 3. send -> visible: p50 / p99 from the SDK to ClickHouse through the default pipeline
-   (bench_sink.bench_latency), beside Kafka's own send -> consumer latency.
+   (bench_sink.bench_latency), beside Kafka's own send -> consumer latency; with ``--hops``
+   also when the worker took each event, produced it to the enriched topic, and a consumer
+   of that topic saw it (ms after the SDK call).
 
 Then, durable only: ``--log-events`` events in the broker's log (the raw topic), the broker
 and its S3 store stopped, and the time until (a) the broker answers again and (b) the whole
@@ -125,6 +127,14 @@ def main() -> None:
     ap.add_argument("--stream-events", type=int, default=200_000)
     ap.add_argument("--rate", type=int, default=3000, help="Offered events/s (latency part).")
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument(
+        "--drain", type=float, default=300.0, help="Seconds the last event may take to arrive."
+    )
+    ap.add_argument(
+        "--hops",
+        action="store_true",
+        help="Also time each hop through the enriched topic (one more consumer on the broker).",
+    )
     ap.add_argument("--log-events", type=int, default=1_000_000)
     ap.add_argument("--skip", default="", help="comma-separated: sdk,stream,latency,restart")
     args = ap.parse_args()
@@ -142,10 +152,15 @@ def main() -> None:
                 r["stream"], r["stream_raw"] = _stream(storage, sub / "stream", args.stream_events)
             if "latency" not in skip:
                 lat = bench_sink.bench_latency(
-                    args.rate, args.seconds, sub / "lat", stream_jobs=True, storage=storage
+                    args.rate,
+                    args.seconds,
+                    sub / "lat",
+                    stream_jobs=True,
+                    storage=storage,
+                    drain_s=args.drain,
+                    hops=args.hops,
                 )
-                r["p50_ms"], r["p99_ms"] = lat["p50_ms"], lat["p99_ms"]
-                r["kafka_p99_ms"] = lat["kafka_p99_ms"]
+                r.update({k: v for k, v in lat.items() if k.endswith("_ms")})
             print(f"[{storage}] {r}", flush=True)
         rows = [
             ("sdk_enqueue", "SDK enqueue, events/s", "{:,.0f}"),
@@ -154,7 +169,15 @@ def main() -> None:
             ("stream_raw", "  raw aiokafka consume, events/s", "{:,.0f}"),
             ("p50_ms", f"send -> visible p50 at {args.rate}/s, ms", "{:,.0f}"),
             ("p99_ms", f"send -> visible p99 at {args.rate}/s, ms", "{:,.0f}"),
+            ("kafka_p50_ms", "  Kafka send -> consumer p50, ms", "{:,.0f}"),
             ("kafka_p99_ms", "  Kafka send -> consumer p99, ms", "{:,.0f}"),
+            # The hops of the same events, each in ms after the SDK call (see bench_sink).
+            ("picked_p50_ms", "  hop: worker took it, p50", "{:,.0f}"),
+            ("picked_p99_ms", "  hop: worker took it, p99", "{:,.0f}"),
+            ("produced_p50_ms", "  hop: worker produced enriched, p50", "{:,.0f}"),
+            ("produced_p99_ms", "  hop: worker produced enriched, p99", "{:,.0f}"),
+            ("enriched_p50_ms", "  hop: enriched seen by a consumer, p50", "{:,.0f}"),
+            ("enriched_p99_ms", "  hop: enriched seen by a consumer, p99", "{:,.0f}"),
         ]
         print(f"\n{'':42}{'memory':>12}{'durable':>12}{'durable/memory':>16}")
         for key, label, fmt in rows:

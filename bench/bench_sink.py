@@ -32,6 +32,7 @@ import argparse
 import datetime as dt
 import gc
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -257,10 +258,14 @@ def bench_latency(
     workdir: Path,
     stream_jobs: bool = False,
     storage: str = "memory://tansu/",
+    drain_s: float = 60.0,
+    hops: bool = False,
 ) -> dict[str, float]:
     """Send -> visible. ``stream_jobs``: the default pipeline (SDK -> raw topic -> stream jobs
     -> enriched topic -> sink), else the sink reading the raw topic (``sink run --raw``).
-    ``storage``: the embedded broker's (``durable``: its log on the embedded S3 store)."""
+    ``storage``: the embedded broker's (``durable``: its log on the embedded S3 store).
+    ``hops`` (with ``stream_jobs``): also time each hop through the enriched topic, with one
+    more consumer on the broker (on the durable broker its fetches cost S3 requests too)."""
     from confluent_kafka import Consumer
 
     from feedbackloop.config import Settings
@@ -318,6 +323,23 @@ def bench_latency(
                 }
             )
             consumer.subscribe([topics.events])
+            # Per hop (stream jobs only): a second plain consumer reads the enriched topic as
+            # the sink does; each enriched record carries the event's occurred_at, the
+            # worker's enriched_at (stamped when it took the batch) and, as its Kafka
+            # timestamp, the moment the worker produced it.
+            hop_ms: dict[str, list[float]] = {"picked": [], "produced": [], "enriched": []}
+            observer = None
+            if stream_jobs and hops:
+                observer = Consumer(
+                    {
+                        "bootstrap.servers": bootstrap,
+                        "group.id": "bench-enriched",
+                        "auto.offset.reset": "latest",
+                        "session.timeout.ms": 6000,
+                        "fetch.wait.max.ms": 50,
+                    }
+                )
+                observer.subscribe([topics.enriched])
 
             def consume() -> None:
                 while not stop.is_set():
@@ -325,6 +347,14 @@ def bench_latency(
                         if m.error() is None:
                             ts = m.timestamp()[1]
                             kafka_lat.append(time.time() * 1000 - ts)
+
+            def observe() -> None:
+                assert observer is not None
+                while not stop.is_set():
+                    for m in observer.consume(10_000, 0.1):
+                        if m.error() is None:
+                            seen = time.time() * 1000
+                            _enriched_hops(m.value(), m.timestamp()[1], seen, hop_ms)
 
             # Wait for the worker's endpoint (group join, migrations) and the baseline join.
             deadline = time.monotonic() + 60
@@ -338,8 +368,15 @@ def bench_latency(
                     consumer.poll(0.2)
             while not consumer.assignment() and time.monotonic() < deadline:
                 consumer.poll(0.2)
-            th = threading.Thread(target=consume, daemon=True)
-            th.start()
+            while observer is not None and not observer.assignment():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the enriched-topic observer did not join")
+                observer.poll(0.2)
+            threads = [threading.Thread(target=consume, daemon=True)]
+            if observer is not None:
+                threads.append(threading.Thread(target=observe, daemon=True))
+            for th in threads:
+                th.start()
             time.sleep(3)  # the worker's own group join
 
             client = FeedbackClient(
@@ -377,14 +414,17 @@ def bench_latency(
             achieved = n / (time.perf_counter() - start)
             client.flush(30)
             client.close()
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + drain_s
             while _endpoint_query(data_dir, "SELECT count() FROM interactions")[0][0] < n + 1:
                 if time.monotonic() > deadline:
                     raise RuntimeError("not all events arrived")
                 time.sleep(0.2)
             stop.set()
-            th.join(5)
+            for th in threads:
+                th.join(5)
             consumer.close()
+            if observer is not None:
+                observer.close()
             q = _endpoint_query(
                 data_dir,
                 "SELECT quantiles(0.5, 0.99)(dateDiff('millisecond', occurred_at, inserted_at)), "
@@ -398,17 +438,43 @@ def bench_latency(
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-        kafka_lat.sort()
-        k = len(kafka_lat)
-        return {
+        out = {
             "offered": rate,
             "achieved": achieved,
             "p50_ms": q[0][0],
             "p99_ms": q[0][1],
             "rows": q[1],
-            "kafka_p50_ms": kafka_lat[k // 2] if k else float("nan"),
-            "kafka_p99_ms": kafka_lat[int(k * 0.99)] if k else float("nan"),
         }
+        for name, values in {"kafka": kafka_lat, **hop_ms}.items():
+            if values or name == "kafka":
+                out[f"{name}_p50_ms"] = _quantile(values, 0.5)
+                out[f"{name}_p99_ms"] = _quantile(values, 0.99)
+        return out
+
+
+def _quantile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values.sort()
+    return values[min(len(values) - 1, int(len(values) * q))]
+
+
+_OCCURRED = re.compile(rb'"occurred_at":"([^"]+)"')
+_ENRICHED_AT = re.compile(rb'"enriched_at":"([^"]+)"}$')
+
+
+def _enriched_hops(value: bytes | None, produced_ms: float, seen_ms: float, hops: Any) -> None:
+    """Add one enriched record's hop times, in ms after its event's occurred_at: the worker
+    took it (enriched_at), produced it (the record's timestamp), a consumer saw it."""
+    occurred = _OCCURRED.search(value or b"")
+    enriched = _ENRICHED_AT.search(value or b"")
+    if occurred is None or enriched is None or b'"session_id":"warmup"' in (value or b""):
+        return
+    t0 = dt.datetime.fromisoformat(occurred.group(1).decode()).timestamp() * 1000
+    picked = dt.datetime.fromisoformat(enriched.group(1).decode()).timestamp() * 1000
+    hops["picked"].append(picked - t0)
+    hops["produced"].append(produced_ms - t0)
+    hops["enriched"].append(seen_ms - t0)
 
 
 def main() -> None:

@@ -17,10 +17,12 @@ pydantic's lax mode converts. The statement therefore refuses, with ``throwIf`` 
 row, anything whose conversion it cannot vouch for: an event type other than the table's,
 times not in ``YYYY-MM-DDTHH:MM:SS[.ffffff](Z|±HH:MM)`` after 1970, narrow integers out of
 their column's range (read as ``Decimal(38, 0)``, which fails on overflow where an integer
-type wraps), missing fields whose Python default is not ClickHouse's, metadata numbers with a
-fraction or exponent (Python prints them its own way), an ``enriched_at`` Python did not
-convert (``_version`` comes from Python's milliseconds, passed in the statement). The input
-settings keep ClickHouse from reading numbers, booleans or objects as text elsewhere. A
+type wraps), missing fields whose Python default is not ClickHouse's, metadata floats (Python
+prints them its own way) and metadata text whose JSON reading is not decided here (see
+``tables.metadata_text``: values are read as ``Dynamic`` so each keeps its JSON type), an
+``enriched_at`` Python did not convert (``_version`` comes from Python's milliseconds, passed
+in the statement). The input settings keep ClickHouse from reading numbers, booleans or
+objects as text. A
 refused block (any error ClickHouse reports) takes the Python path whole, where bad rows
 become dead letters with their reason; tests/integration/test_sink_json_path.py compares the
 two paths with ``EXCEPT`` over the stream jobs' output and lax-form variants.
@@ -120,8 +122,16 @@ def _quote(s: str) -> str:
     return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-_NUMBER_RE = r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
-_INT_RE = r"^(0|-?[1-9][0-9]*)$"
+# A metadata string that json.loads reads as a number, true/false/null or NaN/Infinity is
+# stored JSON-quoted (tables.metadata_text); these need no escaping, so '"' || s || '"'.
+_JSON_LITERAL = r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?|true|false|null|NaN|-?Infinity"
+_LITERAL_RE = f"^({_JSON_LITERAL})$"
+# Strings whose JSON reading this statement does not decide (JSON whitespace around a
+# literal, or a string, array or object in the text): the block takes the Python path.
+_UNDECIDED_RE = rf'^[ \t\n\r"\[{{]|^({_JSON_LITERAL})[ \t\n\r]+$'
+# Metadata value types this statement stores as Python does: text, integers, booleans, null
+# (a float could be printed differently by Python: 1.50, 1e5).
+_META_TYPES = "('None', 'Bool', 'Int64', 'UInt64', 'String')"
 _ENV = (
     "event_type String, event_id Nullable(UUID), occurred_at String, app_id String, "
     "session_id String, user_id Nullable(String), schema_version Nullable(UInt8)"
@@ -132,7 +142,7 @@ _EVENT = {
     "response String, model String, prompt_version Nullable(String), "
     "experiment Nullable(String), variant Nullable(String), latency_ms Nullable(Float64), "
     f"input_tokens {_U32}, output_tokens {_U32}, cost_usd Nullable(Float64), "
-    "metadata Map(String, Nullable(String)), shadow Bool",
+    "metadata Map(String, Dynamic), shadow Bool",
     "feedback": "interaction_id UUID, kind String, thumbs Nullable(Int8), "
     "rating Nullable(UInt8), text Nullable(String), category Nullable(String)",
     "implicit": "interaction_id UUID, signal String, edited_text Nullable(String), "
@@ -209,7 +219,9 @@ _SELECT: dict[str, dict[str, str]] = {
         "input_tokens": _u32("event.input_tokens"),
         "output_tokens": _u32("event.output_tokens"),
         "cost_usd": "event.cost_usd",
-        "metadata": "mapApply((k, v) -> (k, ifNull(v, 'null')), event.metadata)",
+        "metadata": "mapApply((k, v) -> (k, multiIf(dynamicType(v) = 'None', 'null', "
+        f"dynamicType(v) = 'String' AND match(toString(v), {_quote(_LITERAL_RE)}), "
+        "concat('\"', toString(v), '\"'), toString(v))), event.metadata)",
         "shadow": "event.shadow",
         "input_language": "assumeNotNull(derived.input_language)",
         "input_has_code": "assumeNotNull(derived.input_has_code)",
@@ -251,11 +263,10 @@ _CHECK = {
     "interactions": (
         "event.interaction_id IS NOT NULL",
         _DER_CHECK,
-        # Metadata values reach the Python path's JSON text (json.dumps) as they are for
-        # text, integers, booleans and null; a number with a fraction or an exponent may
-        # not (1.50 vs 1.5), and text that looks like one cannot be told apart here.
-        f"NOT arrayExists(v -> match(ifNull(v, ''), {_quote(_NUMBER_RE)}) "
-        f"AND NOT match(ifNull(v, ''), {_quote(_INT_RE)}), mapValues(event.metadata))",
+        # Metadata values keep their JSON type (tables.metadata_text): see _META_TYPES and
+        # _UNDECIDED_RE for what is left to the Python path.
+        f"NOT arrayExists(v -> dynamicType(v) NOT IN {_META_TYPES} OR (dynamicType(v) = "
+        f"'String' AND match(toString(v), {_quote(_UNDECIDED_RE)})), mapValues(event.metadata))",
         _u32_ok("event.input_tokens"),
         _u32_ok("event.output_tokens"),
     ),
@@ -272,10 +283,12 @@ INPUT_SETTINGS: dict[str, Any] = {
     "input_format_json_named_tuples_as_objects": 1,
     "input_format_json_defaults_for_missing_elements_in_named_tuple": 1,
     "input_format_null_as_default": 1,
-    # Only metadata values are read as text from numbers and booleans (every other text
-    # field is validated as a JSON string by the stream jobs); see _CHECK.
-    "input_format_json_read_numbers_as_strings": 1,
-    "input_format_json_read_bools_as_strings": 1,
+    # Metadata values are read as Dynamic, which keeps each value's JSON type; nothing is
+    # read as text from a number or boolean, or inferred from a string's content.
+    "input_format_json_read_numbers_as_strings": 0,
+    "input_format_json_read_bools_as_strings": 0,
+    "input_format_try_infer_dates": 0,
+    "input_format_try_infer_datetimes": 0,
     "input_format_json_read_bools_as_numbers": 0,
     "input_format_json_read_objects_as_strings": 0,
     "input_format_json_read_arrays_as_strings": 0,

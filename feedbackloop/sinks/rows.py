@@ -18,7 +18,6 @@ the exact form the stream jobs write.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +56,7 @@ from feedbackloop.sinks.tables import (
     TABLES,
     Source,
     epoch_ms,
+    metadata_text,
 )
 
 __all__ = [
@@ -122,13 +122,7 @@ def declared_row(
 def _interaction(
     e: Interaction, derived: Any, topic: str, partition: int, offset: int, version: int
 ) -> tuple[str, Row]:
-    # Metadata values are str/int/float/bool/None; the Map column keeps them as JSON text
-    # so that 1, "1" and true stay distinguishable.
-    meta = (
-        {k: v if isinstance(v, str) else json.dumps(v) for k, v in e.metadata.items()}
-        if e.metadata
-        else {}
-    )
+    meta = {k: metadata_text(v) for k, v in e.metadata.items()} if e.metadata else {}
     if derived is not None:
         language, input_code, response_code = (
             derived.input_language,
@@ -579,11 +573,11 @@ def _enriched_interaction(
     if type(meta) is not dict:
         raise _NotCanonical
     if meta:
-        # Metadata values are str/int/float/bool/None; the Map column keeps them as JSON
-        # text (as in _interaction). The parsed dict is ours: reuse it when all are text.
+        # Stored as tables.metadata_text does; the parsed dict is ours: reuse it when every
+        # value is text that would not read as JSON (the common case).
         for v in meta.values():
-            if type(v) is not str:
-                meta = {k: v if type(v) is str else _meta_json(v) for k, v in meta.items()}
+            if type(v) is not str or metadata_text(v) is not v:
+                meta = {k: _meta_text(v) for k, v in meta.items()}
                 break
     else:
         meta = {}
@@ -621,10 +615,10 @@ def _enriched_interaction(
     )
 
 
-def _meta_json(v: Any) -> str:
-    # Same text as the validating path's json.dumps of the validated value.
-    if v is None or type(v) in (bool, int, float):
-        return json.dumps(v)
+def _meta_text(v: Any) -> str:
+    # Same text as the validating path's metadata_text of the validated value.
+    if v is None or type(v) in (str, bool, int, float):
+        return metadata_text(v)
     raise _NotCanonical
 
 

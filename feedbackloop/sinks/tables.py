@@ -38,6 +38,7 @@ __all__ = [
     "TABLES",
     "Column",
     "Source",
+    "metadata_text",
     "Table",
     "epoch_ms",
     "row_version",
@@ -150,10 +151,35 @@ def row_version(s: Source) -> int:
     return (RANK_ENRICHED if has_context else RANK_NO_CONTEXT) * RANK_STEP + epoch_ms(x.enriched_at)
 
 
+# What can start a text that json.loads reads: JSON whitespace, a string, array or object,
+# a number, true/false/null, and Python's NaN / Infinity.
+_JSON_START = frozenset(' \t\n\r"[{-0123456789tfnNI')
+
+
+def metadata_text(value: Any) -> str:
+    """A metadata value as the ``metadata`` Map column stores it: its JSON text, except a
+    string that would not read as JSON, which is stored as itself.
+
+    So ``1`` -> ``1``, ``true`` -> ``true``, ``null`` -> ``null``, ``"web"`` -> ``web``, but
+    ``"1"`` -> ``"1"`` and ``"true"`` -> ``"true"`` (quoted, as YAML quotes a string that
+    would read as another type). Reading a value back is ``json.loads(text)`` if that parses,
+    else ``text``: the type always comes back (docs/ARCHITECTURE.md, "Metadata values").
+    """
+    if type(value) is str:
+        if not value or value[0] not in _JSON_START:
+            return value
+        try:
+            json.loads(value)
+        except ValueError:
+            return value
+        return json.dumps(value, ensure_ascii=False)
+    if value is None or type(value) in (bool, int, float):
+        return json.dumps(value)
+    raise TypeError(f"metadata values are text, numbers, booleans or null, not {value!r}")
+
+
 def _metadata(s: Source) -> dict[str, str]:
-    # Metadata values are str/int/float/bool/None; the Map column keeps them as JSON text
-    # so that 1, "1" and true stay distinguishable.
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in s.item.metadata.items()}
+    return {k: metadata_text(v) for k, v in s.item.metadata.items()}
 
 
 def _derived(name: str, default: Any) -> Read:

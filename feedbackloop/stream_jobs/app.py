@@ -88,7 +88,12 @@ class KafkaOutput:
         self._producer = Producer(
             {
                 **client_config,
-                "linger.ms": 20,
+                # Every batch ends in flush(), which sends at once whatever linger says; a
+                # short linger only splits a batch's outputs into more, smaller produce
+                # requests while it is processed. On the durable broker each partition's
+                # batch costs two sequential S3 PUTs, and Tansu serves one connection's
+                # requests one at a time (docs/PERFORMANCE.md, "Durable embedded broker").
+                "linger.ms": 1000,
                 "batch.size": 1_000_000,
                 "compression.type": "lz4",
                 "queue.buffering.max.messages": 1_000_000,

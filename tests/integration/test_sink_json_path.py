@@ -72,7 +72,20 @@ def pipeline_messages() -> list[bytes]:
             user_input='é 😀 "q"\n',
             response="r",
             model="m",
-            metadata={"i": -7, "b": True, "n": None, "s": "x1"},
+            metadata={
+                "i": -7,
+                "b": True,
+                "n": None,
+                "s": "x1",
+                # Text that reads as another JSON type is stored quoted on both paths.
+                "si": "-7",
+                "sb": "true",
+                "sn": "null",
+                "sf": "1.5",
+                "sx": "NaN",
+                "t": "tool",
+                "big": 2**63,
+            },
         )
     )
     pipe.process(0, [(None, encode(e), i, 0) for i, e in enumerate(events)])
@@ -145,6 +158,14 @@ def lax_variants(messages: list[bytes]) -> list[bytes]:
         _event_sub(it, b'"metadata":{"k":0,', b'"metadata":{"k":"007",'),
         _event_sub(it, b'"metadata":{"k":0,', b'"metadata":{"k":2.5,'),
         _event_sub(it, b'"metadata":{"k":0,', b'"metadata":{"k":"2.5",'),
+        _event_sub(it, b'"metadata":{"k":0,', b'"metadata":{"k":" 1",'),
+        _event_sub(it, b'"metadata":{"k":0,', b'"metadata":{"k":"1 ",'),
+        _event_sub(it, b'"metadata":{"k":0,', b'"metadata":{"k":"\\"q\\"",'),
+        _event_sub(it, b'"metadata":{"k":0,', b'"metadata":{"k":"[1]",'),
+        _event_sub(it, b'"metadata":{"k":0,', b'"metadata":{"k":"[1",'),
+        _event_sub(it, b'"metadata":{"k":0,', b'"metadata":{"k":"\\u0031",'),
+        _event_sub(it, b'"metadata":{"k":0,', b'"metadata":{"k":-9223372036854775809,'),
+        _event_sub(it, b'"metadata":{"k":0,', b'"metadata":{"k":18446744073709551616,'),
         _event_sub(it, b'"metadata":{"k":0,', b'"metadata":{"event_type":"feedback","k":0,'),
         _event_sub(it, b'"model":"m1"', b'"model":"first","model":"m1"'),
         _event_sub(it, b'"metadata":{"k":0,', b'"metadata":{"tag":"y","k":0,'),  # "tag" twice
@@ -236,6 +257,34 @@ def test_parsed_path_stores_exactly_the_python_paths_rows(client: Any) -> None:
     # Some variants were parsed by ClickHouse, others refused and decoded in Python.
     assert 0 < fast_all.stats.json_fallbacks < len(variants), fast_all.stats
     assert client.command(f"SELECT count() FROM {json_db}.dead_letters") > 0
+
+
+def test_metadata_text_and_its_json_lookalikes_are_stored_apart_on_both_paths(
+    client: Any,
+) -> None:
+    json_db, py_db = client.test_dbs
+    canonical = pipeline_messages()
+    fast = _write(client, json_db, True, [canonical])
+    assert fast.stats.json_fallbacks == 0, fast.stats
+    _write(client, py_db, False, [canonical])
+    _assert_same_rows(client, json_db, py_db)
+    for db in (json_db, py_db):
+        ((meta,),) = client.query(
+            f"SELECT metadata FROM {db}.interactions WHERE mapContains(metadata, 'si')"
+        ).result_rows
+        assert meta == {
+            "i": "-7",
+            "si": '"-7"',
+            "b": "true",
+            "sb": '"true"',
+            "n": "null",
+            "sn": '"null"',
+            "s": "x1",
+            "sf": '"1.5"',
+            "sx": '"NaN"',
+            "t": "tool",
+            "big": str(2**63),
+        }, db
 
 
 def test_a_refused_message_falls_back_with_its_block_and_dead_letters(client: Any) -> None:

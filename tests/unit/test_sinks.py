@@ -112,6 +112,67 @@ def test_router_maps_events_to_their_tables_in_column_order() -> None:
     assert table == "feedback" and named["thumbs"] == -1 and named["enrichment"] == "raw"
 
 
+def test_metadata_values_keep_their_json_type_in_the_stored_text() -> None:
+    r = TopicRouter(TOPICS)
+    meta = {"n": 1, "sn": "1", "b": True, "sb": "true", "z": None, "sz": "null", "s": "web"}
+    ((_, row),) = r.route(TOPICS.events, 0, 5, encode(_interaction(metadata=meta))).rows
+    stored = dict(zip(COLUMNS["interactions"], row, strict=True))["metadata"]
+    assert stored == {
+        "n": "1",
+        "sn": '"1"',
+        "b": "true",
+        "sb": '"true"',
+        "z": "null",
+        "sz": '"null"',
+        "s": "web",
+    }
+    assert len({stored["n"], stored["sn"]}) == len({stored["b"], stored["sb"]}) == 2
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        1,
+        "1",
+        -7,
+        1.5,
+        "1.5",
+        True,
+        "true",
+        False,
+        "false",
+        None,
+        "null",
+        "web",
+        "",
+        "tool",
+        "nan",
+        "NaN",
+        "-Infinity",
+        " 1",
+        "1 ",
+        "01",
+        "-",
+        '"q"',
+        "[1]",
+        "{}",
+        "é",
+        "\u00e9",
+    ],
+)
+def test_a_stored_metadata_text_reads_back_as_the_value_and_its_type(value: Any) -> None:
+    import json
+
+    from feedbackloop.sinks.tables import metadata_text
+
+    text = metadata_text(value)
+    try:
+        back = json.loads(text)
+    except ValueError:
+        back = text
+    assert back == value and type(back) is type(value)
+
+
 def test_enriched_rows_outrank_raw_rows() -> None:
     from feedbackloop.schemas import EnrichedEvent
 
@@ -142,7 +203,18 @@ def _enriched_cases() -> list[Any]:
         input_tokens=3,
         cost_usd=0.5,
         user_id="u",
-        metadata={"n": 1, "f": 1.5, "b": True, "z": None, "s": "x"},
+        metadata={
+            "n": 1,
+            "f": 1.5,
+            "b": True,
+            "z": None,
+            "s": "x",
+            "sn": "1",
+            "sb": "true",
+            "sz": "null",
+            "sq": '"q"',
+            "sw": " 1",
+        },
     )
     plain = _interaction()
     ctx = RequestContext(
@@ -593,7 +665,7 @@ def test_enriched_batch_is_one_parsed_insert_per_table_with_its_token() -> None:
     token = f"insert_deduplication_token = '{TOPICS.enriched}/0/10-12/interactions/json'"
     assert token in sql and "async_insert = 0" in sql
     assert fake.files[0].count(b"\n") == 3 and fake.files[0].startswith(b'{"_o":10,"_i":"')
-    assert b'","m":{' in fake.files[0] and "NOT IN" not in sql
+    assert b'","m":{' in fake.files[0] and "_o NOT IN" not in sql
     assert not any(os.path.exists(p) for p in _paths(fake))  # block files are removed
     assert sink.stats.rows == {"interactions": 3} and sink.stats.json_fallbacks == 0
 
