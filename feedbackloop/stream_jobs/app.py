@@ -240,6 +240,7 @@ class StreamJobs:
             interactions=self._store("interactions"),
             pending=self._store("pending"),
             windows=self._store("windows"),
+            window_ids=self._store("window_ids"),
             watermarks=self._store("watermarks"),
             partitions=settings.topic_partitions,
         )
