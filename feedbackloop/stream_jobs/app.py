@@ -14,6 +14,8 @@ import json
 import logging
 import math
 import operator
+import os
+import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterable, MutableMapping, Sequence
@@ -572,6 +574,11 @@ class StreamJobs:
         raise BrokerError(f"no partitions assigned to the stream worker within {timeout:.0f} s")
 
 
+#: How long a worker may take to stop once it failed (nothing to flush) or was asked to stop.
+FAILED_EXIT_S = 15.0
+STOP_EXIT_S = 60.0
+
+
 def run_worker(
     settings: Settings,
     config: StreamConfig | None = None,
@@ -580,9 +587,13 @@ def run_worker(
     """Run the stream worker until SIGINT / SIGTERM; return its final counters.
 
     The worker is built inside the event loop that runs it: faust binds its services to the
-    loop they are created in.
+    loop they are created in. Once it failed or was asked to stop, the process exits within
+    :data:`FAILED_EXIT_S` / :data:`STOP_EXIT_S` whatever its shutdown does (see
+    :func:`exit_unless_done`).
     """
     import signal
+
+    deadline: list[threading.Timer] = []
 
     async def serve() -> PipelineStats:
         jobs = StreamJobs(settings, config)
@@ -591,18 +602,48 @@ def run_worker(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with jobs.running():
-            await jobs.wait_assigned()
-            if ready is not None:
-                ready(jobs)
-            waits = [asyncio.ensure_future(e.wait()) for e in (stop, jobs.failed)]
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for w in waits:
-                w.cancel()
+            try:
+                await jobs.wait_assigned()
+                if ready is not None:
+                    ready(jobs)
+                waits = [asyncio.ensure_future(e.wait()) for e in (stop, jobs.failed)]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+            finally:
+                failed = jobs.failure is not None or not stop.is_set()
+                deadline.append(exit_unless_done(FAILED_EXIT_S if failed else STOP_EXIT_S))
         if jobs.failure is not None:
             raise jobs.failure  # exit non-zero: `up` restarts the worker
         return jobs.pipeline.stats
 
-    return asyncio.run(serve())
+    try:
+        return asyncio.run(serve())
+    finally:
+        for timer in deadline:
+            timer.cancel()
+
+
+def exit_unless_done(seconds: float, code: int = 1) -> threading.Timer:
+    """Exit the process with ``code`` in ``seconds`` unless the returned timer is cancelled.
+
+    A worker stops by running faust's and aiokafka's stop coroutines, then asyncio cancels
+    every task left and waits for each. After SeaweedFS died under the broker, that wait
+    never ended (a task left behind by the failed flush did not finish when cancelled): the
+    worker had failed, processed nothing, and lived on, so `up` had nothing to restart.
+    Exiting is safe at any point: the state is in the changelogs and nothing unflushed was
+    acknowledged, exactly as after a SIGKILL.
+    """
+
+    def expire() -> None:
+        log.error("stream worker did not stop within %.0f s; exiting now", seconds)
+        logging.shutdown()
+        os._exit(code)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _origin(record: Any) -> tuple[int, int, int] | None:

@@ -1,0 +1,36 @@
+"""A stream worker whose shutdown hangs exits anyway, so `up` can restart it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("faust")
+
+_HANGS = """
+import logging
+import time
+logging.basicConfig()
+from feedbackloop.stream_jobs.app import exit_unless_done
+exit_unless_done({seconds}, code=3){cancel}
+time.sleep(4)  # a shutdown that takes far longer than the deadline
+print("slept")
+"""
+
+
+def _run(seconds: float, cancel: bool) -> subprocess.CompletedProcess[str]:
+    code = _HANGS.format(seconds=seconds, cancel=".cancel()" if cancel else "")
+    return subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True, text=True)
+
+
+def test_a_worker_whose_shutdown_hangs_exits_with_the_given_code_at_the_deadline() -> None:
+    proc = _run(0.5, cancel=False)
+    assert (proc.returncode, proc.stdout) == (3, "")
+    assert "stream worker did not stop within 0 s; exiting now" in proc.stderr
+
+
+def test_a_cancelled_deadline_lets_the_process_finish() -> None:
+    proc = _run(0.5, cancel=True)
+    assert (proc.returncode, proc.stdout) == (0, "slept\n")
