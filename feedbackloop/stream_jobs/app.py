@@ -113,6 +113,7 @@ class KafkaOutput:
         self._produce = self._producer.produce
         self._changelog_topics = changelog_topics
         self.errors: list[str] = []
+        self._flushing = threading.Lock()
 
     def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
         if err is not None:
@@ -143,13 +144,22 @@ class KafkaOutput:
         self.produce(self._changelog_topics[table], key, value, partition=partition)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Block until everything produced so far is acknowledged; raise on any failure."""
-        remaining = self._producer.flush(timeout)
-        if remaining:
-            raise BrokerError(f"{remaining} messages not delivered within {timeout:.0f} s")
-        if self.errors:
-            errors, self.errors = self.errors, []
-            raise BrokerError(f"delivery failed: {errors[0]} ({len(errors)} errors)")
+        """Block until everything produced so far is acknowledged; raise on any failure, and
+        on every flush after one: a message was lost, so nothing flushed since may be
+        acknowledged either (the worker exits and replays from its last commit).
+
+        The batch handler and the timers flush from executor threads; one at a time, so a
+        flush never returns while another holds a failure it has not recorded yet. Without
+        both, the timer's flush took a failed delivery of a batch's enriched output, the
+        batch's own flush succeeded, its offsets were committed, and the event was never in
+        ClickHouse (the SeaweedFS case of the fault suite, 1 interaction of 3,943).
+        """
+        with self._flushing:
+            remaining = self._producer.flush(timeout)
+            if self.errors:
+                raise BrokerError(f"delivery failed: {self.errors[0]} ({len(self.errors)} errors)")
+            if remaining:
+                raise BrokerError(f"{remaining} messages not delivered within {timeout:.0f} s")
 
 
 def post_webhook(url: str, alert: Alert, timeout: float = 5.0) -> None:

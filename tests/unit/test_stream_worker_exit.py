@@ -1,4 +1,5 @@
-"""A stream worker whose shutdown hangs exits anyway, so `up` can restart it."""
+"""A stream worker that failed acknowledges nothing more, and exits even when its shutdown
+hangs, so `up` restarts it."""
 
 from __future__ import annotations
 
@@ -34,3 +35,19 @@ def test_a_worker_whose_shutdown_hangs_exits_with_the_given_code_at_the_deadline
 def test_a_cancelled_deadline_lets_the_process_finish() -> None:
     proc = _run(0.5, cancel=True)
     assert (proc.returncode, proc.stdout) == (0, "slept\n")
+
+
+def test_after_a_lost_delivery_every_flush_fails_so_no_later_batch_is_acknowledged() -> None:
+    from confluent_kafka import KafkaError
+
+    from feedbackloop.errors import BrokerError
+    from feedbackloop.stream_jobs import KafkaOutput
+
+    out = KafkaOutput({"bootstrap.servers": "127.0.0.1:9"}, {})
+    out.flush(timeout=1)  # nothing produced, nothing lost
+    # a timer's flush served the failed delivery report of a batch's output
+    out._on_delivery(KafkaError(KafkaError.UNKNOWN), None)
+    with pytest.raises(BrokerError, match="delivery failed"):
+        out.flush(timeout=1)  # the timer's
+    with pytest.raises(BrokerError, match="delivery failed"):
+        out.flush(timeout=1)  # the batch's own: its offsets must not be acknowledged
