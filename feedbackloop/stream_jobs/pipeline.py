@@ -680,8 +680,9 @@ class Pipeline:
         for (start, group), st, ids in pw.end_batch():
             k = window_key(partition, start, group)
             self.window_store[k] = st
-            # The window record holds this batch's ids too: a crash may keep it and lose the
-            # chunk (another topic), never the reverse for an earlier, flushed batch.
+            # Two topics, so a crash may store one record and not the other: the window record
+            # holds this batch's ids too, and recovery ignores a chunk past its window record
+            # (earlier batches' chunks were flushed before their input was acknowledged).
             packed = pack_ids(ids)
             self.out.changelog("window_ids", partition, id_chunk_key(k, st.revision), packed)
             self.out.changelog("windows", partition, k, st.to_bytes(packed))

@@ -11,8 +11,8 @@ its lifetime, so a replayed record, an event that waited and is released a secon
 an event the SDK resent from its spool after a broker crash (a new record with the same
 ``event_id``) are not counted again (``replayed_effects``). A window also remembers, per
 origin partition of the raw topic, the offset of the last record whose effect it holds
-(``upto``): a replayed record (its offset was not committed) is skipped before it is parsed
-for its id.
+(``upto``, in the same changelog record as its counts): a replayed record (its offset was
+not committed) is known by its offset alone.
 
 The ids survive a crash without rewriting them all on every batch: each batch's changelog
 record of a window carries the ids that batch added, and the same ids go to a second table
