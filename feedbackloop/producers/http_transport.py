@@ -5,8 +5,12 @@ Events are batched (up to ``batch_size`` or ``linger_s``) and posted by a backgr
 ("feedbackloop-http", started with the first event), so calls do not block on the network.
 A batch the collector cannot take right now (503, 429, connection refused) is retried with
 back-off, keeping order; events the collector rejects are dead-lettered by the collector
-itself and counted here as ``failed``. Events wait in memory (up to ``max_pending``, then
-they are counted ``dropped``), not on disk: the collector's own spool is the durable one.
+itself and counted here as ``failed``. A batch refused as too large (413: over the
+collector's ``web_max_body_bytes`` or ``web_max_batch_events``) is split in half and
+retried, down to single events; only an event too large on its own is counted ``failed``
+(and logged), so one oversized event never holds back the rest. Events wait in memory (up
+to ``max_pending``, then they are counted ``dropped``), not on disk: the collector's own
+spool is the durable one.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class HttpTransport:
         self.counters = Counters()
         self._key = key
         self._batch_size = batch_size
+        self._take = batch_size  # events per post: halved on 413, reset once drained
         self._linger_s = linger_s
         self._max_pending = max_pending
         self._close_timeout_s = close_timeout_s
@@ -122,11 +127,13 @@ class HttpTransport:
                     self._cv.wait(self._linger_s)
                 if not self._pending:
                     continue
-                n = min(self._batch_size, len(self._pending))
+                n = min(self._take, len(self._pending))
                 batch = [self._pending[i] for i in range(n)]
                 self._in_flight = n
             try:
                 retry_after = self._post(batch)
+            except _TooLarge as e:
+                retry_after = self._split(n, e.detail)
             except Exception:  # the sender must survive anything; the batch is kept
                 log.exception("feedbackloop: posting to %s failed; retrying", self.url)
                 retry_after = 1.0
@@ -135,6 +142,10 @@ class HttpTransport:
                     for _ in range(n):
                         self._pending.popleft()
                     backoff = 0.2
+                    if not self._pending:  # drained: full batches again
+                        self._take = self._batch_size
+                elif retry_after == 0:  # split: post the first half now, no back-off
+                    retry_after = None
                 self._in_flight = 0
                 self._cv.notify_all()
                 stopping = self._stopping
@@ -143,6 +154,16 @@ class HttpTransport:
                     return
                 time.sleep(max(retry_after, backoff))
                 backoff = min(backoff * 2, 5.0)
+
+    def _split(self, n: int, detail: str) -> float | None:
+        """After a 413 for ``n`` events: 0 to retry with half as many, or None when a single
+        event is too large on its own (counted failed and let go)."""
+        if n > 1:
+            self._take = n // 2
+            return 0
+        self.counters.add("failed")
+        log.error("feedbackloop: collector refused an event as too large: %s", detail)
+        return None
 
     def _post(self, batch: list[bytes]) -> float | None:
         """Post one batch; None when done with it, else seconds to wait before retrying."""
@@ -158,6 +179,8 @@ class HttpTransport:
             if e.code in (429, 503):
                 return float(e.headers.get("Retry-After") or 1.0)
             payload = _json_or_empty(e.read())
+            if e.code == 413:
+                raise _TooLarge(str(payload.get("detail") or payload)) from None
             if e.code not in (403, 422):  # whole request refused: not retryable
                 self.counters.add("failed", len(batch))
                 log.error("feedbackloop: collector refused a batch: %s %s", e.code, payload)
@@ -173,6 +196,14 @@ class HttpTransport:
         if len(batch) - accepted:
             self.counters.add("failed", len(batch) - accepted)
         return None
+
+
+class _TooLarge(Exception):
+    """The collector answered 413 for a batch."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
 
 
 def _json_or_empty(data: bytes) -> dict[str, Any]:

@@ -216,7 +216,11 @@ class VerdictWatch:
     #: "experiment|treatment|metric" -> the verdict seen at the last check.
     last: dict[str, str] = field(default_factory=dict)
 
-    def observe(self, report: ExperimentReport, at: dt.datetime | None = None) -> list[Alert]:
+    def observe(
+        self, report: ExperimentReport, at: dt.datetime | None = None, app_id: str = ""
+    ) -> list[Alert]:
+        """``app_id``: the app the experiment runs in ("" when it spans several), so the
+        alert shows on that app's dashboard."""
         at = at or dt.datetime.now(dt.timezone.utc)
         control = next((v for v in report.variants if v.variant == report.control), None)
         out = []
@@ -244,7 +248,7 @@ class VerdictWatch:
                         metric=metric,
                         dimension="experiment",
                         detector_key=f"verdict:{key}",
-                        app_id="",
+                        app_id=app_id,
                         experiment=report.experiment,
                         variant=d.treatment,
                         baseline_rate=_finite(comp.control_value if comp else math.nan),
@@ -295,7 +299,7 @@ def check_verdicts(settings: Any, watch: VerdictWatch, runner: Any = None) -> li
     extra; reads go through :func:`feedbackloop.sinks.run_query` (the sink worker's endpoint
     while it holds embedded chDB), or through ``runner`` when given."""
     from feedbackloop.analysis.reads import Scope, settings_runner
-    from feedbackloop.analysis.reads.designs import registered_experiments
+    from feedbackloop.analysis.reads.designs import experiment_app, registered_experiments
     from feedbackloop.analysis.reads.writes import worker_holding
     from feedbackloop.analysis.reports.report import report_experiment
     from feedbackloop.errors import ConfigError
@@ -314,5 +318,5 @@ def check_verdicts(settings: Any, watch: VerdictWatch, runner: Any = None) -> li
             report = report_experiment(run, Scope(experiment=name))
         except ConfigError:  # registered, but no data yet
             continue
-        alerts += watch.observe(report)
+        alerts += watch.observe(report, app_id=experiment_app(run, name))
     return alerts

@@ -42,3 +42,46 @@ def test_simulated_traffic_through_the_collector_arrives_in_kafka(
     from feedbackloop.schemas import decode
 
     assert {decode(m.value()).event_id for m in messages} == set(sent)
+
+
+def test_a_batch_over_the_collectors_limit_is_split_and_only_the_oversized_event_fails(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    from feedbackloop.web import WebServer
+
+    settings = Settings(
+        bootstrap_servers=kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        data_dir=tmp_path,
+        web_port=0,
+        web_max_body_bytes=4096,
+    )
+    ensure_topics(settings.kafka_client_config(), Topics(topic_prefix).all(), 4)
+    server = WebServer(settings, "127.0.0.1", 0)
+    server.start()
+    try:
+        sent = Recorder()
+        client = CollectorClient(
+            server.url, None, settings, app_id="demo-app", on_event=sent, batch_size=100
+        )
+        ids = []
+        for i in range(40):  # ~400 bytes each: 40 in one post is ~16 KB, four times the limit
+            if i == 17:
+                huge = client.log_interaction(
+                    session_id="s-huge", user_input="q", response="x" * 6000, model="m"
+                )
+            ids.append(
+                client.log_interaction(
+                    session_id=f"s-{i}", user_input=f"question {i}", response="answer", model="m"
+                )
+            )
+        stats = client.close(timeout=30)
+    finally:
+        server.stop()
+    # Before: the whole 41-event batch was counted failed on the 413 and nothing arrived.
+    assert (stats.delivered, stats.failed, stats.dropped) == (40, 1, 0)
+    messages = read_topic(kafka_bootstrap, Topics(topic_prefix).events, expect=40)
+    from feedbackloop.schemas import decode
+
+    arrived = [decode(m.value()).interaction_id for m in messages]
+    assert sorted(arrived) == sorted(ids) and huge not in arrived

@@ -126,6 +126,7 @@ def test_ab_report_prints_the_pure_verdict_at_every_look(store: Any, tmp_path: A
     watch = VerdictWatch()
     (alert,) = check_verdicts(settings, watch, runner=run)
     assert alert.experiment == "ab-worse" and alert.alert_type == "experiment_verdict"
+    assert alert.app_id == "sim"  # the app its interactions come from: shown on its dashboard
     assert "significant regression" in alert.message
     assert check_verdicts(settings, watch, runner=run) == []  # once per change
 

@@ -24,7 +24,14 @@ from feedbackloop.analysis.statistics.design import ExperimentDesign
 from feedbackloop.config import Settings
 from feedbackloop.errors import ClickHouseError, ConfigError, FeedbackLoopError
 
-__all__ = ["TABLE", "fetch_design", "register_design", "registered_experiments", "design_row"]
+__all__ = [
+    "TABLE",
+    "design_row",
+    "experiment_app",
+    "fetch_design",
+    "register_design",
+    "registered_experiments",
+]
 
 TABLE = "experiment_designs"
 
@@ -123,6 +130,16 @@ def registered_experiments(runner: Any) -> list[str]:
             return []
         raise
     return [str(r[0]) for r in res.rows]
+
+
+def experiment_app(runner: Any, experiment: str) -> str:
+    """The app an experiment's interactions come from, or "" when they come from several
+    (an experiment's name is not scoped by app): who an alert about it belongs to."""
+    res = runner(
+        f"SELECT DISTINCT app_id FROM interactions WHERE experiment = {quote(experiment)} LIMIT 2"
+    )
+    apps = [str(r[0]) for r in res.rows]
+    return apps[0] if len(apps) == 1 else ""
 
 
 def register_design(
