@@ -381,6 +381,7 @@ class StreamJobs:
         # from a half-recovered store (and keep it), so the timers wait for the rebalance.
         @app.timer(interval=cfg.tick_s)
         async def tick() -> None:
+            self._fail_if_consumer_crashed()
             if not app.rebalancing:
                 assigned = self._assigned_partitions()
                 self.pipeline.tick(partitions=assigned, closable=self._caught_up(assigned))
@@ -457,6 +458,21 @@ class StreamJobs:
             c.statistic, c.run_n, c.run_successes, c.run_start = state["c"]
             det.quiet_until = state["q"] if state["q"] is not None else -math.inf
         return det
+
+    def _fail_if_consumer_crashed(self) -> None:
+        """Fail the worker when faust's consumer crashed: faust logs it and lives on, reading
+        nothing, so `up` would have nothing to restart. Seen when Tansu answered an offset
+        commit with an unknown error while SeaweedFS was away ("TunedConsumerThread:
+        Crashed reason=UnknownError()", then nothing for minutes)."""
+        if self.failure is not None or self.app.should_stop:
+            return
+        consumer = self.app.consumer
+        parts = (consumer, getattr(consumer, "_thread", None), getattr(self.app, "_fetcher", None))
+        crash = first_crash(parts)
+        if crash is not None:
+            log.error("stream jobs stopping: %s", crash)
+            self.failure = BrokerError(crash)
+            self.failed.set()
 
     def _assigned_partitions(self) -> list[int]:
         try:
@@ -654,6 +670,15 @@ def exit_unless_done(seconds: float, code: int = 1) -> threading.Timer:
     timer.daemon = True
     timer.start()
     return timer
+
+
+def first_crash(services: Iterable[Any]) -> str | None:
+    """``"<service> crashed: <reason>"`` of the first of ``services`` (mode services, or
+    None) that crashed; None if none did."""
+    for service in services:
+        if service is not None and service.crashed:
+            return f"{type(service).__name__} crashed: {service.crash_reason!r}"
+    return None
 
 
 def _origin(record: Any) -> tuple[int, int, int] | None:

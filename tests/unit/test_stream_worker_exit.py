@@ -51,3 +51,15 @@ def test_after_a_lost_delivery_every_flush_fails_so_no_later_batch_is_acknowledg
         out.flush(timeout=1)  # the timer's
     with pytest.raises(BrokerError, match="delivery failed"):
         out.flush(timeout=1)  # the batch's own: its offsets must not be acknowledged
+
+
+def test_a_crashed_consumer_service_is_named_with_its_reason() -> None:
+    from mode import Service
+
+    from feedbackloop.stream_jobs.app import first_crash
+
+    running, crashed = Service(), Service()
+    assert first_crash([running, None, crashed]) is None
+    crashed._crash(RuntimeError("offset commit: UnknownError"))
+    found = first_crash([running, None, crashed])
+    assert found == "Service crashed: RuntimeError('offset commit: UnknownError')"
