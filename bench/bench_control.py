@@ -1,7 +1,7 @@
 """Live-config propagation: from an ``experiments weights`` command to every SDK process
 serving the new weights, on the embedded broker.
 
-``--processes`` SDK processes each run a ``FeedbackClient(live_experiments=True)`` (its
+``--processes`` SDK processes each run a default ``FeedbackClient`` (following live config: its
 control-topic follower) and report, for every version, the wall-clock time at which their
 client started serving it (the moment its experiment table is swapped). The parent runs the
 real CLI command in-process (``feedbackloop experiments weights``, through click) ``--changes``
@@ -30,7 +30,7 @@ def _sdk(bootstrap: str, data_dir: str, out: Any, ready: Any, stop: Any) -> None
     s = Settings(
         bootstrap_servers=bootstrap, topic_prefix="bench.", app_id="shop", data_dir=Path(data_dir)
     )
-    client = FeedbackClient(s, live_experiments=True)
+    client = FeedbackClient(s)  # follows the live config by default
     live = client.live_config
     assert live is not None
     seen = 0

@@ -1,6 +1,7 @@
 """Query benchmark: the documented analyst queries at millions of rows, in embedded chDB.
 
 Run:  .venv/bin/python bench/bench_queries.py [--interactions 2000000] [--days 7] [--runs 3]
+      [--exact] [--traffic 30] [--data DIR [--prepare | --only-traffic]]
 
 Builds a database with the real migrations (tables, rollup views) and fills it with SQL
 (``INSERT … SELECT … FROM numbers()``: the writer's own speed is bench_sink.py's subject):
@@ -22,8 +23,21 @@ dashboard (feedbackloop.analysis.reads.queries), on the same data, from the per-
 rows (feedbackloop.sinks.report_rows: built by ``compact`` first, timed), beside the cost of
 merely deduplicating what the exact queries read (``SELECT count() FROM … FINAL`` of each
 table they touch); ``--exact`` also times the exact queries once and compares the answers.
-Last, 10,000 late thumbs: a report before the next compaction (exact path), the compaction
-round, a report after it. ``--skip-analyst`` leaves out the analyst queries.
+Then ``feedbackloop failures``'s read (newest 200,000 interactions with every signal) beside
+the same ``count() FINAL``. Then 10,000 late thumbs: a report before the next compaction
+(more sessions touched than a read recomputes: exact path), the compaction round, a report
+after it. ``--skip-analyst`` leaves out the analyst queries.
+
+``--traffic SECONDS``: every report again while a writer inserts ``--write-rate``
+interactions/s (their feedback and outcomes as above) and ``--late-rate`` late thumbs/s on old
+interactions, and the sink worker's compactor runs every second: ours (totals plus the
+sessions touched since the last compaction, recomputed in the read) beside ``count() FINAL``,
+both timed during the traffic, with the sessions touched at the read and how many exact-path
+statements it ran (``BENCH_STATEMENTS=1`` prints each statement's time).
+
+``--data DIR`` keeps the database: ``--prepare`` only fills it and builds its report rows
+(``--chunk`` sessions per compaction step), later runs read it as it is (``--only-traffic``:
+``failures`` once, then the traffic part).
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -50,7 +65,13 @@ from feedbackloop.analysis.reads.analyst_queries import ANALYST_QUERIES, analyst
 from feedbackloop.infra import get_client
 from feedbackloop.sinks import migrate
 from feedbackloop.sinks.query import execute
-from feedbackloop.sinks.report_rows import OVERLAP_MS, compact
+from feedbackloop.sinks.report_rows import (
+    CHUNK_SESSIONS,
+    OVERLAP_MS,
+    Compactor,
+    compact,
+    touched_sql,
+)
 
 DB = "benchq"
 
@@ -58,7 +79,9 @@ DB = "benchq"
 _IID = "reinterpretAsUUID(sipHash128('i', number))"
 
 
-def _fill(client: Any, n: int, days: int, dup: float, chunk: int = 500_000) -> dict[str, int]:
+def _templates(client: Any, n: int, days: int) -> tuple[str, str, str, str]:
+    """``INSERT … SELECT FROM numbers({lo}, {size})`` of interactions, their feedback and
+    outcomes (interaction ``number``: session ``number / 3``), and the window rows."""
     span_ms = days * 86_400_000 - 3_600_000  # ends an hour inside the queries' "last N days"
     # One fixed start: a redelivered event is byte-identical, occurred_at included.
     now = client.query("SELECT toString(now64(3))").result_rows[0][0]
@@ -115,6 +138,11 @@ SELECT toStartOfMinute(now64(3)) - toIntervalMinute({minutes} - intDiv(number, 2
        ['m-small', 'm-large'][1 + intDiv(number, 6) % 2],
        intDiv(number, 12) % 2, 1, ws, 10, 10, 2500, 4, 2, 2, 7
 FROM numbers({minutes * 24})"""
+    return inter, fb, out, windows
+
+
+def _fill(client: Any, n: int, days: int, dup: float, chunk: int = 500_000) -> dict[str, int]:
+    inter, fb, out, windows = _templates(client, n, days)
     for lo in range(0, n, chunk):
         size = min(chunk, n - lo)
         for sql in (inter, fb, out):
@@ -130,6 +158,20 @@ FROM numbers({minutes * 24})"""
     for table in ("interactions", "feedback", "outcomes", "window_aggregates"):
         counts[table] = client.query(f"SELECT count() FROM {DB}.{table}").result_rows[0][0]
     return counts
+
+
+def _filled(client: Any, n: int, days: int, dup: float) -> dict[str, int]:
+    """``_fill`` unless the database already holds ``n`` interactions (a kept ``--data``;
+    more once a ``--traffic`` run wrote to it)."""
+    have = client.query(f"SELECT uniqExact(event_id) FROM {DB}.interactions").result_rows[0][0]
+    if have >= n:
+        return {
+            t: client.query(f"SELECT count() FROM {DB}.{t}").result_rows[0][0]
+            for t in ("interactions", "feedback", "outcomes", "window_aggregates")
+        }
+    if have:
+        sys.exit(f"the kept database holds {have:,} interactions, < {n:,}: use another --data")
+    return _fill(client, n, days, dup)
 
 
 # Rollup query -> the same question from the event table (its baseline).
@@ -185,24 +227,10 @@ def _time_call(fn: Any, runs: int) -> tuple[float, Any]:
     return statistics.median(times), out
 
 
-def _analysis_reads(client: Any, q: Any, n: int, runs: int, exact: bool) -> bool:
-    """Time the analysis layer's reads from the report rows (and, with ``exact``, by
-    re-joining the events, one run); True if an answer is wrong."""
-
-    def runner(sql: str) -> Any:
-        return execute(q, sql, max_rows=100_000)
-
-    # The sink worker's compactor keeps the report rows current; here: one round for
-    # everything just loaded, timed, then one more so that nothing is left to recompute.
-    built = compact(client, DB)
-    time.sleep(OVERLAP_MS / 1000 + 1)
-    compact(client, DB)
-    print(
-        f"report rows built in {built.seconds:.1f} s ({built.sessions:,} sessions); "
-        f"load average {os.getloadavg()[0]:.2f}"
-    )
+def _reads(runner: Any) -> list[tuple[str, Any, tuple[str, ...]]]:
+    """(name, read(exact), tables the exact query reads) of every report and panel."""
     scope = Scope(experiment="exp1")
-    reads: list[tuple[str, Any, tuple[str, ...]]] = [
+    return [
         (
             "ab report (experiment stats)",
             lambda e: fetch_experiment(runner, scope, exact=e),
@@ -225,6 +253,121 @@ def _analysis_reads(client: Any, q: Any, n: int, runs: int, exact: bool) -> bool
             ("interactions", "feedback"),
         ),
     ]
+
+
+class _Writer:
+    """Steady traffic into the event tables while reports are read: every 0.2 s, new
+    sessions' interactions with their feedback (60 %) and outcomes (20 %), as the fill makes
+    them, and late thumbs on old interactions (``late`` per second), under the lock the
+    compactor (the sink worker's, every second) also takes, as the sink's flushes do."""
+
+    def __init__(
+        self, where: str, n: int, days: int, rate: int, late: int, lock: threading.Lock
+    ) -> None:
+        self.client = get_client(f"chdb://{where}")
+        self.templates = _templates(self.client, n, days)[:3]
+        self.next, self.rate, self.late, self.lock = n, rate, late, lock
+        self.late_next, self.n = 0, n
+        self.inserted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.client.close()
+
+    def _run(self) -> None:
+        tick = 0.2
+        while not self._stop.wait(tick):
+            size, late = max(1, int(self.rate * tick)), max(1, int(self.late * tick))
+            with self.lock:
+                for sql in self.templates:
+                    self.client.command(sql.format(lo=self.next, size=size))
+                self.client.command(_late_thumbs_sql(self.late_next, late, step=7919, tag="steady"))
+            self.next += size
+            self.late_next = (self.late_next + late) % max(1, self.n // 7919)
+            self.inserted += size
+
+
+def _under_traffic(
+    where: str, q: Any, n: int, days: int, rate: int, late: int, seconds: float, runs: int
+) -> None:
+    """Every report read while ``_Writer`` inserts and the compactor runs: ours (the totals
+    plus the sessions touched since the last compaction, recomputed in the read) beside
+    ``count() FINAL`` of the tables the exact query reads, both timed during the traffic."""
+    touched_n = f"SELECT count() AS n FROM ({touched_sql().replace('{db}.', '')})"
+    paths = {"exact": 0, "rows": 0}
+
+    def runner(sql: str) -> Any:
+        if " FINAL" in sql and "_sessions" not in sql:
+            paths["exact"] += 1
+        t0 = time.perf_counter()
+        out = execute(q, sql, max_rows=100_000)
+        if os.environ.get("BENCH_STATEMENTS"):
+            print(f"    {time.perf_counter() - t0:7.3f} s  {' '.join(sql.split())[:90]}")
+        return out
+
+    lock = threading.Lock()
+    writer = _Writer(where, n, days, rate, late, lock)
+    compactor = Compactor(lambda: get_client(f"chdb://{where}"), DB, 1.0, lock)
+    writer.start()
+    compactor.start()
+    try:
+        time.sleep(5)  # the compactor's first rounds
+        print(
+            f"under traffic: {rate:,} interactions/s (+ their feedback and outcomes) and "
+            f"{late:,} late thumbs/s, compactor every second"
+        )
+        print(
+            f"{'analysis read':30} {'ours s':>8} {'baseline s':>11} {'ratio':>6} "
+            f"{'touched':>8} {'exact':>6} {'load':>5}"
+        )
+        t_end = time.monotonic() + seconds
+        while True:
+            for name, fn, tables in _reads(runner):
+                paths["exact"] = 0
+                touched = int(q.query(touched_n).result_rows[0][0])
+                ours, _ = _time_call(lambda fn=fn: fn(False), runs)
+                dedup = " UNION ALL ".join(f"SELECT count() FROM {t} FINAL" for t in tables)
+                base, _ = _time(q, dedup, runs)
+                print(
+                    f"{name:30} {ours:8.3f} {base:11.3f} {ours / base:6.2f} {touched:8,} "
+                    f"{paths['exact']:>6} {os.getloadavg()[0]:5.2f}"
+                )
+            if time.monotonic() > t_end:
+                break
+    finally:
+        writer.stop()
+        compactor.stop()
+    last = compactor.last
+    print(
+        f"traffic: {writer.inserted:,} interactions inserted; compactor: last round "
+        f"{last.seconds if last else float('nan'):.2f} s ({last.sessions if last else 0:,} "
+        f"sessions), {compactor.failures} failed rounds"
+    )
+
+
+def _analysis_reads(client: Any, q: Any, n: int, runs: int, exact: bool) -> bool:
+    """Time the analysis layer's reads from the report rows (and, with ``exact``, by
+    re-joining the events, one run); True if an answer is wrong."""
+
+    def runner(sql: str) -> Any:
+        return execute(q, sql, max_rows=100_000)
+
+    # The sink worker's compactor keeps the report rows current; here: one round for
+    # everything just loaded, timed, then one more so that nothing is left to recompute.
+    built = compact(client, DB)
+    time.sleep(OVERLAP_MS / 1000 + 1)
+    compact(client, DB)
+    print(
+        f"report rows built in {built.seconds:.1f} s ({built.sessions:,} sessions); "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+    reads = _reads(runner)
     print(
         f"{'analysis read':30} {'ours s':>8} {'baseline s':>11} {'ratio':>6} {'exact s':>8} "
         f"{'load':>5}  baseline / check"
@@ -250,8 +393,24 @@ def _analysis_reads(client: Any, q: Any, n: int, runs: int, exact: bool) -> bool
             f"{name:30} {ours:8.3f} {base:11.3f} {ours / base:6.2f} {old:>8} "
             f"{os.getloadavg()[0]:5.2f}  count() FINAL of {', '.join(tables)}; {check}"
         )
+    _failures(q, runs)
     _late_feedback(client, q, runner, n)
     return wrong
+
+
+def _failures(q: Any, runs: int) -> None:
+    """``feedbackloop failures``'s read (every signal of the newest interactions, capped at
+    200,000, with their texts' heads) beside ``count() FINAL`` of the tables it joins."""
+    from feedbackloop.analysis.failures.records import HEAD_CHARS, _query
+
+    sql = _query(False, HEAD_CHARS, Scope(), DB)
+    ours, rows = _time_call(lambda: q.query(sql).result_rows, runs)
+    tables = ("interactions", "feedback", "implicit")
+    base, _ = _time(q, " UNION ALL ".join(f"SELECT count() FROM {t} FINAL" for t in tables), runs)
+    print(
+        f"{'failures (newest 200,000)':30} {ours:8.3f} {base:11.3f} {ours / base:6.2f} {'-':>8} "
+        f"{os.getloadavg()[0]:5.2f}  count() FINAL of {', '.join(tables)}; {len(rows):,} rows"
+    )
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -268,19 +427,24 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def _late_feedback(client: Any, q: Any, runner: Any, n: int, late: int = 10_000) -> None:
-    """What a change costs: ``late`` thumbs on old interactions, read before the compaction
-    (the read recomputes the changed sessions) and after it; and the compaction round."""
-    client.command(f"""
+def _late_thumbs_sql(lo: int, size: int, step: int = 97, tag: str = "late") -> str:
+    """Thumbs down, now, on interactions ``step * k`` for k in [lo, lo + size)."""
+    return f"""
 INSERT INTO {DB}.feedback
     (event_id, occurred_at, app_id, session_id, schema_version, interaction_id, kind, thumbs,
      enrichment, experiment, variant, kafka_topic, kafka_offset, _version)
-SELECT reinterpretAsUUID(sipHash128('late', number)), now64(3), 'app1',
-       concat('s', toString(intDiv(number * 97, 3))), 1,
-       reinterpretAsUUID(sipHash128('i', number * 97)), 'thumbs', -1, 'enriched', 'exp1',
-       ['control', 'treatment'][1 + sipHash64('v', intDiv(number * 97, 3)) % 2], 'bench',
+SELECT reinterpretAsUUID(sipHash128('{tag}', number)), now64(3), 'app1',
+       concat('s', toString(intDiv(number * {step}, 3))), 1,
+       reinterpretAsUUID(sipHash128('i', number * {step})), 'thumbs', -1, 'enriched', 'exp1',
+       ['control', 'treatment'][1 + sipHash64('v', intDiv(number * {step}, 3)) % 2], 'bench',
        number, 2
-FROM numbers({min(late, n // 97)})""")
+FROM numbers({lo}, {size})"""
+
+
+def _late_feedback(client: Any, q: Any, runner: Any, n: int, late: int = 10_000) -> None:
+    """What a change costs: ``late`` thumbs on old interactions, read before the compaction
+    (the read recomputes the changed sessions) and after it; and the compaction round."""
+    client.command(_late_thumbs_sql(0, min(late, n // 97)))
     scope = Scope(experiment="exp1")
     fresh, _ = _time_call(lambda: fetch_experiment(runner, scope), 1)
     rnd = compact(client, DB)
@@ -304,21 +468,57 @@ def main() -> None:
         "--exact", action="store_true", help="also time the exact reads (one run) and compare"
     )
     ap.add_argument("--tmp", default=None, help="where the data directory goes")
+    ap.add_argument(
+        "--data",
+        default=None,
+        help="a data directory to keep: filled (and its report rows built) on the first run, "
+        "read as it is on later runs with the same --interactions",
+    )
+    ap.add_argument(
+        "--traffic",
+        type=float,
+        default=0.0,
+        help="seconds of reads under steady traffic (0: skip), after the quiet reads",
+    )
+    ap.add_argument(
+        "--only-traffic",
+        action="store_true",
+        help="skip the quiet reads (a kept --data): failures once, then the traffic part",
+    )
+    ap.add_argument("--write-rate", type=int, default=500, help="interactions/s under traffic")
+    ap.add_argument("--late-rate", type=int, default=50, help="late thumbs/s under traffic")
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=CHUNK_SESSIONS,
+        help="sessions per compaction step when --prepare builds the rows from scratch "
+        "(each step scans the event tables once: larger is faster, and takes more memory)",
+    )
+    ap.add_argument(
+        "--prepare",
+        action="store_true",
+        help="only fill --data and build its report rows (then time it with later runs)",
+    )
     ap.add_argument("--skip-analyst", action="store_true", help="only the analysis reads")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-queries-", dir=args.tmp) as tmp:
-        client = get_client(f"chdb://{os.path.join(tmp, 'ch')}")
+        where = args.data or os.path.join(tmp, "ch")
+        client = get_client(f"chdb://{where}")
         migrate(client, DB)
         t0 = time.perf_counter()
-        counts = _fill(client, args.interactions, args.days, args.dup)
+        counts = _filled(client, args.interactions, args.days, args.dup)
         fill_s = time.perf_counter() - t0
         print(
             f"load average {os.getloadavg()[0]:.2f}; filled in {fill_s:.1f} s: "
             + ", ".join(f"{t} {c:,}" for t, c in counts.items())
             + f" ({args.dup:.0%} inserted twice)"
         )
-        q = get_client(f"chdb://{os.path.join(tmp, 'ch')}", database=DB)
+        if args.prepare:
+            built = compact(client, DB, args.chunk)
+            print(f"report rows built in {built.seconds:.1f} s ({built.sessions:,} sessions)")
+            return
+        q = get_client(f"chdb://{where}", database=DB)
         print(f"{'query':30} {'ours s':>8} {'baseline s':>11} {'ratio':>6}  baseline / check")
         failed = False
         for aq in () if args.skip_analyst else ANALYST_QUERIES:
@@ -332,7 +532,22 @@ def main() -> None:
             label, sql = base
             b, _ = _time(q, sql, args.runs)
             print(f"{aq.name:30} {ours:8.3f} {b:11.3f} {ours / b:6.2f}  {label}; {check}")
-        failed |= _analysis_reads(client, q, args.interactions, args.runs, args.exact)
+        if args.only_traffic:
+            compact(client, DB)
+            _failures(q, 1)
+        else:
+            failed |= _analysis_reads(client, q, args.interactions, args.runs, args.exact)
+        if args.traffic > 0:
+            _under_traffic(
+                where,
+                q,
+                args.interactions,
+                args.days,
+                args.write_rate,
+                args.late_rate,
+                args.traffic,
+                args.runs,
+            )
         print(f"load average {os.getloadavg()[0]:.2f}")
     sys.exit(1 if failed else 0)
 

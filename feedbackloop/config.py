@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     producer_message_timeout_ms: int = Field(default=30_000, ge=1000)
     producer_compression: str = Field(default="lz4")
     close_timeout_s: float = Field(default=5.0, ge=0)
+    live_experiments: bool = Field(
+        default=True,
+        description="SDK clients follow their app's live experiment configuration (the "
+        "control topic; a CollectorClient polls its collector) unless the app passes "
+        "live_experiments=False. In the background: never blocks or raises into the app.",
+    )
 
     # --- Web: HTTP collector and dashboard (feedbackloop.web) ----------------------------
     web_host: str = Field(default="127.0.0.1", description="Address the web server binds.")

@@ -11,6 +11,7 @@ import re
 __all__ = [
     "FeedbackLoopError",
     "ConfigError",
+    "VersionConflict",
     "SchemaError",
     "InfraError",
     "BrokerError",
@@ -26,6 +27,18 @@ class FeedbackLoopError(Exception):
 
 class ConfigError(FeedbackLoopError):
     """A setting is missing or contradicts another one."""
+
+
+class VersionConflict(ConfigError):
+    """A change to a live experiment was not made because another writer's change came
+    first: the experiment is not at the version the change was based on (``expected``), or
+    another change of the same version reached the control topic first. ``current`` is the
+    version in force (0: none)."""
+
+    def __init__(self, message: str, *, current: int, expected: int | None = None) -> None:
+        super().__init__(message)
+        self.current = current
+        self.expected = expected
 
 
 class SchemaError(FeedbackLoopError):

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from feedbackloop.cli.base import echo_json, settings_of
-from feedbackloop.cli.options import alpha_option, json_option, url_option
+from feedbackloop.cli.options import alpha_option, if_version_option, json_option, url_option
 from feedbackloop.config import Settings
 from feedbackloop.errors import ConfigError, FeedbackLoopError
 
@@ -74,7 +74,7 @@ def _guardrail(text: str) -> Any:
     except ValueError as e:
         raise click.BadParameter(
             f"{text!r}: expected METRIC[:TOLERANCE] with METRIC one of satisfaction, rating, "
-            "regenerate, abandon, latency_ms and TOLERANCE >= 0"
+            "regenerate, abandon, latency_ms, cost_usd, error and TOLERANCE >= 0"
         ) from e
 
 
@@ -154,8 +154,10 @@ def experiments() -> None:
     multiple=True,
     metavar="METRIC[:TOLERANCE]",
     help="Canary guardrail, repeatable (default satisfaction:0). METRIC: satisfaction, "
-    "rating, regenerate, abandon, latency_ms; TOLERANCE: degradation tolerated, absolute "
-    "(0.02 = 2 points of satisfaction, 200 = 200 ms).",
+    "rating, regenerate, abandon, latency_ms, cost_usd, error (interactions whose metadata "
+    "has error or stream_error); TOLERANCE: degradation tolerated, absolute (0.02 = 2 points "
+    "of satisfaction or of the error rate, 200 = 200 ms, 0.0005 = $0.0005 per interaction). "
+    "Judged per session.",
 )
 @click.option("--min-step", default="10m", show_default=True, help="Canary: least time per step.")
 @click.option(
@@ -163,7 +165,7 @@ def experiments() -> None:
     type=click.IntRange(min=0),
     default=500,
     show_default=True,
-    help="Canary: least treatment samples per guardrail at a step before it advances.",
+    help="Canary: least treatment sessions per guardrail at a step before it advances.",
 )
 @alpha_option
 @click.option("--salt", default=None, help="Hashing salt (default: the name).")
@@ -206,15 +208,8 @@ def create(
         kwargs["alpha"] = alpha
     elif guardrails:
         raise click.UsageError("--guardrail applies to a --canary")
-    cfg = new_experiment(
-        _app(ctx, app_id),
-        name,
-        weights,
-        changed_by=_who(by),
-        reason=reason,
-        salt=salt,
-        **kwargs,
-    )
+    app, who = _app(ctx, app_id), _who(by)
+    cfg = new_experiment(app, name, weights, changed_by=who, reason=reason, salt=salt, **kwargs)
     _print(create_live(ctx, cfg), as_json)
 
 
@@ -232,10 +227,12 @@ def _change(
     by: str | None,
     reason: str,
     as_json: bool,
+    if_version: int | None,
     **kw: Any,
 ) -> None:
+    app, who = _app(ctx, app_id), _who(by)
     cfg = _plane(ctx).change(
-        _app(ctx, app_id), name, action, changed_by=_who(by), reason=reason, **kw
+        app, name, action, if_version=if_version, changed_by=who, reason=reason, **kw
     )
     _print(cfg, as_json)
 
@@ -246,6 +243,7 @@ def _simple(action: str, doc: str) -> None:
     @_app_id_option
     @_by_option
     @_reason_option
+    @if_version_option
     @json_option
     @click.pass_context
     def command(
@@ -254,9 +252,10 @@ def _simple(action: str, doc: str) -> None:
         app_id: str | None,
         by: str | None,
         reason: str,
+        if_version: int | None,
         as_json: bool,
     ) -> None:
-        _change(ctx, action, name, app_id, by, reason, as_json)
+        _change(ctx, action, name, app_id, by, reason, as_json, if_version)
 
 
 _simple("pause", "Pause NAME: every session gets control until it resumes.")
@@ -271,6 +270,7 @@ _simple("rollback", "Roll NAME back: every session of the treatment returns to c
 @_app_id_option
 @_by_option
 @_reason_option
+@if_version_option
 @json_option
 @click.pass_context
 def weights_cmd(
@@ -280,10 +280,12 @@ def weights_cmd(
     app_id: str | None,
     by: str | None,
     reason: str,
+    if_version: int | None,
     as_json: bool,
 ) -> None:
     """Set the weight of every variant of NAME (not a canary: ramp it)."""
-    _change(ctx, "weights", name, app_id, by, reason, as_json, weights=_weights(weights))
+    w = _weights(weights)
+    _change(ctx, "weights", name, app_id, by, reason, as_json, if_version, weights=w)
 
 
 @experiments.command("ramp")
@@ -292,6 +294,7 @@ def weights_cmd(
 @_app_id_option
 @_by_option
 @_reason_option
+@if_version_option
 @json_option
 @click.pass_context
 def ramp(
@@ -301,10 +304,11 @@ def ramp(
     app_id: str | None,
     by: str | None,
     reason: str,
+    if_version: int | None,
     as_json: bool,
 ) -> None:
     """Set the treatment of NAME to WEIGHT (a canary: to that step of its ramp)."""
-    _change(ctx, "ramp", name, app_id, by, reason, as_json, to=weight)
+    _change(ctx, "ramp", name, app_id, by, reason, as_json, if_version, to=weight)
 
 
 @experiments.command("list")
@@ -380,7 +384,7 @@ def _print_live(app: str, name: str, current: Any, history: list[Any]) -> None:
         rails = ", ".join(f"{g.metric} (tolerance {g.tolerance:g})" for g in c.guardrails)
         click.echo(
             f"  canary of {c.treatment!r}: steps {', '.join(f'{w:g}' for w in c.steps)}; "
-            f"each step >= {c.min_step_s:g} s and {c.min_step_samples} samples; "
+            f"each step >= {c.min_step_s:g} s and {c.min_step_samples} sessions; "
             f"guardrails {rails}; alpha {c.alpha:g}"
         )
     click.echo("  history:")

@@ -26,6 +26,7 @@ __all__ = [
     "alpha_option",
     "app_option",
     "experiment_option",
+    "if_version_option",
     "json_option",
     "limit_option",
     "mde_option",
@@ -112,6 +113,18 @@ _FINITE = CheckedFloat(_finite, "finite")
 #: Every shared option by its long name: the introspection test compares each command's
 #: option of that name with these keyword arguments.
 SHARED_OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "--if-version": (
+        ("--if-version",),
+        {
+            "type": click.IntRange(min=1),
+            "default": None,
+            "metavar": "N",
+            "help": "Compare-and-set: change only if the experiment is still at version N (as "
+            "`experiments show` printed it); otherwise nothing changes and the command fails. "
+            "Without it, a change that reached the control topic first still wins: no change "
+            "ever overwrites another unseen.",
+        },
+    ),
     "--since": (
         ("--since",),
         {
@@ -256,6 +269,7 @@ def _shared(name: str, **overrides: Any) -> Callable[[F], F]:
 
 
 since_option = _shared("--since")
+if_version_option = _shared("--if-version")
 app_option = _shared("--app")
 url_option = _shared("--url")
 alpha_option = _shared("--alpha")

@@ -111,7 +111,7 @@ def _promote(
     create_live(ctx, cfg)
     click.echo(
         f"canary {name!r} created: the app serves variant {candidate!r} to the canary's "
-        f"sessions (FeedbackClient(live_experiments=True)); follow it with "
+        f"sessions (FeedbackClient follows live config by default); follow it with "
         f"`feedbackloop experiments show {name}`."
     )
 

@@ -40,7 +40,9 @@ __all__ = [
 CONTROL_SCHEMA_VERSION = 1
 
 #: What a guardrail can watch, from the stream jobs' window aggregates.
-GuardrailMetric = Literal["satisfaction", "rating", "regenerate", "abandon", "latency_ms"]
+GuardrailMetric = Literal[
+    "satisfaction", "rating", "regenerate", "abandon", "latency_ms", "cost_usd", "error"
+]
 
 #: Whether a higher value of the metric is better (a breach is a move the other way).
 HIGHER_IS_BETTER: dict[str, bool] = {
@@ -49,6 +51,8 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "regenerate": False,
     "abandon": False,
     "latency_ms": False,
+    "cost_usd": False,
+    "error": False,
 }
 
 
@@ -61,7 +65,10 @@ class Status(str, Enum):
 
 class Guardrail(BaseModel):
     """A metric the treatment must not make worse by more than ``tolerance`` (absolute, on
-    the metric's scale: 0.02 of satisfaction is 2 points, 200 of latency_ms is 200 ms)."""
+    the metric's scale: 0.02 of satisfaction is 2 points, 200 of latency_ms is 200 ms,
+    0.0005 of cost_usd is 0.05 cents per interaction, 0.01 of error is 1 point of the
+    share of failed calls). Every metric is judged per session
+    (:mod:`feedbackloop.control.guardrails`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -72,7 +79,7 @@ class Guardrail(BaseModel):
 class Canary(BaseModel):
     """A ramp schedule and its guardrails; ``step`` indexes ``steps`` (the treatment's
     weight), and the guard advances it once a step held for ``min_step_s`` and
-    ``min_step_samples`` treatment samples of every guardrail."""
+    ``min_step_samples`` treatment sessions (with that metric) of every guardrail."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -1,97 +1,205 @@
-"""Canary guardrails: from the stream jobs' window aggregates of control and treatment to
-"roll back", "advance the ramp" or "hold" (pure functions; the canary guard in
-:mod:`feedbackloop.stream_jobs.canary` runs them continuously).
+"""Canary guardrails: from per-session totals of control and treatment to "roll back",
+"advance the ramp" or "hold" (pure functions and an accumulator; the canary guard in
+:mod:`feedbackloop.stream_jobs.canary` feeds them from the enriched events).
+
+**The unit is the session**, the unit of assignment, as in ``ab report``: every guardrail
+metric is a ratio of two per-session totals (:data:`RATIOS`: thumbs up over votes,
+regenerations over interactions, latency over timed interactions, ...), and its variance is
+the delta-method variance across sessions (:class:`~feedbackloop.analysis.statistics.
+sufficient.RatioStats`, Deng, Knoblich & Lu 2018). Votes of one session are correlated (one
+user, one conversation); testing them as independent units makes a chatty session count
+many times and the test anti-conservative (``scripts/canary_simulation.py`` measures both).
 
 A guardrail is breached when the always-valid test finds the treatment worse than control
 by more than the guardrail's tolerance: with ``d`` the difference in the metric's good
 direction (treatment - control for satisfaction, control - treatment for latency), the
-mSPRT tests ``H0: d = -tolerance`` and a breach is ``p <= alpha`` with ``d_hat <
--tolerance``. Because the p-value is valid at any stopping time, judging after every
-window keeps the false-rollback rate of a canary that is no worse than its tolerance at
-most alpha (measured: ``scripts/canary_simulation.py``, docs/ARCHITECTURE.md "Canary
-releases").
+mSPRT tests ``H0: d = -tolerance`` with ``n_eff`` counted in sessions, and a breach is
+``p <= alpha`` with ``d_hat < -tolerance``. Because the p-value is valid at any stopping
+time, judging after every look keeps the false-rollback rate of a canary that is no worse
+than its tolerance at most alpha (measured, chatty sessions included: docs/ARCHITECTURE.md
+"Canary releases").
 
-The verdict is the one decision function's (``analysis/statistics/decision.py``, issue 14),
-in sequential mode: "significant regression" of the shifted difference is a breach.
+The verdict is the one decision function's (``analysis/statistics/decision.py``), in
+sequential mode: "significant regression" of the shifted difference is a breach.
 
 A step *holds* once it ran ``min_step_s`` and every guardrail has ``min_step_samples``
-treatment samples at it, without a breach; the guard then advances the ramp.
-
-Units are votes, ratings and interactions (what the window aggregates count), not
-sessions: several votes of one session are treated as independent, which understates the
-variance when sessions differ a lot.
+treatment sessions with that metric at it, without a breach; the guard then advances.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from feedbackloop.analysis.statistics.decision import Evidence, Rules, Verdict, decide
 from feedbackloop.analysis.statistics.sequential import SequentialResult, sequential_test
-from feedbackloop.analysis.statistics.sufficient import BinaryStats, MeanStats
+from feedbackloop.analysis.statistics.sufficient import RatioStats
 from feedbackloop.control.config import HIGHER_IS_BETTER, ExperimentConfig, Guardrail, Status
 
-__all__ = ["ArmStats", "GuardrailCheck", "Judgement", "check_guardrail", "judge"]
+__all__ = [
+    "ArmStats",
+    "FIELDS",
+    "GuardrailCheck",
+    "MIN_SESSIONS",
+    "Judgement",
+    "RATIOS",
+    "check_guardrail",
+    "is_error",
+    "judge",
+]
+
+#: What the guard adds up per session (one row per session and arm).
+FIELDS = (
+    "interactions",
+    "votes",
+    "up",
+    "rating_n",
+    "rating_sum",
+    "regenerate",
+    "abandon",
+    "latency_n",
+    "latency_sum",
+    "cost_n",
+    "cost_sum",
+    "errors",
+)
+_IDX = {name: i for i, name in enumerate(FIELDS)}
+
+#: Each guardrail metric as (numerator, denominator) of per-session totals.
+RATIOS: dict[str, tuple[str, str]] = {
+    "satisfaction": ("up", "votes"),
+    "rating": ("rating_sum", "rating_n"),
+    "regenerate": ("regenerate", "interactions"),
+    "abandon": ("abandon", "interactions"),
+    "latency_ms": ("latency_sum", "latency_n"),
+    "cost_usd": ("cost_sum", "cost_n"),
+    "error": ("errors", "interactions"),
+}
+_RATIO_IDX = {m: (_IDX[y], _IDX[d]) for m, (y, d) in RATIOS.items()}
+#: Metrics that read each field, so an update touches only those.
+_READERS = {f: tuple(m for m, (y, d) in RATIOS.items() if f in (y, d)) for f in FIELDS}
+
+#: Sessions each arm needs (with the metric) before a guardrail is judged: the delta-method
+#: variance of a handful of sessions, one of them chatty, is too unreliable for the
+#: normal approximation the mSPRT rests on (the A/A simulation rolled back at the first look
+#: without it).
+MIN_SESSIONS = 30
+
+#: Interaction metadata keys that mark a failed call: ``error`` (set by the app, any value
+#: but false / empty) and ``stream_error`` (set by the provider integrations when a stream
+#: fails, :mod:`feedbackloop.integrations.recording`).
+ERROR_KEYS = ("error", "stream_error")
 
 
-@dataclass
+def is_error(metadata: Mapping[str, object] | None) -> bool:
+    """Whether an interaction's metadata marks it as a failed call (see :data:`ERROR_KEYS`)."""
+    if not metadata:
+        return False
+    return any(metadata.get(k) not in (None, False, "", 0) for k in ERROR_KEYS)
+
+
 class ArmStats:
-    """What the guardrails read of one arm: sums of window aggregates (additive)."""
+    """Per-session totals of one arm, and per metric the sums a :class:`RatioStats` reads
+    (``n`` sessions with a denominator, sums of y, d, y², d², y·d), kept up to date as
+    events arrive: an event changes its session's row, and the sums lose the row's old
+    contribution and gain its new one (exact for the integer counts; :meth:`rebuild`
+    recomputes the float sums from the rows when drift matters).
 
-    thumbs_up: int = 0
-    thumbs_down: int = 0
-    rating_count: int = 0
-    rating_sum: float = 0.0
-    rating_sum_squares: float = 0.0
-    interactions: int = 0
-    regenerate: int = 0
-    abandon: int = 0
-    latency_count: int = 0
-    latency_sum: float = 0.0
-    latency_sum_squares: float = 0.0
+    A session idle for ``idle_s`` of event time is *closed* by :meth:`close_idle`: its
+    contribution stays, its row is freed, and a later event of it starts a new unit (the
+    analytics definition of a session, which keeps memory to the sessions active lately).
+    """
 
-    @classmethod
-    def of(cls, agg: Any) -> ArmStats:
-        """From one :class:`~feedbackloop.schemas.WindowAggregate`."""
-        return cls(
-            agg.thumbs_up,
-            agg.thumbs_down,
-            agg.rating_count,
-            agg.rating_sum,
-            agg.rating_sum_squares,
-            agg.interactions,
-            agg.implicit_regenerate,
-            agg.implicit_abandon,
-            agg.latency_count,
-            agg.latency_sum,
-            agg.latency_sum_squares,
-        )
+    __slots__ = ("rows", "seen", "_sums", "_closed")
 
-    def __iadd__(self, other: ArmStats) -> ArmStats:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        return self
+    def __init__(self) -> None:
+        #: session id -> totals in :data:`FIELDS` order.
+        self.rows: dict[str, list[float]] = {}
+        #: session id -> last event time (epoch seconds).
+        self.seen: dict[str, float] = {}
+        self._sums: dict[str, list[float]] = {m: [0.0] * 6 for m in RATIOS}
+        #: What closed sessions added (exact: summed once, when each was closed).
+        self._closed: dict[str, list[float]] = {m: [0.0] * 6 for m in RATIOS}
 
-    def metric(self, name: str) -> BinaryStats | MeanStats:
-        if name == "satisfaction":
-            return BinaryStats(self.thumbs_up + self.thumbs_down, self.thumbs_up)
-        if name == "rating":
-            return MeanStats(self.rating_count, self.rating_sum, self.rating_sum_squares)
-        if name in ("regenerate", "abandon"):
-            # Signals are windowed by their own time: clamp so a rate stays a rate.
-            hits = min(self.regenerate if name == "regenerate" else self.abandon, self.interactions)
-            return BinaryStats(self.interactions, hits)
-        if name == "latency_ms":
-            return MeanStats(self.latency_count, self.latency_sum, self.latency_sum_squares)
-        raise ValueError(f"unknown guardrail metric {name!r}")
+    def add(self, session_id: str, at: float = 0.0, **increments: float) -> None:
+        """Add ``increments`` (field name -> amount) to one session's totals."""
+        row = self.rows.get(session_id)
+        if row is None:
+            row = self.rows[session_id] = [0.0] * len(FIELDS)
+        if at > self.seen.get(session_id, -math.inf):
+            self.seen[session_id] = at
+        touched: set[str] = set()
+        for name in increments:
+            touched.update(_READERS[name])
+        for m in touched:
+            self._contribute(m, row, -1.0)
+        for name, amount in increments.items():
+            row[_IDX[name]] += amount
+        for m in touched:
+            self._contribute(m, row, 1.0)
+
+    def _contribute(
+        self,
+        metric: str,
+        row: list[float],
+        sign: float,
+        into: dict[str, list[float]] | None = None,
+    ) -> None:
+        iy, idn = _RATIO_IDX[metric]
+        y, d = row[iy], row[idn]
+        if d <= 0:  # a session enters a metric with its first unit of the denominator
+            return
+        s = (self._sums if into is None else into)[metric]
+        s[0] += sign
+        s[1] += sign * y
+        s[2] += sign * d
+        s[3] += sign * y * y
+        s[4] += sign * d * d
+        s[5] += sign * y * d
+
+    def close_idle(self, before: float) -> int:
+        """Close the sessions whose last event is older than ``before``; returns how many.
+        Their contribution stays in the sums (and in the closed share :meth:`rebuild` keeps)."""
+        idle = [s for s, t in self.seen.items() if t < before]
+        for s in idle:
+            row = self.rows.pop(s)
+            del self.seen[s]
+            for m in RATIOS:
+                self._contribute(m, row, 1.0, self._closed)
+        return len(idle)
+
+    def rebuild(self) -> None:
+        """Recompute the sums exactly (``math.fsum`` over the open rows plus the closed
+        share): removes the rounding drift the add-and-subtract updates of float sums leave."""
+        for m, (iy, idn) in _RATIO_IDX.items():
+            open_rows = [(r[iy], r[idn]) for r in self.rows.values() if r[idn] > 0]
+            exact = [
+                float(len(open_rows)),
+                math.fsum(y for y, _ in open_rows),
+                math.fsum(d for _, d in open_rows),
+                math.fsum(y * y for y, _ in open_rows),
+                math.fsum(d * d for _, d in open_rows),
+                math.fsum(y * d for y, d in open_rows),
+            ]
+            self._sums[m] = [a + b for a, b in zip(exact, self._closed[m], strict=True)]
+
+    def metric(self, name: str) -> RatioStats:
+        n, sy, sd, syy, sdd, syd = self._sums[name]
+        # Rounding of the float sums may leave -0.0-ish squares: clamp to what RatioStats takes.
+        return RatioStats(int(round(n)), sy, max(sd, 0.0), max(syy, 0.0), max(sdd, 0.0), syd)
+
+    @property
+    def sessions(self) -> int:
+        """Open sessions (rows held)."""
+        return len(self.rows)
 
 
 @dataclass(frozen=True)
 class GuardrailCheck:
-    """One guardrail at one look: ``good_diff`` is the difference in the good direction."""
+    """One guardrail at one look: ``good_diff`` is the difference in the good direction;
+    ``n_control`` / ``n_treatment`` count sessions."""
 
     metric: str
     tolerance: float
@@ -109,9 +217,10 @@ class GuardrailCheck:
             return f"{self.metric}: {self.note}"
         verb = "BREACHED" if self.breached else "holds"
         return (
-            f"{self.metric} {verb}: treatment {self.treatment:.4g} (n={self.n_treatment}) vs "
-            f"control {self.control:.4g} (n={self.n_control}), tolerance {self.tolerance:g}, "
-            f"always-valid p={self.p_value:.3g} against a degradation of the tolerance"
+            f"{self.metric} {verb}: treatment {self.treatment:.4g} ({self.n_treatment} sessions) "
+            f"vs control {self.control:.4g} ({self.n_control} sessions), tolerance "
+            f"{self.tolerance:g}, always-valid p={self.p_value:.3g} against a degradation of "
+            "the tolerance"
         )
 
 
@@ -137,40 +246,38 @@ def _breached(result: SequentialResult, alpha: float, n_smallest: int) -> bool:
 def check_guardrail(
     guardrail: Guardrail, control: ArmStats, treatment: ArmStats, alpha: float
 ) -> GuardrailCheck:
+    """The mSPRT of the session-level ratio metric (delta method), shifted by the tolerance."""
     metric, tol = guardrail.metric, guardrail.tolerance
     c, t = control.metric(metric), treatment.metric(metric)
-    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
-    n_c, n_t = c.n, t.n
-    if isinstance(c, BinaryStats) and isinstance(t, BinaryStats):
-        cv, tv = c.rate, t.rate
-        ok = n_c > 0 and n_t > 0
-        if ok:
-            n_eff = 1.0 / (1.0 / n_c + 1.0 / n_t)
-            pooled = (c.successes + t.successes) / (n_c + n_t)
-            se = math.sqrt(c.variance / n_c + t.variance / n_t)
-            # Against 0 the pooled SE is the exact null one; against -tol it is not, so a
-            # tolerance uses the unpooled SE (the pooled one when both rates are 0 or 1).
-            null_se = math.sqrt(pooled * (1.0 - pooled) / n_eff)
-            if tol > 0 and se > 0:
-                null_se = se
-    else:
-        assert isinstance(c, MeanStats) and isinstance(t, MeanStats)
-        cv, tv = c.mean, t.mean
-        ok = n_c >= 2 and n_t >= 2
-        if ok:
-            n_eff = 1.0 / (1.0 / n_c + 1.0 / n_t)
-            se = math.sqrt(c.variance / n_c + t.variance / n_t)
-            null_se = se
-    if not ok:
+    cv, tv = c.ratio, t.ratio
+    if min(c.n, t.n) < MIN_SESSIONS:
         return GuardrailCheck(
-            metric, tol, cv, tv, n_c, n_t, math.nan, math.nan, False, "too few samples yet"
+            metric,
+            tol,
+            cv,
+            tv,
+            c.n,
+            t.n,
+            math.nan,
+            math.nan,
+            False,
+            f"too few sessions yet ({min(c.n, t.n)} of {MIN_SESSIONS} in each arm)",
         )
+    var = c.variance + t.variance
+    se = math.sqrt(var) if var > 0 else 0.0
+    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     good = sign * (tv - cv)
-    result = sequential_test(good + tol, null_se, se if se > 0 else null_se, n_eff, alpha)
+    n_eff = 1.0 / (1.0 / c.n + 1.0 / t.n)
+    result = sequential_test(good + tol, se, se, n_eff, alpha, method="mSPRT (delta method)")
     if not result.ok:
-        return GuardrailCheck(metric, tol, cv, tv, n_c, n_t, good, math.nan, False, result.message)
+        note = (
+            "the metric does not vary between sessions"
+            if se == 0.0
+            else result.message or "no verdict"
+        )
+        return GuardrailCheck(metric, tol, cv, tv, c.n, t.n, good, math.nan, False, note)
     return GuardrailCheck(
-        metric, tol, cv, tv, n_c, n_t, good, result.p_value, _breached(result, alpha, min(n_c, n_t))
+        metric, tol, cv, tv, c.n, t.n, good, result.p_value, _breached(result, alpha, min(c.n, t.n))
     )
 
 
@@ -186,11 +293,11 @@ class Judgement:
 def judge(
     cfg: ExperimentConfig,
     since_start: tuple[ArmStats, ArmStats],
-    at_step: tuple[ArmStats, ArmStats],
+    at_step: ArmStats,
     now: dt.datetime,
 ) -> Judgement:
-    """The guard's decision for a running canary, given (control, treatment) sums since the
-    canary started and since its current step started."""
+    """The guard's decision for a running canary, given (control, treatment) session totals
+    since the canary started and the treatment's since its current step started."""
     c = cfg.canary
     if c is None or cfg.status is not Status.running:
         return Judgement(None, "not a running canary")
@@ -205,11 +312,11 @@ def judge(
     ran = (now - c.step_started_at).total_seconds()
     if ran < c.min_step_s:
         return Judgement(None, f"step ran {ran:.0f} of {c.min_step_s:.0f} s", checks)
-    short = [g.metric for g in c.guardrails if at_step[1].metric(g.metric).n < c.min_step_samples]
+    short = [g.metric for g in c.guardrails if at_step.metric(g.metric).n < c.min_step_samples]
     if short:
         return Judgement(
             None,
-            f"fewer than {c.min_step_samples} treatment samples at this step: {', '.join(short)}",
+            f"fewer than {c.min_step_samples} treatment sessions at this step: {', '.join(short)}",
             checks,
         )
     held = "; ".join(ch.text() for ch in checks)

@@ -146,8 +146,10 @@ class LiveConfig:
             return True  # another app's experiment: not ours to serve
         with self._changed:
             seen = self.configs.get(cfg.name)
-            if seen is not None and cfg.version < seen.version:
-                return True  # an older version (re-read after a restart): keep the newer
+            if seen is not None and cfg.version <= seen.version:
+                # An older version (re-read after a restart), or a later write of a version
+                # held: that one lost (the first message of a version wins, control/plane.py).
+                return True
             self._accept(cfg)
             self.from_cache = False
             self._save_cache()
@@ -214,7 +216,9 @@ class KafkaSource:
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            # A daemon thread: do not hold the app's close() for a metadata request to a
+            # broker that is down (it ends on its own when that times out).
+            self._thread.join(timeout=1)
 
     def _run(self, offer: Offer) -> None:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition

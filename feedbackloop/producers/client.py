@@ -81,12 +81,19 @@ class FeedbackClient:
     exact bytes before they are sent (an audit tap; its exceptions are logged, never raised).
 
     ``live_experiments`` follows the live experiment configuration of the app (see
-    :mod:`feedbackloop.control.live`): ``True`` reads the control topic of ``settings``
-    (:class:`~feedbackloop.producers.collector_client.CollectorClient`: polls its collector),
-    or pass a :class:`~feedbackloop.control.live.LiveConfig`. A live experiment is assigned
-    by its current version's weights (by bucket alone, so every process agrees the moment
-    it has the version); a name defined in ``experiments`` as well is served from the live
-    version unless ``local_experiments_win``.
+    :mod:`feedbackloop.control.live`), so an experiment created, ramped or rolled back from
+    the CLI, the HTTP API or the dashboard reaches the app without a redeploy. By default
+    (``None``) a client on its default Kafka transport follows the control topic of its
+    broker whenever ``Settings.live_experiments`` is on (the default; a
+    :class:`~feedbackloop.producers.collector_client.CollectorClient` polls its collector); a
+    client given its own ``transport`` follows nothing unless told. ``True`` follows the
+    control topic of ``settings`` in any case, ``False`` never; or pass a
+    :class:`~feedbackloop.control.live.LiveConfig`. Following runs on a background thread:
+    no control topic, no broker, or a broken message never blocks or raises into the app.
+    A live experiment is assigned by its current version's weights (by bucket alone, so
+    every process agrees the moment it has the version). Experiments defined in code
+    (``experiments``) keep working; a name that is also live is served from the live version
+    unless ``local_experiments_win``.
 
     ``transport`` carries the events; by default a
     :class:`~feedbackloop.producers.kafka_transport.KafkaTransport` built from the settings,
@@ -106,7 +113,7 @@ class FeedbackClient:
         producer_config: Mapping[str, Any] | None = None,
         on_event: Callable[[Envelope, bytes], None] | None = None,
         transport: Transport | None = None,
-        live_experiments: bool | LiveConfig = False,
+        live_experiments: bool | LiveConfig | None = None,
         local_experiments_win: bool = False,
     ) -> None:
         if transport is not None and (spool_path or producer_config):
@@ -131,10 +138,14 @@ class FeedbackClient:
         )
         self._local_wins = local_experiments_win
         self._live: LiveConfig | None = None
+        if live_experiments is None:  # the default: follow if there is a broker to follow
+            live_experiments = transport is None and self.settings.live_experiments
         if live_experiments is True:
             from feedbackloop.control.live import LiveConfig
 
-            self._live = LiveConfig.for_kafka(self.settings)
+            s = self.settings
+            servers = s.bootstrap_servers or f"{s.broker_host}:{s.broker_port}"
+            self._live = LiveConfig.for_kafka(s.model_copy(update={"bootstrap_servers": servers}))
         elif live_experiments is not False:
             self._live = live_experiments
         if self._live is not None:

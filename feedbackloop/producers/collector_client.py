@@ -22,8 +22,10 @@ class CollectorClient(FeedbackClient):
     as its transport, with bearer ``key`` if given.
 
     Events are posted in batches of up to ``batch_size`` after at most ``linger_s`` s; at
-    most ``max_pending`` wait in memory (more are counted ``dropped``). Other keyword
-    arguments are :class:`FeedbackClient`'s.
+    most ``max_pending`` wait in memory (more are counted ``dropped``). It follows its app's
+    live experiments by polling the collector (``GET /v1/experiments`` with
+    ``If-None-Match``, once a second) unless ``live_experiments=False`` or the setting
+    ``live_experiments`` is off. Other keyword arguments are :class:`FeedbackClient`'s.
     """
 
     def __init__(
@@ -35,7 +37,7 @@ class CollectorClient(FeedbackClient):
         batch_size: int = 500,
         linger_s: float = 0.2,
         max_pending: int = 100_000,
-        live_experiments: bool | LiveConfig = False,
+        live_experiments: bool | LiveConfig | None = None,
         **kwargs: Any,
     ) -> None:
         settings = settings or Settings()
@@ -48,6 +50,8 @@ class CollectorClient(FeedbackClient):
             close_timeout_s=settings.close_timeout_s,
         )
         self.url = transport.url
+        if live_experiments is None:  # the default: the collector serves the live config
+            live_experiments = settings.live_experiments
         if live_experiments is True:  # followed from the collector, not the broker
             from feedbackloop.control.live import LiveConfig
 

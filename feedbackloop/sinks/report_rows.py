@@ -18,11 +18,13 @@ Three layers, each exact under redelivery and late events:
    AggregatingMergeTree tables of sums. A report reads a handful of rows whatever the
    traffic: the per-session sums of squares the tests need are additive over sessions.
 
-A read uses the totals only when no event row was inserted after the watermark
-(:func:`changed_rows_sql`), so its answer is the exact one; otherwise it re-joins the events.
-(Adding the changed sessions' recomputed rows inside the read, with the compaction's own
-SQL, is exact too, but ClickHouse inlines every CTE at each use and took 4-30 s to *plan*
-that query on this machine, whatever the number of sessions changed.)
+Between compactions a read adds the sessions touched since the watermark itself
+(:mod:`feedbackloop.analysis.reads.derived`): the totals less those sessions' stored rows
+(:func:`current_sql` with ``cancel``), plus the exact report statement restricted to them
+(:func:`restricted_sql`). Not with this module's state SQL: ClickHouse inlines every CTE at
+each use and took 4-30 s to *plan* that statement on this machine, whatever the number of
+sessions changed; the exact statements are small, and a read cannot materialize scratch
+tables (it runs read-only).
 
 What is not derived: reads with ``--since``/``until``, ``--prompt-version`` or ``--model``
 (a session row cannot be split by time or by a column of its interactions), and a session
@@ -54,6 +56,11 @@ __all__ = [
     "Compactor",
     "compact",
     "delta_rows_sql",
+    "DEDUP_KEYS",
+    "changed_rows_sql",
+    "current_sql",
+    "restricted_sql",
+    "touched_sql",
     "watermark_sql",
     "OVERLAP_MS",
 ]
@@ -81,6 +88,59 @@ def _dedup(table: str, cols: str, key: str, where: str) -> str:
     )
 
 
+#: The event tables' sorting keys (sinks/migrations.py): what ``FINAL`` deduplicates by.
+DEDUP_KEYS = {
+    "interactions": "app_id, prompt_version, experiment, variant, toStartOfHour(occurred_at),"
+    " event_id",
+    "feedback": "app_id, kind, toStartOfHour(occurred_at), event_id",
+    "implicit": "app_id, signal, toStartOfHour(occurred_at), event_id",
+    "outcomes": "app_id, outcome, toStartOfHour(occurred_at), event_id",
+}
+
+
+#: The columns the report statements read of each event table (a matching row would
+#: otherwise pull its whole granule of prompts and responses through the deduplication).
+_READ_COLUMNS = {
+    "interactions": (
+        "event_id, interaction_id, session_id, app_id, experiment, variant, prompt_version,"
+        " model, occurred_at, latency_ms, cost_usd, shadow",
+    ),
+    "feedback": (
+        "event_id, interaction_id, session_id, app_id, experiment, kind, thumbs, rating,"
+        " occurred_at",
+    ),
+    "implicit": ("event_id, interaction_id, session_id, app_id, experiment, signal, occurred_at",),
+    "outcomes": (
+        "event_id, interaction_id, session_id, app_id, experiment, outcome, value,"
+        " time_to_outcome_ms, occurred_at",
+    ),
+}
+
+
+def restricted_sql(sql: str, sessions: str) -> str:
+    """An exact report statement (:mod:`feedbackloop.analysis.reads.queries`: ``WITH …``,
+    reading ``<table> FINAL``) answered for the sessions ``sessions`` only (a tuple
+    literal): each ``FINAL`` read becomes the rows of those sessions (events: of their
+    interactions, or session-level ones of those sessions), deduplicated as ``FINAL`` does.
+    Every statement there sums over sessions, so its answer is their share of the whole."""
+    ids = "(SELECT interaction_id FROM {db}.interactions WHERE session_id IN _sessions)"
+    where = {
+        "interactions": "session_id IN _sessions",
+        "feedback": f"interaction_id IN {ids}",
+        "implicit": f"interaction_id IN {ids}",
+        "outcomes": f"interaction_id IN {ids}"
+        " OR (interaction_id IS NULL AND session_id IN _sessions)",
+    }
+    for table, cond in where.items():
+        cols = ", ".join((*_READ_COLUMNS[table], "_version"))
+        sql = sql.replace(
+            f"FROM {table} FINAL", f"FROM ({_dedup(table, cols, DEDUP_KEYS[table], cond)})"
+        )
+    if " FINAL" in sql or not sql.startswith("WITH "):
+        raise ValueError("not a report statement this module can restrict")
+    return f"WITH {sessions} AS _sessions, {sql.removeprefix('WITH ')}"
+
+
 _MATCH = "e.experiment IN (u.experiment, '') AND e.app_id = u.app_id"
 
 
@@ -90,26 +150,26 @@ def _sources(touched: str) -> tuple[tuple[str, str], ...]:
         "interactions",
         "interaction_id, session_id, app_id, experiment, variant, prompt_version, occurred_at,"
         " latency_ms, cost_usd, shadow",
-        "app_id, prompt_version, experiment, variant, toStartOfHour(occurred_at), event_id",
+        DEDUP_KEYS["interactions"],
         "session_id IN (SELECT session_id FROM touched)",
     )
     fb = _dedup(
         "feedback",
         "event_id, occurred_at, interaction_id, kind, thumbs, rating, app_id, experiment",
-        "app_id, kind, toStartOfHour(occurred_at), event_id",
+        DEDUP_KEYS["feedback"],
         "kind IN ('thumbs', 'rating') AND interaction_id IN (SELECT interaction_id FROM units)",
     )
     imp = _dedup(
         "implicit",
         "interaction_id, signal, app_id, experiment",
-        "app_id, signal, toStartOfHour(occurred_at), event_id",
+        DEDUP_KEYS["implicit"],
         "interaction_id IN (SELECT interaction_id FROM units)",
     )
     oc = _dedup(
         "outcomes",
         "event_id, outcome, interaction_id, session_id, value, time_to_outcome_ms, app_id,"
         " experiment",
-        "app_id, outcome, toStartOfHour(occurred_at), event_id",
+        DEDUP_KEYS["outcomes"],
         "(interaction_id IS NOT NULL AND interaction_id IN (SELECT interaction_id FROM units))"
         " OR (interaction_id IS NULL AND session_id IN (SELECT session_id FROM touched))",
     )
@@ -456,6 +516,12 @@ def _split_top(text: str) -> list[str]:
     return [text[a:b] for a, b in zip(starts, ends, strict=True)]
 
 
+def touched_sql() -> str:
+    """``SELECT session_id`` of the sessions touched since the watermark less
+    :data:`OVERLAP_MS` (``{db}`` templated): what a read recomputes beside the totals."""
+    return _touched(f"({watermark_sql()} - toIntervalMillisecond({OVERLAP_MS}))")
+
+
 def changed_rows_sql(overlap_ms: int = 0) -> str:
     """How many event rows were inserted after the watermark (less ``overlap_ms``;
     ``{db}`` templated): a read's first check, and the compactor's, which then has nothing
@@ -669,17 +735,38 @@ def totals(table: str) -> _Totals:
 
 
 def current_sql(
-    table: str, where: str, group: tuple[str, ...], having: str = "1", db: str = ""
+    table: str,
+    where: str,
+    group: tuple[str, ...],
+    having: str = "1",
+    db: str = "",
+    cancel: str | None = None,
 ) -> str:
     """The totals ``table`` summed by ``group`` (``expr AS name`` or column names) over the
-    rows matching ``where`` (on its key columns): the report rows as of the last compaction.
+    rows matching ``where`` (on its key columns): the report rows as of the last compaction;
+    with ``cancel`` (a tuple literal of session ids), less those sessions' stored rows
+    (through the view's own ``SELECT``): the totals of every other session.
     Tables are qualified with ``db`` (unqualified when empty: the client's database)."""
     t = totals(table)
     cols = [*group]
     cols += [f"sum({n}) AS {n}" for n, _, _ in t.sums]
     cols += [f"{f}({n}) AS {n}" for n, f, _, _ in t.extremes]
     names = ", ".join(g.rsplit(" AS ", 1)[-1] for g in group)
-    sql = f"""SELECT {", ".join(cols)} FROM {{db}}.{table} WHERE {where}
+    source = f"{{db}}.{table}"
+    if cancel is not None:
+        every = ", ".join(
+            [n for n, _, _ in t.keys] + [n for n, _, _ in t.sums] + [n for n, *_ in t.extremes]
+        )
+        # The stored rows of a session (live and cancelled) sum to its live row; with the
+        # sign turned they take it out. Minima and maxima stay: a session's first and last
+        # interaction only move outwards as events arrive.
+        stored = (
+            f"(SELECT * REPLACE (toInt8(-sign) AS sign) FROM {{db}}.{t.source}"
+            f" WHERE session_id IN {cancel})"
+        )
+        source = f"""(SELECT {every} FROM {{db}}.{table}
+    UNION ALL SELECT {every} FROM ({t.select(stored)}))"""
+    sql = f"""SELECT {", ".join(cols)} FROM {source} WHERE {where}
 GROUP BY {names} HAVING {having} ORDER BY {names}"""
     return sql.replace("{db}.", f"{db}." if db else "")
 

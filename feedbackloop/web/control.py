@@ -10,8 +10,10 @@ variants too); a public key gets the configuration without who changed it and wh
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import re
 import threading
 from typing import Any, TypeVar
 
@@ -20,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from feedbackloop.errors import ConfigError
+from feedbackloop.errors import ConfigError, VersionConflict
 from feedbackloop.web.auth import ALL_APPS, KeyKind, Principal
 from feedbackloop.web.collector import parse_json, receive_body
 from feedbackloop.web.state import (
@@ -38,6 +40,24 @@ __all__ = ["ControlView", "body_schemas", "router"]
 BODY_LIMIT_BYTES = 64 * 1024
 
 _ACTIONS = ("weights", "ramp", "pause", "resume", "stop", "rollback")
+_IF_MATCH = re.compile(r'^(?:W/)?"?v?(\d{1,9})"?$')
+
+
+def version_etag(version: int) -> str:
+    """The entity tag of one experiment's version: what ``If-Match`` takes back."""
+    return f'"v{version}"'
+
+
+def _if_match(request: Request) -> int | None:
+    """The version an ``If-Match`` header expects (``"v3"``, ``v3`` or ``3``); None
+    without one or for ``*`` (any version)."""
+    raw = request.headers.get("if-match")
+    if raw is None or raw.strip() == "*":
+        return None
+    m = _IF_MATCH.match(raw.strip())
+    if m is None:
+        raise ApiError(400, "invalid_if_match", 'If-Match takes one experiment version, e.g. "v3"')
+    return int(m.group(1))
 
 
 class ControlView:
@@ -53,6 +73,7 @@ class ControlView:
 
     def _offer(self, key: bytes | None, value: bytes | None) -> bool:
         from feedbackloop.control.config import decode_config
+        from feedbackloop.control.plane import latest
         from feedbackloop.errors import SchemaError
 
         try:
@@ -60,8 +81,7 @@ class ControlView:
         except SchemaError:
             return False  # the sink dead-letters it; the last good version stays
         with self._lock:
-            seen = self.configs.get(cfg.key)
-            if seen is None or cfg.version >= seen.version:
+            if latest(self.configs.get(cfg.key), cfg):
                 self.configs[cfg.key] = cfg
         return True
 
@@ -260,19 +280,22 @@ def router() -> APIRouter:
                 **kwargs,
             )
             done = await run_in_threadpool(_plane(request).create, cfg)
+        except VersionConflict as e:
+            raise ApiError(409, "version_conflict", str(e)) from None
         except ConfigError as e:
             raise ApiError(409 if "stop it before" in str(e) else 422, "refused", str(e)) from None
         return _public(done, principal)
 
     @r.post(
         "/experiments/{name}/{action}",
-        summary="Change a live experiment: weights, ramp, pause, resume, stop, rollback",
-        responses=error_responses(400, 401, 403, 404, 408, 409, 413, 422, 503),
+        summary="Change a live experiment: weights, ramp, pause, resume, stop, rollback "
+        '(compare-and-set with If-Match: "v<version>")',
+        responses=error_responses(400, 401, 403, 404, 408, 409, 412, 413, 422, 503),
         openapi_extra=_request_body(ChangeBody),
     )
     async def change_experiment(
         request: Request, name: str, action: str, principal: ReadPrincipal
-    ) -> dict[str, Any]:
+    ) -> Response:
         _known_params(request, set())
         body = await _read(request, ChangeBody)
         if action not in _ACTIONS:
@@ -280,24 +303,36 @@ def router() -> APIRouter:
         app = _app_of(principal, body.app_id)
         if app is None:
             raise ApiError(422, "app_id_required", "an operator key must name the app_id")
+        expected = _if_match(request)
         plane = _plane(request)
         try:
             current = await run_in_threadpool(plane.current)
             if f"{app}|{name}" not in current:
                 raise ApiError(404, "not_found", f"no live experiment {name!r} in app {app!r}")
-            from feedbackloop.control import apply
-
-            new = apply(
-                current[f"{app}|{name}"],
-                action,
-                changed_by=_who(body.by, principal),
-                reason=body.reason,
-                weights=body.weights,
-                to=body.to,
+            new = await run_in_threadpool(
+                functools.partial(
+                    plane.change,
+                    app,
+                    name,
+                    action,
+                    if_version=expected,
+                    changed_by=_who(body.by, principal),
+                    reason=body.reason,
+                    weights=body.weights,
+                    to=body.to,
+                )
             )
-            await run_in_threadpool(plane.publish, new)
+        except VersionConflict as e:
+            # 412: the If-Match precondition failed; 409: no precondition, but another
+            # change came first (nothing was applied either way).
+            raise ApiError(
+                412 if expected is not None else 409,
+                "version_conflict",
+                str(e),
+                headers={"ETag": version_etag(e.current)},
+            ) from None
         except ConfigError as e:
             raise ApiError(409, "refused", str(e)) from None
-        return _public(new, principal)
+        return JSONResponse(_public(new, principal), headers={"ETag": version_etag(new.version)})
 
     return r

@@ -166,6 +166,10 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "Missing or unknown API key.",
         403: "The key may not do this (public key reading, or another app's events).",
         404: "Not found.",
+        409: "Refused: the change does not apply, or another change of the experiment came "
+        "first (nothing was changed).",
+        412: "If-Match names another version than the experiment's current one (nothing was "
+        "changed; the ETag header carries the current version).",
         413: "Request body or batch too large.",
         415: "Unsupported content type.",
         408: "The request body did not arrive within web_read_timeout_s.",

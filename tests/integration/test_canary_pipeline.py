@@ -3,7 +3,9 @@
 
 A planted 10-point satisfaction drop on a 5% canary is rolled back by the guard on its own
 (webhook alert, reason in the audit trail), after which every SDK serves control to the
-sessions that had the treatment; a good canary ramps through to its last step.
+sessions that had the treatment; a canary whose treatment costs more and fails more often
+is rolled back on its cost and error guardrails; a good canary ramps through to its last
+step. The guard judges sessions, read from the enriched topic.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def _traffic(clients: list[FeedbackClient], stop: threading.Event, drop: dict[st
         for _ in range(400):
             i += 1
             client = clients[i % len(clients)]
-            for name in ("bad-prompt", "good-prompt"):
+            for name in ("bad-prompt", "good-prompt", "pricey-prompt"):
                 sid = f"{name}-s{i}"
                 variant = (
                     client.assign_variant(name, sid)
@@ -66,6 +68,8 @@ def _traffic(clients: list[FeedbackClient], stop: threading.Event, drop: dict[st
                 )
                 if variant is None:
                     continue
+                pricey = name == "pricey-prompt" and variant == "v2"
+                failed = rng.random() < (0.15 if pricey else 0.01)
                 iid = client.log_interaction(
                     session_id=sid,
                     user_input="q",
@@ -73,6 +77,8 @@ def _traffic(clients: list[FeedbackClient], stop: threading.Event, drop: dict[st
                     model="m",
                     experiment=name,
                     variant=variant,
+                    cost_usd=(0.0016 if pricey else 0.0010) * rng.uniform(0.8, 1.2),
+                    metadata={"error": "timeout"} if failed else {},
                 )
                 p = BASE_RATE - (drop.get(name, 0.0) if variant == "v2" else 0.0)
                 client.thumbs(iid, rng.random() < p)
@@ -123,6 +129,22 @@ def test_a_bad_canary_is_rolled_back_and_a_good_one_reaches_its_last_step(
             min_step_samples=100,
         )
     )
+    plane.create(
+        new_experiment(
+            "shop",
+            "pricey-prompt",
+            {"v1": 0.5, "v2": 0.5},
+            changed_by="alice",
+            reason="try the bigger model",
+            canary_steps=(0.05, 0.25),
+            guardrails=(
+                Guardrail(metric="cost_usd", tolerance=0.0002),
+                Guardrail(metric="error", tolerance=0.02),
+            ),
+            min_step_s=3600,
+            min_step_samples=100,
+        )
+    )
     clients = [
         FeedbackClient(
             settings.model_copy(update={"data_dir": tmp_path / f"app{i}"}), live_experiments=True
@@ -131,7 +153,7 @@ def test_a_bad_canary_is_rolled_back_and_a_good_one_reaches_its_last_step(
     ]
     for c in clients:
         assert c.live_config is not None
-        assert c.live_config.wait_for(lambda lc: len(lc.configs) == 2, timeout=30)
+        assert c.live_config.wait_for(lambda lc: len(lc.configs) == 3, timeout=30)
     bad_sessions = [f"bad-prompt-s{i}" for i in range(20_000)]
     treated = [s for s in bad_sessions if clients[0].assign_variant("bad-prompt", s) == "v2"]
     assert 0.03 < len(treated) / len(bad_sessions) < 0.07  # the 5% canary
@@ -145,9 +167,12 @@ def test_a_bad_canary_is_rolled_back_and_a_good_one_reaches_its_last_step(
     def done() -> bool:
         cur = {c.name: c for c in guard.configs.values()}
         bad, good = cur.get("bad-prompt"), cur.get("good-prompt")
+        pricey = cur.get("pricey-prompt")
         return (
             bad is not None
             and bad.status is Status.rolled_back
+            and pricey is not None
+            and pricey.status is Status.rolled_back
             and good is not None
             and good.canary is not None
             and good.canary.last_step
@@ -170,19 +195,21 @@ def test_a_bad_canary_is_rolled_back_and_a_good_one_reaches_its_last_step(
         stop.set()
         feeder.join(timeout=10)
 
-    rollback = [a for a in guard.actions if a.action == "rollback"]
-    assert [a.experiment for a in rollback] == ["bad-prompt"]
-    assert "satisfaction BREACHED" in rollback[0].reason
+    rollback = {a.experiment: a for a in guard.actions if a.action == "rollback"}
+    assert sorted(rollback) == ["bad-prompt", "pricey-prompt"]
+    assert "satisfaction BREACHED" in rollback["bad-prompt"].reason
+    assert "sessions" in rollback["bad-prompt"].reason  # judged per session
+    pricey_reason = rollback["pricey-prompt"].reason
+    assert "cost_usd BREACHED" in pricey_reason or "error BREACHED" in pricey_reason
     assert [a.action for a in guard.actions if a.experiment == "good-prompt"] == [
         "advance",
         "advance",
     ]
     # the alert went out, with the reason
-    assert [
-        (p["alert"]["alert_type"], p["alert"]["experiment"], p["alert"]["metric"])
-        for p in _Hook.posts
-    ] == [("canary_rollback", "bad-prompt", "satisfaction")]
-    assert "rolled back automatically" in _Hook.posts[0]["text"]
+    posted = sorted((p["alert"]["alert_type"], p["alert"]["experiment"]) for p in _Hook.posts)
+    assert posted == [("canary_rollback", "bad-prompt"), ("canary_rollback", "pricey-prompt")]
+    assert {p["alert"]["metric"] for p in _Hook.posts} <= {"satisfaction", "cost_usd", "error"}
+    assert all("rolled back automatically" in p["text"] for p in _Hook.posts)
     # every SDK serves control to every session that had the treatment
     for c in clients:
         assert c.live_config is not None

@@ -76,12 +76,9 @@ def test_cli_changes_reach_kafka_and_http_sdks_and_show_prints_the_audit_trail(
     )
     assert "v1 running: v1 95%, v2 5% (canary step 1/3)" in out
     server = WebServer(s.model_copy(update={"web_port": 0}), "127.0.0.1", 0).start()
-    kafka_sdk = FeedbackClient(
-        s.model_copy(update={"data_dir": tmp_path / "k"}), live_experiments=True
-    )
-    http_sdk = CollectorClient(
-        server.url, None, s.model_copy(update={"data_dir": tmp_path / "h"}), live_experiments=True
-    )
+    # no live_experiments argument: following the live config is the default
+    kafka_sdk = FeedbackClient(s.model_copy(update={"data_dir": tmp_path / "k"}))
+    http_sdk = CollectorClient(server.url, None, s.model_copy(update={"data_dir": tmp_path / "h"}))
     sdks = [kafka_sdk, http_sdk]
     try:
         for sdk in sdks:
@@ -253,3 +250,25 @@ def test_a_malformed_control_message_is_refused_and_the_last_good_version_stays(
     finally:
         sdk.close()
     assert isinstance(LiveConfig, type)
+
+
+def test_an_app_started_before_any_live_experiment_follows_the_first_one_created(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """The default client, started while the control topic does not exist yet, neither
+    waits nor fails, serves its code-defined experiment, then follows an experiment created
+    from the CLI afterwards: no code change, no restart."""
+    from feedbackloop.producers.assignment import Experiment
+
+    s = _settings(kafka_bootstrap, topic_prefix, tmp_path)
+    ensure_topics(s.kafka_client_config(), [Topics(topic_prefix).events], 2)  # no control topic
+    app = FeedbackClient(s, experiments=[Experiment("tone", {"plain": 1.0, "warm": 0.0})])
+    try:
+        assert app.live_config is not None and app.live_config.configs == {}
+        assert app.assign_variant("tone", "u1") == "plain"
+        _run(s, "create", "prompt", "--variants", "v1=0,v2=1", "--reason", "all on v2")
+        assert app.live_config.wait_for(lambda lc: lc.version("prompt") == 1, timeout=30)
+        assert {app.assign_variant("prompt", f"u{i}") for i in range(200)} == {"v2"}
+        assert app.assign_variant("tone", "u1") == "plain"  # the code-defined one is untouched
+    finally:
+        app.close()

@@ -30,9 +30,9 @@ from feedbackloop.analysis.reads import (
     fetch_versions,
 )
 from feedbackloop.infra import get_client
-from feedbackloop.sinks import migrate
+from feedbackloop.sinks import migrate, report_rows
 from feedbackloop.sinks.query import execute
-from feedbackloop.sinks.report_rows import compact
+from feedbackloop.sinks.report_rows import changed_rows_sql, compact
 
 T0 = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.timezone.utc)
 OUTCOMES = (
@@ -156,13 +156,16 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
-def _population(ev: Events, sessions: int, app: str = "app1") -> dict[str, list[dict[str, Any]]]:
-    """Sessions of 1-4 interactions over two days with every kind of event."""
+def _population(
+    ev: Events, sessions: int, app: str = "app1", first: int = 0
+) -> dict[str, list[dict[str, Any]]]:
+    """Sessions of 1-4 interactions over two days with every kind of event (session ids
+    ``{app}-s{first}`` onwards)."""
     rng = ev.rng
     out: dict[str, list[dict[str, Any]]] = {
         k: [] for k in ("interactions", "feedback", "implicit", "outcomes")
     }
-    for s in range(sessions):
+    for s in range(first, first + sessions):
         sid = f"{app}-s{s}"
         variant = ("control", "treatment")[rng.random() < 0.5]
         t = T0 + dt.timedelta(seconds=rng.randint(0, 2 * 86400))
@@ -319,8 +322,8 @@ def test_report_rows_answer_like_the_exact_queries_under_redelivery_and_late_eve
     assert derived.experiment_rows(runner, Scope(experiment="exp1"), (0.5,)) is not None
     _assert_both_paths_agree(runner)
 
-    # Late events after the compaction: until the next one, the rows lack them and the
-    # reads re-join the events; the next compaction cancels the sessions' old rows.
+    # Late events after the compaction: until the next one, the reads add the recomputed
+    # sessions to the totals; the next compaction cancels the sessions' old rows.
     late_i = pop["interactions"][:25]
     ev.insert(
         "feedback", [ev.feedback(i, "thumbs", T0 + dt.timedelta(days=3), thumbs=-1) for i in late_i]
@@ -334,9 +337,9 @@ def test_report_rows_answer_like_the_exact_queries_under_redelivery_and_late_eve
             for i in late_i[:5]
         ],
     )
-    assert derived.experiment_rows(runner, Scope(experiment="exp1"), (0.5,)) is None
-    compact(client, db)
     assert derived.experiment_rows(runner, Scope(experiment="exp1"), (0.5,)) is not None
+    _assert_both_paths_agree(runner)
+    compact(client, db)
     _assert_both_paths_agree(runner)
 
 
@@ -360,8 +363,10 @@ def test_orphaned_feedback_counts_once_its_interaction_arrives(store: Any) -> No
 
 
 def test_a_session_id_shared_by_two_apps_falls_back_to_the_exact_path_where_it_matters(
-    store: Any,
+    store: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # No commit lag in one process: once compacted, "shared" is not a touched session.
+    monkeypatch.setattr(report_rows, "OVERLAP_MS", 0)
     client, db, runner = store
     ev = Events(client, db, seed=5)
     for app in ("app1", "app2"):
@@ -376,6 +381,11 @@ def test_a_session_id_shared_by_two_apps_falls_back_to_the_exact_path_where_it_m
     # Within one app and experiment the rows are the exact answer.
     assert derived.experiment_rows(runner, Scope(experiment="exp1", app_id="app1"), (0.5,))
     _assert_both_paths_agree(runner, (Scope(experiment="exp1"), SCOPES[1]), ("experiment",))
+    # Touched again, "shared" is read exactly (restricted to the touched sessions) and no
+    # other session is split: the rows answer again.
+    ev.insert("feedback", [ev.feedback(shared[0], "thumbs", T0 + dt.timedelta(hours=1))])
+    assert derived.experiment_rows(runner, Scope(experiment="exp1"), (0.5,)) is not None
+    _assert_both_paths_agree(runner, (Scope(experiment="exp1"),), ("experiment", "impact"))
 
 
 def test_scopes_the_rows_cannot_split_take_the_exact_path(store: Any) -> None:
@@ -391,3 +401,78 @@ def test_scopes_the_rows_cannot_split_take_the_exact_path(store: Any) -> None:
     ):
         assert derived.experiment_rows(runner, scope, (0.5,)) is None
         _same(fetch_experiment(runner, scope, exact=True), fetch_experiment(runner, scope))
+
+
+def _changed(runner: Any) -> int:
+    res = runner(changed_rows_sql().replace("{db}.", ""))
+    return int(res.rows[0][0])
+
+
+def test_reads_stay_exact_while_events_keep_arriving_after_the_compaction(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reads add the sessions touched since the last compaction (recomputed from their
+    events) to the totals of every other session, round after round, with no compaction in
+    between: new sessions, redelivered copies, late votes and outcomes on old sessions,
+    orphaned feedback and then its interaction."""
+    # No commit lag in one process: the sessions touched are exactly those written to.
+    monkeypatch.setattr(report_rows, "OVERLAP_MS", 0)
+    client, db, runner = store
+    ev = Events(client, db, seed=23)
+    old = _population(ev, 60)
+    for table, rows in old.items():
+        ev.insert(table, rows)
+    compact(client, db)
+    assert _changed(runner) == 0
+    scopes = (Scope(experiment="exp1"), Scope())
+
+    new = _population(ev, 15, first=1000)
+    for table, rows in new.items():
+        ev.insert(table, rows)
+        ev.insert(table, rows[: len(rows) // 2])  # redelivered
+    assert _changed(runner) > 0
+    assert derived.experiment_rows(runner, scopes[0], (0.5,)) is not None
+    _assert_both_paths_agree(runner, scopes)
+
+    late = old["interactions"][::7]
+    waiting = ev.interaction("app1", "app1-s2000", "control", T0 + dt.timedelta(hours=2))
+    ev.insert(
+        "feedback",
+        [ev.feedback(i, "thumbs", T0 + dt.timedelta(days=3), thumbs=-1) for i in late]
+        + [ev.feedback(waiting, "rating", T0 + dt.timedelta(hours=2), rating=5)],
+    )
+    ev.insert(
+        "outcomes",
+        [
+            ev.outcome("app1", i["session_id"], "code_accepted", T0 + dt.timedelta(days=3), i)
+            for i in late[:4]
+        ]
+        + [ev.outcome("app1", "app1-s3", "ticket_resolved", T0 + dt.timedelta(days=3), ttm=4e3)],
+    )
+    ev.insert("implicit", [ev.implicit(i, "copy", T0 + dt.timedelta(days=3)) for i in late[:3]])
+    assert derived.impact_rows(runner, scopes[0], (0.5,)) is not None
+    _assert_both_paths_agree(runner, scopes)
+
+    ev.insert("interactions", [waiting, *old["interactions"][:10]])  # and a redelivery
+    _assert_both_paths_agree(runner, scopes[:1])
+
+    compact(client, db)
+    assert _changed(runner) == 0
+    _assert_both_paths_agree(runner, scopes[:1])
+
+
+def test_reads_take_the_exact_path_when_too_many_sessions_changed_since_the_compaction(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(report_rows, "OVERLAP_MS", 0)
+    monkeypatch.setattr(derived, "MAX_TOUCHED", 3)
+    client, db, runner = store
+    ev = Events(client, db, seed=29)
+    for table, rows in _population(ev, 20).items():
+        ev.insert(table, rows)
+    compact(client, db)
+    for table, rows in _population(ev, 5, first=100).items():
+        ev.insert(table, rows)
+    scope = Scope(experiment="exp1")
+    assert derived.experiment_rows(runner, scope, (0.5,)) is None
+    _same(fetch_experiment(runner, scope, exact=True), fetch_experiment(runner, scope))

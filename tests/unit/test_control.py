@@ -115,6 +115,10 @@ def test_live_config_refuses_a_bad_message_and_keeps_the_last_good_version(
     live.offer(None, v2.model_dump_json().encode())
     live.offer(None, v1.model_dump_json().encode())
     assert live.version("prompt") == 2
+    # a later write of a version held lost its compare-and-set: the first one stays
+    rival = apply(v1, "pause", changed_by="bob")
+    assert rival.version == 2 and live.offer(None, rival.model_dump_json().encode())
+    assert live.configs["prompt"].action == "ramp"
     other = new_experiment("other-app", "prompt", {"a": 0.5, "b": 0.5}, changed_by="x")
     live.offer(None, other.model_dump_json().encode())
     assert live.configs["prompt"].app_id == "app"
@@ -193,6 +197,39 @@ def test_the_client_serves_the_live_version_and_rollback_moves_every_session_bac
     assert client.assign_variant("prompt", "s1") == "v1"
 
 
+def test_a_client_on_its_kafka_transport_follows_live_config_by_default_without_waiting(
+    tmp_path: Path,
+) -> None:
+    """No broker at all (a closed port): the client starts, serves its code-defined
+    experiment, and closes; following runs in the background and never raises."""
+    from feedbackloop.producers.assignment import Experiment
+
+    dead = Settings(app_id="app", data_dir=tmp_path, bootstrap_servers="127.0.0.1:1")
+    code = [Experiment("prompt", {"v1": 0.0, "v2": 1.0})]
+    client = FeedbackClient(dead, experiments=code, spool_path=tmp_path / "spool")
+    try:
+        assert client.live_config is not None  # followed by default
+        assert client.live_config.configs == {}
+        assert client.assign_variant("prompt", "s1") == "v2"  # code-defined still serves
+        iid = client.log_interaction(
+            session_id="s1", user_input="q", response="a", model="m", experiment="prompt"
+        )
+        assert iid is not None
+    finally:
+        client.close(timeout=0)
+    # off when the app or the settings say so, and for a client given its own transport
+    off = [
+        FeedbackClient(dead, live_experiments=False, spool_path=tmp_path / "s2"),
+        FeedbackClient(
+            dead.model_copy(update={"live_experiments": False}), spool_path=tmp_path / "s3"
+        ),
+        FeedbackClient(dead, transport=_Null()),
+    ]
+    for c in off:
+        assert c.live_config is None
+        c.close(timeout=0)
+
+
 def test_a_code_defined_experiment_wins_only_when_the_app_says_so(tmp_path: Path) -> None:
     from feedbackloop.producers.assignment import Experiment
 
@@ -209,8 +246,15 @@ def test_a_code_defined_experiment_wins_only_when_the_app_says_so(tmp_path: Path
     assert set(_variants(client, transport, SESSIONS[:200]).values()) == {"v2"}
 
 
-def _arm(up: int, down: int) -> ArmStats:
-    return ArmStats(thumbs_up=up, thumbs_down=down, interactions=up + down)
+def _arm(up: int, down: int, per_session: int = 1) -> ArmStats:
+    """``up`` and ``down`` thumbs from sessions of ``per_session`` votes each (all of a
+    session's votes alike: the most correlated a session can be)."""
+    arm = ArmStats()
+    for i in range(up // per_session):
+        arm.add(f"u{i}", votes=per_session, up=per_session, interactions=per_session)
+    for i in range(down // per_session):
+        arm.add(f"d{i}", votes=per_session, up=0, interactions=per_session)
+    return arm
 
 
 def test_a_significant_satisfaction_drop_is_a_breach_and_a_small_one_within_tolerance_is_not() -> (
@@ -227,16 +271,107 @@ def test_a_significant_satisfaction_drop_is_a_breach_and_a_small_one_within_tole
     assert not better.breached  # a significant improvement is no breach
 
 
-def test_latency_is_a_breach_when_it_goes_up() -> None:
-    g = Guardrail(metric="latency_ms", tolerance=10.0)
+def test_votes_of_one_session_count_as_one_unit_so_chatty_sessions_do_not_fake_a_breach() -> None:
+    g = Guardrail(metric="satisfaction", tolerance=0.0)
+    # the same 10-point drop on 1,000 votes: from 1,000 sessions it is significant, from 20
+    # chatty sessions of 50 votes each it is 20 units and proves nothing
+    assert check_guardrail(g, _arm(7000, 3000), _arm(600, 400), alpha=0.05).breached
+    chatty = check_guardrail(g, _arm(7000, 3000), _arm(600, 400, per_session=50), alpha=0.05)
+    assert not chatty.breached and "too few sessions" in chatty.note
+    few = check_guardrail(g, _arm(7000, 3000), _arm(1200, 800, per_session=50), alpha=0.05)
+    assert few.n_treatment == 40 and not few.breached and few.p_value > 0.05
 
-    def lat(n: int, mean: float, sd: float) -> ArmStats:
-        return ArmStats(
-            latency_count=n, latency_sum=n * mean, latency_sum_squares=n * (sd**2 + mean**2)
+
+def test_the_running_sums_equal_the_ratio_statistics_of_the_sessions_totals() -> None:
+    import random
+
+    from feedbackloop.analysis.statistics.sufficient import RatioStats
+
+    rng = random.Random(3)
+    arm = ArmStats()
+    totals: dict[str, list[float]] = {}
+    for i in range(5000):
+        sid = f"s{rng.randrange(300)}"
+        lat, cost = rng.uniform(100, 3000), rng.choice([0.0011, 0.0011, 0.004])
+        arm.add(
+            sid, float(i), interactions=1, latency_n=1, latency_sum=lat, cost_n=1, cost_sum=cost
         )
+        t = totals.setdefault(sid, [0.0, 0.0, 0.0])
+        t[0], t[1], t[2] = t[0] + 1, t[1] + lat, t[2] + cost
+        if i == 2500:
+            arm.close_idle(2000.0)  # closed sessions keep their share; later events: new units
+            for s in list(totals):
+                if s not in arm.rows:
+                    totals[f"closed-{s}"] = totals.pop(s)
+    for metric, col in (("latency_ms", 1), ("cost_usd", 2)):
+        ys = [t[col] for t in totals.values()]
+        ds = [t[0] for t in totals.values()]
+        want = RatioStats(
+            len(ys),
+            sum(ys),
+            sum(ds),
+            sum(y * y for y in ys),
+            sum(d * d for d in ds),
+            sum(y * d for y, d in zip(ys, ds, strict=True)),
+        )
+        for got in (arm.metric(metric), (arm.rebuild(), arm.metric(metric))[1]):
+            assert got.n == want.n and got.ratio == pytest.approx(want.ratio, rel=1e-12)
+            assert got.variance == pytest.approx(want.variance, rel=1e-9)
 
-    assert check_guardrail(g, lat(5000, 800, 200), lat(2000, 900, 200), 0.05).breached
-    assert not check_guardrail(g, lat(5000, 900, 200), lat(2000, 800, 200), 0.05).breached
+
+def _calls(n: int, latency: float, cost: float, error_every: int = 0) -> ArmStats:
+    """``n`` sessions of 3 interactions with noisy latency and cost; every
+    ``error_every``-th interaction failed."""
+    import random
+
+    rng = random.Random(n + int(latency))
+    arm = ArmStats()
+    k = 0
+    for s in range(n):
+        for _ in range(3):
+            k += 1
+            err = 1.0 if error_every and k % error_every == 0 else 0.0
+            arm.add(
+                f"s{s}",
+                interactions=1,
+                latency_n=1,
+                latency_sum=rng.gauss(latency, 200),
+                cost_n=1,
+                cost_sum=max(0.0, rng.gauss(cost, cost / 4)),
+                errors=err,
+            )
+    return arm
+
+
+def test_latency_cost_and_errors_are_breaches_when_they_go_up_beyond_their_tolerance() -> None:
+    base = _calls(3000, 800, 0.0010, error_every=50)
+    slow = _calls(600, 900, 0.0010, error_every=50)
+    pricey = _calls(600, 800, 0.0016, error_every=50)
+    failing = _calls(600, 800, 0.0010, error_every=10)
+    fine = _calls(600, 800, 0.0010, error_every=50)
+    lat, cost, err = (
+        Guardrail(metric="latency_ms", tolerance=10.0),
+        Guardrail(metric="cost_usd", tolerance=0.0002),
+        Guardrail(metric="error", tolerance=0.01),
+    )
+    assert check_guardrail(lat, base, slow, 0.05).breached
+    assert check_guardrail(cost, base, pricey, 0.05).breached
+    assert check_guardrail(err, base, failing, 0.05).breached
+    for g in (lat, cost, err):
+        assert not check_guardrail(g, base, fine, 0.05).breached
+        assert not check_guardrail(g, slow if g is not lat else base, base, 0.05).breached
+    # within its tolerance, a real but small rise in cost is no breach
+    assert not check_guardrail(
+        Guardrail(metric="cost_usd", tolerance=0.001), base, pricey, 0.05
+    ).breached
+
+
+def test_a_cost_that_never_varies_reads_as_not_varying_rather_than_a_verdict() -> None:
+    const = ArmStats()
+    for s in range(100):
+        const.add(f"s{s}", interactions=2, cost_n=2, cost_sum=0.0022)
+    check = check_guardrail(Guardrail(metric="cost_usd"), const, const, 0.05)
+    assert not check.breached and check.note == "the metric does not vary between sessions"
 
 
 def test_the_judge_holds_until_the_step_ran_long_enough_with_enough_samples_then_advances() -> None:
@@ -244,13 +379,13 @@ def test_the_judge_holds_until_the_step_ran_long_enough_with_enough_samples_then
     assert cfg.canary is not None
     start = cfg.canary.step_started_at
     fine = (_arm(7000, 3000), _arm(70, 30))
-    early = judge(cfg, fine, fine, start + dt.timedelta(seconds=30))
+    early = judge(cfg, fine, fine[1], start + dt.timedelta(seconds=30))
     assert early.action is None and "ran 30 of 60" in early.reason
-    few = judge(cfg, fine, (ArmStats(), _arm(50, 20)), start + dt.timedelta(seconds=90))
-    assert few.action is None and "fewer than 100" in few.reason
-    assert judge(cfg, fine, fine, start + dt.timedelta(seconds=90)).action == "advance"
+    few = judge(cfg, fine, _arm(50, 20), start + dt.timedelta(seconds=90))
+    assert few.action is None and "fewer than 100 treatment sessions" in few.reason
+    assert judge(cfg, fine, fine[1], start + dt.timedelta(seconds=90)).action == "advance"
     bad = (_arm(7000, 3000), _arm(600, 400))
-    verdict = judge(cfg, bad, bad, start + dt.timedelta(seconds=1))
+    verdict = judge(cfg, bad, bad[1], start + dt.timedelta(seconds=1))
     assert verdict.action == "rollback" and "satisfaction BREACHED" in verdict.reason
     last = apply(cfg, "ramp", changed_by="x", to=0.5)
-    assert judge(last, fine, fine, start + dt.timedelta(hours=1)).action is None
+    assert judge(last, fine, fine[1], start + dt.timedelta(hours=1)).action is None

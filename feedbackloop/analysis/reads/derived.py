@@ -9,19 +9,31 @@ cannot answer the scope exactly, and the caller re-joins the events instead:
 * a database without the report rows (its migration not applied);
 * a scope without both app and experiment that holds a *split* session (one whose events
   straddle apps or experiments; the rows count it once per (app, experiment));
-* events inserted after the last compaction (the sink worker's compactor runs every
-  second): the rows do not hold them yet, so the answer would not be the exact one.
+* more than :data:`MAX_TOUCHED` sessions touched since the last compaction (the compactor
+  is behind or stopped: see below).
+
+Events keep arriving after the last compaction (the sink worker's compactor runs every
+second or so). A read then splits the sessions in two: those *touched* since the
+watermark (less its overlap: :func:`~feedbackloop.sinks.report_rows.touched_sql`) are
+answered by the exact statement restricted to them
+(:func:`~feedbackloop.sinks.report_rows.restricted_sql`: their events only, deduplicated
+as ``FINAL`` does), every other session by the totals less the touched sessions' stored
+rows. Every statement sums over sessions, so the two shares add up to the exact answer;
+quantiles are taken from the value counts of both shares together. The cost grows with
+the sessions touched, not with everything stored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from feedbackloop.analysis.reads.literals import quote
 from feedbackloop.analysis.reads.scope import Scope
 
 __all__ = [
+    "MAX_TOUCHED",
     "experiment_rows",
     "impact_rows",
     "satisfaction_rows",
@@ -30,6 +42,12 @@ __all__ = [
 ]
 
 Rows = Callable[[str], list[dict[str, Any]]]
+
+#: Sessions touched since the last compaction that a read recomputes itself; beyond that
+#: (the compactor stopped or far behind) it re-joins everything. Their ids travel in the
+#: statement's text, which ClickHouse parses with a 256 KiB limit (``max_query_size``).
+MAX_TOUCHED = 4_000
+_MAX_LITERAL = 200_000
 
 
 def _as_rows(runner: Any) -> Rows:
@@ -42,42 +60,110 @@ def _as_rows(runner: Any) -> Rows:
     return rows
 
 
-def _where(rows: Rows, scope: Scope) -> str | None:
-    """The condition on the report rows' keys for ``scope``; ``None`` for the exact path."""
+@dataclass(frozen=True)
+class _Plan:
+    """How a read answers a scope: ``where`` on the totals' keys, and the sessions touched
+    since the last compaction (a tuple literal; ``None`` when there are none: events that
+    touch no session yet, such as orphaned feedback, change no answer)."""
+
+    where: str
+    touched: str | None
+
+
+def _plan(rows: Rows, scope: Scope) -> _Plan | None:
+    """The plan for ``scope``; ``None`` for the exact path."""
     if any(v is not None for v in (scope.since, scope.until, scope.prompt_version, scope.model)):
         return None
     exists = rows("EXISTS TABLE report_variant_totals")
     if not exists or not int(next(iter(exists[0].values()))):
         return None
-    from feedbackloop.sinks.report_rows import changed_rows_sql
+    from feedbackloop.sinks.report_rows import OVERLAP_MS, changed_rows_sql, touched_sql
 
-    # Rows inserted after the last compaction are not in the report rows yet: re-join.
-    if int(rows(changed_rows_sql().replace("{db}.", ""))[0]["changed"]):
-        return None
     parts = ["1"]
     if scope.experiment is not None:
         parts.append(f"experiment = {quote(scope.experiment)}")
     if scope.app_id is not None:
         parts.append(f"app_id = {quote(scope.app_id)}")
-    return " AND ".join(parts)
+    where = " AND ".join(parts)
+    if not int(rows(changed_rows_sql(OVERLAP_MS).replace("{db}.", ""))[0]["changed"]):
+        return _Plan(where, None)
+    # One statement reads the touched sessions' ids, so every later statement of this read
+    # splits the sessions the same way, whatever arrives meanwhile.
+    touched = rows(
+        f"SELECT groupArray(session_id) AS ids FROM ("
+        f"{touched_sql().replace('{db}.', '')} LIMIT {MAX_TOUCHED + 1})"
+    )[0]["ids"]
+    # A tuple, not an array: ``x IN (…)`` is ClickHouse's oldest form of a constant set.
+    literal = "(" + ", ".join(quote(str(s)) for s in touched) + ")"
+    if len(touched) > MAX_TOUCHED or len(literal) > _MAX_LITERAL:
+        return None
+    return _Plan(where, literal if touched else None)
 
 
 def _split(scope: Scope, totals: list[dict[str, Any]]) -> bool:
-    """Whether a split session makes the rows differ from the exact path for ``scope``."""
+    """Whether a split session makes the rows differ from the exact path for ``scope``
+    (``totals``: the untouched sessions' rows; the touched ones are read exactly)."""
     whole = scope.experiment is not None and scope.app_id is not None
     return not whole and any(int(r["split"] or 0) for r in totals)
 
 
-def _current(table: str, where: str, group: tuple[str, ...], having: str) -> str:
+def _current(plan: _Plan, table: str, group: tuple[str, ...], having: str) -> str:
+    """The totals of the sessions not touched since the last compaction."""
     from feedbackloop.sinks.report_rows import current_sql
 
-    return current_sql(table, where, group, having)
+    return current_sql(table, plan.where, group, having, cancel=plan.touched)
 
 
-def _quantiles(table: str, where: str, group: tuple[str, ...], quantiles: Sequence[float]) -> str:
+def _touched(plan: _Plan, sql: str) -> str:
+    """The exact statement ``sql`` for the touched sessions only."""
+    from feedbackloop.sinks.report_rows import restricted_sql
+
+    assert plan.touched is not None
+    return restricted_sql(sql, plan.touched).replace("{db}.", "")
+
+
+def _merge(
+    parts: Iterable[list[dict[str, Any]]],
+    keys: tuple[str, ...],
+    sums: dict[str, str],
+    keep: str,
+    extremes: dict[str, Callable[..., Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Rows with the same ``keys`` added up: ``sums`` maps a column of the result to the
+    column of each part it adds (``{result: part}``; a part may lack it), ``extremes`` are
+    combined by their function (min, max). Rows whose ``keep`` column sums to 0 are left
+    out, as the statements' ``HAVING`` / inner joins leave them out. Sorted by ``keys``."""
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for part in parts:
+        for r in part:
+            k = tuple(r[c] for c in keys)
+            acc = out.setdefault(k, dict(zip(keys, k, strict=True)))
+            for name, col in sums.items():
+                v = r.get(col)
+                if v is not None:
+                    acc[name] = acc.get(name, 0) + v
+            for name, fn in (extremes or {}).items():
+                if r.get(name) is not None:
+                    acc[name] = r[name] if name not in acc else fn(acc[name], r[name])
+    merged = [r for r in out.values() if r.get(keep, 0)]
+    for r in merged:
+        for name in sums:
+            r.setdefault(name, 0)
+    return sorted(merged, key=lambda r: tuple(r[k] for k in keys))
+
+
+def _quantiles(
+    plan: _Plan,
+    table: str,
+    group: tuple[str, ...],
+    quantiles: Sequence[float],
+    touched_values: str | None = None,
+) -> str:
     """``quantilesExactInclusive`` from a value -> count table: the same interpolation
     (ClickHouse's QuantileExactInclusive: h = q (N - 1) + 1, x[⌊h⌋] + (h - ⌊h⌋) (x[⌊h⌋+1] -
-    x[⌊h⌋]) over the sorted values), computed on cumulative counts instead of N values."""
+    x[⌊h⌋]) over the sorted values), computed on cumulative counts instead of N values.
+    ``touched_values``: a statement of the touched sessions' ``(group…, value, n)``, counted
+    in with the totals'."""
     levels = ", ".join(repr(float(q)) for q in quantiles)
     at = "v[arrayFirstIndex(x -> x >= {k}, c)]"
     xk, xk1 = at.format(k="k"), at.format(k="k + 1")
@@ -86,7 +172,12 @@ def _quantiles(table: str, where: str, group: tuple[str, ...], quantiles: Sequen
         f"{xk} + (h - k) * ({xk1} - {xk}))), hs, arrayMap(h -> toInt64(floor(h)), hs))"
     )
     names = ", ".join(group)
-    inner = _current(table, where, (*group, "value"), "n != 0")
+    inner = _current(plan, table, (*group, "value"), "n != 0")
+    if touched_values is not None:
+        inner = f"""SELECT {names}, value, sum(n) AS n FROM (
+    SELECT {names}, value, n FROM ({inner})
+    UNION ALL SELECT {names}, toFloat64(value) AS value, toInt64(n) AS n FROM ({touched_values}))
+GROUP BY {names}, value HAVING n != 0"""
     return f"""SELECT {names},
        if(total = 0, arrayMap(h -> nan, hs), {pick}) AS q FROM (
     SELECT {names}, arraySort(groupArray((value, n))) AS vc,
@@ -95,26 +186,94 @@ def _quantiles(table: str, where: str, group: tuple[str, ...], quantiles: Sequen
     FROM ({inner}) GROUP BY {names})"""
 
 
+def _latency_values(plan: _Plan, scope: Scope) -> str | None:
+    from feedbackloop.analysis.reads.queries import _units_cte
+
+    if plan.touched is None:
+        return None
+    return _touched(
+        plan,
+        f"""WITH {_units_cte(scope)}
+SELECT variant, assumeNotNull(latency_ms) AS value, count() AS n FROM units
+WHERE latency_ms IS NOT NULL GROUP BY variant, value""",
+    )
+
+
+def _time_values(plan: _Plan, scope: Scope) -> str | None:
+    from feedbackloop.analysis.reads.queries import _attributed_cte, _units_cte
+
+    if plan.touched is None:
+        return None
+    return _touched(
+        plan,
+        f"""WITH {_units_cte(scope)},
+{_attributed_cte(scope)}
+SELECT variant, outcome, assumeNotNull(ttm) AS value, count() AS n FROM attributed
+WHERE ttm IS NOT NULL GROUP BY variant, outcome, value""",
+    )
+
+
+def _metric_columns() -> list[str]:
+    from feedbackloop.sinks.report_rows import METRIC_COLUMNS
+
+    return [f"{k}__{s}" for k, *_ in METRIC_COLUMNS for s in ("y", "d", "yy", "dd", "yd")]
+
+
 def experiment_rows(
     runner: Any, scope: Scope, quantiles: Sequence[float]
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], list[dict[str, Any]]] | None:
     """``(metrics by variant, assignment by variant, outcomes)`` as :func:`experiment_sql`'s
     three statements return them."""
+    from feedbackloop.analysis.reads.queries import experiment_sql
+
     rows = _as_rows(runner)
-    where = _where(rows, scope)
-    if where is None:
+    plan = _plan(rows, scope)
+    if plan is None:
         return None
-    totals = rows(_current("report_variant_totals", where, ("variant",), "sessions != 0"))
+    totals = rows(_current(plan, "report_variant_totals", ("variant",), "sessions != 0"))
     if _split(scope, totals):
         return None
     outcomes = rows(
-        _current("report_variant_outcomes", where, ("variant", "outcome"), "sessions_with != 0")
+        _current(plan, "report_variant_outcomes", ("variant", "outcome"), "sessions_with != 0")
     )
     latency = {
         r["variant"]: r["q"]
-        for r in rows(_quantiles("report_variant_latency", where, ("variant",), quantiles))
+        for r in rows(
+            _quantiles(
+                plan,
+                "report_variant_latency",
+                ("variant",),
+                quantiles,
+                _latency_values(plan, scope),
+            )
+        )
     }
     cross = sum(int(r["cross_variant"]) for r in totals)
+    outcome_rows = []
+    for r in outcomes:
+        base = {"variant": r["variant"], "outcome": r["outcome"]}
+        if int(r["iw"]):
+            outcome_rows.append(
+                {**base, "level": "interaction", "y": r["iw"], "yy": r["iw_sq"], "yd": r["iw_n"]}
+            )
+        if int(r["session_level"]):
+            n = r["session_level"]
+            outcome_rows.append({**base, "level": "session", "y": n, "yy": n, "yd": n})
+    if plan.touched is not None:
+        sql = {k: _touched(plan, v) for k, v in experiment_sql(scope).items()}
+        fresh = rows(sql["metrics"])
+        assigned = rows(sql["assignment"])
+        cross += max((int(r["cross_variant"]) for r in assigned), default=0)
+        renamed = [{**r, "interactions": r["interactions_total"]} for r in fresh]
+        cost = [{"variant": r["variant"], "cost_total": r["cost_total"]} for r in assigned]
+        sums = ("sessions", "interactions", "n_sq", "cost_total", *_metric_columns())
+        totals = _merge((totals, renamed, cost), ("variant",), {c: c for c in sums}, "sessions")
+        outcome_rows = _merge(
+            (outcome_rows, rows(sql["outcomes"])),
+            ("level", "outcome", "variant"),
+            {"y": "y", "yy": "yy", "yd": "yd"},
+            "y",
+        )
     metrics: dict[str, dict[str, Any]] = {}
     assignment: dict[str, dict[str, Any]] = {}
     for r in totals:
@@ -132,16 +291,6 @@ def experiment_rows(
             "cost_total": r["cost_total"],
             "cross_variant": cross,
         }
-    outcome_rows = []
-    for r in outcomes:
-        base = {"variant": r["variant"], "outcome": r["outcome"]}
-        if int(r["iw"]):
-            outcome_rows.append(
-                {**base, "level": "interaction", "y": r["iw"], "yy": r["iw_sq"], "yd": r["iw_n"]}
-            )
-        if int(r["session_level"]):
-            n = r["session_level"]
-            outcome_rows.append({**base, "level": "session", "y": n, "yy": n, "yd": n})
     return metrics, assignment, outcome_rows
 
 
@@ -150,20 +299,28 @@ def impact_rows(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
     """``(per_outcome, headline)`` as :func:`impact_sql` returns them with every timed
     outcome making up a session's time."""
+    from feedbackloop.analysis.reads.queries import impact_sql
+
     rows = _as_rows(runner)
-    where = _where(rows, scope)
-    if where is None:
+    plan = _plan(rows, scope)
+    if plan is None:
         return None
-    totals = rows(_current("report_variant_totals", where, ("variant",), "sessions != 0"))
+    totals = rows(_current(plan, "report_variant_totals", ("variant",), "sessions != 0"))
     if _split(scope, totals):
         return None
     outcomes = rows(
-        _current("report_variant_outcomes", where, ("variant", "outcome"), "events != 0")
+        _current(plan, "report_variant_outcomes", ("variant", "outcome"), "events != 0")
     )
     times = {
         (r["variant"], r["outcome"]): r["q"]
         for r in rows(
-            _quantiles("report_variant_time_to_outcome", where, ("variant", "outcome"), quantiles)
+            _quantiles(
+                plan,
+                "report_variant_time_to_outcome",
+                ("variant", "outcome"),
+                quantiles,
+                _time_values(plan, scope),
+            )
         )
     }
     per_outcome = [
@@ -177,26 +334,36 @@ def impact_rows(
             "t_n": r["t_n"],
             "t_sum": r["t_sum"],
             "t_sq": r["t_sq"],
-            "t_q": times.get((r["variant"], r["outcome"])) or [float("nan")] * len(quantiles),
         }
         for r in outcomes
     ]
-    headline = [
-        {
-            "variant": r["variant"],
-            "sessions": r["sessions"],
-            "interactions": r["interactions"],
-            "code_n": r["code_n"],
-            "code_ok": r["code_ok"],
-            "opened": r["opened"],
-            "ticket_n": r["ticket_n"],
-            "ticket_ok": r["ticket_ok"],
-            "st_n": r["st_n"],
-            "st_sum": r["st_sum"],
-            "st_sq": r["st_sq"],
-        }
-        for r in totals
-    ]
+    heads = (
+        "sessions",
+        "interactions",
+        "code_n",
+        "code_ok",
+        "opened",
+        "ticket_n",
+        "ticket_ok",
+        "st_n",
+        "st_sum",
+        "st_sq",
+    )
+    headline = [{"variant": r["variant"], **{h: r[h] for h in heads}} for r in totals]
+    if plan.touched is not None:
+        sql = {k: _touched(plan, v) for k, v in impact_sql(scope).items()}
+        cols = ("events", "interactions_with", "sessions_with", "value_sum", "t_n", "t_sum")
+        per_outcome = _merge(
+            (per_outcome, rows(sql["per_outcome"])),
+            ("variant", "outcome"),
+            {c: c for c in (*cols, "t_sq")},
+            "events",
+        )
+        headline = _merge(
+            (headline, rows(sql["headline"])), ("variant",), {h: h for h in heads}, "sessions"
+        )
+    for r in per_outcome:
+        r["t_q"] = times.get((r["variant"], r["outcome"])) or [float("nan")] * len(quantiles)
     return per_outcome, headline
 
 
@@ -204,48 +371,82 @@ def satisfaction_rows(
     runner: Any, scope: Scope, bucket_seconds: int
 ) -> list[dict[str, Any]] | None:
     """``satisfaction_over_time_sql``'s rows: (variant, t, rated, positive)."""
+    from feedbackloop.analysis.reads.queries import satisfaction_over_time_sql
+
     rows = _as_rows(runner)
-    where = _where(rows, scope)
-    if where is None:
+    plan = _plan(rows, scope)
+    if plan is None:
         return None
-    totals = rows(_current("report_variant_totals", where, ("variant",), "sessions != 0"))
+    totals = rows(_current(plan, "report_variant_totals", ("variant",), "sessions != 0"))
     if _split(scope, totals):
         return None
     t = f"toUnixTimestamp(toStartOfInterval(t, INTERVAL {int(bucket_seconds)} SECOND)) AS t"
-    return rows(_current("report_variant_seconds", where, ("variant", t), "rated != 0"))
+    found = rows(_current(plan, "report_variant_seconds", ("variant", t), "rated != 0"))
+    if plan.touched is None:
+        return found
+    fresh = rows(_touched(plan, satisfaction_over_time_sql(scope, bucket_seconds)))
+    return _merge(
+        (found, fresh), ("variant", "t"), {"rated": "rated", "positive": "positive"}, "rated"
+    )
 
 
 def version_total_rows(runner: Any, scope: Scope) -> list[dict[str, Any]] | None:
     """``version_totals_sql``'s rows, oldest version first."""
     rows = _as_rows(runner)
-    where = _where(rows, scope)
-    if where is None:
-        return None
-    current = _current("report_version_totals", where, ("prompt_version",), "sessions != 0")
+    plan = _plan(rows, scope)
+    return None if plan is None else _version_totals(rows, plan, scope)
+
+
+_VERSION_SUMS = ("interactions", "sessions", "s_y", "s_d", "s_yy", "s_dd", "s_yd")
+
+
+def _version_totals(rows: Rows, plan: _Plan, scope: Scope) -> list[dict[str, Any]] | None:
+    from feedbackloop.analysis.reads.queries import version_totals_sql
+
+    current = _current(plan, "report_version_totals", ("prompt_version",), "sessions != 0")
     totals = rows(
         f"SELECT *, toString(t0) AS first_seen, toString(t1) AS last_seen FROM ({current})"
     )
     if _split(scope, totals):
         return None
+    if plan.touched is not None:
+        fresh = rows(_touched(plan, version_totals_sql(scope)))
+        totals = _merge(
+            (totals, fresh),
+            ("prompt_version",),
+            {c: c for c in _VERSION_SUMS},
+            "sessions",
+            {"first_seen": min, "last_seen": max},
+        )
     return sorted(totals, key=lambda r: (str(r["first_seen"]), str(r["prompt_version"])))
 
 
 def version_rows(runner: Any, scope: Scope, bucket: str) -> list[dict[str, Any]] | None:
     """``versions_sql``'s rows: per prompt version and day (or week)."""
+    from feedbackloop.analysis.reads.queries import versions_sql
+
     rows = _as_rows(runner)
-    totals = version_total_rows(runner, scope)
-    if totals is None:
+    plan = _plan(rows, scope)
+    totals = None if plan is None else _version_totals(rows, plan, scope)
+    if plan is None or totals is None:
         return None
-    where = _where(rows, scope)
-    assert where is not None
     first = {r["prompt_version"]: r["first_seen"] for r in totals}
+    in_bucket = _Plan(f"{plan.where} AND kind = {quote(bucket)}", plan.touched)
     buckets = rows(
         _current(
+            in_bucket,
             "report_version_buckets",
-            f"{where} AND kind = {quote(bucket)}",
             ("prompt_version", "toString(start) AS bucket"),
             "sessions != 0",
         )
     )
+    if plan.touched is not None:
+        fresh = rows(_touched(plan, versions_sql(scope, bucket)))
+        buckets = _merge(
+            (buckets, fresh),
+            ("prompt_version", "bucket"),
+            {c: c for c in ("interactions", "sessions", "rated", "positive")},
+            "sessions",
+        )
     out = [{**r, "first_seen": first[r["prompt_version"]]} for r in buckets]
     return sorted(out, key=lambda r: (r["first_seen"], r["prompt_version"], r["bucket"]))

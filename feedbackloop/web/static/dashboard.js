@@ -272,10 +272,10 @@ function renderPrompts(rep) {
 // --- live experiments (the control plane) ---------------------------------------------
 // Every button asks for confirmation and a reason; the change is a new version, recorded
 // with who (the dashboard and the key used) and why, exactly like one from the CLI.
-async function post(path, body) {
+async function post(path, body, headers = {}) {
   const res = await fetch(path, {
     method: "POST",
-    headers: { ...authHeaders(), "Content-Type": "application/json" },
+    headers: { ...authHeaders(), "Content-Type": "application/json", ...headers },
     body: JSON.stringify(body),
   });
   let out = null;
@@ -312,7 +312,10 @@ async function change(cfg, action) {
   if (action === "ramp") body.to = cfg.canary.steps[cfg.canary.step + 1];
   const status = document.getElementById("status");
   try {
-    const v = await post(`/v1/experiments/${encodeURIComponent(cfg.name)}/${action}`, body);
+    // Compare-and-set on the version shown: if someone (or the canary guard) changed it
+    // since, nothing happens and the 412 says so.
+    const v = await post(`/v1/experiments/${encodeURIComponent(cfg.name)}/${action}`, body,
+      { "If-Match": `"v${cfg.version}"` });
     status.textContent = `${cfg.name}: v${v.version} ${v.status}`;
   } catch (e) {
     status.textContent = `${cfg.name}: ${action} refused: ${e.message}`;
