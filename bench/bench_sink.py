@@ -113,10 +113,12 @@ def _settle(client: Any, timeout: float = 30.0) -> None:
 
 def bench_writer(
     dsn: str, values: list[bytes], topic: str, batch: int, python_path: bool = False
-) -> tuple[float, float, float | None]:
+) -> tuple[float, float, float | None, float, float]:
     """Rows/s of our writer and of raw ``client.insert`` of the same rows, same minutes.
 
-    The third figure (with ``python_path``) is our writer with the ClickHouse-parsed path off.
+    The third figure (with ``python_path``) is our writer with the ClickHouse-parsed path off;
+    the last two, the CPU seconds (every thread of this process, chDB's included) of ours
+    and of raw: on a shared machine they move much less with the others' load than rows/s.
     """
     topics = Topics("bench.")
     n = len(values)
@@ -138,18 +140,21 @@ def bench_writer(
         for t in per_table
     }
     _settle(client)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for table, rows in per_table.items():
         for i in range(0, len(rows), batch):
             ctx = contexts[table]
             ctx.data = list(zip(*rows[i : i + batch], strict=True))
             client.insert(context=ctx)
     raw_rate = len(values) / (time.perf_counter() - t0)
+    raw_cpu = time.process_time() - c0
     # The prebuilt rows are the baseline's input only: a sink worker never holds them, and
     # while they live every pass of the cyclic GC during our run would scan them again.
     del per_table, contexts, ctx
     gc.collect()
     _settle(client)
+
+    cpu: list[float] = []
 
     def run(db: str, json_path: bool) -> float:
         sink = ClickHouseSink(
@@ -162,11 +167,12 @@ def bench_writer(
             json_path=json_path,
         )
         sink.setup()  # connecting is not part of the writer's throughput
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for off, v in enumerate(values):
             sink.add(topic, 0, off, SinkMessage(v, None, None, 0, off))
         sink.flush()
         rate = len(values) / (time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         assert sink.stats.json_fallbacks == 0, sink.stats
         sink.close()  # stops its insert thread and closes its client
         return rate
@@ -180,7 +186,7 @@ def bench_writer(
     counts = [client.command(f"SELECT count() FROM {db}.interactions") for db in dbs]
     assert set(counts) == {n // 2}, counts  # half of the messages are interactions
     client.close()
-    return ours, raw_rate, py_rate
+    return ours, raw_rate, py_rate, cpu[0], raw_cpu
 
 
 def bench_identity_lookup(
@@ -213,7 +219,7 @@ def bench_identity_lookup(
             times = []
             for _ in range(3):
                 t0 = time.perf_counter()
-                lookup(client, "bench_keys", ids, embedded=True)
+                lookup(client, "bench_keys", True, ids=ids)
                 times.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             client.command(
@@ -499,7 +505,7 @@ def main() -> None:
         }
         for mode in args.modes.split(","):
             topic, values = modes[mode]
-            ours, raw, py = bench_writer(
+            ours, raw, py, ours_cpu, raw_cpu = bench_writer(
                 f"chdb:///{work / 'chdb'}",
                 values,
                 topic,
@@ -514,6 +520,11 @@ def main() -> None:
             print(f"[{mode}] writer into embedded chDB: {ours:,.0f} rows/s ({what})")
             print(f"[{mode}] raw client.insert, same rows: {raw:,.0f} rows/s")
             print(f"[{mode}] ratio: {ours / raw:.2f}  (target: >= 100,000 rows/s)")
+            print(
+                f"[{mode}] CPU seconds, all threads (less load-sensitive than rows/s): ours "
+                f"{ours_cpu:.2f} s ({len(values) / ours_cpu:,.0f} rows per CPU-second), raw "
+                f"client.insert {raw_cpu:.2f} s ({len(values) / raw_cpu:,.0f})"
+            )
             if py is not None:
                 print(
                     f"[{mode}] for reference, the writer's Python path (json_path=False: "

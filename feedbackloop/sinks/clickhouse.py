@@ -46,6 +46,7 @@ from feedbackloop.sinks.event_keys import (
     lookup,
     row_key,
     scan_event_id,
+    text_of_id,
 )
 from feedbackloop.sinks.ingest import (
     insert_sql,
@@ -135,8 +136,6 @@ class _Prepared:
     excluded: dict[str, set[int]] = field(default_factory=dict)
     #: The batch's event ids, their stored keys and first keys (None: not checked yet).
     identity: IdentityCheck | None = None
-    #: Event ids already looked up in ``event_keys``.
-    looked_up: set[int] = field(default_factory=set)
     #: Rows added by a refused block, not yet held to the identity check.
     unchecked: bool = False
     #: table -> the ``enriched_at`` values of its lines and their milliseconds.
@@ -409,7 +408,6 @@ class ClickHouseSink(BatchingSink):
             except BaseException:
                 prep.rows, prep.identity = saved, None
                 prep.excluded.clear()
-                prep.looked_up.clear()
                 raise
         # Blocks parsed by ClickHouse first: a block it rejects joins the Python rows below.
         self._insert_parsed(batch, prep)
@@ -649,36 +647,38 @@ class ClickHouseSink(BatchingSink):
     def _check_identity(self, batch: SinkBatch, prep: _Prepared) -> None:
         """Look the batch's event ids up; refuse every message that would change an id's key.
 
-        A parsed line whose id is new and occurs once in the batch cannot conflict; for the
-        others (resends, replays: rare) ClickHouse reads their keys from the block file
-        (:func:`~feedbackloop.sinks.ingest.keys_sql`), so they stay on the parsed path unless
-        refused. Python rows carry their keys.
+        Only an id already stored, or repeated in the batch, can conflict: such ids are
+        *suspects*, and only their messages are keyed (the rest costs one lookup and a few
+        set operations per batch, no Python work per message). A parsed suspect's key is
+        read by ClickHouse from the block file (:func:`~feedbackloop.sinks.ingest.keys_sql`),
+        so it stays on the parsed path unless refused; Python rows carry their keys.
         """
-        count: Counter[int] = Counter()
-        line_ids: list[tuple[str, int, int, int | None]] = []
-        for table, lines in prep.lines.items():
-            for _, offset, idx, text in lines:
-                eid = id_of_text(text)
-                line_ids.append((table, offset, idx, eid))
-                if eid is not None:
-                    count[eid] += 1
-        for table, pairs in prep.rows.items():
-            if table in EVENT_TABLES:
-                for row, _ in pairs:
-                    count[row[0]] += 1
-        known = self._lookup(count.keys())
-        prep.looked_up.update(count)
+        texts = [text for lines in prep.lines.values() for _, _, _, text in lines]
+        ids = [
+            row[0]
+            for table, pairs in prep.rows.items()
+            if table in EVENT_TABLES
+            for row, _ in pairs
+        ]
+        known = self._lookup(texts, ids)
         prep.identity = IdentityCheck(known)
-        suspects: dict[str, dict[int, int]] = {}  # table -> offset -> index in the batch
-        moved: list[tuple[int, SinkMessage]] = []
-        for table, offset, idx, eid in line_ids:
-            if eid is None:
-                prep.excluded.setdefault(table, set()).add(offset)
-                moved.append((idx, batch.items[idx]))
-            elif eid in known or count[eid] > 1:
-                suspects.setdefault(table, {})[offset] = idx
+        text_suspects = _repeated(texts)
+        suspects = _repeated(ids) | known.keys()
+        if texts and ids:  # a message on the Python path may share its id with a parsed one
+            shared = {text_of_id(i) for i in ids}.intersection(texts)
+            text_suspects |= shared
+            suspects |= {id_of_text(t) for t in shared}
+        text_suspects |= {text_of_id(i) for i in known}
+        suspects |= {id_of_text(t) for t in text_suspects}
+        at_offset: dict[str, dict[int, int]] = {}  # table -> offset -> index in the batch
+        if text_suspects:
+            for table, lines in prep.lines.items():
+                for _, offset, idx, text in lines:
+                    if text in text_suspects:
+                        at_offset.setdefault(table, {})[offset] = idx
         keyed: list[tuple[int, str, int, EventKey, int]] = []
-        for table, at in suspects.items():
+        moved: list[tuple[int, SinkMessage]] = []
+        for table, at in at_offset.items():
             try:
                 keys = self._line_keys(prep, table, at)
             except Exception as e:
@@ -696,7 +696,11 @@ class ClickHouseSink(BatchingSink):
         if moved:
             moved.sort(key=lambda m: m[0])
             self._route(batch, moved, prep.rows)
-        self._refuse_conflicts(batch, prep, keyed)
+        self._refuse_conflicts(batch, prep, keyed, suspects)
+        if moved:
+            # Decoded by Python, a message may show another id than its bytes' scan: held
+            # again, with every Python row, once the parsed blocks are stored (_insert_batch).
+            prep.unchecked = True
 
     def _line_keys(
         self, prep: _Prepared, table: str, at: dict[int, int]
@@ -711,9 +715,9 @@ class ClickHouseSink(BatchingSink):
             for o, eid, app_id, slice_, hour in rows
         }
 
-    def _lookup(self, ids: Collection[int]) -> dict[int, Any]:
+    def _lookup(self, texts: Collection[bytes] = (), ids: Iterable[int] = ()) -> dict[int, Any]:
         try:
-            return lookup(self._connect(), self.database, ids, bool(self._embedded))
+            return lookup(self._connect(), self.database, bool(self._embedded), texts, ids)
         except Exception as e:
             self._transient("event_keys", e)
             raise  # pragma: no cover - _transient raises
@@ -723,26 +727,31 @@ class ClickHouseSink(BatchingSink):
         batch: SinkBatch,
         prep: _Prepared,
         lines: Iterable[tuple[int, str, int, EventKey, int]] = (),
+        suspects: Collection[int] | None = None,
     ) -> None:
         """Turn messages whose id has another key (stored, or earlier here) into dead letters.
 
-        ``lines``: parsed lines with their keys (index, table, id, key, offset); the Python
-        rows not yet stored are checked too. Idempotent (a message admitted once is admitted
-        again), so it may run again after a block fell back to the Python path.
+        ``lines``: parsed lines with their keys (index, table, id, key, offset). Python rows
+        not yet stored are checked too: those whose id is in ``suspects`` (the first check,
+        whose lookup covered every id of the batch), or all of them, their ids looked up
+        again (``None``: after a block fell back to the Python path, whose messages may carry
+        ids the first lookup never saw, and once the batch's parsed blocks are stored).
+        Idempotent (a message admitted once is admitted again).
         """
         check = prep.identity
         assert check is not None
-        keyed: list[tuple[int, str, int, EventKey, int | None]] = [
-            (idx, table, *row_key(table, row), None)
-            for table, pairs in prep.rows.items()
-            if table in EVENT_TABLES and table not in prep.done
-            for row, idx in pairs
-        ]
+        keyed: list[tuple[int, str, int, EventKey, int | None]] = []
+        if suspects is None or suspects:
+            keyed = [
+                (idx, table, *row_key(table, row), None)
+                for table, pairs in prep.rows.items()
+                if table in EVENT_TABLES and table not in prep.done
+                for row, idx in pairs
+                if suspects is None or row[0] in suspects
+            ]
+        if suspects is None and keyed:
+            check.add(self._lookup(ids={k[2] for k in keyed}))
         keyed += lines
-        new = {k[2] for k in keyed} - prep.looked_up
-        if new:
-            check.add(self._lookup(new))
-            prep.looked_up.update(new)
         refused: dict[str, set[int]] = {}
         keyed.sort(key=lambda k: k[0])  # the first in the batch wins
         for idx, table, eid, key, offset in keyed:
@@ -878,6 +887,13 @@ class _CollectorPause:
             self._paused = False
             if self._was_enabled:
                 gc.enable()
+
+
+def _repeated(items: list[Any]) -> set[Any]:
+    """The items that occur more than once (the usual answer, none, costs one set)."""
+    if len(set(items)) == len(items):
+        return set()
+    return {item for item, n in Counter(items).items() if n > 1}
 
 
 def _offset_of(batch: SinkBatch, idx: int) -> int:

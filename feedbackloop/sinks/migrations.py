@@ -446,6 +446,27 @@ ORDER BY (app_id, name, version)
 """,
 )
 
+# The audit trail keeps the *first* message of each version, as every reader of the control
+# topic does (feedbackloop.control.plane: a later message of a version is a write that lost
+# the compare-and-set). ReplacingMergeTree without a version column kept the last one, so a
+# losing write replaced the winner's row at the next merge. ``first_rank`` is the row's
+# offset turned around (all versions of an experiment share one partition), and the engine
+# keeps its largest: the earliest message. Rebuilt from migration 5's statement, so the
+# column list stays written once; existing rows are copied with their rank.
+_V8_TABLE = "experiment_changes_first"
+_V8 = (
+    _V5[0]
+    .replace(".experiment_changes\n", f".{_V8_TABLE}\n")
+    .replace(
+        "\n)\nENGINE = ReplacingMergeTree\n",
+        ",\n    first_rank UInt64\n)\nENGINE = ReplacingMergeTree(first_rank)\n",
+    ),
+    f"INSERT INTO {{db}}.{_V8_TABLE} SELECT *, 18446744073709551615 - kafka_offset "
+    "FROM {db}.experiment_changes",
+    f"EXCHANGE TABLES {{db}}.experiment_changes AND {{db}}.{_V8_TABLE}",
+    f"DROP TABLE IF EXISTS {{db}}.{_V8_TABLE}",
+)
+
 # Event identity (issue 13): which key each event id was first stored under, keyed by the id
 # alone. The event tables' dedup key holds the key columns too (app_id, the slicing columns,
 # the hour), so a resend whose key columns differ would land under another key and read as
@@ -511,6 +532,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     # Per-session report rows and their totals (feedbackloop.sinks.report_rows): what the
     # experiment, impact and version reports read instead of re-joining every event.
     Migration(7, "per-session report rows", REPORT_ROWS_DDL),
+    Migration(8, "the audit trail keeps the first message of each version", _V8),
 )
 
 #: Tables with an ``occurred_at`` column that an optional TTL applies to.

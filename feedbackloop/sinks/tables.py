@@ -511,6 +511,8 @@ _EXPERIMENT_DESIGNS = Table(
     ),
 )
 
+FIRST_RANK_TOP = (1 << 64) - 1
+
 #: The control plane's audit trail (feedbackloop.control; migration 5): one row per version
 #: of an experiment, read from its ExperimentConfig.
 _EXPERIMENT_CHANGES = Table(
@@ -525,6 +527,9 @@ _EXPERIMENT_CHANGES = Table(
         *_columns(f"changed_by String\nreason String\nchanged_at {_TIME}"),
         Column("config", "String", lambda s: s.item.model_dump_json()),
         *_TRACE,
+        # Migration 8: the engine keeps the largest rank, i.e. the earliest message of a
+        # version (the one every reader of the control topic takes).
+        Column("first_rank", "UInt64", lambda s: FIRST_RANK_TOP - s.offset),
     ),
 )
 

@@ -14,6 +14,8 @@ import json
 import logging
 import math
 import operator
+import os
+import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterable, MutableMapping, Sequence
@@ -116,6 +118,7 @@ class KafkaOutput:
         self._produce = self._producer.produce
         self._changelog_topics = changelog_topics
         self.errors: list[str] = []
+        self._flushing = threading.Lock()
 
     def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
         if err is not None:
@@ -146,13 +149,22 @@ class KafkaOutput:
         self.produce(self._changelog_topics[table], key, value, partition=partition)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Block until everything produced so far is acknowledged; raise on any failure."""
-        remaining = self._producer.flush(timeout)
-        if remaining:
-            raise BrokerError(f"{remaining} messages not delivered within {timeout:.0f} s")
-        if self.errors:
-            errors, self.errors = self.errors, []
-            raise BrokerError(f"delivery failed: {errors[0]} ({len(errors)} errors)")
+        """Block until everything produced so far is acknowledged; raise on any failure, and
+        on every flush after one: a message was lost, so nothing flushed since may be
+        acknowledged either (the worker exits and replays from its last commit).
+
+        The batch handler and the timers flush from executor threads; one at a time, so a
+        flush never returns while another holds a failure it has not recorded yet. Without
+        both, the timer's flush took a failed delivery of a batch's enriched output, the
+        batch's own flush succeeded, its offsets were committed, and the event was never in
+        ClickHouse (the SeaweedFS case of the fault suite, 1 interaction of 3,943).
+        """
+        with self._flushing:
+            remaining = self._producer.flush(timeout)
+            if self.errors:
+                raise BrokerError(f"delivery failed: {self.errors[0]} ({len(self.errors)} errors)")
+            if remaining:
+                raise BrokerError(f"{remaining} messages not delivered within {timeout:.0f} s")
 
 
 def post_webhook(url: str, alert: Alert, timeout: float = 5.0) -> None:
@@ -245,6 +257,7 @@ class StreamJobs:
             interactions=self._store("interactions"),
             pending=self._store("pending"),
             windows=self._store("windows"),
+            window_ids=self._store("window_ids"),
             watermarks=self._store("watermarks"),
             partitions=settings.topic_partitions,
         )
@@ -373,6 +386,7 @@ class StreamJobs:
         # from a half-recovered store (and keep it), so the timers wait for the rebalance.
         @app.timer(interval=cfg.tick_s)
         async def tick() -> None:
+            self._fail_if_consumer_crashed()
             if not app.rebalancing:
                 assigned = self._assigned_partitions()
                 self.pipeline.tick(partitions=assigned, closable=self._caught_up(assigned))
@@ -449,6 +463,21 @@ class StreamJobs:
             c.statistic, c.run_n, c.run_successes, c.run_start = state["c"]
             det.quiet_until = state["q"] if state["q"] is not None else -math.inf
         return det
+
+    def _fail_if_consumer_crashed(self) -> None:
+        """Fail the worker when faust's consumer crashed: faust logs it and lives on, reading
+        nothing, so `up` would have nothing to restart. Seen when Tansu answered an offset
+        commit with an unknown error while SeaweedFS was away ("TunedConsumerThread:
+        Crashed reason=UnknownError()", then nothing for minutes)."""
+        if self.failure is not None or self.app.should_stop:
+            return
+        consumer = self.app.consumer
+        parts = (consumer, getattr(consumer, "_thread", None), getattr(self.app, "_fetcher", None))
+        crash = first_crash(parts)
+        if crash is not None:
+            log.error("stream jobs stopping: %s", crash)
+            self.failure = BrokerError(crash)
+            self.failed.set()
 
     def _assigned_partitions(self) -> list[int]:
         try:
@@ -576,6 +605,11 @@ class StreamJobs:
         raise BrokerError(f"no partitions assigned to the stream worker within {timeout:.0f} s")
 
 
+#: How long a worker may take to stop once it failed (nothing to flush) or was asked to stop.
+FAILED_EXIT_S = 15.0
+STOP_EXIT_S = 60.0
+
+
 def run_worker(
     settings: Settings,
     config: StreamConfig | None = None,
@@ -584,9 +618,13 @@ def run_worker(
     """Run the stream worker until SIGINT / SIGTERM; return its final counters.
 
     The worker is built inside the event loop that runs it: faust binds its services to the
-    loop they are created in.
+    loop they are created in. Once it failed or was asked to stop, the process exits within
+    :data:`FAILED_EXIT_S` / :data:`STOP_EXIT_S` whatever its shutdown does (see
+    :func:`exit_unless_done`).
     """
     import signal
+
+    deadline: list[threading.Timer] = []
 
     async def serve() -> PipelineStats:
         jobs = StreamJobs(settings, config)
@@ -595,18 +633,57 @@ def run_worker(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with jobs.running():
-            await jobs.wait_assigned()
-            if ready is not None:
-                ready(jobs)
-            waits = [asyncio.ensure_future(e.wait()) for e in (stop, jobs.failed)]
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for w in waits:
-                w.cancel()
+            try:
+                await jobs.wait_assigned()
+                if ready is not None:
+                    ready(jobs)
+                waits = [asyncio.ensure_future(e.wait()) for e in (stop, jobs.failed)]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+            finally:
+                failed = jobs.failure is not None or not stop.is_set()
+                deadline.append(exit_unless_done(FAILED_EXIT_S if failed else STOP_EXIT_S))
         if jobs.failure is not None:
             raise jobs.failure  # exit non-zero: `up` restarts the worker
         return jobs.pipeline.stats
 
-    return asyncio.run(serve())
+    try:
+        return asyncio.run(serve())
+    finally:
+        for timer in deadline:
+            timer.cancel()
+
+
+def exit_unless_done(seconds: float, code: int = 1) -> threading.Timer:
+    """Exit the process with ``code`` in ``seconds`` unless the returned timer is cancelled.
+
+    A worker stops by running faust's and aiokafka's stop coroutines, then asyncio cancels
+    every task left and waits for each. After SeaweedFS died under the broker, that wait
+    never ended (a task left behind by the failed flush did not finish when cancelled): the
+    worker had failed, processed nothing, and lived on, so `up` had nothing to restart.
+    Exiting is safe at any point: the state is in the changelogs and nothing unflushed was
+    acknowledged, exactly as after a SIGKILL.
+    """
+
+    def expire() -> None:
+        log.error("stream worker did not stop within %.0f s; exiting now", seconds)
+        logging.shutdown()
+        os._exit(code)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def first_crash(services: Iterable[Any]) -> str | None:
+    """``"<service> crashed: <reason>"`` of the first of ``services`` (mode services, or
+    None) that crashed; None if none did."""
+    for service in services:
+        if service is not None and service.crashed:
+            return f"{type(service).__name__} crashed: {service.crash_reason!r}"
+    return None
 
 
 def _origin(record: Any) -> tuple[int, int, int] | None:

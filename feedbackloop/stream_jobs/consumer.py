@@ -25,7 +25,15 @@ Why (evidence in docs/PERFORMANCE.md, "Stream jobs"):
    :meth:`TunedConsumerThread._highwaters` checks each listed end by fetching the record just
    before it: the fetch response's high watermark is right on Tansu, and on a correct broker
    it equals the listed end.
-4. A fetch can run ahead of a produce on Tansu's S3 engine: with several producers writing a
+4. Tansu (0.6, ``s3://`` storage) writes a partition's new high watermark to the object
+   store before the record batch, in two requests. An object store that dies between them
+   leaves the watermark past records that were never stored (the producer got an error); a
+   fetch there answers nothing until later records are appended after the hole. faust
+   would wait for those offsets forever (a restarted worker stalled in table recovery after
+   a SIGKILL of SeaweedFS, docs/RELIABILITY.md). :func:`fetched_end_offsets` reads each
+   changelog to the last record it serves; the records of the hole belonged to a batch whose
+   flush failed, so its input was not acknowledged and is processed again.
+5. A fetch can run ahead of a produce on Tansu's S3 engine: with several producers writing a
    partition, a fetch may return a later batch while an earlier one is still being written
    (docs/RELIABILITY.md, "A fetch can run ahead of a produce"). The topics with batch
    handlers (raw events, repartition) are written without transactions, so a hole in their
@@ -125,7 +133,14 @@ async def fetched_end_offsets(
     listed: Mapping[TP, int],
     timeout: float = 10.0,
 ) -> dict[TP, int]:
-    """Correct ListOffsets end offsets with the high watermark of a fetch at ``end - 1``.
+    """The offset after the last record each changelog partition serves, from ``end - 1`` of
+    its listed (ListOffsets) end, read forward to the fetch's high watermark.
+
+    A partition whose high watermark stays past the last record it serves ends in a hole
+    (module doc, 4.): its end is the offset after that record, with a warning. The hole is
+    declared only when a fetch at that position was answered with no record, and the round
+    after it brought none either (aiokafka keeps only answers for the current position, and
+    hands over an answer's records on the next ``getmany``).
 
     ``new_probe()`` makes an unstarted consumer without a group, started and stopped here
     (only if some partition is not empty).
@@ -137,38 +152,64 @@ async def fetched_end_offsets(
     if not check:
         return ends
     probe = new_probe()
+    atps = {aiokafka.TopicPartition(tp.topic, tp.partition): tp for tp in check}
+    last: dict[aiokafka.TopicPartition, int] = {}  # the offset after the last record served
+    found: dict[aiokafka.TopicPartition, int] = {}  # the end, once known
+    holes: dict[aiokafka.TopicPartition, int] = {}  # tp -> high watermark past ``last``
     try:
         try:
             await probe.start()
-            tps = [aiokafka.TopicPartition(tp.topic, tp.partition) for tp in check]
-            probe.assign(tps)
-            for tp in tps:
-                probe.seek(tp, check[tp] - 1)
-            seen: dict[aiokafka.TopicPartition, int] = {}
+            probe.assign(list(atps))
+            for atp, tp in atps.items():
+                probe.seek(atp, check[tp] - 1)
+            reached = dict.fromkeys(atps, time.time() * 1000.0)  # when ``last`` was reached
+            answered_empty: set[aiokafka.TopicPartition] = set()
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                batches = await probe.getmany(*tps, timeout_ms=200)
-                for tp, recs in batches.items():
+            while time.monotonic() < deadline and len(found) < len(atps):
+                open_tps = [atp for atp in atps if atp not in found]
+                batches = await probe.getmany(*open_tps, timeout_ms=200)
+                now_ms = time.time() * 1000.0
+                for atp in open_tps:
+                    recs = batches.get(atp)
                     if recs:
-                        seen[tp] = max(seen.get(tp, 0), recs[-1].offset + 1)
-                for tp in tps:
-                    hw = probe.highwater(tp)
-                    if hw is not None:
-                        seen[tp] = max(seen.get(tp, 0), hw)
-                if all(tp in seen for tp in tps):
-                    break
+                        last[atp] = max(last.get(atp, 0), recs[-1].offset + 1)
+                        reached[atp] = now_ms
+                        answered_empty.discard(atp)
+                    hw = probe.highwater(atp)
+                    if hw is None:
+                        continue
+                    if last.get(atp, 0) >= hw:
+                        found[atp] = hw
+                    elif recs or atp not in last:
+                        continue
+                    elif atp in answered_empty:
+                        found[atp] = last[atp]  # still nothing: the log ends in a hole
+                        holes[atp] = hw
+                    elif (probe.last_poll_timestamp(atp) or 0) > reached[atp]:
+                        answered_empty.add(atp)  # a fetch at ``last`` came back empty
         finally:
             await probe.stop()
     except Exception as e:  # the listed offsets are what faust would have used anyway
         log.warning("could not check changelog end offsets by a fetch (%s); using ListOffsets", e)
         return ends
-    for tp, listed_end in check.items():
-        fetched = seen.get(aiokafka.TopicPartition(tp.topic, tp.partition))
-        if fetched is None:
+    for atp, tp in atps.items():
+        listed_end = check[tp]
+        end = found.get(atp)
+        if end is None:
             log.warning("no fetch answer for %s; its end offset stays %d", tp, listed_end)
-        elif fetched > listed_end:
-            log.info("end offset of %s: ListOffsets said %d, a fetch %d", tp, listed_end, fetched)
-            ends[tp] = fetched
+            continue
+        if atp in holes:
+            log.warning(
+                "%s ends in a hole: its high watermark is %d but its last record is %d (a "
+                "write the broker's storage lost, e.g. to a restart); recovery reads to %d",
+                tp,
+                holes[atp],
+                end - 1,
+                end,
+            )
+        elif end != listed_end:
+            log.info("end offset of %s: ListOffsets said %d, a fetch %d", tp, listed_end, end)
+        ends[tp] = end
     return ends
 
 

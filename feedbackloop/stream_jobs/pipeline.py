@@ -53,7 +53,15 @@ from feedbackloop.stream_jobs.enrich import (
     interaction_record,
     iso_now,
 )
-from feedbackloop.stream_jobs.windows import UNATTRIBUTED, Group, PartitionWindows, WindowState
+from feedbackloop.stream_jobs.windows import (
+    UNATTRIBUTED,
+    Group,
+    PartitionWindows,
+    WindowState,
+    id_chunk_key,
+    merge_id_chunks,
+    pack_ids,
+)
 
 __all__ = [
     "ORIGIN_HEADER",
@@ -87,7 +95,7 @@ log = logging.getLogger(__name__)
 _DLQ_TRUNCATE = 256 * 1024
 
 #: Names of the changelog-backed tables the pipeline keeps.
-TABLES = ("interactions", "pending", "windows", "watermarks")
+TABLES = ("interactions", "pending", "windows", "window_ids", "watermarks")
 
 _FEEDBACK_KIND = {
     "thumbs": None,  # thumbs_up / thumbs_down, decided by the vote
@@ -201,6 +209,7 @@ class Pipeline:
         interactions: MutableMapping[bytes, InteractionRecord] | None = None,
         pending: MutableMapping[bytes, list[PendingEvent]] | None = None,
         windows: MutableMapping[bytes, WindowState] | None = None,
+        window_ids: MutableMapping[bytes, bytes] | None = None,
         watermarks: MutableMapping[bytes, float] | None = None,
         partitions: int | None = None,
     ) -> None:
@@ -211,10 +220,13 @@ class Pipeline:
         self.config = config
         self.out = output
         self.n_partitions = partitions
-        # The four dicts are the faust tables' stores (or plain dicts in unit tests).
+        # The dicts are the faust tables' stores (or plain dicts in unit tests).
         self.interactions = interactions if interactions is not None else {}
         self.pending = pending if pending is not None else {}
         self.window_store = windows if windows is not None else {}
+        #: Recovered event-id chunks of the windows, until a window view takes them in (the
+        #: pipeline only writes their changelog: the ids live in the windows' states).
+        self.window_id_store = window_ids if window_ids is not None else {}
         self.watermark_store = watermarks if watermarks is not None else {}
         self.partitions: dict[int, PartitionWindows] = {}
         self.last_event_wall: dict[int, float] = {}
@@ -234,10 +246,11 @@ class Pipeline:
             wm = self.watermark_store.get(str(partition).encode())
             if wm is not None:
                 pw.watermark = wm
-            for key, st in self.window_store.items():
-                p, start, group = parse_window_key(key)
-                if p == partition:
-                    pw.open[(start, group)] = st
+            mine = [k for k in self.window_store if parse_window_key(k)[0] == partition]
+            merge_id_chunks(self.window_store, self.window_id_store, set(mine).__contains__)
+            for key in mine:
+                _p, start, group = parse_window_key(key)
+                pw.open[(start, group)] = self.window_store[key]
         return pw
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
@@ -264,6 +277,12 @@ class Pipeline:
             self.stats.pending -= len(self.pending.pop(k))
         for k in [k for k in self.window_store if parse_window_key(k)[0] not in keep]:
             del self.window_store[k]
+        for k in [
+            k
+            for k in self.window_id_store
+            if parse_window_key(k.rpartition(b"#")[0])[0] not in keep
+        ]:
+            del self.window_id_store[k]
         for k in [k for k in self.watermark_store if int(k) not in keep]:
             del self.watermark_store[k]
 
@@ -584,7 +603,9 @@ class Pipeline:
         origin_partition: int,
         origin_offset: int,
     ) -> None:
-        st = pw.touch(ts, rec.group, ia.session_id, origin_partition, origin_offset)
+        st = pw.touch(
+            ts, rec.group, ia.session_id, ia.event_id.int, origin_partition, origin_offset
+        )
         if st is None:
             return
         c = st.c
@@ -616,23 +637,16 @@ class Pipeline:
         released: bool = False,
         orphaned: bool = False,
     ) -> None:
-        """Count one signal; ``released``: it waited for its interaction (see .windows)."""
+        """Count one signal; ``released``: it waited for its interaction, and is counted
+        out of its origin's order (see .windows)."""
         if released:
-            st = pw.touch(ts, group, ev.session_id)
-            if st is None:
-                return
-            origin = (origin_partition, origin_offset)
-            if origin in st.released:
-                pw.replayed_effects += 1
-                return  # released before a crash, and its pending record came back
-            st.released.add(origin)
+            st = pw.touch(ts, group, ev.session_id, ev.event_id.int)
         else:
-            st = pw.touch(ts, group, ev.session_id, origin_partition, origin_offset)
-            if st is None:
-                return
-            if st.released and (origin_partition, origin_offset) in st.released:
-                pw.replayed_effects += 1
-                return  # a replay of an event that had waited, then was released
+            st = pw.touch(
+                ts, group, ev.session_id, ev.event_id.int, origin_partition, origin_offset
+            )
+        if st is None:
+            return
         c = st.c
         get = c.get
         if orphaned:
@@ -663,10 +677,15 @@ class Pipeline:
             st.outcome_value_sums[name] = st.outcome_value_sums.get(name, 0.0) + (ev.value or 0.0)
 
     def _end_batch(self, partition: int, pw: PartitionWindows) -> None:
-        for (start, group), st in pw.end_batch():
+        for (start, group), st, ids in pw.end_batch():
             k = window_key(partition, start, group)
             self.window_store[k] = st
-            self.out.changelog("windows", partition, k, st.to_bytes())
+            # Two topics, so a crash may store one record and not the other: the window record
+            # holds this batch's ids too, and recovery ignores a chunk past its window record
+            # (earlier batches' chunks were flushed before their input was acknowledged).
+            packed = pack_ids(ids)
+            self.out.changelog("window_ids", partition, id_chunk_key(k, st.revision), packed)
+            self.out.changelog("windows", partition, k, st.to_bytes(packed))
         self._close(partition, pw)
         wk = str(partition).encode()
         if pw.watermark != self.watermark_store.get(wk) and pw.watermark > float("-inf"):
@@ -689,6 +708,10 @@ class Pipeline:
             k = window_key(partition, start, group)
             self.window_store.pop(k, None)
             self._deletions.append(("windows", partition, k))
+            # Its id chunks, and the one a batch cut by a crash may have left past them.
+            self._deletions.extend(
+                ("window_ids", partition, id_chunk_key(k, r)) for r in range(1, st.revision + 2)
+            )
 
     # --- timers ---------------------------------------------------------------------------
     def tick(

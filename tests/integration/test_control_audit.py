@@ -42,7 +42,10 @@ def test_every_version_lands_in_the_audit_table_and_a_malformed_one_is_a_dead_le
     )
     v2 = apply(v1, "advance", changed_by="canary-guard", reason="step 1 held")
     v3 = apply(v2, "rollback", changed_by="canary-guard", reason="satisfaction BREACHED")
-    for v in (v1, v2, v3):
+    # A write that lost the compare-and-set: a second v2 published after the first. Every
+    # reader of the topic serves the first; so must the audit table, also after its merges.
+    lost = apply(v1, "pause", changed_by="bob", reason="lost the race")
+    for v in (v1, v2, lost, v3):
         plane.publish(v)
     plane.publish(v3)  # a second guard publishing the same version
     plane.publish_raw(b"shop|prompt", b'{"name": "prompt", "version": 4}')
@@ -51,7 +54,8 @@ def test_every_version_lands_in_the_audit_table_and_a_malformed_one_is_a_dead_le
     )
     try:
         with running_worker(s, cfg) as worker:
-            wait_until(lambda: worker.sink.stats.messages >= 5)
+            wait_until(lambda: worker.sink.stats.messages >= 6)
+        ch.command(f"OPTIMIZE TABLE {db}.experiment_changes FINAL")  # merge as time would
         rows = ch.query(
             f"SELECT version, action, status, changed_by, reason, serving_weights['v2'], "
             f"canary_step FROM {db}.experiment_changes FINAL ORDER BY version"

@@ -211,3 +211,26 @@ def test_a_message_that_hides_its_event_id_from_the_scan_is_still_checked(
     assert sink.stats.json_fallbacks >= 1, sink.stats  # the parsed id is not the scanned one
     assert sink.stats.by_reason["conflicting_resend"] == 1, sink.stats
     assert _final_counts(client) == counts
+
+
+def test_a_hidden_id_that_an_earlier_message_of_the_batch_stores_elsewhere_is_refused(
+    client: Any, clickhouse_dsn: str
+) -> None:
+    if not is_embedded(clickhouse_dsn):
+        pytest.skip("the ClickHouse-parsed path is for embedded chDB only")
+    # The feedback block is parsed and stored; the interaction block is refused (its parsed
+    # id is not the scanned decoy) and its messages are checked in Python after that: the
+    # interaction's real id is the feedback's, so it is held to the key just stored.
+    stored = pipeline_messages()
+    fb = _find(stored, "feedback", with_context=True)
+    taken = orjson.loads(fb)["event"]["event_id"]
+    d = orjson.loads(_find(stored, "interaction"))
+    event = d["event"]
+    event["event_id"] = taken
+    d["event"] = {"metadata": {"event_id": str(uuid.uuid4()), **event.pop("metadata")}, **event}
+    sink = _write(client, True, [[fb, orjson.dumps(d)]])
+    assert sink.stats.json_fallbacks >= 1, sink.stats
+    assert sink.stats.by_reason["conflicting_resend"] == 1, sink.stats
+    db = client.test_db
+    assert client.command(f"SELECT count() FROM {db}.interactions") == 0
+    assert client.command(f"SELECT count() FROM {db}.feedback WHERE event_id = '{taken}'") == 1

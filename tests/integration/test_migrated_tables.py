@@ -41,3 +41,33 @@ def test_every_migrated_table_is_described_by_the_declaration(
     finally:
         client.command(f"DROP DATABASE IF EXISTS {db}")
         client.close()
+
+
+def test_migration_8_keeps_the_first_message_of_each_version_already_stored(
+    clickhouse_dsn: str, clickhouse_database: str
+) -> None:
+    """A database at migration 7 holding a winner and a later losing write of one version:
+    after migration 8 the audit table serves the winner (before, merges kept the loser)."""
+    client = get_client(clickhouse_dsn)
+    db = clickhouse_database
+    try:
+        migrate(client, db, target=7)
+        for offset, who in ((10, "winner"), (11, "loser"), (12, "next")):
+            version = 2 if who != "next" else 3
+            client.command(
+                f"INSERT INTO {db}.experiment_changes (app_id, name, version, changed_by, "
+                f"kafka_offset) VALUES ('a', 'e', {version}, '{who}', {offset})"
+            )
+        assert migrate(client, db) == [8]
+        rows = client.query(
+            f"SELECT version, changed_by FROM {db}.experiment_changes FINAL ORDER BY version"
+        ).result_rows
+        assert [tuple(r) for r in rows] == [(2, "winner"), (3, "next")]
+        tables = client.query(
+            "SELECT name FROM system.tables WHERE database = {d:String} AND name LIKE 'exp%'",
+            parameters={"d": db},
+        ).result_rows
+        assert sorted(t for (t,) in tables) == ["experiment_changes", "experiment_designs"]
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS {db}")
+        client.close()

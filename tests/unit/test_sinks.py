@@ -454,11 +454,7 @@ class FakeClient:
             path = re.search(r"file\('([^']+)', 'RowBinary'", sql).group(1)  # type: ignore[union-attr]
             with open(path, "rb") as f:
                 data = f.read()
-        ids = {
-            int.from_bytes(data[i : i + 8], "little") << 64
-            | int.from_bytes(data[i + 8 : i + 16], "little")
-            for i in range(0, len(data), 16)
-        }
+        ids = {int.from_bytes(data[i : i + 16], "big") for i in range(0, len(data), 16)}
         rows = []
         for table in EVENT_TABLES:
             for row in self.inserted.get(table, []):
@@ -934,6 +930,8 @@ def test_the_key_hour_is_the_utc_hour_whatever_the_offset() -> None:
         (b'{"event":{"event_type":"interaction","event_id":"%s","x":1}}', True),
         (b'{"event":{"event_type":"interaction","event_id":"%s"}}', True),
         (b'{"event":{"event_type":"interaction","event_id":"not-an-id"}}', False),
+        (b'{"event":{"event_id":"0000000g-0000-4000-8000-000000000000"}}', False),
+        (b'{"event":{"event_id":"00000000-0000-4000-8000-000000000000-"}}', False),
         (b'{"event":{"event_type":"interaction","event_id":null}}', False),
         (b'{"event":{"event_type":"interaction"}}', False),
     ],
@@ -946,6 +944,16 @@ def test_the_event_id_is_scanned_from_the_bytes_or_not_at_all(value: bytes, foun
     eid = str(uuid.uuid4()).upper().encode()
     msg = value % eid if b"%s" in value else value
     assert scan_event_id(msg) == (eid.lower() if found else None)
+
+
+def test_an_id_and_its_canonical_text_convert_both_ways() -> None:
+    import uuid
+
+    from feedbackloop.sinks.event_keys import id_of_text, text_of_id
+
+    for u in (uuid.uuid4(), uuid.UUID(int=0), uuid.UUID(int=(1 << 128) - 1)):
+        assert text_of_id(u.int) == str(u).encode()
+        assert id_of_text(str(u).encode()) == u.int
 
 
 def test_copies_of_one_id_the_engine_cannot_key_take_the_python_path_first_key_wins() -> None:

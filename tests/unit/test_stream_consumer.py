@@ -7,6 +7,7 @@ tests/integration/test_stream_jobs.py; these cover the decisions with a stand-in
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,12 +22,20 @@ from feedbackloop.stream_jobs.consumer import fetched_end_offsets  # noqa: E402
 
 
 class FakeProbe:
-    """Answers a fetch at ``offset`` with the records up to ``ends[tp]`` and that watermark."""
+    """Serves the records up to ``ends[tp]`` from the position on, answering with the high
+    watermark ``highwaters[tp]`` (default: ``ends[tp]``); past ``ends`` nothing is served."""
 
-    def __init__(self, ends: dict[tuple[str, int], int], fail: bool = False) -> None:
+    def __init__(
+        self,
+        ends: dict[tuple[str, int], int],
+        fail: bool = False,
+        highwaters: dict[tuple[str, int], int] | None = None,
+    ) -> None:
         self.ends = ends
+        self.highwaters = highwaters or {}
         self.fail = fail
         self.positions: dict[TopicPartition, int] = {}
+        self.answered: dict[TopicPartition, float] = {}
         self.started = self.stopped = False
 
     async def start(self) -> None:
@@ -44,13 +53,23 @@ class FakeProbe:
         self.positions[tp] = offset
 
     async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0) -> dict[Any, list[Any]]:
-        return {
-            tp: [SimpleNamespace(offset=o) for o in range(self.positions[tp], self.ends[tp])]
-            for tp in tps
-        }
+        await asyncio.sleep(0.01)
+        out = {}
+        for tp in tps:
+            self.answered[tp] = time.time() * 1000.0
+            recs = [SimpleNamespace(offset=o) for o in range(self.positions[tp], self.ends[tp])]
+            if recs:
+                out[tp] = recs
+                self.positions[tp] = recs[-1].offset + 1
+        return out
 
-    def highwater(self, tp: TopicPartition) -> int:
-        return self.ends[tp]
+    def highwater(self, tp: TopicPartition) -> int | None:
+        if tp not in self.answered:
+            return None
+        return self.highwaters.get((tp.topic, tp.partition), self.ends[tp])
+
+    def last_poll_timestamp(self, tp: TopicPartition) -> float | None:
+        return self.answered.get(tp)
 
 
 def run(probe: FakeProbe | None, listed: dict[TP, int]) -> dict[TP, int]:
@@ -85,3 +104,13 @@ def test_a_failed_fetch_keeps_the_listed_ends(caplog: pytest.LogCaptureFixture) 
     probe = FakeProbe({("c", 0): 14}, fail=True)
     assert run(probe, {TP("c", 0): 1}) == {TP("c", 0): 1}
     assert "using ListOffsets" in caplog.text
+
+
+def test_a_log_ending_in_a_hole_ends_after_its_last_served_record(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Tansu after its object store died between a watermark write and the batch write:
+    # partition 1 says 541, serves up to 507 (the SIGKILL-of-SeaweedFS recovery stall).
+    probe = FakeProbe({("c", 0): 521, ("c", 1): 508}, highwaters={("c", 1): 541})
+    assert run(probe, {TP("c", 0): 504, TP("c", 1): 393}) == {TP("c", 0): 521, TP("c", 1): 508}
+    assert "ends in a hole: its high watermark is 541 but its last record is 507" in caplog.text

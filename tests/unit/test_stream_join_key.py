@@ -96,6 +96,7 @@ def _recover(out: Collect) -> dict[str, dict]:
         "interactions": InteractionRecord.from_bytes,
         "pending": decode_pending,
         "windows": WindowState.from_bytes,
+        "window_ids": bytes,
         "watermarks": json.loads,
     }
     tables: dict[str, dict] = {name: {} for name in decode}
@@ -157,6 +158,7 @@ def test_a_replay_after_a_crash_counts_each_event_once_whatever_the_batch_bounda
         interactions=state["interactions"],
         pending=state["pending"],
         windows=state["windows"],
+        window_ids=state["window_ids"],
         watermarks=state["watermarks"],
     )
     committed = max(0, crash_after - 100)
@@ -216,6 +218,7 @@ def test_a_forwarded_event_that_waited_then_joined_is_not_counted_again_when_rep
         interactions=state["interactions"],
         pending=state["pending"],
         windows=state["windows"],
+        window_ids=state["window_ids"],
         watermarks=state["watermarks"],
     )
     again.process(
@@ -250,6 +253,7 @@ def test_a_recovered_pending_list_whose_interaction_is_known_joins_on_the_next_t
         interactions=state["interactions"],
         pending=state["pending"],
         windows=state["windows"],
+        window_ids=state["window_ids"],
         watermarks=state["watermarks"],
     )
     again.tick(now=1002.0)
@@ -323,3 +327,100 @@ def test_the_sinks_raw_path_derives_the_same_identity_as_the_stream_jobs() -> No
     Pipeline(TOPICS, StreamConfig(), out).process(3, [(None, value, 41, MS)])
     (e,) = enriched(out)
     assert e.event.event_id == derived_event_id(TOPICS.events, 3, 41)
+
+
+# --- resends: the same event_id on a new record (the SDK's spool after a broker crash) ----
+def _resent(records: list, at: int, first: int) -> list:
+    """``records`` with those in ``[first, at)`` sent once more after ``at``, as new records
+    (new offsets), as the SDK resends what the broker had stored but not acknowledged."""
+    again = [*records[:at], *records[first:at], *records[at:]]
+    return [(k, v, i, ts) for i, (k, v, _o, ts) in enumerate(again)]
+
+
+@pytest.mark.parametrize("batch", [7, 50, 1000])
+def test_events_resent_on_new_offsets_are_counted_once_in_the_windows(batch: int) -> None:
+    events = _traffic(300, seed=batch)
+    closer = interaction(T0 + dt.timedelta(hours=1), variant="z")
+    records = [rec(e.partition_key, e, i) for i, e in enumerate([*events, closer])]
+    cfg = StreamConfig(window_s=10, allowed_lateness_s=5)
+    clean, resent = Collect(), Collect()
+    p = Pipeline(TOPICS, cfg, clean)
+    p.process(0, records, now=T0.timestamp())
+    q = Pipeline(TOPICS, cfg, resent)
+    # two resends: one of events already counted, one of events still waiting (early feedback)
+    twice = _resent(_resent(records, 400, 310), 200, 120)
+    assert len(twice) == len(records) + 170
+    for i in range(0, len(twice), batch):
+        q.process(0, twice[i : i + batch], now=T0.timestamp())
+    assert _aggregates(resent) == _aggregates(clean)
+    assert q.stats.replayed_effects >= 170 - q.stats.late_events
+    assert sum(v[0] for k, v in _aggregates(clean).items() if k[1] != "z") == 300
+
+
+def test_a_resend_after_a_crash_is_counted_once_though_the_window_record_holds_one_batch() -> None:
+    cfg = StreamConfig(window_s=60, allowed_lateness_s=0)
+    out = Collect()
+    pipe = Pipeline(TOPICS, cfg, out)
+    ias = [interaction(T0 + dt.timedelta(seconds=i)) for i in range(3)]
+    fbs = [thumbs(ia) for ia in ias]
+    # three batches into one window: its last record holds the ids of the third only
+    for i in range(3):
+        pipe.process(0, [rec(None, ias[i], 2 * i), rec(None, fbs[i], 2 * i + 1)])
+    state = _recover(out)
+    assert len(state["window_ids"]) == 3
+    again = Pipeline(
+        TOPICS,
+        cfg,
+        out,
+        interactions=state["interactions"],
+        pending=state["pending"],
+        windows=state["windows"],
+        window_ids=state["window_ids"],
+        watermarks=state["watermarks"],
+    )
+    # the restarted worker reads the first batch's events again, resent on new offsets
+    again.process(0, [rec(None, ias[0], 6), rec(None, fbs[0], 7)])
+    assert again.stats.replayed_effects == 2
+    later = interaction(T0 + dt.timedelta(hours=1), variant="z")
+    again.process(0, [rec(None, later, 8)])
+    assert [v for k, v in _aggregates(out).items() if k[1] == "a"] == [(3, 3, 0)]
+
+
+def test_an_id_chunk_whose_window_record_a_crash_lost_is_not_trusted() -> None:
+    cfg = StreamConfig(window_s=60, allowed_lateness_s=0)
+    out = Collect()
+    pipe = Pipeline(TOPICS, cfg, out)
+    ias = [interaction(T0 + dt.timedelta(seconds=i)) for i in range(2)]
+    pipe.process(0, [rec(None, ias[0], 0)])
+    pipe.process(0, [rec(None, ias[1], 1)])
+    # the crash kept the second batch's id chunk but lost its window record (and the
+    # offset commit): the second interaction was never counted, and comes again
+    last = max(i for i, w in enumerate(out.changelog_writes) if w[0] == "windows")
+    del out.changelog_writes[last]
+    state = _recover(out)
+    again = Pipeline(
+        TOPICS,
+        cfg,
+        out,
+        windows=state["windows"],
+        window_ids=state["window_ids"],
+        watermarks=state["watermarks"],
+    )
+    again.process(0, [rec(None, ias[1], 1)])
+    assert again.stats.replayed_effects == 0
+    again.process(0, [rec(None, interaction(T0 + dt.timedelta(hours=1), variant="z"), 2)])
+    assert [v[0] for k, v in _aggregates(out).items() if k[1] == "a"] == [2]
+
+
+def test_a_closed_window_leaves_no_id_chunks_behind() -> None:
+    cfg = StreamConfig(window_s=60, allowed_lateness_s=0)
+    out = Collect()
+    pipe = Pipeline(TOPICS, cfg, out)
+    for i in range(4):
+        pipe.process(0, [rec(None, interaction(T0 + dt.timedelta(seconds=i)), i)])
+    pipe.process(0, [rec(None, interaction(T0 + dt.timedelta(hours=1)), 4)])
+    assert len(out.on(TOPICS.aggregates)) == 1
+    pipe.process(0, [])  # the held-back deletions are written
+    state = _recover(out)
+    assert list(state["windows"]) == [next(iter(pipe.window_store))]
+    assert [k.rpartition(b"#")[0] for k in state["window_ids"]] == list(state["windows"])

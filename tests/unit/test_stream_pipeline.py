@@ -103,14 +103,14 @@ def test_window_start_is_floor_of_size():
 def test_window_closes_only_after_lateness_and_late_events_are_counted():
     pw = PartitionWindows(size=60, lateness=30)
     g = ("app", "e", "a", "v", "m")
-    assert pw.touch(10, g, "s") is not None
+    assert pw.touch(10, g, "s", 1) is not None
     pw.advance(89)
     pw.end_batch()
     assert pw.close_due() == []  # 60 + 30 > 89
     pw.advance(90)
     closed = pw.close_due()
     assert [k for k, _ in closed] == [(0.0, g)]
-    assert pw.touch(59, g, "s") is None and pw.late_events == 1
+    assert pw.touch(59, g, "s", 2) is None and pw.late_events == 1
 
 
 def test_window_state_roundtrip_and_sessions_exact_below_k():
