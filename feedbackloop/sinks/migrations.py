@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from feedbackloop.errors import ClickHouseError, ConfigError
-from feedbackloop.sinks.report_rows import REPORT_ROWS_DDL
+from feedbackloop.sinks.report_rows import LOOKUPS, LOOKUPS_DDL, REPORT_ROWS_DDL
 
 __all__ = ["MIGRATIONS", "Migration", "applied_migrations", "migrate", "MIGRATIONS_TABLE"]
 
@@ -533,10 +533,15 @@ MIGRATIONS: tuple[Migration, ...] = (
     # experiment, impact and version reports read instead of re-joining every event.
     Migration(7, "per-session report rows", REPORT_ROWS_DDL),
     Migration(8, "the audit trail keeps the first message of each version", _V8),
+    # Copies of the report statements' columns sorted by session / interaction, so a read
+    # finds the events of the sessions changed since the last compaction by primary key.
+    Migration(9, "report rows: lookup copies of the events by session", LOOKUPS_DDL),
 )
 
 #: Tables with an ``occurred_at`` column that an optional TTL applies to.
 _TTL_TABLES = ("interactions", "feedback", "implicit", "outcomes")
+#: Copies of their rows that must expire with them (a report would count an expired event).
+_TTL_COPIES = tuple(lk.table for lk in LOOKUPS)
 
 
 def _check_identifier(name: str) -> str:
@@ -617,8 +622,11 @@ def migrate(
         log.info("applied migration %d: %s", m.version, m.name)
         applied.append(m.version)
     if ttl_days is not None:
-        for table in _TTL_TABLES:
-            if ttl_days == 0 and not _has_ttl(client, db, table):
+        for table in _TTL_TABLES + _TTL_COPIES:
+            engine = _engine(client, db, table)
+            if engine is None:
+                continue  # a copy whose migration is beyond ``target``
+            if ttl_days == 0 and " TTL " not in f" {engine} ":
                 continue  # nothing to remove: ClickHouse refuses REMOVE TTL without one
             stmt = (
                 f"ALTER TABLE {db}.{table} REMOVE TTL"
@@ -633,12 +641,13 @@ def migrate(
     return applied
 
 
-def _has_ttl(client: Any, db: str, table: str) -> bool:
+def _engine(client: Any, db: str, table: str) -> str | None:
+    """The table's full engine clause (``None``: no such table)."""
     rows = client.query(
         "SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
         parameters={"db": db, "t": table},
     ).result_rows
-    return bool(rows) and " TTL " in f" {rows[0][0]} "
+    return str(rows[0][0]) if rows else None
 
 
 def _wrap(e: Exception, what: str) -> ClickHouseError:

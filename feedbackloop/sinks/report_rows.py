@@ -80,14 +80,6 @@ _EPOCH = "toDateTime64(0, 3, 'UTC')"
 # --- state rows: the per-session answer ---------------------------------------------------
 
 
-def _dedup(table: str, cols: str, key: str, where: str) -> str:
-    """Rows of ``table`` matching ``where``, one per sorting key with the highest _version:
-    what ``FINAL`` keeps, without merging the rows that do not match (FINAL would)."""
-    return (
-        f"SELECT {cols} FROM {{db}}.{table} WHERE {where} ORDER BY _version DESC LIMIT 1 BY {key}"
-    )
-
-
 #: The event tables' sorting keys (sinks/migrations.py): what ``FINAL`` deduplicates by.
 DEDUP_KEYS = {
     "interactions": "app_id, prompt_version, experiment, variant, toStartOfHour(occurred_at),"
@@ -101,40 +93,157 @@ DEDUP_KEYS = {
 #: The columns the report statements read of each event table (a matching row would
 #: otherwise pull its whole granule of prompts and responses through the deduplication).
 _READ_COLUMNS = {
-    "interactions": (
-        "event_id, interaction_id, session_id, app_id, experiment, variant, prompt_version,"
-        " model, occurred_at, latency_ms, cost_usd, shadow",
-    ),
-    "feedback": (
-        "event_id, interaction_id, session_id, app_id, experiment, kind, thumbs, rating,"
-        " occurred_at",
-    ),
-    "implicit": ("event_id, interaction_id, session_id, app_id, experiment, signal, occurred_at",),
-    "outcomes": (
-        "event_id, interaction_id, session_id, app_id, experiment, outcome, value,"
-        " time_to_outcome_ms, occurred_at",
-    ),
+    "interactions": "event_id, interaction_id, session_id, app_id, experiment, variant,"
+    " prompt_version, model, occurred_at, latency_ms, cost_usd, shadow",
+    "feedback": "event_id, interaction_id, session_id, app_id, experiment, kind, thumbs, rating,"
+    " occurred_at",
+    "implicit": "event_id, interaction_id, session_id, app_id, experiment, signal, occurred_at",
+    "outcomes": "event_id, interaction_id, session_id, app_id, experiment, outcome, value,"
+    " time_to_outcome_ms, occurred_at",
 }
 
 
-def restricted_sql(sql: str, sessions: str) -> str:
+#: A session-level outcome's ``unit`` in its lookup copy (its interaction id is NULL).
+_NO_UNIT = "toUUID('00000000-0000-0000-0000-000000000000')"
+
+
+@dataclass(frozen=True)
+class _Lookup:
+    """A copy of the columns the report statements read of an event table, sorted so that
+    the events of given sessions (or interactions) are found by primary key instead of by
+    scanning the event table, whose sorting key is by app, slice and hour. The compactor
+    copies the rows inserted up to its watermark less :data:`OVERLAP_MS`; a read takes the
+    rows inserted after that from the event table itself (the min-max index on
+    ``inserted_at``), so the two together hold every event."""
+
+    table: str
+    source: str
+    key: str
+    #: Columns copied from the source, comma-separated.
+    columns: str
+    #: Columns computed from the source's: (name, type, expression).
+    extra: tuple[tuple[str, str, str], ...] = ()
+
+    @property
+    def copied(self) -> tuple[str, ...]:
+        return tuple(c.strip() for c in self.columns.split(","))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (*self.copied, *(n for n, _, _ in self.extra))
+
+    @property
+    def select(self) -> str:
+        return ", ".join((self.columns, *(f"{e} AS {n}" for n, _, e in self.extra)))
+
+    def ddl(self) -> str:
+        # Small granules: the sessions looked up are scattered, each hits about one granule.
+        return (
+            f"CREATE TABLE IF NOT EXISTS {{db}}.{self.table} ENGINE = MergeTree "
+            f"ORDER BY ({self.key}) SETTINGS index_granularity = 256 "
+            f"AS SELECT {self.select} FROM {{db}}.{self.source} WHERE 0"
+        )
+
+    def copy_sql(self, after: str, upto: str) -> str:
+        """Copy the source's rows inserted in ``(after, upto]`` (``{db}`` templated)."""
+        return (
+            f"INSERT INTO {{db}}.{self.table} ({', '.join(self.names)}) "
+            f"SELECT {self.select} FROM {{db}}.{self.source} "
+            f"WHERE inserted_at > {after} AND inserted_at <= {upto}"
+        )
+
+
+LOOKUPS: tuple[_Lookup, ...] = (
+    _Lookup(
+        "report_lookup_interactions",
+        "interactions",
+        "session_id",
+        f"{_READ_COLUMNS['interactions']}, _version",
+    ),
+    # Which session an interaction belongs to: late feedback names only its interaction.
+    _Lookup(
+        "report_lookup_units",
+        "interactions",
+        "interaction_id",
+        "interaction_id, session_id, occurred_at",
+    ),
+    _Lookup(
+        "report_lookup_feedback",
+        "feedback",
+        "interaction_id",
+        f"{_READ_COLUMNS['feedback']}, _version",
+    ),
+    _Lookup(
+        "report_lookup_implicit",
+        "implicit",
+        "interaction_id",
+        f"{_READ_COLUMNS['implicit']}, _version",
+    ),
+    _Lookup(
+        "report_lookup_outcomes",
+        "outcomes",
+        "unit, session_id",
+        f"{_READ_COLUMNS['outcomes']}, _version",
+        (("unit", "UUID", f"ifNull(interaction_id, {_NO_UNIT})"),),
+    ),
+)
+_LOOKUP = {lk.source: lk for lk in LOOKUPS if lk.table != "report_lookup_units"}
+
+
+def _events(table: str, cols: str, cond: str, since: str, key_cond: str | None = None) -> str:
+    """The rows of event ``table`` matching ``cond``, one per sorting key with the highest
+    ``_version``: what ``FINAL`` keeps, without merging the rows that do not match (FINAL
+    would). Found in the table's lookup copy (``key_cond``, on its sorting key, narrows the
+    search there) and among the rows inserted after ``since`` (not copied yet); a row in
+    both is one row after the deduplication."""
+    lk, read = _LOOKUP[table], f"{_READ_COLUMNS[table]}, _version"
+    copied = f"SELECT {read} FROM {{db}}.{lk.table} WHERE ({cond})"
+    if key_cond is not None:
+        copied += f" AND ({key_cond})"
+    fresh = f"SELECT {read} FROM {{db}}.{table} WHERE inserted_at > {since} AND ({cond})"
+    return (
+        f"SELECT {cols} FROM ({copied} UNION ALL {fresh}) "
+        f"ORDER BY _version DESC LIMIT 1 BY {DEDUP_KEYS[table]}"
+    )
+
+
+def _unit_ids(sessions: str, since: str) -> str:
+    """``(SELECT interaction_id …)`` of the interactions of ``sessions`` (a set expression)."""
+    return (
+        f"(SELECT interaction_id FROM {{db}}.report_lookup_interactions "
+        f"WHERE session_id IN {sessions} UNION ALL SELECT interaction_id FROM {{db}}.interactions "
+        f"WHERE inserted_at > {since} AND session_id IN {sessions})"
+    )
+
+
+def _outcome_key(ids: str, sessions: str) -> str:
+    """The lookup copy's sorting-key condition for the outcomes of ``ids`` (interaction
+    level) or of ``sessions`` (session level)."""
+    return f"unit IN {ids} OR (unit = {_NO_UNIT} AND session_id IN {sessions})"
+
+
+def restricted_sql(sql: str, sessions: str, since: str) -> str:
     """An exact report statement (:mod:`feedbackloop.analysis.reads.queries`: ``WITH …``,
     reading ``<table> FINAL``) answered for the sessions ``sessions`` only (a tuple
     literal): each ``FINAL`` read becomes the rows of those sessions (events: of their
-    interactions, or session-level ones of those sessions), deduplicated as ``FINAL`` does.
+    interactions, or session-level ones of those sessions), deduplicated as ``FINAL`` does,
+    found through the lookup copies plus the rows inserted after ``since`` (a DateTime64
+    literal: the watermark less :data:`OVERLAP_MS` the touched sessions were read at).
     Every statement there sums over sessions, so its answer is their share of the whole."""
-    ids = "(SELECT interaction_id FROM {db}.interactions WHERE session_id IN _sessions)"
+    ids = _unit_ids("_sessions", since)
     where = {
-        "interactions": "session_id IN _sessions",
-        "feedback": f"interaction_id IN {ids}",
-        "implicit": f"interaction_id IN {ids}",
-        "outcomes": f"interaction_id IN {ids}"
-        " OR (interaction_id IS NULL AND session_id IN _sessions)",
+        "interactions": ("session_id IN _sessions", None),
+        "feedback": (f"interaction_id IN {ids}", None),
+        "implicit": (f"interaction_id IN {ids}", None),
+        "outcomes": (
+            f"interaction_id IN {ids} OR (interaction_id IS NULL AND session_id IN _sessions)",
+            _outcome_key(ids, "_sessions"),
+        ),
     }
-    for table, cond in where.items():
-        cols = ", ".join((*_READ_COLUMNS[table], "_version"))
+    for table, (cond, key_cond) in where.items():
+        cols = _READ_COLUMNS[table]
         sql = sql.replace(
-            f"FROM {table} FINAL", f"FROM ({_dedup(table, cols, DEDUP_KEYS[table], cond)})"
+            f"FROM {table} FINAL", f"FROM ({_events(table, cols, cond, since, key_cond)})"
         )
     if " FINAL" in sql or not sql.startswith("WITH "):
         raise ValueError("not a report statement this module can restrict")
@@ -144,34 +253,35 @@ def restricted_sql(sql: str, sessions: str) -> str:
 _MATCH = "e.experiment IN (u.experiment, '') AND e.app_id = u.app_id"
 
 
-def _sources(touched: str) -> tuple[tuple[str, str], ...]:
-    """The touched sessions and their deduplicated events, in dependency order."""
-    units = _dedup(
+def _sources(touched: str, since: str) -> tuple[tuple[str, str], ...]:
+    """The touched sessions and their deduplicated events, in dependency order (``since``:
+    the watermark less the overlap, as a DateTime64 expression)."""
+    ids = "(SELECT interaction_id FROM units)"
+    sessions = "(SELECT session_id FROM touched)"
+    units = _events(
         "interactions",
         "interaction_id, session_id, app_id, experiment, variant, prompt_version, occurred_at,"
         " latency_ms, cost_usd, shadow",
-        DEDUP_KEYS["interactions"],
-        "session_id IN (SELECT session_id FROM touched)",
+        f"session_id IN {sessions}",
+        since,
     )
-    fb = _dedup(
+    fb = _events(
         "feedback",
         "event_id, occurred_at, interaction_id, kind, thumbs, rating, app_id, experiment",
-        DEDUP_KEYS["feedback"],
-        "kind IN ('thumbs', 'rating') AND interaction_id IN (SELECT interaction_id FROM units)",
+        f"kind IN ('thumbs', 'rating') AND interaction_id IN {ids}",
+        since,
     )
-    imp = _dedup(
-        "implicit",
-        "interaction_id, signal, app_id, experiment",
-        DEDUP_KEYS["implicit"],
-        "interaction_id IN (SELECT interaction_id FROM units)",
+    imp = _events(
+        "implicit", "interaction_id, signal, app_id, experiment", f"interaction_id IN {ids}", since
     )
-    oc = _dedup(
+    oc = _events(
         "outcomes",
         "event_id, outcome, interaction_id, session_id, value, time_to_outcome_ms, app_id,"
         " experiment",
-        DEDUP_KEYS["outcomes"],
-        "(interaction_id IS NOT NULL AND interaction_id IN (SELECT interaction_id FROM units))"
-        " OR (interaction_id IS NULL AND session_id IN (SELECT session_id FROM touched))",
+        f"(interaction_id IS NOT NULL AND interaction_id IN {ids})"
+        f" OR (interaction_id IS NULL AND session_id IN {sessions})",
+        since,
+        _outcome_key(ids, sessions),
     )
     return (
         ("touched", touched),
@@ -182,7 +292,7 @@ def _sources(touched: str) -> tuple[tuple[str, str], ...]:
     )
 
 
-def _state_ctes(touched: str, scratch: dict[str, str] | None = None) -> str:
+def _state_ctes(touched: str, since: str, scratch: dict[str, str] | None = None) -> str:
     """CTEs shared by both state queries: the touched sessions' deduplicated events (read
     from ``scratch`` tables when the compaction materialized them), and per interaction the
     latest explicit feedback and the implicit flags. Each event is kept only where the exact
@@ -190,7 +300,7 @@ def _state_ctes(touched: str, scratch: dict[str, str] | None = None) -> str:
     interaction's own app and experiment."""
     sources = ",\n".join(
         f"{name} AS ({f'SELECT * FROM {scratch[name]}' if scratch else body})"
-        for name, body in _sources(touched)
+        for name, body in _sources(touched, since)
     )
     flags = ", ".join(f"max(e.signal = '{s}') AS sig_{s}" for s in IMPLICIT_SIGNALS)
     return f"""{sources},
@@ -450,11 +560,13 @@ def watermark_sql() -> str:
 
 def _touched(since: str) -> str:
     """Sessions with an event inserted after ``since``: a new interaction, or an event about
-    one of its interactions (late feedback, an outcome), or a session-level outcome."""
+    one of its interactions (late feedback, an outcome: its session from the lookup copy,
+    which holds every interaction inserted up to ``since``; a later one is in the first
+    part), or a session-level outcome."""
     new = f"inserted_at > {since}"
     return f"""SELECT session_id FROM {{db}}.interactions WHERE {new}
     UNION DISTINCT
-    SELECT session_id FROM {{db}}.interactions WHERE interaction_id IN (
+    SELECT session_id FROM {{db}}.report_lookup_units WHERE interaction_id IN (
         SELECT interaction_id FROM {{db}}.feedback WHERE {new}
         UNION ALL SELECT interaction_id FROM {{db}}.implicit WHERE {new}
         UNION ALL SELECT assumeNotNull(interaction_id) FROM {{db}}.outcomes
@@ -486,7 +598,7 @@ def _delta_ctes(
         else ("toInt8(-1) AS sign" if c == "sign" else f"_{c} AS {c}")
         for c, _ in state.columns
     )
-    ctes = f"""WITH {_state_ctes(_touched(since), scratch)},
+    ctes = f"""WITH {_state_ctes(_touched(since), since, scratch)},
 {state.select(computed_at)},
 old_rows AS (
     SELECT {outer} FROM (
@@ -516,10 +628,24 @@ def _split_top(text: str) -> list[str]:
     return [text[a:b] for a, b in zip(starts, ends, strict=True)]
 
 
-def touched_sql() -> str:
-    """``SELECT session_id`` of the sessions touched since the watermark less
-    :data:`OVERLAP_MS` (``{db}`` templated): what a read recomputes beside the totals."""
-    return _touched(f"({watermark_sql()} - toIntervalMillisecond({OVERLAP_MS}))")
+def since_sql() -> str:
+    """``SELECT since``: the watermark less :data:`OVERLAP_MS` as text (``{db}`` templated):
+    events inserted after it are looked at again; the lookup copies hold those before."""
+    return f"SELECT toString({watermark_sql()} - toIntervalMillisecond({OVERLAP_MS})) AS since"
+
+
+def time_literal(text: str) -> str:
+    """A DateTime64(3, UTC) literal of ``text`` as ClickHouse prints one."""
+    if not re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{1,9})?", text):
+        raise ValueError(f"not a ClickHouse time: {text!r}")
+    return f"toDateTime64('{text}', 3, 'UTC')"
+
+
+def touched_sql(since: str | None = None) -> str:
+    """``SELECT session_id`` of the sessions touched after ``since`` (a DateTime64
+    expression; default the watermark less :data:`OVERLAP_MS`; ``{db}`` templated): what
+    a read recomputes beside the totals."""
+    return _touched(since or f"({watermark_sql()} - toIntervalMillisecond({OVERLAP_MS}))")
 
 
 def changed_rows_sql(overlap_ms: int = 0) -> str:
@@ -760,10 +886,14 @@ def current_sql(
         # The stored rows of a session (live and cancelled) sum to its live row; with the
         # sign turned they take it out. Minima and maxima stay: a session's first and last
         # interaction only move outwards as events arrive.
-        stored = (
-            f"(SELECT * REPLACE (toInt8(-sign) AS sign) FROM {{db}}.{t.source}"
-            f" WHERE session_id IN {cancel})"
-        )
+        state = next(s for s in _STATES if s.table == t.source)
+        view = t.select("_")
+        used = ", ".join(
+            "toInt8(-sign) AS sign" if c == "sign" else c
+            for c, _ in state.columns
+            if re.search(rf"\b{c}\b", view)
+        )  # only the columns the view reads: a stored row's arrays are the bulk of it
+        stored = f"(SELECT {used} FROM {{db}}.{t.source} WHERE session_id IN {cancel})"
         source = f"""(SELECT {every} FROM {{db}}.{table}
     UNION ALL SELECT {every} FROM ({t.select(stored)}))"""
     sql = f"""SELECT {", ".join(cols)} FROM {source} WHERE {where}
@@ -799,6 +929,17 @@ ORDER BY tuple()""",
     ),
 )
 
+#: Migration statements for the lookup copies (``{db}`` templated): each table, then the
+#: rows already inserted up to the watermark less the overlap (the compactor copies the
+#: rest; none on a database never compacted).
+LOOKUPS_DDL: tuple[str, ...] = (
+    *(lk.ddl() for lk in LOOKUPS),
+    *(
+        lk.copy_sql(_EPOCH, f"{watermark_sql()} - toIntervalMillisecond({OVERLAP_MS})")
+        for lk in LOOKUPS
+    ),
+)
+
 
 # --- compaction ------------------------------------------------------------------------------
 
@@ -831,13 +972,21 @@ def compact(client: Any, database: str, chunk: int = CHUNK_SESSIONS) -> Compacti
     t0 = time.perf_counter()
     start = client.query("SELECT now64(3, 'UTC')").result_rows[0][0]
     stamp = f"toDateTime64('{start:%Y-%m-%d %H:%M:%S.%f}', 3, 'UTC')"
-    since = f"{watermark_sql()} - toIntervalMillisecond({OVERLAP_MS})".replace("{db}", database)
-    scratch = {name: f"{database}.report_scratch_{name}" for name, _ in _sources("")}
+    since = time_literal(client.query(since_sql().replace("{db}", database)).result_rows[0][0])
+    scratch = {name: f"{database}.report_scratch_{name}" for name, _ in _sources("", "")}
     rows = dict.fromkeys((s.table for s in _STATES), 0)
     changed = client.query(changed_rows_sql(OVERLAP_MS).replace("{db}", database)).result_rows
     if not int(changed[0][0]):  # the common case between flushes: not one statement more
         return CompactionResult(start, rows, 0, time.perf_counter() - t0)
     try:
+        # Copy what was inserted up to this round's watermark less the overlap: a read (and
+        # the next round) takes every later row from the event tables themselves, and so
+        # does this round (its sessions' events: the copies plus the rows after ``upto``).
+        # A round that fails after this copies the same rows again: two rows, one after
+        # the deduplication.
+        upto = f"{stamp} - toIntervalMillisecond({OVERLAP_MS})"
+        for lk in LOOKUPS:
+            client.command(lk.copy_sql(since, upto).replace("{db}", database))
         _drop(client, scratch)
         all_touched = f"{database}.report_scratch_all"
         client.command(f"DROP TABLE IF EXISTS {all_touched}")
@@ -853,7 +1002,7 @@ def compact(client: Any, database: str, chunk: int = CHUNK_SESSIONS) -> Compacti
                 f"WHERE cityHash64(session_id) % {parts} = {part}"
             )
             done: list[str] = []
-            for name, body in _sources(this):
+            for name, body in _sources(this, upto):
                 prior = ", ".join(f"{d} AS (SELECT * FROM {scratch[d]})" for d in done)
                 sql = (f"WITH {prior} " if prior else "") + body.replace("{db}", database)
                 client.command(f"CREATE TABLE {scratch[name]} ENGINE = Memory AS {sql}")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, NamedTuple
 
-from feedbackloop.sinks.report_rows import declared_columns
+from feedbackloop.sinks.report_rows import LOOKUPS, declared_columns
 
 __all__ = [
     "COLUMNS",
@@ -601,6 +601,20 @@ _REPORT_ROWS = tuple(
     for name, cols in declared_columns().items()
 )
 
+# Their lookup copies (migration 9): the event tables' columns the report statements read,
+# copied by the compactor (``CREATE TABLE … AS SELECT``, so the types are the source's).
+_EVENTS = {t.name: t for t in (_INTERACTIONS, _FEEDBACK, _IMPLICIT, _OUTCOMES)}
+_REPORT_LOOKUPS = tuple(
+    Table(
+        lk.table,
+        (
+            *(Column(c, _EVENTS[lk.source][c].type) for c in lk.copied),
+            *(Column(n, t) for n, t, _ in lk.extra),
+        ),
+    )
+    for lk in LOOKUPS
+)
+
 _SINK_TABLES = (
     _INTERACTIONS,
     _FEEDBACK,
@@ -622,6 +636,7 @@ TABLES: Mapping[str, Table] = {
         _FEEDBACK_HOURLY,
         _EVENT_KEYS,
         *_REPORT_ROWS,
+        *_REPORT_LOOKUPS,
     )
 }
 #: The columns the sink inserts into each of its tables, in row order (defaults fill the rest).

@@ -58,7 +58,7 @@ def test_migration_8_keeps_the_first_message_of_each_version_already_stored(
                 f"INSERT INTO {db}.experiment_changes (app_id, name, version, changed_by, "
                 f"kafka_offset) VALUES ('a', 'e', {version}, '{who}', {offset})"
             )
-        assert migrate(client, db) == [8]
+        assert migrate(client, db, target=8) == [8]
         rows = client.query(
             f"SELECT version, changed_by FROM {db}.experiment_changes FINAL ORDER BY version"
         ).result_rows

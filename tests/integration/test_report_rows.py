@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import math
 import random
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -476,3 +477,42 @@ def test_reads_take_the_exact_path_when_too_many_sessions_changed_since_the_comp
     scope = Scope(experiment="exp1")
     assert derived.experiment_rows(runner, scope, (0.5,)) is None
     _same(fetch_experiment(runner, scope, exact=True), fetch_experiment(runner, scope))
+
+
+def test_migration_9_copies_the_events_compacted_before_it(store: Any) -> None:
+    """A database compacted before the lookup copies existed: migration 9 copies every event
+    inserted up to the watermark less the overlap, and the sessions changed after it (whose
+    older events only the copies find) read exactly."""
+    client, db, runner = store
+    ev = Events(client, db, seed=31)
+    old = _population(ev, 40)
+    for table, rows in old.items():
+        ev.insert(table, rows)
+        ev.insert(table, rows[:5])  # redelivered
+    time.sleep(report_rows.OVERLAP_MS / 1000 + 0.5)  # every event older than the overlap
+    compact(client, db)
+    copies = {lk.table: lk for lk in report_rows.LOOKUPS}
+    counts = {t: int(client.command(f"SELECT count() FROM {db}.{t}")) for t in copies}
+    assert counts == {
+        t: int(client.command(f"SELECT count() FROM {db}.{lk.source}")) for t, lk in copies.items()
+    }
+    for table in copies:  # as a database of the version before: no copies
+        client.command(f"TRUNCATE TABLE {db}.{table}")
+    backfill = [s for s in report_rows.LOOKUPS_DDL if s.startswith("INSERT")]
+    assert len(backfill) == len(copies)
+    for stmt in backfill:
+        client.command(stmt.replace("{db}", db))
+    assert {t: int(client.command(f"SELECT count() FROM {db}.{t}")) for t in copies} == counts
+
+    late = old["interactions"][::5]
+    ev.insert(
+        "feedback", [ev.feedback(i, "thumbs", T0 + dt.timedelta(days=3), thumbs=-1) for i in late]
+    )
+    ev.insert("implicit", [ev.implicit(i, "edit", T0 + dt.timedelta(days=3)) for i in late[:4]])
+    ev.insert(
+        "outcomes",
+        [ev.outcome("app1", i["session_id"], "code_accepted", T0, i) for i in late[:3]],
+    )
+    scopes = (Scope(experiment="exp1"), Scope())
+    assert derived.experiment_rows(runner, scopes[0], (0.5,)) is not None
+    _assert_both_paths_agree(runner, scopes)

@@ -62,22 +62,24 @@ def _as_rows(runner: Any) -> Rows:
 
 @dataclass(frozen=True)
 class _Plan:
-    """How a read answers a scope: ``where`` on the totals' keys, and the sessions touched
-    since the last compaction (a tuple literal; ``None`` when there are none: events that
-    touch no session yet, such as orphaned feedback, change no answer)."""
+    """How a read answers a scope: ``where`` on the totals' keys, the sessions touched since
+    the last compaction (a tuple literal; ``None`` when there are none: events that touch no
+    session yet, such as orphaned feedback, change no answer) and the time they were read
+    from (the watermark less the overlap: a DateTime64 literal)."""
 
     where: str
     touched: str | None
+    since: str = ""
 
 
 def _plan(rows: Rows, scope: Scope) -> _Plan | None:
     """The plan for ``scope``; ``None`` for the exact path."""
     if any(v is not None for v in (scope.since, scope.until, scope.prompt_version, scope.model)):
         return None
-    exists = rows("EXISTS TABLE report_variant_totals")
+    exists = rows("EXISTS TABLE report_lookup_units")
     if not exists or not int(next(iter(exists[0].values()))):
-        return None
-    from feedbackloop.sinks.report_rows import OVERLAP_MS, changed_rows_sql, touched_sql
+        return None  # the report rows' migrations are not applied
+    from feedbackloop.sinks.report_rows import since_sql, time_literal, touched_sql
 
     parts = ["1"]
     if scope.experiment is not None:
@@ -85,19 +87,18 @@ def _plan(rows: Rows, scope: Scope) -> _Plan | None:
     if scope.app_id is not None:
         parts.append(f"app_id = {quote(scope.app_id)}")
     where = " AND ".join(parts)
-    if not int(rows(changed_rows_sql(OVERLAP_MS).replace("{db}.", ""))[0]["changed"]):
-        return _Plan(where, None)
-    # One statement reads the touched sessions' ids, so every later statement of this read
-    # splits the sessions the same way, whatever arrives meanwhile.
+    # The time is read once, so every later statement of this read splits the sessions the
+    # same way and finds their events in the same places, whatever arrives meanwhile.
+    since = time_literal(str(rows(since_sql().replace("{db}.", ""))[0]["since"]))
     touched = rows(
         f"SELECT groupArray(session_id) AS ids FROM ("
-        f"{touched_sql().replace('{db}.', '')} LIMIT {MAX_TOUCHED + 1})"
+        f"{touched_sql(since).replace('{db}.', '')} LIMIT {MAX_TOUCHED + 1})"
     )[0]["ids"]
     # A tuple, not an array: ``x IN (…)`` is ClickHouse's oldest form of a constant set.
     literal = "(" + ", ".join(quote(str(s)) for s in touched) + ")"
     if len(touched) > MAX_TOUCHED or len(literal) > _MAX_LITERAL:
         return None
-    return _Plan(where, literal if touched else None)
+    return _Plan(where, literal if touched else None, since)
 
 
 def _split(scope: Scope, totals: list[dict[str, Any]]) -> bool:
@@ -119,7 +120,7 @@ def _touched(plan: _Plan, sql: str) -> str:
     from feedbackloop.sinks.report_rows import restricted_sql
 
     assert plan.touched is not None
-    return restricted_sql(sql, plan.touched).replace("{db}.", "")
+    return restricted_sql(sql, plan.touched, plan.since).replace("{db}.", "")
 
 
 def _merge(
@@ -431,7 +432,7 @@ def version_rows(runner: Any, scope: Scope, bucket: str) -> list[dict[str, Any]]
     if plan is None or totals is None:
         return None
     first = {r["prompt_version"]: r["first_seen"] for r in totals}
-    in_bucket = _Plan(f"{plan.where} AND kind = {quote(bucket)}", plan.touched)
+    in_bucket = _Plan(f"{plan.where} AND kind = {quote(bucket)}", plan.touched, plan.since)
     buckets = rows(
         _current(
             in_bucket,
