@@ -21,7 +21,9 @@ Three layers, each exact under redelivery and late events:
 Between compactions a read adds the sessions touched since the watermark itself
 (:mod:`feedbackloop.analysis.reads.derived`): the totals less those sessions' stored rows
 (:func:`current_sql` with ``cancel``), plus the exact report statement restricted to them
-(:func:`restricted_sql`). Not with this module's state SQL: ClickHouse inlines every CTE at
+(:func:`restricted_sql`). Both find a session's events through :data:`LOOKUPS`, copies of
+the event columns they read sorted by session or interaction (the event tables are sorted
+by app, slice and hour: a few hundred scattered sessions would mean scanning them). Not with this module's state SQL: ClickHouse inlines every CTE at
 each use and took 4-30 s to *plan* that statement on this machine, whatever the number of
 sessions changed; the exact statements are small, and a read cannot materialize scratch
 tables (it runs read-only).

@@ -339,10 +339,12 @@ def test_migrations_are_idempotent_and_incremental(
         assert migrate(ch, db) == []  # and again: a no-op
         assert migrate(ch, db, ttl_days=0) == []  # no TTL yet: removing none is no error
         assert migrate(ch, db, ttl_days=30) == []
-        ddl = ch.command(f"SHOW CREATE TABLE {db}.interactions")
-        assert "TTL" in str(ddl)
+        # The report rows' lookup copies of the events expire with them.
+        for table in ("interactions", "report_lookup_interactions", "report_lookup_outcomes"):
+            assert "TTL" in str(ch.command(f"SHOW CREATE TABLE {db}.{table}")), table
         assert migrate(ch, db, ttl_days=0) == []  # and removing it
-        assert "TTL" not in str(ch.command(f"SHOW CREATE TABLE {db}.interactions"))
+        for table in ("interactions", "report_lookup_units"):
+            assert "TTL" not in str(ch.command(f"SHOW CREATE TABLE {db}.{table}")), table
         assert scalar(ch, db, "SELECT count() FROM {db}.schema_migrations FINAL") == latest
     finally:
         ch.command(f"DROP DATABASE IF EXISTS {db}")
