@@ -98,7 +98,8 @@ SELECT {_IID}, {t}, 'app1', concat('s', toString(intDiv(number, 3))), 1, {_IID},
        ['control', 'treatment'][1 + sipHash64('v', intDiv(number, 3)) % 2],
        concat('How do I frobnicate widget ', toString(number), '?'),
        concat('To frobnicate widget ', toString(number), ', first ...'),
-       200 + number % 300, 40, 120, 0.0012, 'en', 40, 120, 'short', 'bench', number, 1
+       150 + (sipHash64('l', number) % 2500000000) / 1e6, 40, 120, 0.0012, 'en', 40, 120,
+       'short', 'bench', number, 1
 FROM numbers({{lo}}, {{size}})"""
     # Feedback on 60 %: thumbs (70 % up) and, on a third of those, a rating.
     fb = f"""
@@ -119,10 +120,11 @@ FROM numbers({{lo}}, {{size}}) ARRAY JOIN
     out = f"""
 INSERT INTO {DB}.outcomes
     (event_id, occurred_at, app_id, session_id, schema_version, interaction_id, outcome, value,
-     enrichment, model, prompt_version, experiment, variant, kafka_topic, kafka_offset,
-     _version)
+     time_to_outcome_ms, enrichment, model, prompt_version, experiment, variant, kafka_topic,
+     kafka_offset, _version)
 SELECT reinterpretAsUUID(sipHash128('o', number)), {t} + toIntervalSecond(60), 'app1',
-       concat('s', toString(intDiv(number, 3))), 1, {_IID}, 'task_completed', 1.0, 'enriched',
+       concat('s', toString(intDiv(number, 3))), 1, {_IID}, 'task_completed', 1.0,
+       (sipHash64('t', number) % 3600000000) / 1e3, 'enriched',
        ['m-small', 'm-large'][1 + number % 2], concat('p', toString(number % 3)), 'exp1',
        ['control', 'treatment'][1 + sipHash64('v', intDiv(number, 3)) % 2], 'bench', number, 2
 FROM numbers({{lo}}, {{size}}) WHERE number % 5 = 1"""
