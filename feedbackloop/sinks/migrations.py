@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from feedbackloop.errors import ClickHouseError, ConfigError
-from feedbackloop.sinks.report_rows import LOOKUPS, LOOKUPS_DDL, REPORT_ROWS_DDL
+from feedbackloop.sinks.report_rows import (
+    LOOKUPS,
+    LOOKUPS_DDL,
+    QUANTILE_BUCKETS_DDL,
+    REPORT_ROWS_DDL,
+)
 
 __all__ = ["MIGRATIONS", "Migration", "applied_migrations", "migrate", "MIGRATIONS_TABLE"]
 
@@ -536,6 +541,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     # Copies of the report statements' columns sorted by session / interaction, so a read
     # finds the events of the sessions changed since the last compaction by primary key.
     Migration(9, "report rows: lookup copies of the events by session", LOOKUPS_DDL),
+    # Quantiles that read a few buckets' values instead of every distinct value.
+    Migration(10, "report rows: value counts per quantile bucket", QUANTILE_BUCKETS_DDL),
 )
 
 #: Tables with an ``occurred_at`` column that an optional TTL applies to.

@@ -23,10 +23,12 @@ Between compactions a read adds the sessions touched since the watermark itself
 (:func:`current_sql` with ``cancel``), plus the exact report statement restricted to them
 (:func:`restricted_sql`). Both find a session's events through :data:`LOOKUPS`, copies of
 the event columns they read sorted by session or interaction (the event tables are sorted
-by app, slice and hour: a few hundred scattered sessions would mean scanning them). Not with this module's state SQL: ClickHouse inlines every CTE at
-each use and took 4-30 s to *plan* that statement on this machine, whatever the number of
-sessions changed; the exact statements are small, and a read cannot materialize scratch
-tables (it runs read-only).
+by app, slice and hour: a few hundred scattered sessions would mean scanning them).
+A read uses the exact statements, not this module's state SQL: ClickHouse inlines every CTE
+at each use and took 4-30 s to *plan* that statement on this machine, whatever the number
+of sessions changed; the exact statements are small, and a read cannot materialize scratch
+tables (it runs read-only). Quantiles read the value counts of a few buckets
+(:data:`QUANTILE_BUCKETS`), not every distinct value.
 
 What is not derived: reads with ``--since``/``until``, ``--prompt-version`` or ``--model``
 (a session row cannot be split by time or by a column of its interactions), and a session
@@ -858,8 +860,52 @@ TOTALS: tuple[_Totals, ...] = (
 )
 
 
+def bucket_sql(value: str) -> str:
+    """The quantile bucket of ``value`` (a Float64 expression): its IEEE-754 bits made
+    monotone in the value (a negative's turned around), less the 42 lowest. 1 024 buckets
+    per power of two, so a bucket's values lie within 0.1 % of each other and a few
+    thousand buckets cover a latency distribution, however many distinct values it has."""
+    b = f"reinterpretAsUInt64(toFloat64({value}))"
+    return (
+        f"bitShiftRight(if(bitTest({b}, 63), bitNot({b}), "
+        f"bitOr({b}, toUInt64(9223372036854775808))), 42)"
+    )
+
+
+_BUCKET_SUMS = (("n", "Int64", "sign"),)
+_BUCKET_RANGE = (("lo", "min", "Float64", "v"), ("hi", "max", "Float64", "v"))
+
+#: Value counts per bucket of the two value -> count tables above (migration 10): a quantile
+#: finds the buckets holding its ranks here, then reads only those buckets' values (the
+#: value -> count table has a row per distinct value: millions for latencies in ms).
+#: ``lo``/``hi`` are the least and greatest value ever counted in the bucket (cancelled
+#: rows only widen them), so ``value BETWEEN lo AND hi`` finds a bucket's values by key.
+QUANTILE_BUCKETS: tuple[_Totals, ...] = (
+    _Totals(
+        "report_variant_latency_buckets",
+        "report_sessions",
+        "ARRAY JOIN latency_values AS v",
+        (*_VARIANT, ("bucket", "UInt64", bucket_sql("v"))),
+        _BUCKET_SUMS,
+        _BUCKET_RANGE,
+    ),
+    _Totals(
+        "report_variant_time_to_outcome_buckets",
+        "report_sessions",
+        "ARRAY JOIN po_outcome AS o, po_t_values AS vs ARRAY JOIN vs AS v",
+        (
+            *_VARIANT,
+            ("outcome", "LowCardinality(String)", "o"),
+            ("bucket", "UInt64", bucket_sql("v")),
+        ),
+        _BUCKET_SUMS,
+        _BUCKET_RANGE,
+    ),
+)
+
+
 def totals(table: str) -> _Totals:
-    return next(t for t in TOTALS if t.table == table)
+    return next(t for t in (*TOTALS, *QUANTILE_BUCKETS) if t.table == table)
 
 
 def current_sql(
@@ -929,6 +975,19 @@ ORDER BY tuple()""",
         "TYPE minmax GRANULARITY 1"
         for t in ("interactions", "feedback", "implicit", "outcomes")
     ),
+)
+
+#: Migration statements for the quantile buckets: each table, the rows of the sessions
+#: stored so far (before its view exists: the sink migrates before its compactor starts),
+#: then its view.
+QUANTILE_BUCKETS_DDL: tuple[str, ...] = tuple(
+    stmt
+    for t in QUANTILE_BUCKETS
+    for stmt in (
+        t.ddl()[0],
+        f"INSERT INTO {{db}}.{t.table} {t.select('{db}.' + t.source)}",
+        t.ddl()[1],
+    )
 )
 
 #: Migration statements for the lookup copies (``{db}`` templated): each table, then the
@@ -1143,7 +1202,7 @@ def declared_columns() -> dict[str, tuple[tuple[str, str, str], ...]]:
     """Every report-rows table's columns as ``(name, type, default)`` the way ``DESCRIBE
     TABLE`` prints them: what :data:`feedbackloop.sinks.tables.TABLES` registers."""
     out = {s.table: tuple((c, t, "") for c, t in s.columns) for s in _STATES}
-    for t in TOTALS:
+    for t in (*TOTALS, *QUANTILE_BUCKETS):
         out[t.table] = (
             *((n, ty, "") for n, ty, _ in t.keys),
             *((n, f"SimpleAggregateFunction(sum, {ty})", "") for n, ty, _ in t.sums),

@@ -29,6 +29,7 @@ from feedbackloop.analysis.reads import (
     fetch_satisfaction_over_time,
     fetch_version_totals,
     fetch_versions,
+    queries,
 )
 from feedbackloop.infra import get_client
 from feedbackloop.sinks import migrate, report_rows
@@ -516,3 +517,50 @@ def test_migration_9_copies_the_events_compacted_before_it(store: Any) -> None:
     scopes = (Scope(experiment="exp1"), Scope())
     assert derived.experiment_rows(runner, scopes[0], (0.5,)) is not None
     _assert_both_paths_agree(runner, scopes)
+
+
+def test_quantiles_from_buckets_equal_clickhouses_exact_ones(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Latencies and times to outcome as apps send them (floats, nearly all distinct), with
+    ties, values on both sides of bucket edges, a negative and a zero: every quantile from
+    0 to 1 read from the buckets equals ClickHouse's ``quantilesExactInclusive`` over the
+    events, after a compaction and with sessions touched since."""
+    monkeypatch.setattr(report_rows, "OVERLAP_MS", 0)
+    client, db, runner = store
+    ev = Events(client, db, seed=41)
+    rng = random.Random(41)
+    edge = 1024.0  # a power of two: the first value of a bucket
+    special = [edge, math.nextafter(edge, 0), edge, 0.0, -3.5, 812.25, 812.25, 812.25]
+    levels = (0.0, 0.01, 0.25, 0.5, 0.9, 0.99, 1.0)
+
+    def write(first: int, sessions: int) -> None:
+        inter, out = [], []
+        for s in range(first, first + sessions):
+            variant = ("control", "treatment")[s % 2]
+            for _ in range(3):
+                latency = special.pop() if special else rng.lognormvariate(6.5, 0.8)
+                i = ev.interaction("app1", f"q{s}", variant, T0, latency_ms=latency)
+                inter.append(i)
+                if rng.random() < 0.5:
+                    ttm = round(rng.uniform(0, 3.6e6), 3)
+                    out.append(ev.outcome("app1", f"q{s}", "task_completed", T0, i, ttm=ttm))
+        ev.insert("interactions", inter)
+        ev.insert("outcomes", out)
+
+    monkeypatch.setattr(queries, "QUANTILES", levels)
+
+    def agree() -> None:
+        scope = Scope(experiment="exp1")
+        exact, ours = (fetch_experiment(runner, scope, exact=e) for e in (True, False))
+        for v in ("control", "treatment"):
+            got = ours.variants[v].latency_quantiles
+            assert len(got) == len(levels) and got == exact.variants[v].latency_quantiles
+        _same(fetch_impact(runner, scope, exact=True), fetch_impact(runner, scope))
+
+    write(0, 400)
+    compact(client, db)
+    agree()
+    write(400, 30)  # touched since the compaction: their values come from the read itself
+    assert derived.experiment_rows(runner, Scope(experiment="exp1"), levels) is not None
+    agree()

@@ -25,6 +25,7 @@ the sessions touched, not with everything stored.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -154,54 +155,109 @@ def _merge(
 
 
 def _quantiles(
+    rows: Rows,
     plan: _Plan,
     table: str,
     group: tuple[str, ...],
     quantiles: Sequence[float],
     touched_values: str | None = None,
-) -> str:
-    """``quantilesExactInclusive`` from a value -> count table: the same interpolation
-    (ClickHouse's QuantileExactInclusive: h = q (N - 1) + 1, x[⌊h⌋] + (h - ⌊h⌋) (x[⌊h⌋+1] -
-    x[⌊h⌋]) over the sorted values), computed on cumulative counts instead of N values.
-    ``touched_values``: a statement of the touched sessions' ``(group…, value, n)``, counted
-    in with the totals'."""
-    levels = ", ".join(repr(float(q)) for q in quantiles)
-    at = "v[arrayFirstIndex(x -> x >= {k}, c)]"
-    xk, xk1 = at.format(k="k"), at.format(k="k + 1")
-    pick = (
-        f"arrayMap((h, k) -> if(k >= total, v[-1], if(k < 1, v[1], "
-        f"{xk} + (h - k) * ({xk1} - {xk}))), hs, arrayMap(h -> toInt64(floor(h)), hs))"
+) -> dict[tuple[Any, ...], list[float]]:
+    """``quantilesExactInclusive`` per ``group`` from the value -> count ``table``: the same
+    interpolation (ClickHouse's QuantileExactInclusive: h = q (N - 1) + 1, k = ⌊h⌋,
+    x[k] + (h - k) (x[k+1] - x[k]) over the sorted values). The ranks are first located
+    in the table's buckets (``<table>_buckets``: counts per 0.1 % of value), then only
+    those buckets' values are read: a few thousand rows, whatever the number of distinct
+    values. ``touched_values``: a statement of the touched sessions' ``(group…, value, n,
+    bucket)``, counted in with the totals'."""
+    from feedbackloop.sinks.report_rows import bucket_sql
+
+    fresh = rows(touched_values) if touched_values is not None else []
+    buckets: dict[tuple[Any, ...], dict[int, list[Any]]] = {}
+    coarse = rows(_current(plan, f"{table}_buckets", (*group, "bucket"), "1"))
+    for r in coarse + [{**f, "lo": f["value"], "hi": f["value"]} for f in fresh]:
+        b = buckets.setdefault(tuple(r[c] for c in group), {}).setdefault(
+            int(r["bucket"]), [0, r["lo"], r["hi"]]
+        )
+        b[0] += int(r["n"])
+        b[1], b[2] = min(b[1], r["lo"]), max(b[2], r["hi"])
+    # Per group: the ranks each quantile needs, and the buckets that hold them.
+    wanted: dict[tuple[Any, ...], list[tuple[float, int, int]]] = {}
+    needed: dict[tuple[tuple[Any, ...], int], tuple[int, float, float]] = {}
+    for key, by_bucket in buckets.items():
+        order = sorted((k, v) for k, v in by_bucket.items() if v[0] > 0)
+        total = sum(v[0] for _, v in order)
+        if not total:
+            continue
+        starts, seen = [], 0
+        for _, v in order:
+            starts.append(seen)
+            seen += v[0]
+        wanted[key] = []
+        for q in quantiles:
+            h = float(q) * (total - 1) + 1
+            k = int(h)
+            ranks = (total, total) if k >= total else (k, k + 1)
+            wanted[key].append((h, *ranks))
+            for rank in ranks:
+                i = bisect.bisect_right(starts, rank - 1) - 1
+                bucket, (_, lo, hi) = order[i][0], order[i][1]
+                needed[(key, bucket)] = (starts[i], lo, hi)
+    if not wanted:
+        return {}
+    ranges = " OR ".join(
+        "("
+        + " AND ".join(f"{c} = {quote(v)}" for c, v in zip(group, key, strict=True))
+        + f" AND value >= {lo!r} AND value <= {hi!r})"
+        for (key, _), (_, lo, hi) in needed.items()
     )
-    names = ", ".join(group)
-    inner = _current(plan, table, (*group, "value"), "n != 0")
-    if touched_values is not None:
-        inner = f"""SELECT {names}, value, sum(n) AS n FROM (
-    SELECT {names}, value, n FROM ({inner})
-    UNION ALL SELECT {names}, toFloat64(value) AS value, toInt64(n) AS n FROM ({touched_values}))
-GROUP BY {names}, value HAVING n != 0"""
-    return f"""SELECT {names},
-       if(total = 0, arrayMap(h -> nan, hs), {pick}) AS q FROM (
-    SELECT {names}, arraySort(groupArray((value, n))) AS vc,
-           arrayMap(x -> x.1, vc) AS v, arrayCumSum(arrayMap(x -> x.2, vc)) AS c,
-           c[-1] AS total, arrayMap(q -> q * toFloat64(total - 1) + 1, [{levels}]) AS hs
-    FROM ({inner}) GROUP BY {names})"""
+    in_range = _Plan(f"{plan.where} AND ({ranges})", plan.touched, plan.since)
+    counts: dict[tuple[tuple[Any, ...], int], dict[float, int]] = {}
+    found = rows(
+        _current(in_range, table, (*group, "value", f"{bucket_sql('value')} AS bucket"), "n != 0")
+    )
+    for r in found + fresh:
+        at = (tuple(r[c] for c in group), int(r["bucket"]))
+        if at in needed:
+            values = counts.setdefault(at, {})
+            values[float(r["value"])] = values.get(float(r["value"]), 0) + int(r["n"])
+
+    def value_at(key: tuple[Any, ...], rank: int) -> float:
+        """The ``rank``-th smallest value (1-based) of ``key``'s values."""
+        for (k, bucket), (start, _, _) in needed.items():
+            values = counts.get((k, bucket), {})
+            if k == key and start < rank <= start + sum(values.values()):
+                for v in sorted(values):
+                    start += values[v]
+                    if rank <= start:
+                        return v
+        raise AssertionError(f"rank {rank} of {key} not in the buckets read")
+
+    out: dict[tuple[Any, ...], list[float]] = {}
+    for key, levels in wanted.items():
+        out[key] = []
+        for h, k, k1 in levels:
+            x, x1 = value_at(key, k), value_at(key, k1)
+            out[key].append(x if k == k1 else x + (h - k) * (x1 - x))
+    return out
 
 
 def _latency_values(plan: _Plan, scope: Scope) -> str | None:
     from feedbackloop.analysis.reads.queries import _units_cte
+    from feedbackloop.sinks.report_rows import bucket_sql
 
     if plan.touched is None:
         return None
     return _touched(
         plan,
         f"""WITH {_units_cte(scope)}
-SELECT variant, assumeNotNull(latency_ms) AS value, count() AS n FROM units
-WHERE latency_ms IS NOT NULL GROUP BY variant, value""",
+SELECT variant, assumeNotNull(latency_ms) AS value, count() AS n, {bucket_sql("value")} AS bucket
+FROM units WHERE latency_ms IS NOT NULL GROUP BY variant, value""",
     )
 
 
 def _time_values(plan: _Plan, scope: Scope) -> str | None:
     from feedbackloop.analysis.reads.queries import _attributed_cte, _units_cte
+    from feedbackloop.sinks.report_rows import bucket_sql
 
     if plan.touched is None:
         return None
@@ -209,8 +265,8 @@ def _time_values(plan: _Plan, scope: Scope) -> str | None:
         plan,
         f"""WITH {_units_cte(scope)},
 {_attributed_cte(scope)}
-SELECT variant, outcome, assumeNotNull(ttm) AS value, count() AS n FROM attributed
-WHERE ttm IS NOT NULL GROUP BY variant, outcome, value""",
+SELECT variant, outcome, assumeNotNull(ttm) AS value, count() AS n, {bucket_sql("value")} AS bucket
+FROM attributed WHERE ttm IS NOT NULL GROUP BY variant, outcome, value""",
     )
 
 
@@ -238,16 +294,15 @@ def experiment_rows(
         _current(plan, "report_variant_outcomes", ("variant", "outcome"), "sessions_with != 0")
     )
     latency = {
-        r["variant"]: r["q"]
-        for r in rows(
-            _quantiles(
-                plan,
-                "report_variant_latency",
-                ("variant",),
-                quantiles,
-                _latency_values(plan, scope),
-            )
-        )
+        key[0]: q
+        for key, q in _quantiles(
+            rows,
+            plan,
+            "report_variant_latency",
+            ("variant",),
+            quantiles,
+            _latency_values(plan, scope),
+        ).items()
     }
     cross = sum(int(r["cross_variant"]) for r in totals)
     outcome_rows = []
@@ -312,18 +367,14 @@ def impact_rows(
     outcomes = rows(
         _current(plan, "report_variant_outcomes", ("variant", "outcome"), "events != 0")
     )
-    times = {
-        (r["variant"], r["outcome"]): r["q"]
-        for r in rows(
-            _quantiles(
-                plan,
-                "report_variant_time_to_outcome",
-                ("variant", "outcome"),
-                quantiles,
-                _time_values(plan, scope),
-            )
-        )
-    }
+    times = _quantiles(
+        rows,
+        plan,
+        "report_variant_time_to_outcome",
+        ("variant", "outcome"),
+        quantiles,
+        _time_values(plan, scope),
+    )
     per_outcome = [
         {
             "variant": r["variant"],
