@@ -6,8 +6,9 @@ Run:  .venv/bin/python bench/bench_queries.py [--interactions 2000000] [--days 7
 Builds a database with the real migrations (tables, rollup views) and fills it with SQL
 (``INSERT … SELECT … FROM numbers()``: the writer's own speed is bench_sink.py's subject):
 ``--interactions`` interactions over ``--days`` days, 3 prompt versions, 2 variants; thumbs
-feedback on 60 % of them (70 % up), a rating on 20 %, an outcome on 20 %; per-variant window
-rows per minute; then ``--dup`` of every table inserted again as separate blocks, the way a
+feedback on 60 % of them (70 % up), a rating on 20 %, an outcome on 20 %; latencies and times
+to outcome as floats, nearly all distinct (as apps measure them); per-variant window rows per
+minute; then ``--dup`` of every table inserted again as separate blocks, the way a
 redelivered batch lands (duplicates stay until a merge, so ``FINAL`` has work to do).
 
 For each query of ``feedbackloop sql --examples``: the median wall time of ``--runs`` runs
@@ -34,6 +35,8 @@ interactions, and the sink worker's compactor runs every second: ours (totals pl
 sessions touched since the last compaction, recomputed in the read) beside ``count() FINAL``,
 both timed during the traffic, with the sessions touched at the read and how many exact-path
 statements it ran (``BENCH_STATEMENTS=1`` prints each statement's time).
+
+Storage: the event tables, the report rows and their lookup copies on disk (compressed).
 
 ``--data DIR`` keeps the database: ``--prepare`` only fills it and builds its report rows
 (``--chunk`` sessions per compaction step), later runs read it as it is (``--only-traffic``:
@@ -187,6 +190,25 @@ WHERE NOT shadow
 GROUP BY day, model, prompt_version
 ORDER BY day, model, prompt_version""",
 }
+
+
+def _storage(client: Any) -> None:
+    """Bytes on disk (compressed) of the event tables, the report rows and their lookups."""
+    sizes = dict(
+        client.query(
+            f"SELECT multiIf(table LIKE 'report_lookup_%', 'lookup copies', table LIKE 'report_%',"
+            f" 'report rows', table IN ('interactions', 'feedback', 'implicit', 'outcomes'),"
+            f" 'event tables', 'other') AS kind, sum(bytes_on_disk) FROM system.parts"
+            f" WHERE active AND database = '{DB}' GROUP BY kind"
+        ).result_rows
+    )
+    print(
+        "storage: "
+        + ", ".join(
+            f"{k} {sizes.get(k, 0) / 2**20:,.0f} MiB"
+            for k in ("event tables", "report rows", "lookup copies")
+        )
+    )
 
 
 def _baseline(name: str, sql: str) -> tuple[str, str] | None:
@@ -519,6 +541,7 @@ def main() -> None:
         if args.prepare:
             built = compact(client, DB, args.chunk)
             print(f"report rows built in {built.seconds:.1f} s ({built.sessions:,} sessions)")
+            _storage(client)
             return
         q = get_client(f"chdb://{where}", database=DB)
         print(f"{'query':30} {'ours s':>8} {'baseline s':>11} {'ratio':>6}  baseline / check")
@@ -550,6 +573,7 @@ def main() -> None:
                 args.traffic,
                 args.runs,
             )
+        _storage(client)
         print(f"load average {os.getloadavg()[0]:.2f}")
     sys.exit(1 if failed else 0)
 
