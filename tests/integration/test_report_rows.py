@@ -564,3 +564,47 @@ def test_quantiles_from_buckets_equal_clickhouses_exact_ones(
     write(400, 30)  # touched since the compaction: their values come from the read itself
     assert derived.experiment_rows(runner, Scope(experiment="exp1"), levels) is not None
     agree()
+
+
+def test_a_compaction_between_the_two_quantile_statements_makes_them_read_again(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bucket counts and the values are two statements: sessions compacted between them
+    are in the second only. The quantiles are read again rather than picked from counts
+    that do not add up."""
+    monkeypatch.setattr(report_rows, "OVERLAP_MS", 0)
+    client, db, runner = store
+    ev = Events(client, db, seed=43)
+    old = _population(ev, 60)
+    for table, rows in old.items():
+        ev.insert(table, rows)
+    compact(client, db)
+    statements: list[str] = []
+
+    def racing(sql: str) -> Any:
+        out = runner(sql)
+        statements.append(sql)
+        if [s for s in statements if "report_variant_latency_buckets" in s] == [sql]:
+            # Right after the first bucket read: new sessions with the same latencies, so
+            # every bucket the values are read from gains some, compacted at once.
+            copies = []
+            for i in old["interactions"]:
+                iid = _uuid(ev.rng)
+                copies.append(
+                    {
+                        **i,
+                        "event_id": iid,
+                        "interaction_id": iid,
+                        "session_id": f"c-{i['session_id']}",
+                    }
+                )
+            ev.insert("interactions", copies)
+            compact(client, db)
+        return out
+
+    scope = Scope(experiment="exp1")
+    ours = fetch_experiment(racing, scope)
+    assert sum("report_variant_latency_buckets" in s for s in statements) == 2  # read again
+    exact = fetch_experiment(runner, scope, exact=True)
+    for v in ("control", "treatment"):
+        assert ours.variants[v].latency_quantiles == exact.variants[v].latency_quantiles

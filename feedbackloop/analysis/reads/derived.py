@@ -26,6 +26,7 @@ the sessions touched, not with everything stored.
 from __future__ import annotations
 
 import bisect
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -154,6 +155,11 @@ def _merge(
     return sorted(merged, key=lambda r: tuple(r[k] for k in keys))
 
 
+#: Attempts at reading consistent bucket and value counts (a compaction committing between
+#: the two statements adds sessions to the second only) before the exact path is taken.
+QUANTILE_ATTEMPTS = 3
+
+
 def _quantiles(
     rows: Rows,
     plan: _Plan,
@@ -161,17 +167,37 @@ def _quantiles(
     group: tuple[str, ...],
     quantiles: Sequence[float],
     touched_values: str | None = None,
-) -> dict[tuple[Any, ...], list[float]]:
+) -> dict[tuple[Any, ...], list[float]] | None:
     """``quantilesExactInclusive`` per ``group`` from the value -> count ``table``: the same
     interpolation (ClickHouse's QuantileExactInclusive: h = q (N - 1) + 1, k = ⌊h⌋,
     x[k] + (h - k) (x[k+1] - x[k]) over the sorted values). The ranks are first located
     in the table's buckets (``<table>_buckets``: counts per 0.1 % of value), then only
     those buckets' values are read: a few thousand rows, whatever the number of distinct
     values. ``touched_values``: a statement of the touched sessions' ``(group…, value, n,
-    bucket)``, counted in with the totals'."""
+    bucket)``, counted in with the totals'. ``None`` when the two reads never agreed."""
+    fresh = rows(touched_values) if touched_values is not None else []
+    for _ in range(QUANTILE_ATTEMPTS):
+        found = _quantiles_once(rows, plan, table, group, quantiles, fresh)
+        if found is not None:
+            return found
+    return None
+
+
+def _exact_float(x: float) -> str:
+    """``x`` as SQL that is exactly ``x`` (a decimal literal may be parsed 1 ulp off)."""
+    return f"reinterpretAsFloat64(toUInt64({struct.unpack('<Q', struct.pack('<d', x))[0]}))"
+
+
+def _quantiles_once(
+    rows: Rows,
+    plan: _Plan,
+    table: str,
+    group: tuple[str, ...],
+    quantiles: Sequence[float],
+    fresh: list[dict[str, Any]],
+) -> dict[tuple[Any, ...], list[float]] | None:
     from feedbackloop.sinks.report_rows import bucket_sql
 
-    fresh = rows(touched_values) if touched_values is not None else []
     buckets: dict[tuple[Any, ...], dict[int, list[Any]]] = {}
     coarse = rows(_current(plan, f"{table}_buckets", (*group, "bucket"), "1"))
     for r in coarse + [{**f, "lo": f["value"], "hi": f["value"]} for f in fresh]:
@@ -180,9 +206,10 @@ def _quantiles(
         )
         b[0] += int(r["n"])
         b[1], b[2] = min(b[1], r["lo"]), max(b[2], r["hi"])
-    # Per group: the ranks each quantile needs, and the buckets that hold them.
+    # Per group: the ranks each quantile needs, and the buckets that hold them as
+    # (values before the bucket, values in it, least and greatest value).
     wanted: dict[tuple[Any, ...], list[tuple[float, int, int]]] = {}
-    needed: dict[tuple[tuple[Any, ...], int], tuple[int, float, float]] = {}
+    needed: dict[tuple[tuple[Any, ...], int], tuple[int, int, float, float]] = {}
     for key, by_bucket in buckets.items():
         order = sorted((k, v) for k, v in by_bucket.items() if v[0] > 0)
         total = sum(v[0] for _, v in order)
@@ -200,37 +227,37 @@ def _quantiles(
             wanted[key].append((h, *ranks))
             for rank in ranks:
                 i = bisect.bisect_right(starts, rank - 1) - 1
-                bucket, (_, lo, hi) = order[i][0], order[i][1]
-                needed[(key, bucket)] = (starts[i], lo, hi)
+                bucket, (n, lo, hi) = order[i][0], order[i][1]
+                needed[(key, bucket)] = (starts[i], n, lo, hi)
     if not wanted:
         return {}
     ranges = " OR ".join(
         "("
         + " AND ".join(f"{c} = {quote(v)}" for c, v in zip(group, key, strict=True))
-        + f" AND value >= {lo!r} AND value <= {hi!r})"
-        for (key, _), (_, lo, hi) in needed.items()
+        + f" AND value >= {_exact_float(lo)} AND value <= {_exact_float(hi)})"
+        for (key, _), (_, _, lo, hi) in needed.items()
     )
     in_range = _Plan(f"{plan.where} AND ({ranges})", plan.touched, plan.since)
-    counts: dict[tuple[tuple[Any, ...], int], dict[float, int]] = {}
+    counts: dict[tuple[tuple[Any, ...], int], dict[float, int]] = {at: {} for at in needed}
     found = rows(
         _current(in_range, table, (*group, "value", f"{bucket_sql('value')} AS bucket"), "n != 0")
     )
     for r in found + fresh:
         at = (tuple(r[c] for c in group), int(r["bucket"]))
-        if at in needed:
-            values = counts.setdefault(at, {})
-            values[float(r["value"])] = values.get(float(r["value"]), 0) + int(r["n"])
+        if at in counts:
+            counts[at][float(r["value"])] = counts[at].get(float(r["value"]), 0) + int(r["n"])
+    if any(sum(counts[at].values()) != n for at, (_, n, _, _) in needed.items()):
+        return None  # a compaction committed between the two statements
 
     def value_at(key: tuple[Any, ...], rank: int) -> float:
         """The ``rank``-th smallest value (1-based) of ``key``'s values."""
-        for (k, bucket), (start, _, _) in needed.items():
-            values = counts.get((k, bucket), {})
-            if k == key and start < rank <= start + sum(values.values()):
-                for v in sorted(values):
-                    start += values[v]
-                    if rank <= start:
-                        return v
-        raise AssertionError(f"rank {rank} of {key} not in the buckets read")
+        at = next(a for a, (s, n, _, _) in needed.items() if a[0] == key and s < rank <= s + n)
+        seen = needed[at][0]
+        for v in sorted(counts[at]):
+            seen += counts[at][v]
+            if rank <= seen:
+                return v
+        raise AssertionError("unreachable: the bucket's counts add up to its total")
 
     out: dict[tuple[Any, ...], list[float]] = {}
     for key, levels in wanted.items():
@@ -293,17 +320,12 @@ def experiment_rows(
     outcomes = rows(
         _current(plan, "report_variant_outcomes", ("variant", "outcome"), "sessions_with != 0")
     )
-    latency = {
-        key[0]: q
-        for key, q in _quantiles(
-            rows,
-            plan,
-            "report_variant_latency",
-            ("variant",),
-            quantiles,
-            _latency_values(plan, scope),
-        ).items()
-    }
+    latency_q = _quantiles(
+        rows, plan, "report_variant_latency", ("variant",), quantiles, _latency_values(plan, scope)
+    )
+    if latency_q is None:
+        return None
+    latency = {key[0]: q for key, q in latency_q.items()}
     cross = sum(int(r["cross_variant"]) for r in totals)
     outcome_rows = []
     for r in outcomes:
@@ -375,6 +397,8 @@ def impact_rows(
         quantiles,
         _time_values(plan, scope),
     )
+    if times is None:
+        return None
     per_outcome = [
         {
             "variant": r["variant"],
