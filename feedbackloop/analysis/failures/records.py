@@ -1,10 +1,13 @@
 """Judged interactions read from ClickHouse: each interaction with every signal it received.
 
-One read-only query (through :func:`feedbackloop.sinks.run_query`, so it works while the sink
-worker holds embedded chDB) returns one row per interaction in the window: its request
+Read-only statements (through :func:`feedbackloop.sinks.run_query`, so they work while the
+sink worker holds embedded chDB) return one row per interaction in the window: its request
 context, derived attributes, metadata, the counts of each feedback and implicit signal and the
-free texts (corrections, comments, report texts, edits) with their event ids. Tables are
-read with ``FINAL`` so that a redelivered event counts once (docs/ARCHITECTURE.md, "Storage").
+free texts (corrections, comments, report texts, edits) with their event ids. A redelivered
+event counts once: interactions are read with ``FINAL``, their events deduplicated the way
+``FINAL`` does (docs/ARCHITECTURE.md, "Storage"). Only the newest interactions and their
+events are read (:func:`read_judged_interactions`): the cost is the limit's, not everything
+ever stored.
 
 Feedback is matched to interactions by ``interaction_id``, not by time: a thumbs-down that
 arrives an hour after its interaction still belongs to it. Shadow interactions are left out
@@ -94,7 +97,7 @@ def _cutoff_query(sel: Scope, db: str) -> str:
     them together hold fewer (then nothing is left out)."""
     target = math.ceil(sel.limit * _CUTOFF_MARGIN)
     return f"""
-SELECT if(sum(n) < {target}, '', toString(min(hour)))
+SELECT if(sum(n) < {target}, '', toString(toDateTime(min(hour), 'UTC')))
 FROM (
     SELECT hour, n,
         sum(n) OVER (ORDER BY hour DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS newer
