@@ -40,6 +40,9 @@ pytestmark = pytest.mark.integration
 NEWEST = dt.datetime(2026, 6, 1, 12, 59, 59, tzinfo=dt.timezone.utc)
 N = 600
 ENRICHED = 2 * 10**13  # _version of an enriched row (sinks/migrations.py); raw copies: 0
+#: A text with what JSON must escape: control characters, backslashes, quotes, a line
+#: separator, an emoji.
+_ODD = "".join(chr(i) for i in range(1, 32)) + ' \\ "x" \u2028 \U0001f389 \x7f'
 
 
 def _reference(select_texts: bool, text_chars: int | None, sel: Scope, db: str) -> str:
@@ -213,7 +216,7 @@ def _data(seed: int = 5) -> dict[str, list[list[Any]]]:
         exp, var = ("e1", ("control", "treatment")[k % 2]) if k % 3 else ("", "")
         pv = f"v{k % 3}"
         text = rnd.choice(["How do I sort a list?", "Wie sortiere ich eine Liste?", "x" * 900])
-        meta = {"plan": rnd.choice(["pro", "free"])} if k % 4 else {}
+        meta = {"plan": rnd.choice(["pro", "free", _ODD])} if k % 4 else {}
         row = [
             uuid.UUID(int=rnd.getrandbits(128)),
             at,
@@ -256,7 +259,7 @@ def _data(seed: int = 5) -> dict[str, list[list[Any]]]:
             event("feedback", ctx, at + lag, iid, "rating", 0, rnd.randint(1, 5), "", "")
         for kind, p in (("correction", 0.05), ("comment", 0.05), ("report", 0.04)):
             if rnd.random() < p:
-                said = rnd.choice(["wrong", "too long", "Falsch!", 'n\'est pas ça\n"quoted"'])
+                said = rnd.choice(["wrong", "Falsch!", 'n\'est pas ça\n"quoted"', _ODD])
                 cat = rnd.choice(["harmful", "wrong"]) if kind == "report" else ""
                 event("feedback", ctx, at + dt.timedelta(minutes=2), iid, kind, 0, None, said, cat)
         for signal, p in (("regenerate", 0.1), ("abandon", 0.1), ("copy", 0.2), ("edit", 0.05)):
@@ -365,6 +368,9 @@ def test_the_newest_interactions_equal_the_plain_final_read(
     assert ran == statements
     with_feedback = [r for r in rows if r[16] or r[17] or r[18] or r[19] or r[20] or r[21]]
     assert with_feedback and any(r[-1] for r in rows)
+    if limit > 100:  # the odd text came back intact, in a text and in the metadata
+        assert any(t[1] == _ODD for r in rows for t in r[-1])
+        assert any(("plan", _ODD) in r[15] for r in rows)
 
 
 @pytest.mark.parametrize(

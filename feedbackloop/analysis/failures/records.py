@@ -125,7 +125,9 @@ def _query(select_texts: bool, text_chars: int | None, sel: Scope, db: str, cuto
     The lists (ratings, report categories, texts) come back as one JSON text, ``''`` when
     all are empty, and the metadata likewise: an ``Array`` or ``Map`` column costs ~2 µs a
     row to decode even when empty, an empty string next to nothing, and most interactions
-    have no rating, report or text.
+    have no rating, report or text. ``toValidUTF8``: a driver hands over a string that is not
+    UTF-8 as hex, which would not parse as JSON (the pipeline stores only UTF-8; this keeps
+    a row written around it readable).
     """
 
     def head(col: str) -> str:
@@ -182,12 +184,12 @@ SELECT
     i.app_id, i.model, i.prompt_version, i.experiment, i.variant,
     i.user_input, i.response, i.system_prompt,
     i.input_has_code, i.input_length_bucket, i.input_chars, i.input_language,
-    if(empty(i.metadata), '', toJSONString(i.metadata)),
+    if(empty(i.metadata), '', toValidUTF8(toJSONString(i.metadata))),
     fb.thumbs_up, fb.thumbs_down, fb.corrections, fb.comments,
     im.regenerates, im.abandons, im.edits, im.copies,
     if(empty(fb.ratings) AND empty(fb.report_categories) AND empty(fb.texts)
         AND empty(im.edit_texts), '',
-        toJSONString((fb.ratings, fb.report_categories, fb.texts, im.edit_texts)))
+        toValidUTF8(toJSONString((fb.ratings, fb.report_categories, fb.texts, im.edit_texts))))
 FROM (
     SELECT interaction_id, event_id, occurred_at, app_id, model, prompt_version, experiment,
         variant, {head("user_input")} AS user_input, {response} AS response,
