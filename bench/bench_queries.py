@@ -24,8 +24,9 @@ dashboard (feedbackloop.analysis.reads.queries), on the same data, from the per-
 rows (feedbackloop.sinks.report_rows: built by ``compact`` first, timed), beside the cost of
 merely deduplicating what the exact queries read (``SELECT count() FROM … FINAL`` of each
 table they touch); ``--exact`` also times the exact queries once and compares the answers.
-Then ``feedbackloop failures``'s read (newest 200,000 interactions with every signal) beside
-the same ``count() FINAL``. Then 10,000 late thumbs: a report before the next compaction
+Then ``feedbackloop failures``: its read (newest 200,000 interactions with every signal, into
+Python) beside the same ``count() FINAL``, and the failure analysis over what it read.
+Then 10,000 late thumbs: a report before the next compaction
 (more sessions touched than a read recomputes: exact path), the compaction round, a report
 after it. ``--skip-analyst`` leaves out the analyst queries.
 
@@ -40,7 +41,7 @@ Storage: the event tables, the report rows and their lookup copies on disk (comp
 
 ``--data DIR`` keeps the database: ``--prepare`` only fills it and builds its report rows
 (``--chunk`` sessions per compaction step), later runs read it as it is (``--only-traffic``:
-``failures`` once, then the traffic part).
+``failures``, then the traffic part).
 """
 
 from __future__ import annotations
@@ -423,17 +424,32 @@ def _analysis_reads(client: Any, q: Any, n: int, runs: int, exact: bool) -> bool
 
 
 def _failures(q: Any, runs: int) -> None:
-    """``feedbackloop failures``'s read (every signal of the newest interactions, capped at
-    200,000, with their texts' heads) beside ``count() FINAL`` of the tables it joins."""
-    from feedbackloop.analysis.failures.records import HEAD_CHARS, _query
+    """``feedbackloop failures``: its read (every signal of the newest interactions, capped at
+    200,000, with their texts' heads, into Python objects) and the failure analysis over
+    them, beside ``count() FINAL`` of the tables it reads (``BENCH_STATEMENTS=1`` prints
+    each statement's time)."""
+    from feedbackloop.analysis.failures.analyze import failure_report
+    from feedbackloop.analysis.failures.records import read_judged_interactions
 
-    sql = _query(False, HEAD_CHARS, Scope(), DB)
-    ours, rows = _time_call(lambda: q.query(sql).result_rows, runs)
+    def run(sql: str, max_rows: int) -> list[list[Any]]:
+        t0 = time.perf_counter()
+        out = execute(q, sql, max_rows=max_rows).rows
+        if os.environ.get("BENCH_STATEMENTS"):
+            print(f"    {time.perf_counter() - t0:7.3f} s  {' '.join(sql.split())[:90]}")
+        return out
+
+    ours, judged = _time_call(lambda: read_judged_interactions(run, Scope(), DB), runs)
     tables = ("interactions", "feedback", "implicit")
     base, _ = _time(q, " UNION ALL ".join(f"SELECT count() FROM {t} FINAL" for t in tables), runs)
     print(
-        f"{'failures (newest 200,000)':30} {ours:8.3f} {base:11.3f} {ours / base:6.2f} {'-':>8} "
-        f"{os.getloadavg()[0]:5.2f}  count() FINAL of {', '.join(tables)}; {len(rows):,} rows"
+        f"{'failures read (newest 200,000)':30} {ours:8.3f} {base:11.3f} {ours / base:6.2f} "
+        f"{'-':>8} {os.getloadavg()[0]:5.2f}  count() FINAL of {', '.join(tables)}; "
+        f"{len(judged):,} rows"
+    )
+    analysis, _ = _time_call(lambda: failure_report(judged, limit=Scope().limit), runs)
+    print(
+        f"{'failures analysis':30} {analysis:8.3f} {'-':>11} {'-':>6} {'-':>8} "
+        f"{os.getloadavg()[0]:5.2f}  slices of the rows read (language, pairs)"
     )
 
 
@@ -559,7 +575,7 @@ def main() -> None:
             print(f"{aq.name:30} {ours:8.3f} {b:11.3f} {ours / b:6.2f}  {label}; {check}")
         if args.only_traffic:
             compact(client, DB)
-            _failures(q, 1)
+            _failures(q, args.runs)
         else:
             failed |= _analysis_reads(client, q, args.interactions, args.runs, args.exact)
         if args.traffic > 0:

@@ -124,6 +124,25 @@ def test_planted_slices_come_out_on_top(planted: list) -> None:
     assert any("meta.request" in n for n in report.notes)
 
 
+def test_every_slice_counts_what_a_row_by_row_count_finds(planted: list) -> None:
+    # The slices are counted per set of equal attributes; an independent count over the rows
+    # (every finding, and every pair the report tested) must agree, in any row order.
+    units = [(lab.attributes, lab.negative) for lab in label_interactions(planted)]
+    units += [({**a, "meta.user": f"u{i}"}, neg) for i, (a, neg) in enumerate(units[:500])]
+    random.Random(2).shuffle(units)
+    report = find_failure_slices(units, min_support=10)
+    assert len(report.findings) > 50
+    assert any("meta.user" in n for n in report.notes)  # left out, yet in the group keys
+    for f in report.findings:
+        rows = [neg for a, neg in units if all(a.get(d) == v for d, v in f.conditions)]
+        assert (f.support, f.negatives) == (len(rows), sum(rows)), f.label
+    assert report.total == len(units) and report.negatives == sum(neg for _, neg in units)
+    again = find_failure_slices(list(reversed(units)), min_support=10)
+    assert {f.conditions: (f.support, f.negatives) for f in again.findings} == {
+        f.conditions: (f.support, f.negatives) for f in report.findings
+    }
+
+
 def test_same_rows_under_two_names_are_tested_once(planted: list) -> None:
     labels = [f.label for f in analyze_failures(planted).findings]
     assert "language=en" in labels and "language_group=en" not in labels

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from feedbackloop.analysis.failures.language import UNDETERMINED, detect_input_language
-from feedbackloop.analysis.failures.negative import NegativeDefinition
+from feedbackloop.analysis.failures.negative import InteractionSignals, NegativeDefinition
 from feedbackloop.analysis.failures.records import JudgedInteraction
 from feedbackloop.analysis.failures.slices import (
     SliceReport,
@@ -99,14 +99,20 @@ def label_interactions(
     langs = Counter(a["language"] for a in base if a["language"] != UNDETERMINED)
     majority = langs.most_common(1)[0][0] if langs else None
     out = []
+    # Most interactions received the same few sets of signals (none, one thumbs): judge each
+    # set once (signals are frozen values).
+    judged: dict[InteractionSignals, tuple[bool, tuple[str, ...]]] = {}
     for ji, attrs in zip(kept, base, strict=True):
         if majority is not None:
             lang = attrs["language"]
             attrs["language_group"] = (
                 lang if lang in (majority, UNDETERMINED) else f"not-{majority}"
             )
-        present = definition.present(ji.signals)
-        out.append(Labeled(ji, attrs, definition.is_negative(ji.signals), tuple(present)))
+        verdict = judged.get(ji.signals)
+        if verdict is None:
+            present = tuple(definition.present(ji.signals))
+            verdict = judged[ji.signals] = (definition.is_negative(ji.signals), present)
+        out.append(Labeled(ji, attrs, *verdict))
     return out
 
 
@@ -124,7 +130,10 @@ def analyze_failures(
     labeled = label_interactions(interactions, definition, population=population)
     drop = set(exclude_dimensions)
     units = [
-        ({d: v for d, v in lab.attributes.items() if d not in drop}, lab.negative)
+        (
+            {d: v for d, v in lab.attributes.items() if d not in drop} if drop else lab.attributes,
+            lab.negative,
+        )
         for lab in labeled
     ]
     return find_failure_slices(units, pairs=pairs, min_support=min_support, alpha=alpha)

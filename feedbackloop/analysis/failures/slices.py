@@ -196,12 +196,10 @@ def find_failure_slices(
     Dimensions with more than ``max_values`` distinct values (ids, free text) are left out
     and named in the report's notes: a slice of one user is not a pattern.
     """
-    rows = [(dict(a), bool(neg)) for a, neg in units]
-    total = len(rows)
-    negatives = sum(neg for _, neg in rows)
+    rows = list(units)
     dims_seen: dict[str, set[str]] = {}
-    for attrs, _ in rows:
-        for d, v in attrs.items():
+    for a, _ in rows:
+        for d, v in a.items():
             dims_seen.setdefault(d, set()).add(v)
     notes: list[str] = []
     dims = sorted(d for d, vals in dims_seen.items() if 1 < len(vals) <= max_values)
@@ -214,27 +212,44 @@ def find_failure_slices(
     # exactly the same interactions under two names (language=en and language_group=en, a
     # model used by one prompt version only); only the first name is tested.
     tags = random.Random(0)
+    # Rows with the same values of the kept dimensions are counted once with their number,
+    # negatives and tag sum (integers: the same totals in any order): 200,000 interactions
+    # hold a few thousand such sets, and the pairs are counted per set, not per row.
+    groups: dict[tuple[Condition, ...], list[int]] = {}
+    total = negatives = 0
+    for a, neg in rows:
+        tag = tags.getrandbits(62)
+        bad = int(bool(neg))
+        total += 1
+        negatives += bad
+        attrs = tuple(c for c in a.items() if c[0] in keep)
+        group = groups.get(attrs)
+        if group is None:
+            groups[attrs] = [1, bad, tag]
+        else:
+            group[0] += 1
+            group[1] += bad
+            group[2] += tag
+
     n_single: Counter[Condition] = Counter()
     x_single: Counter[Condition] = Counter()
     f_single: Counter[Condition] = Counter()
-    row_tags = [tags.getrandbits(62) for _ in rows]
-    for (attrs, neg), tag in zip(rows, row_tags, strict=True):
-        for c in attrs.items():
-            if c[0] in keep:
-                n_single[c] += 1
-                x_single[c] += neg
-                f_single[c] += tag
+    for attrs, (n, x, f) in groups.items():
+        for c in attrs:
+            n_single[c] += n
+            x_single[c] += x
+            f_single[c] += f
     big = {c for c, n in n_single.items() if n >= min_support}
     n_pair: Counter[tuple[Condition, Condition]] = Counter()
     x_pair: Counter[tuple[Condition, Condition]] = Counter()
     f_pair: Counter[tuple[Condition, Condition]] = Counter()
     if pairs:
-        for (attrs, neg), tag in zip(rows, row_tags, strict=True):
-            present = sorted(c for c in attrs.items() if c in big)
+        for attrs, (n, x, f) in groups.items():
+            present = sorted(c for c in attrs if c in big)
             for pair in combinations(present, 2):
-                n_pair[pair] += 1
-                x_pair[pair] += neg
-                f_pair[pair] += tag
+                n_pair[pair] += n
+                x_pair[pair] += x
+                f_pair[pair] += f
 
     candidates: list[tuple[tuple[Condition, ...], int, int]] = []
     untested = 0
