@@ -268,6 +268,17 @@ def _quantiles_once(
     return out
 
 
+def _variant_totals(runner: Any, scope: Scope) -> tuple[Rows, _Plan, list[dict[str, Any]]] | None:
+    """How the per-variant reads start: the plan and the untouched sessions' totals per
+    variant; ``None`` for the exact path."""
+    rows = _as_rows(runner)
+    plan = _plan(rows, scope)
+    if plan is None:
+        return None
+    totals = rows(_current(plan, "report_variant_totals", ("variant",), "sessions != 0"))
+    return None if _split(scope, totals) else (rows, plan, totals)
+
+
 def _latency_values(plan: _Plan, scope: Scope) -> str | None:
     from feedbackloop.analysis.reads.queries import _units_cte
     from feedbackloop.sinks.report_rows import bucket_sql
@@ -310,13 +321,10 @@ def experiment_rows(
     three statements return them."""
     from feedbackloop.analysis.reads.queries import experiment_sql
 
-    rows = _as_rows(runner)
-    plan = _plan(rows, scope)
-    if plan is None:
+    start = _variant_totals(runner, scope)
+    if start is None:
         return None
-    totals = rows(_current(plan, "report_variant_totals", ("variant",), "sessions != 0"))
-    if _split(scope, totals):
-        return None
+    rows, plan, totals = start
     outcomes = rows(
         _current(plan, "report_variant_outcomes", ("variant", "outcome"), "sessions_with != 0")
     )
@@ -379,13 +387,10 @@ def impact_rows(
     outcome making up a session's time."""
     from feedbackloop.analysis.reads.queries import impact_sql
 
-    rows = _as_rows(runner)
-    plan = _plan(rows, scope)
-    if plan is None:
+    start = _variant_totals(runner, scope)
+    if start is None:
         return None
-    totals = rows(_current(plan, "report_variant_totals", ("variant",), "sessions != 0"))
-    if _split(scope, totals):
-        return None
+    rows, plan, totals = start
     outcomes = rows(
         _current(plan, "report_variant_outcomes", ("variant", "outcome"), "events != 0")
     )
@@ -449,13 +454,10 @@ def satisfaction_rows(
     """``satisfaction_over_time_sql``'s rows: (variant, t, rated, positive)."""
     from feedbackloop.analysis.reads.queries import satisfaction_over_time_sql
 
-    rows = _as_rows(runner)
-    plan = _plan(rows, scope)
-    if plan is None:
+    start = _variant_totals(runner, scope)
+    if start is None:
         return None
-    totals = rows(_current(plan, "report_variant_totals", ("variant",), "sessions != 0"))
-    if _split(scope, totals):
-        return None
+    rows, plan, totals = start
     t = f"toUnixTimestamp(toStartOfInterval(t, INTERVAL {int(bucket_seconds)} SECOND)) AS t"
     found = rows(_current(plan, "report_variant_seconds", ("variant", t), "rated != 0"))
     if plan.touched is None:
