@@ -258,8 +258,9 @@ _MATCH = "e.experiment IN (u.experiment, '') AND e.app_id = u.app_id"
 
 
 def _sources(touched: str, since: str) -> tuple[tuple[str, str], ...]:
-    """The touched sessions and their deduplicated events, in dependency order (``since``:
-    the watermark less the overlap, as a DateTime64 expression)."""
+    """The touched sessions and their deduplicated events, in dependency order (``since``,
+    a DateTime64 expression: the rows inserted after it are read from the event tables, the
+    lookup copies hold every row before it)."""
     ids = "(SELECT interaction_id FROM units)"
     sessions = "(SELECT session_id FROM touched)"
     units = _events(
