@@ -59,8 +59,8 @@ __all__ = [
     "CompactionResult",
     "Compactor",
     "compact",
-    "delta_rows_sql",
     "DEDUP_KEYS",
+    "dedup_sql",
     "changed_rows_sql",
     "current_sql",
     "restricted_sql",
@@ -92,6 +92,16 @@ DEDUP_KEYS = {
     "implicit": "app_id, signal, toStartOfHour(occurred_at), event_id",
     "outcomes": "app_id, outcome, toStartOfHour(occurred_at), event_id",
 }
+
+
+def dedup_sql(source: str, table: str, cols: str, where: str = "1") -> str:
+    """The rows of ``source`` (event ``table``, or rows of it) matching ``where``, one per
+    sorting key with the highest ``_version``: what ``FINAL`` keeps of them, without merging
+    the rows that do not match (``where`` must hold for every copy of an event)."""
+    return (
+        f"SELECT {cols} FROM {source} WHERE {where} "
+        f"ORDER BY _version DESC LIMIT 1 BY {DEDUP_KEYS[table]}"
+    )
 
 
 #: The columns the report statements read of each event table (a matching row would
@@ -205,10 +215,7 @@ def _events(table: str, cols: str, cond: str, since: str, key_cond: str | None =
     if key_cond is not None:
         copied += f" AND ({key_cond})"
     fresh = f"SELECT {read} FROM {{db}}.{table} WHERE inserted_at > {since} AND ({cond})"
-    return (
-        f"SELECT {cols} FROM ({copied} UNION ALL {fresh}) "
-        f"ORDER BY _version DESC LIMIT 1 BY {DEDUP_KEYS[table]}"
-    )
+    return dedup_sql(f"({copied} UNION ALL {fresh})", table, cols)
 
 
 def _unit_ids(sessions: str, since: str) -> str:
@@ -297,16 +304,13 @@ def _sources(touched: str, since: str) -> tuple[tuple[str, str], ...]:
     )
 
 
-def _state_ctes(touched: str, since: str, scratch: dict[str, str] | None = None) -> str:
-    """CTEs shared by both state queries: the touched sessions' deduplicated events (read
-    from ``scratch`` tables when the compaction materialized them), and per interaction the
-    latest explicit feedback and the implicit flags. Each event is kept only where the exact
-    path's scope filter (``experiment IN (x, '')``, the app) would keep it for its
-    interaction's own app and experiment."""
-    sources = ",\n".join(
-        f"{name} AS ({f'SELECT * FROM {scratch[name]}' if scratch else body})"
-        for name, body in _sources(touched, since)
-    )
+def _state_ctes(scratch: dict[str, str]) -> str:
+    """CTEs shared by both state queries: the touched sessions' deduplicated events (the
+    ``scratch`` tables the compaction materialized from :func:`_sources`), and per
+    interaction the latest explicit feedback and the implicit flags. Each event is kept only
+    where the exact path's scope filter (``experiment IN (x, '')``, the app) would keep it
+    for its interaction's own app and experiment."""
+    sources = ",\n".join(f"{name} AS (SELECT * FROM {table})" for name, table in scratch.items())
     flags = ", ".join(f"max(e.signal = '{s}') AS sig_{s}" for s in IMPLICIT_SIGNALS)
     return f"""{sources},
 fb AS (
@@ -580,14 +584,11 @@ def _touched(since: str) -> str:
     SELECT session_id FROM {{db}}.outcomes WHERE {new} AND interaction_id IS NULL"""
 
 
-def _delta_ctes(
-    table: str, computed_at: str, scratch: dict[str, str] | None = None
-) -> tuple[str, str]:
+def _delta_ctes(table: str, computed_at: str, scratch: dict[str, str]) -> tuple[str, str]:
     """``WITH`` clauses ending in ``delta``: for every session touched since the watermark
     (less :data:`OVERLAP_MS`), its stored row with ``sign = -1`` and its recomputed row with
     ``sign = +1``; and the column list."""
     state = next(s for s in _STATES if s.table == table)
-    since = f"{watermark_sql()} - toIntervalMillisecond({OVERLAP_MS})"
     names = ", ".join(c for c, _ in state.columns)
     keys = ", ".join(state.key)
     # Stored rows are identical to their cancel rows, so the live ones are the (key,
@@ -603,7 +604,7 @@ def _delta_ctes(
         else ("toInt8(-1) AS sign" if c == "sign" else f"_{c} AS {c}")
         for c, _ in state.columns
     )
-    ctes = f"""WITH {_state_ctes(_touched(since), since, scratch)},
+    ctes = f"""WITH {_state_ctes(scratch)},
 {state.select(computed_at)},
 old_rows AS (
     SELECT {outer} FROM (
@@ -633,10 +634,15 @@ def _split_top(text: str) -> list[str]:
     return [text[a:b] for a, b in zip(starts, ends, strict=True)]
 
 
+def _since() -> str:
+    """The watermark less :data:`OVERLAP_MS` (``{db}`` templated): events inserted after it
+    are looked at again; the lookup copies hold every event inserted before it."""
+    return f"({watermark_sql()} - toIntervalMillisecond({OVERLAP_MS}))"
+
+
 def since_sql() -> str:
-    """``SELECT since``: the watermark less :data:`OVERLAP_MS` as text (``{db}`` templated):
-    events inserted after it are looked at again; the lookup copies hold those before."""
-    return f"SELECT toString({watermark_sql()} - toIntervalMillisecond({OVERLAP_MS})) AS since"
+    """``SELECT since``: :func:`_since` as text, for a read or a round to fix it once."""
+    return f"SELECT toString({_since()}) AS since"
 
 
 def time_literal(text: str) -> str:
@@ -650,28 +656,19 @@ def touched_sql(since: str | None = None) -> str:
     """``SELECT session_id`` of the sessions touched after ``since`` (a DateTime64
     expression; default the watermark less :data:`OVERLAP_MS`; ``{db}`` templated): what
     a read recomputes beside the totals."""
-    return _touched(since or f"({watermark_sql()} - toIntervalMillisecond({OVERLAP_MS}))")
+    return _touched(since or _since())
 
 
-def changed_rows_sql(overlap_ms: int = 0) -> str:
-    """How many event rows were inserted after the watermark (less ``overlap_ms``;
-    ``{db}`` templated): a read's first check, and the compactor's, which then has nothing
+def changed_rows_sql(after: str | None = None) -> str:
+    """How many event rows were inserted after ``after`` (a DateTime64 expression; default
+    the watermark; ``{db}`` templated): the compactor's first check, which then has nothing
     to do (min-max index on ``inserted_at``, no join)."""
-    w = f"({watermark_sql()} - toIntervalMillisecond({int(overlap_ms)}))"
+    w = after or watermark_sql()
     counts = " + ".join(
         f"(SELECT count() FROM {{db}}.{t} WHERE inserted_at > {w})"
         for t in ("interactions", "feedback", "implicit", "outcomes")
     )
     return f"SELECT {counts} AS changed"
-
-
-def delta_rows_sql(
-    table: str, computed_at: str = "now64(3)", scratch: dict[str, str] | None = None
-) -> str:
-    """``WITH … SELECT`` of the rows that bring the state ``table`` up to date (the
-    compaction inserts them). ``{db}`` is left to fill."""
-    ctes, names = _delta_ctes(table, computed_at, scratch)
-    return f"{ctes}\nSELECT {names} FROM delta"
 
 
 # --- totals: sign-weighted sums maintained by materialized views ---------------------------
@@ -996,10 +993,7 @@ QUANTILE_BUCKETS_DDL: tuple[str, ...] = tuple(
 #: rest; none on a database never compacted).
 LOOKUPS_DDL: tuple[str, ...] = (
     *(lk.ddl() for lk in LOOKUPS),
-    *(
-        lk.copy_sql(_EPOCH, f"{watermark_sql()} - toIntervalMillisecond({OVERLAP_MS})")
-        for lk in LOOKUPS
-    ),
+    *(lk.copy_sql(_EPOCH, _since()) for lk in LOOKUPS),
 )
 
 
@@ -1037,7 +1031,7 @@ def compact(client: Any, database: str, chunk: int = CHUNK_SESSIONS) -> Compacti
     since = time_literal(client.query(since_sql().replace("{db}", database)).result_rows[0][0])
     scratch = {name: f"{database}.report_scratch_{name}" for name, _ in _sources("", "")}
     rows = dict.fromkeys((s.table for s in _STATES), 0)
-    changed = client.query(changed_rows_sql(OVERLAP_MS).replace("{db}", database)).result_rows
+    changed = client.query(changed_rows_sql(since).replace("{db}", database)).result_rows
     if not int(changed[0][0]):  # the common case between flushes: not one statement more
         return CompactionResult(start, rows, 0, time.perf_counter() - t0)
     try:

@@ -144,8 +144,14 @@ def _query(select_texts: bool, text_chars: int | None, sel: Scope, db: str, cuto
         if not sel.with_text:  # with_text filters after the join: the limit comes last
             newest = f"ORDER BY occurred_at DESC LIMIT {int(sel.limit)}"
         ids = f"interaction_id IN (SELECT interaction_id FROM {db}.interactions WHERE {hour})"
-        feedback = _dedup(db, "feedback", _FEEDBACK_COLUMNS, f"{ids} AND {fb_since}")
-        implicit = _dedup(db, "implicit", _IMPLICIT_COLUMNS, f"{ids} AND {im_since}")
+        from feedbackloop.sinks.report_rows import dedup_sql  # the sinks import lazily
+
+        feedback = dedup_sql(
+            f"{db}.feedback", "feedback", _FEEDBACK_COLUMNS, f"{ids} AND {fb_since}"
+        )
+        implicit = dedup_sql(
+            f"{db}.implicit", "implicit", _IMPLICIT_COLUMNS, f"{ids} AND {im_since}"
+        )
     else:
         feedback = f"SELECT {_FEEDBACK_COLUMNS} FROM {db}.feedback FINAL WHERE {fb_since}"
         implicit = f"SELECT {_IMPLICIT_COLUMNS} FROM {db}.implicit FINAL WHERE {im_since}"
@@ -205,16 +211,6 @@ WHERE 1{with_text}
 ORDER BY i.occurred_at DESC
 LIMIT {int(sel.limit)}
 """
-
-
-def _dedup(db: str, table: str, cols: str, where: str) -> str:
-    """The rows of ``table`` matching ``where``, one per sorting key, the highest
-    ``_version``: what ``FINAL`` keeps of them (``where`` holds for every copy of an event:
-    its interaction and time are the event's own)."""
-    from feedbackloop.sinks.report_rows import DEDUP_KEYS  # the sinks import lazily
-
-    key = DEDUP_KEYS[table]
-    return f"SELECT {cols} FROM {db}.{table} WHERE {where} ORDER BY _version DESC LIMIT 1 BY {key}"
 
 
 def _json(raw: Any) -> Any:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import bisect
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from feedbackloop.analysis.reads.literals import quote
@@ -71,7 +71,7 @@ class _Plan:
 
     where: str
     touched: str | None
-    since: str = ""
+    since: str
 
 
 def _plan(rows: Rows, scope: Scope) -> _Plan | None:
@@ -237,7 +237,7 @@ def _quantiles_once(
         + f" AND value >= {_exact_float(lo)} AND value <= {_exact_float(hi)})"
         for (key, _), (_, _, lo, hi) in needed.items()
     )
-    in_range = _Plan(f"{plan.where} AND ({ranges})", plan.touched, plan.since)
+    in_range = replace(plan, where=f"{plan.where} AND ({ranges})")
     counts: dict[tuple[tuple[Any, ...], int], dict[float, int]] = {at: {} for at in needed}
     found = rows(
         _current(in_range, table, (*group, "value", f"{bucket_sql('value')} AS bucket"), "n != 0")
@@ -509,7 +509,7 @@ def version_rows(runner: Any, scope: Scope, bucket: str) -> list[dict[str, Any]]
     if plan is None or totals is None:
         return None
     first = {r["prompt_version"]: r["first_seen"] for r in totals}
-    in_bucket = _Plan(f"{plan.where} AND kind = {quote(bucket)}", plan.touched, plan.since)
+    in_bucket = replace(plan, where=f"{plan.where} AND kind = {quote(bucket)}")
     buckets = rows(
         _current(
             in_bucket,
