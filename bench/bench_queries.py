@@ -24,8 +24,11 @@ dashboard (feedbackloop.analysis.reads.queries), on the same data, from the per-
 rows (feedbackloop.sinks.report_rows: built by ``compact`` first, timed), beside the cost of
 merely deduplicating what the exact queries read (``SELECT count() FROM … FINAL`` of each
 table they touch); ``--exact`` also times the exact queries once and compares the answers.
-Then ``feedbackloop failures``: its read (newest 200,000 interactions with every signal, into
-Python) beside the same ``count() FINAL``, and the failure analysis over what it read.
+``feedbackloop failures`` (newest 200,000) and the dashboard's failures panel (20,000) are
+among those reads: counted in ClickHouse by slice attributes and stored input labels
+(labelled first, timed); ``--exact`` compares their reports with the analysis of every
+interaction read into Python, which is then timed on its own (read, analysis), as
+``complaints`` and the exports still read.
 Then 10,000 late thumbs: a report before the next compaction
 (more sessions touched than a read recomputes: exact path), the compaction round, a report
 after it. ``--skip-analyst`` leaves out the analyst queries.
@@ -57,6 +60,9 @@ import threading
 import time
 from typing import Any
 
+from feedbackloop.analysis.failures.analyze import failure_report
+from feedbackloop.analysis.failures.records import read_judged_interactions
+from feedbackloop.analysis.failures.slice_counts import read_slice_counts
 from feedbackloop.analysis.reads import (
     Scope,
     fetch_experiment,
@@ -68,6 +74,7 @@ from feedbackloop.analysis.reads import (
 from feedbackloop.analysis.reads.analyst_queries import ANALYST_QUERIES, analyst_query
 from feedbackloop.infra import get_client
 from feedbackloop.sinks import migrate
+from feedbackloop.sinks.input_labels import label_inputs
 from feedbackloop.sinks.query import execute
 from feedbackloop.sinks.report_rows import (
     CHUNK_SESSIONS,
@@ -197,7 +204,8 @@ def _storage(client: Any) -> None:
     """Bytes on disk (compressed) of the event tables, the report rows and their lookups."""
     sizes = dict(
         client.query(
-            f"SELECT multiIf(table LIKE 'report_lookup_%', 'lookup copies', table LIKE 'report_%',"
+            f"SELECT multiIf(table LIKE 'report_lookup_%', 'lookup copies',"
+            f" table LIKE 'report_input_labels%', 'input labels', table LIKE 'report_%',"
             f" 'report rows', table IN ('interactions', 'feedback', 'implicit', 'outcomes'),"
             f" 'event tables', 'other') AS kind, sum(bytes_on_disk) FROM system.parts"
             f" WHERE active AND database = '{DB}' GROUP BY kind"
@@ -207,7 +215,7 @@ def _storage(client: Any) -> None:
         "storage: "
         + ", ".join(
             f"{k} {sizes.get(k, 0) / 2**20:,.0f} MiB"
-            for k in ("event tables", "report rows", "lookup copies")
+            for k in ("event tables", "report rows", "lookup copies", "input labels")
         )
     )
 
@@ -252,10 +260,29 @@ def _time_call(fn: Any, runs: int) -> tuple[float, Any]:
     return statistics.median(times), out
 
 
-def _reads(runner: Any) -> list[tuple[str, Any, tuple[str, ...]]]:
+def _failure_slices(q: Any, limit: int, exact: bool) -> dict[str, Any]:
+    """``feedbackloop failures`` (``limit`` 200,000) or the dashboard's failures panel
+    (20,000): the counts read and the report over them; ``exact``: every interaction read
+    into Python and analysed (the read before input labels, still what ``complaints`` uses)."""
+
+    def run(sql: str, max_rows: int) -> list[list[Any]]:
+        return execute(q, sql, max_rows=max_rows).rows
+
+    scope = Scope(limit=limit)
+    if exact:
+        read: Any = read_judged_interactions(run, scope, DB)
+    else:
+        read = read_slice_counts(run, scope, DB)
+    return failure_report(read, limit=limit).to_dict()
+
+
+def _reads(runner: Any, q: Any) -> list[tuple[str, Any, tuple[str, ...]]]:
     """(name, read(exact), tables the exact query reads) of every report and panel."""
     scope = Scope(experiment="exp1")
+    slices = ("interactions", "feedback", "implicit")
     return [
+        ("failures (newest 200,000)", lambda e: _failure_slices(q, 200_000, e), slices),
+        ("failures panel (20,000)", lambda e: _failure_slices(q, 20_000, e), slices),
         (
             "ab report (experiment stats)",
             lambda e: fetch_experiment(runner, scope, exact=e),
@@ -353,7 +380,7 @@ def _under_traffic(
         )
         t_end = time.monotonic() + seconds
         while True:
-            for name, fn, tables in _reads(runner):
+            for name, fn, tables in _reads(runner, q):
                 paths["exact"] = 0
                 touched = int(q.query(touched_n).result_rows[0][0])
                 ours, _ = _time_call(lambda fn=fn: fn(False), runs)
@@ -376,6 +403,15 @@ def _under_traffic(
     )
 
 
+def _label(client: Any) -> None:
+    """Every input labelled (the compactor does :data:`LABEL_BATCH` per round), timed."""
+    t0, n = time.perf_counter(), 0
+    while done := label_inputs(client, DB, batch=200_000):
+        n += done
+    took = time.perf_counter() - t0
+    print(f"input labels: {n:,} labelled in {took:.1f} s ({n / max(took, 1e-9):,.0f}/s)")
+
+
 def _analysis_reads(client: Any, q: Any, n: int, runs: int, exact: bool) -> bool:
     """Time the analysis layer's reads from the report rows (and, with ``exact``, by
     re-joining the events, one run); True if an answer is wrong."""
@@ -392,7 +428,8 @@ def _analysis_reads(client: Any, q: Any, n: int, runs: int, exact: bool) -> bool
         f"report rows built in {built.seconds:.1f} s ({built.sessions:,} sessions); "
         f"load average {os.getloadavg()[0]:.2f}"
     )
-    reads = _reads(runner)
+    _label(client)
+    reads = _reads(runner, q)
     print(
         f"{'analysis read':30} {'ours s':>8} {'baseline s':>11} {'ratio':>6} {'exact s':>8} "
         f"{'load':>5}  baseline / check"
@@ -424,12 +461,11 @@ def _analysis_reads(client: Any, q: Any, n: int, runs: int, exact: bool) -> bool
 
 
 def _failures(q: Any, runs: int) -> None:
-    """``feedbackloop failures``: its read (every signal of the newest interactions, capped at
-    200,000, with their texts' heads, into Python objects) and the failure analysis over
-    them, beside ``count() FINAL`` of the tables it reads (``BENCH_STATEMENTS=1`` prints
-    each statement's time)."""
-    from feedbackloop.analysis.failures.analyze import failure_report
-    from feedbackloop.analysis.failures.records import read_judged_interactions
+    """The failures read by interaction (what ``failures`` read before input labels, and what
+    ``complaints`` and the exports read): every signal of the newest 200,000 interactions,
+    with their texts' heads, into Python objects, then the failure analysis over them,
+    beside ``count() FINAL`` of the tables it reads (``BENCH_STATEMENTS=1`` prints each
+    statement's time)."""
 
     def run(sql: str, max_rows: int) -> list[list[Any]]:
         t0 = time.perf_counter()
@@ -442,13 +478,13 @@ def _failures(q: Any, runs: int) -> None:
     tables = ("interactions", "feedback", "implicit")
     base, _ = _time(q, " UNION ALL ".join(f"SELECT count() FROM {t} FINAL" for t in tables), runs)
     print(
-        f"{'failures read (newest 200,000)':30} {ours:8.3f} {base:11.3f} {ours / base:6.2f} "
+        f"{'per-interaction read (200,000)':30} {ours:8.3f} {base:11.3f} {ours / base:6.2f} "
         f"{'-':>8} {os.getloadavg()[0]:5.2f}  count() FINAL of {', '.join(tables)}; "
         f"{len(judged):,} rows"
     )
     analysis, _ = _time_call(lambda: failure_report(judged, limit=Scope().limit), runs)
     print(
-        f"{'failures analysis':30} {analysis:8.3f} {'-':>11} {'-':>6} {'-':>8} "
+        f"{'per-interaction analysis':30} {analysis:8.3f} {'-':>11} {'-':>6} {'-':>8} "
         f"{os.getloadavg()[0]:5.2f}  slices of the rows read (language, pairs)"
     )
 
@@ -557,6 +593,8 @@ def main() -> None:
         if args.prepare:
             built = compact(client, DB, args.chunk)
             print(f"report rows built in {built.seconds:.1f} s ({built.sessions:,} sessions)")
+            time.sleep(OVERLAP_MS / 1000 + 1)
+            _label(client)
             _storage(client)
             return
         q = get_client(f"chdb://{where}", database=DB)
@@ -575,6 +613,7 @@ def main() -> None:
             print(f"{aq.name:30} {ours:8.3f} {b:11.3f} {ours / b:6.2f}  {label}; {check}")
         if args.only_traffic:
             compact(client, DB)
+            _label(client)
             _failures(q, args.runs)
         else:
             failed |= _analysis_reads(client, q, args.interactions, args.runs, args.exact)

@@ -210,8 +210,8 @@ def account_in_clickhouse(
 def results_text(settings: Settings, spec: TrafficSpec) -> str:
     """The experiment report, the top failure slices, the business impact and, with a planted
     shadow candidate, its shadow report, as text."""
-    from feedbackloop.analysis.failures.analyze import analyze_failures
-    from feedbackloop.analysis.failures.records import load_judged_interactions
+    from feedbackloop.analysis.failures.analyze import analyze_slice_counts
+    from feedbackloop.analysis.failures.slice_counts import load_slice_counts
     from feedbackloop.analysis.failures.slices import format_slice_report
     from feedbackloop.analysis.reads import Scope, fetch_experiment, fetch_impact, settings_runner
     from feedbackloop.analysis.reports.impact import build_impact
@@ -220,8 +220,7 @@ def results_text(settings: Settings, spec: TrafficSpec) -> str:
     runner = settings_runner(settings)
     scope = Scope(experiment=spec.experiment, since=None, app_id=spec.app_id)
     report = build_report(fetch_experiment(runner, scope), weights=dict(spec.weights))
-    judged = load_judged_interactions(settings, Scope(experiment=spec.experiment))
-    slices = analyze_failures(judged)
+    slices = analyze_slice_counts(load_slice_counts(settings, Scope(experiment=spec.experiment)))
     impact = build_impact(fetch_impact(runner, scope))
     parts = [
         report.to_text(),

@@ -73,11 +73,11 @@ def failures(
       feedbackloop failures --experiment onboarding --weight abandon=1 --json
     """
     from feedbackloop.analysis.failures.analyze import failure_report
-    from feedbackloop.analysis.failures.records import load_judged_interactions
+    from feedbackloop.analysis.failures.slice_counts import load_slice_counts
 
     scope = scope_of(since, experiment, app, prompt_version=prompt_version, limit=limit)
     report = failure_report(
-        load_judged_interactions(settings_of(ctx), scope, url=url),
+        load_slice_counts(settings_of(ctx), scope, definition, url=url),
         definition,
         since=since,
         experiment=experiment,

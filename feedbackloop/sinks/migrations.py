@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from feedbackloop.errors import ClickHouseError, ConfigError
+from feedbackloop.sinks.input_labels import INPUT_LABELS_DDL
 from feedbackloop.sinks.report_rows import (
     LOOKUPS,
     LOOKUPS_DDL,
@@ -543,12 +544,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(9, "report rows: lookup copies of the events by session", LOOKUPS_DDL),
     # Quantiles that read a few buckets' values instead of every distinct value.
     Migration(10, "report rows: value counts per quantile bucket", QUANTILE_BUCKETS_DDL),
+    # Each input's language and code flag, computed once, so failure slices count in SQL.
+    Migration(11, "input labels for the failure slices", INPUT_LABELS_DDL),
 )
 
 #: Tables with an ``occurred_at`` column that an optional TTL applies to.
 _TTL_TABLES = ("interactions", "feedback", "implicit", "outcomes")
 #: Copies of their rows that must expire with them (a report would count an expired event).
-_TTL_COPIES = tuple(lk.table for lk in LOOKUPS)
+_TTL_COPIES = (*(lk.table for lk in LOOKUPS), "report_input_labels")
 
 
 def _check_identifier(name: str) -> str:

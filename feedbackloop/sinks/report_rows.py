@@ -52,6 +52,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from feedbackloop.sinks.input_labels import label_inputs
+
 __all__ = [
     "POSITIVE_RATING",
     "IMPLICIT_SIGNALS",
@@ -1122,14 +1124,19 @@ class _Locked:
         with self.lock:
             return self.client.query(*a, **kw)
 
+    def insert(self, *a: Any, **kw: Any) -> Any:
+        with self.lock:
+            return self.client.insert(*a, **kw)
+
     def close(self) -> None:
         self.client.close()
 
 
 class Compactor:
-    """Runs :func:`compact` every ``interval_s`` in a thread of its own, on a client of its
-    own, so the sink's flushes never wait for a whole round (only, on embedded chDB, for
-    the statement running at that moment). A failed round is logged and retried next time:
+    """Runs :func:`compact`, then :func:`~feedbackloop.sinks.input_labels.label_inputs`,
+    every ``interval_s`` in a thread of its own, on a client of its own, so the sink's
+    flushes never wait for a whole round (only, on embedded chDB, for the statement running
+    at that moment). A failed round is logged and retried next time:
     the report rows lag, the reads stay exact (they recompute what changed)."""
 
     def __init__(
@@ -1155,6 +1162,8 @@ class Compactor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last: CompactionResult | None = None
+        #: Interactions whose input labels this compactor computed (sinks/input_labels.py).
+        self.labelled = 0
         self.failures = 0
 
     def start(self) -> None:
@@ -1179,6 +1188,7 @@ class Compactor:
                 try:
                     client = client or _Locked(self._factory(), self.lock)
                     self.last = compact(client, self.database)
+                    self.labelled += label_inputs(client, self.database)
                     if self.last.sessions:
                         log.debug(
                             "compacted %d sessions in %.2f s",

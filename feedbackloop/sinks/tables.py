@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, NamedTuple
 
+from feedbackloop.sinks.input_labels import CURSOR_COLUMNS, LABEL_COLUMNS
 from feedbackloop.sinks.report_rows import LOOKUPS, declared_columns
 
 __all__ = [
@@ -615,6 +616,12 @@ _REPORT_LOOKUPS = tuple(
     for lk in LOOKUPS
 )
 
+# The failure slices' input labels (migration 11), written by the compactor.
+_INPUT_LABELS = (
+    Table("report_input_labels", tuple(Column(n, t) for n, t in LABEL_COLUMNS)),
+    Table("report_input_labels_cursor", tuple(Column(n, t, None, d) for n, t, d in CURSOR_COLUMNS)),
+)
+
 _SINK_TABLES = (
     _INTERACTIONS,
     _FEEDBACK,
@@ -637,6 +644,7 @@ TABLES: Mapping[str, Table] = {
         _EVENT_KEYS,
         *_REPORT_ROWS,
         *_REPORT_LOOKUPS,
+        *_INPUT_LABELS,
     )
 }
 #: The columns the sink inserts into each of its tables, in row order (defaults fill the rest).

@@ -202,15 +202,15 @@ class DashboardQueries:
     def failure_slices(
         self, settings: Settings, app: str | None, experiment: str | None, min_support: int
     ) -> dict[str, Any]:
-        """Ranked failure slices (:func:`feedbackloop.analysis.failures.analyze_failures`)
+        """Ranked failure slices (:func:`feedbackloop.analysis.failures.analyze_slice_counts`)
         of the latest :data:`FAILURE_SAMPLE` interactions."""
         _stats()
-        from feedbackloop.analysis.failures.analyze import analyze_failures
-        from feedbackloop.analysis.failures.records import load_judged_interactions
+        from feedbackloop.analysis.failures.analyze import analyze_slice_counts
+        from feedbackloop.analysis.failures.slice_counts import load_slice_counts
         from feedbackloop.analysis.reads.scope import Scope
 
         sel = Scope(app_id=app, experiment=experiment, limit=FAILURE_SAMPLE)
-        found = analyze_failures(load_judged_interactions(settings, sel), min_support=min_support)
+        found = analyze_slice_counts(load_slice_counts(settings, sel), min_support=min_support)
         out = found.to_dict()
         out["findings"] = out["findings"][:50]
         return out

@@ -8,11 +8,14 @@ from feedbackloop.analysis.failures.analyze import (
     POPULATIONS,
     FailureReport,
     Labeled,
+    SliceCount,
     analyze_failures,
+    analyze_slice_counts,
     failure_report,
     label_interactions,
     matches,
     parse_slice,
+    slice_attributes,
 )
 from feedbackloop.analysis.failures.clusters import (
     Cluster,
@@ -41,9 +44,11 @@ from feedbackloop.analysis.failures.records import (
     JudgedInteraction,
     load_judged_interactions,
 )
+from feedbackloop.analysis.failures.slice_counts import load_slice_counts, read_slice_counts
 from feedbackloop.analysis.failures.slices import (
     SliceFinding,
     SliceReport,
+    count_failure_slices,
     find_failure_slices,
     format_slice_report,
 )
@@ -61,6 +66,7 @@ __all__ = [
     "load_judged_interactions",
     "SliceFinding",
     "SliceReport",
+    "count_failure_slices",
     "find_failure_slices",
     "format_slice_report",
     "Cluster",
@@ -73,9 +79,14 @@ __all__ = [
     "POPULATIONS",
     "FailureReport",
     "Labeled",
+    "SliceCount",
     "analyze_failures",
+    "analyze_slice_counts",
     "failure_report",
     "label_interactions",
     "matches",
     "parse_slice",
+    "slice_attributes",
+    "load_slice_counts",
+    "read_slice_counts",
 ]

@@ -24,13 +24,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from feedbackloop.analysis.failures.language import UNDETERMINED, detect_input_language
 from feedbackloop.analysis.failures.negative import InteractionSignals, NegativeDefinition
 from feedbackloop.analysis.failures.records import JudgedInteraction
 from feedbackloop.analysis.failures.slices import (
     SliceReport,
+    count_failure_slices,
     find_failure_slices,
     format_slice_report,
 )
@@ -41,11 +42,14 @@ __all__ = [
     "POPULATIONS",
     "FailureReport",
     "Labeled",
+    "SliceCount",
     "analyze_failures",
+    "analyze_slice_counts",
     "failure_report",
     "label_interactions",
     "matches",
     "parse_slice",
+    "slice_attributes",
 ]
 
 POPULATIONS = ("all", "with-feedback")
@@ -61,21 +65,56 @@ class Labeled:
     signals: tuple[str, ...]
 
 
+def slice_attributes(
+    prompt_version: str,
+    model: str,
+    experiment: str,
+    variant: str,
+    language: str,
+    code: bool,
+    length: str,
+    metadata: Mapping[str, str],
+) -> dict[str, str]:
+    """The slice attributes of one interaction but ``language_group`` (which depends on all
+    of them): one place for both reads, by interaction and counted in ClickHouse."""
+    attrs = {
+        "prompt_version": prompt_version or "(none)",
+        "model": model,
+        "language": language,
+        "has_code": "yes" if code else "no",
+        "input_length": length,
+    }
+    if experiment:
+        attrs["variant"] = f"{experiment}/{variant}"
+    for k, v in metadata.items():
+        attrs[f"meta.{k}"] = v
+    return attrs
+
+
 def _base_attributes(ji: JudgedInteraction) -> dict[str, str]:
     enriched = bool(ji.input_length_bucket)
-    code = ji.input_has_code if enriched else has_code(ji.user_input)
-    bucket = ji.input_length_bucket if enriched else length_bucket(ji.input_chars)
-    attrs = {
-        "prompt_version": ji.prompt_version or "(none)",
-        "model": ji.model,
-        "language": detect_input_language(ji.user_input),
-        "has_code": "yes" if code else "no",
-        "input_length": bucket,
-    }
-    if ji.experiment:
-        attrs["variant"] = f"{ji.experiment}/{ji.variant}"
-    for k, v in ji.metadata.items():
-        attrs[f"meta.{k}"] = v
+    return slice_attributes(
+        ji.prompt_version,
+        ji.model,
+        ji.experiment,
+        ji.variant,
+        detect_input_language(ji.user_input),
+        ji.input_has_code if enriched else has_code(ji.user_input),
+        ji.input_length_bucket if enriched else length_bucket(ji.input_chars),
+        ji.metadata,
+    )
+
+
+def _majority(langs: Counter[str]) -> str | None:
+    """The most common determined language; a tie goes to the first name in alphabetical
+    order (the same whatever order the interactions were read in)."""
+    return min(langs, key=lambda lang: (-langs[lang], lang)) if langs else None
+
+
+def _with_group(attrs: dict[str, str], majority: str | None) -> dict[str, str]:
+    if majority is not None:
+        lang = attrs["language"]
+        attrs["language_group"] = lang if lang in (majority, UNDETERMINED) else f"not-{majority}"
     return attrs
 
 
@@ -96,18 +135,13 @@ def label_interactions(
     definition = definition or NegativeDefinition()
     kept = [ji for ji in interactions if population == "all" or ji.signals.any_feedback]
     base = [_base_attributes(ji) for ji in kept]
-    langs = Counter(a["language"] for a in base if a["language"] != UNDETERMINED)
-    majority = langs.most_common(1)[0][0] if langs else None
+    majority = _majority(Counter(a["language"] for a in base if a["language"] != UNDETERMINED))
     out = []
     # Most interactions received the same few sets of signals (none, one thumbs): judge each
     # set once (signals are frozen values).
     judged: dict[InteractionSignals, tuple[bool, tuple[str, ...]]] = {}
     for ji, attrs in zip(kept, base, strict=True):
-        if majority is not None:
-            lang = attrs["language"]
-            attrs["language_group"] = (
-                lang if lang in (majority, UNDETERMINED) else f"not-{majority}"
-            )
+        _with_group(attrs, majority)
         verdict = judged.get(ji.signals)
         if verdict is None:
             present = tuple(definition.present(ji.signals))
@@ -140,6 +174,56 @@ def analyze_failures(
 
 
 @dataclass(frozen=True)
+class SliceCount:
+    """Interactions with the same slice attributes and the same signals, counted together:
+    what :mod:`.slice_counts` reads (one interaction is a count of one)."""
+
+    #: Every attribute but ``language_group`` (:func:`slice_attributes`).
+    attributes: Mapping[str, str]
+    #: The signals present (names of :data:`~.negative.SIGNALS`, under the definition read).
+    present: tuple[str, ...]
+    #: Whether the user reacted at all (``InteractionSignals.any_feedback``).
+    any_feedback: bool
+    interactions: int
+    #: The sum of the interactions' 62-bit tags, modulo 2**64
+    #: (:func:`.slices.count_failure_slices`).
+    tag: int
+
+
+def analyze_slice_counts(
+    counts: Iterable[SliceCount],
+    definition: NegativeDefinition | None = None,
+    *,
+    population: str = "all",
+    pairs: bool = True,
+    min_support: int = 30,
+    alpha: float = 0.05,
+    exclude_dimensions: Sequence[str] = (),
+) -> SliceReport:
+    """:func:`analyze_failures` of interactions counted by attributes and signals: the same
+    report (each interaction's tag is a hash of it instead of a random draw; either only
+    tells slices holding exactly the same interactions apart)."""
+    if population not in POPULATIONS:
+        raise ConfigError(f"population must be one of {', '.join(POPULATIONS)}")
+    definition = definition or NegativeDefinition()
+    kept = [c for c in counts if population == "all" or c.any_feedback]
+    langs: Counter[str] = Counter()
+    for c in kept:
+        if c.attributes["language"] != UNDETERMINED:
+            langs[c.attributes["language"]] += c.interactions
+    majority = _majority(langs)
+    drop = set(exclude_dimensions)
+    rows = []
+    for c in kept:
+        attrs = _with_group(dict(c.attributes), majority)
+        if drop:
+            attrs = {d: v for d, v in attrs.items() if d not in drop}
+        bad = c.interactions if definition.is_negative_of(c.present) else 0
+        rows.append((attrs, c.interactions, bad, c.tag))
+    return count_failure_slices(rows, pairs=pairs, min_support=min_support, alpha=alpha)
+
+
+@dataclass(frozen=True)
 class FailureReport:
     """The ranked failure slices, with the window read and what counted as negative."""
 
@@ -169,7 +253,7 @@ class FailureReport:
 
 
 def failure_report(
-    interactions: Sequence[JudgedInteraction],
+    read: Sequence[JudgedInteraction] | Sequence[SliceCount],
     definition: NegativeDefinition | None = None,
     *,
     since: str | None = None,
@@ -177,11 +261,18 @@ def failure_report(
     limit: int | None = None,
     **options: Any,
 ) -> FailureReport:
-    """:func:`analyze_failures` of ``interactions`` (``options`` are its keywords), with the
-    window they were read from; ``limit`` is the read's row limit, to say when it was hit."""
+    """The failure slices (``options`` are the keywords of :func:`analyze_failures`) of what
+    was read, interactions or their counts (:mod:`.slice_counts`), with the window they were
+    read from; ``limit`` is the read's row limit, to say when it was hit."""
     definition = definition or NegativeDefinition()
-    slices = analyze_failures(interactions, definition, **options)
-    truncated = limit if limit is not None and len(interactions) >= limit else None
+    if all(isinstance(r, SliceCount) for r in read):
+        counts = cast("Sequence[SliceCount]", read)
+        slices = analyze_slice_counts(counts, definition, **options)
+        n = sum(c.interactions for c in counts)
+    else:
+        slices = analyze_failures(cast("Sequence[JudgedInteraction]", read), definition, **options)
+        n = len(read)
+    truncated = limit if limit is not None and n >= limit else None
     return FailureReport(slices, definition, since, experiment, truncated)
 
 

@@ -21,9 +21,12 @@ from typing import Any
 from feedbackloop.errors import MissingDependency
 from feedbackloop.schemas.derive import detect_language as heuristic_language
 
-__all__ = ["UNDETERMINED", "detect_input_language", "strip_code"]
+__all__ = ["HEAD_CHARS", "UNDETERMINED", "detect_input_language", "strip_code"]
 
 UNDETERMINED = "und"
+#: The head of an input the analysis reads: enough to detect its language and show it in a
+#: table (what the stored labels, sinks/input_labels.py, are computed from).
+HEAD_CHARS = 600
 #: Below this many letters a guess is noise ("ok", "thanks", "hi").
 MIN_LETTERS = 12
 #: py3langid's length-calibrated posterior; below it the model abstains.

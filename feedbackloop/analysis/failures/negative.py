@@ -183,11 +183,20 @@ class NegativeDefinition:
 
     def score(self, s: InteractionSignals) -> float:
         """Sum of the weights of the signals present on ``s``."""
-        return sum(self.weights.get(name, 0.0) for name in self.present(s))
+        return self.score_of(self.present(s))
+
+    def score_of(self, present: Iterable[str]) -> float:
+        """Sum of the weights of the ``present`` signals (names of :data:`SIGNALS`)."""
+        return sum(self.weights.get(name, 0.0) for name in present)
 
     def is_negative(self, s: InteractionSignals) -> bool:
+        return self.is_negative_of(self.present(s))
+
+    def is_negative_of(self, present: Iterable[str]) -> bool:
+        """Whether the ``present`` signals (names of :data:`SIGNALS`) make an interaction
+        negative."""
         # A small tolerance so that 0.5 + 0.5 reaches 1.0 despite binary fractions.
-        return self.score(s) >= self.threshold - 1e-9
+        return self.score_of(present) >= self.threshold - 1e-9
 
     def describe(self) -> str:
         """One line saying what was counted, for the head of every report."""

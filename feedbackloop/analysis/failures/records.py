@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from feedbackloop.analysis.failures.language import HEAD_CHARS
 from feedbackloop.analysis.failures.negative import InteractionSignals
 from feedbackloop.analysis.reads.literals import datetime_literal, quote
 from feedbackloop.analysis.reads.scope import Scope
@@ -37,9 +38,6 @@ __all__ = [
     "read_judged_interactions",
     "rows_to_judged",
 ]
-
-#: Enough of an input to detect its language and show it in a table.
-HEAD_CHARS = 600
 
 
 @dataclass(frozen=True)
@@ -112,15 +110,54 @@ WHERE newer < {target}
 """
 
 
-def _query(select_texts: bool, text_chars: int | None, sel: Scope, db: str, cutoff: str) -> str:
-    """One row per interaction in ``sel``, newest first, with its signals.
+def newest_hours(run: Callable[[str, int], Sequence[Sequence[Any]]], sel: Scope, db: str) -> str:
+    """The oldest of the newest hours that hold :data:`_CUTOFF_MARGIN` times ``sel.limit``
+    interactions (``''``: all of them hold fewer), through ``run(sql, max_rows) -> rows``."""
+    return str(run(_cutoff_query(sel, db), 1)[0][0] or "")
 
-    ``cutoff`` (an hour, or ``''``) bounds the read to the interactions of that hour and
-    later, and their events: every row of a sorting key shares its hour, so the bound drops
-    whole keys and ``FINAL`` keeps what it kept without it. Events are then only those of
-    these interactions (any time: a late thumbs still counts), deduplicated as ``FINAL``
-    does but only among the matching rows (``LIMIT 1 BY`` the sorting key): ``FINAL`` of a
-    whole event table would merge every row ever stored.
+
+@dataclass(frozen=True)
+class Sources:
+    """What a read of the newest interactions in a scope takes from each table."""
+
+    #: ``hour >= cutoff AND `` (or ``''``): bounds the interactions to the newest hours.
+    bound: str
+    #: The feedback and implicit rows (``SELECT``) those interactions may have, deduplicated.
+    feedback: str
+    implicit: str
+
+
+def sources(sel: Scope, db: str, cutoff: str) -> Sources:
+    """The interactions' bound and their events' statements for ``cutoff`` (an hour, or
+    ``''``): every row of a sorting key shares its hour, so the bound drops whole keys and
+    ``FINAL`` keeps what it kept without it. Events are then only those of these
+    interactions (any time: a late thumbs still counts), deduplicated as ``FINAL`` does but
+    only among the matching rows (``LIMIT 1 BY`` the sorting key): ``FINAL`` of a whole
+    event table would merge every row ever stored."""
+    fb_since = im_since = "1"
+    if sel.since is not None:
+        # Feedback follows its interaction: older feedback cannot belong to the window.
+        fb_since = im_since = f"occurred_at >= {datetime_literal(sel.since)}"
+    if not cutoff:
+        return Sources(
+            "",
+            f"SELECT {_FEEDBACK_COLUMNS} FROM {db}.feedback FINAL WHERE {fb_since}",
+            f"SELECT {_IMPLICIT_COLUMNS} FROM {db}.implicit FINAL WHERE {im_since}",
+        )
+    hour = f"toStartOfHour(occurred_at) >= toDateTime({quote(cutoff)}, 'UTC')"
+    ids = f"interaction_id IN (SELECT interaction_id FROM {db}.interactions WHERE {hour})"
+    from feedbackloop.sinks.report_rows import dedup_sql  # the sinks import lazily
+
+    return Sources(
+        f"{hour} AND ",
+        dedup_sql(f"{db}.feedback", "feedback", _FEEDBACK_COLUMNS, f"{ids} AND {fb_since}"),
+        dedup_sql(f"{db}.implicit", "implicit", _IMPLICIT_COLUMNS, f"{ids} AND {im_since}"),
+    )
+
+
+def _query(select_texts: bool, text_chars: int | None, sel: Scope, db: str, cutoff: str) -> str:
+    """One row per interaction in ``sel``, newest first, with its signals, from the
+    :func:`sources` of ``cutoff``.
 
     The lists (ratings, report categories, texts) come back as one JSON text, ``''`` when
     all are empty, and the metadata likewise: an ``Array`` or ``Map`` column costs ~2 µs a
@@ -133,28 +170,11 @@ def _query(select_texts: bool, text_chars: int | None, sel: Scope, db: str, cuto
     def head(col: str) -> str:
         return col if text_chars is None else f"substring({col}, 1, {int(text_chars)})"
 
-    fb_since = im_since = "1"
-    if sel.since is not None:
-        # Feedback follows its interaction: older feedback cannot belong to the window.
-        fb_since = im_since = f"occurred_at >= {datetime_literal(sel.since)}"
-    bound = newest = ""
-    if cutoff:
-        hour = f"toStartOfHour(occurred_at) >= toDateTime({quote(cutoff)}, 'UTC')"
-        bound = f"{hour} AND "
-        if not sel.with_text:  # with_text filters after the join: the limit comes last
-            newest = f"ORDER BY occurred_at DESC LIMIT {int(sel.limit)}"
-        ids = f"interaction_id IN (SELECT interaction_id FROM {db}.interactions WHERE {hour})"
-        from feedbackloop.sinks.report_rows import dedup_sql  # the sinks import lazily
-
-        feedback = dedup_sql(
-            f"{db}.feedback", "feedback", _FEEDBACK_COLUMNS, f"{ids} AND {fb_since}"
-        )
-        implicit = dedup_sql(
-            f"{db}.implicit", "implicit", _IMPLICIT_COLUMNS, f"{ids} AND {im_since}"
-        )
-    else:
-        feedback = f"SELECT {_FEEDBACK_COLUMNS} FROM {db}.feedback FINAL WHERE {fb_since}"
-        implicit = f"SELECT {_IMPLICIT_COLUMNS} FROM {db}.implicit FINAL WHERE {im_since}"
+    src = sources(sel, db, cutoff)
+    bound, feedback, implicit = src.bound, src.feedback, src.implicit
+    newest = ""
+    if cutoff and not sel.with_text:  # with_text filters after the join: the limit comes last
+        newest = f"ORDER BY occurred_at DESC LIMIT {int(sel.limit)}"
     with_text = " AND (notEmpty(fb.texts) OR notEmpty(im.edit_texts))" if sel.with_text else ""
     response = head("response") if select_texts else "''"
     system = head("system_prompt") if select_texts else "''"
@@ -334,7 +354,7 @@ def read_judged_interactions(
     with _collector_paused():
         cutoff = ""
         if not selection.with_text:  # which interactions have a text is known after the join
-            cutoff = str(run(_cutoff_query(selection, db), 1)[0][0] or "")
+            cutoff = newest_hours(run, selection, db)
         rows = run(_query(full_text, text_chars, selection, db, cutoff), selection.limit)
         if cutoff and len(rows) < selection.limit:
             rows = run(_query(full_text, text_chars, selection, db, ""), selection.limit)

@@ -44,7 +44,13 @@ from feedbackloop.analysis.statistics.multiple import benjamini_hochberg
 from feedbackloop.analysis.statistics.proportions import small_counts, wilson_interval
 from feedbackloop.analysis.statistics.sufficient import BinaryStats
 
-__all__ = ["SliceFinding", "SliceReport", "find_failure_slices", "format_slice_report"]
+__all__ = [
+    "SliceFinding",
+    "SliceReport",
+    "count_failure_slices",
+    "find_failure_slices",
+    "format_slice_report",
+]
 
 Condition = tuple[str, str]
 #: A single is "explained" by a pair holding at least this share of its excess failures.
@@ -196,9 +202,33 @@ def find_failure_slices(
     Dimensions with more than ``max_values`` distinct values (ids, free text) are left out
     and named in the report's notes: a slice of one user is not a pattern.
     """
-    rows = list(units)
+    # A fingerprint of each slice's rows (sum of random per-row tags) finds slices that hold
+    # exactly the same interactions under two names (language=en and language_group=en, a
+    # model used by one prompt version only); only the first name is tested.
+    tags = random.Random(0)
+    return count_failure_slices(
+        ((a, 1, int(bool(neg)), tags.getrandbits(62)) for a, neg in units),
+        pairs=pairs,
+        min_support=min_support,
+        alpha=alpha,
+        max_values=max_values,
+    )
+
+
+def count_failure_slices(
+    counts: Iterable[tuple[Mapping[str, str], int, int, int]],
+    *,
+    pairs: bool = True,
+    min_support: int = 30,
+    alpha: float = 0.05,
+    max_values: int = 30,
+) -> SliceReport:
+    """:func:`find_failure_slices` of interactions counted by their attributes: each item is
+    ``(attributes, interactions, negatives, tag)``, ``tag`` the sum of the interactions'
+    random tags (any 62-bit hash of each; a sum taken modulo 2**64 is as good)."""
+    rows = list(counts)
     dims_seen: dict[str, set[str]] = {}
-    for a, _ in rows:
+    for a, *_ in rows:
         for d, v in a.items():
             dims_seen.setdefault(d, set()).add(v)
     notes: list[str] = []
@@ -208,26 +238,20 @@ def find_failure_slices(
             notes.append(f"dimension {d} left out: {len(dims_seen[d])} distinct values")
     keep = set(dims)
 
-    # A fingerprint of each slice's rows (sum of random per-row tags) finds slices that hold
-    # exactly the same interactions under two names (language=en and language_group=en, a
-    # model used by one prompt version only); only the first name is tested.
-    tags = random.Random(0)
     # Rows with the same values of the kept dimensions are counted once with their number,
     # negatives and tag sum (integers: the same totals in any order): 200,000 interactions
     # hold a few thousand such sets, and the pairs are counted per set, not per row.
     groups: dict[tuple[Condition, ...], list[int]] = {}
     total = negatives = 0
-    for a, neg in rows:
-        tag = tags.getrandbits(62)
-        bad = int(bool(neg))
-        total += 1
+    for a, n, bad, tag in rows:
+        total += n
         negatives += bad
         attrs = tuple(c for c in a.items() if c[0] in keep)
         group = groups.get(attrs)
         if group is None:
-            groups[attrs] = [1, bad, tag]
+            groups[attrs] = [n, bad, tag]
         else:
-            group[0] += 1
+            group[0] += n
             group[1] += bad
             group[2] += tag
 

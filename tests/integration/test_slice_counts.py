@@ -1,0 +1,256 @@
+"""``feedbackloop failures`` counted in ClickHouse (analysis.failures.slice_counts) prints the
+same report as the analysis of every judged interaction (analysis.failures.records), with no
+input labels stored, some, and all (sinks.input_labels), for every scope, population and
+negative definition.
+
+The data has what can make two such reads differ: a planted failure slice (German inputs of
+prompt v2), inputs with code, interactions stored raw only (their code flag and length bucket
+computed, not stored), redelivered and raw copies, changed votes, late and orphaned
+feedback, report categories, implicit signals, shadow interactions, a metadata key with an
+id per interaction (left out as a dimension), and no two interactions at the same time (the
+newest N are the same N in both reads).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from feedbackloop.analysis.failures.analyze import SliceCount, failure_report
+from feedbackloop.analysis.failures.negative import NegativeDefinition
+from feedbackloop.analysis.failures.records import read_judged_interactions
+from feedbackloop.analysis.failures.slice_counts import load_slice_counts, read_slice_counts
+from feedbackloop.analysis.reads.scope import Scope
+from feedbackloop.config import Settings
+from feedbackloop.infra import get_client
+from feedbackloop.sinks import migrate
+from feedbackloop.sinks.input_labels import label_inputs
+from feedbackloop.sinks.query import execute, readonly_client
+
+pytestmark = pytest.mark.integration
+
+NEWEST = dt.datetime(2026, 6, 1, 12, 59, 59, tzinfo=dt.timezone.utc)
+N = 1_500
+ENRICHED = 2 * 10**13
+INPUTS = {
+    "en": ["How do I sort a list in place?", "What is the capital of France, please?"],
+    "de": [
+        "Wie sortiere ich eine Liste an Ort und Stelle?",
+        "Was ist die Hauptstadt von Frankreich?",
+    ],
+    "fr": ["Comment trier une liste sur place, s'il vous plaît ?"],
+    "code": ["def f(x):\n    return x == 1\n", "SELECT a FROM t;\nconsole.log(x);"],
+    "short": ["ok", "thanks"],
+}
+_INTERACTION_COLUMNS = [
+    "event_id", "occurred_at", "app_id", "session_id", "schema_version", "interaction_id",
+    "model", "prompt_version", "experiment", "variant", "user_input", "response", "metadata",
+    "shadow", "input_language", "input_has_code", "input_chars", "input_length_bucket",
+    "kafka_topic", "kafka_offset", "_version",
+]  # fmt: skip
+_FEEDBACK_COLUMNS = [
+    "event_id", "occurred_at", "app_id", "session_id", "schema_version", "interaction_id",
+    "kind", "thumbs", "rating", "text", "category", "enrichment", "kafka_topic",
+    "kafka_offset", "_version",
+]  # fmt: skip
+_IMPLICIT_COLUMNS = [
+    "event_id", "occurred_at", "app_id", "session_id", "schema_version", "interaction_id",
+    "signal", "edited_text", "enrichment", "kafka_topic", "kafka_offset", "_version",
+]  # fmt: skip
+
+
+def _data(seed: int = 11) -> dict[str, list[list[Any]]]:
+    rnd = random.Random(seed)
+    rows: dict[str, list[list[Any]]] = {"interactions": [], "feedback": [], "implicit": []}
+    again: dict[str, list[list[Any]]] = {t: [] for t in rows}
+
+    def uid() -> uuid.UUID:
+        return uuid.UUID(int=rnd.getrandbits(128))
+
+    def event(table: str, iid: uuid.UUID, at: dt.datetime, *vals: Any) -> None:
+        row = [uid(), at, "a1", "s", 1, iid, *vals, "enriched", "t", len(rows[table]), ENRICHED]
+        rows[table].append(row)
+        if rnd.random() < 0.2:  # redelivered
+            again[table].append(row)
+
+    for k in range(N):
+        at = NEWEST - dt.timedelta(seconds=37 * k)
+        iid = uid()
+        pv = f"v{k % 3}"
+        kind = rnd.choice(list(INPUTS))
+        text = rnd.choice(INPUTS[kind]) + f" #{k % 50}"
+        exp, var = ("e1", ("control", "treatment")[k % 2]) if k % 4 else ("", "")
+        meta = {"plan": rnd.choice(["pro", "free"]), "request": f"r{k}"} if k % 3 else {}
+        raw_only = k % 10 == 3  # stored by `sink run --raw` only: nothing derived stored
+        row = [
+            uid(), at, "a2" if k % 6 == 0 else "a1", f"s{k // 3}", 1, iid,
+            rnd.choice(["m-small", "m-large"]), pv, exp, var, text, f"answer {k}", meta,
+            k % 13 == 0, "" if raw_only else "en", kind == "code" and not raw_only,
+            len(text), "" if raw_only else ("xs" if len(text) <= 50 else "s"),
+            "t", k, 0 if raw_only else ENRICHED + k,
+        ]  # fmt: skip
+        rows["interactions"].append(row)
+        if rnd.random() < 0.15:
+            again["interactions"].append(row)
+        elif not raw_only and rnd.random() < 0.15:  # its raw copy: the enriched row wins
+            again["interactions"].append([*row[:14], "", False, row[16], "", "t", k, 0])
+        bad = 0.9 if (pv == "v2" and kind == "de") else 0.1
+        if rnd.random() < 0.5:
+            vote = -1 if rnd.random() < bad else 1
+            event("feedback", iid, at + dt.timedelta(seconds=5), "thumbs", vote, None, "", "")
+            if rnd.random() < 0.1:  # changed a day later
+                late = at + dt.timedelta(days=1)
+                event("feedback", iid, late, "thumbs", -vote, None, "", "")
+        if rnd.random() < 0.2:
+            rating = rnd.randint(1, 2) if rnd.random() < bad else rnd.randint(3, 5)
+            event("feedback", iid, at + dt.timedelta(hours=2), "rating", 0, rating, "", "")
+        for what, p in (("correction", 0.03), ("comment", 0.05), ("report", 0.04)):
+            if rnd.random() < p:
+                cat = rnd.choice(["harmful", "wrong"]) if what == "report" else ""
+                event("feedback", iid, at + dt.timedelta(minutes=1), what, 0, None, "t", cat)
+        for signal, p in (
+            ("regenerate", bad / 3),
+            ("abandon", 0.08),
+            ("copy", 0.2),
+            ("edit", 0.04),
+        ):
+            if rnd.random() < p:
+                event("implicit", iid, at + dt.timedelta(seconds=30), signal, "")
+    for _ in range(10):  # orphaned: no such interaction
+        event("feedback", uid(), NEWEST, "thumbs", -1, None, "", "")
+    return {t: rows[t] + [[]] + again[t] for t in rows}
+
+
+@pytest.fixture(scope="module")
+def loaded(clickhouse_dsn: str) -> Iterator[tuple[str, str]]:
+    db = f"slcount_{uuid.uuid4().hex[:8]}"
+    client = get_client(clickhouse_dsn)
+    migrate(client, db)
+    columns = {
+        "interactions": _INTERACTION_COLUMNS,
+        "feedback": _FEEDBACK_COLUMNS,
+        "implicit": _IMPLICIT_COLUMNS,
+    }
+    for table, rows in _data().items():
+        client.command(f"SYSTEM STOP MERGES {db}.{table}")
+        cut = rows.index([])
+        for part in (rows[:cut], rows[cut + 1 :]):
+            client.insert(
+                table, part, database=db, column_names=columns[table],
+                settings={"optimize_on_insert": 0},
+            )  # fmt: skip
+    yield clickhouse_dsn, db
+    client.command(f"DROP DATABASE IF EXISTS {db}")
+    client.close()
+
+
+SCOPES = [
+    Scope(),
+    Scope(limit=150),  # the newest hours hold enough
+    Scope(limit=100, experiment="e1"),
+    Scope(app_id="a2"),
+    Scope(since=NEWEST - dt.timedelta(hours=5), prompt_version="v2"),
+]
+DEFINITIONS = [
+    NegativeDefinition(),
+    NegativeDefinition.build(weights=["abandon=1"], low_rating_max=3),
+    NegativeDefinition.build(
+        signals=["thumbs_down", "report", "edit"], report_categories=["wrong"]
+    ),
+    NegativeDefinition.build(threshold=2.0),
+]
+
+
+def _reports(dsn: str, db: str) -> list[tuple[str, Any, Any]]:
+    """(case, report of every judged interaction, report of the counts) for every case."""
+    client = readonly_client(dsn, db, None, None)
+
+    def run(sql: str, max_rows: int) -> list[list[Any]]:
+        return execute(client, sql, max_rows).rows
+
+    out = []
+    try:
+        for s, sel in enumerate(SCOPES):
+            judged = read_judged_interactions(run, sel, db)
+            for d, definition in enumerate(DEFINITIONS):
+                counts = read_slice_counts(run, sel, db, definition)
+                assert sum(c.interactions for c in counts) == len(judged)
+                for population in ("all", "with-feedback"):
+                    kw: dict[str, Any] = {"limit": sel.limit, "population": population}
+                    want = failure_report(judged, definition, **kw)
+                    got = failure_report(counts, definition, **kw)
+                    out.append((f"scope {s} definition {d} {population}", want, got))
+    finally:
+        client.close()
+    return out
+
+
+def _labels(dsn: str, db: str) -> int:
+    client = get_client(dsn)
+    try:
+        return int(client.query(f"SELECT count() FROM {db}.report_input_labels").result_rows[0][0])
+    finally:
+        client.close()
+
+
+def test_counts_give_the_same_report_with_no_some_and_all_labels(
+    loaded: tuple[str, str],
+) -> None:
+    dsn, db = loaded
+    writer = get_client(dsn)
+    try:
+        for stage in ("none", "some", "all"):
+            if stage == "some":
+                assert label_inputs(writer, db, batch=700, overlap_ms=0) == 700
+            elif stage == "all":
+                while label_inputs(writer, db, batch=500, overlap_ms=0):
+                    pass
+            cases = _reports(dsn, db)
+            significant = 0
+            for case, want, got in cases:
+                assert got.to_dict() == want.to_dict(), f"{stage}: {case}"
+                assert got.to_text(show_all=True) == want.to_text(show_all=True)
+                significant += len(want.slices.significant)
+            assert significant, "the planted slice was found"
+    finally:
+        writer.close()
+    # Every stored interaction but the shadow ones is labelled once its copies merge: the
+    # redelivered copies are labelled twice (the cursor passes both) and collapse.
+    assert _labels(dsn, db) >= N - len(range(0, N, 13))
+
+
+def test_the_planted_slice_and_the_left_out_id_dimension(loaded: tuple[str, str]) -> None:
+    dsn, db = loaded
+    client = readonly_client(dsn, db, None, None)
+    try:
+        counts = read_slice_counts(lambda sql, m: execute(client, sql, m).rows, Scope(), db)
+    finally:
+        client.close()
+    assert all(isinstance(c, SliceCount) for c in counts)
+    assert len(counts) < sum(c.interactions for c in counts)  # counted, not one row each
+    report = failure_report(counts)
+    top = report.slices.significant[0]
+    assert dict(top.conditions) == {"prompt_version": "v2", "language": "de"}
+    assert any("meta.request left out" in n for n in report.slices.notes)
+    # Raw-only interactions got their code flag and length bucket from their input.
+    assert any(c.attributes["has_code"] == "yes" for c in counts)
+
+
+def test_load_slice_counts_reads_through_run_query(loaded: tuple[str, str], tmp_path: Any) -> None:
+    dsn, db = loaded
+    settings = Settings(clickhouse_url=dsn, clickhouse_database=db, data_dir=tmp_path)
+    got = failure_report(load_slice_counts(settings, Scope(limit=300), url=dsn), limit=300)
+    client = readonly_client(dsn, db, None, None)
+    try:
+        judged = read_judged_interactions(
+            lambda sql, m: execute(client, sql, m).rows, Scope(limit=300), db
+        )
+    finally:
+        client.close()
+    assert got.to_dict() == failure_report(judged, limit=300).to_dict()
+    assert got.truncated_at == 300
