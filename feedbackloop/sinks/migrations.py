@@ -24,6 +24,7 @@ from typing import Any
 
 from feedbackloop.errors import ClickHouseError, ConfigError
 from feedbackloop.sinks.input_labels import INPUT_LABELS_DDL
+from feedbackloop.sinks.interaction_signals import INTERACTION_SIGNALS_DDL, SIGNALS_TABLE
 from feedbackloop.sinks.report_rows import (
     LOOKUPS,
     LOOKUPS_DDL,
@@ -546,12 +547,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "report rows: value counts per quantile bucket", QUANTILE_BUCKETS_DDL),
     # Each input's language and code flag, computed once, so failure slices count in SQL.
     Migration(11, "input labels for the failure slices", INPUT_LABELS_DDL),
+    # Which signals each interaction received, so failure slices read them by hour.
+    Migration(12, "per-interaction signals for the failure slices", INTERACTION_SIGNALS_DDL),
 )
 
 #: Tables with an ``occurred_at`` column that an optional TTL applies to.
 _TTL_TABLES = ("interactions", "feedback", "implicit", "outcomes")
 #: Copies of their rows that must expire with them (a report would count an expired event).
-_TTL_COPIES = (*(lk.table for lk in LOOKUPS), "report_input_labels")
+_TTL_COPIES = (*(lk.table for lk in LOOKUPS), "report_input_labels", SIGNALS_TABLE)
 
 
 def _check_identifier(name: str) -> str:

@@ -1045,6 +1045,7 @@ def compact(client: Any, database: str, chunk: int = CHUNK_SESSIONS) -> Compacti
         upto = f"{stamp} - toIntervalMillisecond({OVERLAP_MS})"
         for lk in LOOKUPS:
             client.command(lk.copy_sql(since, upto).replace("{db}", database))
+        _interaction_signals(client, database, since, upto, stamp)
         _drop(client, scratch)
         all_touched = f"{database}.report_scratch_all"
         client.command(f"DROP TABLE IF EXISTS {all_touched}")
@@ -1076,6 +1077,25 @@ def compact(client: Any, database: str, chunk: int = CHUNK_SESSIONS) -> Compacti
     finally:
         _drop(client, scratch)
     return CompactionResult(start, rows, total, time.perf_counter() - t0)
+
+
+def _interaction_signals(client: Any, database: str, since: str, upto: str, stamp: str) -> None:
+    """The per-interaction signals (:mod:`.interaction_signals`) of every interaction with
+    an event, or itself, inserted after ``since``, recomputed (the copies hold ``upto``)."""
+    from feedbackloop.sinks.interaction_signals import insert_sql, touched_ids_sql
+
+    ids = f"{database}.report_scratch_signal_ids"
+    client.command(f"DROP TABLE IF EXISTS {ids}")
+    try:
+        client.command(
+            f"CREATE TABLE {ids} ENGINE = Memory AS SELECT DISTINCT interaction_id FROM ("
+            + touched_ids_sql(since).replace("{db}", database)
+            + ")"
+        )
+        sql = insert_sql(f"(SELECT interaction_id FROM {ids})", upto, stamp)
+        client.command(sql.replace("{db}", database))
+    finally:
+        client.command(f"DROP TABLE IF EXISTS {ids}")
 
 
 def _insert_state(

@@ -28,6 +28,7 @@ from operator import attrgetter
 from typing import Any, NamedTuple
 
 from feedbackloop.sinks.input_labels import CURSOR_COLUMNS, LABEL_COLUMNS
+from feedbackloop.sinks.interaction_signals import SIGNALS_TABLE, signals_columns
 from feedbackloop.sinks.report_rows import LOOKUPS, declared_columns
 
 __all__ = [
@@ -616,10 +617,12 @@ _REPORT_LOOKUPS = tuple(
     for lk in LOOKUPS
 )
 
-# The failure slices' input labels (migration 11), written by the compactor.
+# The failure slices' input labels (migration 11) and per-interaction signals (migration 12),
+# written by the compactor.
 _INPUT_LABELS = (
     Table("report_input_labels", tuple(Column(n, t) for n, t in LABEL_COLUMNS)),
     Table("report_input_labels_cursor", tuple(Column(n, t, None, d) for n, t, d in CURSOR_COLUMNS)),
+    Table(SIGNALS_TABLE, tuple(Column(n, t) for n, t in signals_columns())),
 )
 
 _SINK_TABLES = (

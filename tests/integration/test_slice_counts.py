@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +32,7 @@ from feedbackloop.infra import get_client
 from feedbackloop.sinks import migrate
 from feedbackloop.sinks.input_labels import label_inputs
 from feedbackloop.sinks.query import execute, readonly_client
+from feedbackloop.sinks.report_rows import OVERLAP_MS, compact
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +110,8 @@ def _data(seed: int = 11) -> dict[str, list[list[Any]]]:
                 event("feedback", iid, late, "thumbs", -vote, None, "", "")
         if rnd.random() < 0.2:
             rating = rnd.randint(1, 2) if rnd.random() < bad else rnd.randint(3, 5)
-            event("feedback", iid, at + dt.timedelta(hours=2), "rating", 0, rating, "", "")
+            lag = dt.timedelta(hours=rnd.choice([2, 2, -3]))  # late; or a clock behind
+            event("feedback", iid, at + lag, "rating", 0, rating, "", "")
         for what, p in (("correction", 0.03), ("comment", 0.05), ("report", 0.04)):
             if rnd.random() < p:
                 cat = rnd.choice(["harmful", "wrong"]) if what == "report" else ""
@@ -198,25 +201,63 @@ def _labels(dsn: str, db: str) -> int:
         client.close()
 
 
-def test_counts_give_the_same_report_with_no_some_and_all_labels(
+def _late_events(dsn: str, db: str) -> None:
+    """Events inserted after a compaction: changed votes, new signals, redelivered copies."""
+    client = get_client(dsn)
+    try:
+        rows = client.query(
+            f"SELECT interaction_id, occurred_at FROM {db}.interactions "
+            "ORDER BY occurred_at DESC LIMIT 400"
+        ).result_rows
+        rnd = random.Random(3)
+        fb, im = [], []
+        for k, (iid, at) in enumerate(rows[::2]):
+            eid = uuid.UUID(int=rnd.getrandbits(128))
+            vote = rnd.choice([1, -1])
+            late = at + dt.timedelta(hours=1)
+            fb.append([eid, late, "a1", "s", 1, iid, "thumbs", vote, None, "", "", "enriched",
+                       "t", 10**6 + k, ENRICHED])  # fmt: skip
+            if k % 3 == 0:
+                im.append([uuid.UUID(int=rnd.getrandbits(128)), late, "a1", "s", 1, iid,
+                           "regenerate", "", "enriched", "t", k, ENRICHED])  # fmt: skip
+        client.insert("feedback", fb + fb[:20], database=db, column_names=_FEEDBACK_COLUMNS)
+        client.insert("implicit", im, database=db, column_names=_IMPLICIT_COLUMNS)
+    finally:
+        client.close()
+
+
+def _compare(dsn: str, db: str, stage: str) -> None:
+    significant = 0
+    for case, want, got in _reports(dsn, db):
+        assert got.to_dict() == want.to_dict(), f"{stage}: {case}"
+        assert got.to_text(show_all=True) == want.to_text(show_all=True)
+        significant += len(want.slices.significant)
+    assert significant, "the planted slice was found"
+
+
+def test_counts_give_the_same_report_stored_or_not_labelled_or_not(
     loaded: tuple[str, str],
 ) -> None:
+    """Every interaction recomputed and unlabelled (never compacted); then stored signals,
+    some labels; then events inserted after the compaction (recomputed in the read); then
+    compacted again with every label."""
     dsn, db = loaded
     writer = get_client(dsn)
     try:
-        for stage in ("none", "some", "all"):
-            if stage == "some":
-                assert label_inputs(writer, db, batch=700, overlap_ms=0) == 700
-            elif stage == "all":
-                while label_inputs(writer, db, batch=500, overlap_ms=0):
-                    pass
-            cases = _reports(dsn, db)
-            significant = 0
-            for case, want, got in cases:
-                assert got.to_dict() == want.to_dict(), f"{stage}: {case}"
-                assert got.to_text(show_all=True) == want.to_text(show_all=True)
-                significant += len(want.slices.significant)
-            assert significant, "the planted slice was found"
+        _compare(dsn, db, "never compacted, no labels")
+        time.sleep(OVERLAP_MS / 1000 + 0.5)  # nothing inserted after the overlap
+        assert compact(writer, db).sessions
+        assert label_inputs(writer, db, batch=700, overlap_ms=0) == 700
+        stored = writer.query(f"SELECT count() FROM {db}.report_interaction_signals FINAL")
+        assert int(stored.result_rows[0][0]) > N // 2
+        _compare(dsn, db, "compacted, some labels")
+        _late_events(dsn, db)
+        _compare(dsn, db, "late events after the compaction")
+        time.sleep(OVERLAP_MS / 1000 + 0.5)
+        compact(writer, db)
+        while label_inputs(writer, db, batch=500, overlap_ms=0):
+            pass
+        _compare(dsn, db, "compacted again, every label")
     finally:
         writer.close()
     # Every stored interaction but the shadow ones is labelled once its copies merge: the

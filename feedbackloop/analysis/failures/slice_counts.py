@@ -26,7 +26,7 @@ from feedbackloop.analysis.failures.analyze import SliceCount, slice_attributes
 from feedbackloop.analysis.failures.language import HEAD_CHARS, detect_input_language
 from feedbackloop.analysis.failures.negative import NegativeDefinition
 from feedbackloop.analysis.failures.records import newest_hours, sources
-from feedbackloop.analysis.reads.literals import quote
+from feedbackloop.analysis.reads.literals import datetime_literal, quote
 from feedbackloop.analysis.reads.scope import Scope
 from feedbackloop.config import Settings
 from feedbackloop.errors import ConfigError
@@ -42,6 +42,15 @@ _LENGTH_SQL = (
     "multiIf("
     + ", ".join(f"i.input_chars <= {upper}, '{name}'" for name, upper in LENGTH_BUCKETS)
     + ", 'xl')"
+)
+
+#: The interactions' columns the counts read. They are deduplicated as ``FINAL`` does with
+#: ``LIMIT 1 BY`` their sorting key (sinks.report_rows.dedup_sql): at 10M interactions,
+#: 0.18 s for the newest 200,000 where ``FINAL`` took 0.87 s (it merges the whole newest
+#: hours' parts in key order before the limit).
+_I_COLUMNS = (
+    "event_id, interaction_id, prompt_version, model, experiment, variant, input_has_code,"
+    " input_length_bucket, input_chars, metadata, occurred_at"
 )
 
 #: Each interaction's tag: 62 bits of a hash of the row's event id.
@@ -90,19 +99,77 @@ _SIGNAL_COLUMNS = (
 )
 
 
-def _query(sel: Scope, db: str, cutoff: str, definition: NegativeDefinition) -> str:
+def _stored_signals(sel: Scope, db: str, hour: str, since: str, low: int) -> tuple[str, str]:
+    """The ``s`` CTE (each interaction's signals: the stored rows of
+    :mod:`feedbackloop.sinks.interaction_signals` in the newest hours, those touched after
+    ``since``, the watermark less the overlap, recomputed) and the flag columns over it."""
+    from feedbackloop.sinks.interaction_signals import (
+        SIGNALS,
+        SIGNALS_TABLE,
+        signals_sql,
+        touched_ids_sql,
+    )
+
+    touched = f"({touched_ids_sql(since)})"
+    stored_where = f"{hour} AND interaction_id NOT IN {touched}"
+    recompute = touched
+    window = "1"
+    if sel.since is not None:
+        # Their events before the window do not count: recompute those that have some.
+        window = f"occurred_at >= {datetime_literal(sel.since)}"
+        stored_where += f" AND first_at >= {datetime_literal(sel.since)}"
+        early = (
+            f"SELECT interaction_id FROM {{db}}.{SIGNALS_TABLE} FINAL "
+            f"WHERE {hour} AND first_at < {datetime_literal(sel.since)}"
+        )
+        recompute = f"({touched[1:-1]} UNION ALL {early})"
+    cols = ", ".join(SIGNALS)
+    cte = f"""s AS (
+    SELECT interaction_id, {cols} FROM {{db}}.{SIGNALS_TABLE} FINAL
+    WHERE {stored_where}
+    LIMIT 1 BY interaction_id
+    UNION ALL
+    SELECT interaction_id, {cols} FROM ({signals_sql(recompute, since, window)})
+)""".replace("{db}", db)
+    reacted = " OR ".join(
+        "s.min_rating IS NOT NULL" if c == "min_rating" else f"s.{c}" for c in SIGNALS
+    )
+    flags = {
+        "thumbs_down": "s.thumbs_down",
+        "low_rating": f"ifNull(s.min_rating <= {int(low)}, 0)",
+        "correction": "s.correction",
+        "report": "s.reported",
+        "regenerate": "s.regenerate",
+        "abandon": "s.abandon",
+        "edit": "s.edit",
+        "comment": "s.comment",
+    }
+    columns = ", ".join(flags[name] for name, _ in _SIGNAL_COLUMNS)
+    return cte, f"{columns}, {reacted} AS any_feedback"
+
+
+def _query(
+    sel: Scope, db: str, cutoff: str, definition: NegativeDefinition, since: str | None
+) -> str:
     """The newest ``sel.limit`` interactions of ``sel`` counted by slice attributes and
-    present signals. An interaction without a label is a count of its own, named by its
-    event id (``unlabelled``), so that its head can be read and labelled."""
+    present signals. The signals are the stored per-interaction ones (``since``: the
+    watermark less the overlap the read fixed) unless the definition counts only some report
+    categories, which only the events hold (``since`` is ``None``). An interaction without
+    a label is a count of its own, named by its event id (``unlabelled``), so that its head
+    can be read and labelled."""
     from feedbackloop.sinks.input_labels import labels_sql  # the sinks import lazily
+    from feedbackloop.sinks.report_rows import dedup_sql
 
     src = sources(sel, db, cutoff)
-    fb_flags, im_flags = _flags(definition)
+    which = f"{src.bound}{sel.interaction_filter()}"
     hour = src.bound[: -len(" AND ")] if src.bound else "1"
     app = f"app_id = {quote(sel.app_id)}" if sel.app_id is not None else "1"
-    signals = ", ".join(f"{alias}.{name}" for name, alias in _SIGNAL_COLUMNS)
-    return f"""
-WITH fb AS (
+    if since is not None:
+        cte, signals = _stored_signals(sel, db, hour, since, definition.low_rating_max)
+        joins = "LEFT JOIN s ON s.interaction_id = i.interaction_id"
+    else:
+        fb_flags, im_flags = _flags(definition)
+        cte = f"""fb AS (
     SELECT interaction_id, {fb_flags}
     FROM ({src.feedback})
     GROUP BY interaction_id
@@ -110,7 +177,15 @@ WITH fb AS (
     SELECT interaction_id, {im_flags}
     FROM ({src.implicit})
     GROUP BY interaction_id
-)
+)"""
+        signals = ", ".join(f"{alias}.{name}" for name, alias in _SIGNAL_COLUMNS)
+        signals += ", fb.reacted OR im.reacted AS any_feedback"
+        joins = (
+            "LEFT JOIN fb ON fb.interaction_id = i.interaction_id\n"
+            "LEFT JOIN im ON im.interaction_id = i.interaction_id"
+        )
+    return f"""
+WITH {cte}
 SELECT
     i.prompt_version, i.model, i.experiment, i.variant,
     l.language AS language,
@@ -118,20 +193,16 @@ SELECT
         l.language != '', toInt8(l.has_code), toInt8(-1)) AS code,
     if(i.input_length_bucket != '', i.input_length_bucket, {_LENGTH_SQL}) AS length,
     if(empty(i.metadata), '', toValidUTF8(toJSONString(i.metadata))) AS meta,
-    {signals}, fb.reacted OR im.reacted AS any_feedback,
+    {signals},
     if(l.language = '', toString(i.event_id), '') AS unlabelled,
     count() AS interactions,
     sum({_TAG}) AS tag
 FROM (
-    SELECT event_id, interaction_id, prompt_version, model, experiment, variant,
-        input_has_code, input_length_bucket, input_chars, metadata
-    FROM {db}.interactions FINAL
-    WHERE {src.bound}{sel.interaction_filter()}
+    SELECT * FROM ({dedup_sql(f"{db}.interactions", "interactions", _I_COLUMNS, which)})
     ORDER BY occurred_at DESC
     LIMIT {int(sel.limit)}
 ) AS i
-LEFT JOIN fb ON fb.interaction_id = i.interaction_id
-LEFT JOIN im ON im.interaction_id = i.interaction_id
+{joins}
 LEFT JOIN ({labels_sql(db, f"{app} AND {hour}")}) AS l ON l.event_id = i.event_id
 GROUP BY ALL
 """
@@ -178,12 +249,17 @@ def read_slice_counts(
     if selection.with_text:
         raise ConfigError("failure slices count every interaction: with_text is not one")
     definition = definition or NegativeDefinition()
+    since = None
+    if definition.report_categories is None:  # the stored signals keep no category
+        from feedbackloop.sinks.report_rows import since_sql, time_literal
+
+        since = time_literal(str(run(since_sql().replace("{db}", db), 1)[0][0]))
     cutoff = newest_hours(run, selection, db)
     limit = selection.limit
-    rows = run(_query(selection, db, cutoff, definition), limit)
+    rows = run(_query(selection, db, cutoff, definition, since), limit)
     if cutoff and sum(int(r[-2]) for r in rows) < limit:
         cutoff = ""
-        rows = run(_query(selection, db, cutoff, definition), limit)
+        rows = run(_query(selection, db, cutoff, definition, since), limit)
     unlabelled = [str(r[-3]) for r in rows if r[-3]]
     heads: dict[str, str] = {}
     if unlabelled:
