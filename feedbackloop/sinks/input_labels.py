@@ -102,12 +102,18 @@ def label_inputs(
     compactor's overlap ago (rows stamped before that are visible: the report rows' own
     assumption), oldest first; returns how many were labelled (0: caught up, or py3langid
     is not installed here: then the reads detect the languages themselves)."""
+    from feedbackloop.errors import MissingDependency
+
     try:
-        from feedbackloop.analysis.failures.language import HEAD_CHARS, detect_input_language
+        from feedbackloop.analysis.failures.language import (
+            HEAD_CHARS,
+            detect_input_language,
+            load_model,
+        )
         from feedbackloop.schemas.derive import has_code
 
-        detect_input_language("")  # loads py3langid, or says it is missing
-    except ImportError as e:
+        load_model()
+    except (ImportError, MissingDependency) as e:
         if not _warned.is_set():
             _warned.set()
             log.warning("input labels not computed here (%s): failures reads detect them", e)

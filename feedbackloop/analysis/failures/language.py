@@ -21,7 +21,13 @@ from typing import Any
 from feedbackloop.errors import MissingDependency
 from feedbackloop.schemas.derive import detect_language as heuristic_language
 
-__all__ = ["HEAD_CHARS", "UNDETERMINED", "detect_input_language", "strip_code"]
+__all__ = [
+    "HEAD_CHARS",
+    "UNDETERMINED",
+    "detect_input_language",
+    "load_model",
+    "strip_code",
+]
 
 UNDETERMINED = "und"
 #: The head of an input the analysis reads: enough to detect its language and show it in a
@@ -57,6 +63,11 @@ def _model() -> Any:
                 MODEL_FILE, norm_probs=True, min_confidence=MIN_CONFIDENCE
             )
         return _identifier
+
+
+def load_model() -> None:
+    """Load py3langid's model now (:class:`MissingDependency` when it is not installed)."""
+    _model()
 
 
 def strip_code(text: str) -> str:
