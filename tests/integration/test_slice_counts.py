@@ -1,7 +1,9 @@
 """``feedbackloop failures`` counted in ClickHouse (analysis.failures.slice_counts) prints the
-same report as the analysis of every judged interaction (analysis.failures.records), with no
-input labels stored, some, and all (sinks.input_labels), for every scope, population and
-negative definition.
+same report as the analysis of every judged interaction (analysis.failures.records), for
+every scope, population and negative definition: never compacted (every signal recomputed,
+no input label), compacted (stored per-interaction signals, sinks.interaction_signals; some
+labels, sinks.input_labels), with events inserted after the compaction (recomputed in the
+read), and compacted again with every label.
 
 The data has what can make two such reads differ: a planted failure slice (German inputs of
 prompt v2), inputs with code, interactions stored raw only (their code flag and length bucket

@@ -4,10 +4,13 @@ few thousand rows instead of 200,000 judged interactions built in Python
 (:mod:`.records`), whose language py3langid then detects one by one.
 
 The same interactions, the same events and the same deduplication as
-:func:`~.records.read_judged_interactions` (:func:`~.records.sources`), and the same
-attributes (:func:`~.analyze.slice_attributes`): the language and code flag of an input
-come from its stored label (:mod:`feedbackloop.sinks.input_labels`), computed by the same
-functions from the same head. An interaction without a label yet (inserted since the
+:func:`~.records.read_judged_interactions`, and the same attributes
+(:func:`~.analyze.slice_attributes`). Each interaction's signals are its stored
+per-interaction signals (:mod:`feedbackloop.sinks.interaction_signals`, read by hour),
+recomputed in the read for the interactions touched since the last compaction (a definition
+restricted to some report categories reads the events instead, :func:`~.records.sources`).
+The language and code flag of an input come from its stored label
+(:mod:`feedbackloop.sinks.input_labels`), computed by the same functions from the same head. An interaction without a label yet (inserted since the
 compactor's last round, or stored before the labels existed and not reached by their
 backfill) comes back on its own, and its head is read and labelled here, as the per-row
 read always did: a missing label costs time, never a different answer.
