@@ -10,8 +10,9 @@ The labels are exactly what the failure analysis computes from an interaction's 
 is a cheaper stop-word heuristic and is not what the analysis slices by.
 
 :func:`label_inputs` labels the interactions inserted after its cursor, oldest first, at
-most ``batch`` per call; the sink's compactor calls it every round, so a database that held
-interactions before this table existed is labelled in the background, a batch per round.
+most ``batch`` per call; the sink's compactor runs it in a thread of its own, a call at a
+time with a pause between calls (:data:`LABEL_PAUSE_S`), so a database that held
+interactions before this table existed is labelled in the background.
 The read treats an interaction without a label as the analysis always did (detects it from
 the head it reads), so a label that is missing or late changes the time, never the answer.
 A label is keyed by the interaction row's event id (its raw and enriched copies have the
@@ -31,14 +32,18 @@ __all__ = [
     "INPUT_LABELS_DDL",
     "LABEL_BATCH",
     "LABEL_COLUMNS",
+    "LABEL_PAUSE_S",
     "label_inputs",
     "labels_sql",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Interactions labelled per call (per compaction round): ~65 µs each of Python.
-LABEL_BATCH = 5_000
+#: Interactions labelled per call: ~65 µs each of Python, ~30 ms a call.
+LABEL_BATCH = 500
+#: The compactor's labeller pauses this long between full calls (a backlog): ~3,000
+#: labels a second at most, with the sink's threads running in between.
+LABEL_PAUSE_S = 0.1
 
 _ZERO = "toUUID('00000000-0000-0000-0000-000000000000')"
 _EPOCH = "toDateTime64(0, 3, 'UTC')"

@@ -52,7 +52,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from feedbackloop.sinks.input_labels import label_inputs
+from feedbackloop.sinks.input_labels import LABEL_BATCH, LABEL_PAUSE_S, label_inputs
 
 __all__ = [
     "POSITIVE_RATING",
@@ -1153,11 +1153,15 @@ class _Locked:
 
 
 class Compactor:
-    """Runs :func:`compact`, then :func:`~feedbackloop.sinks.input_labels.label_inputs`,
-    every ``interval_s`` in a thread of its own, on a client of its own, so the sink's
-    flushes never wait for a whole round (only, on embedded chDB, for the statement running
-    at that moment). A failed round is logged and retried next time:
-    the report rows lag, the reads stay exact (they recompute what changed)."""
+    """Runs :func:`compact` every ``interval_s`` in a thread of its own, on a client of its
+    own, so the sink's flushes never wait for a whole round (only, on embedded chDB, for the
+    statement running at that moment). A failed round is logged and retried next time: the
+    report rows lag, the reads stay exact (they recompute what changed).
+
+    A second thread labels the inputs (:func:`~feedbackloop.sinks.input_labels.label_inputs`)
+    a slice at a time with a pause between slices: it is Python (py3langid), and a long run
+    of it would hold the interpreter from the sink's own threads (measured: +300 ms on the
+    pipeline's send -> visible p99 when a round labelled everything at once)."""
 
     def __init__(
         self,
@@ -1180,21 +1184,43 @@ class Compactor:
         self.database = database
         self.interval_s = interval_s
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.last: CompactionResult | None = None
         #: Interactions whose input labels this compactor computed (sinks/input_labels.py).
         self.labelled = 0
         self.failures = 0
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="report-compactor", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name="report-compactor", daemon=True),
+            threading.Thread(target=self._label, name="input-labeller", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        for t in self._threads:
+            t.join(timeout)
+        self._threads = []
+
+    def _label(self) -> None:
+        client = None
+        try:
+            while not self._stop.is_set():
+                done = 0
+                try:
+                    client = client or _Locked(self._factory(), self.lock)
+                    done = label_inputs(client, self.database)
+                    self.labelled += done
+                except Exception as e:  # retried; the reads label what is missing
+                    self.failures += 1
+                    log.warning("input labelling failed (will retry): %s", e)
+                # A full slice: more are waiting, after a pause that lets the sink run.
+                self._stop.wait(LABEL_PAUSE_S if done == LABEL_BATCH else self.interval_s)
+        finally:
+            if client is not None:
+                client.close()
 
     def _run(self) -> None:
         client = None
@@ -1208,7 +1234,6 @@ class Compactor:
                 try:
                     client = client or _Locked(self._factory(), self.lock)
                     self.last = compact(client, self.database)
-                    self.labelled += label_inputs(client, self.database)
                     if self.last.sessions:
                         log.debug(
                             "compacted %d sessions in %.2f s",

@@ -10,10 +10,11 @@ per-interaction signals (:mod:`feedbackloop.sinks.interaction_signals`, read by 
 recomputed in the read for the interactions touched since the last compaction (a definition
 restricted to some report categories reads the events instead, :func:`~.records.sources`).
 The language and code flag of an input come from its stored label
-(:mod:`feedbackloop.sinks.input_labels`), computed by the same functions from the same head. An interaction without a label yet (inserted since the
-compactor's last round, or stored before the labels existed and not reached by their
-backfill) comes back on its own, and its head is read and labelled here, as the per-row
-read always did: a missing label costs time, never a different answer.
+(:mod:`feedbackloop.sinks.input_labels`), computed by the same functions from the same
+head. An interaction without a label yet (inserted since the labeller's last call, or
+stored before the labels existed and not reached by their backfill) comes back on its own,
+and its head is read and labelled here, as the per-row read always did: a missing label
+costs time, never a different answer.
 
 ``feedbackloop failures`` and the dashboard's failures panel read this; the commands that
 need each interaction (``complaints``, the exports) read :mod:`.records`.
