@@ -89,7 +89,8 @@ def test_demo_through_the_whole_pipeline_accounts_for_every_event(tmp_path: Path
     assert demo.stored_events == sent
     assert demo.stored_dead_letters is not None
     assert demo.stored_dead_letters >= demo.simulation.malformed > 0
-    assert "satisfaction" in demo.results and "significant improvement" in demo.results
+    assert "satisfaction" in demo.results, demo.results
+    assert "significant improvement" in demo.results, demo.results
     assert "Top failure patterns" in demo.results
     # the planted shadow candidate's answers are stored and its report is printed
     assert demo.simulation.sent["shadow"] > 0
