@@ -21,6 +21,7 @@ stored raw.
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,6 @@ from feedbackloop.analysis.failures.records import JudgedInteraction
 from feedbackloop.analysis.failures.slices import (
     SliceReport,
     count_failure_slices,
-    find_failure_slices,
     format_slice_report,
 )
 from feedbackloop.errors import ConfigError
@@ -153,24 +153,30 @@ def label_interactions(
 def analyze_failures(
     interactions: Iterable[JudgedInteraction],
     definition: NegativeDefinition | None = None,
-    *,
-    population: str = "all",
-    pairs: bool = True,
-    min_support: int = 30,
-    alpha: float = 0.05,
-    exclude_dimensions: Sequence[str] = (),
+    **options: Any,
 ) -> SliceReport:
-    """Rank the failure slices of ``interactions`` (see :mod:`.slices`)."""
-    labeled = label_interactions(interactions, definition, population=population)
-    drop = set(exclude_dimensions)
-    units = [
-        (
-            {d: v for d, v in lab.attributes.items() if d not in drop} if drop else lab.attributes,
-            lab.negative,
+    """Rank the failure slices of ``interactions`` (see :mod:`.slices`; ``options`` are the
+    keywords of :func:`analyze_slice_counts`): each interaction a count of one, tagged with
+    a random draw (fixed seed)."""
+    definition = definition or NegativeDefinition()
+    tags = random.Random(0)
+    # Most interactions received the same few sets of signals: judge each set once.
+    present: dict[InteractionSignals, tuple[str, ...]] = {}
+    counts = []
+    for ji in interactions:
+        signals = present.get(ji.signals)
+        if signals is None:
+            signals = present[ji.signals] = tuple(definition.present(ji.signals))
+        counts.append(
+            SliceCount(
+                _base_attributes(ji),
+                signals,
+                ji.signals.any_feedback,
+                1,
+                tags.getrandbits(62),
+            )
         )
-        for lab in labeled
-    ]
-    return find_failure_slices(units, pairs=pairs, min_support=min_support, alpha=alpha)
+    return analyze_slice_counts(counts, definition, **options)
 
 
 @dataclass(frozen=True)
