@@ -65,6 +65,7 @@ __all__ = [
     "dedup_sql",
     "changed_rows_sql",
     "current_sql",
+    "repair_totals",
     "restricted_sql",
     "touched_sql",
     "watermark_sql",
@@ -1079,6 +1080,53 @@ def compact(client: Any, database: str, chunk: int = CHUNK_SESSIONS) -> Compacti
     return CompactionResult(start, rows, total, time.perf_counter() - t0)
 
 
+def _totals_diff(t: _Totals, db: str) -> str:
+    """Per key of totals table ``t``: what its view would hold if it had seen every insert
+    into the state table (``e``: the view's own ``SELECT`` over the state rows) beside what
+    it holds (``a``), where an integer sum differs; ``_e`` / ``_a`` say which side has the
+    key."""
+    keys = ", ".join(n for n, _, _ in t.keys)
+    held = [f"sum({n}) AS {n}" for n, _, _ in t.sums]
+    held += [f"{f}({n}) AS {n}" for n, f, _, _ in t.extremes]
+    expected = f"SELECT *, 1 AS _e FROM ({t.select(f'{db}.{t.source}')})"
+    actual = f"SELECT {keys}, {', '.join(held)}, 1 AS _a FROM {db}.{t.table} GROUP BY {keys}"
+    ints = [n for n, ty, _ in t.sums if "Int" in ty]
+    # A key whose sessions were all cancelled (and then merged away) holds zeros.
+    differs = " OR ".join(f"e.{n} != a.{n}" for n in ints)
+    return f"FROM ({expected}) AS e FULL OUTER JOIN ({actual}) AS a USING ({keys}) WHERE {differs}"
+
+
+def repair_totals(client: Any, database: str, writer: Any = None) -> list[str]:
+    """The totals tables that differ from the state rows they sum, made equal again.
+
+    A state row and the totals its views derive from it are written by one ``INSERT``, but
+    not atomically: a process killed between the state table's part and a view's part
+    leaves that totals table off by the round's delta for good (the round is made again,
+    from the state rows, and cancels what the state table holds). Measured on bench
+    databases whose compactions were interrupted: a variant's interactions 16,071 off at
+    10M. Each table whose integer sums differ gets one corrective insert (expected less
+    held, per key: the sums are ``SimpleAggregateFunction(sum)``, the extremes can only
+    widen). The compactor runs this before its first round, with nothing else writing the
+    report rows; ``writer`` (default ``client``) runs the inserts. Returns the tables
+    repaired."""
+    writer = writer or client
+    repaired = []
+    for t in (*TOTALS, *QUANTILE_BUCKETS):
+        diff = _totals_diff(t, database)
+        if not int(client.command(f"SELECT count() {diff}")):
+            continue
+        keys = [n for n, _, _ in t.keys]
+        cols = [f"{k}" for k in keys]
+        cols += [f"e.{n} - a.{n}" for n, _, _ in t.sums]
+        cols += [f"if(e._e = 1, e.{n}, a.{n})" for n, _, _, _ in t.extremes]
+        names = [*keys, *(n for n, _, _ in t.sums), *(n for n, _, _, _ in t.extremes)]
+        writer.command(
+            f"INSERT INTO {database}.{t.table} ({', '.join(names)}) SELECT {', '.join(cols)} {diff}"
+        )
+        repaired.append(t.table)
+    return repaired
+
+
 def _interaction_signals(client: Any, database: str, since: str, upto: str, stamp: str) -> None:
     """The per-interaction signals (:mod:`.interaction_signals`) of every interaction with
     an event, or itself, inserted after ``since``, recomputed (the copies hold ``upto``)."""
@@ -1225,6 +1273,21 @@ class Compactor:
     def _run(self) -> None:
         client = None
         try:
+            try:
+                raw = self._factory()
+                try:
+                    repaired = repair_totals(raw, self.database, _Locked(raw, self.lock))
+                finally:
+                    raw.close()
+                if repaired:
+                    log.warning(
+                        "report totals repaired from the session rows (a compaction was cut "
+                        "off between its inserts): %s",
+                        ", ".join(repaired),
+                    )
+            except Exception as e:  # the rounds go on; a read stays as exact as the rows
+                self.failures += 1
+                log.warning("report totals check failed: %s", e)
             last = time.monotonic()
             while not self._stop.wait(self.interval_s):
                 busy = self._idle is not None and not self._idle()
