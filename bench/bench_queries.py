@@ -411,7 +411,7 @@ def _under_traffic(
 
 
 def _label(client: Any) -> None:
-    """Every input labelled (the compactor does :data:`LABEL_BATCH` per round), timed."""
+    """Every input labelled, timed (the compactor's labeller does :data:`LABEL_BATCH` per call)."""
     t0, n = time.perf_counter(), 0
     while done := label_inputs(client, DB, batch=200_000):
         n += done

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = [
@@ -48,31 +49,8 @@ LABEL_PAUSE_S = 0.1
 _ZERO = "toUUID('00000000-0000-0000-0000-000000000000')"
 _EPOCH = "toDateTime64(0, 3, 'UTC')"
 
-#: Migration 11 (``{db}`` templated). ``inserted_at`` is the labelled row's (the cursor's
-#: order), so that the optional TTL can expire labels with their interactions' time.
-INPUT_LABELS_DDL: tuple[str, ...] = (
-    """CREATE TABLE IF NOT EXISTS {db}.report_input_labels
-(
-    app_id LowCardinality(String),
-    occurred_at DateTime64(3, 'UTC'),
-    event_id UUID,
-    language LowCardinality(String),
-    has_code Bool,
-    inserted_at DateTime64(3, 'UTC')
-)
-ENGINE = ReplacingMergeTree
-ORDER BY (app_id, toStartOfHour(occurred_at), event_id)""",
-    """CREATE TABLE IF NOT EXISTS {db}.report_input_labels_cursor
-(
-    inserted_at DateTime64(3, 'UTC'),
-    event_id UUID,
-    computed_at DateTime64(3, 'UTC') DEFAULT now64(3)
-)
-ENGINE = ReplacingMergeTree(computed_at)
-ORDER BY tuple()""",
-)
-
 #: The labels' columns as ``DESCRIBE TABLE`` prints them (sinks/tables.py registers them).
+#: ``inserted_at`` is the labelled row's (the cursor's order).
 LABEL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("app_id", "LowCardinality(String)"),
     ("occurred_at", "DateTime64(3, 'UTC')"),
@@ -81,10 +59,33 @@ LABEL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("has_code", "Bool"),
     ("inserted_at", "DateTime64(3, 'UTC')"),
 )
+#: The cursor's columns: ``(name, type, default)``.
 CURSOR_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("inserted_at", "DateTime64(3, 'UTC')", ""),
     ("event_id", "UUID", ""),
     ("computed_at", "DateTime64(3, 'UTC')", "DEFAULT now64(3)"),
+)
+
+
+def _columns(cols: Iterable[Sequence[str]]) -> str:
+    return ",\n    ".join(" ".join(c for c in col if c) for col in cols)
+
+
+#: Migration 11 (``{db}`` templated). Sorted by app and hour as the interactions are, so a
+#: read takes the newest hours' labels; the optional TTL expires them by ``occurred_at``.
+INPUT_LABELS_DDL: tuple[str, ...] = (
+    f"""CREATE TABLE IF NOT EXISTS {{db}}.report_input_labels
+(
+    {_columns(LABEL_COLUMNS)}
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (app_id, toStartOfHour(occurred_at), event_id)""",
+    f"""CREATE TABLE IF NOT EXISTS {{db}}.report_input_labels_cursor
+(
+    {_columns(CURSOR_COLUMNS)}
+)
+ENGINE = ReplacingMergeTree(computed_at)
+ORDER BY tuple()""",
 )
 
 

@@ -29,7 +29,7 @@ __all__ = [
     "insert_sql",
     "SIGNALS",
     "SIGNALS_TABLE",
-    "signals_columns",
+    "SIGNALS_COLUMNS",
     "signals_sql",
     "touched_ids_sql",
 ]
@@ -55,19 +55,14 @@ _IMPLICIT = (
 #: Every signal column, in table order.
 SIGNALS: tuple[str, ...] = tuple(c for c, _ in (*_FEEDBACK, *_IMPLICIT))
 
-#: The table's columns as ``DESCRIBE TABLE`` prints them.
-_COLUMNS: tuple[tuple[str, str], ...] = (
+#: The table's columns as ``DESCRIBE TABLE`` prints them (sinks/tables.py registers them).
+SIGNALS_COLUMNS: tuple[tuple[str, str], ...] = (
     ("occurred_at", "DateTime64(3, 'UTC')"),
     ("interaction_id", "UUID"),
     *((c, "Nullable(UInt8)" if c == "min_rating" else "UInt8") for c in SIGNALS),
     ("first_at", "DateTime64(3, 'UTC')"),
     ("computed_at", "DateTime64(3, 'UTC')"),
 )
-
-
-def signals_columns() -> tuple[tuple[str, str], ...]:
-    """The table's ``(name, type)`` (sinks/tables.py registers them)."""
-    return _COLUMNS
 
 
 def signals_sql(ids: str, since: str, window: str = "1") -> str:
@@ -122,7 +117,7 @@ def _hours(ids: str, since: str) -> str:
 def insert_sql(ids: str, since: str, computed_at: str) -> str:
     """Insert the rows of the interactions ``ids`` (a set expression) as they are now: the
     compactor's step (``since``: what its lookup copies hold; ``{db}`` templated)."""
-    names = ", ".join(c for c, _ in _COLUMNS)
+    names = ", ".join(c for c, _ in SIGNALS_COLUMNS)
     return f"""INSERT INTO {{db}}.{SIGNALS_TABLE} ({names})
 SELECT h.occurred_at, h.interaction_id, {", ".join(f"s.{c}" for c in SIGNALS)}, s.first_at,
     {computed_at}
@@ -151,7 +146,7 @@ def _backfill(part: int) -> str:
 INTERACTION_SIGNALS_DDL: tuple[str, ...] = (
     f"""CREATE TABLE IF NOT EXISTS {{db}}.{SIGNALS_TABLE}
 (
-    {", ".join(f"{c} {t}" for c, t in _COLUMNS)}
+    {", ".join(f"{c} {t}" for c, t in SIGNALS_COLUMNS)}
 )
 ENGINE = ReplacingMergeTree(computed_at)
 ORDER BY (toStartOfHour(occurred_at), interaction_id)""",

@@ -724,6 +724,22 @@ class _Totals:
     sums: tuple[tuple[str, str, str], ...]
     extremes: tuple[tuple[str, str, str, str], ...] = ()  # (name, func, type, expression)
 
+    @property
+    def names(self) -> list[str]:
+        """Every column: keys, sums, extremes."""
+        return [
+            *(n for n, _, _ in self.keys),
+            *(n for n, _, _ in self.sums),
+            *(n for n, *_ in self.extremes),
+        ]
+
+    def held(self) -> list[str]:
+        """What the table holds per group: each sum and extreme aggregated under its name."""
+        return [
+            *(f"sum({n}) AS {n}" for n, _, _ in self.sums),
+            *(f"{f}({n}) AS {n}" for n, f, _, _ in self.extremes),
+        ]
+
     def select(self, source: str) -> str:
         cols = [f"{e} AS {n}" for n, _, e in self.keys]
         cols += [f"sum({e}) AS {n}" for n, _, e in self.sums]
@@ -924,15 +940,11 @@ def current_sql(
     (through the view's own ``SELECT``): the totals of every other session.
     Tables are qualified with ``db`` (unqualified when empty: the client's database)."""
     t = totals(table)
-    cols = [*group]
-    cols += [f"sum({n}) AS {n}" for n, _, _ in t.sums]
-    cols += [f"{f}({n}) AS {n}" for n, f, _, _ in t.extremes]
+    cols = [*group, *t.held()]
     names = ", ".join(g.rsplit(" AS ", 1)[-1] for g in group)
     source = f"{{db}}.{table}"
     if cancel is not None:
-        every = ", ".join(
-            [n for n, _, _ in t.keys] + [n for n, _, _ in t.sums] + [n for n, *_ in t.extremes]
-        )
+        every = ", ".join(t.names)
         # The stored rows of a session (live and cancelled) sum to its live row; with the
         # sign turned they take it out. Minima and maxima stay: a session's first and last
         # interaction only move outwards as events arrive.
@@ -1087,10 +1099,8 @@ def _totals_diff(t: _Totals, db: str) -> str:
     it holds (``a``), where an integer sum differs; ``_e`` / ``_a`` say which side has the
     key."""
     keys = ", ".join(n for n, _, _ in t.keys)
-    held = [f"sum({n}) AS {n}" for n, _, _ in t.sums]
-    held += [f"{f}({n}) AS {n}" for n, f, _, _ in t.extremes]
     expected = f"SELECT *, 1 AS _e FROM ({t.select(f'{db}.{t.source}')})"
-    actual = f"SELECT {keys}, {', '.join(held)}, 1 AS _a FROM {db}.{t.table} GROUP BY {keys}"
+    actual = f"SELECT {keys}, {', '.join(t.held())}, 1 AS _a FROM {db}.{t.table} GROUP BY {keys}"
     ints = [n for n, ty, _ in t.sums if "Int" in ty]
     # A key whose sessions were all cancelled (and then merged away) holds zeros.
     differs = " OR ".join(f"e.{n} != a.{n}" for n in ints)
@@ -1130,13 +1140,12 @@ def repair_totals(client: Any, database: str, writer: Any = None) -> list[str]:
         diff = _totals_diff(t, database)
         if not int(client.command(f"SELECT count() {diff}")):
             continue
-        keys = [n for n, _, _ in t.keys]
-        cols = [f"{k}" for k in keys]
+        cols = [n for n, _, _ in t.keys]
         cols += [f"e.{n} - a.{n}" for n, _, _ in t.sums]
         cols += [f"if(e._e = 1, e.{n}, a.{n})" for n, _, _, _ in t.extremes]
-        names = [*keys, *(n for n, _, _ in t.sums), *(n for n, _, _, _ in t.extremes)]
         writer.command(
-            f"INSERT INTO {database}.{t.table} ({', '.join(names)}) SELECT {', '.join(cols)} {diff}"
+            f"INSERT INTO {database}.{t.table} ({', '.join(t.names)}) "
+            f"SELECT {', '.join(cols)} {diff}"
         )
         repaired.append(t.table)
     return repaired
@@ -1285,23 +1294,28 @@ class Compactor:
             if client is not None:
                 client.close()
 
+    def _repair(self) -> None:
+        """:func:`repair_totals` before the first round, if the last one was cut off (the
+        checks read without the lock; the corrective inserts take it)."""
+        raw = self._factory()
+        try:
+            if not cut_off_round(raw, self.database):
+                return
+            repaired = repair_totals(raw, self.database, _Locked(raw, self.lock))
+        finally:
+            raw.close()
+        if repaired:
+            log.warning(
+                "report totals repaired from the session rows (a compaction was cut off "
+                "between its inserts): %s",
+                ", ".join(repaired),
+            )
+
     def _run(self) -> None:
         client = None
         try:
             try:
-                raw = self._factory()
-                try:
-                    repaired = []
-                    if cut_off_round(raw, self.database):
-                        repaired = repair_totals(raw, self.database, _Locked(raw, self.lock))
-                finally:
-                    raw.close()
-                if repaired:
-                    log.warning(
-                        "report totals repaired from the session rows (a compaction was cut "
-                        "off between its inserts): %s",
-                        ", ".join(repaired),
-                    )
+                self._repair()
             except Exception as e:  # the rounds go on; a read stays as exact as the rows
                 self.failures += 1
                 log.warning("report totals check failed: %s", e)

@@ -28,7 +28,7 @@ from operator import attrgetter
 from typing import Any, NamedTuple
 
 from feedbackloop.sinks.input_labels import CURSOR_COLUMNS, LABEL_COLUMNS
-from feedbackloop.sinks.interaction_signals import SIGNALS_TABLE, signals_columns
+from feedbackloop.sinks.interaction_signals import SIGNALS_COLUMNS, SIGNALS_TABLE
 from feedbackloop.sinks.report_rows import LOOKUPS, declared_columns
 
 __all__ = [
@@ -622,7 +622,7 @@ _REPORT_LOOKUPS = tuple(
 _INPUT_LABELS = (
     Table("report_input_labels", tuple(Column(n, t) for n, t in LABEL_COLUMNS)),
     Table("report_input_labels_cursor", tuple(Column(n, t, None, d) for n, t, d in CURSOR_COLUMNS)),
-    Table(SIGNALS_TABLE, tuple(Column(n, t) for n, t in signals_columns())),
+    Table(SIGNALS_TABLE, tuple(Column(n, t) for n, t in SIGNALS_COLUMNS)),
 )
 
 _SINK_TABLES = (

@@ -201,14 +201,13 @@ def analyze_slice_counts(
     definition: NegativeDefinition | None = None,
     *,
     population: str = "all",
-    pairs: bool = True,
-    min_support: int = 30,
-    alpha: float = 0.05,
     exclude_dimensions: Sequence[str] = (),
+    **options: Any,
 ) -> SliceReport:
     """:func:`analyze_failures` of interactions counted by attributes and signals: the same
     report (each interaction's tag is a hash of it instead of a random draw; either only
-    tells slices holding exactly the same interactions apart)."""
+    tells slices holding exactly the same interactions apart). ``options``: the keywords
+    of :func:`.slices.count_failure_slices` (``pairs``, ``min_support``, ``alpha``)."""
     if population not in POPULATIONS:
         raise ConfigError(f"population must be one of {', '.join(POPULATIONS)}")
     definition = definition or NegativeDefinition()
@@ -226,7 +225,7 @@ def analyze_slice_counts(
             attrs = {d: v for d, v in attrs.items() if d not in drop}
         bad = c.interactions if definition.is_negative_of(c.present) else 0
         rows.append((attrs, c.interactions, bad, c.tag))
-    return count_failure_slices(rows, pairs=pairs, min_support=min_support, alpha=alpha)
+    return count_failure_slices(rows, **options)
 
 
 @dataclass(frozen=True)

@@ -120,11 +120,16 @@ def newest_hours(run: Callable[[str, int], Sequence[Sequence[Any]]], sel: Scope,
 class Sources:
     """What a read of the newest interactions in a scope takes from each table."""
 
-    #: ``hour >= cutoff AND `` (or ``''``): bounds the interactions to the newest hours.
-    bound: str
+    #: ``toStartOfHour(occurred_at) >= cutoff`` (``1``: no cutoff): the newest hours.
+    hour: str
     #: The feedback and implicit rows (``SELECT``) those interactions may have, deduplicated.
     feedback: str
     implicit: str
+
+    @property
+    def bound(self) -> str:
+        """:attr:`hour` as the first term of a ``WHERE`` (``''`` without a cutoff)."""
+        return "" if self.hour == "1" else f"{self.hour} AND "
 
 
 def sources(sel: Scope, db: str, cutoff: str) -> Sources:
@@ -140,7 +145,7 @@ def sources(sel: Scope, db: str, cutoff: str) -> Sources:
         fb_since = im_since = f"occurred_at >= {datetime_literal(sel.since)}"
     if not cutoff:
         return Sources(
-            "",
+            "1",
             f"SELECT {_FEEDBACK_COLUMNS} FROM {db}.feedback FINAL WHERE {fb_since}",
             f"SELECT {_IMPLICIT_COLUMNS} FROM {db}.implicit FINAL WHERE {im_since}",
         )
@@ -149,7 +154,7 @@ def sources(sel: Scope, db: str, cutoff: str) -> Sources:
     from feedbackloop.sinks.report_rows import dedup_sql  # the sinks import lazily
 
     return Sources(
-        f"{hour} AND ",
+        hour,
         dedup_sql(f"{db}.feedback", "feedback", _FEEDBACK_COLUMNS, f"{ids} AND {fb_since}"),
         dedup_sql(f"{db}.implicit", "implicit", _IMPLICIT_COLUMNS, f"{ids} AND {im_since}"),
     )

@@ -29,7 +29,7 @@ from typing import Any
 from feedbackloop.analysis.failures.analyze import SliceCount, slice_attributes
 from feedbackloop.analysis.failures.language import HEAD_CHARS, detect_input_language
 from feedbackloop.analysis.failures.negative import NegativeDefinition
-from feedbackloop.analysis.failures.records import newest_hours, sources
+from feedbackloop.analysis.failures.records import Sources, newest_hours, sources
 from feedbackloop.analysis.reads.literals import datetime_literal, quote
 from feedbackloop.analysis.reads.scope import Scope
 from feedbackloop.config import Settings
@@ -114,9 +114,9 @@ def _stored_signals(sel: Scope, db: str, hour: str, since: str, low: int) -> tup
         touched_ids_sql,
     )
 
-    touched = f"({touched_ids_sql(since)})"
-    stored_where = f"{hour} AND interaction_id NOT IN {touched}"
-    recompute = touched
+    touched = touched_ids_sql(since)
+    stored_where = f"{hour} AND interaction_id NOT IN ({touched})"
+    recompute = f"({touched})"
     window = "1"
     if sel.since is not None:
         # Their events before the window do not count: recompute those that have some.
@@ -126,7 +126,7 @@ def _stored_signals(sel: Scope, db: str, hour: str, since: str, low: int) -> tup
             f"SELECT interaction_id FROM {{db}}.{SIGNALS_TABLE} FINAL "
             f"WHERE {hour} AND first_at < {datetime_literal(sel.since)}"
         )
-        recompute = f"({touched[1:-1]} UNION ALL {early})"
+        recompute = f"({touched} UNION ALL {early})"
     cols = ", ".join(SIGNALS)
     cte = f"""s AS (
     SELECT interaction_id, {cols} FROM {{db}}.{SIGNALS_TABLE} FINAL
@@ -152,6 +152,26 @@ def _stored_signals(sel: Scope, db: str, hour: str, since: str, low: int) -> tup
     return cte, f"{columns}, {reacted} AS any_feedback"
 
 
+def _newest(sel: Scope, db: str, src: Sources) -> str:
+    """The newest ``sel.limit`` interactions of ``sel`` within ``src``'s hours, deduplicated
+    with ``LIMIT 1 BY`` their sorting key (:data:`_I_COLUMNS`)."""
+    from feedbackloop.sinks.report_rows import dedup_sql  # the sinks import lazily
+
+    which = f"{src.bound}{sel.interaction_filter()}"
+    return (
+        f"SELECT * FROM ({dedup_sql(f'{db}.interactions', 'interactions', _I_COLUMNS, which)}) "
+        f"ORDER BY occurred_at DESC LIMIT {int(sel.limit)}"
+    )
+
+
+def _labels(sel: Scope, db: str, src: Sources) -> str:
+    """The stored input labels of ``sel``'s app within ``src``'s hours, one per event id."""
+    from feedbackloop.sinks.input_labels import labels_sql
+
+    app = f"app_id = {quote(sel.app_id)}" if sel.app_id is not None else "1"
+    return labels_sql(db, f"{app} AND {src.hour}")
+
+
 def _query(
     sel: Scope, db: str, cutoff: str, definition: NegativeDefinition, since: str | None
 ) -> str:
@@ -161,15 +181,9 @@ def _query(
     categories, which only the events hold (``since`` is ``None``). An interaction without
     a label is a count of its own, named by its event id (``unlabelled``), so that its head
     can be read and labelled."""
-    from feedbackloop.sinks.input_labels import labels_sql  # the sinks import lazily
-    from feedbackloop.sinks.report_rows import dedup_sql
-
     src = sources(sel, db, cutoff)
-    which = f"{src.bound}{sel.interaction_filter()}"
-    hour = src.bound[: -len(" AND ")] if src.bound else "1"
-    app = f"app_id = {quote(sel.app_id)}" if sel.app_id is not None else "1"
     if since is not None:
-        cte, signals = _stored_signals(sel, db, hour, since, definition.low_rating_max)
+        cte, signals = _stored_signals(sel, db, src.hour, since, definition.low_rating_max)
         joins = "LEFT JOIN s ON s.interaction_id = i.interaction_id"
     else:
         fb_flags, im_flags = _flags(definition)
@@ -201,13 +215,9 @@ SELECT
     if(l.language = '', toString(i.event_id), '') AS unlabelled,
     count() AS interactions,
     sum({_TAG}) AS tag
-FROM (
-    SELECT * FROM ({dedup_sql(f"{db}.interactions", "interactions", _I_COLUMNS, which)})
-    ORDER BY occurred_at DESC
-    LIMIT {int(sel.limit)}
-) AS i
+FROM ({_newest(sel, db, src)}) AS i
 {joins}
-LEFT JOIN ({labels_sql(db, f"{app} AND {hour}")}) AS l ON l.event_id = i.event_id
+LEFT JOIN ({_labels(sel, db, src)}) AS l ON l.event_id = i.event_id
 GROUP BY ALL
 """
 
@@ -220,8 +230,6 @@ _NAMED_HEADS = 2_000
 def _heads_query(sel: Scope, db: str, cutoff: str, ids: Sequence[str]) -> str:
     """``event_id, head`` of the unlabelled interactions ``ids`` that :func:`_query` counted
     (or, past :data:`_NAMED_HEADS`, of every unlabelled one of its newest interactions)."""
-    from feedbackloop.sinks.input_labels import labels_sql
-
     src = sources(sel, db, cutoff)
     which = f"{src.bound}{sel.interaction_filter()}"
     if len(ids) <= _NAMED_HEADS:
@@ -230,16 +238,12 @@ def _heads_query(sel: Scope, db: str, cutoff: str, ids: Sequence[str]) -> str:
 SELECT DISTINCT toString(event_id), substring(user_input, 1, {HEAD_CHARS})
 FROM {db}.interactions WHERE {which} AND event_id IN ({named})
 """
-    hour = src.bound[: -len(" AND ")] if src.bound else "1"
-    app = f"app_id = {quote(sel.app_id)}" if sel.app_id is not None else "1"
     return f"""
 SELECT DISTINCT toString(event_id), substring(user_input, 1, {HEAD_CHARS})
 FROM {db}.interactions
 WHERE {which}
-    AND event_id IN (
-        SELECT event_id FROM {db}.interactions FINAL WHERE {which}
-        ORDER BY occurred_at DESC LIMIT {int(sel.limit)})
-    AND event_id NOT IN (SELECT event_id FROM ({labels_sql(db, f"{app} AND {hour}")}))
+    AND event_id IN (SELECT event_id FROM ({_newest(sel, db, src)}))
+    AND event_id NOT IN (SELECT event_id FROM ({_labels(sel, db, src)}))
 """
 
 

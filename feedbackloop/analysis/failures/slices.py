@@ -190,28 +190,16 @@ def _one_sided_p(x1: int, n1: int, x2: int, n2: int) -> tuple[float, str]:
 
 
 def find_failure_slices(
-    units: Iterable[tuple[Mapping[str, str], bool]],
-    *,
-    pairs: bool = True,
-    min_support: int = 30,
-    alpha: float = 0.05,
-    max_values: int = 30,
+    units: Iterable[tuple[Mapping[str, str], bool]], **options: Any
 ) -> SliceReport:
-    """Test and rank every slice (and pair of slices) of ``units``; see the module docstring.
-
-    Dimensions with more than ``max_values`` distinct values (ids, free text) are left out
-    and named in the report's notes: a slice of one user is not a pattern.
-    """
+    """Test and rank every slice (and pair of slices) of ``units``; see the module docstring
+    (``options``: the keywords of :func:`count_failure_slices`)."""
     # A fingerprint of each slice's rows (sum of random per-row tags) finds slices that hold
     # exactly the same interactions under two names (language=en and language_group=en, a
     # model used by one prompt version only); only the first name is tested.
     tags = random.Random(0)
     return count_failure_slices(
-        ((a, 1, int(bool(neg)), tags.getrandbits(62)) for a, neg in units),
-        pairs=pairs,
-        min_support=min_support,
-        alpha=alpha,
-        max_values=max_values,
+        ((a, 1, int(bool(neg)), tags.getrandbits(62)) for a, neg in units), **options
     )
 
 
@@ -225,7 +213,11 @@ def count_failure_slices(
 ) -> SliceReport:
     """:func:`find_failure_slices` of interactions counted by their attributes: each item is
     ``(attributes, interactions, negatives, tag)``, ``tag`` the sum of the interactions'
-    random tags (any 62-bit hash of each; a sum taken modulo 2**64 is as good)."""
+    random tags (any 62-bit hash of each; a sum taken modulo 2**64 is as good).
+
+    Dimensions with more than ``max_values`` distinct values (ids, free text) are left out
+    and named in the report's notes: a slice of one user is not a pattern.
+    """
     rows = list(counts)
     dims_seen: dict[str, set[str]] = {}
     for a, *_ in rows:
