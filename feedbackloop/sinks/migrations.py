@@ -30,6 +30,7 @@ from feedbackloop.sinks.report_rows import (
     LOOKUPS_DDL,
     QUANTILE_BUCKETS_DDL,
     REPORT_ROWS_DDL,
+    STATE_ENGINE_DDL,
 )
 
 __all__ = ["MIGRATIONS", "Migration", "applied_migrations", "migrate", "MIGRATIONS_TABLE"]
@@ -549,6 +550,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(11, "input labels for the failure slices", INPUT_LABELS_DDL),
     # Which signals each interaction received, so failure slices read them by hour.
     Migration(12, "per-interaction signals for the failure slices", INTERACTION_SIGNALS_DDL),
+    # Session rows that merges cannot bring back once cancelled; rebuilt from the events.
+    Migration(13, "report rows: versioned collapsing, rebuilt from the events", STATE_ENGINE_DDL),
 )
 
 #: Tables with an ``occurred_at`` column that an optional TTL applies to.

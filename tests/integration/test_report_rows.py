@@ -389,6 +389,130 @@ def test_totals_cut_off_from_their_session_rows_are_repaired(store: Any) -> None
     assert report_rows.cut_off_round(client, db)
 
 
+def _merge_all_but_the_first_part(client: Any, db: str, table: str) -> None:
+    """Merge every active part of ``table`` except its oldest, as the background merges
+    may (they take adjacent parts, any range of them)."""
+    parts = client.query(
+        "SELECT name FROM system.parts WHERE database = {d:String} AND table = {t:String} "
+        "AND active ORDER BY min_block_number",
+        parameters={"d": db, "t": table},
+    ).result_rows
+    assert len(parts) >= 3, parts
+    client.command(f"ALTER TABLE {db}.{table} DETACH PART '{parts[0][0]}'")
+    client.command(f"SYSTEM START MERGES {db}.{table}")
+    client.command(f"OPTIMIZE TABLE {db}.{table} FINAL")
+    client.command(f"ALTER TABLE {db}.{table} ATTACH PART '{parts[0][0]}'")
+
+
+def test_a_merge_of_later_rounds_never_brings_an_old_session_row_back(store: Any) -> None:
+    """Three rounds write a session's rows (``+r1``; ``-r1 +r2``; ``-r2 +r3``) in three
+    parts, and a merge takes the last two. Under ``CollapsingMergeTree`` (migration 7) that
+    merge removed all four rows when a cancel came last, and ``r1`` was the session's row
+    again: the reads then subtracted it from the totals (found on the kept 30M bench
+    database, 9 interactions short). The versioned engine removes only ``(r, -r)`` pairs."""
+    client, db, runner = store
+    ev = Events(client, db, seed=17)
+    pop = _population(ev, 30)
+    for table, rows in pop.items():
+        ev.insert(table, rows)
+    for state in report_rows._STATES:
+        client.command(f"SYSTEM STOP MERGES {db}.{state.table}")
+    compact(client, db)  # r1
+    more = [
+        ev.interaction("app1", i["session_id"], i["variant"], i["occurred_at"])
+        for i in pop["interactions"][::2]
+    ]
+    ev.insert("interactions", more)
+    compact(client, db)  # -r1 +r2: a session's new interactions
+    ev.insert("interactions", more)  # redelivered: the sessions are touched, not changed
+    compact(client, db)  # -r2 +r3
+    for state in report_rows._STATES:
+        _merge_all_but_the_first_part(client, db, state.table)
+    stored = {
+        state.table: client.query(
+            f"SELECT session_id, sum(sign) AS live FROM {db}.{state.table} "
+            f"GROUP BY {', '.join(state.key)}, computed_at HAVING live != 0"
+        ).result_rows
+        for state in report_rows._STATES
+    }
+    sessions = {i["session_id"] for i in pop["interactions"]}
+    assert sorted(s for s, _ in stored["report_sessions"]) == sorted(sessions)
+    assert all(live == 1 for rows in stored.values() for _, live in rows)
+    n = client.query(
+        f"SELECT sum(sign * n) FROM {db}.report_sessions WHERE variant != ''"
+    ).result_rows[0][0]
+    assert n == len(pop["interactions"]) + len(more)
+    _assert_both_paths_agree(runner)
+
+
+def test_migration_13_rebuilds_the_report_rows_from_the_events(
+    clickhouse_dsn: str, clickhouse_database: str
+) -> None:
+    """A database compacted under migration 7's engine, with a session row a merge brought
+    back: migration 13 drops every derived row, the reads recompute every session until the
+    next compaction, which builds the rows (and the copies, once) from the events."""
+    client = get_client(clickhouse_dsn)
+    db = clickhouse_database
+    migrate(client, db, target=12)
+    reader = get_client(clickhouse_dsn, database=db)
+    runner = lambda sql: execute(reader, sql, max_rows=100_000)  # noqa: E731
+    try:
+        ev = Events(client, db, seed=23)
+        for table, rows in _population(ev, 40).items():
+            ev.insert(table, rows)
+        time.sleep(report_rows.OVERLAP_MS / 1000 + 0.5)  # nothing touched after the round
+        compact(client, db)
+        assert "CollapsingMergeTree(sign)" in str(
+            client.command(
+                f"SELECT engine_full FROM system.tables WHERE database = '{db}' "
+                "AND name = 'report_sessions'"
+            )
+        )
+        # What the merge did: an older row of a session live again beside its current one.
+        client.command(
+            f"INSERT INTO {db}.report_sessions SELECT * REPLACE (computed_at - 60 AS "
+            f"computed_at) FROM {db}.report_sessions WHERE sign = 1 AND experiment = 'exp1' "
+            "LIMIT 1"
+        )
+        scope = Scope(experiment="exp1")
+        with pytest.raises(AssertionError, match=r"\.sessions: \d+ != \d+"):
+            _assert_both_paths_agree(runner, (scope,), ("experiment",))
+
+        assert migrate(client, db) == [13]
+        assert (
+            str(
+                client.command(
+                    f"SELECT engine FROM system.tables WHERE database = '{db}' "
+                    "AND name = 'report_sessions'"
+                )
+            )
+            == "VersionedCollapsingMergeTree"
+        )
+        derived_tables = [
+            *(s.table for s in report_rows._STATES),
+            *(t.table for t in (*report_rows.TOTALS, *report_rows.QUANTILE_BUCKETS)),
+            *(lk.table for lk in report_rows.LOOKUPS),
+            "report_rows_watermark",
+        ]
+        assert {
+            t: int(client.command(f"SELECT count() FROM {db}.{t}")) for t in derived_tables
+        } == (dict.fromkeys(derived_tables, 0))
+        # Every session is touched: the reads recompute them all (or take the exact path).
+        _assert_both_paths_agree(runner, (scope,))
+
+        compact(client, db)
+        for lk in report_rows.LOOKUPS:  # every event older than the overlap, copied once
+            assert int(client.command(f"SELECT count() FROM {db}.{lk.table}")) == int(
+                client.command(f"SELECT count() FROM {db}.{lk.source}")
+            )
+        assert derived.experiment_rows(runner, scope, (0.5,)) is not None
+        _assert_both_paths_agree(runner)
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS {db}")
+        reader.close()
+        client.close()
+
+
 def test_orphaned_feedback_counts_once_its_interaction_arrives(store: Any) -> None:
     client, db, runner = store
     ev = Events(client, db, seed=11)
