@@ -60,7 +60,8 @@ def clickhouse_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if docker_available():
         from testcontainers.clickhouse import ClickHouseContainer
 
-        with ClickHouseContainer("clickhouse/clickhouse-server:24.8") as ch:
+        # The version docker-compose.yml runs: the one the embedded engine (chDB) is.
+        with ClickHouseContainer("clickhouse/clickhouse-server:26.9") as ch:
             host = ch.get_container_host_ip()
             port = ch.get_exposed_port(8123)
             yield f"http://{ch.username}:{ch.password}@{host}:{port}/"

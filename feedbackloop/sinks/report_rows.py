@@ -716,6 +716,13 @@ def _metric_sums() -> list[tuple[str, str, str]]:
     return out
 
 
+#: Every totals table's stamp (migration 13): the latest ``computed_at`` of the state rows
+#: its view summed. Not a sum a report reads: :func:`cut_off_round` looks for a stamp
+#: later than the watermark, left by a round whose views were written but whose state part
+#: (or watermark) was not.
+STAMP = ("computed_at", "SimpleAggregateFunction(max, DateTime64(3, 'UTC'))")
+
+
 @dataclass(frozen=True)
 class _Totals:
     """One totals table: key columns, ``(name, type, per-row expression)`` sums, what the
@@ -744,14 +751,20 @@ class _Totals:
             *(f"{f}({n}) AS {n}" for n, f, _, _ in self.extremes),
         ]
 
-    def select(self, source: str) -> str:
+    def select(self, source: str, stamped: bool = True) -> str:
+        """The view's ``SELECT`` over ``source`` (state rows); ``stamped``: with the latest
+        ``computed_at`` it saw (:data:`STAMP`; not before migration 13)."""
         cols = [f"{e} AS {n}" for n, _, e in self.keys]
         cols += [f"sum({e}) AS {n}" for n, _, e in self.sums]
         cols += [f"{f}({e}) AS {n}" for n, f, _, e in self.extremes]
+        if stamped:
+            cols.append(f"max(computed_at) AS {STAMP[0]}")
         keys = ", ".join(n for n, _, _ in self.keys)
         return f"SELECT {', '.join(cols)} FROM {source} {self.array_join} GROUP BY {keys}"
 
-    def ddl(self) -> tuple[str, str]:
+    def ddl(self, stamped: bool = True) -> tuple[str, str]:
+        """The table (as migrations 7 and 10 made it: the stamp is added by 13) and its
+        view (``stamped``: as migration 13 makes it)."""
         cols = [f"{n} {t}" for n, t, _ in self.keys]
         cols += [f"{n} SimpleAggregateFunction(sum, {t})" for n, t, _ in self.sums]
         cols += [f"{n} SimpleAggregateFunction({f}, {t})" for n, f, t, _ in self.extremes]
@@ -763,7 +776,7 @@ class _Totals:
         )
         view = (
             f"CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.{self.table}_mv TO "
-            f"{{db}}.{self.table}\nAS {self.select('{db}.' + self.source)}"
+            f"{{db}}.{self.table}\nAS {self.select('{db}.' + self.source, stamped)}"
         )
         return table, view
 
@@ -989,7 +1002,7 @@ def _state_ddl(state: _State, engine: str = STATE_ENGINE) -> str:
 #: watermark skips the parts written before it.
 REPORT_ROWS_DDL: tuple[str, ...] = (
     *(_state_ddl(s, "CollapsingMergeTree(sign)") for s in _STATES),
-    *(stmt for t in TOTALS for stmt in t.ddl()),
+    *(stmt for t in TOTALS for stmt in t.ddl(stamped=False)),
     """CREATE TABLE IF NOT EXISTS {db}.report_rows_watermark
 (
     watermark DateTime64(3, 'UTC'),
@@ -1012,8 +1025,8 @@ QUANTILE_BUCKETS_DDL: tuple[str, ...] = tuple(
     for t in QUANTILE_BUCKETS
     for stmt in (
         t.ddl()[0],
-        f"INSERT INTO {{db}}.{t.table} {t.select('{db}.' + t.source)}",
-        t.ddl()[1],
+        f"INSERT INTO {{db}}.{t.table} {t.select('{db}.' + t.source, stamped=False)}",
+        t.ddl(stamped=False)[1],
     )
 )
 
@@ -1037,6 +1050,10 @@ STATE_ENGINE_DDL: tuple[str, ...] = (
             *(lk.table for lk in LOOKUPS),
             "report_rows_watermark",
         )
+    ),
+    *(
+        f"ALTER TABLE {{db}}.{t.table} ADD COLUMN IF NOT EXISTS {STAMP[0]} {STAMP[1]}"
+        for t in (*TOTALS, *QUANTILE_BUCKETS)
     ),
     *(t.ddl()[1] for t in (*TOTALS, *QUANTILE_BUCKETS)),
 )
@@ -1145,13 +1162,15 @@ def _totals_diff(t: _Totals, db: str) -> str:
 
 
 def cut_off_round(client: Any, database: str) -> bool:
-    """Whether a compaction round wrote session rows and then stopped before its watermark
-    (a round's rows carry its stamp as ``computed_at``; its last statement writes the same
-    stamp as the watermark): the only time its totals can differ from the session rows. A
-    scan of one column of each state table."""
+    """Whether a compaction round wrote session rows or totals and then stopped before its
+    watermark (a round's rows carry its stamp as ``computed_at``, and each totals row the
+    latest stamp its view summed; the round's last statement writes the same stamp as the
+    watermark): the only time the totals can differ from the session rows. A scan of one
+    column of each state and totals table."""
     w = watermark_sql().replace("{db}", database)
     newer = " + ".join(
-        f"(SELECT count() FROM {database}.{s.table} WHERE computed_at > {w})" for s in _STATES
+        f"(SELECT count() FROM {database}.{t} WHERE computed_at > {w})"
+        for t in (*(s.table for s in _STATES), *(t.table for t in (*TOTALS, *QUANTILE_BUCKETS)))
     )
     return bool(int(client.command(f"SELECT {newer}")))
 
@@ -1162,15 +1181,17 @@ def repair_totals(client: Any, database: str, writer: Any = None) -> list[str]:
     A state row and the totals its views derive from it are written by one ``INSERT``, but
     not atomically: a process killed between the state table's part and a view's part
     leaves that totals table off by the round's delta for good (the round is made again,
-    from the state rows, and cancels what the state table holds). Measured on bench
-    databases whose compactions were interrupted: a variant's interactions 16,071 off at
-    10M. Each table whose integer sums differ gets one corrective insert (expected less
-    held, per key: the sums are ``SimpleAggregateFunction(sum)``, the extremes can only
-    widen). The compactor runs this before its first round, with nothing else writing the
-    report rows, when :func:`cut_off_round` says one was cut off (the check reads every
-    session row: 205 s at 30M interactions, where nine tables were off, and on embedded
-    chDB the sink's inserts wait between its statements); ``writer`` (default ``client``)
-    runs the inserts. Returns the tables repaired."""
+    from the state rows, and cancels what the state table holds). Seen on bench databases
+    whose compactions were interrupted: a variant's totals 16,071 interactions apart from
+    its session rows at 10M (part of such a gap was the session rows' own loss under
+    migration 7's engine: :data:`STATE_ENGINE`). Each table whose integer sums differ gets
+    one corrective insert (expected less held, per key: the sums are
+    ``SimpleAggregateFunction(sum)``, the extremes can only widen). The compactor runs
+    this before its first round, with nothing else writing the report rows, when
+    :func:`cut_off_round` says one was cut off (the check reads every session row: 205 s
+    at 30M interactions, where nine tables were off, and on embedded chDB the sink's
+    inserts wait between its statements); ``writer`` (default ``client``) runs the
+    inserts. Returns the tables repaired."""
     writer = writer or client
     repaired = []
     for t in (*TOTALS, *QUANTILE_BUCKETS):
@@ -1388,6 +1409,7 @@ def declared_columns() -> dict[str, tuple[tuple[str, str, str], ...]]:
             *((n, ty, "") for n, ty, _ in t.keys),
             *((n, f"SimpleAggregateFunction(sum, {ty})", "") for n, ty, _ in t.sums),
             *((n, f"SimpleAggregateFunction({f}, {ty})", "") for n, f, ty, _ in t.extremes),
+            (*STAMP, ""),
         )
     out["report_rows_watermark"] = (
         ("watermark", "DateTime64(3, 'UTC')", ""),
