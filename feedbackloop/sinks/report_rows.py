@@ -939,8 +939,12 @@ QUANTILE_BUCKETS: tuple[_Totals, ...] = (
 )
 
 
+#: Every table a view on the state rows fills.
+SUMMED: tuple[_Totals, ...] = (*TOTALS, *QUANTILE_BUCKETS)
+
+
 def totals(table: str) -> _Totals:
-    return next(t for t in (*TOTALS, *QUANTILE_BUCKETS) if t.table == table)
+    return next(t for t in SUMMED if t.table == table)
 
 
 def current_sql(
@@ -982,10 +986,11 @@ GROUP BY {names} HAVING {having} ORDER BY {names}"""
 
 #: The state tables' engine. A row and its cancel row share ``computed_at``, and only such
 #: a pair is removed when parts merge, whatever the order of rows and parts. Migration 7's
-#: ``CollapsingMergeTree(sign)`` collapsed by sorting key alone: a merge of two later
-#: rounds' parts (``+r2 -r1 +r3 -r2``: as many cancels as rows, the last a cancel) removed
-#: all four rows, and ``r1``, in a part the merge did not take, was the session's row
-#: again (migration 13; measured on the kept 30M bench database: 9 interactions lost).
+#: ``CollapsingMergeTree(sign)`` collapsed by sorting key and row order, and a round's
+#: rows come in no defined order: a block ``+r2 -r1`` (as many cancels as rows, the last a
+#: cancel) was collapsed to nothing as it was written, and so was a merge of two later
+#: rounds' parts (``+r2 -r1 +r3 -r2``); the views had taken the delta, but ``r1`` was the
+#: session's row again (migration 13; on the kept 30M bench database: 9 interactions).
 STATE_ENGINE = "VersionedCollapsingMergeTree(sign, computed_at)"
 
 
@@ -1040,22 +1045,22 @@ QUANTILE_BUCKETS_DDL: tuple[str, ...] = tuple(
 #: the sink first: a round of the old code between these statements would write rows no
 #: view sees.
 STATE_ENGINE_DDL: tuple[str, ...] = (
-    *(f"DROP VIEW IF EXISTS {{db}}.{t.table}_mv" for t in (*TOTALS, *QUANTILE_BUCKETS)),
+    *(f"DROP VIEW IF EXISTS {{db}}.{t.table}_mv" for t in SUMMED),
     *(f"DROP TABLE IF EXISTS {{db}}.{s.table} SYNC" for s in _STATES),
     *(_state_ddl(s) for s in _STATES),
     *(
         f"TRUNCATE TABLE IF EXISTS {{db}}.{t}"
         for t in (
-            *(t.table for t in (*TOTALS, *QUANTILE_BUCKETS)),
+            *(t.table for t in SUMMED),
             *(lk.table for lk in LOOKUPS),
             "report_rows_watermark",
         )
     ),
     *(
         f"ALTER TABLE {{db}}.{t.table} ADD COLUMN IF NOT EXISTS {STAMP[0]} {STAMP[1]}"
-        for t in (*TOTALS, *QUANTILE_BUCKETS)
+        for t in SUMMED
     ),
-    *(t.ddl()[1] for t in (*TOTALS, *QUANTILE_BUCKETS)),
+    *(t.ddl()[1] for t in SUMMED),
 )
 
 #: Migration statements for the lookup copies (``{db}`` templated): each table, then the
@@ -1170,7 +1175,7 @@ def cut_off_round(client: Any, database: str) -> bool:
     w = watermark_sql().replace("{db}", database)
     newer = " + ".join(
         f"(SELECT count() FROM {database}.{t} WHERE computed_at > {w})"
-        for t in (*(s.table for s in _STATES), *(t.table for t in (*TOTALS, *QUANTILE_BUCKETS)))
+        for t in (*(s.table for s in _STATES), *(t.table for t in SUMMED))
     )
     return bool(int(client.command(f"SELECT {newer}")))
 
@@ -1194,7 +1199,7 @@ def repair_totals(client: Any, database: str, writer: Any = None) -> list[str]:
     inserts. Returns the tables repaired."""
     writer = writer or client
     repaired = []
-    for t in (*TOTALS, *QUANTILE_BUCKETS):
+    for t in SUMMED:
         diff = _totals_diff(t, database)
         if not int(client.command(f"SELECT count() {diff}")):
             continue
@@ -1404,7 +1409,7 @@ def declared_columns() -> dict[str, tuple[tuple[str, str, str], ...]]:
     """Every report-rows table's columns as ``(name, type, default)`` the way ``DESCRIBE
     TABLE`` prints them: what :data:`feedbackloop.sinks.tables.TABLES` registers."""
     out = {s.table: tuple((c, t, "") for c, t in s.columns) for s in _STATES}
-    for t in (*TOTALS, *QUANTILE_BUCKETS):
+    for t in SUMMED:
         out[t.table] = (
             *((n, ty, "") for n, ty, _ in t.keys),
             *((n, f"SimpleAggregateFunction(sum, {ty})", "") for n, ty, _ in t.sums),

@@ -502,7 +502,7 @@ def test_migration_13_rebuilds_the_report_rows_from_the_events(
         )
         derived_tables = [
             *(s.table for s in report_rows._STATES),
-            *(t.table for t in (*report_rows.TOTALS, *report_rows.QUANTILE_BUCKETS)),
+            *(t.table for t in report_rows.SUMMED),
             *(lk.table for lk in report_rows.LOOKUPS),
             "report_rows_watermark",
         ]
