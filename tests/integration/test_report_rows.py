@@ -457,6 +457,41 @@ def test_a_merge_of_later_rounds_never_brings_an_old_session_row_back(store: Any
     _assert_both_paths_agree(runner)
 
 
+def test_a_round_killed_before_its_watermark_is_made_again_by_the_next(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round that wrote one state table's rows and died before the other's and before its
+    watermark: the next round recomputes the same sessions, cancels what was written, and
+    the reads are exact; no totals need repair."""
+    client, db, runner = store
+    ev = Events(client, db, seed=41)
+    pop = _population(ev, 30)
+    for table, rows in pop.items():
+        ev.insert(table, rows)
+    compact(client, db)
+    late = T0 + dt.timedelta(days=3)
+    ev.insert("feedback", [ev.feedback(i, "thumbs", late, thumbs=-1) for i in pop["interactions"]])
+    real = report_rows._insert_state
+
+    def dies_on_the_second(client: Any, database: str, state: Any, *a: Any) -> None:
+        if state.table == "report_version_sessions":
+            raise RuntimeError("killed")
+        real(client, database, state, *a)
+
+    monkeypatch.setattr(report_rows, "_insert_state", dies_on_the_second)
+    watermark = client.command(f"SELECT max(watermark) FROM {db}.report_rows_watermark")
+    with pytest.raises(RuntimeError, match="killed"):
+        compact(client, db)
+    assert client.command(f"SELECT max(watermark) FROM {db}.report_rows_watermark") == watermark
+    assert report_rows.cut_off_round(client, db)
+    monkeypatch.setattr(report_rows, "_insert_state", real)
+    _assert_both_paths_agree(runner)  # the touched sessions are recomputed in the read
+    compact(client, db)
+    assert not report_rows.cut_off_round(client, db)
+    assert repair_totals(client, db) == []
+    _assert_both_paths_agree(runner)
+
+
 def test_migration_13_rebuilds_the_report_rows_from_the_events(
     clickhouse_dsn: str, clickhouse_database: str
 ) -> None:

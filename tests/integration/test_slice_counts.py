@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from feedbackloop.analysis.failures import slice_counts
 from feedbackloop.analysis.failures.analyze import SliceCount, failure_report
 from feedbackloop.analysis.failures.negative import NegativeDefinition
 from feedbackloop.analysis.failures.records import read_judged_interactions
@@ -131,10 +132,9 @@ def _data(seed: int = 11) -> dict[str, list[list[Any]]]:
     return {t: rows[t] + [[]] + again[t] for t in rows}
 
 
-@pytest.fixture(scope="module")
-def loaded(clickhouse_dsn: str) -> Iterator[tuple[str, str]]:
+def _load(client: Any) -> str:
+    """A new database holding :func:`_data` (its name)."""
     db = f"slcount_{uuid.uuid4().hex[:8]}"
-    client = get_client(clickhouse_dsn)
     migrate(client, db)
     columns = {
         "interactions": _INTERACTION_COLUMNS,
@@ -149,9 +149,45 @@ def loaded(clickhouse_dsn: str) -> Iterator[tuple[str, str]]:
                 table, part, database=db, column_names=columns[table],
                 settings={"optimize_on_insert": 0},
             )  # fmt: skip
+    return db
+
+
+@pytest.fixture(scope="module")
+def loaded(clickhouse_dsn: str) -> Iterator[tuple[str, str]]:
+    client = get_client(clickhouse_dsn)
+    db = _load(client)
     yield clickhouse_dsn, db
     client.command(f"DROP DATABASE IF EXISTS {db}")
     client.close()
+
+
+def test_inputs_labelled_between_the_counts_and_their_heads_are_read_by_name(
+    clickhouse_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sink's labeller runs beside the reads. Past ``_NAMED_HEADS`` unlabelled inputs
+    the heads' statement finds them again as the newest interactions without a label, so an
+    input labelled after the counts were read is not among them: it is read by name."""
+    monkeypatch.setattr(slice_counts, "_NAMED_HEADS", 1)  # every read takes the join form
+    writer = get_client(clickhouse_dsn)
+    db = _load(writer)
+    client = readonly_client(clickhouse_dsn, db, None, None)
+    labelled: list[int] = []
+
+    def run(sql: str, max_rows: int) -> list[list[Any]]:
+        if "substring(user_input" in sql and not labelled:  # the first heads' statement
+            while done := label_inputs(writer, db, batch=500, overlap_ms=0):
+                labelled.append(done)
+        return execute(client, sql, max_rows).rows
+
+    try:
+        counts = read_slice_counts(run, Scope(), db)
+        assert sum(labelled) > 1
+        judged = read_judged_interactions(run, Scope(), db)
+        assert failure_report(counts).to_dict() == failure_report(judged).to_dict()
+    finally:
+        client.close()
+        writer.command(f"DROP DATABASE IF EXISTS {db}")
+        writer.close()
 
 
 SCOPES = [
