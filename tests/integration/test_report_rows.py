@@ -236,6 +236,16 @@ def _population(
     return out
 
 
+def _inserted(
+    ev: Events, sessions: int, app: str = "app1", first: int = 0
+) -> dict[str, list[dict[str, Any]]]:
+    """A :func:`_population`, inserted one table at a time."""
+    pop = _population(ev, sessions, app, first)
+    for table, rows in pop.items():
+        ev.insert(table, rows)
+    return pop
+
+
 def _same(a: Any, b: Any, path: str = "") -> None:
     if dataclasses.is_dataclass(a) and not isinstance(a, type):
         assert dataclasses.is_dataclass(b), path
@@ -350,8 +360,7 @@ def test_totals_cut_off_from_their_session_rows_are_repaired(store: Any) -> None
     leaves totals that no later round corrects; the compactor's start repairs them."""
     client, db, runner = store
     ev = Events(client, db)
-    for table, rows in _population(ev, 40).items():
-        ev.insert(table, rows)
+    _inserted(ev, 40)
     time.sleep(report_rows.OVERLAP_MS / 1000 + 0.5)  # nothing changed since the compaction
     compact(client, db)
     assert repair_totals(client, db) == []
@@ -424,9 +433,7 @@ def test_a_merge_of_later_rounds_never_brings_an_old_session_row_back(store: Any
     database, 9 interactions short). The versioned engine removes only ``(r, -r)`` pairs."""
     client, db, runner = store
     ev = Events(client, db, seed=17)
-    pop = _population(ev, 30)
-    for table, rows in pop.items():
-        ev.insert(table, rows)
+    pop = _inserted(ev, 30)
     for state in report_rows._STATES:
         client.command(f"SYSTEM STOP MERGES {db}.{state.table}")
     compact(client, db)  # r1
@@ -465,9 +472,7 @@ def test_a_round_killed_before_its_watermark_is_made_again_by_the_next(
     the reads are exact; no totals need repair."""
     client, db, runner = store
     ev = Events(client, db, seed=41)
-    pop = _population(ev, 30)
-    for table, rows in pop.items():
-        ev.insert(table, rows)
+    pop = _inserted(ev, 30)
     compact(client, db)
     late = T0 + dt.timedelta(days=3)
     ev.insert("feedback", [ev.feedback(i, "thumbs", late, thumbs=-1) for i in pop["interactions"]])
@@ -505,8 +510,7 @@ def test_migration_13_rebuilds_the_report_rows_from_the_events(
     runner = lambda sql: execute(reader, sql, max_rows=100_000)  # noqa: E731
     try:
         ev = Events(client, db, seed=23)
-        for table, rows in _population(ev, 40).items():
-            ev.insert(table, rows)
+        _inserted(ev, 40)
         time.sleep(report_rows.OVERLAP_MS / 1000 + 0.5)  # nothing touched after the round
         compact(client, db)
         assert "CollapsingMergeTree(sign)" in str(
@@ -563,9 +567,7 @@ def test_migration_13_rebuilds_the_report_rows_from_the_events(
 def test_orphaned_feedback_counts_once_its_interaction_arrives(store: Any) -> None:
     client, db, runner = store
     ev = Events(client, db, seed=11)
-    pop = _population(ev, 40)
-    for table, rows in pop.items():
-        ev.insert(table, rows)
+    _inserted(ev, 40)
     waiting = ev.interaction("app1", "late-session", "treatment", T0 + dt.timedelta(hours=1))
     ev.insert("feedback", [ev.feedback(waiting, "thumbs", T0 + dt.timedelta(hours=1), thumbs=1)])
     compact(client, db)
@@ -587,8 +589,7 @@ def test_a_session_id_shared_by_two_apps_falls_back_to_the_exact_path_where_it_m
     client, db, runner = store
     ev = Events(client, db, seed=5)
     for app in ("app1", "app2"):
-        for table, rows in _population(ev, 30, app).items():
-            ev.insert(table, rows)
+        _inserted(ev, 30, app)
     shared = [ev.interaction(app, "shared", "control", T0) for app in ("app1", "app2")]
     ev.insert("interactions", shared)
     ev.insert("feedback", [ev.feedback(i, "thumbs", T0, thumbs=1) for i in shared])
@@ -608,8 +609,7 @@ def test_a_session_id_shared_by_two_apps_falls_back_to_the_exact_path_where_it_m
 def test_scopes_the_rows_cannot_split_take_the_exact_path(store: Any) -> None:
     client, db, runner = store
     ev = Events(client, db, seed=3)
-    for table, rows in _population(ev, 20).items():
-        ev.insert(table, rows)
+    _inserted(ev, 20)
     compact(client, db)
     for scope in (
         Scope(experiment="exp1", since=T0 + dt.timedelta(hours=6)),
@@ -636,9 +636,7 @@ def test_reads_stay_exact_while_events_keep_arriving_after_the_compaction(
     monkeypatch.setattr(report_rows, "OVERLAP_MS", 0)
     client, db, runner = store
     ev = Events(client, db, seed=23)
-    old = _population(ev, 60)
-    for table, rows in old.items():
-        ev.insert(table, rows)
+    old = _inserted(ev, 60)
     compact(client, db)
     assert _changed(runner) == 0
     scopes = (Scope(experiment="exp1"), Scope())
@@ -685,11 +683,9 @@ def test_reads_take_the_exact_path_when_too_many_sessions_changed_since_the_comp
     monkeypatch.setattr(derived, "MAX_TOUCHED", 3)
     client, db, runner = store
     ev = Events(client, db, seed=29)
-    for table, rows in _population(ev, 20).items():
-        ev.insert(table, rows)
+    _inserted(ev, 20)
     compact(client, db)
-    for table, rows in _population(ev, 5, first=100).items():
-        ev.insert(table, rows)
+    _inserted(ev, 5, first=100)
     scope = Scope(experiment="exp1")
     assert derived.experiment_rows(runner, scope, (0.5,)) is None
     _same(fetch_experiment(runner, scope, exact=True), fetch_experiment(runner, scope))
@@ -790,9 +786,7 @@ def test_a_compaction_between_the_two_quantile_statements_makes_them_read_again(
     monkeypatch.setattr(report_rows, "OVERLAP_MS", 0)
     client, db, runner = store
     ev = Events(client, db, seed=43)
-    old = _population(ev, 60)
-    for table, rows in old.items():
-        ev.insert(table, rows)
+    old = _inserted(ev, 60)
     compact(client, db)
     statements: list[str] = []
 
