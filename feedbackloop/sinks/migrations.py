@@ -26,6 +26,7 @@ from feedbackloop.errors import ClickHouseError, ConfigError
 from feedbackloop.sinks.input_labels import INPUT_LABELS_DDL
 from feedbackloop.sinks.interaction_signals import INTERACTION_SIGNALS_DDL, SIGNALS_TABLE
 from feedbackloop.sinks.report_rows import (
+    CHECKPOINTS_DDL,
     LOOKUPS,
     LOOKUPS_DDL,
     QUANTILE_BUCKETS_DDL,
@@ -552,6 +553,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(12, "per-interaction signals for the failure slices", INTERACTION_SIGNALS_DDL),
     # Session rows that merges cannot bring back once cancelled; rebuilt from the events.
     Migration(13, "report rows: versioned collapsing, rebuilt from the events", STATE_ENGINE_DDL),
+    # The moments the totals agree with the session rows, so a read never sees a round's
+    # session rows without the totals its views derive from them.
+    Migration(14, "report rows: checkpoints of agreeing inserts", CHECKPOINTS_DDL),
 )
 
 #: Tables with an ``occurred_at`` column that an optional TTL applies to.

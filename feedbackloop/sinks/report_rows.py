@@ -62,16 +62,21 @@ __all__ = [
     "REPORT_ROWS_DDL",
     "STATE_ENGINE",
     "STATE_ENGINE_DDL",
+    "CHECKPOINTS_DDL",
+    "CHECKPOINTS_TABLE",
     "CompactionResult",
     "Compactor",
     "compact",
     "DEDUP_KEYS",
     "dedup_sql",
     "changed_rows_sql",
+    "checkpoint",
     "current_sql",
+    "inserts_sql",
     "cut_off_round",
     "repair_totals",
     "restricted_sql",
+    "settled_sql",
     "touched_sql",
     "watermark_sql",
     "OVERLAP_MS",
@@ -1063,6 +1068,62 @@ STATE_ENGINE_DDL: tuple[str, ...] = (
     *(t.ddl()[1] for t in SUMMED),
 )
 
+#: Where the compactor records the moments the totals agree with the state rows they sum
+#: (:func:`inserts_sql` after each of its inserts has returned): a read compares the
+#: tables' inserts with these before and after each statement that reads both, so it never
+#: reads one of the two half-way through a round (:mod:`~feedbackloop.analysis.reads.derived`).
+CHECKPOINTS_TABLE = "report_rows_checkpoints"
+
+#: Migration 14 (``{db}`` templated). Empty at first: the compactor records a checkpoint as
+#: it starts (after :func:`repair_totals`, when a round was cut off) and after each insert.
+CHECKPOINTS_DDL: tuple[str, ...] = (
+    f"""CREATE TABLE IF NOT EXISTS {{db}}.{CHECKPOINTS_TABLE}
+(
+    inserts String,
+    computed_at DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(computed_at)
+ORDER BY tuple()""",
+)
+
+
+def inserts_sql(database: str | None = None) -> str:
+    """A scalar subquery: the newest insert into each state and totals table, as one string
+    (``system.parts``: a part's ``max_block_number``; a merged part keeps the greatest of
+    its parts'). It moves with every part an insert (a round's, or its views') commits,
+    and with nothing else. ``database``: the client's current one when ``None``.
+
+    A state table and its views' tables are written by one ``INSERT``, but each commits
+    its own part: for a moment a read can see the state rows of a round without the totals
+    its views derive from them, or the other way round (the report is then off by that
+    round's change). Reads therefore only trust moments recorded in
+    :data:`CHECKPOINTS_TABLE`."""
+    tables = ", ".join(f"'{t}'" for t in (*(s.table for s in _STATES), *(t.table for t in SUMMED)))
+    db = f"'{database}'" if database else "currentDatabase()"
+    return f"""(SELECT arrayStringConcat(arraySort(groupArray(
+        concat(table, ':', partition_id, ':', toString(newest)))), ',')
+    FROM (SELECT table, partition_id, max(max_block_number) AS newest FROM system.parts
+          WHERE database = {db} AND active AND table IN ({tables})
+          GROUP BY table, partition_id))"""
+
+
+def checkpoint(client: Any, database: str) -> None:
+    """Record the state and totals tables' inserts as agreeing: only after an insert into
+    them (and its views) has returned, with nothing else writing them."""
+    client.command(
+        f"INSERT INTO {database}.{CHECKPOINTS_TABLE} (inserts) SELECT {inserts_sql(database)}"
+    )
+
+
+def settled_sql() -> str:
+    """``SELECT since, inserts, settled`` (``{db}`` templated): the watermark less the
+    overlap as text (:func:`since_sql`), :func:`inserts_sql` now, and whether a checkpoint
+    recorded it (the totals then agree with the state rows)."""
+    return f"""WITH {inserts_sql()} AS now_inserts
+SELECT toString({_since()}) AS since, now_inserts AS inserts,
+    has((SELECT groupArray(inserts) FROM {{db}}.{CHECKPOINTS_TABLE}), now_inserts) AS settled"""
+
+
 #: Migration statements for the lookup copies (``{db}`` templated): each table, then the
 #: rows already inserted up to the watermark less the overlap (the compactor copies the
 #: rest; none on a database never compacted).
@@ -1141,6 +1202,7 @@ def compact(client: Any, database: str, chunk: int = CHUNK_SESSIONS) -> Compacti
                 done.append(name)
             for state in _STATES:
                 _insert_state(client, database, state, stamp, scratch)
+                checkpoint(client, database)
                 rows[state.table] += int(
                     client.command(f"SELECT count() FROM {scratch['touched']}")
                 )
@@ -1359,12 +1421,14 @@ class Compactor:
 
     def _repair(self) -> None:
         """:func:`repair_totals` before the first round, if the last one was cut off (the
-        checks read without the lock; the corrective inserts take it)."""
+        checks read without the lock; the corrective inserts take it); then a
+        :func:`checkpoint`: nothing else writes the report rows yet, and they agree."""
         raw = self._factory()
         try:
-            if not cut_off_round(raw, self.database):
-                return
-            repaired = repair_totals(raw, self.database, _Locked(raw, self.lock))
+            repaired = []
+            if cut_off_round(raw, self.database):
+                repaired = repair_totals(raw, self.database, _Locked(raw, self.lock))
+            checkpoint(_Locked(raw, self.lock), self.database)
         finally:
             raw.close()
         if repaired:
@@ -1418,6 +1482,10 @@ def declared_columns() -> dict[str, tuple[tuple[str, str, str], ...]]:
         )
     out["report_rows_watermark"] = (
         ("watermark", "DateTime64(3, 'UTC')", ""),
+        ("computed_at", "DateTime64(3, 'UTC')", "DEFAULT now64(3)"),
+    )
+    out[CHECKPOINTS_TABLE] = (
+        ("inserts", "String", ""),
         ("computed_at", "DateTime64(3, 'UTC')", "DEFAULT now64(3)"),
     )
     return out

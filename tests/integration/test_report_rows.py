@@ -355,10 +355,13 @@ def test_report_rows_answer_like_the_exact_queries_under_redelivery_and_late_eve
     _assert_both_paths_agree(runner)
 
 
-def test_totals_cut_off_from_their_session_rows_are_repaired(store: Any) -> None:
+def test_totals_cut_off_from_their_session_rows_are_repaired(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A compaction killed between the state table's part of an insert and its views'
     leaves totals that no later round corrects; the compactor's start repairs them."""
     client, db, runner = store
+    monkeypatch.setattr(derived, "SETTLE_S", 0.2)  # reads that wait for a checkpoint
     ev = Events(client, db)
     _inserted(ev, 40)
     time.sleep(report_rows.OVERLAP_MS / 1000 + 0.5)  # nothing changed since the compaction
@@ -377,16 +380,27 @@ def test_totals_cut_off_from_their_session_rows_are_repaired(store: Any) -> None
         client.command(f"INSERT INTO {db}.{t.table} {t.select(rows)}")
 
     phantom("report_variant_totals")
+    # No checkpoint holds these inserts: the reads take the exact path.
+    assert derived.experiment_rows(runner, scope, (0.5,)) is None
+    _assert_both_paths_agree(runner, (scope,), ("experiment",))
+    # Recorded as agreeing anyway (what the reads trusted before the checkpoints), the totals
+    # less the sessions' rows are three sessions off.
+    report_rows.checkpoint(client, db)
     assert derived.experiment_rows(runner, scope, (0.5,)) is not None  # not the exact path
     with pytest.raises(AssertionError, match=r"\.sessions: \d+ != \d+"):
         _assert_both_paths_agree(runner, (scope,), ("experiment",))
     assert repair_totals(client, db) == ["report_variant_totals"]
+    report_rows.checkpoint(client, db)  # as the compactor does after repairing
+    assert derived.experiment_rows(runner, scope, (0.5,)) is not None
     _assert_both_paths_agree(runner, (scope,), ("experiment",))
     # The quantile buckets: a read sees their counts disagree with the values and takes
     # the exact path (same answer, slower) until they are repaired.
     phantom("report_variant_latency_buckets")
+    report_rows.checkpoint(client, db)
+    _assert_both_paths_agree(runner)
     assert repair_totals(client, db) == ["report_variant_latency_buckets"]
     assert repair_totals(client, db) == []
+    report_rows.checkpoint(client, db)
     _assert_both_paths_agree(runner)
     # The compactor checks at its start only after a round stopped before its watermark:
     # session rows stamped later than the watermark, or totals whose view summed such rows
@@ -423,6 +437,47 @@ def _merge_all_but_the_first_part(client: Any, db: str, table: str) -> None:
     client.command(f"SYSTEM START MERGES {db}.{table}")
     client.command(f"OPTIMIZE TABLE {db}.{table} FINAL")
     client.command(f"ALTER TABLE {db}.{table} ATTACH PART '{parts[0][0]}'")
+
+
+def test_a_read_between_a_rounds_session_rows_and_their_totals_waits_for_both(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round's ``INSERT`` commits the state table's part and each view's part one after the
+    other. Held at that moment (a view's part not there yet, the round's checkpoint neither),
+    a read does not take the totals less the session rows: it waits for a checkpoint, then
+    re-joins the events. Read as it was (what the reads did before the checkpoints), the
+    report is off by the round's change; once the part and the checkpoint are there, the
+    report rows answer again."""
+    client, db, runner = store
+    monkeypatch.setattr(derived, "SETTLE_S", 0.2)
+    ev = Events(client, db, seed=29)
+    pop = _inserted(ev, 40)
+    time.sleep(report_rows.OVERLAP_MS / 1000 + 0.5)
+    compact(client, db)
+    scope = Scope(experiment="exp1", app_id="app1")
+    assert derived.experiment_rows(runner, scope, (0.5,)) is not None
+    late = T0 + dt.timedelta(days=3)
+    ev.insert(
+        "feedback", [ev.feedback(i, "thumbs", late, thumbs=-1) for i in pop["interactions"][:30]]
+    )
+    t = totals("report_variant_totals")
+    client.command(f"DROP VIEW {db}.{t.table}_mv")  # its part of the next insert: not yet
+    with monkeypatch.context() as held:
+        held.setattr(report_rows, "checkpoint", lambda client, database: None)
+        compact(client, db)
+    assert derived.experiment_rows(runner, scope, (0.5,)) is None
+    _assert_both_paths_agree(runner, (scope,), ("experiment",))
+
+    report_rows.checkpoint(client, db)  # trusted at this moment, the totals lag the rows
+    assert derived.experiment_rows(runner, scope, (0.5,)) is not None
+    with pytest.raises(AssertionError, match=r"\.variants\.\w+\.\S+: \S+ != "):
+        _assert_both_paths_agree(runner, (scope,), ("experiment",))
+
+    client.command(t.ddl()[1].replace("{db}", db))
+    assert repair_totals(client, db) == [t.table]  # the view's part, written
+    report_rows.checkpoint(client, db)
+    assert derived.experiment_rows(runner, scope, (0.5,)) is not None
+    _assert_both_paths_agree(runner)
 
 
 def test_a_merge_of_later_rounds_never_brings_an_old_session_row_back(store: Any) -> None:
@@ -498,7 +553,7 @@ def test_a_round_killed_before_its_watermark_is_made_again_by_the_next(
 
 
 def test_migration_13_rebuilds_the_report_rows_from_the_events(
-    clickhouse_dsn: str, clickhouse_database: str
+    clickhouse_dsn: str, clickhouse_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A database compacted under migration 7's engine, with a session row a merge brought
     back: migration 13 drops every derived row, the reads recompute every session until the
@@ -512,7 +567,9 @@ def test_migration_13_rebuilds_the_report_rows_from_the_events(
         ev = Events(client, db, seed=23)
         _inserted(ev, 40)
         time.sleep(report_rows.OVERLAP_MS / 1000 + 0.5)  # nothing touched after the round
-        compact(client, db)
+        with monkeypatch.context() as before_14:  # the code of that time kept no checkpoints
+            before_14.setattr(report_rows, "checkpoint", lambda client, database: None)
+            compact(client, db)
         assert "CollapsingMergeTree(sign)" in str(
             client.command(
                 f"SELECT engine_full FROM system.tables WHERE database = '{db}' "
@@ -526,10 +583,14 @@ def test_migration_13_rebuilds_the_report_rows_from_the_events(
             "LIMIT 1"
         )
         scope = Scope(experiment="exp1")
+        # The reads of that time trusted the rows at any moment (migration 14's checkpoints).
+        for stmt in report_rows.CHECKPOINTS_DDL:
+            client.command(stmt.replace("{db}", db))
+        report_rows.checkpoint(client, db)
         with pytest.raises(AssertionError, match=r"\.sessions: \d+ != \d+"):
             _assert_both_paths_agree(runner, (scope,), ("experiment",))
 
-        assert migrate(client, db) == [13]
+        assert migrate(client, db) == [13, 14]
         assert (
             str(
                 client.command(
@@ -790,10 +851,13 @@ def test_a_compaction_between_the_two_quantile_statements_makes_them_read_again(
     compact(client, db)
     statements: list[str] = []
 
+    def buckets(sql: str) -> bool:  # a read of the buckets, not of their inserts' numbers
+        return "report_variant_latency_buckets" in sql and "system.parts" not in sql
+
     def racing(sql: str) -> Any:
         out = runner(sql)
         statements.append(sql)
-        if [s for s in statements if "report_variant_latency_buckets" in s] == [sql]:
+        if [s for s in statements if buckets(s)] == [sql]:
             # Right after the first bucket read: new sessions with the same latencies, so
             # every bucket the values are read from gains some, compacted at once.
             copies = []
@@ -813,7 +877,7 @@ def test_a_compaction_between_the_two_quantile_statements_makes_them_read_again(
 
     scope = Scope(experiment="exp1")
     ours = fetch_experiment(racing, scope)
-    assert sum("report_variant_latency_buckets" in s for s in statements) == 2  # read again
+    assert sum(buckets(s) for s in statements) == 2  # read again
     exact = fetch_experiment(runner, scope, exact=True)
     for v in ("control", "treatment"):
         assert ours.variants[v].latency_quantiles == exact.variants[v].latency_quantiles

@@ -10,7 +10,8 @@ cannot answer the scope exactly, and the caller re-joins the events instead:
 * a scope without both app and experiment that holds a *split* session (one whose events
   straddle apps or experiments; the rows count it once per (app, experiment));
 * more than :data:`MAX_TOUCHED` sessions touched since the last compaction (the compactor
-  is behind or stopped: see below).
+  is behind or stopped: see below);
+* the totals not agreeing with the state rows for :data:`SETTLE_S` (see the end).
 
 Events keep arriving after the last compaction (the sink worker's compactor runs every
 second or so). A read then splits the sessions in two: those *touched* since the
@@ -21,15 +22,26 @@ as ``FINAL`` does), every other session by the totals less the touched sessions'
 rows. Every statement sums over sessions, so the two shares add up to the exact answer;
 quantiles are taken from the value counts of both shares together. The cost grows with
 the sessions touched, not with everything stored.
+
+"The totals less the touched sessions' stored rows" holds only while the totals agree with
+the state rows: a round's ``INSERT`` commits the state table's part and each view's part
+one after the other, and a statement that reads both in between is off by that round's
+change. Each statement that reads both therefore runs between two readings of the tables'
+inserts (:func:`~feedbackloop.sinks.report_rows.inserts_sql`) that are equal and that the
+compactor recorded as agreeing (:func:`~feedbackloop.sinks.report_rows.checkpoint`, after
+each of its inserts has returned); otherwise it waits for the next checkpoint and runs
+again (:class:`_Steady`).
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import struct
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from feedbackloop.analysis.reads.literals import quote
 from feedbackloop.analysis.reads.scope import Scope
@@ -44,6 +56,8 @@ __all__ = [
 ]
 
 Rows = Callable[[str], list[dict[str, Any]]]
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 #: Sessions touched since the last compaction that a read recomputes itself; beyond that
 #: (the compactor stopped or far behind) it re-joins everything. Their ids travel in the
@@ -62,33 +76,91 @@ def _as_rows(runner: Any) -> Rows:
     return rows
 
 
+#: How long a read waits for the totals to agree with the state rows (a round between its
+#: insert and its checkpoint: milliseconds, or a sink flush on embedded chDB) before it
+#: re-joins the events instead, and how often it looks meanwhile.
+SETTLE_S = 2.0
+_SETTLE_PAUSE_S = 0.02
+#: Times a statement runs again because a round committed while it ran.
+STEADY_ATTEMPTS = 5
+
+
+class _Unsettled(Exception):
+    """The totals did not agree with the state rows within :data:`SETTLE_S`."""
+
+
+def _settle(rows: Rows) -> tuple[str, str]:
+    """``(since, inserts)`` at a moment the totals agree with the state rows (a checkpoint
+    recorded the tables' inserts as they are now); raises :class:`_Unsettled`."""
+    from feedbackloop.sinks.report_rows import settled_sql, time_literal
+
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        r = rows(settled_sql().replace("{db}.", ""))[0]
+        if int(r["settled"]):
+            return time_literal(str(r["since"])), str(r["inserts"])
+        if time.monotonic() > deadline:
+            raise _Unsettled
+        time.sleep(_SETTLE_PAUSE_S)
+
+
+class _Steady:
+    """Runs statements that read the totals beside the state rows: each between two equal
+    readings of the tables' inserts, the first one a checkpoint's (``inserts``). A round
+    that commits meanwhile makes the statement run again once the next checkpoint is
+    there."""
+
+    def __init__(self, rows: Rows, inserts: str) -> None:
+        self.rows, self.inserts = rows, inserts
+
+    def __call__(self, sql: str) -> list[dict[str, Any]]:
+        from feedbackloop.sinks.report_rows import inserts_sql
+
+        for _ in range(STEADY_ATTEMPTS):
+            out = self.rows(sql)
+            if str(self.rows(f"SELECT {inserts_sql()} AS inserts")[0]["inserts"]) == self.inserts:
+                return out
+            self.inserts = _settle(self.rows)[1]
+        raise _Unsettled
+
+
+def _exact_when_unsettled(read: Callable[_P, _R | None]) -> Callable[_P, _R | None]:
+    """``read`` returning ``None`` (the exact path) when the totals never agreed long
+    enough with the state rows."""
+
+    @functools.wraps(read)
+    def wrapped(*args: _P.args, **kwargs: _P.kwargs) -> _R | None:
+        try:
+            return read(*args, **kwargs)
+        except _Unsettled:
+            return None
+
+    return wrapped
+
+
 @dataclass(frozen=True)
 class _Plan:
     """How a read answers a scope: ``where`` on the totals' keys, the sessions touched since
     the last compaction (a tuple literal; ``None`` when there are none: events that touch no
-    session yet, such as orphaned feedback, change no answer) and the time they were read
-    from (the watermark less the overlap: a DateTime64 literal)."""
+    session yet, such as orphaned feedback, change no answer), the time they were read
+    from (the watermark less the overlap: a DateTime64 literal), and the runner of the
+    statements that read the totals (:class:`_Steady`)."""
 
     where: str
     touched: str | None
     since: str
+    steady: _Steady
 
 
 def _plan(rows: Rows, scope: Scope) -> _Plan | None:
     """The plan for ``scope``; ``None`` for the exact path."""
+    from feedbackloop.sinks.report_rows import CHECKPOINTS_TABLE, touched_sql
+
     if any(v is not None for v in (scope.since, scope.until, scope.prompt_version, scope.model)):
         return None
-    exists = rows("EXISTS TABLE report_lookup_units")
+    exists = rows(f"EXISTS TABLE {CHECKPOINTS_TABLE}")
     if not exists or not int(next(iter(exists[0].values()))):
         return None  # the report rows' migrations are not applied
-    if not int(rows("SELECT count() AS n FROM report_rows_watermark")[0]["n"]):
-        # No round finished yet (a new store, or the rebuild after migration 13): the first
-        # round writes every session at once, and a state row becomes visible before the
-        # totals its views derive from it, so "totals less the touched sessions' rows" can
-        # be read mid-insert (seen: a demo report with no session at all).
-        return None
-    from feedbackloop.sinks.report_rows import since_sql, time_literal, touched_sql
-
     parts = ["1"]
     if scope.experiment is not None:
         parts.append(f"experiment = {quote(scope.experiment)}")
@@ -97,7 +169,7 @@ def _plan(rows: Rows, scope: Scope) -> _Plan | None:
     where = " AND ".join(parts)
     # The time is read once, so every later statement of this read splits the sessions the
     # same way and finds their events in the same places, whatever arrives meanwhile.
-    since = time_literal(str(rows(since_sql().replace("{db}.", ""))[0]["since"]))
+    since, inserts = _settle(rows)
     touched = rows(
         f"SELECT groupArray(session_id) AS ids FROM ("
         f"{touched_sql(since).replace('{db}.', '')} LIMIT {MAX_TOUCHED + 1})"
@@ -106,7 +178,7 @@ def _plan(rows: Rows, scope: Scope) -> _Plan | None:
     literal = "(" + ", ".join(quote(str(s)) for s in touched) + ")"
     if len(touched) > MAX_TOUCHED or len(literal) > _MAX_LITERAL:
         return None
-    return _Plan(where, literal if touched else None, since)
+    return _Plan(where, literal if touched else None, since, _Steady(rows, inserts))
 
 
 def _split(scope: Scope, totals: list[dict[str, Any]]) -> bool:
@@ -205,7 +277,7 @@ def _quantiles_once(
     from feedbackloop.sinks.report_rows import bucket_sql
 
     buckets: dict[tuple[Any, ...], dict[int, list[Any]]] = {}
-    coarse = rows(_current(plan, f"{table}_buckets", (*group, "bucket"), "1"))
+    coarse = plan.steady(_current(plan, f"{table}_buckets", (*group, "bucket"), "1"))
     for r in coarse + [{**f, "lo": f["value"], "hi": f["value"]} for f in fresh]:
         b = buckets.setdefault(tuple(r[c] for c in group), {}).setdefault(
             int(r["bucket"]), [0, r["lo"], r["hi"]]
@@ -245,7 +317,7 @@ def _quantiles_once(
     )
     in_range = replace(plan, where=f"{plan.where} AND ({ranges})")
     counts: dict[tuple[tuple[Any, ...], int], dict[float, int]] = {at: {} for at in needed}
-    found = rows(
+    found = plan.steady(
         _current(in_range, table, (*group, "value", f"{bucket_sql('value')} AS bucket"), "n != 0")
     )
     for r in found + fresh:
@@ -281,7 +353,7 @@ def _variant_totals(runner: Any, scope: Scope) -> tuple[Rows, _Plan, list[dict[s
     plan = _plan(rows, scope)
     if plan is None:
         return None
-    totals = rows(_current(plan, "report_variant_totals", ("variant",), "sessions != 0"))
+    totals = plan.steady(_current(plan, "report_variant_totals", ("variant",), "sessions != 0"))
     return None if _split(scope, totals) else (rows, plan, totals)
 
 
@@ -320,6 +392,7 @@ def _metric_columns() -> list[str]:
     return [f"{k}__{s}" for k, *_ in METRIC_COLUMNS for s in ("y", "d", "yy", "dd", "yd")]
 
 
+@_exact_when_unsettled
 def experiment_rows(
     runner: Any, scope: Scope, quantiles: Sequence[float]
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], list[dict[str, Any]]] | None:
@@ -331,7 +404,7 @@ def experiment_rows(
     if start is None:
         return None
     rows, plan, totals = start
-    outcomes = rows(
+    outcomes = plan.steady(
         _current(plan, "report_variant_outcomes", ("variant", "outcome"), "sessions_with != 0")
     )
     latency_q = _quantiles(
@@ -386,6 +459,7 @@ def experiment_rows(
     return metrics, assignment, outcome_rows
 
 
+@_exact_when_unsettled
 def impact_rows(
     runner: Any, scope: Scope, quantiles: Sequence[float]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
@@ -397,7 +471,7 @@ def impact_rows(
     if start is None:
         return None
     rows, plan, totals = start
-    outcomes = rows(
+    outcomes = plan.steady(
         _current(plan, "report_variant_outcomes", ("variant", "outcome"), "events != 0")
     )
     times = _quantiles(
@@ -454,6 +528,7 @@ def impact_rows(
     return per_outcome, headline
 
 
+@_exact_when_unsettled
 def satisfaction_rows(
     runner: Any, scope: Scope, bucket_seconds: int
 ) -> list[dict[str, Any]] | None:
@@ -465,7 +540,7 @@ def satisfaction_rows(
         return None
     rows, plan, totals = start
     t = f"toUnixTimestamp(toStartOfInterval(t, INTERVAL {int(bucket_seconds)} SECOND)) AS t"
-    found = rows(_current(plan, "report_variant_seconds", ("variant", t), "rated != 0"))
+    found = plan.steady(_current(plan, "report_variant_seconds", ("variant", t), "rated != 0"))
     if plan.touched is None:
         return found
     fresh = rows(_touched(plan, satisfaction_over_time_sql(scope, bucket_seconds)))
@@ -474,6 +549,7 @@ def satisfaction_rows(
     )
 
 
+@_exact_when_unsettled
 def version_total_rows(runner: Any, scope: Scope) -> list[dict[str, Any]] | None:
     """``version_totals_sql``'s rows, oldest version first."""
     rows = _as_rows(runner)
@@ -488,7 +564,7 @@ def _version_totals(rows: Rows, plan: _Plan, scope: Scope) -> list[dict[str, Any
     from feedbackloop.analysis.reads.queries import version_totals_sql
 
     current = _current(plan, "report_version_totals", ("prompt_version",), "sessions != 0")
-    totals = rows(
+    totals = plan.steady(
         f"SELECT *, toString(t0) AS first_seen, toString(t1) AS last_seen FROM ({current})"
     )
     if _split(scope, totals):
@@ -505,6 +581,7 @@ def _version_totals(rows: Rows, plan: _Plan, scope: Scope) -> list[dict[str, Any
     return sorted(totals, key=lambda r: (str(r["first_seen"]), str(r["prompt_version"])))
 
 
+@_exact_when_unsettled
 def version_rows(runner: Any, scope: Scope, bucket: str) -> list[dict[str, Any]] | None:
     """``versions_sql``'s rows: per prompt version and day (or week)."""
     from feedbackloop.analysis.reads.queries import versions_sql
@@ -516,7 +593,7 @@ def version_rows(runner: Any, scope: Scope, bucket: str) -> list[dict[str, Any]]
         return None
     first = {r["prompt_version"]: r["first_seen"] for r in totals}
     in_bucket = replace(plan, where=f"{plan.where} AND kind = {quote(bucket)}")
-    buckets = rows(
+    buckets = plan.steady(
         _current(
             in_bucket,
             "report_version_buckets",
