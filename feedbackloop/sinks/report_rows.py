@@ -1108,10 +1108,14 @@ def inserts_sql(database: str | None = None) -> str:
 
 
 def checkpoint(client: Any, database: str) -> None:
-    """Record the state and totals tables' inserts as agreeing: only after an insert into
-    them (and its views) has returned, with nothing else writing them."""
+    """Record the state and totals tables' inserts as agreeing, unless recorded already:
+    only after an insert into them (and its views) has returned, with nothing else writing
+    them."""
+    table = f"{database}.{CHECKPOINTS_TABLE}"
     client.command(
-        f"INSERT INTO {database}.{CHECKPOINTS_TABLE} (inserts) SELECT {inserts_sql(database)}"
+        f"INSERT INTO {table} (inserts) SELECT now_inserts FROM "
+        f"(SELECT {inserts_sql(database)} AS now_inserts) "
+        f"WHERE now_inserts NOT IN (SELECT inserts FROM {table})"
     )
 
 
@@ -1168,7 +1172,8 @@ def compact(client: Any, database: str, chunk: int = CHUNK_SESSIONS) -> Compacti
     scratch = {name: f"{database}.report_scratch_{name}" for name, _ in _sources("", "")}
     rows = dict.fromkeys((s.table for s in _STATES), 0)
     changed = client.query(changed_rows_sql(since).replace("{db}", database)).result_rows
-    if not int(changed[0][0]):  # the common case between flushes: not one statement more
+    if not int(changed[0][0]):  # the common case between flushes: one statement more
+        checkpoint(client, database)  # a database the last rounds left without one
         return CompactionResult(start, rows, 0, time.perf_counter() - t0)
     try:
         # Copy what was inserted up to this round's watermark less the overlap: a read (and
