@@ -37,8 +37,10 @@ after it. ``--skip-analyst`` leaves out the analyst queries.
 interactions/s (their feedback and outcomes as above) and ``--late-rate`` late thumbs/s on old
 interactions, and the sink worker's compactor runs every second: ours (totals plus the
 sessions touched since the last compaction, recomputed in the read) beside ``count() FINAL``,
-both timed during the traffic, with the sessions touched at the read and how many exact-path
-statements it ran (``BENCH_STATEMENTS=1`` prints each statement's time).
+both timed during the traffic, with the sessions touched at the read, how many exact-path
+statements it ran, and how many times per read it looked for the moment the totals agree
+with the session rows (1: at once; more: it waited for a round's checkpoint, or ran a
+statement again; derived.py) (``BENCH_STATEMENTS=1`` prints each statement's time).
 
 Storage: the event tables, the report rows and their lookup copies on disk (compressed).
 
@@ -359,11 +361,13 @@ def _under_traffic(
     plus the sessions touched since the last compaction, recomputed in the read) beside
     ``count() FINAL`` of the tables the exact query reads, both timed during the traffic."""
     touched_n = f"SELECT count() AS n FROM ({touched_sql().replace('{db}.', '')})"
-    paths = {"exact": 0, "rows": 0}
+    paths = {"exact": 0, "rows": 0, "settle": 0}
 
     def runner(sql: str) -> Any:
         if " FINAL" in sql and "_sessions" not in sql:
             paths["exact"] += 1
+        # a read's first look for a checkpoint, a wait for one, or a statement run again
+        paths["settle"] += " AS settled" in sql
         t0 = time.perf_counter()
         out = execute(q, sql, max_rows=100_000)
         if os.environ.get("BENCH_STATEMENTS"):
@@ -383,19 +387,19 @@ def _under_traffic(
         )
         print(
             f"{'analysis read':30} {'ours s':>8} {'baseline s':>11} {'ratio':>6} "
-            f"{'touched':>8} {'exact':>6} {'load':>5}"
+            f"{'touched':>8} {'exact':>6} {'settle':>6} {'load':>5}"
         )
         t_end = time.monotonic() + seconds
         while True:
             for name, fn, tables in _reads(runner, q):
-                paths["exact"] = 0
+                paths["exact"] = paths["settle"] = 0
                 touched = int(q.query(touched_n).result_rows[0][0])
                 ours, _ = _time_call(lambda fn=fn: fn(False), runs)
                 dedup = " UNION ALL ".join(f"SELECT count() FROM {t} FINAL" for t in tables)
                 base, _ = _time(q, dedup, runs)
                 print(
                     f"{name:30} {ours:8.3f} {base:11.3f} {ours / base:6.2f} {touched:8,} "
-                    f"{paths['exact']:>6} {os.getloadavg()[0]:5.2f}"
+                    f"{paths['exact']:>6} {paths['settle'] / runs:6.1f} {os.getloadavg()[0]:5.2f}"
                 )
             if time.monotonic() > t_end:
                 break
