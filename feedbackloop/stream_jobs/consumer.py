@@ -128,6 +128,20 @@ class TunedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         await super()._seek_wait(consumer, partitions)
 
 
+async def _stop(probe: aiokafka.AIOKafkaConsumer) -> None:
+    """``probe.stop()``, which can raise the ``CancelledError`` of one of aiokafka's own tasks
+    (seen when it stops right after its seek: its fetch task is cancelled under it). Let
+    through, that error ended faust's table recovery without a word, and the worker lived on
+    reading nothing; only a cancellation of the task running this propagates."""
+    try:
+        await probe.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("stopping the end-offset probe raised aiokafka's own CancelledError")
+
+
 async def fetched_end_offsets(
     new_probe: Callable[[], aiokafka.AIOKafkaConsumer],
     listed: Mapping[TP, int],
@@ -188,7 +202,7 @@ async def fetched_end_offsets(
                     elif (probe.last_poll_timestamp(atp) or 0) > reached[atp]:
                         answered_empty.add(atp)  # a fetch at ``last`` came back empty
         finally:
-            await probe.stop()
+            await _stop(probe)
     except Exception as e:  # the listed offsets are what faust would have used anyway
         log.warning("could not check changelog end offsets by a fetch (%s); using ListOffsets", e)
         return ends

@@ -114,3 +114,40 @@ def test_a_log_ending_in_a_hole_ends_after_its_last_served_record(
     probe = FakeProbe({("c", 0): 521, ("c", 1): 508}, highwaters={("c", 1): 541})
     assert run(probe, {TP("c", 0): 504, TP("c", 1): 393}) == {TP("c", 0): 521, TP("c", 1): 508}
     assert "ends in a hole: its high watermark is 541 but its last record is 507" in caplog.text
+
+
+class StopCancelled(FakeProbe):
+    """aiokafka's ``stop()`` raising the ``CancelledError`` of its own fetch task (seen when
+    the probe stops right after its seek)."""
+
+    async def stop(self) -> None:
+        self.stopped = True
+        raise asyncio.CancelledError
+
+
+def test_aiokafkas_own_cancellation_on_stop_does_not_end_the_recovery(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Let through, it ended faust's table recovery and the worker read nothing more.
+    probe = StopCancelled({("c", 0): 14})
+    assert run(probe, {TP("c", 0): 1}) == {TP("c", 0): 14}
+    assert "own CancelledError" in caplog.text
+
+
+def test_a_cancellation_of_the_recovery_itself_still_goes_through() -> None:
+    class Slow(FakeProbe):
+        async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0) -> dict[Any, Any]:
+            await asyncio.sleep(10)
+            return {}
+
+    probe = Slow({("c", 0): 14})
+
+    async def main() -> None:
+        task = asyncio.create_task(fetched_end_offsets(lambda: probe, {TP("c", 0): 1}))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert probe.stopped
