@@ -46,11 +46,13 @@ outcome) are the same numbers added in another order: equal to about 1e-12 relat
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -1207,7 +1209,6 @@ def compact(client: Any, database: str, chunk: int = CHUNK_SESSIONS) -> Compacti
                 done.append(name)
             for state in _STATES:
                 _insert_state(client, database, state, stamp, scratch)
-                checkpoint(client, database)
                 rows[state.table] += int(
                     client.command(f"SELECT count() FROM {scratch['touched']}")
                 )
@@ -1320,9 +1321,13 @@ def _insert_state(
         prior = ", ".join(f"{d} AS (SELECT * FROM {t})" for d, t in made.items())
         last, body = steps[-1]
         sql = f"WITH {prior}, {last} AS ({body}) SELECT {names} FROM {last}"
-        client.command(
-            f"INSERT INTO {database}.{state.table} ({names}) {sql.replace('{db}', database)}"
-        )
+        # The checkpoint right behind the insert (no sink flush between them on embedded
+        # chDB): a read waits for it from the moment the insert's first part commits.
+        with _together(client) as c:
+            c.command(
+                f"INSERT INTO {database}.{state.table} ({names}) {sql.replace('{db}', database)}"
+            )
+            checkpoint(c, database)
     finally:
         _drop(client, {n: t for n, t in made.items() if n not in scratch})
 
@@ -1352,6 +1357,17 @@ class _Locked:
 
     def close(self) -> None:
         self.client.close()
+
+
+@contextlib.contextmanager
+def _together(client: Any) -> Iterator[Any]:
+    """``client`` for statements that run back to back: a :class:`_Locked` one's lock held
+    across them (its own client inside), any other as it is."""
+    if isinstance(client, _Locked):
+        with client.lock:
+            yield client.client
+    else:
+        yield client
 
 
 class Compactor:

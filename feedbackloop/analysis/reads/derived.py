@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import re
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -104,11 +105,18 @@ def _settle(rows: Rows) -> tuple[str, str]:
         time.sleep(_SETTLE_PAUSE_S)
 
 
+def _read_by(sql: str, inserts: str) -> set[str]:
+    """The entries of ``inserts`` (``table:partition:block,…``) of the tables ``sql`` reads."""
+    entries = [e for e in inserts.split(",") if e]
+    return {e for e in entries if re.search(rf"\b{re.escape(e.split(':', 1)[0])}\b", sql)}
+
+
 class _Steady:
-    """Runs statements that read the totals beside the state rows: each between two equal
-    readings of the tables' inserts, the first one a checkpoint's (``inserts``). A round
-    that commits meanwhile makes the statement run again once the next checkpoint is
-    there."""
+    """Runs statements that read the totals beside the state rows: each between two readings
+    of the tables' inserts that are equal for the tables it reads, the first one a
+    checkpoint's (``inserts``). A round that commits into those tables meanwhile makes the
+    statement run again once the next checkpoint is there (a commit into the other state
+    table and its views' tables changes nothing this statement read)."""
 
     def __init__(self, rows: Rows, inserts: str) -> None:
         self.rows, self.inserts = rows, inserts
@@ -118,7 +126,8 @@ class _Steady:
 
         for _ in range(STEADY_ATTEMPTS):
             out = self.rows(sql)
-            if str(self.rows(f"SELECT {inserts_sql()} AS inserts")[0]["inserts"]) == self.inserts:
+            now = str(self.rows(f"SELECT {inserts_sql()} AS inserts")[0]["inserts"])
+            if _read_by(sql, now) == _read_by(sql, self.inserts):
                 return out
             self.inserts = _settle(self.rows)[1]
         raise _Unsettled
