@@ -46,13 +46,11 @@ outcome) are the same numbers added in another order: equal to about 1e-12 relat
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -1321,13 +1319,13 @@ def _insert_state(
         prior = ", ".join(f"{d} AS (SELECT * FROM {t})" for d, t in made.items())
         last, body = steps[-1]
         sql = f"WITH {prior}, {last} AS ({body}) SELECT {names} FROM {last}"
-        # The checkpoint right behind the insert (no sink flush between them on embedded
-        # chDB): a read waits for it from the moment the insert's first part commits.
-        with _together(client) as c:
-            c.command(
-                f"INSERT INTO {database}.{state.table} ({names}) {sql.replace('{db}', database)}"
-            )
-            checkpoint(c, database)
+        client.command(
+            f"INSERT INTO {database}.{state.table} ({names}) {sql.replace('{db}', database)}"
+        )
+        # A read waits for it from the moment the insert's first part commits (on embedded
+        # chDB a sink flush may run between the two: held together, they delayed the
+        # flushes more than the reads gained).
+        checkpoint(client, database)
     finally:
         _drop(client, {n: t for n, t in made.items() if n not in scratch})
 
@@ -1357,17 +1355,6 @@ class _Locked:
 
     def close(self) -> None:
         self.client.close()
-
-
-@contextlib.contextmanager
-def _together(client: Any) -> Iterator[Any]:
-    """``client`` for statements that run back to back: a :class:`_Locked` one's lock held
-    across them (its own client inside), any other as it is."""
-    if isinstance(client, _Locked):
-        with client.lock:
-            yield client.client
-    else:
-        yield client
 
 
 class Compactor:
