@@ -473,7 +473,8 @@ class StreamJobs:
             return
         consumer = self.app.consumer
         parts = (consumer, getattr(consumer, "_thread", None), getattr(self.app, "_fetcher", None))
-        crash = first_crash(parts)
+        tables = getattr(self.app, "tables", None)
+        crash = first_crash(parts) or recovery_ended(getattr(tables, "recovery", None))
         if crash is not None:
             log.error("stream jobs stopping: %s", crash)
             self.failure = BrokerError(crash)
@@ -684,6 +685,21 @@ def first_crash(services: Iterable[Any]) -> str | None:
         if service is not None and service.crashed:
             return f"{type(service).__name__} crashed: {service.crash_reason!r}"
     return None
+
+
+def recovery_ended(recovery: Any) -> str | None:
+    """Why faust's table recovery (a running mode service, or None) will never run again,
+    if it will not: its loop, ``_restart_recovery``, ended while the service runs. mode ends
+    a task quietly on a ``CancelledError`` it did not ask for ("Terminating cancelled
+    task"), and the worker then lives on reading nothing after the next rebalance (seen
+    when aiokafka's own cancellation escaped the end-offset probe: stream_jobs/consumer.py)."""
+    if recovery is None or not recovery.started or recovery.should_stop:
+        return None
+    for fut in list(recovery._futures):
+        task = getattr(fut, "__wrapped__", None)
+        if getattr(task, "__name__", None) == "_restart_recovery" and not fut.done():
+            return None
+    return f"{type(recovery).__name__}: its table recovery loop ended; nothing would be read"
 
 
 def _origin(record: Any) -> tuple[int, int, int] | None:

@@ -63,3 +63,35 @@ def test_a_crashed_consumer_service_is_named_with_its_reason() -> None:
     crashed._crash(RuntimeError("offset commit: UnknownError"))
     found = first_crash([running, None, crashed])
     assert found == "Service crashed: RuntimeError('offset commit: UnknownError')"
+
+
+def test_a_table_recovery_loop_ended_by_a_stray_cancellation_fails_the_worker() -> None:
+    """mode ends a service task quietly on a CancelledError it did not ask for; faust's
+    recovery then never runs again and the worker would read nothing: it must fail."""
+    import asyncio
+
+    from mode import Service
+
+    from feedbackloop.stream_jobs.app import recovery_ended
+
+    class Recovery(Service):
+        @Service.task
+        async def _restart_recovery(self) -> None:
+            await self.sleep(3600)
+
+    async def main() -> None:
+        recovery = Recovery()
+        assert recovery_ended(recovery) is None  # not started yet
+        await recovery.start()
+        await asyncio.sleep(0.05)
+        assert recovery_ended(recovery) is None
+        loop = next(f for f in recovery._futures if f.__wrapped__.__name__ == "_restart_recovery")
+        loop.cancel()  # what aiokafka's stray CancelledError did
+        await asyncio.sleep(0.05)
+        assert recovery_ended(recovery) == (
+            "Recovery: its table recovery loop ended; nothing would be read"
+        )
+        await recovery.stop()
+        assert recovery_ended(recovery) is None  # stopping: not a failure
+
+    asyncio.run(main())
