@@ -947,6 +947,9 @@ QUANTILE_BUCKETS: tuple[_Totals, ...] = (
 #: Every table a view on the state rows fills.
 SUMMED: tuple[_Totals, ...] = (*TOTALS, *QUANTILE_BUCKETS)
 
+#: The tables a round's inserts write: the state tables and every table their views fill.
+_WRITTEN: tuple[str, ...] = (*(s.table for s in _STATES), *(t.table for t in SUMMED))
+
 
 def totals(table: str) -> _Totals:
     return next(t for t in SUMMED if t.table == table)
@@ -1098,7 +1101,7 @@ def inserts_sql(database: str | None = None) -> str:
     its views derive from them, or the other way round (the report is then off by that
     round's change). Reads therefore only trust moments recorded in
     :data:`CHECKPOINTS_TABLE`."""
-    tables = ", ".join(f"'{t}'" for t in (*(s.table for s in _STATES), *(t.table for t in SUMMED)))
+    tables = ", ".join(f"'{t}'" for t in _WRITTEN)
     db = f"'{database}'" if database else "currentDatabase()"
     return f"""(SELECT arrayStringConcat(arraySort(groupArray(
         concat(table, ':', partition_id, ':', toString(newest)))), ',')
@@ -1240,8 +1243,7 @@ def cut_off_round(client: Any, database: str) -> bool:
     column of each state and totals table."""
     w = watermark_sql().replace("{db}", database)
     newer = " + ".join(
-        f"(SELECT count() FROM {database}.{t} WHERE computed_at > {w})"
-        for t in (*(s.table for s in _STATES), *(t.table for t in SUMMED))
+        f"(SELECT count() FROM {database}.{t} WHERE computed_at > {w})" for t in _WRITTEN
     )
     return bool(int(client.command(f"SELECT {newer}")))
 
