@@ -77,7 +77,7 @@ from feedbackloop.analysis.reads.analyst_queries import ANALYST_QUERIES, analyst
 from feedbackloop.infra import get_client
 from feedbackloop.sinks import migrate
 from feedbackloop.sinks.input_labels import label_inputs
-from feedbackloop.sinks.query import execute
+from feedbackloop.sinks.query import READ_SETTINGS, execute
 from feedbackloop.sinks.report_rows import (
     CHUNK_SESSIONS,
     OVERLAP_MS,
@@ -611,7 +611,7 @@ def main() -> None:
             _label(client)
             _storage(client)
             return
-        q = get_client(f"chdb://{where}", database=DB)
+        q = get_client(f"chdb://{where}", database=DB, settings=READ_SETTINGS)
         print(f"{'query':30} {'ours s':>8} {'baseline s':>11} {'ratio':>6}  baseline / check")
         failed = False
         for aq in () if args.skip_analyst else ANALYST_QUERIES:

@@ -56,6 +56,7 @@ __all__ = [
     "QueryResult",
     "ReadOnlyViolation",
     "SAFE_TABLE_FUNCTIONS",
+    "READ_SETTINGS",
     "analyst_settings",
     "check_read_only",
     "discovery_path",
@@ -198,6 +199,13 @@ def discovery_path(settings: Settings) -> Path:
     return settings.data_dir / DISCOVERY_FILE
 
 
+#: What the report reads need of their session beside the limits: their restricted
+#: statements find the touched sessions' events once per statement
+#: (:func:`~feedbackloop.sinks.report_rows.restricted_sql`); without it they are inlined at
+#: every use (the same answers, slower).
+READ_SETTINGS: dict[str, Any] = {"enable_materialized_cte": 1}
+
+
 def analyst_settings(settings: Settings | None, max_rows: int | None = None) -> dict[str, Any]:
     """Session settings of an analyst query: limits first, ``readonly`` last (once it is
     set, ClickHouse refuses to change any other setting, the query's own SETTINGS included)."""
@@ -206,6 +214,7 @@ def analyst_settings(settings: Settings | None, max_rows: int | None = None) -> 
         "max_execution_time": s.sql_max_execution_s,
         "max_memory_usage": s.sql_max_memory_bytes,
         "max_threads": s.sql_max_threads,
+        **READ_SETTINGS,
     }
     if max_rows is not None:
         # "break": stop reading once enough rows are there, rather than materialize them all

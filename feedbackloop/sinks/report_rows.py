@@ -253,8 +253,14 @@ def restricted_sql(sql: str, sessions: str, since: str) -> str:
     interactions, or session-level ones of those sessions), deduplicated as ``FINAL`` does,
     found through the lookup copies plus the rows inserted after ``since`` (a DateTime64
     literal: the watermark less :data:`OVERLAP_MS` the touched sessions were read at).
-    Every statement there sums over sessions, so its answer is their share of the whole."""
-    ids = _unit_ids("_sessions", since)
+    Every statement there sums over sessions, so its answer is their share of the whole.
+
+    Those rows, and the sessions' interaction ids, are ``MATERIALIZED`` common table
+    expressions: found once per statement, where an ordinary one is inlined, planned and run
+    again at every use (the statements use ``units`` up to six times). A session without
+    ``enable_materialized_cte``
+    (:data:`~feedbackloop.sinks.query.READ_SETTINGS`) inlines them: the same answer, slower."""
+    ids = "(SELECT interaction_id FROM _ids)"
     where = {
         "interactions": ("session_id IN _sessions", None),
         "feedback": (f"interaction_id IN {ids}", None),
@@ -264,14 +270,17 @@ def restricted_sql(sql: str, sessions: str, since: str) -> str:
             _outcome_key(ids, "_sessions"),
         ),
     }
+    ctes = [f"{sessions} AS _sessions"]
+    if any(f"FROM {t} FINAL" in sql for t in ("feedback", "implicit", "outcomes")):
+        ctes.append(f"_ids AS MATERIALIZED {_unit_ids('_sessions', since)}")
     for table, (cond, key_cond) in where.items():
-        cols = _READ_COLUMNS[table]
-        sql = sql.replace(
-            f"FROM {table} FINAL", f"FROM ({_events(table, cols, cond, since, key_cond)})"
-        )
+        if f"FROM {table} FINAL" in sql:
+            found = _events(table, _READ_COLUMNS[table], cond, since, key_cond)
+            ctes.append(f"_{table} AS MATERIALIZED ({found})")
+            sql = sql.replace(f"FROM {table} FINAL", f"FROM _{table}")
     if " FINAL" in sql or not sql.startswith("WITH "):
         raise ValueError("not a report statement this module can restrict")
-    return f"WITH {sessions} AS _sessions, {sql.removeprefix('WITH ')}"
+    return f"WITH {', '.join(ctes)},\n{sql.removeprefix('WITH ')}"
 
 
 _MATCH = "e.experiment IN (u.experiment, '') AND e.app_id = u.app_id"

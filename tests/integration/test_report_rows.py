@@ -33,7 +33,7 @@ from feedbackloop.analysis.reads import (
 )
 from feedbackloop.infra import get_client
 from feedbackloop.sinks import migrate, report_rows
-from feedbackloop.sinks.query import execute
+from feedbackloop.sinks.query import READ_SETTINGS, execute
 from feedbackloop.sinks.report_rows import changed_rows_sql, compact, repair_totals, totals
 
 T0 = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.timezone.utc)
@@ -288,7 +288,9 @@ SCOPES = (
 def store(clickhouse_dsn: str, clickhouse_database: str) -> Any:
     client = get_client(clickhouse_dsn)
     migrate(client, clickhouse_database)
-    reader = get_client(clickhouse_dsn, database=clickhouse_database)
+    # What the reads' session has (sinks/query.readonly_client): the restricted statements'
+    # events materialized.
+    reader = get_client(clickhouse_dsn, database=clickhouse_database, settings=READ_SETTINGS)
     yield client, clickhouse_database, (lambda sql: execute(reader, sql, max_rows=100_000))
     client.command(f"DROP DATABASE IF EXISTS {clickhouse_database}")
     reader.close()
@@ -305,7 +307,7 @@ def _assert_both_paths_agree(
 
 
 def test_report_rows_answer_like_the_exact_queries_under_redelivery_and_late_events(
-    store: Any,
+    store: Any, clickhouse_dsn: str
 ) -> None:
     client, db, runner = store
     ev = Events(client, db)
@@ -351,6 +353,21 @@ def test_report_rows_answer_like_the_exact_queries_under_redelivery_and_late_eve
     )
     assert derived.experiment_rows(runner, Scope(experiment="exp1"), (0.5,)) is not None
     _assert_both_paths_agree(runner)
+    # The reads' session materializes the restricted statements' events; a session that
+    # does not (a plain client) inlines them and answers the same.
+    on = runner("SELECT getSetting('enable_materialized_cte') AS on")
+    assert on.rows[0][0] in (1, True, "1")
+    plain = get_client(clickhouse_dsn, database=db)
+    try:
+        for scope in SCOPES:
+            for name, read in READS.items():
+                _same(
+                    read(lambda sql: execute(plain, sql, max_rows=100_000), scope, False),
+                    read(runner, scope, False),
+                    f"{name} {scope}, materialized or not",
+                )
+    finally:
+        plain.close()
     compact(client, db)
     _assert_both_paths_agree(runner)
 
