@@ -246,7 +246,7 @@ def _outcome_key(ids: str, sessions: str) -> str:
     return f"unit IN {ids} OR (unit = {_NO_UNIT} AND session_id IN {sessions})"
 
 
-def restricted_sql(sql: str, sessions: str, since: str) -> str:
+def restricted_sql(sql: str, sessions: str, since: str, materialized: bool = True) -> str:
     """An exact report statement (:mod:`feedbackloop.analysis.reads.queries`: ``WITH …``,
     reading ``<table> FINAL``) answered for the sessions ``sessions`` only (a tuple
     literal): each ``FINAL`` read becomes the rows of those sessions (events: of their
@@ -259,7 +259,8 @@ def restricted_sql(sql: str, sessions: str, since: str) -> str:
     expressions: found once per statement, where an ordinary one is inlined, planned and run
     again at every use (the statements use ``units`` up to six times). A session without
     ``enable_materialized_cte``
-    (:data:`~feedbackloop.sinks.query.READ_SETTINGS`) inlines them: the same answer, slower."""
+    (:data:`~feedbackloop.sinks.query.READ_SETTINGS`), or ``materialized=False``, inlines
+    them: the same answer, slower."""
     ids = "(SELECT interaction_id FROM _ids)"
     where = {
         "interactions": ("session_id IN _sessions", None),
@@ -270,13 +271,14 @@ def restricted_sql(sql: str, sessions: str, since: str) -> str:
             _outcome_key(ids, "_sessions"),
         ),
     }
+    mat = "MATERIALIZED " if materialized else ""
     ctes = [f"{sessions} AS _sessions"]
     if any(f"FROM {t} FINAL" in sql for t in ("feedback", "implicit", "outcomes")):
-        ctes.append(f"_ids AS MATERIALIZED {_unit_ids('_sessions', since)}")
+        ctes.append(f"_ids AS {mat}{_unit_ids('_sessions', since)}")
     for table, (cond, key_cond) in where.items():
         if f"FROM {table} FINAL" in sql:
             found = _events(table, _READ_COLUMNS[table], cond, since, key_cond)
-            ctes.append(f"_{table} AS MATERIALIZED ({found})")
+            ctes.append(f"_{table} AS {mat}({found})")
             sql = sql.replace(f"FROM {table} FINAL", f"FROM _{table}")
     if " FINAL" in sql or not sql.startswith("WITH "):
         raise ValueError("not a report statement this module can restrict")

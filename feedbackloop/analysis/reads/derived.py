@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import logging
 import re
 import struct
 import time
@@ -55,6 +56,8 @@ __all__ = [
     "version_rows",
     "version_total_rows",
 ]
+
+log = logging.getLogger(__name__)
 
 Rows = Callable[[str], list[dict[str, Any]]]
 _P = ParamSpec("_P")
@@ -204,12 +207,22 @@ def _current(plan: _Plan, table: str, group: tuple[str, ...], having: str) -> st
     return current_sql(table, plan.where, group, having, cancel=plan.touched)
 
 
-def _touched(plan: _Plan, sql: str) -> str:
-    """The exact statement ``sql`` for the touched sessions only."""
+def _touched(rows: Rows, plan: _Plan, sql: str) -> list[dict[str, Any]]:
+    """The rows of the exact statement ``sql`` for the touched sessions only. Their events
+    are materialized once per statement (an experimental ClickHouse feature); should the
+    engine fail on that (a ``LOGICAL_ERROR``: a bug of the engine, never of the data), the
+    statement runs again with them inlined, which answers the same."""
     from feedbackloop.sinks.report_rows import restricted_sql
 
     assert plan.touched is not None
-    return restricted_sql(sql, plan.touched, plan.since).replace("{db}.", "")
+    try:
+        return rows(restricted_sql(sql, plan.touched, plan.since).replace("{db}.", ""))
+    except Exception as e:
+        if "LOGICAL_ERROR" not in str(e):
+            raise
+        log.warning("the restricted statement failed materialized, run inlined: %s", e)
+    inlined = restricted_sql(sql, plan.touched, plan.since, materialized=False)
+    return rows(inlined.replace("{db}.", ""))
 
 
 def _merge(
@@ -253,18 +266,17 @@ def _quantiles(
     table: str,
     group: tuple[str, ...],
     quantiles: Sequence[float],
-    touched_values: str | None = None,
+    fresh: list[dict[str, Any]] | None = None,
 ) -> dict[tuple[Any, ...], list[float]] | None:
     """``quantilesExactInclusive`` per ``group`` from the value -> count ``table``: the same
     interpolation (ClickHouse's QuantileExactInclusive: h = q (N - 1) + 1, k = ⌊h⌋,
     x[k] + (h - k) (x[k+1] - x[k]) over the sorted values). The ranks are first located
     in the table's buckets (``<table>_buckets``: counts per 0.1 % of value), then only
     those buckets' values are read: a few thousand rows, whatever the number of distinct
-    values. ``touched_values``: a statement of the touched sessions' ``(group…, value, n,
-    bucket)``, counted in with the totals'. ``None`` when the two reads never agreed."""
-    fresh = rows(touched_values) if touched_values is not None else []
+    values. ``fresh``: the touched sessions' ``(group…, value, n, bucket)`` rows, counted
+    in with the totals'. ``None`` when the two reads never agreed."""
     for _ in range(QUANTILE_ATTEMPTS):
-        found = _quantiles_once(rows, plan, table, group, quantiles, fresh)
+        found = _quantiles_once(rows, plan, table, group, quantiles, fresh or [])
         if found is not None:
             return found
     return None
@@ -366,13 +378,14 @@ def _variant_totals(runner: Any, scope: Scope) -> tuple[Rows, _Plan, list[dict[s
     return None if _split(scope, totals) else (rows, plan, totals)
 
 
-def _latency_values(plan: _Plan, scope: Scope) -> str | None:
+def _latency_values(rows: Rows, plan: _Plan, scope: Scope) -> list[dict[str, Any]] | None:
     from feedbackloop.analysis.reads.queries import _units_cte
     from feedbackloop.sinks.report_rows import bucket_sql
 
     if plan.touched is None:
         return None
     return _touched(
+        rows,
         plan,
         f"""WITH {_units_cte(scope)}
 SELECT variant, assumeNotNull(latency_ms) AS value, count() AS n, {bucket_sql("value")} AS bucket
@@ -380,13 +393,14 @@ FROM units WHERE latency_ms IS NOT NULL GROUP BY variant, value""",
     )
 
 
-def _time_values(plan: _Plan, scope: Scope) -> str | None:
+def _time_values(rows: Rows, plan: _Plan, scope: Scope) -> list[dict[str, Any]] | None:
     from feedbackloop.analysis.reads.queries import _attributed_cte, _units_cte
     from feedbackloop.sinks.report_rows import bucket_sql
 
     if plan.touched is None:
         return None
     return _touched(
+        rows,
         plan,
         f"""WITH {_units_cte(scope)},
 {_attributed_cte(scope)}
@@ -417,7 +431,12 @@ def experiment_rows(
         _current(plan, "report_variant_outcomes", ("variant", "outcome"), "sessions_with != 0")
     )
     latency_q = _quantiles(
-        rows, plan, "report_variant_latency", ("variant",), quantiles, _latency_values(plan, scope)
+        rows,
+        plan,
+        "report_variant_latency",
+        ("variant",),
+        quantiles,
+        _latency_values(rows, plan, scope),
     )
     if latency_q is None:
         return None
@@ -434,16 +453,16 @@ def experiment_rows(
             n = r["session_level"]
             outcome_rows.append({**base, "level": "session", "y": n, "yy": n, "yd": n})
     if plan.touched is not None:
-        sql = {k: _touched(plan, v) for k, v in experiment_sql(scope).items()}
-        fresh = rows(sql["metrics"])
-        assigned = rows(sql["assignment"])
+        sql = experiment_sql(scope)
+        fresh = _touched(rows, plan, sql["metrics"])
+        assigned = _touched(rows, plan, sql["assignment"])
         cross += max((int(r["cross_variant"]) for r in assigned), default=0)
         renamed = [{**r, "interactions": r["interactions_total"]} for r in fresh]
         cost = [{"variant": r["variant"], "cost_total": r["cost_total"]} for r in assigned]
         sums = ("sessions", "interactions", "n_sq", "cost_total", *_metric_columns())
         totals = _merge((totals, renamed, cost), ("variant",), {c: c for c in sums}, "sessions")
         outcome_rows = _merge(
-            (outcome_rows, rows(sql["outcomes"])),
+            (outcome_rows, _touched(rows, plan, sql["outcomes"])),
             ("level", "outcome", "variant"),
             {"y": "y", "yy": "yy", "yd": "yd"},
             "y",
@@ -489,7 +508,7 @@ def impact_rows(
         "report_variant_time_to_outcome",
         ("variant", "outcome"),
         quantiles,
-        _time_values(plan, scope),
+        _time_values(rows, plan, scope),
     )
     if times is None:
         return None
@@ -521,16 +540,19 @@ def impact_rows(
     )
     headline = [{"variant": r["variant"], **{h: r[h] for h in heads}} for r in totals]
     if plan.touched is not None:
-        sql = {k: _touched(plan, v) for k, v in impact_sql(scope).items()}
+        sql = impact_sql(scope)
         cols = ("events", "interactions_with", "sessions_with", "value_sum", "t_n", "t_sum")
         per_outcome = _merge(
-            (per_outcome, rows(sql["per_outcome"])),
+            (per_outcome, _touched(rows, plan, sql["per_outcome"])),
             ("variant", "outcome"),
             {c: c for c in (*cols, "t_sq")},
             "events",
         )
         headline = _merge(
-            (headline, rows(sql["headline"])), ("variant",), {h: h for h in heads}, "sessions"
+            (headline, _touched(rows, plan, sql["headline"])),
+            ("variant",),
+            {h: h for h in heads},
+            "sessions",
         )
     for r in per_outcome:
         r["t_q"] = times.get((r["variant"], r["outcome"])) or [float("nan")] * len(quantiles)
@@ -552,7 +574,7 @@ def satisfaction_rows(
     found = plan.steady(_current(plan, "report_variant_seconds", ("variant", t), "rated != 0"))
     if plan.touched is None:
         return found
-    fresh = rows(_touched(plan, satisfaction_over_time_sql(scope, bucket_seconds)))
+    fresh = _touched(rows, plan, satisfaction_over_time_sql(scope, bucket_seconds))
     return _merge(
         (found, fresh), ("variant", "t"), {"rated": "rated", "positive": "positive"}, "rated"
     )
@@ -579,7 +601,7 @@ def _version_totals(rows: Rows, plan: _Plan, scope: Scope) -> list[dict[str, Any
     if _split(scope, totals):
         return None
     if plan.touched is not None:
-        fresh = rows(_touched(plan, version_totals_sql(scope)))
+        fresh = _touched(rows, plan, version_totals_sql(scope))
         totals = _merge(
             (totals, fresh),
             ("prompt_version",),
@@ -611,7 +633,7 @@ def version_rows(runner: Any, scope: Scope, bucket: str) -> list[dict[str, Any]]
         )
     )
     if plan.touched is not None:
-        fresh = rows(_touched(plan, versions_sql(scope, bucket)))
+        fresh = _touched(rows, plan, versions_sql(scope, bucket))
         buckets = _merge(
             (buckets, fresh),
             ("prompt_version", "bucket"),
