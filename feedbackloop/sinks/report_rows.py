@@ -255,26 +255,30 @@ def restricted_sql(sql: str, sessions: str, since: str, materialized: bool = Tru
     literal: the watermark less :data:`OVERLAP_MS` the touched sessions were read at).
     Every statement there sums over sessions, so its answer is their share of the whole.
 
-    Those rows, and the sessions' interaction ids, are ``MATERIALIZED`` common table
-    expressions: found once per statement, where an ordinary one is inlined, planned and run
-    again at every use (the statements use ``units`` up to six times). A session without
-    ``enable_materialized_cte``
+    Those rows, the sessions' interaction ids and the sessions themselves are
+    ``MATERIALIZED`` common table expressions: found once per statement, where an ordinary
+    one is inlined, planned and run again at every use (the statements use ``units`` up to
+    six times; a tuple of a thousand sessions took half the planning, once per use). A
+    session without ``enable_materialized_cte``
     (:data:`~feedbackloop.sinks.query.READ_SETTINGS`), or ``materialized=False``, inlines
     them: the same answer, slower."""
+    if not (sessions.startswith("(") and sessions.endswith(")")):
+        raise ValueError("sessions must be a tuple literal")
+    mat = "MATERIALIZED " if materialized else ""
+    ctes = [f"_sessions AS {mat}(SELECT arrayJoin([{sessions[1:-1]}]) AS session_id)"]
+    touched = "(SELECT session_id FROM _sessions)"
     ids = "(SELECT interaction_id FROM _ids)"
     where = {
-        "interactions": ("session_id IN _sessions", None),
+        "interactions": (f"session_id IN {touched}", None),
         "feedback": (f"interaction_id IN {ids}", None),
         "implicit": (f"interaction_id IN {ids}", None),
         "outcomes": (
-            f"interaction_id IN {ids} OR (interaction_id IS NULL AND session_id IN _sessions)",
-            _outcome_key(ids, "_sessions"),
+            f"interaction_id IN {ids} OR (interaction_id IS NULL AND session_id IN {touched})",
+            _outcome_key(ids, touched),
         ),
     }
-    mat = "MATERIALIZED " if materialized else ""
-    ctes = [f"{sessions} AS _sessions"]
     if any(f"FROM {t} FINAL" in sql for t in ("feedback", "implicit", "outcomes")):
-        ctes.append(f"_ids AS {mat}{_unit_ids('_sessions', since)}")
+        ctes.append(f"_ids AS {mat}{_unit_ids(touched, since)}")
     for table, (cond, key_cond) in where.items():
         if f"FROM {table} FINAL" in sql:
             found = _events(table, _READ_COLUMNS[table], cond, since, key_cond)
