@@ -208,13 +208,15 @@ def _current(plan: _Plan, table: str, group: tuple[str, ...], having: str) -> st
 
 
 def _touched(rows: Rows, plan: _Plan, sql: str) -> list[dict[str, Any]]:
-    """The rows of the exact statement ``sql`` for the touched sessions only. Their events
-    are materialized once per statement (an experimental ClickHouse feature); should the
-    engine fail on that (a ``LOGICAL_ERROR``: a bug of the engine, never of the data), the
-    statement runs again with them inlined, which answers the same."""
+    """The rows of the exact statement ``sql`` for the touched sessions only (none when no
+    session is touched). Their events are materialized once per statement (an experimental
+    ClickHouse feature); should the engine fail on that (a ``LOGICAL_ERROR``: a bug of the
+    engine, never of the data), the statement runs again with them inlined, which answers
+    the same."""
     from feedbackloop.sinks.report_rows import restricted_sql
 
-    assert plan.touched is not None
+    if plan.touched is None:
+        return []
     try:
         return rows(restricted_sql(sql, plan.touched, plan.since).replace("{db}.", ""))
     except Exception as e:
@@ -266,7 +268,7 @@ def _quantiles(
     table: str,
     group: tuple[str, ...],
     quantiles: Sequence[float],
-    fresh: list[dict[str, Any]] | None = None,
+    fresh: list[dict[str, Any]],
 ) -> dict[tuple[Any, ...], list[float]] | None:
     """``quantilesExactInclusive`` per ``group`` from the value -> count ``table``: the same
     interpolation (ClickHouse's QuantileExactInclusive: h = q (N - 1) + 1, k = ⌊h⌋,
@@ -276,7 +278,7 @@ def _quantiles(
     values. ``fresh``: the touched sessions' ``(group…, value, n, bucket)`` rows, counted
     in with the totals'. ``None`` when the two reads never agreed."""
     for _ in range(QUANTILE_ATTEMPTS):
-        found = _quantiles_once(rows, plan, table, group, quantiles, fresh or [])
+        found = _quantiles_once(rows, plan, table, group, quantiles, fresh)
         if found is not None:
             return found
     return None
@@ -378,12 +380,10 @@ def _variant_totals(runner: Any, scope: Scope) -> tuple[Rows, _Plan, list[dict[s
     return None if _split(scope, totals) else (rows, plan, totals)
 
 
-def _latency_values(rows: Rows, plan: _Plan, scope: Scope) -> list[dict[str, Any]] | None:
+def _latency_values(rows: Rows, plan: _Plan, scope: Scope) -> list[dict[str, Any]]:
     from feedbackloop.analysis.reads.queries import _units_cte
     from feedbackloop.sinks.report_rows import bucket_sql
 
-    if plan.touched is None:
-        return None
     return _touched(
         rows,
         plan,
@@ -393,12 +393,10 @@ FROM units WHERE latency_ms IS NOT NULL GROUP BY variant, value""",
     )
 
 
-def _time_values(rows: Rows, plan: _Plan, scope: Scope) -> list[dict[str, Any]] | None:
+def _time_values(rows: Rows, plan: _Plan, scope: Scope) -> list[dict[str, Any]]:
     from feedbackloop.analysis.reads.queries import _attributed_cte, _units_cte
     from feedbackloop.sinks.report_rows import bucket_sql
 
-    if plan.touched is None:
-        return None
     return _touched(
         rows,
         plan,
