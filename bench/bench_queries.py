@@ -42,6 +42,10 @@ statements it ran, and how many times per read it looked for the moment the tota
 with the session rows (1: at once; more: it waited for a round's checkpoint, or ran a
 statement again; derived.py) (``BENCH_STATEMENTS=1`` prints each statement's time).
 
+The reads run their independent statements side by side (derived.READ_LANES), each thread
+on a read-only client of its own, as the sink worker's query endpoint serves them;
+``--sequential`` runs them one after the other (the reads before the lanes).
+
 Storage: the event tables, the report rows and their lookup copies on disk (compressed).
 
 ``--data DIR`` keeps the database: ``--prepare`` only fills it and builds its report rows
@@ -77,7 +81,7 @@ from feedbackloop.analysis.reads.analyst_queries import ANALYST_QUERIES, analyst
 from feedbackloop.infra import get_client
 from feedbackloop.sinks import migrate
 from feedbackloop.sinks.input_labels import label_inputs
-from feedbackloop.sinks.query import READ_SETTINGS, execute
+from feedbackloop.sinks.query import READ_SETTINGS, ThreadRunner, execute
 from feedbackloop.sinks.report_rows import (
     CHUNK_SESSIONS,
     OVERLAP_MS,
@@ -355,24 +359,36 @@ class _Writer:
 
 
 def _under_traffic(
-    where: str, q: Any, n: int, days: int, rate: int, late: int, seconds: float, runs: int
+    where: str,
+    q: Any,
+    reader: ThreadRunner,
+    n: int,
+    days: int,
+    rate: int,
+    late: int,
+    seconds: float,
+    runs: int,
 ) -> None:
     """Every report read while ``_Writer`` inserts and the compactor runs: ours (the totals
     plus the sessions touched since the last compaction, recomputed in the read) beside
     ``count() FINAL`` of the tables the exact query reads, both timed during the traffic."""
     touched_n = f"SELECT count() AS n FROM ({touched_sql().replace('{db}.', '')})"
     paths = {"exact": 0, "rows": 0, "settle": 0}
+    counting = threading.Lock()  # the reads' lanes call the runner side by side
 
     def runner(sql: str) -> Any:
-        if " FINAL" in sql and "_sessions" not in sql:
-            paths["exact"] += 1
-        # a read's first look for a checkpoint, a wait for one, or a statement run again
-        paths["settle"] += " AS settled" in sql
+        with counting:
+            if " FINAL" in sql and "_sessions" not in sql:
+                paths["exact"] += 1
+            # a read's first look for a checkpoint, a wait for one, or a statement run again
+            paths["settle"] += " AS settled" in sql
         t0 = time.perf_counter()
-        out = execute(q, sql, max_rows=100_000)
+        out = reader(sql)
         if os.environ.get("BENCH_STATEMENTS"):
             print(f"    {time.perf_counter() - t0:7.3f} s  {' '.join(sql.split())[:90]}")
         return out
+
+    runner.concurrent = reader.concurrent  # type: ignore[attr-defined]
 
     lock = threading.Lock()
     writer = _Writer(where, n, days, rate, late, lock)
@@ -423,13 +439,13 @@ def _label(client: Any) -> None:
     print(f"input labels: {n:,} labelled in {took:.1f} s ({n / max(took, 1e-9):,.0f}/s)")
 
 
-def _analysis_reads(client: Any, q: Any, n: int, runs: int, exact: bool) -> bool:
+def _analysis_reads(
+    client: Any, q: Any, reader: ThreadRunner, n: int, runs: int, exact: bool
+) -> bool:
     """Time the analysis layer's reads from the report rows (and, with ``exact``, by
     re-joining the events, one run); True if an answer is wrong."""
 
-    def runner(sql: str) -> Any:
-        return execute(q, sql, max_rows=100_000)
-
+    runner = reader
     # The sink worker's compactor keeps the report rows current; here: one round for
     # everything just loaded, timed, then one more so that nothing is left to recompute.
     built = compact(client, DB)
@@ -575,6 +591,11 @@ def main() -> None:
         action="store_true",
         help="skip the quiet reads (a kept --data): failures once, then the traffic part",
     )
+    ap.add_argument(
+        "--sequential",
+        action="store_true",
+        help="the report reads run their statements one after the other (no lanes)",
+    )
     ap.add_argument("--write-rate", type=int, default=500, help="interactions/s under traffic")
     ap.add_argument("--late-rate", type=int, default=50, help="late thumbs/s under traffic")
     ap.add_argument(
@@ -612,6 +633,10 @@ def main() -> None:
             _storage(client)
             return
         q = get_client(f"chdb://{where}", database=DB, settings=READ_SETTINGS)
+        reader = ThreadRunner(
+            lambda: get_client(f"chdb://{where}", database=DB, settings=READ_SETTINGS)
+        )
+        reader.concurrent = not args.sequential
         print(f"{'query':30} {'ours s':>8} {'baseline s':>11} {'ratio':>6}  baseline / check")
         failed = False
         for aq in () if args.skip_analyst else ANALYST_QUERIES:
@@ -630,11 +655,12 @@ def main() -> None:
             _label(client)
             _failures(q, args.runs)
         else:
-            failed |= _analysis_reads(client, q, args.interactions, args.runs, args.exact)
+            failed |= _analysis_reads(client, q, reader, args.interactions, args.runs, args.exact)
         if args.traffic > 0:
             _under_traffic(
                 where,
                 q,
+                reader,
                 args.interactions,
                 args.days,
                 args.write_rate,
@@ -642,6 +668,7 @@ def main() -> None:
                 args.traffic,
                 args.runs,
             )
+        reader.close()
         _storage(client)
         print(f"load average {os.getloadavg()[0]:.2f}")
     sys.exit(1 if failed else 0)

@@ -37,12 +37,14 @@ import ipaddress
 import json
 import logging
 import os
+import queue
 import re
 import secrets
 import threading
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -54,6 +56,7 @@ from feedbackloop.errors import ClickHouseError, FeedbackLoopError
 __all__ = [
     "QueryEndpoint",
     "QueryResult",
+    "ThreadRunner",
     "ReadOnlyViolation",
     "SAFE_TABLE_FUNCTIONS",
     "READ_SETTINGS",
@@ -79,8 +82,13 @@ DENIED_FUNCTIONS = frozenset({"file", "reversednsquery"})
 _LEADING = re.compile(r"\s+|--[^\n]*(?:\n|$)|/\*.*?\*/|\(", re.S)
 _AST_LINE = re.compile(r"^( *)(\S+)(?: (\S+))?")
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`(?:[^`\\]|\\.)*`")
-#: How long a query waits for the endpoint's session before it is answered "busy".
+#: How long a query waits for one of the endpoint's sessions before it is answered "busy".
 BUSY_WAIT_S = 5.0
+#: Queries the endpoint runs at once, each on a session of its own with its own limits (a
+#: report read sends its independent statements side by side: derived.READ_LANES). Each
+#: may use ``sql_max_memory_bytes`` and ``sql_max_threads``, so this bounds what analysts
+#: can take from the sink's process.
+ENDPOINT_SESSIONS = 4
 #: The endpoint drops a client that sends nothing for this long.
 READ_TIMEOUT_S = 10.0
 MAX_REQUEST_BYTES = 1_000_000
@@ -255,15 +263,49 @@ def execute(client: Any, sql: str, max_rows: int = 10_000, parser: Any = None) -
     )
 
 
+class ThreadRunner:
+    """A concurrent :data:`~feedbackloop.analysis.reads.queries.Runner` (``concurrent``):
+    each statement runs (:func:`execute`) on a client of the calling thread, opened by
+    ``open_client()`` the first time that thread calls; a clickhouse-connect client runs one
+    statement at a time, so a report read's lanes need one each. ``close()`` closes them."""
+
+    concurrent = True
+
+    def __init__(self, open_client: Callable[[], Any], max_rows: int = 100_000) -> None:
+        self._open = open_client
+        self.max_rows = max_rows
+        self._local = threading.local()
+        self._opened: list[Any] = []
+        self._lock = threading.Lock()
+
+    def client(self) -> Any:
+        """The calling thread's client."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self._open()
+            with self._lock:
+                self._opened.append(client)
+        return client
+
+    def __call__(self, sql: str) -> QueryResult:
+        return execute(self.client(), sql, self.max_rows)
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for client in opened:
+            client.close()
+
+
 class QueryEndpoint:
     """A tiny HTTP endpoint in the sink process that runs read-only queries.
 
     ``POST /query`` with JSON ``{"sql": ..., "max_rows": ...}`` and header
     ``Authorization: Bearer <token>``; answers ``{"columns", "types", "rows", "truncated"}``
     or ``{"error"}`` with status 400 (refused or failed query), 401 (bad token), 413 (body
-    over :data:`MAX_REQUEST_BYTES`) or 503 (busy: another query holds the session longer
-    than :data:`BUSY_WAIT_S`). A client that stops sending is dropped after
-    :data:`READ_TIMEOUT_S`.
+    over :data:`MAX_REQUEST_BYTES`) or 503 (busy: :data:`ENDPOINT_SESSIONS` queries held
+    every session longer than :data:`BUSY_WAIT_S`). A client that stops sending is dropped
+    after :data:`READ_TIMEOUT_S`.
     """
 
     def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -273,9 +315,10 @@ class QueryEndpoint:
         self.token = secrets.token_urlsafe(24)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self._parser: Any = None
-        self._clients: dict[int, Any] = {}  # by max_rows: the row limit is a session setting
-        self._lock = threading.Lock()
+        #: Free sessions: each a parser and its clients by max_rows (the row limit is a
+        #: session setting), opened when first used; one query at a time on each.
+        self._free: queue.Queue[_Session] = queue.Queue()
+        self._sessions: list[_Session] = []
 
     @property
     def url(self) -> str:
@@ -284,8 +327,12 @@ class QueryEndpoint:
         return f"http://{host!s}:{port}"
 
     def start(self) -> None:
-        """Open the read-only parser session, start serving and write the discovery file."""
-        self._parser = self._open(None)
+        """Open a read-only session (so a bad DSN fails here), start serving and write the
+        discovery file."""
+        self._sessions = [_Session(self._open) for _ in range(ENDPOINT_SESSIONS)]
+        self._sessions[0].parser()
+        for session in self._sessions:
+            self._free.put(session)
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -324,23 +371,13 @@ class QueryEndpoint:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-        for c in [self._parser, *self._clients.values()]:
-            if c is not None:
-                c.close()
-        self._parser, self._clients = None, {}
+        for session in self._sessions:
+            session.close()
+        self._sessions, self._free = [], queue.Queue()
 
     def _open(self, max_rows: int | None) -> Any:
         s = self.settings
         return readonly_client(s.clickhouse_dsn, s.clickhouse_database, s, max_rows)
-
-    def _client_for(self, max_rows: int) -> Any:
-        client = self._clients.get(max_rows)
-        if client is None:
-            if len(self._clients) >= 4:  # callers use a handful of limits; keep it bounded
-                _, old = self._clients.popitem()
-                old.close()
-            client = self._clients[max_rows] = self._open(max_rows)
-        return client
 
     def _handle(self, req: BaseHTTPRequestHandler) -> None:
         if req.path != "/query":
@@ -361,11 +398,13 @@ class QueryEndpoint:
             )
         except OSError:  # the client went silent (READ_TIMEOUT_S) or away
             return None
-        # One analyst query at a time on these sessions; the sink inserts on its own.
-        if not self._lock.acquire(timeout=BUSY_WAIT_S):
-            return _reply(req, 503, {"error": "busy: another analyst query is running"})
+        # One analyst query at a time on each session; the sink inserts on its own.
         try:
-            res = execute(self._client_for(max_rows), sql, max_rows, parser=self._parser)
+            session = self._free.get(timeout=BUSY_WAIT_S)
+        except queue.Empty:
+            return _reply(req, 503, {"error": "busy: every analyst session is running a query"})
+        try:
+            res = execute(session.client(max_rows), sql, max_rows, parser=session.parser())
         except FeedbackLoopError as e:
             kind = "refused" if isinstance(e, ReadOnlyViolation) else "failed"
             reply: dict[str, Any] = {"error": str(e), "kind": kind}
@@ -378,7 +417,7 @@ class QueryEndpoint:
                 req, 400, {"error": f"query failed: {type(e).__name__}", "kind": "failed"}
             )
         finally:
-            self._lock.release()
+            self._free.put(session)
         _reply(
             req,
             200,
@@ -389,6 +428,36 @@ class QueryEndpoint:
                 "truncated": res.truncated,
             },
         )
+
+
+class _Session:
+    """One of :class:`QueryEndpoint`'s read-only sessions: a parser (``EXPLAIN AST``) and a
+    client per row limit, opened by ``open(max_rows)`` when first needed."""
+
+    def __init__(self, open_client: Any) -> None:
+        self._open = open_client
+        self._parser: Any = None
+        self._clients: dict[int, Any] = {}
+
+    def parser(self) -> Any:
+        if self._parser is None:
+            self._parser = self._open(None)
+        return self._parser
+
+    def client(self, max_rows: int) -> Any:
+        client = self._clients.get(max_rows)
+        if client is None:
+            if len(self._clients) >= 4:  # callers use a handful of limits; keep it bounded
+                _, old = self._clients.popitem()
+                old.close()
+            client = self._clients[max_rows] = self._open(max_rows)
+        return client
+
+    def close(self) -> None:
+        for c in [self._parser, *self._clients.values()]:
+            if c is not None:
+                c.close()
+        self._parser, self._clients = None, {}
 
 
 def _reply(req: BaseHTTPRequestHandler, status: int, payload: dict[str, Any]) -> None:

@@ -90,6 +90,8 @@ def create_app(
         def query(sql: str) -> Any:
             return run_query(settings, sql)
 
+        query.concurrent = True  # type: ignore[attr-defined]  # a session per statement
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield

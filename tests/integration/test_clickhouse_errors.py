@@ -4,19 +4,22 @@ the name (the prompt registry's "run db migrate first"), never on the message te
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sink_helpers import wait_until
 
 from feedbackloop.analysis.loop.prompts import list_prompts
 from feedbackloop.cli import cli
 from feedbackloop.config import Settings
 from feedbackloop.errors import ClickHouseError, ConfigError
 from feedbackloop.infra import get_client
+from feedbackloop.sinks import query as query_module
 from feedbackloop.sinks import run_query
-from feedbackloop.sinks.query import QueryEndpoint
+from feedbackloop.sinks.query import ENDPOINT_SESSIONS, QueryEndpoint
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +75,51 @@ def test_a_missing_prompt_registry_says_run_db_migrate(settings: Settings) -> No
     res = CliRunner().invoke(cli, ["prompts", "list"], env=env)
     assert res.exit_code == 1
     assert res.output.startswith("error: no prompt registry") and "Traceback" not in res.output
+
+
+def test_the_query_endpoint_runs_queries_side_by_side_and_says_busy_when_all_are_held(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report read sends its independent statements at once (derived.READ_LANES): each
+    runs on a session of its own, and a query finding every session held for
+    BUSY_WAIT_S is answered "busy" (before, one query at a time held the only session)."""
+    held = settings.model_copy(update={"sql_max_execution_s": 4.0})
+    endpoint = QueryEndpoint(held)
+    endpoint.start()
+    long_sql = "SELECT count() FROM system.numbers WHERE number != 7"
+    stopped: list[str | None] = []
+
+    def hold() -> None:
+        try:
+            run_query(held, long_sql)  # runs until max_execution_time stops it
+        except ClickHouseError as e:
+            stopped.append(e.name)
+
+    def running() -> int:
+        sql = f"SELECT count() FROM system.processes WHERE startsWith(query, '{long_sql}')"
+        return int(run_query(held, sql).rows[0][0])
+
+    holders = [threading.Thread(target=hold) for _ in range(ENDPOINT_SESSIONS)]
+    try:
+        for t in holders[:-1]:
+            t.start()
+        # Every session but one runs a long query, and the last one still answers at once.
+        wait_until(lambda: running() == ENDPOINT_SESSIONS - 1, timeout=3, interval=0.05)
+        holders[-1].start()
+        monkeypatch.setattr(query_module, "BUSY_WAIT_S", 0.2)
+
+        def busy() -> bool:
+            try:
+                run_query(held, "SELECT 1")
+            except ClickHouseError as e:
+                assert "busy" in str(e)
+                return True
+            return False
+
+        wait_until(busy, timeout=3, interval=0.05)
+    finally:
+        for t in holders:
+            if t.ident is not None:
+                t.join(30)
+        endpoint.stop()
+    assert stopped == ["TIMEOUT_EXCEEDED"] * ENDPOINT_SESSIONS

@@ -34,7 +34,7 @@ from feedbackloop.analysis.reads import (
 from feedbackloop.errors import ClickHouseError
 from feedbackloop.infra import get_client
 from feedbackloop.sinks import migrate, report_rows
-from feedbackloop.sinks.query import READ_SETTINGS, execute
+from feedbackloop.sinks.query import READ_SETTINGS, ThreadRunner, execute
 from feedbackloop.sinks.report_rows import changed_rows_sql, compact, repair_totals, totals
 
 T0 = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.timezone.utc)
@@ -289,10 +289,12 @@ SCOPES = (
 def store(clickhouse_dsn: str, clickhouse_database: str) -> Any:
     client = get_client(clickhouse_dsn)
     migrate(client, clickhouse_database)
-    # What the reads' session has (sinks/query.readonly_client): the restricted statements'
-    # events materialized.
-    reader = get_client(clickhouse_dsn, database=clickhouse_database, settings=READ_SETTINGS)
-    yield client, clickhouse_database, (lambda sql: execute(reader, sql, max_rows=100_000))
+    # What the reads' sessions have (sinks/query.readonly_client): the restricted statements'
+    # events materialized; one per thread, so the reads run their lanes side by side.
+    reader = ThreadRunner(
+        lambda: get_client(clickhouse_dsn, database=clickhouse_database, settings=READ_SETTINGS)
+    )
+    yield client, clickhouse_database, reader
     client.command(f"DROP DATABASE IF EXISTS {clickhouse_database}")
     reader.close()
     client.close()
@@ -355,7 +357,8 @@ def test_report_rows_answer_like_the_exact_queries_under_redelivery_and_late_eve
     assert derived.experiment_rows(runner, Scope(experiment="exp1"), (0.5,)) is not None
     _assert_both_paths_agree(runner)
     # The reads' session materializes the restricted statements' events; a session that
-    # does not (a plain client) inlines them and answers the same.
+    # does not (a plain client, whose runner runs one statement after the other) inlines
+    # them and answers the same.
     on = runner("SELECT getSetting('enable_materialized_cte') AS on")
     assert on.rows[0][0] in (1, True, "1")
     plain = get_client(clickhouse_dsn, database=db)
@@ -380,9 +383,23 @@ def test_report_rows_answer_like_the_exact_queries_under_redelivery_and_late_eve
             raise ClickHouseError("Code: 49. DB::Exception: … (LOGICAL_ERROR)")
         return runner(sql)
 
+    failing.concurrent = True  # type: ignore[attr-defined]  # failing in the lanes
+
     for name, read in READS.items():
         _same(read(failing, Scope(), False), read(runner, Scope(), True), f"{name}, inlined")
     assert len(refused) >= len(READS)
+
+    # Any other failure of a statement in a lane fails the read with that error, as it
+    # would one after the other.
+    def broken(sql: str) -> Any:
+        if " AS MATERIALIZED (" in sql:
+            raise ClickHouseError("Code: 241. DB::Exception: … (MEMORY_LIMIT_EXCEEDED)")
+        return runner(sql)
+
+    broken.concurrent = True  # type: ignore[attr-defined]
+    for read in READS.values():
+        with pytest.raises(ClickHouseError, match="MEMORY_LIMIT_EXCEEDED"):
+            read(broken, Scope(), False)
     compact(client, db)
     _assert_both_paths_agree(runner)
 

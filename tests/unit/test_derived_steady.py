@@ -59,3 +59,19 @@ def test_tables_that_never_agree_again_send_the_read_to_the_exact_path(
 
     assert read() is None
     assert store.reads == 1
+
+
+def test_a_statement_compares_with_the_reading_it_started_from() -> None:
+    """Statements of one read run side by side: while one runs, another finds a round's
+    commit and moves the read to the next checkpoint. The first one still compares with
+    the reading it started from, so it runs again (it may have read half of that round)."""
+    store = Store([K2, K2, K2], {K1, K2})
+    steady = derived._Steady(store, K1)
+
+    def rows(sql: str) -> list[dict[str, Any]]:
+        if sql == READ and store.reads == 0:
+            steady.inserts = K2  # the other statement, meanwhile
+        return store(sql)
+
+    steady.rows = rows
+    assert steady(READ) == [{"variant": "a", "read": 2}]

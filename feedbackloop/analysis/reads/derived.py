@@ -42,6 +42,7 @@ import re
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, ParamSpec, TypeVar
 
@@ -77,7 +78,30 @@ def _as_rows(runner: Any) -> Rows:
         res = runner(sql)
         return [dict(zip(res.columns, r, strict=True)) for r in res.rows]
 
+    rows.concurrent = bool(getattr(runner, "concurrent", False))  # type: ignore[attr-defined]
     return rows
+
+
+#: Threads that run a read's independent statements side by side (the touched sessions'
+#: exact statements, the totals' statements) while the read's own thread goes on, for a
+#: runner that may be called from several threads at once (``runner.concurrent``), and
+#: shared by every read of the process. Each statement is mostly planning, one core's
+#: work: side by side a read takes its longest chain instead of the sum, as far as the
+#: cores go (measured: 2, 4 and 8 lanes alike on 2 cores, docs/PERFORMANCE.md).
+READ_LANES = 4
+_LANES = ThreadPoolExecutor(max_workers=READ_LANES, thread_name_prefix="report-read")
+
+
+def _later(rows: Rows, fn: Callable[..., _R], *args: Any) -> Future[_R]:
+    """``fn(*args)`` on a lane if ``rows`` may run concurrently, else at once."""
+    if getattr(rows, "concurrent", False):
+        return _LANES.submit(fn, *args)
+    done: Future[_R] = Future()
+    try:
+        done.set_result(fn(*args))
+    except BaseException as e:
+        done.set_exception(e)
+    return done
 
 
 #: How long a read waits for the totals to agree with the state rows (a round between its
@@ -122,17 +146,21 @@ class _Steady:
     table and its views' tables changes nothing this statement read)."""
 
     def __init__(self, rows: Rows, inserts: str) -> None:
+        #: The latest checkpoint's inserts: where the read's next statement starts from.
         self.rows, self.inserts = rows, inserts
 
     def __call__(self, sql: str) -> list[dict[str, Any]]:
         from feedbackloop.sinks.report_rows import inserts_sql
 
+        # Statements of one read may run side by side (lanes): each compares with the
+        # reading it started from, whatever another one found meanwhile.
+        before = self.inserts
         for _ in range(STEADY_ATTEMPTS):
             out = self.rows(sql)
             now = str(self.rows(f"SELECT {inserts_sql()} AS inserts")[0]["inserts"])
-            if _read_by(sql, now) == _read_by(sql, self.inserts):
+            if _read_by(sql, now) == _read_by(sql, before):
                 return out
-            self.inserts = _settle(self.rows)[1]
+            before = self.inserts = _settle(self.rows)[1]
         raise _Unsettled
 
 
@@ -268,15 +296,16 @@ def _quantiles(
     table: str,
     group: tuple[str, ...],
     quantiles: Sequence[float],
-    fresh: list[dict[str, Any]],
+    fresh: Callable[[], list[dict[str, Any]]],
 ) -> dict[tuple[Any, ...], list[float]] | None:
     """``quantilesExactInclusive`` per ``group`` from the value -> count ``table``: the same
     interpolation (ClickHouse's QuantileExactInclusive: h = q (N - 1) + 1, k = ⌊h⌋,
     x[k] + (h - k) (x[k+1] - x[k]) over the sorted values). The ranks are first located
     in the table's buckets (``<table>_buckets``: counts per 0.1 % of value), then only
     those buckets' values are read: a few thousand rows, whatever the number of distinct
-    values. ``fresh``: the touched sessions' ``(group…, value, n, bucket)`` rows, counted
-    in with the totals'. ``None`` when the two reads never agreed."""
+    values. ``fresh()``: the touched sessions' ``(group…, value, n, bucket)`` rows, counted
+    in with the totals' (asked for once the buckets are read: they may still be running).
+    ``None`` when the two reads never agreed."""
     for _ in range(QUANTILE_ATTEMPTS):
         found = _quantiles_once(rows, plan, table, group, quantiles, fresh)
         if found is not None:
@@ -295,12 +324,13 @@ def _quantiles_once(
     table: str,
     group: tuple[str, ...],
     quantiles: Sequence[float],
-    fresh: list[dict[str, Any]],
+    touched: Callable[[], list[dict[str, Any]]],
 ) -> dict[tuple[Any, ...], list[float]] | None:
     from feedbackloop.sinks.report_rows import bucket_sql
 
     buckets: dict[tuple[Any, ...], dict[int, list[Any]]] = {}
     coarse = plan.steady(_current(plan, f"{table}_buckets", (*group, "bucket"), "1"))
+    fresh = touched()
     for r in coarse + [{**f, "lo": f["value"], "hi": f["value"]} for f in fresh]:
         b = buckets.setdefault(tuple(r[c] for c in group), {}).setdefault(
             int(r["bucket"]), [0, r["lo"], r["hi"]]
@@ -369,42 +399,47 @@ def _quantiles_once(
     return out
 
 
-def _variant_totals(runner: Any, scope: Scope) -> tuple[Rows, _Plan, list[dict[str, Any]]] | None:
-    """How the per-variant reads start: the plan and the untouched sessions' totals per
-    variant; ``None`` for the exact path."""
+def _start(
+    runner: Any, scope: Scope, touched: Callable[[], dict[str, str]]
+) -> tuple[Rows, _Plan, dict[str, Future[list[dict[str, Any]]]]] | None:
+    """How a read starts: its plan, and the touched sessions' statements (``touched()``:
+    name -> exact statement) already running on the lanes; ``None`` for the exact path."""
     rows = _as_rows(runner)
     plan = _plan(rows, scope)
     if plan is None:
         return None
+    statements = touched() if plan.touched is not None else {}
+    return rows, plan, {k: _later(rows, _touched, rows, plan, q) for k, q in statements.items()}
+
+
+def _fresh(started: dict[str, Future[list[dict[str, Any]]]], name: str) -> list[dict[str, Any]]:
+    """The touched sessions' rows of statement ``name`` (none when no session is touched)."""
+    return started[name].result() if name in started else []
+
+
+def _variant_totals(rows: Rows, plan: _Plan, scope: Scope) -> list[dict[str, Any]] | None:
+    """The untouched sessions' totals per variant; ``None`` for the exact path."""
     totals = plan.steady(_current(plan, "report_variant_totals", ("variant",), "sessions != 0"))
-    return None if _split(scope, totals) else (rows, plan, totals)
+    return None if _split(scope, totals) else totals
 
 
-def _latency_values(rows: Rows, plan: _Plan, scope: Scope) -> list[dict[str, Any]]:
+def _latency_values_sql(scope: Scope) -> str:
     from feedbackloop.analysis.reads.queries import _units_cte
     from feedbackloop.sinks.report_rows import bucket_sql
 
-    return _touched(
-        rows,
-        plan,
-        f"""WITH {_units_cte(scope)}
+    return f"""WITH {_units_cte(scope)}
 SELECT variant, assumeNotNull(latency_ms) AS value, count() AS n, {bucket_sql("value")} AS bucket
-FROM units WHERE latency_ms IS NOT NULL GROUP BY variant, value""",
-    )
+FROM units WHERE latency_ms IS NOT NULL GROUP BY variant, value"""
 
 
-def _time_values(rows: Rows, plan: _Plan, scope: Scope) -> list[dict[str, Any]]:
+def _time_values_sql(scope: Scope) -> str:
     from feedbackloop.analysis.reads.queries import _attributed_cte, _units_cte
     from feedbackloop.sinks.report_rows import bucket_sql
 
-    return _touched(
-        rows,
-        plan,
-        f"""WITH {_units_cte(scope)},
+    return f"""WITH {_units_cte(scope)},
 {_attributed_cte(scope)}
 SELECT variant, outcome, assumeNotNull(ttm) AS value, count() AS n, {bucket_sql("value")} AS bucket
-FROM attributed WHERE ttm IS NOT NULL GROUP BY variant, outcome, value""",
-    )
+FROM attributed WHERE ttm IS NOT NULL GROUP BY variant, outcome, value"""
 
 
 def _metric_columns() -> list[str]:
@@ -421,12 +456,23 @@ def experiment_rows(
     three statements return them."""
     from feedbackloop.analysis.reads.queries import experiment_sql
 
-    start = _variant_totals(runner, scope)
+    sql = experiment_sql(scope)
+    start = _start(
+        runner,
+        scope,
+        lambda: {
+            "latency": _latency_values_sql(scope),
+            **{k: sql[k] for k in ("metrics", "assignment", "outcomes")},
+        },
+    )
     if start is None:
         return None
-    rows, plan, totals = start
-    outcomes = plan.steady(
-        _current(plan, "report_variant_outcomes", ("variant", "outcome"), "sessions_with != 0")
+    rows, plan, started = start
+    totals_f = _later(rows, _variant_totals, rows, plan, scope)
+    outcomes_f = _later(
+        rows,
+        plan.steady,
+        _current(plan, "report_variant_outcomes", ("variant", "outcome"), "sessions_with != 0"),
     )
     latency_q = _quantiles(
         rows,
@@ -434,9 +480,10 @@ def experiment_rows(
         "report_variant_latency",
         ("variant",),
         quantiles,
-        _latency_values(rows, plan, scope),
+        lambda: _fresh(started, "latency"),
     )
-    if latency_q is None:
+    totals, outcomes = totals_f.result(), outcomes_f.result()
+    if latency_q is None or totals is None:
         return None
     latency = {key[0]: q for key, q in latency_q.items()}
     cross = sum(int(r["cross_variant"]) for r in totals)
@@ -451,16 +498,15 @@ def experiment_rows(
             n = r["session_level"]
             outcome_rows.append({**base, "level": "session", "y": n, "yy": n, "yd": n})
     if plan.touched is not None:
-        sql = experiment_sql(scope)
-        fresh = _touched(rows, plan, sql["metrics"])
-        assigned = _touched(rows, plan, sql["assignment"])
+        fresh = _fresh(started, "metrics")
+        assigned = _fresh(started, "assignment")
         cross += max((int(r["cross_variant"]) for r in assigned), default=0)
         renamed = [{**r, "interactions": r["interactions_total"]} for r in fresh]
         cost = [{"variant": r["variant"], "cost_total": r["cost_total"]} for r in assigned]
         sums = ("sessions", "interactions", "n_sq", "cost_total", *_metric_columns())
         totals = _merge((totals, renamed, cost), ("variant",), {c: c for c in sums}, "sessions")
         outcome_rows = _merge(
-            (outcome_rows, _touched(rows, plan, sql["outcomes"])),
+            (outcome_rows, _fresh(started, "outcomes")),
             ("level", "outcome", "variant"),
             {"y": "y", "yy": "yy", "yd": "yd"},
             "y",
@@ -493,12 +539,23 @@ def impact_rows(
     outcome making up a session's time."""
     from feedbackloop.analysis.reads.queries import impact_sql
 
-    start = _variant_totals(runner, scope)
+    sql = impact_sql(scope)
+    start = _start(
+        runner,
+        scope,
+        lambda: {
+            "times": _time_values_sql(scope),
+            **{k: sql[k] for k in ("per_outcome", "headline")},
+        },
+    )
     if start is None:
         return None
-    rows, plan, totals = start
-    outcomes = plan.steady(
-        _current(plan, "report_variant_outcomes", ("variant", "outcome"), "events != 0")
+    rows, plan, started = start
+    totals_f = _later(rows, _variant_totals, rows, plan, scope)
+    outcomes_f = _later(
+        rows,
+        plan.steady,
+        _current(plan, "report_variant_outcomes", ("variant", "outcome"), "events != 0"),
     )
     times = _quantiles(
         rows,
@@ -506,9 +563,10 @@ def impact_rows(
         "report_variant_time_to_outcome",
         ("variant", "outcome"),
         quantiles,
-        _time_values(rows, plan, scope),
+        lambda: _fresh(started, "times"),
     )
-    if times is None:
+    totals, outcomes = totals_f.result(), outcomes_f.result()
+    if times is None or totals is None:
         return None
     per_outcome = [
         {
@@ -538,16 +596,15 @@ def impact_rows(
     )
     headline = [{"variant": r["variant"], **{h: r[h] for h in heads}} for r in totals]
     if plan.touched is not None:
-        sql = impact_sql(scope)
         cols = ("events", "interactions_with", "sessions_with", "value_sum", "t_n", "t_sum")
         per_outcome = _merge(
-            (per_outcome, _touched(rows, plan, sql["per_outcome"])),
+            (per_outcome, _fresh(started, "per_outcome")),
             ("variant", "outcome"),
             {c: c for c in (*cols, "t_sq")},
             "events",
         )
         headline = _merge(
-            (headline, _touched(rows, plan, sql["headline"])),
+            (headline, _fresh(started, "headline")),
             ("variant",),
             {h: h for h in heads},
             "sessions",
@@ -564,34 +621,41 @@ def satisfaction_rows(
     """``satisfaction_over_time_sql``'s rows: (variant, t, rated, positive)."""
     from feedbackloop.analysis.reads.queries import satisfaction_over_time_sql
 
-    start = _variant_totals(runner, scope)
+    start = _start(
+        runner, scope, lambda: {"seconds": satisfaction_over_time_sql(scope, bucket_seconds)}
+    )
     if start is None:
         return None
-    rows, plan, totals = start
+    rows, plan, started = start
+    if _variant_totals(rows, plan, scope) is None:
+        return None
     t = f"toUnixTimestamp(toStartOfInterval(t, INTERVAL {int(bucket_seconds)} SECOND)) AS t"
     found = plan.steady(_current(plan, "report_variant_seconds", ("variant", t), "rated != 0"))
     if plan.touched is None:
         return found
-    fresh = _touched(rows, plan, satisfaction_over_time_sql(scope, bucket_seconds))
     return _merge(
-        (found, fresh), ("variant", "t"), {"rated": "rated", "positive": "positive"}, "rated"
+        (found, _fresh(started, "seconds")),
+        ("variant", "t"),
+        {"rated": "rated", "positive": "positive"},
+        "rated",
     )
 
 
 @_exact_when_unsettled
 def version_total_rows(runner: Any, scope: Scope) -> list[dict[str, Any]] | None:
     """``version_totals_sql``'s rows, oldest version first."""
-    rows = _as_rows(runner)
-    plan = _plan(rows, scope)
-    return None if plan is None else _version_totals(rows, plan, scope)
+    from feedbackloop.analysis.reads.queries import version_totals_sql
+
+    start = _start(runner, scope, lambda: {"totals": version_totals_sql(scope)})
+    return None if start is None else _version_totals(start[1], scope, start[2])
 
 
 _VERSION_SUMS = ("interactions", "sessions", "s_y", "s_d", "s_yy", "s_dd", "s_yd")
 
 
-def _version_totals(rows: Rows, plan: _Plan, scope: Scope) -> list[dict[str, Any]] | None:
-    from feedbackloop.analysis.reads.queries import version_totals_sql
-
+def _version_totals(
+    plan: _Plan, scope: Scope, started: dict[str, Future[list[dict[str, Any]]]]
+) -> list[dict[str, Any]] | None:
     current = _current(plan, "report_version_totals", ("prompt_version",), "sessions != 0")
     totals = plan.steady(
         f"SELECT *, toString(t0) AS first_seen, toString(t1) AS last_seen FROM ({current})"
@@ -599,9 +663,8 @@ def _version_totals(rows: Rows, plan: _Plan, scope: Scope) -> list[dict[str, Any
     if _split(scope, totals):
         return None
     if plan.touched is not None:
-        fresh = _touched(rows, plan, version_totals_sql(scope))
         totals = _merge(
-            (totals, fresh),
+            (totals, _fresh(started, "totals")),
             ("prompt_version",),
             {c: c for c in _VERSION_SUMS},
             "sessions",
@@ -613,12 +676,18 @@ def _version_totals(rows: Rows, plan: _Plan, scope: Scope) -> list[dict[str, Any
 @_exact_when_unsettled
 def version_rows(runner: Any, scope: Scope, bucket: str) -> list[dict[str, Any]] | None:
     """``versions_sql``'s rows: per prompt version and day (or week)."""
-    from feedbackloop.analysis.reads.queries import versions_sql
+    from feedbackloop.analysis.reads.queries import version_totals_sql, versions_sql
 
-    rows = _as_rows(runner)
-    plan = _plan(rows, scope)
-    totals = None if plan is None else _version_totals(rows, plan, scope)
-    if plan is None or totals is None:
+    start = _start(
+        runner,
+        scope,
+        lambda: {"totals": version_totals_sql(scope), "buckets": versions_sql(scope, bucket)},
+    )
+    if start is None:
+        return None
+    _, plan, started = start
+    totals = _version_totals(plan, scope, started)
+    if totals is None:
         return None
     first = {r["prompt_version"]: r["first_seen"] for r in totals}
     in_bucket = replace(plan, where=f"{plan.where} AND kind = {quote(bucket)}")
@@ -631,9 +700,8 @@ def version_rows(runner: Any, scope: Scope, bucket: str) -> list[dict[str, Any]]
         )
     )
     if plan.touched is not None:
-        fresh = _touched(rows, plan, versions_sql(scope, bucket))
         buckets = _merge(
-            (buckets, fresh),
+            (buckets, _fresh(started, "buckets")),
             ("prompt_version", "bucket"),
             {c: c for c in ("interactions", "sessions", "rated", "positive")},
             "sessions",

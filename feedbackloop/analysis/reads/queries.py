@@ -70,17 +70,21 @@ IMPLICIT_SIGNALS = ("copy", "edit", "follow_up", "regenerate", "abandon", "dwell
 #: Quantiles reported for latency and time to outcome.
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
 
-#: Runs one read-only SQL statement and returns column names and rows.
+#: Runs one read-only SQL statement and returns column names and rows. A runner whose
+#: attribute ``concurrent`` is true may be called from several threads at once (the report
+#: reads then run independent statements side by side: derived.READ_LANES).
 Runner = Callable[[str], Any]
 
 
 def settings_runner(settings: Settings, url: str | None = None, max_rows: int = 100_000) -> Runner:
-    """A :data:`Runner` over ``feedbackloop sql``'s read-only path (worker endpoint or direct)."""
+    """A :data:`Runner` over ``feedbackloop sql``'s read-only path (worker endpoint or direct);
+    concurrent (each statement is a request of its own, or a session of its own)."""
     from feedbackloop.sinks.query import run_query
 
     def run(sql: str) -> Any:
         return run_query(settings, sql, url=url, max_rows=max_rows)
 
+    run.concurrent = True  # type: ignore[attr-defined]
     return run
 
 
