@@ -38,8 +38,10 @@ from __future__ import annotations
 import bisect
 import functools
 import logging
+import os
 import re
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -89,17 +91,29 @@ def _as_rows(runner: Any) -> Rows:
 #: work: side by side a read takes its longest chain instead of the sum, as far as the
 #: cores go (measured: 2, 4 and 8 lanes alike on 2 cores, docs/PERFORMANCE.md).
 READ_LANES = 4
-_LANES = ThreadPoolExecutor(max_workers=READ_LANES, thread_name_prefix="report-read")
+_lanes: tuple[int, ThreadPoolExecutor] | None = None
+_lanes_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The lanes of this process (a child forked after reads ran gets its own: the
+    parent's threads do not exist there)."""
+    global _lanes
+    with _lanes_lock:
+        if _lanes is None or _lanes[0] != os.getpid():
+            pool = ThreadPoolExecutor(max_workers=READ_LANES, thread_name_prefix="report-read")
+            _lanes = (os.getpid(), pool)
+        return _lanes[1]
 
 
 def _later(rows: Rows, fn: Callable[..., _R], *args: Any) -> Future[_R]:
     """``fn(*args)`` on a lane if ``rows`` may run concurrently, else at once."""
     if getattr(rows, "concurrent", False):
-        return _LANES.submit(fn, *args)
+        return _pool().submit(fn, *args)
     done: Future[_R] = Future()
     try:
         done.set_result(fn(*args))
-    except BaseException as e:
+    except Exception as e:  # raised where the result is asked for, as from a lane
         done.set_exception(e)
     return done
 
@@ -442,6 +456,46 @@ SELECT variant, outcome, assumeNotNull(ttm) AS value, count() AS n, {bucket_sql(
 FROM attributed WHERE ttm IS NOT NULL GROUP BY variant, outcome, value"""
 
 
+def _per_variant(
+    runner: Any,
+    scope: Scope,
+    touched: Callable[[], dict[str, str]],
+    having: str,
+    values: tuple[str, tuple[str, ...], str],
+    quantiles: Sequence[float],
+) -> (
+    tuple[
+        _Plan,
+        dict[str, Future[list[dict[str, Any]]]],
+        list[dict[str, Any]],
+        list[dict[str, Any]],
+        dict[tuple[Any, ...], list[float]],
+    ]
+    | None
+):
+    """How the experiment and impact reads go: the plan; the touched sessions' statements
+    (``touched()``) started; side by side, the untouched sessions' totals per variant and per
+    (variant, outcome) (rows with ``having``); and on this thread the quantiles of
+    ``values`` = (value counts table, group, name of its touched statement). ``None`` for
+    the exact path."""
+    start = _start(runner, scope, touched)
+    if start is None:
+        return None
+    rows, plan, started = start
+    totals_f = _later(rows, _variant_totals, rows, plan, scope)
+    outcomes_f = _later(
+        rows,
+        plan.steady,
+        _current(plan, "report_variant_outcomes", ("variant", "outcome"), having),
+    )
+    table, group, fresh = values
+    found = _quantiles(rows, plan, table, group, quantiles, lambda: _fresh(started, fresh))
+    totals, outcomes = totals_f.result(), outcomes_f.result()
+    if found is None or totals is None:
+        return None
+    return plan, started, totals, outcomes, found
+
+
 def _metric_columns() -> list[str]:
     from feedbackloop.sinks.report_rows import METRIC_COLUMNS
 
@@ -457,34 +511,20 @@ def experiment_rows(
     from feedbackloop.analysis.reads.queries import experiment_sql
 
     sql = experiment_sql(scope)
-    start = _start(
+    read = _per_variant(
         runner,
         scope,
         lambda: {
             "latency": _latency_values_sql(scope),
             **{k: sql[k] for k in ("metrics", "assignment", "outcomes")},
         },
-    )
-    if start is None:
-        return None
-    rows, plan, started = start
-    totals_f = _later(rows, _variant_totals, rows, plan, scope)
-    outcomes_f = _later(
-        rows,
-        plan.steady,
-        _current(plan, "report_variant_outcomes", ("variant", "outcome"), "sessions_with != 0"),
-    )
-    latency_q = _quantiles(
-        rows,
-        plan,
-        "report_variant_latency",
-        ("variant",),
+        "sessions_with != 0",
+        ("report_variant_latency", ("variant",), "latency"),
         quantiles,
-        lambda: _fresh(started, "latency"),
     )
-    totals, outcomes = totals_f.result(), outcomes_f.result()
-    if latency_q is None or totals is None:
+    if read is None:
         return None
+    plan, started, totals, outcomes, latency_q = read
     latency = {key[0]: q for key, q in latency_q.items()}
     cross = sum(int(r["cross_variant"]) for r in totals)
     outcome_rows = []
@@ -540,34 +580,20 @@ def impact_rows(
     from feedbackloop.analysis.reads.queries import impact_sql
 
     sql = impact_sql(scope)
-    start = _start(
+    read = _per_variant(
         runner,
         scope,
         lambda: {
             "times": _time_values_sql(scope),
             **{k: sql[k] for k in ("per_outcome", "headline")},
         },
-    )
-    if start is None:
-        return None
-    rows, plan, started = start
-    totals_f = _later(rows, _variant_totals, rows, plan, scope)
-    outcomes_f = _later(
-        rows,
-        plan.steady,
-        _current(plan, "report_variant_outcomes", ("variant", "outcome"), "events != 0"),
-    )
-    times = _quantiles(
-        rows,
-        plan,
-        "report_variant_time_to_outcome",
-        ("variant", "outcome"),
+        "events != 0",
+        ("report_variant_time_to_outcome", ("variant", "outcome"), "times"),
         quantiles,
-        lambda: _fresh(started, "times"),
     )
-    totals, outcomes = totals_f.result(), outcomes_f.result()
-    if times is None or totals is None:
+    if read is None:
         return None
+    plan, started, totals, outcomes, times = read
     per_outcome = [
         {
             "variant": r["variant"],
