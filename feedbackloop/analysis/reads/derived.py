@@ -250,15 +250,14 @@ def _current(plan: _Plan, table: str, group: tuple[str, ...], having: str) -> st
 
 
 def _touched(rows: Rows, plan: _Plan, sql: str) -> list[dict[str, Any]]:
-    """The rows of the exact statement ``sql`` for the touched sessions only (none when no
-    session is touched). Their events are materialized once per statement (an experimental
-    ClickHouse feature); should the engine fail on that (a ``LOGICAL_ERROR``: a bug of the
-    engine, never of the data), the statement runs again with them inlined, which answers
-    the same."""
+    """The rows of the exact statement ``sql`` for the touched sessions only (run by
+    :func:`_start` when some are; :func:`_fresh` answers none otherwise). Their events are
+    materialized once per statement (an experimental ClickHouse feature); should the engine
+    fail on that (a ``LOGICAL_ERROR``: a bug of the engine, never of the data), the
+    statement runs again with them inlined, which answers the same."""
     from feedbackloop.sinks.report_rows import restricted_sql
 
-    if plan.touched is None:
-        return []
+    assert plan.touched is not None
     try:
         return rows(restricted_sql(sql, plan.touched, plan.since).replace("{db}.", ""))
     except Exception as e:
