@@ -35,7 +35,10 @@ after it. ``--skip-analyst`` leaves out the analyst queries.
 
 ``--traffic SECONDS``: every report again while a writer inserts ``--write-rate``
 interactions/s (their feedback and outcomes as above) and ``--late-rate`` late thumbs/s on old
-interactions, and the sink worker's compactor runs every second: ours (totals plus the
+interactions, every ``--write-tick`` seconds (default: as often as the sink flushes,
+``sink_max_age``; sessions 6-10 wrote every 0.2 s), and the sink worker's compactor runs every
+``--compact-every`` seconds (default: the sink worker's), standing aside while a read's
+statements run as it does in the sink (``--no-yield``: it never does): ours (totals plus the
 sessions touched since the last compaction, recomputed in the read) beside ``count() FINAL``,
 both timed during the traffic, with the sessions touched at the read, how many exact-path
 statements it ran, and how many times per read it looked for the moment the totals agree
@@ -78,10 +81,11 @@ from feedbackloop.analysis.reads import (
     fetch_versions,
 )
 from feedbackloop.analysis.reads.analyst_queries import ANALYST_QUERIES, analyst_query
+from feedbackloop.config import default_of
 from feedbackloop.infra import get_client
 from feedbackloop.sinks import migrate
 from feedbackloop.sinks.input_labels import label_inputs
-from feedbackloop.sinks.query import READ_SETTINGS, ThreadRunner, execute
+from feedbackloop.sinks.query import READ_SETTINGS, ThreadRunner, execute, reading
 from feedbackloop.sinks.report_rows import (
     CHUNK_SESSIONS,
     OVERLAP_MS,
@@ -89,6 +93,7 @@ from feedbackloop.sinks.report_rows import (
     compact,
     touched_sql,
 )
+from feedbackloop.sinks.worker import SinkConfig
 
 DB = "benchq"
 
@@ -321,17 +326,29 @@ def _reads(runner: Any, q: Any) -> list[tuple[str, Any, tuple[str, ...]]]:
 
 
 class _Writer:
-    """Steady traffic into the event tables while reports are read: every 0.2 s, new
-    sessions' interactions with their feedback (60 %) and outcomes (20 %), as the fill makes
-    them, and late thumbs on old interactions (``late`` per second), under the lock the
-    compactor (the sink worker's, every second) also takes, as the sink's flushes do."""
+    """Steady traffic into the event tables while reports are read: every ``tick`` seconds,
+    new sessions' interactions with their feedback (60 %) and outcomes (20 %), as the fill
+    makes them, and late thumbs on old interactions (``late`` per second), under the lock
+    the compactor (the sink worker's, every second) also takes, as the sink's flushes do.
+
+    A tick costs what a sink flush of the same events costs (measured: 0.11-0.14 CPU s
+    each, docs/PERFORMANCE.md), and the sink flushes a batch once it is ``sink_max_age``
+    old, the default tick: at these rates its batches never fill up."""
 
     def __init__(
-        self, where: str, n: int, days: int, rate: int, late: int, lock: threading.Lock
+        self,
+        where: str,
+        n: int,
+        days: int,
+        rate: int,
+        late: int,
+        lock: threading.Lock,
+        tick: float = default_of("sink_max_age"),
     ) -> None:
         self.client = get_client(f"chdb://{where}")
         self.templates = _templates(self.client, n, days)[:3]
         self.next, self.rate, self.late, self.lock = n, rate, late, lock
+        self.tick = tick
         self.late_next, self.n = 0, n
         self.inserted = 0
         self._stop = threading.Event()
@@ -346,7 +363,7 @@ class _Writer:
         self.client.close()
 
     def _run(self) -> None:
-        tick = 0.2
+        tick = self.tick
         while not self._stop.wait(tick):
             size, late = max(1, int(self.rate * tick)), max(1, int(self.late * tick))
             with self.lock:
@@ -368,6 +385,9 @@ def _under_traffic(
     late: int,
     seconds: float,
     runs: int,
+    every: float,
+    tick: float,
+    no_yield: bool,
 ) -> None:
     """Every report read while ``_Writer`` inserts and the compactor runs: ours (the totals
     plus the sessions touched since the last compaction, recomputed in the read) beside
@@ -391,15 +411,21 @@ def _under_traffic(
     runner.concurrent = reader.concurrent  # type: ignore[attr-defined]
 
     lock = threading.Lock()
-    writer = _Writer(where, n, days, rate, late, lock)
-    compactor = Compactor(lambda: get_client(f"chdb://{where}"), DB, 1.0, lock)
+    writer = _Writer(where, n, days, rate, late, lock, tick)
+    compactor = Compactor(
+        lambda: get_client(f"chdb://{where}"),
+        DB,
+        every,
+        lock,
+        reading=None if no_yield else reading,
+    )
     writer.start()
     compactor.start()
     try:
         time.sleep(5)  # the compactor's first rounds
         print(
             f"under traffic: {rate:,} interactions/s (+ their feedback and outcomes) and "
-            f"{late:,} late thumbs/s, compactor every second"
+            f"{late:,} late thumbs/s, written every {tick:g} s, compactor every {every:g} s"
         )
         print(
             f"{'analysis read':30} {'ours s':>8} {'baseline s':>11} {'ratio':>6} "
@@ -426,7 +452,8 @@ def _under_traffic(
     print(
         f"traffic: {writer.inserted:,} interactions inserted; compactor: last round "
         f"{last.seconds if last else float('nan'):.2f} s ({last.sessions if last else 0:,} "
-        f"sessions), {compactor.failures} failed rounds"
+        f"sessions), {compactor.failures} failed rounds, "
+        f"{compactor.gate.waited:.1f} s stood aside for reads"
     )
 
 
@@ -597,6 +624,23 @@ def main() -> None:
         help="the report reads run their statements one after the other (no lanes)",
     )
     ap.add_argument("--write-rate", type=int, default=500, help="interactions/s under traffic")
+    ap.add_argument(
+        "--compact-every",
+        type=float,
+        default=SinkConfig.compact_interval_s,
+        help="seconds between compaction rounds under traffic (the sink worker's default)",
+    )
+    ap.add_argument(
+        "--write-tick",
+        type=float,
+        default=default_of("sink_max_age"),
+        help="seconds between the traffic's inserts (default: as often as the sink flushes)",
+    )
+    ap.add_argument(
+        "--no-yield",
+        action="store_true",
+        help="the compactor never stands aside for the reads (report_rows._Yield)",
+    )
     ap.add_argument("--late-rate", type=int, default=50, help="late thumbs/s under traffic")
     ap.add_argument(
         "--chunk",
@@ -667,6 +711,9 @@ def main() -> None:
                 args.late_rate,
                 args.traffic,
                 args.runs,
+                args.compact_every,
+                args.write_tick,
+                args.no_yield,
             )
         reader.close()
         _storage(client)

@@ -246,14 +246,40 @@ def readonly_client(
     return get_client(dsn, **kwargs)
 
 
+class _Running:
+    """How many statements :func:`execute` runs in this process now."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.n += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.n -= 1
+
+
+_running = _Running()
+
+
+def reading() -> bool:
+    """Whether an analyst statement (:func:`execute`) runs in this process now: the sink's
+    compactor stands aside meanwhile (``report_rows.Compactor``'s ``reading``)."""
+    return _running.n > 0
+
+
 def execute(client: Any, sql: str, max_rows: int = 10_000, parser: Any = None) -> QueryResult:
     """Run one read-only statement on ``client`` exactly as written, after
     :func:`inspect_statement` on ``parser`` (default: ``client``)."""
-    inspect_statement(parser if parser is not None else client, sql)
-    try:
-        res = client.query(sql)
-    except Exception as e:
-        raise ClickHouseError.from_driver(e, _clean(str(e))) from e
+    with _running:
+        inspect_statement(parser if parser is not None else client, sql)
+        try:
+            res = client.query(sql)
+        except Exception as e:
+            raise ClickHouseError.from_driver(e, _clean(str(e))) from e
     rows = [list(r) for r in res.result_rows[: max_rows + 1]]
     return QueryResult(
         list(res.column_names),

@@ -51,6 +51,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -1352,23 +1353,82 @@ def _drop(client: Any, scratch: dict[str, str]) -> None:
         client.command(f"DROP TABLE IF EXISTS {table}")
 
 
+#: How long the compactor may stand aside for reads before it runs a statement anyway, at
+#: most; it earns that time back by working (the seconds its statements take), so under
+#: reads that never stop it still gets half of the time it would have.
+YIELD_CREDIT_S = 2.0
+_YIELD_POLL_S = 0.005
+#: A round that recomputed more sessions than this says the compactor is behind: it stops
+#: standing aside until a round recomputes fewer (each session it leaves is one more that
+#: every read recomputes itself; measured at 500 interactions/s, docs/PERFORMANCE.md).
+YIELD_MAX_SESSIONS = 1_000
+
+
+class _Yield:
+    """Makes the compactor's statements wait while analyst statements run in this process
+    (``reading()``), within a credit of :data:`YIELD_CREDIT_S` that its own statements'
+    time earns back: a read takes both cores for itself, and the rounds still go on. Off
+    (``on``) while the compactor is behind (:data:`YIELD_MAX_SESSIONS`)."""
+
+    def __init__(self, reading: Callable[[], bool] | None, stop: threading.Event) -> None:
+        self.reading, self.stop = reading, stop
+        self.credit = YIELD_CREDIT_S
+        self.waited = 0.0
+        self.on = True
+        self._lock = threading.Lock()
+
+    def after_round(self, sessions: int) -> None:
+        """A round recomputed ``sessions``: stand aside again only if it was few."""
+        self.on = sessions <= YIELD_MAX_SESSIONS
+
+    def wait(self) -> None:
+        if self.reading is None or not self.on:
+            return
+        while self.credit > 0 and self.reading() and not self.stop.is_set():
+            time.sleep(_YIELD_POLL_S)
+            with self._lock:
+                self.credit -= _YIELD_POLL_S
+                self.waited += _YIELD_POLL_S
+
+    def worked(self, seconds: float) -> None:
+        with self._lock:
+            self.credit = min(YIELD_CREDIT_S, self.credit + seconds)
+
+
+_STATE_INSERT = re.compile(
+    rf"\s*INSERT INTO \S+\.({'|'.join(s.table for s in _STATES)}) ", re.IGNORECASE
+)
+
+
 class _Locked:
-    """A client whose statements each run under ``lock``."""
+    """A client whose statements each run under ``lock`` (after ``gate`` let them)."""
 
-    def __init__(self, client: Any, lock: threading.Lock) -> None:
-        self.client, self.lock = client, lock
+    def __init__(self, client: Any, lock: threading.Lock, gate: _Yield | None = None) -> None:
+        self.client, self.lock, self.gate = client, lock, gate
+        self.after_state = False
 
-    def command(self, *a: Any, **kw: Any) -> Any:
-        with self.lock:
-            return self.client.command(*a, **kw)
+    def _run(self, sql: str, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
+        if self.gate is not None and not self.after_state:
+            self.gate.wait()
+        # The statement after an insert into a state table never waits: it is that insert's
+        # checkpoint, which the reads themselves wait for (_insert_state).
+        self.after_state = bool(_STATE_INSERT.match(sql))
+        t0 = time.monotonic()
+        try:
+            with self.lock:
+                return fn(*a, **kw)
+        finally:
+            if self.gate is not None:
+                self.gate.worked(time.monotonic() - t0)
 
-    def query(self, *a: Any, **kw: Any) -> Any:
-        with self.lock:
-            return self.client.query(*a, **kw)
+    def command(self, sql: str, *a: Any, **kw: Any) -> Any:
+        return self._run(sql, self.client.command, sql, *a, **kw)
+
+    def query(self, sql: str, *a: Any, **kw: Any) -> Any:
+        return self._run(sql, self.client.query, sql, *a, **kw)
 
     def insert(self, *a: Any, **kw: Any) -> Any:
-        with self.lock:
-            return self.client.insert(*a, **kw)
+        return self._run("", self.client.insert, *a, **kw)
 
     def close(self) -> None:
         self.client.close()
@@ -1393,6 +1453,7 @@ class Compactor:
         lock: threading.Lock | None = None,
         idle: Any = None,
         max_lag_s: float = 10.0,
+        reading: Callable[[], bool] | None = None,
     ) -> None:
         self._factory = client_factory
         #: ``idle()`` says the sink has nothing pending; a round waits for that (it would
@@ -1406,6 +1467,9 @@ class Compactor:
         self.database = database
         self.interval_s = interval_s
         self._stop = threading.Event()
+        #: ``reading()`` says analyst statements run in this process now: the rounds and the
+        #: labelling wait between statements (:class:`_Yield`).
+        self.gate = _Yield(reading, self._stop)
         self._threads: list[threading.Thread] = []
         self.last: CompactionResult | None = None
         #: Interactions whose input labels this compactor computed (sinks/input_labels.py).
@@ -1432,7 +1496,7 @@ class Compactor:
             while not self._stop.is_set():
                 done = 0
                 try:
-                    client = client or _Locked(self._factory(), self.lock)
+                    client = client or _Locked(self._factory(), self.lock, self.gate)
                     done = label_inputs(client, self.database)
                     self.labelled += done
                 except Exception as e:  # retried; the reads label what is missing
@@ -1478,8 +1542,9 @@ class Compactor:
                     continue
                 last = time.monotonic()
                 try:
-                    client = client or _Locked(self._factory(), self.lock)
+                    client = client or _Locked(self._factory(), self.lock, self.gate)
                     self.last = compact(client, self.database)
+                    self.gate.after_round(self.last.sessions)
                     if self.last.sessions:
                         log.debug(
                             "compacted %d sessions in %.2f s",

@@ -208,6 +208,7 @@ class SinkWorker:
                 time.sleep(min(5.0, 0.2 * 2**attempt))
         if self.config.compact_interval_s > 0:
             from feedbackloop.infra import get_client
+            from feedbackloop.sinks.query import reading
             from feedbackloop.sinks.report_rows import Compactor
 
             dsn = self.settings.clickhouse_dsn
@@ -217,6 +218,7 @@ class SinkWorker:
                 self.config.compact_interval_s,
                 self._flush_lock,
                 idle=self._sink_idle,
+                reading=reading,
             )
             self.compactor.start()
         if self.config.query_endpoint:

@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import math
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from feedbackloop.analysis.reads import (
 )
 from feedbackloop.errors import ClickHouseError
 from feedbackloop.infra import get_client
-from feedbackloop.sinks import migrate, report_rows
+from feedbackloop.sinks import migrate, query, report_rows
 from feedbackloop.sinks.query import READ_SETTINGS, ThreadRunner, execute
 from feedbackloop.sinks.report_rows import changed_rows_sql, compact, repair_totals, totals
 
@@ -599,6 +600,51 @@ def test_a_round_killed_before_its_watermark_is_made_again_by_the_next(
     assert not report_rows.cut_off_round(client, db)
     assert repair_totals(client, db) == []
     _assert_both_paths_agree(runner)
+
+
+def test_the_compactor_stands_aside_for_reads_and_its_rounds_still_go_on(
+    store: Any, clickhouse_dsn: str
+) -> None:
+    """Reads that never stop (the sink's query endpoint, a dashboard): the compactor waits
+    between its statements while a read's run (report_rows._Yield), within a credit its own
+    statements earn back, so its rounds still bring every new event in; the reads stay
+    exact throughout."""
+    client, db, runner = store
+    ev = Events(client, db, seed=43)
+    _inserted(ev, 40)
+    compact(client, db)
+    compactor = report_rows.Compactor(
+        lambda: get_client(clickhouse_dsn), db, 0.05, reading=query.reading
+    )
+    stop, reads, failed = threading.Event(), [0], []
+
+    def read_on() -> None:
+        while not stop.is_set():
+            try:
+                fetch_experiment(runner, Scope(experiment="exp1"))
+                reads[0] += 1
+            except Exception as e:  # noqa: BLE001 - reported below
+                failed.append(e)
+                return
+
+    reader = threading.Thread(target=read_on)
+    compactor.start()
+    reader.start()
+    try:
+        for batch in range(2):
+            _inserted(ev, 10, first=1000 + 100 * batch)
+            deadline = time.monotonic() + 60
+            while _changed(runner) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _changed(runner) == 0, "the rounds stopped under the reads"
+    finally:
+        stop.set()
+        reader.join(60)
+        compactor.stop()
+    assert not failed and reads[0] >= 3
+    assert compactor.failures == 0
+    assert compactor.gate.waited > 0  # it did stand aside
+    _assert_both_paths_agree(runner, (Scope(experiment="exp1"),), ("experiment", "impact"))
 
 
 def test_migration_13_rebuilds_the_report_rows_from_the_events(
