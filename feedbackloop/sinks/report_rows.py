@@ -1385,10 +1385,12 @@ class _Yield:
         if self.reading is None or not self.on:
             return
         while self.credit > 0 and self.reading() and not self.stop.is_set():
+            t0 = time.monotonic()
             time.sleep(_YIELD_POLL_S)
             with self._lock:
-                self.credit -= _YIELD_POLL_S
-                self.waited += _YIELD_POLL_S
+                took = time.monotonic() - t0
+                self.credit -= took
+                self.waited += took
 
     def worked(self, seconds: float) -> None:
         with self._lock:
