@@ -333,7 +333,7 @@ class _Writer:
 
     A tick costs what a sink flush of the same events costs (measured: 0.11-0.14 CPU s
     each, docs/PERFORMANCE.md), and the sink flushes a batch once it is ``sink_max_age``
-    old, the default tick: at these rates its batches never fill up."""
+    old, the default ``--write-tick``: at these rates its batches never fill up."""
 
     def __init__(
         self,
@@ -343,12 +343,11 @@ class _Writer:
         rate: int,
         late: int,
         lock: threading.Lock,
-        tick: float = default_of("sink_max_age"),
+        tick: float,
     ) -> None:
         self.client = get_client(f"chdb://{where}")
         self.templates = _templates(self.client, n, days)[:3]
-        self.next, self.rate, self.late, self.lock = n, rate, late, lock
-        self.tick = tick
+        self.next, self.rate, self.late, self.lock, self.tick = n, rate, late, lock, tick
         self.late_next, self.n = 0, n
         self.inserted = 0
         self._stop = threading.Event()

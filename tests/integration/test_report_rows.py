@@ -606,7 +606,7 @@ def test_the_compactor_stands_aside_for_reads_and_its_rounds_still_go_on(
     store: Any, clickhouse_dsn: str
 ) -> None:
     """Reads that never stop (the sink's query endpoint, a dashboard): the compactor waits
-    between its statements while a read's run (report_rows._Yield), within a credit its own
+    between its statements while a read runs (report_rows._Yield), within a credit its own
     statements earn back, so its rounds still bring every new event in; the reads stay
     exact throughout."""
     client, db, runner = store
