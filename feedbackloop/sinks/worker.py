@@ -36,6 +36,11 @@ __all__ = ["SinkConfig", "SinkWorker", "default_topics"]
 
 log = logging.getLogger(__name__)
 
+#: How long a worker that loses the compacting partition waits for its compactor's round
+#: to end, within the rebalance (under librdkafka's 300 s ``max.poll.interval.ms``, after
+#: which the group would go on without it).
+COMPACTOR_HANDOVER_S = 240.0
+
 
 def default_topics(topics: Topics, raw: bool = False) -> tuple[str, ...]:
     """What the sink consumes: the stream jobs' outputs, plus the raw topic if ``raw``.
@@ -77,9 +82,15 @@ class SinkConfig:
     #: other process may open the data directory while the worker runs).
     query_endpoint: bool = True
     #: Bring the per-session report rows up to date this often, in a thread of its own
-    #: (feedbackloop.sinks.report_rows); 0 leaves it to another worker. Run it in one
-    #: worker per database.
+    #: (feedbackloop.sinks.report_rows); 0 leaves it to another worker. One compactor per
+    #: database: two at once would both cancel the same rows.
     compact_interval_s: float = 1.0
+    #: Whether only the worker that owns partition 0 of the enriched topic compacts
+    #: (:meth:`SinkWorker.compaction_partition`): the group's one owner of that partition
+    #: is the database's one compactor, and it hands over on a rebalance. ``None``: on a
+    #: ClickHouse server, where several sink workers may share a database; embedded chDB
+    #: opens in one process only, whose worker compacts from its start.
+    compact_by_partition: bool | None = None
     #: Extra librdkafka consumer settings.
     consumer_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -133,12 +144,28 @@ class SinkWorker:
         self.gaps = GapGuard(name="sink")
         self.endpoint: Any = None
         self.compactor: Any = None
+        self._new_compactor: Callable[[], Any] | None = None
+        self._compactor_lock = threading.Lock()
         # Shared with the compactor: a flush's inserts are not split by its statements.
         self._flush_lock = threading.Lock()
 
     @property
     def topic_names(self) -> tuple[str, ...]:
         return self.config.topics or default_topics(self.topics, self.config.raw)
+
+    @property
+    def compaction_partition(self) -> tuple[str, int]:
+        """The partition whose owner compacts, when compaction goes by partition: partition
+        0 of the enriched topic, which every default subscription holds (raw or not)."""
+        names = self.topic_names
+        return (self.topics.enriched if self.topics.enriched in names else min(names), 0)
+
+    @property
+    def compacts_by_partition(self) -> bool:
+        from feedbackloop.infra.clickhouse import is_embedded
+
+        chosen = self.config.compact_by_partition
+        return not is_embedded(self.settings.clickhouse_dsn) if chosen is None else chosen
 
     def stop(self) -> None:
         """Ask :meth:`run` to flush, commit and return (safe from a signal handler)."""
@@ -168,7 +195,9 @@ class SinkWorker:
         }
         try:
             self._consumer = Consumer(conf)
-            self._consumer.subscribe(list(self.topic_names), on_revoke=self._on_revoke)
+            self._consumer.subscribe(
+                list(self.topic_names), on_assign=self._on_assign, on_revoke=self._on_revoke
+            )
         except KafkaException as e:
             raise BrokerError(f"cannot start the sink consumer: {e}") from e
         if ready is not None:
@@ -182,9 +211,7 @@ class SinkWorker:
             finally:
                 self._consumer.close()
                 self._consumer = None
-                if self.compactor is not None:
-                    self.compactor.stop()
-                    self.compactor = None
+                self._stop_compactor()
                 if self.endpoint is not None:
                     self.endpoint.stop()
                     self.endpoint = None
@@ -212,7 +239,7 @@ class SinkWorker:
             from feedbackloop.sinks.report_rows import Compactor
 
             dsn = self.settings.clickhouse_dsn
-            self.compactor = Compactor(
+            self._new_compactor = lambda: Compactor(
                 lambda: get_client(dsn),
                 self.settings.clickhouse_database,
                 self.config.compact_interval_s,
@@ -220,12 +247,30 @@ class SinkWorker:
                 idle=self._sink_idle,
                 reading=reading,
             )
-            self.compactor.start()
+            if not self.compacts_by_partition:
+                self._start_compactor()
         if self.config.query_endpoint:
             from feedbackloop.sinks.query import QueryEndpoint
 
             self.endpoint = QueryEndpoint(self.settings)
             self.endpoint.start()
+
+    def _start_compactor(self) -> None:
+        with self._compactor_lock:
+            if self.compactor is None and self._new_compactor is not None:
+                self.compactor = self._new_compactor()
+                self.compactor.start()
+                log.info(
+                    "compacting the report rows (every %.1f s)", self.config.compact_interval_s
+                )
+
+    def _stop_compactor(self) -> None:
+        """Stop the compactor once its round is done (a round stopped half-way is repaired
+        by the next compactor at a cost that grows with the store: let it finish)."""
+        with self._compactor_lock:
+            compactor, self.compactor = self.compactor, None
+            if compactor is not None:
+                compactor.stop(timeout=COMPACTOR_HANDOVER_S)
 
     def _sink_idle(self) -> bool:
         """Nothing pending in the sink (read from the compactor's thread: the batches may
@@ -340,8 +385,23 @@ class SinkWorker:
             # owner re-reads them and deduplication absorbs it.
             log.warning("offset commit failed (rows are stored; replay is harmless): %s", e)
 
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        if self.compacts_by_partition and self.compaction_partition in {
+            (tp.topic, tp.partition) for tp in partitions
+        }:
+            self._start_compactor()
+
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
+        try:
+            self._give_back(revoked)
+        finally:
+            # The group waits for this callback: the next owner of the partition starts
+            # compacting only after this worker's round is done.
+            if self.compacts_by_partition and self.compaction_partition in revoked:
+                self._stop_compactor()
+
+    def _give_back(self, revoked: set[tuple[str, int]]) -> None:
         for tp in revoked:
             self.gaps.forget(tp)
         try:

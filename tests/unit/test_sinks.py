@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -1001,3 +1002,22 @@ def test_a_failed_identity_lookup_retries_the_batch_with_nothing_inserted_twice(
     assert [r[8] for r in fake.inserted["interactions"]] == ["p1", ""]
     assert len(_dead_letters_by_reason(fake, "conflicting_resend")) == 1
     assert sink.stats.by_reason["conflicting_resend"] == 1
+
+
+def test_compaction_goes_by_partition_on_a_server_and_not_on_embedded_chdb(tmp_path: Path) -> None:
+    """Several sink workers may share a server's database and only one may compact; embedded
+    chDB opens in one process only, whose worker compacts from its start."""
+    from feedbackloop.config import Settings
+    from feedbackloop.sinks import SinkConfig, SinkWorker
+
+    def worker(url: str, **cfg: Any) -> SinkWorker:
+        settings = Settings(clickhouse_url=url, data_dir=tmp_path, topic_prefix="p.")
+        return SinkWorker(settings, SinkConfig(**cfg), client_factory=lambda: None)
+
+    assert worker("http://localhost:8123/").compacts_by_partition
+    assert not worker(f"chdb://{tmp_path}/ch").compacts_by_partition
+    assert worker(f"chdb://{tmp_path}/ch", compact_by_partition=True).compacts_by_partition
+    # Partition 0 of the enriched topic, which the raw and the default subscriptions share.
+    assert worker("http://h/").compaction_partition == ("p.enriched", 0)
+    assert worker("http://h/", raw=True).compaction_partition == ("p.enriched", 0)
+    assert worker("http://h/", topics=("p.b", "p.a")).compaction_partition == ("p.a", 0)
