@@ -260,12 +260,14 @@ def bench_latency(
     storage: str = "memory://tansu/",
     drain_s: float = 60.0,
     hops: bool = False,
+    compact_every: float | None = None,
 ) -> dict[str, float]:
     """Send -> visible. ``stream_jobs``: the default pipeline (SDK -> raw topic -> stream jobs
     -> enriched topic -> sink), else the sink reading the raw topic (``sink run --raw``).
     ``storage``: the embedded broker's (``durable``: its log on the embedded S3 store).
     ``hops`` (with ``stream_jobs``): also time each hop through the enriched topic, with one
-    more consumer on the broker (on the durable broker its fetches cost S3 requests too)."""
+    more consumer on the broker (on the durable broker its fetches cost S3 requests too).
+    ``compact_every``: the sink's ``sink_compact_every`` (0: no compactor), else its default."""
     from confluent_kafka import Consumer
 
     from feedbackloop.config import Settings
@@ -287,6 +289,8 @@ def bench_latency(
             FEEDBACKLOOP_DATA_DIR=str(data_dir),
             FEEDBACKLOOP_CLICKHOUSE_DATABASE="lat",
         )
+        if compact_every is not None:
+            env["FEEDBACKLOOP_SINK_COMPACT_EVERY"] = str(compact_every)
         procs: list[subprocess.Popen[bytes]] = []
         sink_cmd = ["sink", "run"] if stream_jobs else ["sink", "run", "--raw"]
         with open(data_dir.parent / f"{data_dir.name}-sink.log", "wb") as log:
@@ -490,6 +494,13 @@ def main() -> None:
     )
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument(
+        "--compact-every",
+        type=float,
+        default=None,
+        help="The sinks' sink_compact_every in the latency part (0: no compactor, to see "
+        "what the report rows' compaction costs); default: the setting's default.",
+    )
+    ap.add_argument(
         "--lookup-sizes",
         default="0,1000000,4000000",
         help="Stored event ids at which the identity lookup is timed ('' to skip).",
@@ -543,7 +554,13 @@ def main() -> None:
             )
         print(f"[identity] load average (1 min): {os.getloadavg()[0]:.2f}")
         for path in () if args.skip_latency else ("pipeline", "raw"):
-            r = bench_latency(args.rate, args.seconds, work, stream_jobs=path == "pipeline")
+            r = bench_latency(
+                args.rate,
+                args.seconds,
+                work,
+                stream_jobs=path == "pipeline",
+                compact_every=args.compact_every,
+            )
             what = (
                 "SDK -> stream jobs -> enriched topic -> sink (the default pipeline)"
                 if path == "pipeline"

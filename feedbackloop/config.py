@@ -168,6 +168,13 @@ class Settings(BaseSettings):
     sink_max_age: float = Field(
         default=0.5, gt=0, description="Seconds a row may wait for its batch to be written."
     )
+    sink_compact_every: float = Field(
+        default=1.0,
+        ge=0,
+        description="Seconds between the report rows' compaction rounds (0: this sink never "
+        "compacts; another does). On a ClickHouse server only the sink that owns partition 0 "
+        "of the enriched topic compacts.",
+    )
     ttl_days: int | None = Field(
         default=None,
         ge=0,

@@ -73,6 +73,14 @@ def sink() -> None:
 @click.option(
     "--no-query-endpoint", is_flag=True, help="Do not serve `feedbackloop sql` from this process."
 )
+@click.option(
+    "--compact-every",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds between the report rows' compaction rounds; 0: this worker never compacts "
+    "(another one does). On a ClickHouse server only the worker that owns partition 0 of the "
+    "enriched topic compacts. Default: setting sink_compact_every.",
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -81,6 +89,7 @@ def run(
     max_rows: int | None,
     max_age: float | None,
     no_query_endpoint: bool,
+    compact_every: float | None,
 ) -> None:
     """Consume the topics into ClickHouse until Ctrl-C / SIGTERM (flushes on exit)."""
     import signal
@@ -97,6 +106,7 @@ def run(
         max_rows=max_rows,
         max_age_s=max_age,
         query_endpoint=not no_query_endpoint,
+        compact_interval_s=compact_every,
     )
     s, broker = connect_or_start(s)
     worker = SinkWorker(s, config)

@@ -84,7 +84,7 @@ class SinkConfig:
     #: Bring the per-session report rows up to date this often, in a thread of its own
     #: (feedbackloop.sinks.report_rows); 0 leaves it to another worker. One compactor per
     #: database: two at once would both cancel the same rows.
-    compact_interval_s: float = 1.0
+    compact_interval_s: float = default_of("sink_compact_every")
     #: Whether only the worker that owns partition 0 of the enriched topic compacts
     #: (:meth:`SinkWorker.compaction_partition`): the group's one owner of that partition
     #: is the database's one compactor, and it hands over on a rebalance. ``None``: on a
@@ -103,6 +103,7 @@ class SinkConfig:
             "group_id": settings.sink_group_id,
             "max_rows": settings.sink_max_rows,
             "max_age_s": settings.sink_max_age,
+            "compact_interval_s": settings.sink_compact_every,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
