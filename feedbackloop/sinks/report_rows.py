@@ -1486,11 +1486,15 @@ class Compactor:
         for t in self._threads:
             t.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop after the running round (and labelling slice); whether both ended within
+        ``timeout`` seconds each."""
         self._stop.set()
         for t in self._threads:
             t.join(timeout)
+        ended = not any(t.is_alive() for t in self._threads)
         self._threads = []
+        return ended
 
     def _label(self) -> None:
         client = None

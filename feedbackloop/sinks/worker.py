@@ -266,12 +266,24 @@ class SinkWorker:
                 )
 
     def _stop_compactor(self) -> None:
-        """Stop the compactor once its round is done (a round stopped half-way is repaired
-        by the next compactor at a cost that grows with the store: let it finish)."""
+        """Stop the compactor once its round is done. Compacting by partition, wait up to
+        :data:`COMPACTOR_HANDOVER_S`, on the way out too: the next owner starts after this.
+        Else up to the compactor's own bound (a round cut off is repaired at the next start,
+        and no other compactor runs meanwhile)."""
         with self._compactor_lock:
             compactor, self.compactor = self.compactor, None
-            if compactor is not None:
-                compactor.stop(timeout=COMPACTOR_HANDOVER_S)
+            if compactor is None:
+                return
+            if not self.compacts_by_partition:
+                compactor.stop()
+                return
+            log.info("handing compaction over once the running round is done")
+            if not compactor.stop(timeout=COMPACTOR_HANDOVER_S):
+                log.warning(
+                    "the compaction round outlasted the handover (%.0f s): the next owner may "
+                    "compact while it ends",
+                    COMPACTOR_HANDOVER_S,
+                )
 
     def _sink_idle(self) -> bool:
         """Nothing pending in the sink (read from the compactor's thread: the batches may
