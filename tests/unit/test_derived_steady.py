@@ -1,7 +1,6 @@
 """derived._Steady: a statement that reads the totals beside the session rows is trusted
 only when no insert into the tables it reads committed while it ran, and at a moment a
-compactor checkpoint recorded; a read's first attempt looks at the inserts once at its end
-(the integration cases are in test_report_rows.py)."""
+compactor checkpoint recorded (the integration cases are in test_report_rows.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ from typing import Any
 import pytest
 
 from feedbackloop.analysis.reads import derived
-from feedbackloop.analysis.reads.scope import Scope
 
 K1 = "report_sessions:all:5,report_variant_totals:all:5,report_version_sessions:all:5"
 # A round's insert into the version sessions only (and its views' tables).
@@ -25,15 +23,10 @@ class Store:
 
     def __init__(self, inserts: list[str], checkpoints: set[str]) -> None:
         self.inserts, self.checkpoints = inserts, checkpoints
-        self.reads = self.looks = 0
+        self.reads = 0
 
     def __call__(self, sql: str) -> list[dict[str, Any]]:
-        if sql.startswith("EXISTS TABLE"):
-            return [{"result": 1}]
-        if "groupArray(session_id)" in sql:
-            return [{"ids": []}]  # no session touched since the last compaction
         if "system.parts" in sql:
-            self.looks += 1
             now = self.inserts.pop(0) if len(self.inserts) > 1 else self.inserts[0]
             settled = int(now in self.checkpoints)
             return [{"inserts": now, "since": "2026-11-30 00:00:00.000", "settled": settled}]
@@ -60,7 +53,7 @@ def test_tables_that_never_agree_again_send_the_read_to_the_exact_path(
     monkeypatch.setattr(derived, "SETTLE_S", 0.05)
     store = Store([K2], {K1})  # committed, and no checkpoint comes
 
-    @derived._steady_read
+    @derived._exact_when_unsettled
     def read() -> list[dict[str, Any]]:
         return derived._Steady(store, K1)(READ)
 
@@ -82,35 +75,3 @@ def test_a_statement_compares_with_the_reading_it_started_from() -> None:
 
     steady.rows = rows
     assert steady(READ) == [{"variant": "a", "read": 2}]
-
-
-def _read_twice(store: Store) -> Any:
-    """A read of two statements that read the totals, through a plan as the reports make it."""
-
-    @derived._steady_read
-    def read() -> list[list[dict[str, Any]]] | None:
-        plan = derived._plan(store, Scope(experiment="e"))
-        assert plan is not None
-        return [plan.steady(READ), plan.steady(READ)]
-
-    return read()
-
-
-def test_a_read_that_meets_no_commit_looks_at_the_inserts_once_at_its_end() -> None:
-    store = Store([K1], {K1})
-    assert _read_twice(store) == [[{"variant": "a", "read": 1}], [{"variant": "a", "read": 2}]]
-    assert store.looks == 2  # the plan's settle, then one look for both statements
-
-
-def test_a_commit_during_the_first_attempt_makes_the_read_run_again_checked() -> None:
-    # settle (K1, a checkpoint), two statements, the end's look finds K2 (a round committed);
-    # then the checked attempt: settle (K2, its checkpoint), each statement and its look.
-    store = Store([K1, K2, K2], {K1, K2})
-    assert _read_twice(store) == [[{"variant": "a", "read": 3}], [{"variant": "a", "read": 4}]]
-    assert store.looks == 2 + 3
-
-
-def test_a_commit_into_tables_the_read_does_not_read_does_not_run_it_again() -> None:
-    store = Store([K1, K1_VERSIONS], {K1})
-    assert _read_twice(store) == [[{"variant": "a", "read": 1}], [{"variant": "a", "read": 2}]]
-    assert store.looks == 2

@@ -30,14 +30,12 @@ change. Each statement that reads both therefore runs between two readings of th
 inserts (:func:`~feedbackloop.sinks.report_rows.inserts_sql`) that are equal and that the
 compactor recorded as agreeing (:func:`~feedbackloop.sinks.report_rows.checkpoint`, after
 each of its inserts has returned); otherwise it waits for the next checkpoint and runs
-again (:class:`_Steady`). A read's first attempt looks once, after its last statement, and
-runs again with each statement checked only if a round committed meanwhile.
+again (:class:`_Steady`).
 """
 
 from __future__ import annotations
 
 import bisect
-import contextvars
 import functools
 import logging
 import os
@@ -154,100 +152,40 @@ def _read_by(sql: str, inserts: str) -> set[str]:
     return {e for e in entries if re.search(rf"\b{re.escape(e.split(':', 1)[0])}\b", sql)}
 
 
-class _Moved(Exception):
-    """A round committed into tables that a read's unchecked statements read."""
-
-
 class _Steady:
-    """Runs statements that read the totals beside the state rows, from a checkpoint's
-    reading of the tables' inserts (``inserts``).
+    """Runs statements that read the totals beside the state rows: each between two readings
+    of the tables' inserts that are equal for the tables it reads, the first one a
+    checkpoint's (``inserts``). A round that commits into those tables meanwhile makes the
+    statement run again once the next checkpoint is there (a commit into the other state
+    table and its views' tables changes nothing this statement read)."""
 
-    *Checked*, each statement runs between two readings that are equal for the tables it
-    reads, the first one a checkpoint's: a round that commits into those tables meanwhile
-    makes it run again once the next checkpoint is there (a commit into the other state
-    table and its views' tables changes nothing this statement read).
-
-    *Unchecked* (a read's first attempt, :func:`_steady_read`), the statements just run, and
-    :meth:`verify` reads the inserts once after the last of them: the readings only grow
-    (each insert takes a greater block number), so one that still equals the checkpoint's
-    for every table read means no commit came between the checkpoint and any statement's
-    end. Otherwise it raises :class:`_Moved` and the read runs again, checked. One look
-    instead of one per statement: most reads meet no commit (the compactor stands aside for
-    reads in the sink's process)."""
-
-    def __init__(self, rows: Rows, inserts: str, checked: bool = True) -> None:
+    def __init__(self, rows: Rows, inserts: str) -> None:
         #: The latest checkpoint's inserts: where the read's next statement starts from.
-        self.rows, self.inserts, self.checked = rows, inserts, checked
-        self._start = inserts
-        self._unchecked: list[str] = []
-
-    def _now(self) -> str:
-        from feedbackloop.sinks.report_rows import inserts_sql
-
-        return str(self.rows(f"SELECT {inserts_sql()} AS inserts")[0]["inserts"])
+        self.rows, self.inserts = rows, inserts
 
     def __call__(self, sql: str) -> list[dict[str, Any]]:
-        if not self.checked:
-            out = self.rows(sql)
-            self._unchecked.append(sql)
-            return out
+        from feedbackloop.sinks.report_rows import inserts_sql
+
         # Statements of one read may run side by side (lanes): each compares with the
         # reading it started from, whatever another one found meanwhile.
         before = self.inserts
         for _ in range(STEADY_ATTEMPTS):
             out = self.rows(sql)
-            now = self._now()
+            now = str(self.rows(f"SELECT {inserts_sql()} AS inserts")[0]["inserts"])
             if _read_by(sql, now) == _read_by(sql, before):
                 return out
             before = self.inserts = _settle(self.rows)[1]
         raise _Unsettled
 
-    def verify(self) -> None:
-        """Raises :class:`_Moved` if a commit came into a table that an unchecked statement
-        read, between the checkpoint and now (the end of the read's statements)."""
-        if not self._unchecked:
-            return
-        read = " ".join(self._unchecked)
-        if _read_by(read, self._now()) != _read_by(read, self._start):
-            raise _Moved
 
-
-@dataclass
-class _Attempt:
-    """One attempt at a read (:func:`_steady_read`): whether its statements are checked one
-    by one, and the runners of its plans, verified at its end."""
-
-    checked: bool
-    plans: list[_Steady]
-
-
-_attempt: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar(
-    "report_read_attempt", default=None
-)
-
-
-def _steady_read(read: Callable[_P, _R | None]) -> Callable[_P, _R | None]:
-    """``read`` with its statements unchecked (:class:`_Steady`), run again checked if a
-    round committed into what they read meanwhile; ``None`` (the exact path) when the
-    totals never agreed long enough with the state rows."""
+def _exact_when_unsettled(read: Callable[_P, _R | None]) -> Callable[_P, _R | None]:
+    """``read`` returning ``None`` (the exact path) when the totals never agreed long
+    enough with the state rows."""
 
     @functools.wraps(read)
     def wrapped(*args: _P.args, **kwargs: _P.kwargs) -> _R | None:
         try:
-            for checked in (False, True):
-                attempt = _Attempt(checked, [])
-                token = _attempt.set(attempt)
-                try:
-                    out = read(*args, **kwargs)
-                    for steady in attempt.plans:
-                        steady.verify()
-                except _Moved:
-                    log.debug("a round committed during the read; reading again, checked")
-                    continue
-                finally:
-                    _attempt.reset(token)
-                return out
-            raise AssertionError("unreachable: checked statements never raise _Moved")
+            return read(*args, **kwargs)
         except _Unsettled:
             return None
 
@@ -294,11 +232,7 @@ def _plan(rows: Rows, scope: Scope) -> _Plan | None:
     literal = "(" + ", ".join(quote(str(s)) for s in touched) + ")"
     if len(touched) > MAX_TOUCHED or len(literal) > _MAX_LITERAL:
         return None
-    attempt = _attempt.get()
-    steady = _Steady(rows, inserts, checked=attempt is None or attempt.checked)
-    if attempt is not None:
-        attempt.plans.append(steady)
-    return _Plan(where, literal if touched else None, since, steady)
+    return _Plan(where, literal if touched else None, since, _Steady(rows, inserts))
 
 
 def _split(scope: Scope, totals: list[dict[str, Any]]) -> bool:
@@ -384,14 +318,11 @@ def _quantiles(
     those buckets' values are read: a few thousand rows, whatever the number of distinct
     values. ``fresh()``: the touched sessions' ``(group…, value, n, bucket)`` rows, counted
     in with the totals' (asked for once the buckets are read: they may still be running).
-    ``None`` when the two reads never agreed; in a read's unchecked attempt, the first
-    disagreement raises :class:`_Moved` (a round committed: the read runs again, checked)."""
+    ``None`` when the two reads never agreed."""
     for _ in range(QUANTILE_ATTEMPTS):
         found = _quantiles_once(rows, plan, table, group, quantiles, fresh)
         if found is not None:
             return found
-        if not plan.steady.checked:
-            raise _Moved  # a round committed: the whole read runs again, checked
     return None
 
 
@@ -570,7 +501,7 @@ def _metric_columns() -> list[str]:
     return [f"{k}__{s}" for k, *_ in METRIC_COLUMNS for s in ("y", "d", "yy", "dd", "yd")]
 
 
-@_steady_read
+@_exact_when_unsettled
 def experiment_rows(
     runner: Any, scope: Scope, quantiles: Sequence[float]
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], list[dict[str, Any]]] | None:
@@ -639,7 +570,7 @@ def experiment_rows(
     return metrics, assignment, outcome_rows
 
 
-@_steady_read
+@_exact_when_unsettled
 def impact_rows(
     runner: Any, scope: Scope, quantiles: Sequence[float]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
@@ -708,7 +639,7 @@ def impact_rows(
     return per_outcome, headline
 
 
-@_steady_read
+@_exact_when_unsettled
 def satisfaction_rows(
     runner: Any, scope: Scope, bucket_seconds: int
 ) -> list[dict[str, Any]] | None:
@@ -735,7 +666,7 @@ def satisfaction_rows(
     )
 
 
-@_steady_read
+@_exact_when_unsettled
 def version_total_rows(runner: Any, scope: Scope) -> list[dict[str, Any]] | None:
     """``version_totals_sql``'s rows, oldest version first."""
     from feedbackloop.analysis.reads.queries import version_totals_sql
@@ -767,7 +698,7 @@ def _version_totals(
     return sorted(totals, key=lambda r: (str(r["first_seen"]), str(r["prompt_version"])))
 
 
-@_steady_read
+@_exact_when_unsettled
 def version_rows(runner: Any, scope: Scope, bucket: str) -> list[dict[str, Any]] | None:
     """``versions_sql``'s rows: per prompt version and day (or week)."""
     from feedbackloop.analysis.reads.queries import version_totals_sql, versions_sql
